@@ -1,0 +1,81 @@
+use chrono::{DateTime, Utc};
+
+use crate::config::Settings;
+use crate::legacy::{flush, schema, LegacyKeys};
+
+use super::{emit, parse_time, Outcome};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create the legacy hourly and asset tables and the reporting function, if missing.
+    Setup,
+    /// Run the legacy hourly flush: Redis events → the hourly and asset tables.
+    ///
+    /// Without --from/--to it flushes the last closed hour, like the legacy worker's cron.
+    /// Refused once the flush is retired (the control key is set), unless --even-if-retired.
+    Flush(FlushArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FlushArgs {
+    /// Start of the range (rounded down to the hour).
+    #[arg(long, value_parser = parse_time, requires = "to")]
+    pub from: Option<DateTime<Utc>>,
+    /// End of the range (exclusive, rounded down to the hour).
+    #[arg(long, value_parser = parse_time, requires = "from")]
+    pub to: Option<DateTime<Utc>>,
+    /// Flush even though the legacy flush was retired.
+    #[arg(long)]
+    pub even_if_retired: bool,
+}
+
+pub async fn run(command: Command, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
+    let legacy_pool = crate::db::legacy_pool(settings).await?;
+    match command {
+        Command::Setup => {
+            schema::ensure(&legacy_pool, &settings.legacy).await?;
+            emit(json, &serde_json::json!({"created_or_present": [&settings.legacy.hourly_table, &settings.legacy.asset_table, &settings.legacy.popular_function]}), |_| {
+                format!(
+                    "legacy tables ready: {}, {}, {}()\n",
+                    settings.legacy.hourly_table, settings.legacy.asset_table, settings.legacy.popular_function
+                )
+            })?;
+        }
+        Command::Flush(args) => {
+            let mut redis = crate::db::redis(settings).await?;
+            let keys = LegacyKeys::from_settings(settings);
+            let retired: Option<String> = redis::cmd("GET").arg(&keys.flush_retired).query_async(&mut redis).await?;
+            if retired.as_deref() == Some("1") && !args.even_if_retired {
+                return Err(crate::phase::Refusal {
+                    command: "legacy flush".into(),
+                    reason: format!("the legacy flush is retired ({} is set)", keys.flush_retired),
+                    next: "aggregates now come from the target; pass --even-if-retired to flush anyway".into(),
+                }
+                .into());
+            }
+            let tz = settings.target.timezone();
+            let (from, to) = match (args.from, args.to) {
+                (Some(from), Some(to)) => (from, to),
+                _ => flush::last_closed_hour(Utc::now(), tz),
+            };
+            if to <= from {
+                anyhow::bail!("--to must be after --from");
+            }
+            schema::ensure(&legacy_pool, &settings.legacy).await?;
+            let outcome = flush::flush_range(&mut redis, &legacy_pool, &keys, &settings.legacy, tz, from, to).await?;
+            emit(json, &outcome, |o| {
+                format!(
+                    "flushed {} hour(s) from {} to {}: {} events read, {} skipped members, {} hourly rows, {} asset rows\n",
+                    o.hours,
+                    o.from.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    o.to.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    o.events_read,
+                    o.skipped_members,
+                    o.hourly_rows,
+                    o.asset_rows
+                )
+            })?;
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,141 @@
+//! The command line: one module per subcommand, each an `Args` struct and a `run`.
+//! Doc comments are the `--help` text.
+
+pub mod legacy;
+pub mod prepare;
+pub mod run;
+pub mod seed;
+pub mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::Settings;
+
+/// Migrate a Redis analytics event pipeline to TimescaleDB in safe, reversible phases.
+///
+/// Phases: prepare → dual-write start → backfill → validate → cutover → retire-flush → optimize → complete.
+/// `tsmigrate status` always says where you are and what to run next.
+///
+/// Exit codes: 0 success; 1 validation found differences; 2 could not run (bad input,
+/// unreachable server, error); 3 refused by a phase gate or the migration lock.
+#[derive(Debug, Parser)]
+#[command(name = "tsmigrate", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Settings file (TOML). Default: $TSMIGRATE_CONFIG, else ./tsmigrate.toml when present, else built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print a machine-readable JSON result on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the target: hypertable (or partitioned table), aggregates, policies, control tables.
+    Prepare(prepare::Args),
+    /// Show phase, storage mode, objects, policies, both systems' counts and the next step.
+    Status(status::Args),
+    /// Generate realistic legacy traffic through the legacy write path (demos, tests, benchmarks).
+    Seed(seed::Args),
+    /// The legacy system: its tables and its hourly flush worker.
+    #[command(subcommand)]
+    Legacy(legacy::Command),
+    /// Run the service: HTTP ingest and health endpoints.
+    Run(run::Args),
+}
+
+/// How a command ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Validation ran and found differences.
+    Differences,
+}
+
+/// Runs a parsed command line with loaded settings.
+pub async fn dispatch(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
+    let json = cli.global.json;
+    match cli.command {
+        Command::Prepare(args) => prepare::run(args, &settings, json).await,
+        Command::Status(args) => status::run(args, &settings, json).await,
+        Command::Seed(args) => seed::run(args, &settings, json).await,
+        Command::Legacy(cmd) => legacy::run(cmd, &settings, json).await,
+        Command::Run(args) => run::run(args, settings).await,
+    }
+}
+
+/// Prints a report: JSON on stdout with `--json`, text otherwise.
+pub fn emit<T: Serialize>(json: bool, report: &T, human: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", human(report));
+    }
+    Ok(())
+}
+
+/// Parses `2025-01-31`, `2025-01-31T12:00:00Z`, or a relative `-3h` / `-2d` / `now`.
+pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let now = chrono::Utc::now();
+    if s == "now" {
+        return Ok(now);
+    }
+    if let Some(rel) = s.strip_prefix('-') {
+        return parse_duration(rel).map(|d| now - d);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+    }
+    Err(format!("{s:?} is not a time: use RFC 3339 (2025-01-31T12:00:00Z), a date (2025-01-31), now, or -6h / -2d"))
+}
+
+/// Parses `90s`, `10m`, `6h`, `2d`.
+pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 6h or 2d"))?;
+    match unit {
+        "s" => Ok(chrono::Duration::seconds(n)),
+        "m" | "min" => Ok(chrono::Duration::minutes(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "d" => Ok(chrono::Duration::days(n)),
+        _ => Err(format!("{s:?} is not a duration like 90s, 10m, 6h or 2d")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_and_times_parse() {
+        assert_eq!(parse_duration("10m").unwrap(), chrono::Duration::minutes(10));
+        assert_eq!(parse_duration("2d").unwrap(), chrono::Duration::days(2));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_time("2025-01-31").is_ok());
+        assert!(parse_time("-6h").unwrap() < chrono::Utc::now());
+        assert!(parse_time("tomorrow").unwrap_err().contains("RFC 3339"));
+    }
+}

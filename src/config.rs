@@ -1,0 +1,516 @@
+//! Settings: a TOML file plus environment overrides.
+//!
+//! `Settings::load` only reads and parses; `Settings::validate` is pure and says
+//! everything that is wrong at once; connecting is somebody else's job
+//! (`crate::db`, `crate::redis_conn`). Connection strings are wrapped in
+//! [`SecretUrl`] so that a password never reaches a log line or an error message.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+/// Where settings come from when no `--config` is given.
+pub const CONFIG_ENV: &str = "TSMIGRATE_CONFIG";
+/// Read when present in the working directory and no other file was named.
+pub const DEFAULT_CONFIG_FILE: &str = "tsmigrate.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// A connection URL whose password is hidden whenever it is shown.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+    /// The real URL, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                }
+                url.to_string()
+            }
+            // Not a URL: it may still hold a secret, so show nothing of it.
+            Err(_) => "<unparseable url>".to_string(),
+        }
+    }
+    /// The database name of a PostgreSQL URL, if any.
+    pub fn database_name(&self) -> Option<String> {
+        let url = url::Url::parse(&self.0).ok()?;
+        let name = url.path().trim_start_matches('/');
+        (!name.is_empty()).then(|| name.to_string())
+    }
+    /// The same server with another database name.
+    pub fn with_database(&self, name: &str) -> SecretUrl {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) => {
+                url.set_path(&format!("/{name}"));
+                SecretUrl(url.to_string())
+            }
+            Err(_) => self.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.redacted())
+    }
+}
+
+/// A secret token (bearer token for ingest/admin endpoints).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretToken(String);
+
+impl SecretToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Which storage layout the target gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeChoice {
+    /// TimescaleDB when the server can load it, plain PostgreSQL otherwise.
+    #[default]
+    Auto,
+    /// Require the TimescaleDB extension.
+    Timescaledb,
+    /// Plain PostgreSQL: native partitions and tool-maintained rollups.
+    Postgres,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub legacy: LegacySettings,
+    pub target: TargetSettings,
+    pub ingest: IngestSettings,
+    pub http: HttpSettings,
+    pub migration: MigrationSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// The target database (TimescaleDB or plain PostgreSQL). Env: `DATABASE_URL`.
+    pub url: SecretUrl,
+    /// The legacy database holding the hourly tables; defaults to the target. Env: `LEGACY_DATABASE_URL`.
+    pub legacy_url: Option<SecretUrl>,
+    /// Pool size per database.
+    pub max_connections: u32,
+    /// How long to wait for a connection before giving up, in seconds.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/tsmigrate"),
+            legacy_url: None,
+            max_connections: 8,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    pub fn legacy_url(&self) -> &SecretUrl {
+        self.legacy_url.as_ref().unwrap_or(&self.url)
+    }
+}
+
+/// The legacy Redis layout. Every name is configurable because every deployment named its keys differently.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Env: `REDIS_URL`.
+    pub url: SecretUrl,
+    /// Prepended to every key below (empty in most deployments).
+    pub key_prefix: String,
+    /// Sorted set: score = event time (epoch ms), member = event JSON.
+    pub events_key: String,
+    /// Hash: event_name -> all-time count.
+    pub event_counters_key: String,
+    /// Hash: category -> all-time count.
+    pub category_counters_key: String,
+    /// Sorted set: session_id -> last seen (epoch ms).
+    pub sessions_key: String,
+    /// How many members the events sorted set keeps (oldest trimmed after each write).
+    pub event_cap: u64,
+    /// Stream the ingest path appends to during dual-write; the relay drains it.
+    pub outbox_stream: String,
+    /// Consumer group the relay workers share.
+    pub outbox_group: String,
+    /// String key set to "1" once the legacy flush is retired, for external workers to check.
+    pub flush_retired_key: String,
+    /// Prefix of read-API cache keys.
+    pub cache_prefix: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("redis://127.0.0.1:6379"),
+            key_prefix: String::new(),
+            events_key: "analytics:events".into(),
+            event_counters_key: "analytics:counters:events".into(),
+            category_counters_key: "analytics:counters:categories".into(),
+            sessions_key: "analytics:sessions".into(),
+            event_cap: 100_000,
+            outbox_stream: "analytics:outbox".into(),
+            outbox_group: "tsmigrate-relay".into(),
+            flush_retired_key: "analytics:flush_retired".into(),
+            cache_prefix: "analytics:cache".into(),
+        }
+    }
+}
+
+impl RedisSettings {
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{}", self.key_prefix, name)
+    }
+}
+
+/// The legacy PostgreSQL side filled by the hourly flush worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegacySettings {
+    pub hourly_table: String,
+    pub asset_table: String,
+    pub popular_function: String,
+}
+
+impl Default for LegacySettings {
+    fn default() -> Self {
+        Self {
+            hourly_table: "analytics_events".into(),
+            asset_table: "analytics_asset_popularity".into(),
+            popular_function: "get_popular_asset_types".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TargetSettings {
+    /// auto | timescaledb | postgres
+    pub mode: ModeChoice,
+    /// IANA time zone in which hour and day buckets are cut (both systems).
+    pub bucket_timezone: String,
+    pub raw_retention_days: u32,
+    pub hourly_retention_days: u32,
+    pub daily_retention_days: u32,
+    pub columnstore_after_days: u32,
+    /// Plain mode: daily partitions are created this many days ahead.
+    pub partitions_ahead_days: u32,
+}
+
+impl Default for TargetSettings {
+    fn default() -> Self {
+        Self {
+            mode: ModeChoice::Auto,
+            bucket_timezone: "UTC".into(),
+            raw_retention_days: 90,
+            hourly_retention_days: 365,
+            daily_retention_days: 5 * 365,
+            columnstore_after_days: 7,
+            partitions_ahead_days: 7,
+        }
+    }
+}
+
+impl TargetSettings {
+    pub fn timezone(&self) -> Tz {
+        self.bucket_timezone.parse().unwrap_or(Tz::UTC)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Largest batch accepted by `POST /api/v1/analytics`.
+    pub max_batch: usize,
+    /// Largest single event, serialized, in bytes.
+    pub max_event_bytes: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self { max_batch: 50, max_event_bytes: 16 * 1024, max_body_bytes: 1024 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    pub bind: String,
+    /// Bearer token required by ingest and admin endpoints when set. Env: `TSMIGRATE_API_TOKEN`.
+    pub api_token: Option<SecretToken>,
+    /// Read-API cache TTL in seconds.
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1:8080".into(), api_token: None, cache_ttl_secs: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrationSettings {
+    /// A validation older than this does not open the cutover gate.
+    pub validation_freshness_hours: u32,
+    /// Reads must stay switched this long before the flush can be retired.
+    pub soak_hours: u32,
+    /// Validation ignores the newest events younger than this (in flight).
+    pub settle_secs: u64,
+    /// Events per backfill page.
+    pub backfill_page_size: usize,
+    /// Tail mode: how far back each poll looks for late events, in seconds.
+    pub tail_lookback_secs: u64,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        Self {
+            validation_freshness_hours: 24,
+            soak_hours: 24,
+            settle_secs: 300,
+            backfill_page_size: 10_000,
+            tail_lookback_secs: 600,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the file (explicit path, `TSMIGRATE_CONFIG`, or `./tsmigrate.toml` when present),
+    /// then applies environment overrides. Does not validate.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env_path = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
+        let chosen = match (path, env_path) {
+            (Some(p), _) => Some(p.to_path_buf()),
+            (None, Some(p)) => Some(p),
+            (None, None) => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        let mut settings = match chosen {
+            Some(path) => Self::from_file(&path)?,
+            None => Settings::default(),
+        };
+        settings.apply_env(|name| std::env::var(name).ok());
+        Ok(settings)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Settings, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Environment overrides; `lookup` is injected so tests need not touch the process environment.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = lookup("DATABASE_URL") {
+            self.database.url = SecretUrl::new(v);
+        }
+        if let Some(v) = lookup("LEGACY_DATABASE_URL") {
+            self.database.legacy_url = Some(SecretUrl::new(v));
+        }
+        if let Some(v) = lookup("REDIS_URL") {
+            self.redis.url = SecretUrl::new(v);
+        }
+        if let Some(v) = lookup("TSMIGRATE_REDIS_PREFIX") {
+            self.redis.key_prefix = v;
+        }
+        if let Some(v) = lookup("TSMIGRATE_API_TOKEN").filter(|v| !v.is_empty()) {
+            self.http.api_token = Some(SecretToken::new(v));
+        }
+        if let Some(v) = lookup("TSMIGRATE_BIND") {
+            self.http.bind = v;
+        }
+    }
+
+    /// Everything wrong with these settings, at once. Pure: touches no server.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for (what, url) in [("database.url (DATABASE_URL)", &self.database.url), ("database.legacy_url (LEGACY_DATABASE_URL)", self.database.legacy_url())] {
+            check_url(what, url, &["postgres", "postgresql"], &mut problems);
+        }
+        check_url("redis.url (REDIS_URL)", &self.redis.url, &["redis", "rediss", "redis+unix", "unix"], &mut problems);
+        if self.target.bucket_timezone.parse::<Tz>().is_err() {
+            problems.push(format!(
+                "target.bucket_timezone {:?} is not an IANA time zone (for example \"UTC\" or \"Europe/Berlin\")",
+                self.target.bucket_timezone
+            ));
+        }
+        for (what, name) in [
+            ("legacy.hourly_table", &self.legacy.hourly_table),
+            ("legacy.asset_table", &self.legacy.asset_table),
+            ("legacy.popular_function", &self.legacy.popular_function),
+        ] {
+            if !is_sql_identifier(name) {
+                problems.push(format!("{what} {name:?} must be a plain SQL name (letters, digits, _; optionally schema.name)"));
+            }
+        }
+        for (what, key) in [
+            ("redis.events_key", &self.redis.events_key),
+            ("redis.event_counters_key", &self.redis.event_counters_key),
+            ("redis.category_counters_key", &self.redis.category_counters_key),
+            ("redis.sessions_key", &self.redis.sessions_key),
+            ("redis.outbox_stream", &self.redis.outbox_stream),
+            ("redis.outbox_group", &self.redis.outbox_group),
+            ("redis.flush_retired_key", &self.redis.flush_retired_key),
+        ] {
+            if key.is_empty() {
+                problems.push(format!("{what} must not be empty"));
+            }
+        }
+        if self.redis.event_cap == 0 {
+            problems.push("redis.event_cap must be at least 1".into());
+        }
+        if self.ingest.max_batch == 0 {
+            problems.push("ingest.max_batch must be at least 1".into());
+        }
+        if self.migration.backfill_page_size == 0 {
+            problems.push("migration.backfill_page_size must be at least 1".into());
+        }
+        let t = &self.target;
+        if t.raw_retention_days < 2 {
+            problems.push("target.raw_retention_days must be at least 2".into());
+        }
+        if t.columnstore_after_days >= t.raw_retention_days {
+            problems.push("target.columnstore_after_days must be shorter than raw_retention_days".into());
+        }
+        if t.hourly_retention_days < t.raw_retention_days || t.daily_retention_days < t.hourly_retention_days {
+            problems.push("retention must not shrink upwards: raw <= hourly <= daily".into());
+        }
+        if self.http.bind.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("http.bind {:?} must be host:port, like 127.0.0.1:8080", self.http.bind));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+fn check_url(what: &str, url: &SecretUrl, schemes: &[&str], problems: &mut Vec<String>) {
+    match url::Url::parse(url.expose()) {
+        Ok(parsed) if schemes.contains(&parsed.scheme()) => {}
+        Ok(parsed) => problems.push(format!(
+            "{what} has scheme {:?}; expected one of {}",
+            parsed.scheme(),
+            schemes.join(", ")
+        )),
+        Err(e) => problems.push(format!("{what} is not a valid URL ({e}): {}", url.redacted())),
+    }
+}
+
+/// `name` or `schema.name`, each part a plain identifier, so it can be spliced into SQL safely.
+pub fn is_sql_identifier(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.len() <= 2
+        && parts.iter().all(|part| {
+            let mut chars = part.chars();
+            matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && part.len() <= 63
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_everywhere_it_is_shown() {
+        let url = SecretUrl::new("postgres://app:hunter2@db.example:5432/analytics");
+        assert_eq!(url.redacted(), "postgres://app:***@db.example:5432/analytics");
+        assert!(!format!("{url:?} {url}").contains("hunter2"));
+        let settings = Settings { database: DatabaseSettings { url, ..Default::default() }, ..Default::default() };
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut s = Settings::from_toml("[redis]\nevents_key = \"evts\"\nevent_cap = 10\n").unwrap();
+        s.apply_env(|name| match name {
+            "DATABASE_URL" => Some("postgres://x@h/db".into()),
+            "REDIS_URL" => Some("redis://h:1".into()),
+            _ => None,
+        });
+        assert_eq!(s.database.url.expose(), "postgres://x@h/db");
+        assert_eq!(s.database.legacy_url().expose(), "postgres://x@h/db");
+        assert_eq!(s.redis.events_key, "evts");
+        assert_eq!(s.redis.event_cap, 10);
+    }
+
+    #[test]
+    fn validate_lists_every_problem() {
+        let mut s = Settings::default();
+        s.database.url = SecretUrl::new("mysql://u:secret@h/db");
+        s.target.bucket_timezone = "Mars/Olympus".into();
+        s.legacy.hourly_table = "events; drop table x".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("scheme \"mysql\""), "{err}");
+        assert!(err.contains("Mars/Olympus"), "{err}");
+        assert!(err.contains("legacy.hourly_table"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(Settings::from_toml("[redis]\nevents_kee = \"x\"\n").unwrap_err().contains("events_kee"));
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../tsmigrate.example.toml");
+        let s = Settings::from_toml(text).unwrap();
+        s.validate().unwrap();
+    }
+}

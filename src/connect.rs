@@ -1,0 +1,67 @@
+//! Connecting to PostgreSQL and Redis, with errors that say what to do next.
+//!
+//! Every message shows the redacted URL only.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::SecretUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to PostgreSQL at {url}: {reason}\n  next: check that the server is running and the URL is right (scripts/services.sh starts a local one)")]
+    Postgres { url: String, reason: String },
+    #[error("database {name:?} does not exist on {url}\n  next: create it, for example: createdb -h <host> -U <user> {name}")]
+    NoDatabase { url: String, name: String },
+    #[error("cannot connect to Redis at {url}: {reason}\n  next: check that Redis is running and REDIS_URL is right (scripts/services.sh starts a local one)")]
+    Redis { url: String, reason: String },
+}
+
+/// A pool on `url`; fails fast (within `timeout`) when the server is unreachable.
+pub async fn pg_pool(url: &SecretUrl, max_connections: u32, timeout: Duration) -> Result<PgPool, ConnectError> {
+    let options: PgConnectOptions = url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres {
+        url: url.redacted(),
+        reason: scrub(&e.to_string(), url),
+    })?;
+    let options = options.application_name("tsmigrate");
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(timeout)
+        .connect_with(options)
+        .await
+        .map_err(|e| pg_error(url, e))
+}
+
+fn pg_error(url: &SecretUrl, e: sqlx::Error) -> ConnectError {
+    if let Some(db) = e.as_database_error() {
+        if db.code().as_deref() == Some("3D000") {
+            return ConnectError::NoDatabase { url: url.redacted(), name: url.database_name().unwrap_or_default() };
+        }
+    }
+    ConnectError::Postgres { url: url.redacted(), reason: scrub(&e.to_string(), url) }
+}
+
+/// A reconnecting Redis connection; fails fast when the server is unreachable.
+pub async fn redis(url: &SecretUrl, timeout: Duration) -> Result<ConnectionManager, ConnectError> {
+    let err = |e: redis::RedisError| ConnectError::Redis { url: url.redacted(), reason: scrub(&e.to_string(), url) };
+    let client = redis::Client::open(url.expose()).map_err(err)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(Duration::from_secs(30))
+        .set_number_of_retries(2);
+    tokio::time::timeout(timeout + Duration::from_secs(1), ConnectionManager::new_with_config(client, config))
+        .await
+        .map_err(|_| ConnectError::Redis { url: url.redacted(), reason: "timed out".into() })?
+        .map_err(err)
+}
+
+/// Drivers sometimes echo the URL back; never let a password through.
+fn scrub(message: &str, url: &SecretUrl) -> String {
+    match url::Url::parse(url.expose()).ok().and_then(|u| u.password().map(str::to_string)) {
+        Some(password) if !password.is_empty() => message.replace(&password, "***"),
+        _ => message.to_string(),
+    }
+}

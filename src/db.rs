@@ -1,0 +1,23 @@
+//! Pools built from settings.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::config::Settings;
+use crate::connect::{self, ConnectError};
+
+pub async fn target_pool(settings: &Settings) -> Result<PgPool, ConnectError> {
+    let d = &settings.database;
+    connect::pg_pool(&d.url, d.max_connections, Duration::from_secs(d.connect_timeout_secs)).await
+}
+
+pub async fn legacy_pool(settings: &Settings) -> Result<PgPool, ConnectError> {
+    let d = &settings.database;
+    connect::pg_pool(d.legacy_url(), d.max_connections, Duration::from_secs(d.connect_timeout_secs)).await
+}
+
+pub async fn redis(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
+    connect::redis(&settings.redis.url, Duration::from_secs(settings.database.connect_timeout_secs)).await
+}

@@ -1,0 +1,395 @@
+//! The analytics event as both systems see it.
+//!
+//! * [`IncomingEvent`] — what the tracker POSTs; validated by [`IncomingEvent::validate`].
+//! * the Redis *member* — the event serialized as JSON, scored by its time in epoch ms.
+//! * [`TargetEvent`] — one row of `analytics_events_ts`, derived from a member by
+//!   [`TargetEvent::from_member`]. Every path into the target (relay, tail, backfill)
+//!   goes through that one function, so `event_id` is the same whichever path wrote the row.
+//!
+//! Identity: an event's `event_id` is its `id` when that is a UUID, a UUIDv5 of the `id`
+//! string otherwise, and a UUIDv5 of the exact member bytes when there is no `id` — so two
+//! identical members (which Redis stores once) become one row, exactly as in Redis.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Namespace for derived event ids (a fixed random UUID; never change it: ids already written depend on it).
+pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c1f_2a8e_93d4_4b7a_a0e6_0d3f_8c21_7b94);
+
+/// Earliest event time accepted (2000-01-01): older scores are corrupt, not history.
+pub const MIN_EVENT_MS: i64 = 946_684_800_000;
+/// How far in the future an event may be stamped (clock skew of trackers).
+pub const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+
+/// Why a member could not become a target row. Stored with the raw bytes in `tsmigrate.dead_letter`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeadLetterReason {
+    #[error("member is not valid UTF-8")]
+    NotUtf8,
+    #[error("member is not JSON: {0}")]
+    NotJson(String),
+    #[error("member is JSON but not an object")]
+    NotAnObject,
+    #[error("field {0:?} is missing or not a non-empty string")]
+    MissingField(&'static str),
+    #[error("field {0:?} has the wrong type")]
+    WrongType(&'static str),
+    #[error("score {0} is not a valid event time (epoch ms between 2000 and now + 1 day)")]
+    BadScore(String),
+}
+
+impl DeadLetterReason {
+    /// Short stable code for grouping in reports.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotUtf8 => "not_utf8",
+            Self::NotJson(_) => "not_json",
+            Self::NotAnObject => "not_object",
+            Self::MissingField(_) => "missing_field",
+            Self::WrongType(_) => "wrong_type",
+            Self::BadScore(_) => "bad_score",
+        }
+    }
+}
+
+/// One row of `analytics_events_ts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetEvent {
+    pub event_id: Uuid,
+    /// Millisecond precision, from the sorted-set score (what Redis orders and the flush buckets by).
+    pub time: DateTime<Utc>,
+    pub event_name: String,
+    pub category: String,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub properties: Value,
+    pub device_info: Value,
+    pub page_url: Option<String>,
+    pub referrer: Option<String>,
+}
+
+impl TargetEvent {
+    /// Interprets one member of the events sorted set. `now_ms` bounds plausible scores.
+    pub fn from_member(member: &[u8], score: f64, now_ms: i64) -> Result<TargetEvent, DeadLetterReason> {
+        let text = std::str::from_utf8(member).map_err(|_| DeadLetterReason::NotUtf8)?;
+        let value: Value = serde_json::from_str(text).map_err(|e| DeadLetterReason::NotJson(e.to_string()))?;
+        let Value::Object(obj) = value else {
+            return Err(DeadLetterReason::NotAnObject);
+        };
+        let time = score_to_time(score, now_ms)?;
+        let event_id = match obj.get("id") {
+            None | Some(Value::Null) => derived_id(member),
+            Some(Value::String(s)) if s.is_empty() => derived_id(member),
+            Some(Value::String(s)) => id_from_string(s),
+            Some(Value::Number(n)) => id_from_string(&n.to_string()),
+            Some(_) => return Err(DeadLetterReason::WrongType("id")),
+        };
+        Ok(TargetEvent {
+            event_id,
+            time,
+            event_name: required_str(&obj, "event_name")?,
+            category: required_str(&obj, "category")?,
+            user_id: optional_scalar(&obj, "user_id")?,
+            session_id: optional_scalar(&obj, "session_id")?,
+            properties: optional_object(&obj, "properties")?,
+            device_info: optional_object(&obj, "device_info")?,
+            page_url: optional_scalar(&obj, "page_url")?,
+            referrer: optional_scalar(&obj, "referrer")?,
+        })
+    }
+
+    pub fn time_ms(&self) -> i64 {
+        self.time.timestamp_millis()
+    }
+
+    /// `properties->>'asset_type'` as the aggregates see it.
+    pub fn asset_type(&self) -> Option<&str> {
+        self.properties.get("asset_type").and_then(Value::as_str)
+    }
+}
+
+/// The event id of a member that has an `id`.
+pub fn id_from_string(id: &str) -> Uuid {
+    Uuid::parse_str(id).unwrap_or_else(|_| Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("id:{id}").as_bytes()))
+}
+
+/// The event id of a member without an `id`: a function of its exact bytes.
+pub fn derived_id(member: &[u8]) -> Uuid {
+    let mut name = Vec::with_capacity(member.len() + 7);
+    name.extend_from_slice(b"member:");
+    name.extend_from_slice(member);
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, &name)
+}
+
+fn score_to_time(score: f64, now_ms: i64) -> Result<DateTime<Utc>, DeadLetterReason> {
+    let bad = || DeadLetterReason::BadScore(score.to_string());
+    if !score.is_finite() {
+        return Err(bad());
+    }
+    let ms = score.round() as i64;
+    if !(MIN_EVENT_MS..=now_ms + MAX_FUTURE_MS).contains(&ms) {
+        return Err(bad());
+    }
+    Utc.timestamp_millis_opt(ms).single().ok_or_else(bad)
+}
+
+fn required_str(obj: &Map<String, Value>, field: &'static str) -> Result<String, DeadLetterReason> {
+    match obj.get(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        _ => Err(DeadLetterReason::MissingField(field)),
+    }
+}
+
+/// Strings stay strings; numbers (old trackers sent numeric user ids) become their decimal text.
+fn optional_scalar(obj: &Map<String, Value>, field: &'static str) -> Result<Option<String>, DeadLetterReason> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(DeadLetterReason::WrongType(field)),
+    }
+}
+
+fn optional_object(obj: &Map<String, Value>, field: &'static str) -> Result<Value, DeadLetterReason> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+        Some(v @ Value::Object(_)) => Ok(v.clone()),
+        Some(_) => Err(DeadLetterReason::WrongType(field)),
+    }
+}
+
+/// Parses an event timestamp: RFC 3339 / ISO 8601 text, or epoch milliseconds (number or digit string).
+/// Epoch seconds (10 digits or fewer) are accepted too, because old trackers sent them.
+pub fn parse_timestamp(value: &Value) -> Option<DateTime<Utc>> {
+    match value {
+        Value::Number(n) => n.as_f64().and_then(epoch_number_to_time),
+        Value::String(s) => {
+            let s = s.trim();
+            if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+                return Some(t.with_timezone(&Utc));
+            }
+            if let Ok(n) = s.parse::<f64>() {
+                return epoch_number_to_time(n);
+            }
+            // ISO 8601 without an offset: read as UTC.
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+                .ok()
+                .map(|naive| naive.and_utc())
+        }
+        _ => None,
+    }
+}
+
+fn epoch_number_to_time(n: f64) -> Option<DateTime<Utc>> {
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let ms = if n < 1e11 { n * 1000.0 } else { n };
+    Utc.timestamp_millis_opt(ms.round() as i64).single()
+}
+
+/// An event as the tracker sends it to `POST /api/v1/analytics`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct IncomingEvent {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub event_name: Option<String>,
+    #[serde(default)]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<Value>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub properties: Option<Value>,
+    #[serde(default)]
+    pub device_info: Option<Value>,
+    #[serde(default)]
+    pub page_url: Option<String>,
+    #[serde(default)]
+    pub referrer: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<Value>,
+}
+
+/// An incoming event that passed validation, ready to be written as a member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptedEvent {
+    /// The exact sorted-set member (compact JSON).
+    pub member: String,
+    pub time_ms: i64,
+    pub event_name: String,
+    pub category: String,
+    pub session_id: Option<String>,
+}
+
+/// Limits on incoming events.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    pub max_event_bytes: usize,
+    pub max_field_chars: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self { max_event_bytes: 16 * 1024, max_field_chars: 256 }
+    }
+}
+
+impl IncomingEvent {
+    /// Checks one event and builds its member; `now` is when the batch arrived
+    /// (used when the tracker sent no timestamp). Errors name the field and the rule.
+    pub fn validate(&self, now: DateTime<Utc>, limits: IngestLimits) -> Result<AcceptedEvent, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut text_field = |name: &str, value: &Option<String>, required: bool| -> Option<String> {
+            match value.as_deref().map(str::trim) {
+                Some("") | None if required => {
+                    problems.push(format!("{name} is required"));
+                    None
+                }
+                Some(v) if v.chars().count() > limits.max_field_chars => {
+                    problems.push(format!("{name} is longer than {} characters", limits.max_field_chars));
+                    None
+                }
+                Some(v) => Some(v.to_string()),
+                None => None,
+            }
+        };
+        let event_name = text_field("event_name", &self.event_name, true);
+        let category = text_field("category", &self.category, true);
+        let session_id = text_field("session_id", &self.session_id, false);
+        let id = text_field("id", &self.id, false);
+        let user_id = match &self.user_id {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.chars().count() <= limits.max_field_chars => Some(Value::String(s.clone())),
+            Some(Value::Number(n)) => Some(Value::String(n.to_string())),
+            Some(_) => {
+                problems.push("user_id must be a string or number of at most 256 characters".into());
+                None
+            }
+        };
+        for (name, value) in [("properties", &self.properties), ("device_info", &self.device_info)] {
+            if !matches!(value, None | Some(Value::Null) | Some(Value::Object(_))) {
+                problems.push(format!("{name} must be an object"));
+            }
+        }
+        let time = match &self.timestamp {
+            None | Some(Value::Null) => Some(now),
+            Some(v) => match parse_timestamp(v) {
+                Some(t) => Some(t),
+                None => {
+                    problems.push("timestamp must be ISO 8601 text or epoch milliseconds".into());
+                    None
+                }
+            },
+        };
+        if let Some(t) = time {
+            let ms = t.timestamp_millis();
+            if ms < MIN_EVENT_MS || ms > now.timestamp_millis() + MAX_FUTURE_MS {
+                problems.push("timestamp is before 2000 or more than a day in the future".into());
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let (event_name, category, time) = (event_name.unwrap(), category.unwrap(), time.unwrap());
+        let time_ms = time.timestamp_millis();
+        // Field order is fixed so that the same event always serializes to the same member.
+        let mut obj = Map::new();
+        if let Some(id) = id {
+            obj.insert("id".into(), Value::String(id));
+        }
+        obj.insert("event_name".into(), Value::String(event_name.clone()));
+        obj.insert("category".into(), Value::String(category.clone()));
+        obj.insert("user_id".into(), user_id.unwrap_or(Value::Null));
+        obj.insert("session_id".into(), session_id.clone().map(Value::String).unwrap_or(Value::Null));
+        obj.insert("properties".into(), self.properties.clone().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new())));
+        obj.insert("device_info".into(), self.device_info.clone().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new())));
+        obj.insert("page_url".into(), self.page_url.clone().map(Value::String).unwrap_or(Value::Null));
+        obj.insert("referrer".into(), self.referrer.clone().map(Value::String).unwrap_or(Value::Null));
+        obj.insert("timestamp".into(), Value::String(time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+        let member = Value::Object(obj).to_string();
+        if member.len() > limits.max_event_bytes {
+            return Err(vec![format!("event is {} bytes; the limit is {}", member.len(), limits.max_event_bytes)]);
+        }
+        Ok(AcceptedEvent { member, time_ms, event_name, category, session_id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: i64 = 1_760_000_000_000;
+
+    #[test]
+    fn identical_members_get_identical_ids_and_different_members_do_not() {
+        let m = br#"{"event_name":"click","category":"ui"}"#;
+        let a = TargetEvent::from_member(m, 1_700_000_000_000.0, NOW).unwrap();
+        let b = TargetEvent::from_member(m, 1_700_000_000_000.0, NOW).unwrap();
+        assert_eq!(a.event_id, b.event_id);
+        let c = TargetEvent::from_member(br#"{"event_name":"click","category":"ui","user_id":"u"}"#, 1.7e12, NOW).unwrap();
+        assert_ne!(a.event_id, c.event_id);
+    }
+
+    #[test]
+    fn uuid_ids_are_kept_and_other_ids_are_hashed() {
+        let id = "0b7e8f6a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+        let m = format!(r#"{{"id":"{id}","event_name":"x","category":"y"}}"#);
+        assert_eq!(TargetEvent::from_member(m.as_bytes(), 1.7e12, NOW).unwrap().event_id.to_string(), id);
+        let m2 = br#"{"id":"evt-42","event_name":"x","category":"y"}"#;
+        assert_eq!(TargetEvent::from_member(m2, 1.7e12, NOW).unwrap().event_id, id_from_string("evt-42"));
+    }
+
+    #[test]
+    fn bad_members_are_dead_letters_with_reasons() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"not json", "not_json"),
+            (b"[1,2]", "not_object"),
+            (br#"{"category":"y"}"#, "missing_field"),
+            (br#"{"event_name":"x","category":"y","properties":"str"}"#, "wrong_type"),
+            (&[0xff, 0xfe], "not_utf8"),
+        ];
+        for (member, code) in cases {
+            assert_eq!(TargetEvent::from_member(member, 1.7e12, NOW).unwrap_err().code(), code);
+        }
+        assert_eq!(TargetEvent::from_member(br#"{"event_name":"x","category":"y"}"#, 12.0, NOW).unwrap_err().code(), "bad_score");
+    }
+
+    #[test]
+    fn numeric_user_ids_become_text() {
+        let e = TargetEvent::from_member(br#"{"event_name":"x","category":"y","user_id":42}"#, 1.7e12, NOW).unwrap();
+        assert_eq!(e.user_id.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn timestamps_parse_in_every_legacy_shape() {
+        let expect = Utc.timestamp_millis_opt(1_700_000_000_123).unwrap();
+        assert_eq!(parse_timestamp(&json!(1_700_000_000_123i64)), Some(expect));
+        assert_eq!(parse_timestamp(&json!("1700000000123")), Some(expect));
+        assert_eq!(parse_timestamp(&json!("2023-11-14T22:13:20.123Z")), Some(expect));
+        assert_eq!(parse_timestamp(&json!("2023-11-14T23:13:20.123+01:00")), Some(expect));
+        assert_eq!(parse_timestamp(&json!(1_700_000_000)), Some(Utc.timestamp_millis_opt(1_700_000_000_000).unwrap()));
+        assert_eq!(parse_timestamp(&json!("yesterday")), None);
+        assert_eq!(parse_timestamp(&json!(true)), None);
+    }
+
+    #[test]
+    fn validation_names_each_problem() {
+        let now = Utc.timestamp_millis_opt(NOW).unwrap();
+        let bad = IncomingEvent { category: Some("c".into()), timestamp: Some(json!("soon")), properties: Some(json!(3)), ..Default::default() };
+        let problems = bad.validate(now, IngestLimits::default()).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let good = IncomingEvent { event_name: Some("click".into()), category: Some("ui".into()), timestamp: Some(json!(NOW - 5)), ..Default::default() };
+        let accepted = good.validate(now, IngestLimits::default()).unwrap();
+        assert_eq!(accepted.time_ms, NOW - 5);
+        let row = TargetEvent::from_member(accepted.member.as_bytes(), accepted.time_ms as f64, NOW).unwrap();
+        assert_eq!(row.event_name, "click");
+        assert_eq!(row.time_ms(), NOW - 5);
+    }
+}

@@ -1,0 +1,48 @@
+//! API errors as JSON responses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct RejectedEvent {
+    pub index: usize,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{message}")]
+    BadEvents { message: String, rejected: Vec<RejectedEvent> },
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, serde_json::json!({"error": m})),
+            ApiError::BadEvents { message, rejected } => {
+                (StatusCode::BAD_REQUEST, serde_json::json!({"error": message, "accepted": 0, "rejected": rejected}))
+            }
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, serde_json::json!({"error": self.to_string()})),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": m, "retry": true})),
+            ApiError::Unexpected(e) => {
+                tracing::error!(error = %format!("{e:#}"), "unexpected error");
+                (StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "internal error"}))
+            }
+        };
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert("www-authenticate", "Bearer".parse().expect("static header"));
+        }
+        response
+    }
+}

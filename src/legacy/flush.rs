@@ -1,0 +1,201 @@
+//! The legacy hourly flush worker: reads an hour of events from the sorted set and
+//! upserts `analytics_events(hour, event_name, category, event_count, unique_users)`;
+//! recomputes the daily `analytics_asset_popularity` rows of the days it touched.
+//!
+//! Counts never go down on a re-flush (`GREATEST`): events are append-only, and a
+//! re-flush after the cap trimmed part of an hour must not erase what was counted.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::LegacyKeys;
+use crate::config::LegacySettings;
+use crate::event::TargetEvent;
+
+/// `asset_type` recorded for `asset_generated` events that carry none.
+pub const UNKNOWN_ASSET_TYPE: &str = "unknown";
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct FlushOutcome {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub hours: usize,
+    pub events_read: usize,
+    /// Members the worker could not read as events (they count nowhere, as in the legacy worker).
+    pub skipped_members: usize,
+    pub hourly_rows: usize,
+    pub asset_rows: usize,
+}
+
+/// Start of the hour containing `t`, hours cut in `tz`.
+pub fn hour_floor(t: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+    let local = t.with_timezone(&tz);
+    let naive = local.date_naive().and_hms_opt(local.hour(), 0, 0).expect("valid hour");
+    tz.from_local_datetime(&naive).earliest().map(|d| d.with_timezone(&Utc)).unwrap_or_else(|| {
+        // A DST gap swallowed the local hour start; fall back to the absolute hour.
+        t - Duration::seconds(i64::from(t.minute() * 60 + t.second())) - Duration::nanoseconds(i64::from(t.nanosecond()))
+    })
+}
+
+/// The local calendar day of `t` in `tz`.
+pub fn local_day(t: DateTime<Utc>, tz: Tz) -> NaiveDate {
+    t.with_timezone(&tz).date_naive()
+}
+
+/// Start of local day `day` in `tz`, as UTC.
+pub fn day_start(day: NaiveDate, tz: Tz) -> DateTime<Utc> {
+    let naive = day.and_hms_opt(0, 0, 0).expect("midnight");
+    tz.from_local_datetime(&naive).earliest().map(|d| d.with_timezone(&Utc)).unwrap_or_else(|| naive.and_utc())
+}
+
+#[derive(Default)]
+struct Group {
+    count: i64,
+    users: HashSet<String>,
+}
+
+/// Flushes the hours in `[from, to)` (both rounded down to hour starts in `tz`).
+#[tracing::instrument(skip_all, fields(%from, %to), err)]
+pub async fn flush_range(
+    redis: &mut ConnectionManager,
+    pool: &PgPool,
+    keys: &LegacyKeys,
+    legacy: &LegacySettings,
+    tz: Tz,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> anyhow::Result<FlushOutcome> {
+    let (from, to) = (hour_floor(from, tz), hour_floor(to, tz));
+    let mut outcome = FlushOutcome { from: Some(from), to: Some(to), ..Default::default() };
+    if from >= to {
+        return Ok(outcome);
+    }
+    let now_ms = Utc::now().timestamp_millis();
+    let mut hourly: BTreeMap<(DateTime<Utc>, String, String), Group> = BTreeMap::new();
+    let mut assets: BTreeMap<(NaiveDate, String), Group> = BTreeMap::new();
+    // Asset popularity is daily with distinct creators: read from the start of the first day.
+    let mut hour = hour_floor(day_start(local_day(from, tz), tz), tz);
+    while hour < to {
+        let next = hour_floor(hour + Duration::minutes(90), tz);
+        let members: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&keys.events)
+            .arg(hour.timestamp_millis())
+            .arg(format!("({}", next.timestamp_millis()))
+            .arg("WITHSCORES")
+            .query_async(redis)
+            .await?;
+        let in_range = hour >= from;
+        if in_range {
+            outcome.hours += 1;
+        }
+        for (member, score) in members {
+            let Ok(event) = TargetEvent::from_member(&member, score, now_ms) else {
+                outcome.skipped_members += usize::from(in_range);
+                continue;
+            };
+            if in_range {
+                outcome.events_read += 1;
+                let group = hourly.entry((hour, event.event_name.clone(), event.category.clone())).or_default();
+                group.count += 1;
+                group.users.extend(event.user_id.clone());
+            }
+            if event.event_name == "asset_generated" {
+                let asset_type = event.asset_type().unwrap_or(UNKNOWN_ASSET_TYPE).to_string();
+                let group = assets.entry((local_day(event.time, tz), asset_type)).or_default();
+                group.count += 1;
+                group.users.extend(event.user_id);
+            }
+        }
+        hour = next;
+    }
+    outcome.hourly_rows = hourly.len();
+    outcome.asset_rows = assets.len();
+    upsert(pool, legacy, hourly, assets).await?;
+    Ok(outcome)
+}
+
+async fn upsert(
+    pool: &PgPool,
+    legacy: &LegacySettings,
+    hourly: BTreeMap<(DateTime<Utc>, String, String), Group>,
+    assets: BTreeMap<(NaiveDate, String), Group>,
+) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    let (mut hours, mut names, mut categories, mut counts, mut users) = (vec![], vec![], vec![], vec![], vec![]);
+    for ((hour, name, category), group) in hourly {
+        hours.push(hour);
+        names.push(name);
+        categories.push(category);
+        counts.push(group.count);
+        users.push(group.users.len() as i64);
+    }
+    let table = &legacy.hourly_table;
+    sqlx::query(&format!(
+        "INSERT INTO {table} AS t (hour, event_name, category, event_count, unique_users)
+         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+         ON CONFLICT (hour, event_name, category) DO UPDATE
+         SET event_count = GREATEST(t.event_count, EXCLUDED.event_count),
+             unique_users = GREATEST(t.unique_users, EXCLUDED.unique_users)"
+    ))
+    .bind(&hours)
+    .bind(&names)
+    .bind(&categories)
+    .bind(&counts)
+    .bind(&users)
+    .execute(&mut *tx)
+    .await?;
+    let (mut days, mut types, mut counts, mut creators) = (vec![], vec![], vec![], vec![]);
+    for ((day, asset_type), group) in assets {
+        days.push(day);
+        types.push(asset_type);
+        counts.push(group.count);
+        creators.push(group.users.len() as i64);
+    }
+    let table = &legacy.asset_table;
+    sqlx::query(&format!(
+        "INSERT INTO {table} AS t (day, asset_type, generation_count, unique_creators)
+         SELECT * FROM UNNEST($1::date[], $2::text[], $3::bigint[], $4::bigint[])
+         ON CONFLICT (day, asset_type) DO UPDATE
+         SET generation_count = GREATEST(t.generation_count, EXCLUDED.generation_count),
+             unique_creators = GREATEST(t.unique_creators, EXCLUDED.unique_creators)"
+    ))
+    .bind(&days)
+    .bind(&types)
+    .bind(&counts)
+    .bind(&creators)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// The hour the worker flushes by default: the last closed one.
+pub fn last_closed_hour(now: DateTime<Utc>, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
+    let end = hour_floor(now, tz);
+    (hour_floor(end - Duration::minutes(30), tz), end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_are_cut_in_the_configured_zone() {
+        let t = Utc.with_ymd_and_hms(2025, 3, 10, 12, 47, 5).unwrap();
+        assert_eq!(hour_floor(t, Tz::UTC), Utc.with_ymd_and_hms(2025, 3, 10, 12, 0, 0).unwrap());
+        // India is UTC+05:30: local hours start at :30 UTC.
+        assert_eq!(hour_floor(t, chrono_tz::Asia::Kolkata), Utc.with_ymd_and_hms(2025, 3, 10, 12, 30, 0).unwrap());
+        assert_eq!(local_day(Utc.with_ymd_and_hms(2025, 3, 10, 23, 30, 0).unwrap(), chrono_tz::Europe::Berlin), NaiveDate::from_ymd_opt(2025, 3, 11).unwrap());
+    }
+
+    #[test]
+    fn last_closed_hour_is_the_previous_whole_hour() {
+        let now = Utc.with_ymd_and_hms(2025, 3, 10, 12, 5, 0).unwrap();
+        let (from, to) = last_closed_hour(now, Tz::UTC);
+        assert_eq!((from.to_rfc3339(), to.to_rfc3339()), ("2025-03-10T11:00:00+00:00".into(), "2025-03-10T12:00:00+00:00".into()));
+    }
+}

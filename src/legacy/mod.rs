@@ -1,0 +1,42 @@
+//! The legacy system, faithfully: the Redis layout the application writes, the hourly
+//! flush worker that rolls it up into PostgreSQL, and a traffic generator.
+//!
+//! In a real deployment the user's own writer and worker play these roles; `tsmigrate`
+//! only relies on the layout (`LegacyKeys`, the hourly and asset tables), never on this code.
+
+pub mod flush;
+pub mod schema;
+pub mod seed;
+pub mod writer;
+
+use crate::config::Settings;
+
+/// The full Redis key names of the legacy layout (prefix applied).
+#[derive(Debug, Clone)]
+pub struct LegacyKeys {
+    pub events: String,
+    pub event_counters: String,
+    pub category_counters: String,
+    pub sessions: String,
+    pub outbox: String,
+    pub flush_retired: String,
+    /// Set while dual-write is on: the ingest path appends to the outbox only then.
+    pub dual_write_flag: String,
+    pub cache_prefix: String,
+}
+
+impl LegacyKeys {
+    pub fn from_settings(settings: &Settings) -> Self {
+        let r = &settings.redis;
+        Self {
+            events: r.key(&r.events_key),
+            event_counters: r.key(&r.event_counters_key),
+            category_counters: r.key(&r.category_counters_key),
+            sessions: r.key(&r.sessions_key),
+            outbox: r.key(&r.outbox_stream),
+            flush_retired: r.key(&r.flush_retired_key),
+            dual_write_flag: r.key(&format!("{}:dual_write", r.outbox_stream)),
+            cache_prefix: r.key(&r.cache_prefix),
+        }
+    }
+}

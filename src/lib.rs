@@ -1,0 +1,48 @@
+//! tsmigrate: migrate a Redis analytics event pipeline to TimescaleDB (or plain
+//! PostgreSQL) in safe, reversible phases while the application keeps running.
+//!
+//! Map of the crate:
+//! - [`config`]     settings from a TOML file and the environment; secrets redacted.
+//! - [`connect`], [`db`] connecting to PostgreSQL and Redis with errors that say what to do.
+//! - [`event`]      the event in each shape (incoming, Redis member, target row) and its identity.
+//! - [`legacy`]     the legacy system: Redis layout, writer, hourly flush worker, traffic generator.
+//! - [`target`]     the target: capability detection, migrations, writer, aggregates, dead letters.
+//! - [`phase`]      the migration state machine, gates, audit log, and the phase commands.
+//! - [`dual_write`] the outbox stream, relay and tail.
+//! - [`http`]       the HTTP API (ingest, health).
+//! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.
+//! - [`cli`]        the command line, one module per subcommand.
+//! - [`progress`]   progress reporting for long work.
+
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod daemon;
+pub mod db;
+pub mod dual_write;
+pub mod event;
+pub mod http;
+pub mod legacy;
+pub mod phase;
+pub mod progress;
+pub mod target;
+
+/// Process exit codes (documented in `tsmigrate --help`).
+pub mod exit {
+    pub const SUCCESS: u8 = 0;
+    /// Validation ran and found differences.
+    pub const DIFFERENCES: u8 = 1;
+    /// Could not run: bad input or configuration, unreachable server, unexpected error.
+    pub const ERROR: u8 = 2;
+    /// Refused: a phase gate, or another phase command holds the lock.
+    pub const REFUSED: u8 = 3;
+}
+
+/// The exit code for an error that ended a command.
+pub fn exit_code_for(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<phase::Refusal>().is_some() || error.downcast_ref::<phase::state::LockHeld>().is_some() {
+        exit::REFUSED
+    } else {
+        exit::ERROR
+    }
+}

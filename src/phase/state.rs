@@ -1,0 +1,259 @@
+//! The persisted migration state, the phase lock and the audit log.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::{Phase, Refusal, Transition};
+use crate::config::SecretUrl;
+use crate::target::StorageMode;
+
+/// Key of the session advisory lock every phase command holds.
+const PHASE_LOCK_KEY: &str = "tsmigrate.phase";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MigrationState {
+    pub phase: Phase,
+    pub storage_mode: Option<StorageMode>,
+    /// `legacy` or `target`: where the read API answers from.
+    pub read_source: String,
+    pub shadow: bool,
+    /// When dual-write started: backfill covers every event stored before it.
+    pub completion_point: Option<DateTime<Utc>>,
+    pub backfilled_until: Option<DateTime<Utc>>,
+    pub reads_switched_at: Option<DateTime<Utc>>,
+    pub flush_retired_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl MigrationState {
+    /// The state of a target nobody has prepared.
+    pub fn new_migration() -> Self {
+        MigrationState {
+            phase: Phase::New,
+            storage_mode: None,
+            read_source: "legacy".into(),
+            shadow: false,
+            completion_point: None,
+            backfilled_until: None,
+            reads_switched_at: None,
+            flush_retired_at: None,
+            updated_at: None,
+        }
+    }
+}
+
+type StateRow = (String, String, String, bool, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, DateTime<Utc>);
+
+/// Reads the state; a target without control tables is in phase `new`.
+pub async fn load(conn: &mut PgConnection) -> anyhow::Result<MigrationState> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('tsmigrate.migration_state') IS NOT NULL").fetch_one(&mut *conn).await?;
+    if !exists {
+        return Ok(MigrationState::new_migration());
+    }
+    let row: Option<StateRow> = sqlx::query_as(
+        "SELECT phase, storage_mode, read_source, shadow, completion_point, backfilled_until,
+                reads_switched_at, flush_retired_at, updated_at
+         FROM tsmigrate.migration_state",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((phase, mode, read_source, shadow, completion_point, backfilled_until, reads_switched_at, flush_retired_at, updated_at)) = row else {
+        return Ok(MigrationState::new_migration());
+    };
+    Ok(MigrationState {
+        phase: Phase::parse(&phase).ok_or_else(|| anyhow::anyhow!("unknown phase {phase:?} in tsmigrate.migration_state"))?,
+        storage_mode: StorageMode::parse(&mode),
+        read_source,
+        shadow,
+        completion_point,
+        backfilled_until,
+        reads_switched_at,
+        flush_retired_at,
+        updated_at: Some(updated_at),
+    })
+}
+
+pub async fn load_from_pool(pool: &PgPool) -> anyhow::Result<MigrationState> {
+    let mut conn = pool.acquire().await?;
+    load(&mut conn).await
+}
+
+/// Who ran a command: `TSMIGRATE_ACTOR`, else `user@host`.
+pub fn actor() -> String {
+    if let Ok(actor) = std::env::var("TSMIGRATE_ACTOR") {
+        if !actor.is_empty() {
+            return actor;
+        }
+    }
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown-host".into());
+    format!("{user}@{host}")
+}
+
+/// What a committed transition changes besides the phase.
+#[derive(Debug, Default, Clone)]
+pub struct StateChanges {
+    pub storage_mode: Option<StorageMode>,
+    pub read_source: Option<&'static str>,
+    pub completion_point: Option<Option<DateTime<Utc>>>,
+    pub backfilled_until: Option<DateTime<Utc>>,
+    pub reads_switched_at: Option<Option<DateTime<Utc>>>,
+    pub flush_retired_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEntry {
+    pub forced: bool,
+    pub reason: Option<String>,
+    pub details: Value,
+}
+
+/// Held for the whole of a phase command: a dedicated connection with the phase advisory
+/// lock. The lock dies with the connection, so a crashed command never leaves it behind.
+pub struct PhaseGuard {
+    conn: PgConnection,
+    actor: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("another tsmigrate phase command holds the migration lock (PostgreSQL backend pid {holder})\n  next: wait for it to finish; `SELECT * FROM pg_stat_activity WHERE pid = {holder}` shows what it is doing")]
+pub struct LockHeld {
+    pub holder: i32,
+}
+
+impl PhaseGuard {
+    pub async fn acquire(url: &SecretUrl) -> anyhow::Result<PhaseGuard> {
+        let mut conn = PgConnection::connect(url.expose())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the lock connection to {}: {}", url.redacted(), e))?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))").bind(PHASE_LOCK_KEY).fetch_one(&mut conn).await?;
+        if !got {
+            let holder: Option<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext($1)::oid AND granted LIMIT 1",
+            )
+            .bind(PHASE_LOCK_KEY)
+            .fetch_optional(&mut conn)
+            .await?;
+            return Err(LockHeld { holder: holder.unwrap_or_default() }.into());
+        }
+        Ok(PhaseGuard { conn, actor: actor() })
+    }
+
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    pub async fn state(&mut self) -> anyhow::Result<MigrationState> {
+        load(&mut self.conn).await
+    }
+
+    /// Checks the gate against the current state; a refusal is audited (when the control
+    /// tables exist) and returned.
+    pub async fn check(&mut self, transition: &Transition, details: Value) -> anyhow::Result<MigrationState> {
+        let state = self.state().await?;
+        if let Err(refusal) = transition.check(state.phase) {
+            self.audit_refusal(transition.command, state.phase, &refusal, details).await?;
+            return Err(refusal.into());
+        }
+        Ok(state)
+    }
+
+    pub async fn audit_refusal(&mut self, command: &str, phase: Phase, refusal: &Refusal, details: Value) -> anyhow::Result<()> {
+        if phase == Phase::New {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, reason, details)
+             VALUES ($1, $2, $3, NULL, 'refused', $4, $5)",
+        )
+        .bind(&self.actor)
+        .bind(command)
+        .bind(phase.as_str())
+        .bind(&refusal.reason)
+        .bind(details)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves the state along `transition` and writes the audit entry, in one transaction that
+    /// re-checks the phase it starts from.
+    pub async fn commit(&mut self, transition: &Transition, from: Phase, changes: StateChanges, audit: AuditEntry) -> anyhow::Result<()> {
+        let mut tx = self.conn.begin().await?;
+        if from == Phase::New {
+            let mode = changes.storage_mode.ok_or_else(|| anyhow::anyhow!("a new migration needs a storage mode"))?;
+            sqlx::query("INSERT INTO tsmigrate.migration_state (phase, storage_mode) VALUES ($1, $2)")
+                .bind(transition.to.as_str())
+                .bind(mode.as_str())
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            let updated = sqlx::query(
+                "UPDATE tsmigrate.migration_state SET
+                    phase = $1,
+                    read_source = COALESCE($3, read_source),
+                    completion_point = CASE WHEN $4 THEN $5 ELSE completion_point END,
+                    backfilled_until = COALESCE($6, backfilled_until),
+                    reads_switched_at = CASE WHEN $7 THEN $8 ELSE reads_switched_at END,
+                    flush_retired_at = CASE WHEN $9 THEN $10 ELSE flush_retired_at END,
+                    updated_at = now()
+                 WHERE phase = $2",
+            )
+            .bind(transition.to.as_str())
+            .bind(from.as_str())
+            .bind(changes.read_source)
+            .bind(changes.completion_point.is_some())
+            .bind(changes.completion_point.flatten())
+            .bind(changes.backfilled_until)
+            .bind(changes.reads_switched_at.is_some())
+            .bind(changes.reads_switched_at.flatten())
+            .bind(changes.flush_retired_at.is_some())
+            .bind(changes.flush_retired_at.flatten())
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() != 1 {
+                anyhow::bail!("the migration left phase {from} while {} was running; nothing was changed", transition.command);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, forced, reason, details)
+             VALUES ($1, $2, $3, $4, 'done', $5, $6, $7)",
+        )
+        .bind(&self.actor)
+        .bind(transition.command)
+        .bind(from.as_str())
+        .bind(transition.to.as_str())
+        .bind(audit.forced)
+        .bind(&audit.reason)
+        .bind(&audit.details)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a command that ran without changing the phase (a re-run, a dry run).
+    pub async fn audit_noop(&mut self, command: &str, phase: Phase, details: Value) -> anyhow::Result<()> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('tsmigrate.audit_log') IS NOT NULL").fetch_one(&mut self.conn).await?;
+        if exists {
+            sqlx::query(
+                "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, details)
+                 VALUES ($1, $2, $3, $3, 'unchanged', $4)",
+            )
+            .bind(&self.actor)
+            .bind(command)
+            .bind(phase.as_str())
+            .bind(details)
+            .execute(&mut self.conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
