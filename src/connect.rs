@@ -44,6 +44,18 @@ fn pg_error(url: &SecretUrl, e: sqlx::Error) -> ConnectError {
     ConnectError::Postgres { url: url.redacted(), reason: scrub(&e.to_string(), url) }
 }
 
+/// A pool that connects on first use: for workers that must start while the target is down.
+pub fn pg_pool_lazy(url: &SecretUrl, max_connections: u32) -> Result<PgPool, ConnectError> {
+    let options: PgConnectOptions = url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres {
+        url: url.redacted(),
+        reason: scrub(&e.to_string(), url),
+    })?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("tsmigrate")))
+}
+
 /// A reconnecting Redis connection; fails fast when the server is unreachable.
 pub async fn redis(url: &SecretUrl, timeout: Duration) -> Result<ConnectionManager, ConnectError> {
     let err = |e: redis::RedisError| ConnectError::Redis { url: url.redacted(), reason: scrub(&e.to_string(), url) };

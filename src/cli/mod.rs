@@ -1,8 +1,12 @@
 //! The command line: one module per subcommand, each an `Args` struct and a `run`.
 //! Doc comments are the `--help` text.
 
+pub mod backfill;
+pub mod dual_write;
+pub mod import_history;
 pub mod legacy;
 pub mod prepare;
+pub mod relay;
 pub mod run;
 pub mod seed;
 pub mod status;
@@ -54,6 +58,15 @@ pub enum Command {
     /// The legacy system: its tables and its hourly flush worker.
     #[command(subcommand)]
     Legacy(legacy::Command),
+    /// Dual-write: every new event to Redis and the target (through the outbox stream).
+    #[command(subcommand, name = "dual-write")]
+    DualWrite(dual_write::Command),
+    /// Copy the events Redis already holds into the target (resumable, idempotent).
+    Backfill(backfill::Args),
+    /// Copy legacy aggregates older than the Redis horizon into the history tables.
+    ImportHistory(import_history::Args),
+    /// Run a relay worker alone (outbox stream, or --tail the sorted set).
+    Relay(relay::Args),
     /// Run the service: HTTP ingest and health endpoints.
     Run(run::Args),
 }
@@ -74,6 +87,10 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Status(args) => status::run(args, &settings, json).await,
         Command::Seed(args) => seed::run(args, &settings, json).await,
         Command::Legacy(cmd) => legacy::run(cmd, &settings, json).await,
+        Command::DualWrite(cmd) => dual_write::run(cmd, &settings, json).await,
+        Command::Backfill(args) => backfill::run(args, &settings, json).await,
+        Command::ImportHistory(args) => import_history::run(args, &settings, json).await,
+        Command::Relay(args) => relay::run(args, &settings, json).await,
         Command::Run(args) => run::run(args, settings).await,
     }
 }

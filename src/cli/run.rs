@@ -1,25 +1,30 @@
 use crate::config::Settings;
-use crate::http;
+use crate::daemon;
 
 use super::Outcome;
 
-/// Run the service until SIGTERM or Ctrl-C: the HTTP ingest endpoint
-/// (`POST /api/v1/analytics`), `/health` and `/ready`.
+/// Run the service until SIGTERM or Ctrl-C: the HTTP API (`POST /api/v1/analytics`,
+/// `/health`, `/ready`) and the relay worker that drains the dual-write outbox into the
+/// target. Starts even while the target is down (ingest needs only Redis); the relay
+/// catches up when it returns. On shutdown, requests and the relay batch in flight finish.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Address to listen on (overrides http.bind / TSMIGRATE_BIND).
     #[arg(long)]
     pub bind: Option<String>,
+    /// Do not run the relay worker in this process.
+    #[arg(long)]
+    pub no_relay: bool,
 }
 
-pub async fn run(args: Args, settings: Settings) -> anyhow::Result<Outcome> {
-    let bind = args.bind.unwrap_or_else(|| settings.http.bind.clone());
-    let redis = crate::db::redis(&settings).await?;
-    let target = crate::db::target_pool(&settings).await.ok();
-    let listener = tokio::net::TcpListener::bind(&bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
-    tracing::info!(address = %listener.local_addr()?, "listening");
+pub async fn run(args: Args, mut settings: Settings) -> anyhow::Result<Outcome> {
+    if let Some(bind) = args.bind {
+        settings.http.bind = bind;
+    }
+    let listener = tokio::net::TcpListener::bind(&settings.http.bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http.bind))?;
     eprintln!("tsmigrate listening on http://{}", listener.local_addr()?);
-    let state = http::AppState::new(settings, redis, target);
-    http::serve(listener, state, crate::daemon::shutdown_signal()).await?;
+    daemon::run(settings, listener, daemon::DaemonOptions { relay: !args.no_relay }, daemon::shutdown_signal()).await?;
     Ok(Outcome::Success)
 }

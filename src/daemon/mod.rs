@@ -1,6 +1,73 @@
-//! `tsmigrate run`: the long-running process — HTTP server, relay workers, scheduled jobs.
+//! `tsmigrate run`: the long-running process — HTTP server, relay worker, scheduled jobs.
+//! Shutdown is a parameter (a future), so tests drive it without signals.
 
 pub mod jobs;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::dual_write::relay::{self, Relay, RelayOptions};
+use crate::http::{self, AppState};
+use crate::legacy::LegacyKeys;
+use crate::target::writer::TargetWriter;
+
+#[derive(Debug, Clone, Copy)]
+pub struct DaemonOptions {
+    pub relay: bool,
+}
+
+/// Serves until `shutdown` resolves, then lets the HTTP requests and the relay batch in
+/// flight finish before returning.
+pub async fn run(settings: Settings, listener: tokio::net::TcpListener, options: DaemonOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let redis = crate::db::redis(&settings).await?;
+    let target = crate::connect::pg_pool_lazy(&settings.database.url, settings.database.max_connections)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    if options.relay {
+        workers.push(tokio::spawn(supervise_relay(settings.clone(), redis.clone(), target.clone(), stop_rx.clone())));
+    }
+    let state = AppState::new(settings, redis, Some(target));
+    let http_shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    http::serve(listener, state, http_shutdown).await?;
+    for worker in workers {
+        let _ = worker.await;
+    }
+    Ok(())
+}
+
+/// Starts the relay once the target says what storage mode it is in, retrying while the
+/// target is unreachable or not prepared yet.
+async fn supervise_relay(settings: Settings, redis: redis::aio::ConnectionManager, target: sqlx::PgPool, mut stop: watch::Receiver<bool>) {
+    let keys = Arc::new(LegacyKeys::from_settings(&settings));
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match crate::phase::state::load_from_pool(&target).await {
+            Ok(state) if state.storage_mode.is_some() => {
+                let writer = Arc::new(TargetWriter::new(target.clone(), state.storage_mode.expect("checked")));
+                let relay = Relay::new(redis.clone(), writer, keys.clone(), RelayOptions::new(&settings.redis.outbox_group));
+                match relay::run_until(relay, stop.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "relay stopped; restarting"),
+                }
+            }
+            Ok(_) => tracing::debug!("target not prepared yet; relay waits"),
+            Err(e) => tracing::warn!(error = %e, "target unreachable; relay waits"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {},
+            _ = stop.changed() => {},
+        }
+    }
+}
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

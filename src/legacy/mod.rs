@@ -5,6 +5,7 @@
 //! only relies on the layout (`LegacyKeys`, the hourly and asset tables), never on this code.
 
 pub mod flush;
+pub mod reader;
 pub mod schema;
 pub mod seed;
 pub mod writer;

@@ -6,6 +6,9 @@
 //! advisory lock, re-checks the expected phase in the same transaction, and writes the
 //! audit log. The gate logic here is pure, so it is tested without a database.
 
+pub mod backfill;
+pub mod dual_write;
+pub mod history;
 pub mod prepare;
 pub mod state;
 pub mod status;

@@ -6,6 +6,7 @@
 
 pub mod aggregates;
 pub mod capability;
+pub mod checkpoint;
 pub mod dead_letter;
 pub mod schema;
 pub mod writer;

@@ -1,0 +1,228 @@
+//! The relay: drains the outbox stream into the target through a consumer group.
+//!
+//! Each [`Relay::step`] reads a batch, writes it to the target in one transaction
+//! (idempotent: `ON CONFLICT DO NOTHING` on `(event_id, time)`), and only then
+//! acknowledges and deletes the entries. A crash between commit and ack redelivers
+//! entries the target already holds, which the unique index absorbs: nothing is lost,
+//! nothing is doubled. While the target is down nothing is acknowledged; the stream
+//! holds the events and the relay catches up when the target returns. Entries left
+//! pending by a dead relay process are claimed after `claim_idle`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+
+use super::outbox;
+use crate::event::TargetEvent;
+use crate::legacy::writer::{OUTBOX_MEMBER_FIELD, OUTBOX_SCORE_FIELD};
+use crate::legacy::LegacyKeys;
+use crate::target::dead_letter::{self, DeadLetter};
+use crate::target::writer::TargetWriter;
+
+/// What one step did; the loop (and tests) decide what to do next from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayOutcome {
+    /// Nothing to relay (the read blocked for `block` and found nothing).
+    Idle,
+    Relayed { entries: usize, inserted: u64, dead_letters: usize },
+    /// The target refused or is unreachable; nothing was acknowledged.
+    TargetUnavailable { error: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    pub group: String,
+    pub consumer: String,
+    pub batch: usize,
+    /// How long a read waits for new entries.
+    pub block: Duration,
+    /// Entries pending this long on another consumer are taken over.
+    pub claim_idle: Duration,
+}
+
+impl RelayOptions {
+    pub fn new(group: &str) -> Self {
+        RelayOptions { group: group.into(), consumer: consumer_name(), batch: 1000, block: Duration::from_millis(500), claim_idle: Duration::from_secs(60) }
+    }
+}
+
+/// A consumer name unique to this process.
+pub fn consumer_name() -> String {
+    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "host".into());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+pub struct Relay {
+    redis: ConnectionManager,
+    writer: Arc<TargetWriter>,
+    keys: Arc<LegacyKeys>,
+    options: RelayOptions,
+    /// Re-read our own unacknowledged entries before taking new ones (at start, after a failure).
+    own_pending_first: bool,
+    last_claim: Option<Instant>,
+}
+
+impl Relay {
+    pub fn new(redis: ConnectionManager, writer: Arc<TargetWriter>, keys: Arc<LegacyKeys>, options: RelayOptions) -> Self {
+        Relay { redis, writer, keys, options, own_pending_first: true, last_claim: None }
+    }
+
+    pub fn options(&self) -> &RelayOptions {
+        &self.options
+    }
+
+    /// Creates the consumer group (and the stream) if missing.
+    pub async fn ensure_group(&mut self) -> redis::RedisResult<()> {
+        ensure_group(&mut self.redis, &self.keys, &self.options.group).await
+    }
+
+    /// One unit of work: read a batch (own pending, claimed, or new), write it, acknowledge it.
+    #[tracing::instrument(skip_all, fields(consumer = %self.options.consumer))]
+    pub async fn step(&mut self) -> redis::RedisResult<RelayOutcome> {
+        let entries = self.next_entries().await?;
+        if entries.is_empty() {
+            return Ok(RelayOutcome::Idle);
+        }
+        match self.write(&entries).await {
+            Ok((inserted, dead_letters)) => {
+                let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+                redis::pipe()
+                    .atomic()
+                    .cmd("XACK")
+                    .arg(&self.keys.outbox)
+                    .arg(&self.options.group)
+                    .arg(&ids)
+                    .ignore()
+                    .cmd("XDEL")
+                    .arg(&self.keys.outbox)
+                    .arg(&ids)
+                    .ignore()
+                    .query_async::<()>(&mut self.redis)
+                    .await?;
+                metrics::counter!("tsmigrate_relay_events_total").increment(entries.len() as u64);
+                Ok(RelayOutcome::Relayed { entries: entries.len(), inserted, dead_letters })
+            }
+            Err(e) => {
+                self.own_pending_first = true;
+                metrics::counter!("tsmigrate_relay_failures_total").increment(1);
+                Ok(RelayOutcome::TargetUnavailable { error: e.to_string() })
+            }
+        }
+    }
+
+    async fn next_entries(&mut self) -> redis::RedisResult<Vec<StreamId>> {
+        let (outbox, group, consumer, batch) = (&self.keys.outbox, &self.options.group, &self.options.consumer, self.options.batch);
+        if self.own_pending_first {
+            let reply: StreamReadReply = redis::cmd("XREADGROUP")
+                .arg("GROUP").arg(group).arg(consumer)
+                .arg("COUNT").arg(batch)
+                .arg("STREAMS").arg(outbox).arg("0")
+                .query_async(&mut self.redis)
+                .await?;
+            let entries = flatten(reply);
+            if !entries.is_empty() {
+                return Ok(entries);
+            }
+            self.own_pending_first = false;
+        }
+        if self.last_claim.is_none_or(|at| at.elapsed() >= self.options.claim_idle / 2) {
+            self.last_claim = Some(Instant::now());
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(outbox).arg(group).arg(consumer)
+                .arg(self.options.claim_idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT").arg(batch)
+                .query_async(&mut self.redis)
+                .await?;
+            if !reply.claimed.is_empty() {
+                tracing::info!(entries = reply.claimed.len(), "claimed entries of a stalled relay");
+                // Claimed entries are now ours; the pending pass picks up the rest next time.
+                self.own_pending_first = true;
+                return Ok(reply.claimed);
+            }
+        }
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP").arg(group).arg(consumer)
+            .arg("COUNT").arg(batch)
+            .arg("BLOCK").arg(self.options.block.as_millis() as u64)
+            .arg("STREAMS").arg(outbox).arg(">")
+            .query_async(&mut self.redis)
+            .await?;
+        Ok(reply.map(flatten).unwrap_or_default())
+    }
+
+    async fn write(&self, entries: &[StreamId]) -> sqlx::Result<(u64, usize)> {
+        let now_ms = Utc::now().timestamp_millis();
+        let mut events = Vec::with_capacity(entries.len());
+        let mut dead = Vec::new();
+        for entry in entries {
+            let member: Vec<u8> = entry.get(OUTBOX_MEMBER_FIELD).unwrap_or_default();
+            let score: Option<f64> = entry.get(OUTBOX_SCORE_FIELD);
+            match score.map(|s| TargetEvent::from_member(&member, s, now_ms)) {
+                Some(Ok(event)) => events.push(event),
+                Some(Err(reason)) => dead.push(DeadLetter { raw: member, score, reason }),
+                None => dead.push(DeadLetter { raw: member, score: None, reason: crate::event::DeadLetterReason::BadScore("missing".into()) }),
+            }
+        }
+        let started = Instant::now();
+        self.writer.ensure_partitions(&events).await?;
+        let mut tx = self.writer.pool().begin().await?;
+        let outcome = self.writer.insert(&mut tx, &events).await?;
+        dead_letter::record(&mut tx, "relay", &dead).await?;
+        tx.commit().await?;
+        metrics::histogram!("tsmigrate_write_seconds", "system" => "target").record(started.elapsed().as_secs_f64());
+        Ok((outcome.inserted, dead.len()))
+    }
+}
+
+fn flatten(reply: StreamReadReply) -> Vec<StreamId> {
+    reply.keys.into_iter().flat_map(|k| k.ids).collect()
+}
+
+pub async fn ensure_group(redis: &mut ConnectionManager, keys: &LegacyKeys, group: &str) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> =
+        redis::cmd("XGROUP").arg("CREATE").arg(&keys.outbox).arg(group).arg("0").arg("MKSTREAM").query_async(redis).await;
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs steps until `shutdown` fires; a step in flight always completes (its batch is
+/// committed and acknowledged, or left pending for the next run).
+pub async fn run_until(mut relay: Relay, mut shutdown: tokio::sync::watch::Receiver<bool>) -> redis::RedisResult<()> {
+    relay.ensure_group().await?;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let outcome = relay.step().await;
+        let pause = match outcome {
+            Ok(RelayOutcome::Relayed { .. }) | Ok(RelayOutcome::Idle) => {
+                backoff = Duration::from_millis(250);
+                None
+            }
+            Ok(RelayOutcome::TargetUnavailable { error }) => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "target unavailable; outbox entries stay pending");
+                Some(backoff)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Redis unavailable");
+                Some(backoff)
+            }
+        };
+        if let Some(pause) = pause {
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {},
+                _ = shutdown.changed() => {},
+            }
+        }
+    }
+}
+
+pub use outbox::lag;
