@@ -13,6 +13,7 @@
 //! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.
 //! - [`cli`]        the command line, one module per subcommand.
 //! - [`progress`]   progress reporting for long work.
+//! - [`telemetry`]  the Prometheus recorder behind `/metrics`.
 
 pub mod cli;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod legacy;
 pub mod phase;
 pub mod progress;
 pub mod target;
+pub mod telemetry;
 
 /// Process exit codes (documented in `tsmigrate --help`).
 pub mod exit {
