@@ -8,9 +8,13 @@
 #[macro_use]
 pub mod support;
 
+mod backfill;
 mod config_errors;
+mod dual_write;
+mod fault;
 mod legacy;
 mod prepare;
+mod scenario;
 mod seed;
 mod status;
 mod timescaledb;
