@@ -10,9 +10,11 @@ pub mod support;
 
 mod backfill;
 mod config_errors;
+mod daemon;
 mod dual_write;
 mod fault;
 mod legacy;
+mod lifecycle;
 mod prepare;
 mod scenario;
 mod seed;
