@@ -10,6 +10,7 @@ pub mod relay;
 pub mod run;
 pub mod seed;
 pub mod status;
+pub mod validate;
 
 use std::path::PathBuf;
 
@@ -65,6 +66,8 @@ pub enum Command {
     Backfill(backfill::Args),
     /// Copy legacy aggregates older than the Redis horizon into the history tables.
     ImportHistory(import_history::Args),
+    /// Compare Redis and the legacy tables with the target; exit 0 clean, 1 differences.
+    Validate(validate::Args),
     /// Run a relay worker alone (outbox stream, or --tail the sorted set).
     Relay(relay::Args),
     /// Run the service: HTTP ingest and health endpoints.
@@ -90,6 +93,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::DualWrite(cmd) => dual_write::run(cmd, &settings, json).await,
         Command::Backfill(args) => backfill::run(args, &settings, json).await,
         Command::ImportHistory(args) => import_history::run(args, &settings, json).await,
+        Command::Validate(args) => validate::run(args, &settings, json).await,
         Command::Relay(args) => relay::run(args, &settings, json).await,
         Command::Run(args) => run::run(args, settings).await,
     }

@@ -12,6 +12,7 @@ pub mod history;
 pub mod prepare;
 pub mod state;
 pub mod status;
+pub mod validate;
 
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +103,9 @@ pub const PREPARE: Transition = Transition { command: "prepare", from: &[Phase::
 pub const DUAL_WRITE_START: Transition = Transition { command: "dual-write start", from: &[Phase::Prepared], to: Phase::DualWriting };
 pub const DUAL_WRITE_STOP: Transition = Transition { command: "dual-write stop", from: &[Phase::DualWriting], to: Phase::Prepared };
 pub const BACKFILL: Transition = Transition { command: "backfill", from: &[Phase::DualWriting, Phase::Backfilled], to: Phase::Backfilled };
+/// A clean validation after backfill opens the cutover gate. Validation itself runs in any
+/// phase from dual_writing on; only this move is gated.
+pub const VALIDATE: Transition = Transition { command: "validate", from: &[Phase::Backfilled], to: Phase::Validated };
 
 /// A command refused by a gate. Shown to the operator as is, with what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
