@@ -71,10 +71,6 @@ impl AggregateKey for AssetKey {
     }
 }
 
-fn counts_line<K: AggregateKey>(key: &K, c: &Counts) -> String {
-    format!("{} {}={} {}={}", key.label(), K::COUNT, c.count, K::DISTINCT, c.distinct)
-}
-
 // ---------------------------------------------------------------- unified diff
 
 /// The differing event buckets: per listed hour, its summary on each side and the listed
@@ -123,12 +119,18 @@ pub fn events_diff(report: &ValidationReport) -> String {
 pub fn aggregate_diff<K: AggregateKey>(check: &AggregateCheck<K>) -> String {
     let Some(findings) = &check.findings else { return String::new() };
     let (mut legacy, mut target) = (String::new(), String::new());
+    // The bucket is a line of its own on both sides, so each bucket's -/+ lines stay together.
     for d in &findings.differences.items {
-        if let Some(c) = &d.legacy {
-            let _ = writeln!(legacy, "{}", counts_line(&d.key, c));
-        }
-        if let Some(c) = &d.target {
-            let _ = writeln!(target, "{}", counts_line(&d.key, c));
+        let bucket = format!("{}\n", d.key.label());
+        legacy.push_str(&bucket);
+        target.push_str(&bucket);
+        for (out, counts) in [(&mut legacy, &d.legacy), (&mut target, &d.target)] {
+            match counts {
+                Some(c) => {
+                    let _ = writeln!(out, "  {}={} {}={}", K::COUNT, c.count, K::DISTINCT, c.distinct);
+                }
+                None => out.push_str("  no row\n"),
+            }
         }
     }
     unified(&legacy, &target, "legacy", "target")
