@@ -14,3 +14,4 @@ mod prepare;
 mod seed;
 mod status;
 mod timescaledb;
+mod validate;
