@@ -15,6 +15,7 @@
 //! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.
 //! - [`cli`]        the command line, one module per subcommand.
 //! - [`progress`]   progress reporting for long work.
+//! - [`telemetry`]  the Prometheus recorder behind `/metrics`.
 
 pub mod cli;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod legacy;
 pub mod phase;
 pub mod progress;
 pub mod target;
+pub mod telemetry;
 pub mod validate;
 
 /// Process exit codes (documented in `tsmigrate --help`).

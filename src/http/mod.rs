@@ -70,10 +70,27 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.settings.ingest.max_body_bytes;
     Router::new()
         .route("/api/v1/analytics", post(ingest::ingest))
+        .route("/api/v1/admin/status", get(admin_status))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Prometheus text format.
+async fn metrics_text() -> (StatusCode, String) {
+    match crate::telemetry::metrics_handle() {
+        Some(handle) => (StatusCode::OK, handle.render()),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n".into()),
+    }
+}
+
+/// `tsmigrate status --json`, over HTTP (admin: needs the bearer token when one is set).
+async fn admin_status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Json<serde_json::Value>, error::ApiError> {
+    ingest::authorize(&state, &headers)?;
+    let status = crate::phase::status::gather(&state.settings).await.map_err(error::ApiError::Unexpected)?;
+    Ok(Json(serde_json::to_value(status).map_err(|e| error::ApiError::Unexpected(e.into()))?))
 }
 
 async fn health() -> Json<serde_json::Value> {

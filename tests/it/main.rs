@@ -8,9 +8,15 @@
 #[macro_use]
 pub mod support;
 
+mod backfill;
 mod config_errors;
+mod daemon;
+mod dual_write;
+mod fault;
 mod legacy;
+mod lifecycle;
 mod prepare;
+mod scenario;
 mod seed;
 mod status;
 mod timescaledb;

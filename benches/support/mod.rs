@@ -1,0 +1,169 @@
+//! Shared by the benchmarks: an isolated database and Redis prefix, child processes with
+//! their peak memory, percentiles, and table printing.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tsmigrate::config::{SecretUrl, Settings};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tsmigrate");
+
+pub fn base_pg() -> String {
+    std::env::var("TSMIGRATE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn base_redis() -> String {
+    std::env::var("TSMIGRATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// How many events a benchmark uses (TSMIGRATE_BENCH_EVENTS scales it down for a quick run).
+pub fn bench_events(default: u64) -> u64 {
+    std::env::var("TSMIGRATE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A database and Redis prefix of its own; dropped with the value.
+pub struct BenchEnv {
+    pub name: String,
+    pub settings: Settings,
+}
+
+impl BenchEnv {
+    pub fn new(label: &str) -> BenchEnv {
+        let name = format!("tsm_bench_{label}_{:08x}", rand::random::<u32>());
+        psql_admin(&format!("CREATE DATABASE {name}"));
+        let mut settings = Settings::default();
+        settings.database.url = SecretUrl::new(base_pg()).with_database(&name);
+        settings.redis.url = SecretUrl::new(base_redis());
+        settings.redis.key_prefix = format!("{name}:");
+        settings.redis.event_cap = 5_000_000;
+        BenchEnv { name, settings }
+    }
+
+    /// The environment a `tsmigrate` child needs to work on this database and prefix.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("DATABASE_URL", self.settings.database.url.expose())
+            .env("REDIS_URL", self.settings.redis.url.expose())
+            .env("TSMIGRATE_REDIS_PREFIX", &self.settings.redis.key_prefix)
+            .env_remove("TSMIGRATE_CONFIG")
+            .current_dir(std::env::temp_dir());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().expect("run tsmigrate");
+        assert!(out.status.success(), "tsmigrate {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        psql_on(&self.name, sql)
+    }
+}
+
+impl Drop for BenchEnv {
+    fn drop(&mut self) {
+        psql_admin(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        let client = redis::Client::open(base_redis()).expect("redis url");
+        if let Ok(mut conn) = client.get_connection() {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", self.settings.redis.key_prefix)).query(&mut conn).unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+            }
+        }
+    }
+}
+
+fn pg_host_args() -> Vec<String> {
+    let url = url::Url::parse(&base_pg()).expect("pg url");
+    vec![
+        "-h".into(),
+        url.host_str().unwrap_or("127.0.0.1").into(),
+        "-p".into(),
+        url.port().unwrap_or(5432).to_string(),
+        "-U".into(),
+        if url.username().is_empty() { "postgres".into() } else { url.username().into() },
+    ]
+}
+
+pub fn psql_admin(sql: &str) -> String {
+    psql_on("postgres", sql)
+}
+
+pub fn psql_on(db: &str, sql: &str) -> String {
+    let out = Command::new("psql").args(pg_host_args()).args(["-d", db, "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql");
+    assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn psql_command(db: &str) -> Command {
+    let mut cmd = Command::new("psql");
+    cmd.args(pg_host_args()).args(["-d", db, "-XqAt", "-v", "ON_ERROR_STOP=1"]);
+    cmd
+}
+
+/// Runs a child to completion, sampling its peak resident memory (VmHWM) as it goes.
+pub struct Measured {
+    pub wall: Duration,
+    pub peak_rss_kib: u64,
+    pub stdout: String,
+}
+
+pub fn measure(mut cmd: Command) -> Measured {
+    let started = Instant::now();
+    let mut child: Child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+    let pid = child.id();
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let mut peak = 0;
+    loop {
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "{cmd:?} failed");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Measured { wall: started.elapsed(), peak_rss_kib: peak, stdout: reader.join().unwrap_or_default() }
+}
+
+/// VmHWM of a live process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+pub fn timescaledb_available() -> bool {
+    psql_admin("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'") == "1"
+        && psql_admin("SHOW shared_preload_libraries").contains("timescaledb")
+}
+
+pub fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    println!("\n{title}");
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        println!("| {} |", parts.join(" | "));
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    println!("|{}|", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|"));
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+pub fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
