@@ -136,18 +136,15 @@ fn write_json_string(s: &str, out: &mut String) {
 /// scale the text implied: `1e21` → `1000000000000000000000`, `1.5e-7` → `0.00000015`,
 /// `1.0` stays `1.0`; numeric has no negative zero, so `-0.0` → `0.0`.
 fn write_numeric(n: &Number, out: &mut String) {
-    let text = n.to_string();
+    let start = out.len();
+    let _ = write!(out, "{n}");
     if !n.is_f64() {
-        out.push_str(&text);
         return;
     }
-    let start = out.len();
-    match text.split_once(['e', 'E']) {
-        None => out.push_str(&text),
-        Some((mantissa, exponent)) => {
-            let exponent: i64 = exponent.parse().unwrap_or(0);
-            write_positional(mantissa, exponent, out);
-        }
+    if let Some(e) = out[start..].find(['e', 'E']) {
+        let text = out.split_off(start);
+        let (mantissa, exponent) = (&text[..e], &text[e + 1..]);
+        write_positional(mantissa, exponent.parse().unwrap_or(0), out);
     }
     let written = &out[start..];
     if let Some(unsigned) = written.strip_prefix('-') {
