@@ -10,7 +10,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -24,25 +23,10 @@ struct Run {
     report: Value,
 }
 
-/// Like `support::measure`, but exit code 1 (differences) is an expected outcome here.
 fn validate(env: &BenchEnv) -> Run {
-    let started = Instant::now();
-    let mut child = env.command(&["validate", "--json"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn validate");
-    let pid = child.id();
-    let stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let mut peak = 0;
-    let status = loop {
-        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let wall = started.elapsed();
-    let stdout = reader.join().unwrap_or_default();
-    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("validate printed no JSON report ({e}): {stdout}"));
-    Run { wall, code: status.code().unwrap_or(-1), peak_rss_kib: peak, report }
+    let (measured, status) = measure_any(env.command(&["validate", "--json"]));
+    let report = serde_json::from_str(&measured.stdout).unwrap_or_else(|e| panic!("validate printed no JSON report ({e}): {}", measured.stdout));
+    Run { wall: measured.wall, code: status.code().unwrap_or(-1), peak_rss_kib: measured.peak_rss_kib, report }
 }
 
 fn ids(env: &BenchEnv, sql: &str) -> Vec<String> {
@@ -97,15 +81,9 @@ fn main() {
     let events = bench_events(1_000_000);
     let flush = std::env::var("TSMIGRATE_BENCH_FLUSH").is_ok_and(|v| v == "1");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut modes = vec!["postgres"];
-    if timescaledb_available() {
-        modes.push("timescaledb");
-    } else {
-        println!("TimescaleDB not available on this server: measuring plain PostgreSQL mode only");
-    }
     let mut rows = Vec::new();
     let mut all_exact = true;
-    for mode in modes {
+    for mode in storage_modes() {
         // Dropped (database and keys) at the end of the iteration, also when a step panics.
         let env = BenchEnv::new("val");
         println!("[{mode}] seeding {events} events{}...", if flush { " with the legacy flush" } else { "" });

@@ -9,8 +9,7 @@
 //! - [`target`]     the target: capability detection, migrations, writer, aggregates, dead letters.
 //! - [`phase`]      the migration state machine, gates, audit log, and the phase commands.
 //! - [`dual_write`] the outbox stream, relay and tail.
-//! - [`validate`]   comparing Redis and the legacy tables with the target: pure diff core,
-//!                  collectors per system, report renderers.
+//! - [`validate`]   comparing Redis and the legacy tables with the target (pure diff core, collectors, reports).
 //! - [`http`]       the HTTP API (ingest, health).
 //! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.
 //! - [`cli`]        the command line, one module per subcommand.

@@ -111,22 +111,39 @@ pub struct Measured {
     pub stdout: String,
 }
 
-pub fn measure(mut cmd: Command) -> Measured {
+pub fn measure(cmd: Command) -> Measured {
+    let (measured, status) = measure_any(cmd);
+    assert!(status.success(), "the measured command failed with {status}");
+    measured
+}
+
+/// Like [`measure`], for a child whose non-zero exit is an expected outcome.
+pub fn measure_any(mut cmd: Command) -> (Measured, std::process::ExitStatus) {
     let started = Instant::now();
     let mut child: Child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
     let pid = child.id();
     let stdout = child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
     let mut peak = 0;
-    loop {
+    let status = loop {
         peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
         if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "{cmd:?} failed");
-            break;
+            break status;
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    (Measured { wall: started.elapsed(), peak_rss_kib: peak, stdout: reader.join().unwrap_or_default() }, status)
+}
+
+/// The storage modes this server can measure: plain PostgreSQL, and TimescaleDB when available.
+pub fn storage_modes() -> Vec<&'static str> {
+    let mut modes = vec!["postgres"];
+    if timescaledb_available() {
+        modes.push("timescaledb");
+    } else {
+        println!("TimescaleDB not available on this server: measuring plain PostgreSQL mode only");
     }
-    Measured { wall: started.elapsed(), peak_rss_kib: peak, stdout: reader.join().unwrap_or_default() }
+    modes
 }
 
 /// VmHWM of a live process, in KiB.

@@ -29,6 +29,14 @@ fn migrate(env: &TestEnv, mode: &str, end: DateTime<Utc>) {
     env.cli(&["backfill"]).expect_success();
 }
 
+/// A little legacy traffic and a target prepared in plain mode (phase prepared).
+async fn seeded_and_prepared() -> TestEnv {
+    let env = TestEnv::new().await;
+    env.cli(&["seed", "--events", "300", "--days", "1", "--users", "20"]).expect_success();
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    env
+}
+
 async fn phase(pool: &PgPool) -> String {
     sqlx::query_scalar("SELECT phase FROM tsmigrate.migration_state").fetch_one(pool).await.unwrap()
 }
@@ -255,9 +263,7 @@ async fn both_storage_modes_report_the_same_differences() {
 
 #[tokio::test]
 async fn exit_codes_say_refused_and_could_not_run() {
-    let env = TestEnv::new().await;
-    env.cli(&["seed", "--events", "300", "--days", "1", "--users", "20"]).expect_success();
-    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    let env = seeded_and_prepared().await;
     let refused = env.cli(&["validate"]);
     refused.expect_code(3);
     assert!(refused.stderr.contains("phase prepared") && refused.stderr.contains("dual-write start"), "{}", refused.stderr);
@@ -277,9 +283,7 @@ async fn exit_codes_say_refused_and_could_not_run() {
 
 #[tokio::test]
 async fn validation_before_backfill_covers_only_the_dual_written_hours() {
-    let env = TestEnv::new().await;
-    env.cli(&["seed", "--events", "500", "--days", "1", "--users", "20"]).expect_success();
-    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    let env = seeded_and_prepared().await;
     env.cli(&["dual-write", "start"]).expect_success();
     // No whole hour after the completion point has closed yet: nothing to compare, exit 2, and why.
     let out = env.cli(&["validate", "--settle", "90s"]);
