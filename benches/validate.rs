@@ -80,6 +80,7 @@ fn timing(report: &Value, stage: &str) -> String {
 fn main() {
     let events = bench_events(1_000_000);
     let flush = std::env::var("TSMIGRATE_BENCH_FLUSH").is_ok_and(|v| v == "1");
+    drop_leftovers("val");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let mut rows = Vec::new();
     let mut all_exact = true;

@@ -76,6 +76,25 @@ impl Drop for BenchEnv {
     }
 }
 
+/// Removes what an interrupted run of a benchmark labelled `label` left behind (databases
+/// `tsm_bench_<label>_*` and their Redis keys). Call before creating new environments.
+pub fn drop_leftovers(label: &str) {
+    let pattern = format!("tsm_bench_{label}_%");
+    let stale = psql_admin(&format!("SELECT datname FROM pg_database WHERE datname LIKE '{pattern}'"));
+    let client = redis::Client::open(base_redis()).expect("redis url");
+    let mut conn = client.get_connection().ok();
+    for name in stale.lines().filter(|l| !l.is_empty()) {
+        println!("removing {name}, left behind by an interrupted run");
+        psql_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        if let Some(conn) = conn.as_mut() {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{name}:*")).query(conn).unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(conn);
+            }
+        }
+    }
+}
+
 fn pg_host_args() -> Vec<String> {
     let url = url::Url::parse(&base_pg()).expect("pg url");
     vec![
