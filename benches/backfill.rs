@@ -13,14 +13,8 @@ use support::*;
 fn main() {
     let events = bench_events(1_000_000);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut modes = vec!["postgres"];
-    if timescaledb_available() {
-        modes.push("timescaledb");
-    } else {
-        println!("TimescaleDB not available on this server: measuring plain PostgreSQL mode only");
-    }
     let mut rows = Vec::new();
-    for mode in modes {
+    for mode in storage_modes() {
         let source = BenchEnv::new("bf");
         println!("[{mode}] seeding {events} events through the legacy write path...");
         let seeded = Instant::now();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::ConnectOptions as _;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::SecretUrl;
@@ -20,13 +21,18 @@ pub enum ConnectError {
     Redis { url: String, reason: String },
 }
 
+/// Statements slower than this are logged as warnings.
+const SLOW_STATEMENT: Duration = Duration::from_secs(60);
+
 /// A pool on `url`; fails fast (within `timeout`) when the server is unreachable.
 pub async fn pg_pool(url: &SecretUrl, max_connections: u32, timeout: Duration) -> Result<PgPool, ConnectError> {
     let options: PgConnectOptions = url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres {
         url: url.redacted(),
         reason: scrub(&e.to_string(), url),
     })?;
-    let options = options.application_name("tsmigrate");
+    // Statements that scan a window of events (validation hashing, aggregate refreshes,
+    // backfill pages) take seconds by design; sqlx's default warns after one second.
+    let options = options.application_name("tsmigrate").log_slow_statements(log::LevelFilter::Warn, SLOW_STATEMENT);
     // One direct attempt first: a pool retries until its timeout and then reports only
     // "timed out", hiding the cause (connection refused, authentication failed...).
     match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {

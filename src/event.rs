@@ -75,7 +75,7 @@ impl TargetEvent {
     pub fn from_member(member: &[u8], score: f64, now_ms: i64) -> Result<TargetEvent, DeadLetterReason> {
         let text = std::str::from_utf8(member).map_err(|_| DeadLetterReason::NotUtf8)?;
         let value: Value = serde_json::from_str(text).map_err(|e| DeadLetterReason::NotJson(e.to_string()))?;
-        let Value::Object(obj) = value else {
+        let Value::Object(mut obj) = value else {
             return Err(DeadLetterReason::NotAnObject);
         };
         let time = score_to_time(score, now_ms)?;
@@ -89,14 +89,16 @@ impl TargetEvent {
         Ok(TargetEvent {
             event_id,
             time,
-            event_name: required_str(&obj, "event_name")?,
-            category: required_str(&obj, "category")?,
-            user_id: optional_scalar(&obj, "user_id")?,
-            session_id: optional_scalar(&obj, "session_id")?,
-            properties: optional_object(&obj, "properties")?,
-            device_info: optional_object(&obj, "device_info")?,
-            page_url: optional_scalar(&obj, "page_url")?,
-            referrer: optional_scalar(&obj, "referrer")?,
+            // Fields are moved out of the parsed object, not cloned: this runs once per
+            // event in backfill and validation.
+            event_name: required_str(&mut obj, "event_name")?,
+            category: required_str(&mut obj, "category")?,
+            user_id: optional_scalar(&mut obj, "user_id")?,
+            session_id: optional_scalar(&mut obj, "session_id")?,
+            properties: optional_object(&mut obj, "properties")?,
+            device_info: optional_object(&mut obj, "device_info")?,
+            page_url: optional_scalar(&mut obj, "page_url")?,
+            referrer: optional_scalar(&mut obj, "referrer")?,
         })
     }
 
@@ -135,27 +137,27 @@ fn score_to_time(score: f64, now_ms: i64) -> Result<DateTime<Utc>, DeadLetterRea
     Utc.timestamp_millis_opt(ms).single().ok_or_else(bad)
 }
 
-fn required_str(obj: &Map<String, Value>, field: &'static str) -> Result<String, DeadLetterReason> {
-    match obj.get(field) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+fn required_str(obj: &mut Map<String, Value>, field: &'static str) -> Result<String, DeadLetterReason> {
+    match obj.remove(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
         _ => Err(DeadLetterReason::MissingField(field)),
     }
 }
 
 /// Strings stay strings; numbers (old trackers sent numeric user ids) become their decimal text.
-fn optional_scalar(obj: &Map<String, Value>, field: &'static str) -> Result<Option<String>, DeadLetterReason> {
-    match obj.get(field) {
+fn optional_scalar(obj: &mut Map<String, Value>, field: &'static str) -> Result<Option<String>, DeadLetterReason> {
+    match obj.remove(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(_) => Err(DeadLetterReason::WrongType(field)),
     }
 }
 
-fn optional_object(obj: &Map<String, Value>, field: &'static str) -> Result<Value, DeadLetterReason> {
-    match obj.get(field) {
+fn optional_object(obj: &mut Map<String, Value>, field: &'static str) -> Result<Value, DeadLetterReason> {
+    match obj.remove(field) {
         None | Some(Value::Null) => Ok(Value::Object(Map::new())),
-        Some(v @ Value::Object(_)) => Ok(v.clone()),
+        Some(v @ Value::Object(_)) => Ok(v),
         Some(_) => Err(DeadLetterReason::WrongType(field)),
     }
 }

@@ -9,6 +9,7 @@
 //! - [`target`]     the target: capability detection, migrations, writer, aggregates, dead letters.
 //! - [`phase`]      the migration state machine, gates, audit log, and the phase commands.
 //! - [`dual_write`] the outbox stream, relay and tail.
+//! - [`validate`]   comparing Redis and the legacy tables with the target (pure diff core, collectors, reports).
 //! - [`http`]       the HTTP API (ingest, health).
 //! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.
 //! - [`cli`]        the command line, one module per subcommand.
@@ -28,6 +29,7 @@ pub mod phase;
 pub mod progress;
 pub mod target;
 pub mod telemetry;
+pub mod validate;
 
 /// Process exit codes (documented in `tsmigrate --help`).
 pub mod exit {

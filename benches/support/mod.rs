@@ -76,6 +76,25 @@ impl Drop for BenchEnv {
     }
 }
 
+/// Removes what an interrupted run of a benchmark labelled `label` left behind (databases
+/// `tsm_bench_<label>_*` and their Redis keys). Call before creating new environments.
+pub fn drop_leftovers(label: &str) {
+    let pattern = format!("tsm_bench_{label}_%");
+    let stale = psql_admin(&format!("SELECT datname FROM pg_database WHERE datname LIKE '{pattern}'"));
+    let client = redis::Client::open(base_redis()).expect("redis url");
+    let mut conn = client.get_connection().ok();
+    for name in stale.lines().filter(|l| !l.is_empty()) {
+        println!("removing {name}, left behind by an interrupted run");
+        psql_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        if let Some(conn) = conn.as_mut() {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{name}:*")).query(conn).unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(conn);
+            }
+        }
+    }
+}
+
 fn pg_host_args() -> Vec<String> {
     let url = url::Url::parse(&base_pg()).expect("pg url");
     vec![
@@ -111,22 +130,39 @@ pub struct Measured {
     pub stdout: String,
 }
 
-pub fn measure(mut cmd: Command) -> Measured {
+pub fn measure(cmd: Command) -> Measured {
+    let (measured, status) = measure_any(cmd);
+    assert!(status.success(), "the measured command failed with {status}");
+    measured
+}
+
+/// Like [`measure`], for a child whose non-zero exit is an expected outcome.
+pub fn measure_any(mut cmd: Command) -> (Measured, std::process::ExitStatus) {
     let started = Instant::now();
     let mut child: Child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
     let pid = child.id();
     let stdout = child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
     let mut peak = 0;
-    loop {
+    let status = loop {
         peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
         if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "{cmd:?} failed");
-            break;
+            break status;
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    (Measured { wall: started.elapsed(), peak_rss_kib: peak, stdout: reader.join().unwrap_or_default() }, status)
+}
+
+/// The storage modes this server can measure: plain PostgreSQL, and TimescaleDB when available.
+pub fn storage_modes() -> Vec<&'static str> {
+    let mut modes = vec!["postgres"];
+    if timescaledb_available() {
+        modes.push("timescaledb");
+    } else {
+        println!("TimescaleDB not available on this server: measuring plain PostgreSQL mode only");
     }
-    Measured { wall: started.elapsed(), peak_rss_kib: peak, stdout: reader.join().unwrap_or_default() }
+    modes
 }
 
 /// VmHWM of a live process, in KiB.

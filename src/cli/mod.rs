@@ -11,6 +11,7 @@ pub mod relay;
 pub mod run;
 pub mod seed;
 pub mod status;
+pub mod validate;
 
 use std::path::PathBuf;
 
@@ -66,6 +67,8 @@ pub enum Command {
     Backfill(backfill::Args),
     /// Copy legacy aggregates older than the Redis horizon into the history tables.
     ImportHistory(import_history::Args),
+    /// Compare Redis and the legacy tables with the target; exit 0 clean, 1 differences.
+    Validate(validate::Args),
     /// Run a relay worker alone (outbox stream, or --tail the sorted set).
     Relay(relay::Args),
     /// Switch reads to the target (gate: a fresh clean validation).
@@ -105,6 +108,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::DualWrite(cmd) => dual_write::run(cmd, &settings, json).await,
         Command::Backfill(args) => backfill::run(args, &settings, json).await,
         Command::ImportHistory(args) => import_history::run(args, &settings, json).await,
+        Command::Validate(args) => validate::run(args, &settings, json).await,
         Command::Relay(args) => relay::run(args, &settings, json).await,
         Command::Cutover(args) => lifecycle::cutover(args, &settings, json).await,
         Command::Reverse(args) => lifecycle::reverse(args, &settings, json).await,

@@ -218,9 +218,25 @@ async fn execute(ctx: &JobContext, job: JobName) -> anyhow::Result<JobOutcome> {
     }
 }
 
-/// The hourly consistency check.
-async fn scheduled_validation(_settings: &Settings) -> anyhow::Result<JobOutcome> {
-    Ok(JobOutcome::Skipped("validation is run with `tsmigrate validate`".into()))
+/// The hourly consistency check: `tsmigrate validate` with the defaults, recorded like any run.
+async fn scheduled_validation(settings: &Settings) -> anyhow::Result<JobOutcome> {
+    let options = crate::phase::validate::ValidateOptions {
+        from: None,
+        to: None,
+        depth: crate::validate::Depth::Events,
+        settle: chrono::Duration::seconds(settings.migration.settle_secs as i64),
+        refresh: true,
+        limit: 50,
+    };
+    let report = crate::phase::validate::run(settings, &options).await?;
+    Ok(match report.verdict() {
+        crate::validate::Verdict::Clean => JobOutcome::Done(report.figures()),
+        crate::validate::Verdict::Differences => JobOutcome::Failed(format!(
+            "validation run #{} found differences: {}",
+            report.run_id.unwrap_or_default(),
+            report.figures()
+        )),
+    })
 }
 
 /// Registers every job on a started scheduler.

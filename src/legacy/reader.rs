@@ -40,10 +40,31 @@ pub async fn read_page(
     until: f64,
     limit: usize,
 ) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
+    range_page(redis, key, cursor, until, limit).await
+}
+
+/// Like [`read_page`], but only members scored below `before` (exclusive).
+pub async fn read_page_before(
+    redis: &mut ConnectionManager,
+    key: &str,
+    cursor: ScoreCursor,
+    before: f64,
+    limit: usize,
+) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
+    range_page(redis, key, cursor, format!("({before}"), limit).await
+}
+
+async fn range_page(
+    redis: &mut ConnectionManager,
+    key: &str,
+    cursor: ScoreCursor,
+    max: impl redis::ToRedisArgs,
+    limit: usize,
+) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
     redis::cmd("ZRANGEBYSCORE")
         .arg(key)
         .arg(cursor.score)
-        .arg(until)
+        .arg(max)
         .arg("WITHSCORES")
         .arg("LIMIT")
         .arg(cursor.skip)

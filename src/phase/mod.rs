@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod prepare;
 pub mod state;
 pub mod status;
+pub mod validate;
 
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +106,9 @@ pub const PREPARE: Transition = Transition { command: "prepare", from: &[Phase::
 pub const DUAL_WRITE_START: Transition = Transition { command: "dual-write start", from: &[Phase::Prepared], to: Phase::DualWriting };
 pub const DUAL_WRITE_STOP: Transition = Transition { command: "dual-write stop", from: &[Phase::DualWriting], to: Phase::Prepared };
 pub const BACKFILL: Transition = Transition { command: "backfill", from: &[Phase::DualWriting, Phase::Backfilled], to: Phase::Backfilled };
+/// A clean validation after backfill opens the cutover gate. Validation itself runs in any
+/// phase from dual_writing on; only this move is gated.
+pub const VALIDATE: Transition = Transition { command: "validate", from: &[Phase::Backfilled], to: Phase::Validated };
 pub const CUTOVER: Transition = Transition { command: "cutover", from: &[Phase::Validated], to: Phase::ReadsSwitched };
 pub const REVERSE: Transition = Transition { command: "reverse", from: &[Phase::ReadsSwitched, Phase::FlushRetired], to: Phase::Validated };
 pub const RETIRE_FLUSH: Transition = Transition { command: "retire-flush", from: &[Phase::ReadsSwitched], to: Phase::FlushRetired };

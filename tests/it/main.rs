@@ -20,3 +20,4 @@ mod scenario;
 mod seed;
 mod status;
 mod timescaledb;
+mod validate;

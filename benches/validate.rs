@@ -1,0 +1,149 @@
+//! Validation at events depth over 1 000 000 events (target: under 10 s on 2 cores), clean
+//! and then with 10 injected differences (3 missing, 3 extra, 2 altered, 2 moved an hour),
+//! per storage mode. Prints both timings and whether exactly the 10 were found.
+//!
+//! `cargo bench --bench validate` (TSMIGRATE_BENCH_EVENTS=100000 for a quick run;
+//! TSMIGRATE_BENCH_FLUSH=1 also runs the legacy flush, so the aggregate checks — with
+//! their refresh — are part of the timing).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// A validate run: wall time, exit code, peak memory, the JSON report.
+struct Run {
+    wall: Duration,
+    code: i32,
+    peak_rss_kib: u64,
+    report: Value,
+}
+
+fn validate(env: &BenchEnv) -> Run {
+    let (measured, status) = measure_any(env.command(&["validate", "--json"]));
+    let report = serde_json::from_str(&measured.stdout).unwrap_or_else(|e| panic!("validate printed no JSON report ({e}): {}", measured.stdout));
+    Run { wall: measured.wall, code: status.code().unwrap_or(-1), peak_rss_kib: measured.peak_rss_kib, report }
+}
+
+fn ids(env: &BenchEnv, sql: &str) -> Vec<String> {
+    env.psql(sql).lines().map(str::to_string).collect()
+}
+
+/// The 10 differences, and their ids by kind (missing, extra, different).
+fn inject(env: &BenchEnv) -> [BTreeSet<String>; 3] {
+    // Rows well inside the window, picked in a fixed order.
+    let pick = |offset: u32, n: u32| {
+        ids(
+            env,
+            &format!(
+                "SELECT event_id FROM analytics_events_ts
+                 WHERE time > (SELECT min(time) FROM analytics_events_ts) + interval '3 hours'
+                   AND time < (SELECT max(time) FROM analytics_events_ts) - interval '3 hours'
+                 ORDER BY event_id OFFSET {offset} LIMIT {n}"
+            ),
+        )
+    };
+    let missing = pick(0, 3);
+    env.psql(&format!("DELETE FROM analytics_events_ts WHERE event_id IN ('{}')", missing.join("','")));
+    let sources = pick(10, 3);
+    let mut extra = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        let id = format!("00000000-0000-4000-8000-00000000000{i}");
+        env.psql(&format!(
+            "INSERT INTO analytics_events_ts SELECT time + interval '1 second', '{id}', event_name, category, user_id, session_id,
+                    properties, device_info, page_url, referrer FROM analytics_events_ts WHERE event_id = '{source}'"
+        ));
+        extra.push(id);
+    }
+    let altered = pick(20, 2);
+    env.psql(&format!("UPDATE analytics_events_ts SET properties = properties || '{{\"bench\": 1}}' WHERE event_id = '{}'", altered[0]));
+    env.psql(&format!("UPDATE analytics_events_ts SET referrer = 'https://elsewhere.example/' WHERE event_id = '{}'", altered[1]));
+    let shifted = pick(30, 2);
+    env.psql(&format!("UPDATE analytics_events_ts SET time = time + interval '1 hour' WHERE event_id IN ('{}')", shifted.join("','")));
+    [missing.into_iter().collect(), extra.into_iter().collect(), altered.into_iter().chain(shifted).collect()]
+}
+
+fn found(report: &Value) -> [BTreeSet<String>; 3] {
+    ["missing", "extra", "different"].map(|kind| {
+        report["events"][kind]["items"].as_array().map(|items| items.iter().filter_map(|e| e["event_id"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+    })
+}
+
+fn timing(report: &Value, stage: &str) -> String {
+    report["timings_ms"][stage].as_u64().map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0))
+}
+
+fn main() {
+    let events = bench_events(1_000_000);
+    let flush = std::env::var("TSMIGRATE_BENCH_FLUSH").is_ok_and(|v| v == "1");
+    drop_leftovers("val");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut rows = Vec::new();
+    let mut all_exact = true;
+    for mode in storage_modes() {
+        // Dropped (database and keys) at the end of the iteration, also when a step panics.
+        let env = BenchEnv::new("val");
+        println!("[{mode}] seeding {events} events{}...", if flush { " with the legacy flush" } else { "" });
+        let seeded = Instant::now();
+        runtime.block_on(async {
+            let mut redis = tsmigrate::db::redis(&env.settings).await.expect("redis");
+            let pool = tsmigrate::db::legacy_pool(&env.settings).await.expect("pg");
+            if flush {
+                tsmigrate::legacy::schema::ensure(&pool, &env.settings.legacy).await.expect("legacy tables");
+            }
+            let options = tsmigrate::legacy::seed::SeedOptions {
+                events,
+                days: 7,
+                users: 5_000,
+                seed: 7,
+                messy: true,
+                end: chrono::Utc::now() - chrono::Duration::hours(1),
+                flush,
+            };
+            tsmigrate::legacy::seed::run(&mut redis, &pool, &env.settings, options, |_| {}).await.expect("seed");
+        });
+        println!("[{mode}] seeded in {:.1}s; prepare, dual-write start, backfill...", seeded.elapsed().as_secs_f64());
+        env.run(&["prepare", "--mode", mode]);
+        env.run(&["dual-write", "start"]);
+        env.run(&["backfill", "--no-history"]);
+
+        let clean = validate(&env);
+        println!("[{mode}] clean run: exit {} in {:.2}s", clean.code, clean.wall.as_secs_f64());
+        let injected = inject(&env);
+        let differing = validate(&env);
+        let got = found(&differing.report);
+        let totals: Vec<u64> = ["missing", "extra", "different"].iter().map(|k| differing.report["events"][k]["total"].as_u64().unwrap_or(0)).collect();
+        let exact = clean.code == 0 && differing.code == 1 && got == injected && totals == [3, 3, 4];
+        all_exact &= exact;
+        let compared = clean.report["events"]["redis_events"].as_u64().unwrap_or(0);
+        for (name, run) in [("clean", &clean), ("10 injected", &differing)] {
+            rows.push(vec![
+                mode.to_string(),
+                name.to_string(),
+                compared.to_string(),
+                format!("{:.2}s", run.wall.as_secs_f64()),
+                timing(&run.report, "redis"),
+                timing(&run.report, "target"),
+                timing(&run.report, "aggregates"),
+                timing(&run.report, "narrow"),
+                format!("{} ({})", run.code, run.report["result"].as_str().unwrap_or("?")),
+                if name == "clean" { "-".into() } else { format!("{}/{}/{} {}", totals[0], totals[1], totals[2], if exact { "exact" } else { "NOT EXACT" }) },
+                mib(run.peak_rss_kib),
+            ]);
+        }
+        if !exact {
+            println!("[{mode}] expected {injected:?}\n[{mode}] found    {got:?} (totals {totals:?}; exit codes {} and {})", clean.code, differing.code);
+        }
+    }
+    print_table(
+        &format!("validate --depth events ({events} events seeded; target < 10 s for 1 000 000)"),
+        &["mode", "run", "events compared", "wall", "redis", "target", "aggregates", "narrow", "exit", "missing/extra/different", "peak RSS"],
+        &rows,
+    );
+    println!("wall is the whole `tsmigrate validate` process (connect, window, both collectors concurrently, narrowing, report, run record, phase move).");
+    println!("{}", if all_exact { "found exactly the 10 injected differences in every mode" } else { "DID NOT find exactly the 10 injected differences (see above)" });
+}

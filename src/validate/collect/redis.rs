@@ -1,0 +1,178 @@
+//! The Redis side: the members of the events sorted set, read in pages by score, parsed
+//! with [`TargetEvent::from_member`] (the function every path into the target uses) and
+//! fingerprinted on the blocking pool, so that parsing runs on every core while the next
+//! page is read. Nothing but per-minute summaries is kept.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use redis::aio::ConnectionManager;
+
+use crate::event::TargetEvent;
+use crate::legacy::reader::{read_page_before, ScoreCursor};
+use crate::validate::diff::{merge_minutes, minute_of, EventDigest, MinuteSummaries, MINUTE_MS};
+use crate::validate::fingerprint::Fingerprinter;
+
+/// Members per `ZRANGEBYSCORE` page.
+pub const PAGE: usize = 16_384;
+/// Pages being parsed while the next is read, per reader.
+const IN_FLIGHT: usize = 2;
+/// Parts of the window read concurrently (each on its own connection's pipeline).
+const READERS: i64 = 2;
+
+/// What Redis holds in the window.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RedisEvents {
+    pub minutes: MinuteSummaries,
+    /// Valid events.
+    pub events: u64,
+    /// Members that are not valid events, by reason code (dead letters; not differences).
+    pub dead_letters: BTreeMap<String, u64>,
+}
+
+impl RedisEvents {
+    fn merge(&mut self, other: RedisEvents) {
+        merge_minutes(&mut self.minutes, other.minutes);
+        self.events += other.events;
+        for (code, n) in other.dead_letters {
+            *self.dead_letters.entry(code).or_default() += n;
+        }
+    }
+
+    pub fn dead_letter_total(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+}
+
+/// The score range holding the events whose time (the score rounded to the millisecond,
+/// as `from_member` does) lies in `[from_ms, to_ms)`.
+fn score_bounds(from_ms: i64, to_ms: i64) -> (f64, f64) {
+    (from_ms as f64 - 0.5, to_ms as f64 - 0.5)
+}
+
+/// Count and hash per minute of every valid event in `[from_ms, to_ms)`.
+#[tracing::instrument(skip(redis), err)]
+pub async fn summarize(redis: &ConnectionManager, key: &str, from_ms: i64, to_ms: i64, now_ms: i64) -> anyhow::Result<RedisEvents> {
+    let minutes = (to_ms - from_ms).div_euclid(MINUTE_MS);
+    let step = (minutes / READERS).max(1) * MINUTE_MS;
+    let mut parts = Vec::new();
+    let mut start = from_ms;
+    while start < to_ms {
+        let end = if parts.len() as i64 + 1 >= READERS { to_ms } else { (start + step).min(to_ms) };
+        parts.push(summarize_part(redis.clone(), key.to_string(), start, end, now_ms));
+        start = end;
+    }
+    let mut total = RedisEvents::default();
+    for part in futures::future::try_join_all(parts).await? {
+        total.merge(part);
+    }
+    Ok(total)
+}
+
+async fn summarize_part(mut redis: ConnectionManager, key: String, from_ms: i64, to_ms: i64, now_ms: i64) -> anyhow::Result<RedisEvents> {
+    let (low, high) = score_bounds(from_ms, to_ms);
+    let mut cursor = ScoreCursor::at(low);
+    let mut pending = VecDeque::new();
+    let mut total = RedisEvents::default();
+    loop {
+        let page = read_page_before(&mut redis, &key, cursor, high, PAGE).await?;
+        let last = page.len() < PAGE;
+        cursor = cursor.after(&page);
+        if !page.is_empty() {
+            pending.push_back(tokio::task::spawn_blocking(move || summarize_page(page, now_ms)));
+        }
+        while pending.len() > IN_FLIGHT || (last && !pending.is_empty()) {
+            total.merge(pending.pop_front().expect("non-empty").await?);
+        }
+        if last {
+            return Ok(total);
+        }
+    }
+}
+
+fn summarize_page(page: Vec<(Vec<u8>, f64)>, now_ms: i64) -> RedisEvents {
+    let mut fingerprinter = Fingerprinter::default();
+    let mut out = RedisEvents::default();
+    for (member, score) in page {
+        match TargetEvent::from_member(&member, score, now_ms) {
+            Ok(event) => {
+                out.events += 1;
+                out.minutes.entry(minute_of(event.time_ms())).or_default().add(fingerprinter.fingerprint(&event));
+            }
+            Err(reason) => *out.dead_letters.entry(reason.code().to_string()).or_default() += 1,
+        }
+    }
+    out
+}
+
+/// Calls `visit` with every valid event in `[from_ms, to_ms)`, oldest first.
+pub async fn for_each_event(
+    redis: &mut ConnectionManager,
+    key: &str,
+    (from_ms, to_ms): (i64, i64),
+    now_ms: i64,
+    mut visit: impl FnMut(TargetEvent),
+) -> anyhow::Result<()> {
+    let (low, high) = score_bounds(from_ms, to_ms);
+    let mut cursor = ScoreCursor::at(low);
+    loop {
+        let page = read_page_before(redis, key, cursor, high, PAGE).await?;
+        cursor = cursor.after(&page);
+        let last = page.len() < PAGE;
+        for (member, score) in page {
+            if let Ok(event) = TargetEvent::from_member(&member, score, now_ms) {
+                visit(event);
+            }
+        }
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+/// The digests of every valid event in the given ranges.
+pub async fn digests(redis: &mut ConnectionManager, key: &str, ranges: &[(i64, i64)], now_ms: i64) -> anyhow::Result<Vec<EventDigest>> {
+    let mut fingerprinter = Fingerprinter::default();
+    let mut out = Vec::new();
+    for range in ranges {
+        for_each_event(redis, key, *range, now_ms, |event| {
+            out.push(EventDigest {
+                fingerprint: fingerprinter.fingerprint(&event),
+                event_id: event.event_id,
+                time_ms: event.time_ms(),
+                event_name: event.event_name,
+            })
+        })
+        .await?;
+    }
+    Ok(out)
+}
+
+/// `--depth counts`: members per hour (`ZCOUNT`, one pipelined round trip). Dead letters
+/// are counted too; the caller subtracts those recorded in `tsmigrate.dead_letter`.
+pub async fn count_hours(redis: &mut ConnectionManager, key: &str, starts: &[i64], end: i64) -> anyhow::Result<Vec<u64>> {
+    let mut pipe = redis::pipe();
+    for (i, start) in starts.iter().enumerate() {
+        let next = starts.get(i + 1).copied().unwrap_or(end);
+        let (low, high) = score_bounds(*start, next);
+        pipe.cmd("ZCOUNT").arg(key).arg(low).arg(format!("({high}"));
+    }
+    Ok(pipe.query_async(redis).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_summarized_by_minute_and_dead_letters_counted() {
+        let now = 1_800_000_000_000;
+        let good = br#"{"id":"0b7e8f6a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_name":"x","category":"y"}"#.to_vec();
+        let page = vec![(good.clone(), 1_700_000_000_000.0), (good, 1_700_000_061_000.0), (b"nope".to_vec(), 1_700_000_000_001.0)];
+        let out = summarize_page(page, now);
+        assert_eq!(out.events, 2);
+        assert_eq!(out.minutes.len(), 2);
+        assert_eq!(out.dead_letters.get("not_json"), Some(&1));
+        // Scores round to the millisecond like event times: x.5 belongs to the next ms.
+        assert_eq!(score_bounds(1000, 2000), (999.5, 1999.5));
+    }
+}

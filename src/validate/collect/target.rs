@@ -1,0 +1,132 @@
+//! The target side: per-minute counts and hashes computed by PostgreSQL (in concurrent
+//! time slices, so the server uses more than one core), and, for the minutes that
+//! differ, the events themselves.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use futures::{StreamExt, TryStreamExt};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::sql;
+use crate::event::TargetEvent;
+use crate::validate::diff::{merge_minutes, minute_of, EventDigest, MinuteSummaries, Summary};
+
+/// Time slices of the window summarized by separate queries, and how many run at once.
+const SLICES: i32 = 8;
+const CONCURRENT_SLICES: usize = 2;
+
+/// `sum(fingerprint)` as PostgreSQL returns it (exact) reduced modulo 2^64.
+pub fn wrap_sum(text: &str) -> anyhow::Result<u64> {
+    let sum: i128 = text.trim().parse().map_err(|e| anyhow::anyhow!("fingerprint sum {text:?} is not an integer: {e}"))?;
+    Ok(sum.rem_euclid(1i128 << 64) as u64)
+}
+
+/// Per-minute counts (and hashes, unless `counts_only`) of the target's events in `[from, to)`.
+#[tracing::instrument(skip(pool), err)]
+pub async fn summarize(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, counts_only: bool) -> anyhow::Result<MinuteSummaries> {
+    let query = if counts_only { sql::EVENT_COUNTS.to_string() } else { sql::event_minutes() };
+    let minutes = (to - from).num_minutes().max(1);
+    let step = Duration::minutes((minutes + i64::from(SLICES) - 1) / i64::from(SLICES));
+    let mut slices = Vec::new();
+    let mut start = from;
+    while start < to {
+        let end = (start + step).min(to);
+        slices.push((start, end));
+        start = end;
+    }
+    let parts: Vec<Vec<(i64, i64, String)>> = futures::stream::iter(slices)
+        .map(|(start, end)| {
+            let query = &query;
+            async move { sqlx::query_as(query).bind(start).bind(end).fetch_all(pool).await }
+        })
+        .buffer_unordered(CONCURRENT_SLICES)
+        .try_collect()
+        .await?;
+    let mut total = MinuteSummaries::new();
+    for rows in parts {
+        let mut part = MinuteSummaries::new();
+        for (minute, count, sum) in rows {
+            part.insert(minute, Summary { count: count as u64, hash: wrap_sum(&sum)? });
+        }
+        merge_minutes(&mut total, part);
+    }
+    Ok(total)
+}
+
+/// Dead letters recorded per minute of `[from_ms, to_ms)` (for `--depth counts`).
+pub async fn dead_letter_minutes(pool: &PgPool, from_ms: i64, to_ms: i64) -> anyhow::Result<HashMap<i64, u64>> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(sql::DEAD_LETTER_MINUTES).bind(from_ms as f64).bind(to_ms as f64).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(m, n)| (m, n as u64)).collect())
+}
+
+/// The digests of the target's events in the given `[from_ms, to_ms)` ranges.
+pub async fn digests(pool: &PgPool, ranges: &[(i64, i64)]) -> anyhow::Result<Vec<EventDigest>> {
+    let mut out = Vec::new();
+    for (from, to) in ranges {
+        let rows: Vec<(Uuid, i64, String, i64)> = sqlx::query_as(sql::EVENT_FINGERPRINTS)
+            .bind(ms_to_time(*from))
+            .bind(ms_to_time(*to))
+            .fetch_all(pool)
+            .await?;
+        out.extend(rows.into_iter().map(|(event_id, time_ms, event_name, fingerprint)| EventDigest {
+            event_id,
+            time_ms,
+            fingerprint: fingerprint as u64,
+            event_name,
+        }));
+    }
+    Ok(out)
+}
+
+type EventRow = (Uuid, DateTime<Utc>, String, String, Option<String>, Option<String>, serde_json::Value, serde_json::Value, Option<String>, Option<String>);
+
+/// Full target rows for `(event_id, time_ms)` keys.
+pub async fn events_by_key(pool: &PgPool, keys: &[(Uuid, i64)]) -> anyhow::Result<Vec<TargetEvent>> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(5_000) {
+        let rows: Vec<EventRow> = sqlx::query_as(sql::EVENTS_BY_KEY)
+            .bind(chunk.iter().map(|k| k.0).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|k| ms_to_time(k.1)).collect::<Vec<_>>())
+            .fetch_all(pool)
+            .await?;
+        out.extend(rows.into_iter().map(|r| TargetEvent {
+            event_id: r.0,
+            time: r.1,
+            event_name: r.2,
+            category: r.3,
+            user_id: r.4,
+            session_id: r.5,
+            properties: r.6,
+            device_info: r.7,
+            page_url: r.8,
+            referrer: r.9,
+        }));
+    }
+    Ok(out)
+}
+
+pub fn ms_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+/// The minute an event of the target belongs to (same rule as the SQL: epoch ms / 60 000).
+pub fn minute_of_event(event: &TargetEvent) -> i64 {
+    minute_of(event.time_ms())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_wrap_modulo_two_to_the_64() {
+        assert_eq!(wrap_sum("5").unwrap(), 5);
+        assert_eq!(wrap_sum("-1").unwrap(), u64::MAX);
+        assert_eq!(wrap_sum("18446744073709551621").unwrap(), 5);
+        // Two fingerprints with the top bit set: -2^63 each in SQL.
+        assert_eq!(wrap_sum("-18446744073709551616").unwrap(), 0);
+        assert!(wrap_sum("1.5").is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! Validation: does the target hold exactly what Redis and the legacy tables hold?
+//!
+//! * [`window`]      which whole hours both systems cover, and why (pure).
+//! * [`fingerprint`] the per-event fingerprint both sides compute (pure).
+//! * [`diff`]        the diff core: summaries and event lists in, findings out (pure).
+//! * [`collect`]     the collectors, one per system; the only I/O here.
+//! * [`report`]      renderers: text with a unified diff, JSON, JUnit XML.
+//!
+//! The phase command that runs all this, records the run and moves the phase is
+//! `crate::phase::validate`. The rules (what is compared, tolerance, exit codes) are
+//! written down in `validation/README.md`.
+
+pub mod collect;
+pub mod diff;
+pub mod fingerprint;
+pub mod report;
+pub mod window;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::phase::Phase;
+use crate::target::aggregates::RefreshOutcome;
+use crate::target::StorageMode;
+use collect::aggregates::{AssetKey, HourlyKey};
+use diff::{AggregateFindings, EventFindings, HourDifference, Listed};
+use window::Window;
+
+/// How deep validation looks at the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Depth {
+    /// Counts per hour only (`ZCOUNT` against `count(*)`): cheap, finds no altered event.
+    Counts,
+    /// Counts and hashes per hour, narrowed to the differing events.
+    Events,
+}
+
+impl Depth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Depth::Counts => "counts",
+            Depth::Events => "events",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Clean,
+    Differences,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Clean => "clean",
+            Verdict::Differences => "differences",
+        }
+    }
+}
+
+/// Redis events against the target's raw events.
+#[derive(Debug, Clone, Default)]
+pub struct EventCheck {
+    pub redis_events: u64,
+    pub target_events: u64,
+    /// Redis members in the window that are not valid events, by reason (information only:
+    /// they are in `tsmigrate.dead_letter`, not in the target, by design). At counts depth,
+    /// those recorded in `tsmigrate.dead_letter` (ZCOUNT cannot tell them apart).
+    pub dead_letters: BTreeMap<String, u64>,
+    pub hours_compared: usize,
+    /// Hours whose count (or hash) differs.
+    pub hours: Listed<HourDifference>,
+    /// Events depth: the differing events.
+    pub findings: Option<EventFindings>,
+    /// Differing hours not narrowed to events (too many events to hold; see the limit).
+    pub not_narrowed: Vec<DateTime<Utc>>,
+    /// Differing hours in which narrowing found no differing event: they changed while
+    /// validating (a late write), or differ only under the tolerance rules.
+    pub settled_while_validating: Vec<DateTime<Utc>>,
+}
+
+impl EventCheck {
+    pub fn has_differences(&self) -> bool {
+        match &self.findings {
+            Some(findings) => findings.total() > 0 || !self.not_narrowed.is_empty(),
+            None => self.hours.total > 0,
+        }
+    }
+
+    pub fn dead_letter_total(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+}
+
+/// One legacy table against its target aggregate.
+#[derive(Debug, Clone)]
+pub struct AggregateCheck<K> {
+    /// The hours (or whole days' span) compared; `None` when skipped.
+    pub range: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub findings: Option<AggregateFindings<K>>,
+    /// Why the check did not run.
+    pub skipped: Option<String>,
+}
+
+impl<K> AggregateCheck<K> {
+    pub fn skipped(reason: impl Into<String>) -> Self {
+        AggregateCheck { range: None, findings: None, skipped: Some(reason.into()) }
+    }
+
+    pub fn has_differences(&self) -> bool {
+        self.findings.as_ref().is_some_and(|f| f.differences.total > 0)
+    }
+}
+
+/// Everything one run found.
+#[derive(Debug, Clone)]
+pub struct ValidationReport {
+    /// `tsmigrate.validation_runs.id`.
+    pub run_id: Option<i64>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub depth: Depth,
+    pub mode: StorageMode,
+    pub window: Window,
+    pub events: EventCheck,
+    pub hourly: AggregateCheck<HourlyKey>,
+    pub assets: AggregateCheck<AssetKey>,
+    /// The aggregate refresh done before comparing (`None` with `--no-refresh` or when skipped).
+    pub refresh: Option<RefreshOutcome>,
+    pub phase_before: Phase,
+    pub phase_after: Phase,
+    /// Why the phase did not move although it could have (lock held...).
+    pub phase_note: Option<String>,
+    /// Per-stage wall time in milliseconds, for operators sizing the job.
+    pub timings: BTreeMap<&'static str, u64>,
+    pub next_steps: Vec<String>,
+}
+
+impl ValidationReport {
+    pub fn verdict(&self) -> Verdict {
+        if self.events.has_differences() || self.hourly.has_differences() || self.assets.has_differences() {
+            Verdict::Differences
+        } else {
+            Verdict::Clean
+        }
+    }
+
+    /// The figures stored with the run in `tsmigrate.validation_runs.figures`.
+    pub fn figures(&self) -> serde_json::Value {
+        let findings = self.events.findings.clone().unwrap_or_default();
+        let agg = |f: Option<(u64, u64)>| f.map(|(rows, diffs)| json!({"rows_compared": rows, "differences": diffs}));
+        json!({
+            "storage_mode": self.mode,
+            "redis_events": self.events.redis_events,
+            "target_events": self.events.target_events,
+            "dead_letters": self.events.dead_letter_total(),
+            "hours_compared": self.events.hours_compared,
+            "hours_differing": self.events.hours.total,
+            "missing": findings.missing.total,
+            "extra": findings.extra.total,
+            "different": findings.different.total,
+            "equivalent": findings.equivalent,
+            "legacy_hourly": agg(self.hourly.findings.as_ref().map(|f| (f.rows_compared, f.differences.total))),
+            "asset_popularity": agg(self.assets.findings.as_ref().map(|f| (f.rows_compared, f.differences.total))),
+            "timings_ms": self.timings,
+        })
+    }
+}

@@ -1,0 +1,625 @@
+//! Renderers of a [`ValidationReport`]: a text summary with a unified diff of the differing
+//! buckets, a JSON report (its own wire types, so the domain types can change freely),
+//! and a JUnit XML file for CI (one testsuite per check, one testcase per check and per
+//! differing bucket).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use similar::TextDiff;
+
+use super::collect::aggregates::{AssetKey, HourlyKey};
+use super::diff::{Counts, EventDifference, EventFindings, HourDifference, Listed};
+use super::window::show_hour;
+use super::{AggregateCheck, ValidationReport, Verdict};
+
+/// `2026-11-19T03:12:01.123Z`.
+fn show_time_ms(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)).unwrap_or_else(|| ms.to_string())
+}
+
+fn show_hash(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+/// How the aggregate checks show their keys and counts.
+pub trait AggregateKey {
+    /// The check's name in JSON and JUnit.
+    const CHECK: &'static str;
+    /// What the check compares, for people.
+    const TITLE: &'static str;
+    const COUNT: &'static str;
+    const DISTINCT: &'static str;
+    /// The bucket, for a diff line.
+    fn label(&self) -> String;
+    /// The key fields, for JSON.
+    fn wire(&self) -> serde_json::Map<String, serde_json::Value>;
+}
+
+impl AggregateKey for HourlyKey {
+    const CHECK: &'static str = "legacy_hourly";
+    const TITLE: &'static str = "legacy hourly table vs analytics_hourly";
+    const COUNT: &'static str = "event_count";
+    const DISTINCT: &'static str = "unique_users";
+    fn label(&self) -> String {
+        format!("{} {} {}", show_hour(self.hour), self.event_name, self.category)
+    }
+    fn wire(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("hour".into(), self.hour.to_rfc3339_opts(SecondsFormat::Secs, true).into());
+        m.insert("event_name".into(), self.event_name.clone().into());
+        m.insert("category".into(), self.category.clone().into());
+        m
+    }
+}
+
+impl AggregateKey for AssetKey {
+    const CHECK: &'static str = "asset_popularity";
+    const TITLE: &'static str = "legacy asset popularity vs analytics_asset_popularity_ts";
+    const COUNT: &'static str = "generation_count";
+    const DISTINCT: &'static str = "unique_creators";
+    fn label(&self) -> String {
+        format!("{} {}", self.day, self.asset_type)
+    }
+    fn wire(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("day".into(), self.day.to_string().into());
+        m.insert("asset_type".into(), self.asset_type.clone().into());
+        m
+    }
+}
+
+// ---------------------------------------------------------------- unified diff
+
+/// The differing event buckets: per listed hour, its summary on each side and the listed
+/// events of that hour on the side that has them (missing: Redis; extra: target;
+/// different: both).
+pub fn events_diff(report: &ValidationReport) -> String {
+    let hours = &report.events.hours.items;
+    if hours.is_empty() {
+        return String::new();
+    }
+    let (mut redis, mut target) = (String::new(), String::new());
+    let findings = report.events.findings.as_ref();
+    let all: Vec<&EventDifference> = findings.map(|f| f.missing.items.iter().chain(&f.extra.items).chain(&f.different.items).collect()).unwrap_or_default();
+    let counts_only = report.depth == super::Depth::Counts;
+    for (i, hour) in hours.iter().enumerate() {
+        let end = hours.get(i + 1).map_or(i64::MAX, |h| h.start_ms).min(hour.start_ms + 2 * 3_600_000);
+        let header = format!("hour {}\n", show_hour(DateTime::from_timestamp_millis(hour.start_ms).unwrap_or_default()));
+        redis.push_str(&header);
+        target.push_str(&header);
+        for (out, summary) in [(&mut redis, hour.redis), (&mut target, hour.target)] {
+            if counts_only {
+                let _ = writeln!(out, "  events={}", summary.count);
+            } else {
+                let _ = writeln!(out, "  events={} hash={}", summary.count, show_hash(summary.hash));
+            }
+        }
+        let mut lines: Vec<(i64, bool, String)> = Vec::new();
+        for d in &all {
+            for (is_redis, time, fp) in [(true, d.redis_time_ms, d.redis_fingerprint), (false, d.target_time_ms, d.target_fingerprint)] {
+                if let (Some(t), Some(fp)) = (time, fp) {
+                    if t >= hour.start_ms && t < end {
+                        lines.push((t, is_redis, format!("  {} {} {} fp={}\n", show_time_ms(t), d.event_id, d.event_name, show_hash(fp))));
+                    }
+                }
+            }
+        }
+        lines.sort();
+        for (_, is_redis, line) in lines {
+            if is_redis { redis.push_str(&line) } else { target.push_str(&line) }
+        }
+    }
+    unified(&redis, &target, "redis", "target")
+}
+
+/// The differing rows of one aggregate check, legacy against target.
+pub fn aggregate_diff<K: AggregateKey>(check: &AggregateCheck<K>) -> String {
+    let Some(findings) = &check.findings else { return String::new() };
+    let (mut legacy, mut target) = (String::new(), String::new());
+    // The bucket is a line of its own on both sides, so each bucket's -/+ lines stay together.
+    for d in &findings.differences.items {
+        let bucket = format!("{}\n", d.key.label());
+        legacy.push_str(&bucket);
+        target.push_str(&bucket);
+        for (out, counts) in [(&mut legacy, &d.legacy), (&mut target, &d.target)] {
+            match counts {
+                Some(c) => {
+                    let _ = writeln!(out, "  {}={} {}={}", K::COUNT, c.count, K::DISTINCT, c.distinct);
+                }
+                None => out.push_str("  no row\n"),
+            }
+        }
+    }
+    unified(&legacy, &target, "legacy", "target")
+}
+
+fn unified(old: &str, new: &str, old_name: &str, new_name: &str) -> String {
+    if old == new {
+        return String::new();
+    }
+    TextDiff::from_lines(old, new).unified_diff().context_radius(3).header(old_name, new_name).to_string()
+}
+
+/// All the diffs of a report, one after the other.
+pub fn full_diff(report: &ValidationReport) -> String {
+    [events_diff(report), aggregate_diff(&report.hourly), aggregate_diff(&report.assets)].into_iter().filter(|d| !d.is_empty()).collect::<Vec<_>>().join("")
+}
+
+// ---------------------------------------------------------------- text
+
+fn status_word<K>(check: &AggregateCheck<K>) -> &'static str {
+    match (&check.skipped, check.has_differences()) {
+        (Some(_), _) => "skipped",
+        (None, true) => "DIFFERENCES",
+        (None, false) => "clean",
+    }
+}
+
+fn push_events(o: &mut String, title: &str, listed: &Listed<EventDifference>) {
+    if listed.total == 0 {
+        return;
+    }
+    let _ = writeln!(o, "  {title}: {}{}", listed.total, if listed.total > listed.items.len() as u64 { format!(" (first {} listed)", listed.items.len()) } else { String::new() });
+    for d in &listed.items {
+        let time = match (d.redis_time_ms, d.target_time_ms) {
+            (Some(r), Some(t)) if r != t => format!("{} (target {})", show_time_ms(r), show_time_ms(t)),
+            (Some(t), _) | (None, Some(t)) => show_time_ms(t),
+            (None, None) => String::new(),
+        };
+        let fields = if d.fields.is_empty() { String::new() } else { format!("  fields: {}", d.fields.join(", ")) };
+        let _ = writeln!(o, "    {time}  {}  {}{fields}", d.event_id, d.event_name);
+    }
+}
+
+fn push_aggregate<K: AggregateKey>(o: &mut String, check: &AggregateCheck<K>) {
+    let _ = write!(o, "{}: {}", K::TITLE, status_word(check));
+    if let Some(reason) = &check.skipped {
+        let _ = writeln!(o, " ({reason})");
+        return;
+    }
+    let (Some(findings), Some((from, to))) = (&check.findings, check.range) else {
+        o.push('\n');
+        return;
+    };
+    let _ = writeln!(o, ", {} rows compared over {} .. {}, {} differ", findings.rows_compared, show_hour(from), show_hour(to), findings.differences.total);
+}
+
+impl ValidationReport {
+    /// The text summary (stdout).
+    pub fn human(&self) -> String {
+        let mut o = String::new();
+        let verdict = match self.verdict() {
+            Verdict::Clean => "clean",
+            Verdict::Differences => "DIFFERENCES",
+        };
+        let run = self.run_id.map(|id| format!(", run #{id}")).unwrap_or_default();
+        let _ = writeln!(o, "validate: {verdict} ({} depth, storage mode {}{run}, {:.1}s)", self.depth.as_str(), self.mode, self.duration_ms as f64 / 1000.0);
+        let w = &self.window;
+        let _ = writeln!(o, "window: {} .. {} ({} hours, cut in {})", show_hour(w.from), show_hour(w.to), w.hour_starts.len(), w.time_zone);
+        let _ = writeln!(o, "  from {}: {}", show_hour(w.from), w.from_reason);
+        let _ = writeln!(o, "  to   {}: {}", show_hour(w.to), w.to_reason);
+
+        let e = &self.events;
+        let _ = writeln!(
+            o,
+            "events: redis {}, target {}; {} of {} hours differ{}",
+            e.redis_events,
+            e.target_events,
+            e.hours.total,
+            e.hours_compared,
+            if self.depth == super::Depth::Counts { " (counts only)" } else { "" }
+        );
+        let dead = e.dead_letter_total();
+        if dead > 0 {
+            let reasons: Vec<String> = e.dead_letters.iter().map(|(code, n)| format!("{n} {code}")).collect();
+            let _ = writeln!(o, "  dead letters in the window: {dead} ({}): in tsmigrate.dead_letter, not differences", reasons.join(", "));
+        }
+        if let Some(f) = &e.findings {
+            push_events(&mut o, "missing in the target", &f.missing);
+            push_events(&mut o, "extra in the target", &f.extra);
+            push_events(&mut o, "different (same id)", &f.different);
+            if f.equivalent > 0 {
+                let _ = writeln!(o, "  equal under the tolerance rules (not differences): {}", f.equivalent);
+            }
+        }
+        if !e.not_narrowed.is_empty() {
+            let _ = writeln!(o, "  not narrowed to events (over the limit of events to fetch): {}", e.not_narrowed.iter().map(|h| show_hour(*h)).collect::<Vec<_>>().join(", "));
+        }
+        if !e.settled_while_validating.is_empty() {
+            let _ = writeln!(o, "  differed at first, equal when narrowed (written while validating): {}", e.settled_while_validating.iter().map(|h| show_hour(*h)).collect::<Vec<_>>().join(", "));
+        }
+        push_aggregate(&mut o, &self.hourly);
+        push_aggregate(&mut o, &self.assets);
+        if let Some(r) = &self.refresh {
+            if let (Some(from), Some(to)) = (r.from, r.to) {
+                let _ = writeln!(o, "aggregates refreshed first: {} .. {}", show_hour(from), show_hour(to));
+            }
+        }
+        let diff = full_diff(self);
+        if !diff.is_empty() {
+            o.push_str("diff of the differing buckets:\n");
+            o.push_str(&diff);
+        }
+        if self.phase_after != self.phase_before {
+            let _ = writeln!(o, "phase: {} -> {}", self.phase_before, self.phase_after);
+        } else {
+            let _ = writeln!(o, "phase: {} (unchanged)", self.phase_before);
+        }
+        if let Some(note) = &self.phase_note {
+            let _ = writeln!(o, "  {note}");
+        }
+        o.push_str("next:\n");
+        for s in &self.next_steps {
+            let _ = writeln!(o, "  {s}");
+        }
+        o
+    }
+
+    pub fn to_json(&self) -> JsonReport {
+        JsonReport::from(self)
+    }
+
+    pub fn junit(&self) -> String {
+        junit(self)
+    }
+}
+
+// ---------------------------------------------------------------- JSON wire types
+
+#[derive(Debug, Serialize)]
+pub struct JsonReport {
+    pub result: &'static str,
+    pub run_id: Option<i64>,
+    pub depth: &'static str,
+    pub storage_mode: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub window: JsonWindow,
+    pub events: JsonEvents,
+    pub legacy_hourly: JsonAggregate,
+    pub asset_popularity: JsonAggregate,
+    pub refresh: Option<crate::target::aggregates::RefreshOutcome>,
+    pub phase: JsonPhase,
+    pub timings_ms: BTreeMap<&'static str, u64>,
+    /// The unified diff of the differing buckets (empty when clean).
+    pub diff: String,
+    pub next_steps: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonWindow {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub from_reason: String,
+    pub to_reason: String,
+    pub time_zone: String,
+    pub hours: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonPhase {
+    pub before: String,
+    pub after: String,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonSummary {
+    pub count: u64,
+    /// 16 hex digits (a u64 does not survive every JSON reader).
+    pub hash: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonHour {
+    pub hour: DateTime<Utc>,
+    pub redis: JsonSummary,
+    pub target: JsonSummary,
+    pub minutes_differing: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonEvent {
+    pub kind: &'static str,
+    pub event_id: String,
+    pub event_name: String,
+    pub redis_time: Option<String>,
+    pub target_time: Option<String>,
+    pub fields: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonListed<T> {
+    pub total: u64,
+    pub items: Vec<T>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonEvents {
+    pub status: &'static str,
+    pub redis_events: u64,
+    pub target_events: u64,
+    pub dead_letters: u64,
+    pub dead_letters_by_reason: BTreeMap<String, u64>,
+    pub hours_compared: usize,
+    pub hours_differing: JsonListed<JsonHour>,
+    /// Events depth only.
+    pub missing: Option<JsonListed<JsonEvent>>,
+    pub extra: Option<JsonListed<JsonEvent>>,
+    pub different: Option<JsonListed<JsonEvent>>,
+    pub equivalent: u64,
+    pub not_narrowed: Vec<DateTime<Utc>>,
+    pub settled_while_validating: Vec<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonAggregate {
+    pub status: &'static str,
+    pub skipped_reason: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub rows_compared: u64,
+    pub differences: JsonListed<serde_json::Value>,
+}
+
+fn json_listed<T, U>(listed: &Listed<T>, f: impl Fn(&T) -> U) -> JsonListed<U> {
+    JsonListed { total: listed.total, items: listed.items.iter().map(f).collect() }
+}
+
+fn json_event(d: &EventDifference) -> JsonEvent {
+    JsonEvent {
+        kind: d.kind.as_str(),
+        event_id: d.event_id.to_string(),
+        event_name: d.event_name.clone(),
+        redis_time: d.redis_time_ms.map(show_time_ms),
+        target_time: d.target_time_ms.map(show_time_ms),
+        fields: d.fields.clone(),
+    }
+}
+
+fn json_hour(h: &HourDifference) -> JsonHour {
+    JsonHour {
+        hour: DateTime::from_timestamp_millis(h.start_ms).unwrap_or_default(),
+        redis: JsonSummary { count: h.redis.count, hash: show_hash(h.redis.hash) },
+        target: JsonSummary { count: h.target.count, hash: show_hash(h.target.hash) },
+        minutes_differing: h.minutes.len(),
+    }
+}
+
+fn json_aggregate<K: AggregateKey>(check: &AggregateCheck<K>) -> JsonAggregate {
+    let counts = |c: &Option<Counts>| match c {
+        Some(c) => serde_json::json!({K::COUNT: c.count, K::DISTINCT: c.distinct}),
+        None => serde_json::Value::Null,
+    };
+    let empty = Listed::default();
+    let differences = check.findings.as_ref().map_or(&empty, |f| &f.differences);
+    JsonAggregate {
+        status: match status_word(check) {
+            "DIFFERENCES" => "differences",
+            other => other,
+        },
+        skipped_reason: check.skipped.clone(),
+        from: check.range.map(|r| r.0),
+        to: check.range.map(|r| r.1),
+        rows_compared: check.findings.as_ref().map_or(0, |f| f.rows_compared),
+        differences: json_listed(differences, |d| {
+            let mut m = d.key.wire();
+            m.insert("legacy".into(), counts(&d.legacy));
+            m.insert("target".into(), counts(&d.target));
+            serde_json::Value::Object(m)
+        }),
+    }
+}
+
+impl From<&ValidationReport> for JsonReport {
+    fn from(r: &ValidationReport) -> Self {
+        let e = &r.events;
+        let kinds = |pick: fn(&EventFindings) -> &Listed<EventDifference>| e.findings.as_ref().map(|f| json_listed(pick(f), json_event));
+        JsonReport {
+            result: r.verdict().as_str(),
+            run_id: r.run_id,
+            depth: r.depth.as_str(),
+            storage_mode: r.mode.to_string(),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            duration_ms: r.duration_ms,
+            window: JsonWindow {
+                from: r.window.from,
+                to: r.window.to,
+                from_reason: r.window.from_reason.clone(),
+                to_reason: r.window.to_reason.clone(),
+                time_zone: r.window.time_zone.clone(),
+                hours: r.window.hour_starts.len(),
+            },
+            events: JsonEvents {
+                status: if e.has_differences() { "differences" } else { "clean" },
+                redis_events: e.redis_events,
+                target_events: e.target_events,
+                dead_letters: e.dead_letter_total(),
+                dead_letters_by_reason: e.dead_letters.clone(),
+                hours_compared: e.hours_compared,
+                hours_differing: json_listed(&e.hours, json_hour),
+                missing: kinds(|f| &f.missing),
+                extra: kinds(|f| &f.extra),
+                different: kinds(|f| &f.different),
+                equivalent: e.findings.as_ref().map_or(0, |f| f.equivalent),
+                not_narrowed: e.not_narrowed.clone(),
+                settled_while_validating: e.settled_while_validating.clone(),
+            },
+            legacy_hourly: json_aggregate(&r.hourly),
+            asset_popularity: json_aggregate(&r.assets),
+            refresh: r.refresh.clone(),
+            phase: JsonPhase { before: r.phase_before.to_string(), after: r.phase_after.to_string(), note: r.phase_note.clone() },
+            timings_ms: r.timings.clone(),
+            diff: full_diff(r),
+            next_steps: r.next_steps.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- JUnit XML
+
+/// Text safe inside an XML attribute or element: the five entities escaped, characters
+/// XML 1.0 forbids (most control characters) replaced.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Case {
+    name: String,
+    failure: Option<(String, String)>,
+    skipped: Option<String>,
+}
+
+struct Suite {
+    name: &'static str,
+    cases: Vec<Case>,
+    out: String,
+}
+
+fn passed(name: String) -> Case {
+    Case { name, failure: None, skipped: None }
+}
+
+fn failed(name: String, message: String, body: String) -> Case {
+    Case { name, failure: Some((message, body)), skipped: None }
+}
+
+fn events_suite(r: &ValidationReport) -> Suite {
+    let e = &r.events;
+    let title = format!("event counts{} per hour, {} hours", if r.depth == super::Depth::Events { " and hashes" } else { "" }, e.hours_compared);
+    let mut cases = Vec::new();
+    if e.has_differences() {
+        let mut message = format!("{} of {} hours differ", e.hours.total, e.hours_compared);
+        if let Some(f) = &e.findings {
+            let _ = write!(message, ": {} missing in the target, {} extra in the target, {} different", f.missing.total, f.extra.total, f.different.total);
+        }
+        cases.push(failed(title, message, events_diff(r)));
+    } else {
+        cases.push(passed(title));
+    }
+    if e.has_differences() {
+        for h in &e.hours.items {
+            let hour = DateTime::<Utc>::from_timestamp_millis(h.start_ms).unwrap_or_default();
+            let end = h.start_ms + 3_600_000;
+            let mut body = String::new();
+            for d in e.findings.iter().flat_map(|f| f.missing.items.iter().chain(&f.extra.items).chain(&f.different.items)) {
+                let inside = |t: Option<i64>| t.is_some_and(|t| t >= h.start_ms && t < end);
+                if inside(d.redis_time_ms) || inside(d.target_time_ms) {
+                    let _ = writeln!(body, "{} {} {} {}", d.kind.as_str(), d.event_id, d.event_name, d.fields.join(","));
+                }
+            }
+            cases.push(failed(format!("hour {}", show_hour(hour)), format!("redis {} events, target {}", h.redis.count, h.target.count), body));
+        }
+    }
+    let mut out = String::new();
+    if e.dead_letter_total() > 0 {
+        let _ = writeln!(out, "dead letters in the window (not differences): {:?}", e.dead_letters);
+    }
+    Suite { name: "events", cases, out }
+}
+
+fn aggregate_suite<K: AggregateKey>(check: &AggregateCheck<K>) -> Suite {
+    let mut cases = Vec::new();
+    if let Some(reason) = &check.skipped {
+        cases.push(Case { name: K::TITLE.to_string(), failure: None, skipped: Some(reason.clone()) });
+    } else if let Some(f) = &check.findings {
+        let title = format!("{}: {} rows", K::TITLE, f.rows_compared);
+        if f.differences.total > 0 {
+            cases.push(failed(title, format!("{} of {} rows differ", f.differences.total, f.rows_compared), aggregate_diff(check)));
+            for d in &f.differences.items {
+                let show = |c: &Option<Counts>| c.map_or("no row".to_string(), |c| format!("{}={} {}={}", K::COUNT, c.count, K::DISTINCT, c.distinct));
+                cases.push(failed(d.key.label(), format!("legacy {}, target {}", show(&d.legacy), show(&d.target)), String::new()));
+            }
+        } else {
+            cases.push(passed(title));
+        }
+    }
+    Suite { name: K::CHECK, cases, out: String::new() }
+}
+
+fn junit(r: &ValidationReport) -> String {
+    let suites = [events_suite(r), aggregate_suite(&r.hourly), aggregate_suite(&r.assets)];
+    let count = |f: fn(&Case) -> bool, s: &Suite| s.cases.iter().filter(|c| f(c)).count();
+    let total: usize = suites.iter().map(|s| s.cases.len()).sum();
+    let failures: usize = suites.iter().map(|s| count(|c| c.failure.is_some(), s)).sum();
+    let skipped: usize = suites.iter().map(|s| count(|c| c.skipped.is_some(), s)).sum();
+    let seconds = r.duration_ms as f64 / 1000.0;
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(x, "<testsuites name=\"tsmigrate validate\" tests=\"{total}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{seconds:.3}\">");
+    for s in &suites {
+        let _ = writeln!(
+            x,
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" timestamp=\"{}\">",
+            s.name,
+            s.cases.len(),
+            count(|c| c.failure.is_some(), s),
+            count(|c| c.skipped.is_some(), s),
+            r.started_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
+        let _ = writeln!(x, "    <properties>");
+        for (name, value) in [
+            ("window_from", r.window.from.to_rfc3339()),
+            ("window_to", r.window.to.to_rfc3339()),
+            ("depth", r.depth.as_str().to_string()),
+            ("storage_mode", r.mode.to_string()),
+            ("run_id", r.run_id.map(|id| id.to_string()).unwrap_or_default()),
+        ] {
+            let _ = writeln!(x, "      <property name=\"{name}\" value=\"{}\"/>", xml_escape(&value));
+        }
+        let _ = writeln!(x, "    </properties>");
+        for c in &s.cases {
+            let _ = write!(x, "    <testcase classname=\"tsmigrate.validate.{}\" name=\"{}\"", s.name, xml_escape(&c.name));
+            match (&c.failure, &c.skipped) {
+                (Some((message, body)), _) => {
+                    let _ = writeln!(x, ">\n      <failure type=\"difference\" message=\"{}\">{}</failure>\n    </testcase>", xml_escape(message), xml_escape(body));
+                }
+                (None, Some(reason)) => {
+                    let _ = writeln!(x, ">\n      <skipped message=\"{}\"/>\n    </testcase>", xml_escape(reason));
+                }
+                (None, None) => x.push_str("/>\n"),
+            }
+        }
+        if !s.out.is_empty() {
+            let _ = writeln!(x, "    <system-out>{}</system-out>", xml_escape(&s.out));
+        }
+        x.push_str("  </testsuite>\n");
+    }
+    x.push_str("</testsuites>\n");
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_escape_handles_entities_and_forbidden_characters() {
+        assert_eq!(xml_escape("a<b>&\"c'\u{1}\n"), "a&lt;b&gt;&amp;&quot;c&apos;\u{fffd}\n");
+    }
+
+    #[test]
+    fn unified_diff_marks_each_side() {
+        let d = unified("hour x\n  events=2\n", "hour x\n  events=1\n", "redis", "target");
+        assert!(d.contains("--- redis\n+++ target\n"), "{d}");
+        assert!(d.contains("-  events=2\n+  events=1\n"), "{d}");
+        assert!(unified("a\n", "a\n", "x", "y").is_empty());
+    }
+}
