@@ -1,1 +1,16 @@
-fn main(){}
+//! The integration tests: one binary, one module per area. Every test creates its own
+//! database and Redis key prefix through [`support::TestEnv`], so they run in parallel,
+//! in any order, against real PostgreSQL and Redis (`scripts/services.sh` starts them).
+//!
+//! Tests in [`timescaledb`] form the TimescaleDB tier: they skip (loudly) on a server
+//! without the extension, unless `TSMIGRATE_REQUIRE_TIMESCALEDB=1`.
+
+#[macro_use]
+pub mod support;
+
+mod config_errors;
+mod legacy;
+mod prepare;
+mod seed;
+mod status;
+mod timescaledb;

@@ -1,0 +1,344 @@
+//! Test harness: every test gets its own PostgreSQL database and its own Redis key
+//! prefix, so tests run in parallel and in any order against the real servers.
+//!
+//! * [`TestEnv::new`] creates database `tsm_t_<hex>` and prefix `tsmt:<hex>:`.
+//! * [`TestEnv::cli`] runs the built `tsmigrate` binary against them.
+//! * Dropping a `TestEnv` drops the database and deletes the prefix's keys, also when
+//!   the test panicked.
+//!
+//! Servers: `TSMIGRATE_TEST_DATABASE_URL` (a maintenance database on the server, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and `TSMIGRATE_TEST_REDIS_URL`
+//! (default `redis://127.0.0.1:6379`). `scripts/services.sh` starts local ones.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tsmigrate::config::{SecretUrl, Settings};
+use tsmigrate::legacy::LegacyKeys;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Set to 1 to make a missing TimescaleDB a test failure instead of a skip.
+pub const REQUIRE_TIMESCALEDB_ENV: &str = "TSMIGRATE_REQUIRE_TIMESCALEDB";
+
+/// Environment variables the binary reads that must not leak from the developer's shell
+/// into a test run (each test sets what it needs explicitly).
+const SCRUBBED_ENV: &[&str] = &[
+    "DATABASE_URL",
+    "LEGACY_DATABASE_URL",
+    "REDIS_URL",
+    "TSMIGRATE_REDIS_PREFIX",
+    "TSMIGRATE_CONFIG",
+    "TSMIGRATE_API_TOKEN",
+    "TSMIGRATE_BIND",
+    "TSMIGRATE_ACTOR",
+    "RUST_LOG",
+];
+
+/// The maintenance database URL used to create and drop test databases.
+pub fn admin_database_url() -> SecretUrl {
+    SecretUrl::new(std::env::var("TSMIGRATE_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into()))
+}
+
+pub fn redis_url() -> SecretUrl {
+    SecretUrl::new(std::env::var("TSMIGRATE_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.into()))
+}
+
+fn random_hex() -> String {
+    // 64 random bits: collisions between concurrently running tests are not a concern.
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// One isolated test environment: a fresh database, a Redis key prefix, and settings for both.
+pub struct TestEnv {
+    /// `tsm_t_<hex>`, created by `new`, dropped on drop.
+    pub db_name: String,
+    /// `tsmt:<hex>:`; every key under it is deleted on drop.
+    pub prefix: String,
+    /// Settings pointing at this database and prefix (defaults otherwise).
+    pub settings: Settings,
+    /// A pool on the test database, for assertions.
+    pub pool: PgPool,
+    /// The working directory of CLI runs: empty, so no stray `tsmigrate.toml` is picked up.
+    workdir: tempfile::TempDir,
+    cleaned: bool,
+}
+
+/// What a CLI run produced.
+#[derive(Debug, Clone)]
+pub struct CliOutput {
+    /// The exit code (-1 when killed by a signal).
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Panics with the full output unless the exit code is `expected`.
+    #[track_caller]
+    pub fn expect_code(&self, expected: i32) -> &Self {
+        assert_eq!(
+            self.code, expected,
+            "expected exit code {expected}, got {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn expect_success(&self) -> &Self {
+        self.expect_code(0)
+    }
+
+    /// Stdout as JSON (for `--json` runs).
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl TestEnv {
+    /// A fresh database and key prefix with the default settings.
+    pub async fn new() -> TestEnv {
+        Self::with_settings(|_| {}).await
+    }
+
+    /// Like `new`, with settings adjusted by `adjust` (database and Redis are filled in after).
+    pub async fn with_settings(adjust: impl FnOnce(&mut Settings)) -> TestEnv {
+        let hex = random_hex();
+        let db_name = format!("tsm_t_{hex}");
+        let prefix = format!("tsmt:{hex}:");
+        let admin = admin_database_url();
+        let mut conn = PgConnection::connect(admin.expose()).await.unwrap_or_else(|e| {
+            panic!("cannot connect to the test PostgreSQL at {admin} ({e}); run scripts/services.sh or set TSMIGRATE_TEST_DATABASE_URL")
+        });
+        sqlx::raw_sql(&format!("CREATE DATABASE {db_name}")).execute(&mut conn).await.expect("create the test database");
+        let _ = conn.close().await;
+
+        let mut settings = Settings::default();
+        adjust(&mut settings);
+        settings.database.url = admin.with_database(&db_name);
+        settings.database.legacy_url = None;
+        settings.redis.url = redis_url();
+        settings.redis.key_prefix = prefix.clone();
+
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(settings.database.url.expose())
+            .await
+            .expect("connect to the test database");
+        let workdir = tempfile::tempdir().expect("create a temporary working directory");
+        TestEnv { db_name, prefix, settings, pool, workdir, cleaned: false }
+    }
+
+    /// The legacy Redis key names for this env's prefix.
+    pub fn keys(&self) -> LegacyKeys {
+        LegacyKeys::from_settings(&self.settings)
+    }
+
+    /// A Redis connection (the same kind the tool uses).
+    pub async fn redis(&self) -> ConnectionManager {
+        tsmigrate::db::redis(&self.settings).await.expect("connect to the test Redis; run scripts/services.sh or set TSMIGRATE_TEST_REDIS_URL")
+    }
+
+    /// An empty directory that lives as long as this env (config files, reports).
+    pub fn dir(&self) -> &Path {
+        self.workdir.path()
+    }
+
+    /// Writes `text` to a file in [`Self::dir`] and returns its path.
+    pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir().join(name);
+        std::fs::write(&path, text).expect("write a test file");
+        path
+    }
+
+    /// Runs `tsmigrate <args>` against this env's database and prefix.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_with_env(args, &[])
+    }
+
+    /// Runs `tsmigrate <args>` with extra environment variables (applied last, so they override).
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tsmigrate"));
+        command.args(args).current_dir(self.dir());
+        for name in SCRUBBED_ENV {
+            command.env_remove(name);
+        }
+        command
+            .env("DATABASE_URL", self.settings.database.url.expose())
+            .env("REDIS_URL", self.settings.redis.url.expose())
+            .env("TSMIGRATE_REDIS_PREFIX", &self.prefix)
+            .env("TSMIGRATE_ACTOR", "integration-test")
+            // No terminal progress bars in captured output.
+            .env("NO_COLOR", "1");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().expect("run the tsmigrate binary");
+        CliOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Drops the database and deletes the Redis keys now (drop does the same, best effort).
+    pub async fn cleanup(mut self) {
+        self.pool.close().await;
+        let (db, prefix) = (self.db_name.clone(), self.prefix.clone());
+        tokio::task::spawn_blocking(move || cleanup_blocking(&db, &prefix)).await.expect("cleanup task");
+        self.cleaned = true;
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // Async drop does not exist, and the test's runtime may be unwinding: clean up on a
+        // separate thread with its own small runtime, and wait for it.
+        let (db, prefix) = (self.db_name.clone(), self.prefix.clone());
+        let joined = std::thread::spawn(move || cleanup_blocking(&db, &prefix)).join();
+        if joined.is_err() {
+            eprintln!("warning: cleanup of test database {} panicked", self.db_name);
+        }
+    }
+}
+
+/// Drops `db` (terminating its connections) and deletes every key under `prefix`.
+/// Never panics: it runs during unwinding too.
+fn cleanup_blocking(db: &str, prefix: &str) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warning: cannot clean up {db}: no runtime: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async {
+        match PgConnection::connect(admin_database_url().expose()).await {
+            Ok(mut conn) => {
+                if let Err(e) = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut conn).await {
+                    eprintln!("warning: cannot drop test database {db}: {e}");
+                }
+                let _ = conn.close().await;
+            }
+            Err(e) => eprintln!("warning: cannot drop test database {db}: {e}"),
+        }
+        if let Err(e) = delete_keys(prefix).await {
+            eprintln!("warning: cannot delete Redis keys {prefix}*: {e}");
+        }
+    });
+}
+
+async fn delete_keys(prefix: &str) -> redis::RedisResult<()> {
+    let client = redis::Client::open(redis_url().expose())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys = scan_keys(&mut conn, prefix).await?;
+    for chunk in keys.chunks(500) {
+        redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await?;
+    }
+    Ok(())
+}
+
+/// Every key starting with `prefix` (SCAN, never KEYS).
+pub async fn scan_keys<C: redis::aio::ConnectionLike>(conn: &mut C, prefix: &str) -> redis::RedisResult<Vec<String>> {
+    let pattern = format!("{}*", glob_escape(prefix));
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What the test server offers for TimescaleDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimescaleSupport {
+    /// Packaged and preloaded: `CREATE EXTENSION timescaledb` works.
+    Usable,
+    /// Packaged, but not in `shared_preload_libraries`.
+    NotPreloaded,
+    /// Not installed on the server at all.
+    Missing,
+}
+
+pub async fn timescaledb_support(pool: &PgPool) -> TimescaleSupport {
+    let packaged: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')")
+        .fetch_one(pool)
+        .await
+        .expect("query pg_available_extensions");
+    let preload: String =
+        sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')").fetch_one(pool).await.expect("read shared_preload_libraries");
+    match (packaged, preload.split(',').any(|lib| lib.trim() == "timescaledb")) {
+        (true, true) => TimescaleSupport::Usable,
+        (true, false) => TimescaleSupport::NotPreloaded,
+        (false, _) => TimescaleSupport::Missing,
+    }
+}
+
+/// Whether the server can host TimescaleDB: the package is installed and it is preloaded.
+pub async fn timescaledb_available(pool: &PgPool) -> bool {
+    timescaledb_support(pool).await == TimescaleSupport::Usable
+}
+
+/// The TimescaleDB tier gate. Returns true when the test should run. When TimescaleDB is
+/// unavailable it says so loudly on stderr and returns false — unless
+/// `TSMIGRATE_REQUIRE_TIMESCALEDB=1`, which turns the skip into a failure.
+pub async fn ts_tier(env: &TestEnv) -> bool {
+    if timescaledb_available(&env.pool).await {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("<unnamed test>").to_string();
+    if std::env::var(REQUIRE_TIMESCALEDB_ENV).as_deref() == Ok("1") {
+        panic!(
+            "{REQUIRE_TIMESCALEDB_ENV}=1 but TimescaleDB is not available on the test server \
+             (the timescaledb package must be installed and in shared_preload_libraries): {test}"
+        );
+    }
+    eprintln!("TIMESCALEDB TIER SKIPPED: {test}: extension not available");
+    false
+}
+
+/// `return`s from the calling test when the TimescaleDB tier cannot run (see [`ts_tier`]).
+macro_rules! require_timescaledb_or_skip {
+    ($env:expr) => {
+        if !$crate::support::ts_tier(&$env).await {
+            return;
+        }
+    };
+}
+
+/// `obj[key]`, panicking with the whole object when it is missing.
+#[track_caller]
+pub fn field<'a>(obj: &'a Value, key: &str) -> &'a Value {
+    obj.get(key).unwrap_or_else(|| panic!("missing key {key:?} in {}", serde_json::to_string_pretty(obj).unwrap()))
+}
