@@ -9,7 +9,8 @@
 //! - [`target`]     the target: capability detection, migrations, writer, aggregates, dead letters.
 //! - [`phase`]      the migration state machine, gates, audit log, and the phase commands.
 //! - [`dual_write`] the outbox stream, relay and tail.
-//! - [`http`]       the HTTP API (ingest, health).
+//! - [`reads`]      the read API's answers from the legacy path or the target, cache, shadow compare.
+//! - [`http`]       the HTTP API (ingest, reads, health).
 //! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.
 //! - [`cli`]        the command line, one module per subcommand.
 //! - [`progress`]   progress reporting for long work.
@@ -25,6 +26,7 @@ pub mod http;
 pub mod legacy;
 pub mod phase;
 pub mod progress;
+pub mod reads;
 pub mod target;
 
 /// Process exit codes (documented in `tsmigrate --help`).

@@ -30,7 +30,12 @@ pub async fn run(settings: Settings, listener: tokio::net::TcpListener, options:
     if options.relay {
         workers.push(tokio::spawn(supervise_relay(settings.clone(), redis.clone(), target.clone(), stop_rx.clone())));
     }
-    let state = AppState::new(settings, redis, Some(target));
+    // The legacy tables live in the target database unless a legacy URL says otherwise.
+    let legacy = match &settings.database.legacy_url {
+        Some(url) => crate::connect::pg_pool_lazy(url, settings.database.max_connections)?,
+        None => target.clone(),
+    };
+    let state = AppState::new(settings, redis, Some(target), Some(legacy));
     let http_shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -1,10 +1,12 @@
-//! The HTTP surface: `POST /api/v1/analytics` (ingest), health and readiness.
+//! The HTTP surface: `POST /api/v1/analytics` (ingest), the read API
+//! (`GET /api/v1/analytics/...`, see [`reads`]), health and readiness.
 //!
 //! `app(state)` builds the router; `serve(listener, state, shutdown)` runs it until the
 //! shutdown future resolves, finishing requests in flight.
 
 pub mod error;
 pub mod ingest;
+pub mod reads;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +23,8 @@ use tokio::sync::Mutex;
 
 use crate::config::Settings;
 use crate::legacy::LegacyKeys;
+use crate::reads::shadow::ShadowStats;
+use crate::reads::RoutingCache;
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -30,13 +34,29 @@ pub struct AppState {
     pub redis: ConnectionManager,
     /// The target; `None` when the server started without it (ingest never needs it).
     pub target: Option<PgPool>,
+    /// The legacy database (hourly tables, popular function) for legacy reads; often the
+    /// same pool as `target`.
+    pub legacy: Option<PgPool>,
     pub dual_write: Arc<DualWriteFlag>,
+    /// Which source answers reads: the migration state, refreshed at most once a second.
+    pub routing: Arc<RoutingCache>,
+    /// Shadow-read comparisons (also exported as metrics).
+    pub shadow: Arc<ShadowStats>,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, redis: ConnectionManager, target: Option<PgPool>) -> Self {
+    pub fn new(settings: Settings, redis: ConnectionManager, target: Option<PgPool>, legacy: Option<PgPool>) -> Self {
         let keys = LegacyKeys::from_settings(&settings);
-        Self { settings: Arc::new(settings), keys: Arc::new(keys), redis, target, dual_write: Arc::new(DualWriteFlag::default()) }
+        Self {
+            settings: Arc::new(settings),
+            keys: Arc::new(keys),
+            redis,
+            target,
+            legacy,
+            dual_write: Arc::new(DualWriteFlag::default()),
+            routing: Arc::new(RoutingCache::default()),
+            shadow: Arc::new(ShadowStats::default()),
+        }
     }
 }
 
@@ -70,6 +90,11 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.settings.ingest.max_body_bytes;
     Router::new()
         .route("/api/v1/analytics", post(ingest::ingest))
+        .route("/api/v1/analytics/summary", get(reads::summary))
+        .route("/api/v1/analytics/hourly", get(reads::hourly))
+        .route("/api/v1/analytics/popular-asset-types", get(reads::popular_asset_types))
+        .route("/api/v1/analytics/comparison", get(reads::comparison))
+        .route("/api/v1/analytics/intervals", get(reads::intervals))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .layer(DefaultBodyLimit::max(body_limit))
