@@ -11,6 +11,7 @@ pub mod support;
 mod config_errors;
 mod legacy;
 mod prepare;
+mod reads;
 mod seed;
 mod status;
 mod timescaledb;
