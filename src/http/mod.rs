@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 use crate::config::Settings;
 use crate::legacy::LegacyKeys;
 use crate::reads::shadow::ShadowStats;
-use crate::reads::RoutingCache;
+use crate::reads::{HorizonCache, RoutingCache};
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -42,6 +42,8 @@ pub struct AppState {
     pub routing: Arc<RoutingCache>,
     /// Shadow-read comparisons (also exported as metrics).
     pub shadow: Arc<ShadowStats>,
+    /// The target's raw horizon, remembered between reads.
+    pub target_horizon: Arc<HorizonCache>,
 }
 
 impl AppState {
@@ -56,6 +58,7 @@ impl AppState {
             dual_write: Arc::new(DualWriteFlag::default()),
             routing: Arc::new(RoutingCache::default()),
             shadow: Arc::new(ShadowStats::default()),
+            target_horizon: Arc::new(HorizonCache::default()),
         }
     }
 }

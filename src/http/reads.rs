@@ -171,6 +171,7 @@ pub fn context(state: &AppState, now: DateTime<Utc>) -> ReadContext {
         target: state.target.clone(),
         legacy: state.legacy.clone(),
         now,
+        target_horizon: state.target_horizon.clone(),
     }
 }
 

@@ -62,6 +62,9 @@ pub const BUCKET_ORIGIN_MS: i64 = 946_684_800_000;
 pub const AGGREGATE_SETTLE: Duration = Duration::hours(1);
 /// How long the in-process copy of `read_source` / `shadow` is trusted.
 pub const ROUTING_REFRESH: StdDuration = StdDuration::from_secs(1);
+/// How long the target's raw horizon is remembered. It moves only when retention drops a
+/// day or a backfill adds older events, and asking costs a planning pass over every chunk.
+pub const HORIZON_REFRESH: StdDuration = StdDuration::from_secs(10);
 
 /// Where reads are answered from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -351,6 +354,8 @@ pub struct ReadContext {
     pub legacy: Option<PgPool>,
     /// The request's "now", rounded down to the minute.
     pub now: DateTime<Utc>,
+    /// The target's raw horizon, shared between requests.
+    pub target_horizon: Arc<HorizonCache>,
 }
 
 impl ReadContext {
@@ -721,6 +726,28 @@ pub fn format_span(secs: i64) -> String {
         }
     }
     format!("{secs}s")
+}
+
+/// The oldest raw event time of the target, remembered for [`HORIZON_REFRESH`].
+#[derive(Default)]
+pub struct HorizonCache {
+    cached: std::sync::Mutex<Option<(Option<DateTime<Utc>>, Instant)>>,
+}
+
+impl HorizonCache {
+    pub async fn get<F>(&self, load: F) -> Result<Option<DateTime<Utc>>, ReadError>
+    where
+        F: std::future::Future<Output = Result<Option<DateTime<Utc>>, ReadError>>,
+    {
+        if let Some((horizon, at)) = *self.cached.lock().expect("horizon cache lock") {
+            if at.elapsed() < HORIZON_REFRESH {
+                return Ok(horizon);
+            }
+        }
+        let horizon = load.await?;
+        *self.cached.lock().expect("horizon cache lock") = Some((horizon, Instant::now()));
+        Ok(horizon)
+    }
 }
 
 /// Which source answers and whether the other is compared, as the migration state says.

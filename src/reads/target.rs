@@ -24,9 +24,10 @@ fn hour_rows(rows: Vec<HourTuple>) -> Vec<HourRow> {
     rows.into_iter().map(|(hour, event_name, category, event_count, unique_users)| HourRow { hour, event_name, category, event_count, unique_users }).collect()
 }
 
-/// The oldest event the target holds raw.
+/// The oldest event the target holds raw (remembered for a few seconds, see `HorizonCache`).
 pub async fn horizon(ctx: &ReadContext) -> Result<Option<DateTime<Utc>>, ReadError> {
-    sqlx::query_scalar("SELECT min(time) FROM analytics_events_ts").fetch_one(ctx.target_pool()?).await.map_err(pg)
+    let pool = ctx.target_pool()?;
+    ctx.target_horizon.get(async { sqlx::query_scalar("SELECT min(time) FROM analytics_events_ts").fetch_one(pool).await.map_err(pg) }).await
 }
 
 /// History for the hours starting in `hours`: the imported legacy rows, and aggregate rows
