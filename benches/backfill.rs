@@ -13,12 +13,7 @@ use support::*;
 fn main() {
     let events = bench_events(1_000_000);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut modes = vec!["postgres"];
-    if timescaledb_available() {
-        modes.push("timescaledb");
-    } else {
-        println!("TimescaleDB not available on this server: measuring plain PostgreSQL mode only");
-    }
+    let modes = storage_modes();
     let mut rows = Vec::new();
     for mode in modes {
         let source = BenchEnv::new("bf");

@@ -28,10 +28,6 @@ const USERS: i64 = 20_000;
 const LEGACY_CAP: u64 = 100_000;
 const CHUNK_ROWS: i64 = 1_000_000;
 
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// `n` events spread evenly over the `DAYS` days before `end`, with the seed's event mix.
 async fn load_target(pool: &PgPool, n: i64, end: DateTime<Utc>) {
     let step_us = DAYS * 86_400_000_000 / n.max(1);
@@ -199,15 +195,10 @@ fn row(mode: &str, source: &str, what: &str, m: &Measured) -> Vec<String> {
 
 fn main() {
     let events = bench_events(10_000_000) as i64;
-    let cold_samples = env_count("TSMIGRATE_BENCH_COLD_SAMPLES", 20);
-    let warm_samples = env_count("TSMIGRATE_BENCH_WARM_SAMPLES", 1_000);
+    let cold_samples = env_number("TSMIGRATE_BENCH_COLD_SAMPLES", 20);
+    let warm_samples = env_number("TSMIGRATE_BENCH_WARM_SAMPLES", 1_000);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let mut modes = vec!["postgres"];
-    if timescaledb_available() {
-        modes.push("timescaledb");
-    } else {
-        println!("TimescaleDB not available on this server: measuring plain PostgreSQL mode only");
-    }
+    let modes = storage_modes();
     let mut rows = Vec::new();
     runtime.block_on(async {
         let client = reqwest::Client::new();

@@ -14,6 +14,7 @@
 //! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.
 //! - [`cli`]        the command line, one module per subcommand.
 //! - [`progress`]   progress reporting for long work.
+//! - [`remembered`] a server-read value trusted for a while (flags, read source, horizon).
 
 pub mod cli;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod legacy;
 pub mod phase;
 pub mod progress;
 pub mod reads;
+pub mod remembered;
 pub mod target;
 
 /// Process exit codes (documented in `tsmigrate --help`).

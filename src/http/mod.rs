@@ -10,7 +10,7 @@ pub mod reads;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -19,12 +19,12 @@ use axum::{Json, Router};
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::Mutex;
 
 use crate::config::Settings;
 use crate::legacy::LegacyKeys;
 use crate::reads::shadow::ShadowStats;
 use crate::reads::{HorizonCache, RoutingCache};
+use crate::remembered::Remembered;
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -67,25 +67,24 @@ impl AppState {
 /// Redis holds the flag (not PostgreSQL) because ingest must keep working while the
 /// target is down; `dual-write start` waits out this refresh interval before recording
 /// the completion point.
-#[derive(Default)]
-pub struct DualWriteFlag {
-    cached: Mutex<Option<(bool, Instant)>>,
-}
+pub struct DualWriteFlag(Remembered<bool>);
 
 pub const DUAL_WRITE_FLAG_REFRESH: Duration = Duration::from_secs(1);
 
+impl Default for DualWriteFlag {
+    fn default() -> Self {
+        DualWriteFlag(Remembered::new(DUAL_WRITE_FLAG_REFRESH))
+    }
+}
+
 impl DualWriteFlag {
     pub async fn get(&self, redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<bool> {
-        let mut cached = self.cached.lock().await;
-        if let Some((value, at)) = *cached {
-            if at.elapsed() < DUAL_WRITE_FLAG_REFRESH {
-                return Ok(value);
-            }
-        }
-        let value: Option<String> = redis::cmd("GET").arg(key).query_async(redis).await?;
-        let on = value.as_deref() == Some("1");
-        *cached = Some((on, Instant::now()));
-        Ok(on)
+        self.0
+            .get(|_| async {
+                let value: Option<String> = redis::cmd("GET").arg(key).query_async(redis).await?;
+                Ok(value.as_deref() == Some("1"))
+            })
+            .await
     }
 }
 

@@ -32,18 +32,18 @@ pub mod target;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration as StdDuration, Instant};
+use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::sync::Mutex;
 
 use crate::config::Settings;
 use crate::legacy::flush::hour_floor;
 use crate::legacy::LegacyKeys;
+use crate::remembered::Remembered;
 
 /// The longest `from..to` range a request may ask for.
 pub const MAX_RANGE_DAYS: i64 = 400;
@@ -729,24 +729,17 @@ pub fn format_span(secs: i64) -> String {
 }
 
 /// The oldest raw event time of the target, remembered for [`HORIZON_REFRESH`].
-#[derive(Default)]
-pub struct HorizonCache {
-    cached: std::sync::Mutex<Option<(Option<DateTime<Utc>>, Instant)>>,
+pub struct HorizonCache(Remembered<Option<DateTime<Utc>>>);
+
+impl Default for HorizonCache {
+    fn default() -> Self {
+        HorizonCache(Remembered::new(HORIZON_REFRESH))
+    }
 }
 
 impl HorizonCache {
-    pub async fn get<F>(&self, load: F) -> Result<Option<DateTime<Utc>>, ReadError>
-    where
-        F: std::future::Future<Output = Result<Option<DateTime<Utc>>, ReadError>>,
-    {
-        if let Some((horizon, at)) = *self.cached.lock().expect("horizon cache lock") {
-            if at.elapsed() < HORIZON_REFRESH {
-                return Ok(horizon);
-            }
-        }
-        let horizon = load.await?;
-        *self.cached.lock().expect("horizon cache lock") = Some((horizon, Instant::now()));
-        Ok(horizon)
+    pub async fn get(&self, load: impl std::future::Future<Output = Result<Option<DateTime<Utc>>, ReadError>>) -> Result<Option<DateTime<Utc>>, ReadError> {
+        self.0.get(|_| load).await
     }
 }
 
@@ -766,22 +759,22 @@ impl Default for Routing {
 /// `read_source` and `shadow` from `tsmigrate.migration_state`, read at most once per
 /// [`ROUTING_REFRESH`]. When the target cannot be asked, the last known value stays
 /// (legacy before anything was known): reads must not fail because the control table did.
-#[derive(Default)]
-pub struct RoutingCache {
-    cached: Mutex<Option<(Routing, Instant)>>,
+pub struct RoutingCache(Remembered<Routing>);
+
+impl Default for RoutingCache {
+    fn default() -> Self {
+        RoutingCache(Remembered::new(ROUTING_REFRESH))
+    }
 }
 
 impl RoutingCache {
     pub async fn current(&self, target: Option<&PgPool>) -> Routing {
-        let mut cached = self.cached.lock().await;
-        if let Some((routing, at)) = *cached {
-            if at.elapsed() < ROUTING_REFRESH {
-                return routing;
-            }
-        }
-        let last = cached.map(|(r, _)| r).unwrap_or_default();
-        let routing = match target {
-            Some(pool) => match tokio::time::timeout(StdDuration::from_millis(500), load_routing(pool)).await {
+        let fetch = |last: Option<Routing>| async move {
+            let last = last.unwrap_or_default();
+            let Some(pool) = target else {
+                return Ok::<_, std::convert::Infallible>(Routing::default());
+            };
+            Ok(match tokio::time::timeout(StdDuration::from_millis(500), load_routing(pool)).await {
                 Ok(Ok(Some(routing))) => routing,
                 // No state row: nothing is prepared, reads stay legacy.
                 Ok(Ok(None)) => Routing::default(),
@@ -793,11 +786,12 @@ impl RoutingCache {
                     tracing::warn!(source = last.source.as_str(), "the target did not answer for the read source; keeping the last known one");
                     last
                 }
-            },
-            None => Routing::default(),
+            })
         };
-        *cached = Some((routing, Instant::now()));
-        routing
+        match self.0.get(fetch).await {
+            Ok(routing) => routing,
+            Err(never) => match never {},
+        }
     }
 }
 
