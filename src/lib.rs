@@ -10,10 +10,12 @@
 //! - [`phase`]      the migration state machine, gates, audit log, and the phase commands.
 //! - [`dual_write`] the outbox stream, relay and tail.
 //! - [`validate`]   comparing Redis and the legacy tables with the target (pure diff core, collectors, reports).
-//! - [`http`]       the HTTP API (ingest, health).
+//! - [`reads`]      the read API's answers from the legacy path or the target, cache, shadow compare.
+//! - [`http`]       the HTTP API (ingest, reads, health, metrics).
 //! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.
 //! - [`cli`]        the command line, one module per subcommand.
 //! - [`progress`]   progress reporting for long work.
+//! - [`remembered`] a server-read value trusted for a while (flags, read source, horizon).
 //! - [`telemetry`]  the Prometheus recorder behind `/metrics`.
 
 pub mod cli;
@@ -27,6 +29,8 @@ pub mod http;
 pub mod legacy;
 pub mod phase;
 pub mod progress;
+pub mod reads;
+pub mod remembered;
 pub mod target;
 pub mod telemetry;
 pub mod validate;

@@ -179,6 +179,11 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// A whole-number setting from the environment, for sample counts and the like.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 pub fn timescaledb_available() -> bool {
     psql_admin("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'") == "1"
         && psql_admin("SHOW shared_preload_libraries").contains("timescaledb")

@@ -31,7 +31,7 @@ pub async fn run(_args: Args, settings: &Settings, json: bool) -> anyhow::Result
     let report = history::import(settings, &target, &legacy, horizon).await?;
     emit(json, &report, |r| {
         format!(
-            "history imported (older than {}): {} hourly rows, {} asset rows\n",
+            "history imported (through the hour of {}): {} hourly rows, {} asset rows\n",
             r.horizon.map(|t| t.to_string()).unwrap_or_default(),
             r.hourly_rows,
             r.asset_rows

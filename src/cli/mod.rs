@@ -152,14 +152,17 @@ pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 /// Parses `90s`, `10m`, `6h`, `2d`.
 pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 6h or 2d"))?;
-    match unit {
-        "s" => Ok(chrono::Duration::seconds(n)),
-        "m" | "min" => Ok(chrono::Duration::minutes(n)),
-        "h" => Ok(chrono::Duration::hours(n)),
-        "d" => Ok(chrono::Duration::days(n)),
-        _ => Err(format!("{s:?} is not a duration like 90s, 10m, 6h or 2d")),
-    }
+    let not_a_duration = || format!("{s:?} is not a duration like 90s, 10m, 6h or 2d");
+    let n: i64 = number.parse().map_err(|_| not_a_duration())?;
+    // The checked constructors: a huge number is an error, not a panic.
+    let duration = match unit {
+        "s" => chrono::Duration::try_seconds(n),
+        "m" | "min" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        _ => return Err(not_a_duration()),
+    };
+    duration.ok_or_else(|| format!("{s:?} is too long a duration"))
 }
 
 #[cfg(test)]
@@ -177,6 +180,7 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap(), chrono::Duration::minutes(10));
         assert_eq!(parse_duration("2d").unwrap(), chrono::Duration::days(2));
         assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("99999999999999999d").unwrap_err().contains("too long"));
         assert!(parse_time("2025-01-31").is_ok());
         assert!(parse_time("-6h").unwrap() < chrono::Utc::now());
         assert!(parse_time("tomorrow").unwrap_err().contains("RFC 3339"));

@@ -32,14 +32,18 @@ pub async fn run(settings: Settings, listener: tokio::net::TcpListener, options:
     if options.relay {
         workers.push(tokio::spawn(supervise_relay(settings.clone(), redis.clone(), target.clone(), stop_rx.clone())));
     }
+    // The legacy tables live in the target database unless a legacy URL says otherwise.
+    let legacy = match &settings.database.legacy_url {
+        Some(url) => crate::connect::pg_pool_lazy(url, settings.database.max_connections)?,
+        None => target.clone(),
+    };
     let mut scheduler = None;
     if options.jobs {
-        let legacy = crate::connect::pg_pool_lazy(settings.database.legacy_url(), settings.database.max_connections)?;
-        let ctx = jobs::JobContext { settings: Arc::new(settings.clone()), target: target.clone(), legacy, redis: redis.clone() };
+        let ctx = jobs::JobContext { settings: Arc::new(settings.clone()), target: target.clone(), legacy: legacy.clone(), redis: redis.clone() };
         scheduler = Some(jobs::schedule(ctx).await?);
     }
     crate::telemetry::metrics_handle();
-    let state = AppState::new(settings, redis, Some(target));
+    let state = AppState::new(settings, redis, Some(target), Some(legacy));
     let http_shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -1,14 +1,16 @@
-//! The HTTP surface: `POST /api/v1/analytics` (ingest), health and readiness.
+//! The HTTP surface: `POST /api/v1/analytics` (ingest), the read API
+//! (`GET /api/v1/analytics/...`, see [`reads`]), health and readiness.
 //!
 //! `app(state)` builds the router; `serve(listener, state, shutdown)` runs it until the
 //! shutdown future resolves, finishing requests in flight.
 
 pub mod error;
 pub mod ingest;
+pub mod reads;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -17,10 +19,12 @@ use axum::{Json, Router};
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::Mutex;
 
 use crate::config::Settings;
 use crate::legacy::LegacyKeys;
+use crate::reads::shadow::ShadowStats;
+use crate::reads::{HorizonCache, RoutingCache};
+use crate::remembered::Remembered;
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -30,13 +34,32 @@ pub struct AppState {
     pub redis: ConnectionManager,
     /// The target; `None` when the server started without it (ingest never needs it).
     pub target: Option<PgPool>,
+    /// The legacy database (hourly tables, popular function) for legacy reads; often the
+    /// same pool as `target`.
+    pub legacy: Option<PgPool>,
     pub dual_write: Arc<DualWriteFlag>,
+    /// Which source answers reads: the migration state, refreshed at most once a second.
+    pub routing: Arc<RoutingCache>,
+    /// Shadow-read comparisons (also exported as metrics).
+    pub shadow: Arc<ShadowStats>,
+    /// The target's raw horizon, remembered between reads.
+    pub target_horizon: Arc<HorizonCache>,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, redis: ConnectionManager, target: Option<PgPool>) -> Self {
+    pub fn new(settings: Settings, redis: ConnectionManager, target: Option<PgPool>, legacy: Option<PgPool>) -> Self {
         let keys = LegacyKeys::from_settings(&settings);
-        Self { settings: Arc::new(settings), keys: Arc::new(keys), redis, target, dual_write: Arc::new(DualWriteFlag::default()) }
+        Self {
+            settings: Arc::new(settings),
+            keys: Arc::new(keys),
+            redis,
+            target,
+            legacy,
+            dual_write: Arc::new(DualWriteFlag::default()),
+            routing: Arc::new(RoutingCache::default()),
+            shadow: Arc::new(ShadowStats::default()),
+            target_horizon: Arc::new(HorizonCache::default()),
+        }
     }
 }
 
@@ -44,25 +67,24 @@ impl AppState {
 /// Redis holds the flag (not PostgreSQL) because ingest must keep working while the
 /// target is down; `dual-write start` waits out this refresh interval before recording
 /// the completion point.
-#[derive(Default)]
-pub struct DualWriteFlag {
-    cached: Mutex<Option<(bool, Instant)>>,
-}
+pub struct DualWriteFlag(Remembered<bool>);
 
 pub const DUAL_WRITE_FLAG_REFRESH: Duration = Duration::from_secs(1);
 
+impl Default for DualWriteFlag {
+    fn default() -> Self {
+        DualWriteFlag(Remembered::new(DUAL_WRITE_FLAG_REFRESH))
+    }
+}
+
 impl DualWriteFlag {
     pub async fn get(&self, redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<bool> {
-        let mut cached = self.cached.lock().await;
-        if let Some((value, at)) = *cached {
-            if at.elapsed() < DUAL_WRITE_FLAG_REFRESH {
-                return Ok(value);
-            }
-        }
-        let value: Option<String> = redis::cmd("GET").arg(key).query_async(redis).await?;
-        let on = value.as_deref() == Some("1");
-        *cached = Some((on, Instant::now()));
-        Ok(on)
+        self.0
+            .get(|_| async {
+                let value: Option<String> = redis::cmd("GET").arg(key).query_async(redis).await?;
+                Ok(value.as_deref() == Some("1"))
+            })
+            .await
     }
 }
 
@@ -71,6 +93,11 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/analytics", post(ingest::ingest))
         .route("/api/v1/admin/status", get(admin_status))
+        .route("/api/v1/analytics/summary", get(reads::summary))
+        .route("/api/v1/analytics/hourly", get(reads::hourly))
+        .route("/api/v1/analytics/popular-asset-types", get(reads::popular_asset_types))
+        .route("/api/v1/analytics/comparison", get(reads::comparison))
+        .route("/api/v1/analytics/intervals", get(reads::intervals))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))

@@ -294,7 +294,7 @@ impl BackfillReport {
             }
             if let Some(h) = &self.history {
                 o.push_str(&format!(
-                    "history imported (older than {}): {} hourly rows, {} asset rows\n",
+                    "history imported (through the hour of {}): {} hourly rows, {} asset rows\n",
                     h.horizon.map(|t| t.to_string()).unwrap_or_default(),
                     h.hourly_rows,
                     h.asset_rows

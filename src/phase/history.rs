@@ -1,6 +1,10 @@
 //! History import: legacy hourly and asset rows older than the Redis horizon (the oldest
 //! event Redis still holds) are copied into `tsmigrate.history_*`, so long-range reads
 //! stay complete after cutover even though those raw events are gone from Redis.
+//!
+//! The hour and the day *holding* the horizon are imported too: Redis may have trimmed
+//! their beginning before the backfill read them, while the legacy flush counted them
+//! whole. Reads take the larger of history and raw for that hour and day (see `crate::reads`).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use redis::aio::ConnectionManager;
@@ -13,7 +17,7 @@ use crate::legacy::LegacyKeys;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct HistoryReport {
-    /// Rows strictly older than this hour (and day) were imported.
+    /// Rows up to and including this hour (and its day) were imported.
     pub horizon: Option<DateTime<Utc>>,
     pub hourly_rows: u64,
     pub asset_rows: u64,
@@ -25,20 +29,21 @@ pub async fn redis_horizon(redis: &mut ConnectionManager, keys: &LegacyKeys) -> 
     Ok(oldest.first().and_then(|(_, score)| DateTime::from_timestamp_millis(*score as i64)))
 }
 
-/// Imports (idempotently) every legacy row older than `horizon`.
+/// Imports (idempotently) every legacy row older than `horizon`, and those of the hour and
+/// day holding it.
 pub async fn import(settings: &Settings, target: &PgPool, legacy: &PgPool, horizon: DateTime<Utc>) -> anyhow::Result<HistoryReport> {
     let tz = settings.target.timezone();
     let hour_horizon = hour_floor(horizon, tz);
     let day_horizon = local_day(horizon, tz);
     let hourly: Vec<(DateTime<Utc>, String, String, i64, i64)> = sqlx::query_as(&format!(
-        "SELECT hour, event_name, category, event_count, unique_users FROM {} WHERE hour < $1",
+        "SELECT hour, event_name, category, event_count, unique_users FROM {} WHERE hour <= $1",
         settings.legacy.hourly_table
     ))
     .bind(hour_horizon)
     .fetch_all(legacy)
     .await?;
     let assets: Vec<(NaiveDate, String, i64, i64)> = sqlx::query_as(&format!(
-        "SELECT day, asset_type, generation_count, unique_creators FROM {} WHERE day < $1",
+        "SELECT day, asset_type, generation_count, unique_creators FROM {} WHERE day <= $1",
         settings.legacy.asset_table
     ))
     .bind(day_horizon)

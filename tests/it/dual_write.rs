@@ -33,7 +33,7 @@ async fn post(router: &axum::Router, body: &str, token: Option<&str>) -> (Status
 }
 
 async fn router(env: &TestEnv) -> axum::Router {
-    app(AppState::new(env.settings.clone(), env.redis().await, None))
+    app(AppState::new(env.settings.clone(), env.redis().await, None, None))
 }
 
 fn batch(n: usize, offset: usize) -> String {

@@ -16,6 +16,7 @@ mod fault;
 mod legacy;
 mod lifecycle;
 mod prepare;
+mod reads;
 mod scenario;
 mod seed;
 mod status;

@@ -1,0 +1,360 @@
+//! The read API: `GET /api/v1/analytics/{summary,hourly,popular-asset-types,comparison,intervals}`.
+//!
+//! Each handler turns its query string into a validated [`Request`] (400 with a message
+//! naming the parameter otherwise) and hands it to [`serve`], which asks the migration
+//! state which source answers, answers cache-aside, and in shadow mode compares with the
+//! other source in the background. The JSON shapes below are the wire contract; the
+//! domain types live in [`crate::reads`].
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::reads::{self, cache, shadow, Answer, EventFilter, ReadContext, ReadError, ReadSource, Request, TimeRange};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeParams {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HourlyParams {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub event_name: Option<String>,
+    pub category: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PopularParams {
+    /// Default 30.
+    pub days: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComparisonParams {
+    /// Default `30d`.
+    pub period: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntervalsParams {
+    /// Default `1h`.
+    pub bucket: Option<String>,
+    /// Default `24h`.
+    pub since: Option<String>,
+}
+
+type ReadResult = Result<Json<Value>, ApiError>;
+
+/// Total events, unique users, events by type and category over `[from, to)`.
+pub async fn summary(State(state): State<AppState>, query: Result<Query<RangeParams>, QueryRejection>) -> ReadResult {
+    let Query(p) = query.map_err(bad_query)?;
+    let range = parse_range(p.from, p.to)?;
+    serve(&state, Request::Summary(range), request_minute()).await
+}
+
+/// Rows per (hour, event_name, category) over `[from, to)`, optionally filtered.
+pub async fn hourly(State(state): State<AppState>, query: Result<Query<HourlyParams>, QueryRejection>) -> ReadResult {
+    let Query(p) = query.map_err(bad_query)?;
+    let range = parse_range(p.from, p.to)?;
+    let filter = EventFilter { event_name: non_empty("event_name", p.event_name)?, category: non_empty("category", p.category)? };
+    serve(&state, Request::Hourly { range, filter }, request_minute()).await
+}
+
+/// Asset types by generations over the last `days` days, like the legacy function.
+pub async fn popular_asset_types(State(state): State<AppState>, query: Result<Query<PopularParams>, QueryRejection>) -> ReadResult {
+    let Query(p) = query.map_err(bad_query)?;
+    let days = match p.days {
+        None => 30,
+        Some(d) => d.trim().parse::<u32>().map_err(|_| ApiError::BadRequest(format!("days must be a whole number of days between 1 and {}, not {d:?}", reads::MAX_POPULAR_DAYS)))?,
+    };
+    let now = request_minute();
+    serve(&state, Request::popular(days, now).map_err(ApiError::BadRequest)?, now).await
+}
+
+/// Events in this period against the previous one of the same length.
+pub async fn comparison(State(state): State<AppState>, query: Result<Query<ComparisonParams>, QueryRejection>) -> ReadResult {
+    let Query(p) = query.map_err(bad_query)?;
+    let period = parse_span("period", p.period.as_deref().unwrap_or("30d"))?;
+    let now = request_minute();
+    serve(&state, Request::comparison(period, now).map_err(ApiError::BadRequest)?, now).await
+}
+
+/// Event counts per bucket over the last `since`, oldest first, empty buckets included.
+pub async fn intervals(State(state): State<AppState>, query: Result<Query<IntervalsParams>, QueryRejection>) -> ReadResult {
+    let Query(p) = query.map_err(bad_query)?;
+    let bucket = parse_span("bucket", p.bucket.as_deref().unwrap_or("1h"))?;
+    let since = parse_span("since", p.since.as_deref().unwrap_or("24h"))?;
+    let now = request_minute();
+    serve(&state, Request::intervals(bucket, since, now).map_err(ApiError::BadRequest)?, now).await
+}
+
+fn request_minute() -> DateTime<Utc> {
+    reads::minute_floor(Utc::now())
+}
+
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid query string: {}", rejection.body_text()))
+}
+
+fn parse_range(from: Option<String>, to: Option<String>) -> Result<TimeRange, ApiError> {
+    TimeRange::checked(parse_instant("from", from)?, parse_instant("to", to)?).map_err(ApiError::BadRequest)
+}
+
+/// RFC 3339 / ISO 8601 text, epoch milliseconds, or a date (midnight UTC).
+fn parse_instant(name: &str, value: Option<String>) -> Result<DateTime<Utc>, ApiError> {
+    let help = "an RFC 3339 time like 2025-01-31T00:00:00Z (encode + as %2B), epoch milliseconds, or a date like 2025-01-31";
+    let Some(text) = value.filter(|v| !v.trim().is_empty()) else {
+        return Err(ApiError::BadRequest(format!("{name} is required: {help}")));
+    };
+    let parse = |s: &str| {
+        crate::event::parse_timestamp(&Value::String(s.to_string()))
+            .or_else(|| NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc()))
+    };
+    // An unencoded `+` in an offset arrives as a space.
+    parse(&text)
+        .or_else(|| parse(&text.trim().replace(' ', "+")))
+        .ok_or_else(|| ApiError::BadRequest(format!("{name} {text:?} is not a time: use {help}")))
+}
+
+fn parse_span(name: &str, text: &str) -> Result<chrono::Duration, ApiError> {
+    crate::cli::parse_duration(text.trim()).map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))
+}
+
+fn non_empty(name: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(ApiError::BadRequest(format!("{name} must not be empty when given"))),
+        Some(v) if v.chars().count() > 256 => Err(ApiError::BadRequest(format!("{name} is longer than 256 characters"))),
+        other => Ok(other),
+    }
+}
+
+/// Answers `request` from the source the migration state names; in shadow mode, the other
+/// source is asked too, in the background, and the answers compared.
+async fn serve(state: &AppState, request: Request, now: DateTime<Utc>) -> ReadResult {
+    let routing = state.routing.current(state.target.as_ref()).await;
+    let ctx = context(state, now);
+    let (mut body, cached) = fetch(state, &ctx, routing.source, &request).await.map_err(|e| match e {
+        ReadError::Unavailable(message) => ApiError::Unavailable(message),
+        ReadError::Unexpected(e) => ApiError::Unexpected(e),
+    })?;
+    if routing.shadow {
+        spawn_shadow(state.clone(), ctx, routing.source, request, body.clone());
+    }
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("source".into(), Value::String(routing.source.as_str().into()));
+        obj.insert("cached".into(), Value::Bool(cached));
+    }
+    Ok(Json(body))
+}
+
+pub fn context(state: &AppState, now: DateTime<Utc>) -> ReadContext {
+    ReadContext {
+        settings: state.settings.clone(),
+        keys: state.keys.clone(),
+        redis: state.redis.clone(),
+        target: state.target.clone(),
+        legacy: state.legacy.clone(),
+        now,
+        target_horizon: state.target_horizon.clone(),
+    }
+}
+
+/// One source's answer as wire JSON, cache-aside; says whether it came from the cache.
+async fn fetch(state: &AppState, ctx: &ReadContext, source: ReadSource, request: &Request) -> Result<(Value, bool), ReadError> {
+    let started = Instant::now();
+    let ttl = state.settings.http.cache_ttl_secs;
+    let key = cache::key(&state.keys.cache_prefix, source, request);
+    let mut redis = state.redis.clone();
+    let cached = if ttl > 0 { cache::get(&mut redis, &key).await } else { None };
+    let (body, hit) = match cached {
+        Some(body) => (body, true),
+        None => {
+            let body = render(&source.answer(ctx, request).await?);
+            if ttl > 0 {
+                cache::put(&mut redis, &key, &body, ttl).await;
+            }
+            (body, false)
+        }
+    };
+    metrics::histogram!("tsmigrate_read_seconds", "source" => source.as_str(), "endpoint" => request.endpoint()).record(started.elapsed().as_secs_f64());
+    Ok((body, hit))
+}
+
+fn spawn_shadow(state: AppState, ctx: ReadContext, served_by: ReadSource, request: Request, served: Value) {
+    let endpoint = request.endpoint();
+    // Bounded: under load, shadow reads are skipped rather than piling up.
+    let Some(permit) = state.shadow.try_begin() else {
+        state.shadow.record_skipped(endpoint);
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let other = served_by.other();
+        match fetch(&state, &ctx, other, &request).await {
+            Ok((answer, _)) => {
+                let differences = shadow::compare(&served, &answer);
+                state.shadow.record(endpoint, &differences);
+                if !differences.is_empty() {
+                    tracing::warn!(
+                        endpoint,
+                        served_by = served_by.as_str(),
+                        compared_with = other.as_str(),
+                        params = %request.cache_params(),
+                        diff = %shadow::short_diff(&differences),
+                        "shadow read mismatch"
+                    );
+                }
+            }
+            Err(e) => {
+                state.shadow.record_error(endpoint);
+                tracing::warn!(endpoint, source = other.as_str(), error = %e, "shadow read failed");
+            }
+        }
+    });
+}
+
+#[derive(Serialize)]
+struct Period {
+    from: String,
+    to: String,
+}
+
+impl From<TimeRange> for Period {
+    fn from(range: TimeRange) -> Period {
+        Period { from: reads::wire_time(range.from), to: reads::wire_time(range.to) }
+    }
+}
+
+#[derive(Serialize)]
+struct SummaryBody {
+    period: Period,
+    total_events: i64,
+    unique_users: i64,
+    /// False when hourly history contributed: then unique users is the sum of hourly uniques.
+    unique_users_exact: bool,
+    events_by_type: BTreeMap<String, i64>,
+    events_by_category: BTreeMap<String, i64>,
+}
+
+#[derive(Serialize)]
+struct HourlyBody {
+    period: Period,
+    rows: Vec<HourBody>,
+}
+
+#[derive(Serialize)]
+struct HourBody {
+    hour: String,
+    event_name: String,
+    category: String,
+    event_count: i64,
+    unique_users: i64,
+}
+
+#[derive(Serialize)]
+struct PopularBody {
+    days: u32,
+    as_of: String,
+    asset_types: Vec<AssetBody>,
+}
+
+#[derive(Serialize)]
+struct AssetBody {
+    asset_type: String,
+    generation_count: i64,
+    unique_creators: i64,
+}
+
+#[derive(Serialize)]
+struct ComparisonBody {
+    period: String,
+    current: i64,
+    previous: i64,
+    trend: i64,
+    trend_percentage: Option<f64>,
+    current_period: Period,
+    previous_period: Period,
+}
+
+#[derive(Serialize)]
+struct IntervalsBody {
+    bucket: String,
+    bucket_seconds: i64,
+    period: Period,
+    total_events: i64,
+    buckets: Vec<BucketBody>,
+}
+
+#[derive(Serialize)]
+struct BucketBody {
+    start: String,
+    count: i64,
+}
+
+/// The wire JSON of an answer (without `source` and `cached`, which `serve` adds).
+fn render(answer: &Answer) -> Value {
+    let body = match answer {
+        Answer::Summary(s) => serde_json::to_value(SummaryBody {
+            period: s.range.into(),
+            total_events: s.total_events,
+            unique_users: s.unique_users,
+            unique_users_exact: s.unique_users_exact,
+            events_by_type: s.by_type.clone(),
+            events_by_category: s.by_category.clone(),
+        }),
+        Answer::Hourly { range, rows } => serde_json::to_value(HourlyBody {
+            period: (*range).into(),
+            rows: rows
+                .iter()
+                .map(|r| HourBody {
+                    hour: reads::wire_time(r.hour),
+                    event_name: r.event_name.clone(),
+                    category: r.category.clone(),
+                    event_count: r.event_count,
+                    unique_users: r.unique_users,
+                })
+                .collect(),
+        }),
+        Answer::PopularAssetTypes { days, as_of, rows } => serde_json::to_value(PopularBody {
+            days: *days,
+            as_of: reads::wire_time(*as_of),
+            asset_types: rows
+                .iter()
+                .map(|r| AssetBody { asset_type: r.asset_type.clone(), generation_count: r.generation_count, unique_creators: r.unique_creators })
+                .collect(),
+        }),
+        Answer::Comparison { period_secs, comparison: c } => serde_json::to_value(ComparisonBody {
+            period: reads::format_span(*period_secs),
+            current: c.current_events,
+            previous: c.previous_events,
+            trend: c.trend,
+            trend_percentage: c.trend_percentage,
+            current_period: c.current.into(),
+            previous_period: c.previous.into(),
+        }),
+        Answer::Intervals(i) => serde_json::to_value(IntervalsBody {
+            bucket: reads::format_span(i.bucket_secs),
+            bucket_seconds: i.bucket_secs,
+            period: i.range.into(),
+            total_events: i.buckets.iter().map(|(_, n)| n).sum(),
+            buckets: i.buckets.iter().map(|(start, count)| BucketBody { start: reads::wire_time(*start), count: *count }).collect(),
+        }),
+    };
+    body.expect("wire types serialize")
+}

@@ -1,0 +1,52 @@
+//! Cache-aside for read answers in Redis: `{prefix}{cache_prefix}:{source}:{endpoint}:{params}`.
+//!
+//! The key names the source, so answers never leak across a switch of `read_source`, and
+//! holds the normalized, absolute parameters (relative ones were resolved against the
+//! request's minute), so equal questions share an entry. The cache is an optimization
+//! only: when Redis is slow or down, reads go uncached.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde_json::Value;
+
+use super::{ReadSource, Request};
+
+/// A cache lookup or store never holds a read up for longer than this.
+const TIMEOUT: Duration = Duration::from_millis(250);
+
+pub fn key(cache_prefix: &str, source: ReadSource, request: &Request) -> String {
+    format!("{cache_prefix}:{}:{}:{}", source.as_str(), request.endpoint(), request.cache_params())
+}
+
+/// The cached answer, if any. Redis errors count as a miss.
+pub async fn get(redis: &mut ConnectionManager, key: &str) -> Option<Value> {
+    let reply = tokio::time::timeout(TIMEOUT, redis::cmd("GET").arg(key).query_async::<Option<String>>(redis)).await;
+    match reply {
+        Ok(Ok(Some(text))) => serde_json::from_str(&text).ok(),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => unavailable(&e.to_string()),
+        Err(_) => unavailable("timed out"),
+    }
+}
+
+/// Stores an answer for `ttl_secs`; failures are logged, never returned.
+pub async fn put(redis: &mut ConnectionManager, key: &str, value: &Value, ttl_secs: u64) {
+    let mut set = redis::cmd("SET");
+    set.arg(key).arg(value.to_string()).arg("EX").arg(ttl_secs);
+    match tokio::time::timeout(TIMEOUT, set.query_async::<()>(redis)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            unavailable(&e.to_string());
+        }
+        Err(_) => {
+            unavailable("timed out");
+        }
+    }
+}
+
+fn unavailable(reason: &str) -> Option<Value> {
+    metrics::counter!("tsmigrate_read_cache_errors_total").increment(1);
+    tracing::debug!(reason, "read cache unavailable; serving uncached");
+    None
+}

@@ -1,0 +1,250 @@
+//! The target read path: `analytics_events_ts` (raw), the `analytics_hourly` and
+//! `analytics_asset_popularity_ts` aggregates for whole settled hours and days, and
+//! `tsmigrate.history_*` for periods older than the oldest raw event.
+//!
+//! The same SQL serves both storage modes: the aggregates have the same names and columns
+//! (continuous aggregates with real-time aggregation, or tool-maintained tables).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use futures::future::try_join_all;
+use sqlx::PgPool;
+
+use super::{bin_start, hours_nest, merge_max, popular_of, AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, Pieces, RawSummary, ReadContext, ReadError, TimeRange};
+use crate::legacy::flush::{day_start, hour_floor, local_day, UNKNOWN_ASSET_TYPE};
+
+type HourTuple = (DateTime<Utc>, String, String, i64, i64);
+
+fn pg(e: sqlx::Error) -> ReadError {
+    ReadError::postgres("the target database", e)
+}
+
+fn hour_rows(rows: Vec<HourTuple>) -> Vec<HourRow> {
+    rows.into_iter().map(|(hour, event_name, category, event_count, unique_users)| HourRow { hour, event_name, category, event_count, unique_users }).collect()
+}
+
+/// The oldest event the target holds raw (remembered for a few seconds, see `HorizonCache`).
+pub async fn horizon(ctx: &ReadContext) -> Result<Option<DateTime<Utc>>, ReadError> {
+    let pool = ctx.target_pool()?;
+    ctx.target_horizon.get(async { sqlx::query_scalar("SELECT min(time) FROM analytics_events_ts").fetch_one(pool).await.map_err(pg) }).await
+}
+
+/// History for the hours starting in `hours`: the imported legacy rows, and aggregate rows
+/// older than the raw start (their raw rows were dropped by retention); the larger wins
+/// where both have an hour.
+pub async fn history_hours(ctx: &ReadContext, hours: TimeRange, raw_start: Option<DateTime<Utc>>, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
+    let pool = ctx.target_pool()?;
+    let imported = sqlx::query_as::<_, HourTuple>(
+        "SELECT hour, event_name, category, event_count, unique_users FROM tsmigrate.history_hourly
+         WHERE hour >= $1 AND hour < $2 AND ($3::text IS NULL OR event_name = $3) AND ($4::text IS NULL OR category = $4)",
+    )
+    .bind(hours.from)
+    .bind(hours.to)
+    .bind(&filter.event_name)
+    .bind(&filter.category)
+    .fetch_all(pool);
+    let retained = async {
+        match TimeRange::new(hours.from, raw_start.map_or(hours.to, |start| start.min(hours.to))) {
+            Some(older) => aggregate_hours(pool, older, filter).await,
+            None => Ok(vec![]),
+        }
+    };
+    let (imported, retained) = tokio::try_join!(async { imported.await.map_err(pg) }, retained)?;
+    Ok(merge_max(hour_rows(imported), retained))
+}
+
+async fn aggregate_hours(pool: &PgPool, range: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
+    let rows: Vec<HourTuple> = sqlx::query_as(
+        "SELECT bucket, event_name, category, event_count, unique_users FROM analytics_hourly
+         WHERE bucket >= $1 AND bucket < $2 AND ($3::text IS NULL OR event_name = $3) AND ($4::text IS NULL OR category = $4)",
+    )
+    .bind(range.from)
+    .bind(range.to)
+    .bind(&filter.event_name)
+    .bind(&filter.category)
+    .fetch_all(pool)
+    .await
+    .map_err(pg)?;
+    Ok(hour_rows(rows))
+}
+
+/// Raw events of `range` grouped per hour (cut in the bucket time zone, like the aggregates).
+async fn raw_table_hours(ctx: &ReadContext, range: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
+    let rows: Vec<HourTuple> = sqlx::query_as(
+        "SELECT date_trunc('hour', time, $3), event_name, category, count(*), count(DISTINCT user_id)
+         FROM analytics_events_ts
+         WHERE time >= $1 AND time < $2 AND ($4::text IS NULL OR event_name = $4) AND ($5::text IS NULL OR category = $5)
+         GROUP BY 1, 2, 3",
+    )
+    .bind(range.from)
+    .bind(range.to)
+    .bind(&ctx.settings.target.bucket_timezone)
+    .bind(&filter.event_name)
+    .bind(&filter.category)
+    .fetch_all(ctx.target_pool()?)
+    .await
+    .map_err(pg)?;
+    Ok(hour_rows(rows))
+}
+
+/// The raw pieces of a range, concurrently.
+async fn raw_pieces(ctx: &ReadContext, pieces: &[TimeRange], filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
+    let parts = try_join_all(pieces.iter().map(|piece| raw_table_hours(ctx, *piece, filter))).await?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
+pub async fn raw_hours(ctx: &ReadContext, range: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
+    let pieces = Pieces::new(range, ctx.now, ctx.tz());
+    let aggregate = async {
+        match pieces.aggregate {
+            Some(agg) => aggregate_hours(ctx.target_pool()?, agg, filter).await,
+            None => Ok(vec![]),
+        }
+    };
+    let (mut rows, raw) = tokio::try_join!(aggregate, raw_pieces(ctx, &pieces.raw, filter))?;
+    rows.extend(raw);
+    rows.sort_by(|a, b| (a.hour, &a.event_name, &a.category).cmp(&(b.hour, &b.event_name, &b.category)));
+    Ok(rows)
+}
+
+/// Totals from the aggregate for whole settled hours, raw for the rest, and (when asked)
+/// the exact distinct users of the whole range from raw — all concurrently.
+pub async fn raw_summary(ctx: &ReadContext, range: TimeRange, distinct_users: bool) -> Result<RawSummary, ReadError> {
+    let pool = ctx.target_pool()?;
+    let pieces = Pieces::new(range, ctx.now, ctx.tz());
+    let aggregate = async {
+        let Some(agg) = pieces.aggregate else {
+            return Ok(vec![]);
+        };
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT event_name, category, sum(event_count)::bigint, sum(unique_users)::bigint
+             FROM analytics_hourly WHERE bucket >= $1 AND bucket < $2 GROUP BY 1, 2",
+        )
+        .bind(agg.from)
+        .bind(agg.to)
+        .fetch_all(pool)
+        .await
+        .map_err(pg)?;
+        Ok(rows
+            .into_iter()
+            .map(|(event_name, category, event_count, hourly_unique_users)| GroupTotal { event_name, category, event_count, hourly_unique_users })
+            .collect::<Vec<_>>())
+    };
+    let users = async {
+        if !distinct_users {
+            return Ok(None);
+        }
+        // DISTINCT in a subquery hashes (and parallelizes) where count(DISTINCT) sorts.
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT DISTINCT user_id FROM analytics_events_ts
+             WHERE time >= $1 AND time < $2 AND user_id IS NOT NULL) u",
+        )
+        .bind(range.from)
+        .bind(range.to)
+        .fetch_one(pool)
+        .await
+        .map_err(pg)?;
+        Ok(Some(n))
+    };
+    let everything = EventFilter::default();
+    let (mut totals, raw, distinct_users) = tokio::try_join!(aggregate, raw_pieces(ctx, &pieces.raw, &everything), users)?;
+    totals.extend(super::totals_of(&raw));
+    Ok(RawSummary { totals, distinct_users })
+}
+
+pub async fn raw_buckets(ctx: &ReadContext, range: TimeRange, bucket_ms: i64) -> Result<BTreeMap<DateTime<Utc>, i64>, ReadError> {
+    let pool = ctx.target_pool()?;
+    let tz = ctx.tz();
+    let pieces = if hours_nest(bucket_ms, tz, range) { Pieces::new(range, ctx.now, tz) } else { Pieces { aggregate: None, raw: vec![range] } };
+    let aggregate = async {
+        let Some(agg) = pieces.aggregate else {
+            return Ok(vec![]);
+        };
+        let rows: Vec<(DateTime<Utc>, i64)> =
+            sqlx::query_as("SELECT bucket, sum(event_count)::bigint FROM analytics_hourly WHERE bucket >= $1 AND bucket < $2 GROUP BY 1")
+                .bind(agg.from)
+                .bind(agg.to)
+                .fetch_all(pool)
+                .await
+                .map_err(pg)?;
+        Ok(rows.into_iter().map(|(hour, n)| (bin_start(hour, bucket_ms), n)).collect())
+    };
+    let raw = try_join_all(pieces.raw.iter().map(|piece| async move {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT floor((extract(epoch FROM time) * 1000 - $3) / $4)::bigint, count(*)
+             FROM analytics_events_ts WHERE time >= $1 AND time < $2 GROUP BY 1",
+        )
+        .bind(piece.from)
+        .bind(piece.to)
+        .bind(super::BUCKET_ORIGIN_MS)
+        .bind(bucket_ms)
+        .fetch_all(pool)
+        .await
+        .map_err(pg)?;
+        Ok::<_, ReadError>(rows.into_iter().map(|(index, n)| (DateTime::from_timestamp_millis(super::BUCKET_ORIGIN_MS + index * bucket_ms).unwrap_or(piece.from), n)).collect::<Vec<_>>())
+    }));
+    let (aggregate, raw) = tokio::try_join!(aggregate, raw)?;
+    let mut counts = BTreeMap::new();
+    for (start, n) in aggregate.into_iter().chain(raw.into_iter().flatten()) {
+        *counts.entry(start).or_default() += n;
+    }
+    Ok(counts)
+}
+
+/// Popular asset types over the last `days` days (today included), as the legacy function
+/// answers: daily rows summed per type. The legacy function only sees flushed hours, so
+/// today counts the closed hours only. Days older than the raw start come from the
+/// imported history; the horizon day takes the larger of history and aggregate.
+pub async fn popular(ctx: &ReadContext, days: u32) -> Result<Vec<AssetRow>, ReadError> {
+    let pool = ctx.target_pool()?;
+    let tz = ctx.tz();
+    let today = local_day(ctx.now, tz);
+    let first = today - Duration::days(i64::from(days) - 1);
+    let horizon_day = horizon(ctx).await?.map(|h| local_day(h, tz));
+    let history_last = horizon_day.map_or(today, |d| d.min(today));
+    let history = async {
+        let rows: Vec<(NaiveDate, String, i64, i64)> = sqlx::query_as(
+            "SELECT day, asset_type, generation_count, unique_creators FROM tsmigrate.history_asset_popularity WHERE day >= $1 AND day <= $2",
+        )
+        .bind(first)
+        .bind(history_last)
+        .fetch_all(pool)
+        .await
+        .map_err(pg)?;
+        Ok::<_, ReadError>(rows.into_iter().map(|(day, asset_type, generation_count, unique_creators)| DayAssetRow { day, asset_type, generation_count, unique_creators }).collect::<Vec<_>>())
+    };
+    let aggregate = async {
+        let rows: Vec<(DateTime<Utc>, String, i64, i64)> = sqlx::query_as(
+            "SELECT bucket, COALESCE(asset_type, $3), generation_count, unique_creators FROM analytics_asset_popularity_ts
+             WHERE bucket >= $1 AND bucket < $2",
+        )
+        .bind(day_start(first, tz))
+        .bind(day_start(today, tz))
+        .bind(UNKNOWN_ASSET_TYPE)
+        .fetch_all(pool)
+        .await
+        .map_err(pg)?;
+        Ok::<_, ReadError>(
+            rows.into_iter()
+                .map(|(bucket, asset_type, generation_count, unique_creators)| DayAssetRow { day: local_day(bucket, tz), asset_type, generation_count, unique_creators })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let today_closed = async {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT COALESCE(properties->>'asset_type', $3), count(*), count(DISTINCT user_id) FROM analytics_events_ts
+             WHERE event_name = 'asset_generated' AND time >= $1 AND time < $2 GROUP BY 1",
+        )
+        .bind(day_start(today, tz))
+        .bind(hour_floor(ctx.now, tz))
+        .bind(UNKNOWN_ASSET_TYPE)
+        .fetch_all(pool)
+        .await
+        .map_err(pg)?;
+        Ok::<_, ReadError>(rows.into_iter().map(|(asset_type, generation_count, unique_creators)| DayAssetRow { day: today, asset_type, generation_count, unique_creators }).collect::<Vec<_>>())
+    };
+    let (history, mut current, today_rows) = tokio::try_join!(history, aggregate, today_closed)?;
+    current.extend(today_rows);
+    Ok(popular_of(history, current))
+}
