@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::ConnectOptions as _;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions as _, Connection, PgConnection, PgPool};
 
 use crate::config::SecretUrl;
 

@@ -85,8 +85,9 @@ pub fn events_diff(report: &ValidationReport) -> String {
     let findings = report.events.findings.as_ref();
     let all: Vec<&EventDifference> = findings.map(|f| f.missing.items.iter().chain(&f.extra.items).chain(&f.different.items).collect()).unwrap_or_default();
     let counts_only = report.depth == super::Depth::Counts;
-    for (i, hour) in hours.iter().enumerate() {
-        let end = hours.get(i + 1).map_or(i64::MAX, |h| h.start_ms).min(hour.start_ms + 2 * 3_600_000);
+    for hour in hours {
+        // Buckets are whole absolute hours (cut at the zone's local hour starts).
+        let end = hour.start_ms + 3_600_000;
         let header = format!("hour {}\n", show_hour(DateTime::from_timestamp_millis(hour.start_ms).unwrap_or_default()));
         redis.push_str(&header);
         target.push_str(&header);
@@ -153,7 +154,7 @@ pub fn full_diff(report: &ValidationReport) -> String {
 fn status_word<K>(check: &AggregateCheck<K>) -> &'static str {
     match (&check.skipped, check.has_differences()) {
         (Some(_), _) => "skipped",
-        (None, true) => "DIFFERENCES",
+        (None, true) => "differences",
         (None, false) => "clean",
     }
 }
@@ -175,7 +176,11 @@ fn push_events(o: &mut String, title: &str, listed: &Listed<EventDifference>) {
 }
 
 fn push_aggregate<K: AggregateKey>(o: &mut String, check: &AggregateCheck<K>) {
-    let _ = write!(o, "{}: {}", K::TITLE, status_word(check));
+    let status = match status_word(check) {
+        "differences" => "DIFFERENCES",
+        other => other,
+    };
+    let _ = write!(o, "{}: {status}", K::TITLE);
     if let Some(reason) = &check.skipped {
         let _ = writeln!(o, " ({reason})");
         return;
@@ -398,10 +403,7 @@ fn json_aggregate<K: AggregateKey>(check: &AggregateCheck<K>) -> JsonAggregate {
     let empty = Listed::default();
     let differences = check.findings.as_ref().map_or(&empty, |f| &f.differences);
     JsonAggregate {
-        status: match status_word(check) {
-            "DIFFERENCES" => "differences",
-            other => other,
-        },
+        status: status_word(check),
         skipped_reason: check.skipped.clone(),
         from: check.range.map(|r| r.0),
         to: check.range.map(|r| r.1),

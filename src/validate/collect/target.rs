@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::sql;
 use crate::event::TargetEvent;
-use crate::validate::diff::{merge_minutes, minute_of, EventDigest, MinuteSummaries, Summary};
+use crate::validate::diff::{merge_minutes, EventDigest, MinuteSummaries, Summary};
 
 /// Time slices of the window summarized by separate queries, and how many run at once.
 const SLICES: i32 = 8;
@@ -109,11 +109,6 @@ pub async fn events_by_key(pool: &PgPool, keys: &[(Uuid, i64)]) -> anyhow::Resul
 
 pub fn ms_to_time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::UNIX_EPOCH)
-}
-
-/// The minute an event of the target belongs to (same rule as the SQL: epoch ms / 60 000).
-pub fn minute_of_event(event: &TargetEvent) -> i64 {
-    minute_of(event.time_ms())
 }
 
 #[cfg(test)]
