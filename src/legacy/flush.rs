@@ -32,14 +32,11 @@ pub struct FlushOutcome {
     pub asset_rows: usize,
 }
 
-/// Start of the hour containing `t`, hours cut in `tz`.
+/// Start of the hour containing `t`, hours cut in `tz`. Computed in the offset in force
+/// at `t`, so the two local 02:00 hours of a DST fall-back night stay distinct.
 pub fn hour_floor(t: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
     let local = t.with_timezone(&tz);
-    let naive = local.date_naive().and_hms_opt(local.hour(), 0, 0).expect("valid hour");
-    tz.from_local_datetime(&naive).earliest().map(|d| d.with_timezone(&Utc)).unwrap_or_else(|| {
-        // A DST gap swallowed the local hour start; fall back to the absolute hour.
-        t - Duration::seconds(i64::from(t.minute() * 60 + t.second())) - Duration::nanoseconds(i64::from(t.nanosecond()))
-    })
+    t - Duration::minutes(i64::from(local.minute())) - Duration::seconds(i64::from(local.second())) - Duration::nanoseconds(i64::from(local.nanosecond()))
 }
 
 /// The local calendar day of `t` in `tz`.
@@ -190,6 +187,16 @@ mod tests {
         // India is UTC+05:30: local hours start at :30 UTC.
         assert_eq!(hour_floor(t, chrono_tz::Asia::Kolkata), Utc.with_ymd_and_hms(2025, 3, 10, 12, 30, 0).unwrap());
         assert_eq!(local_day(Utc.with_ymd_and_hms(2025, 3, 10, 23, 30, 0).unwrap(), chrono_tz::Europe::Berlin), NaiveDate::from_ymd_opt(2025, 3, 11).unwrap());
+    }
+
+    #[test]
+    fn the_repeated_hour_of_a_dst_fall_back_is_two_hours() {
+        let berlin = chrono_tz::Europe::Berlin;
+        // 2025-10-26: 03:00 CEST becomes 02:00 CET; local 02:xx happens twice (00:xx and 01:xx UTC).
+        let first = Utc.with_ymd_and_hms(2025, 10, 26, 0, 40, 0).unwrap();
+        let second = Utc.with_ymd_and_hms(2025, 10, 26, 1, 40, 0).unwrap();
+        assert_eq!(hour_floor(first, berlin), Utc.with_ymd_and_hms(2025, 10, 26, 0, 0, 0).unwrap());
+        assert_eq!(hour_floor(second, berlin), Utc.with_ymd_and_hms(2025, 10, 26, 1, 0, 0).unwrap());
     }
 
     #[test]
