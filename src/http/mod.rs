@@ -1,5 +1,5 @@
 //! The HTTP surface: `POST /api/v1/analytics` (ingest), the read API
-//! (`GET /api/v1/analytics/...`, see [`reads`]), health and readiness.
+//! (`GET /api/v1/analytics/...`, see [`reads`]), admin status, health, readiness and metrics.
 //!
 //! `app(state)` builds the router; `serve(listener, state, shutdown)` runs it until the
 //! shutdown future resolves, finishing requests in flight.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::{bin_start, EventFilter, GroupTotal, HourRow, RawSummary, ReadContext, ReadError, TimeRange};
+use super::{bin_start, EventFilter, GroupTotal, HourRow, RawSummary, ReadContext, ReadError, TimeRange, UserCount};
 use crate::event::TargetEvent;
 use crate::legacy::flush::hour_floor;
 use crate::legacy::reader::{read_page, ScoreCursor};
@@ -70,11 +70,13 @@ struct Group {
     users: HashSet<String>,
 }
 
-/// Per (hour, event_name, category) groups of the raw events in `range`, and (when asked)
-/// every distinct user.
-async fn groups(ctx: &ReadContext, range: TimeRange, filter: &EventFilter, all_users: bool) -> Result<(BTreeMap<(DateTime<Utc>, String, String), Group>, HashSet<String>), ReadError> {
+type Groups = BTreeMap<(DateTime<Utc>, String, String), Group>;
+
+/// Per (hour, event_name, category) groups of the raw events in `range` (with their users
+/// when `hourly_users`), and (when `all_users`) every distinct user.
+async fn groups(ctx: &ReadContext, range: TimeRange, filter: &EventFilter, hourly_users: bool, all_users: bool) -> Result<(Groups, HashSet<String>), ReadError> {
     let tz = ctx.tz();
-    let mut groups: BTreeMap<(DateTime<Utc>, String, String), Group> = BTreeMap::new();
+    let mut groups = Groups::new();
     let mut users = HashSet::new();
     // Hour starts repeat for long runs of events: remember the last one.
     let mut last_hour: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
@@ -95,22 +97,25 @@ async fn groups(ctx: &ReadContext, range: TimeRange, filter: &EventFilter, all_u
         }
         let group = groups.entry((hour, event.event_name, event.category)).or_default();
         group.count += 1;
-        group.users.extend(event.user_id);
+        if hourly_users {
+            group.users.extend(event.user_id);
+        }
     })
     .await?;
     Ok((groups, users))
 }
 
 pub async fn raw_hours(ctx: &ReadContext, range: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
-    let (groups, _) = groups(ctx, range, filter, false).await?;
+    let (groups, _) = groups(ctx, range, filter, true, false).await?;
     Ok(groups
         .into_iter()
         .map(|((hour, event_name, category), g)| HourRow { hour, event_name, category, event_count: g.count, unique_users: g.users.len() as i64 })
         .collect())
 }
 
-pub async fn raw_summary(ctx: &ReadContext, range: TimeRange, distinct_users: bool) -> Result<RawSummary, ReadError> {
-    let (groups, users) = groups(ctx, range, &EventFilter::default(), distinct_users).await?;
+pub async fn raw_summary(ctx: &ReadContext, range: TimeRange, count: UserCount) -> Result<RawSummary, ReadError> {
+    let distinct_users = count == UserCount::Distinct;
+    let (groups, users) = groups(ctx, range, &EventFilter::default(), count == UserCount::HourlySum, distinct_users).await?;
     let mut totals: HashMap<(String, String), GroupTotal> = HashMap::new();
     for ((_, event_name, category), g) in groups {
         let total = totals.entry((event_name.clone(), category.clone())).or_insert_with(|| GroupTotal { event_name, category, ..Default::default() });

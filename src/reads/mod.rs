@@ -186,15 +186,25 @@ pub struct GroupTotal {
     pub event_name: String,
     pub category: String,
     pub event_count: i64,
-    /// The sum of the hourly distinct users (not a distinct count over the range).
+    /// The sum of the hourly distinct users (not a distinct count over the range); 0
+    /// unless [`UserCount::HourlySum`] was asked for.
     pub hourly_unique_users: i64,
+}
+
+/// What a raw summary counts about users: nothing (comparison), the hourly uniques (to be
+/// summed, when history takes part), or the exact distinct users of the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserCount {
+    Skip,
+    HourlySum,
+    Distinct,
 }
 
 /// What a source's raw part of a range holds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RawSummary {
     pub totals: Vec<GroupTotal>,
-    /// Distinct users over the whole raw range, when asked for.
+    /// Distinct users over the whole raw range, with [`UserCount::Distinct`].
     pub distinct_users: Option<i64>,
 }
 
@@ -398,10 +408,10 @@ impl ReadSource {
         }
     }
 
-    async fn raw_summary(self, ctx: &ReadContext, range: TimeRange, distinct_users: bool) -> Result<RawSummary, ReadError> {
+    async fn raw_summary(self, ctx: &ReadContext, range: TimeRange, users: UserCount) -> Result<RawSummary, ReadError> {
         match self {
-            ReadSource::Legacy => legacy::raw_summary(ctx, range, distinct_users).await,
-            ReadSource::Target => target::raw_summary(ctx, range, distinct_users).await,
+            ReadSource::Legacy => legacy::raw_summary(ctx, range, users).await,
+            ReadSource::Target => target::raw_summary(ctx, range, users).await,
         }
     }
 
@@ -442,7 +452,7 @@ impl ReadSource {
         })
     }
 
-    /// Totals over `range`; distinct users too when `users` (comparison does not need them).
+    /// Totals over `range`; unique users too when `users` (comparison does not need them).
     async fn summary(self, ctx: &ReadContext, range: TimeRange, users: bool) -> Result<Summary, ReadError> {
         let tz = ctx.tz();
         let split = Split::new(range, self.horizon(ctx).await?.map(|h| hour_floor(h, tz)), tz);
@@ -461,14 +471,18 @@ impl ReadSource {
             }
             _ => rows.extend(at_horizon),
         }
-        let exact = users && history.is_empty();
+        let count = match (users, history.is_empty()) {
+            (false, _) => UserCount::Skip,
+            (true, true) => UserCount::Distinct,
+            (true, false) => UserCount::HourlySum,
+        };
         let raw_summary = match raw {
-            Some(raw) => self.raw_summary(ctx, raw, exact).await?,
-            None => RawSummary { totals: vec![], distinct_users: exact.then_some(0) },
+            Some(raw) => self.raw_summary(ctx, raw, count).await?,
+            None => RawSummary { totals: vec![], distinct_users: (count == UserCount::Distinct).then_some(0) },
         };
         let mut totals = totals_of(&rows);
         totals.extend(raw_summary.totals);
-        Ok(summarize(range, &totals, if exact { raw_summary.distinct_users } else { None }))
+        Ok(summarize(range, &totals, raw_summary.distinct_users))
     }
 
     async fn hourly(self, ctx: &ReadContext, range: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {

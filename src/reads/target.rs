@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use futures::future::try_join_all;
 use sqlx::PgPool;
 
-use super::{bin_start, hours_nest, merge_max, popular_of, AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, Pieces, RawSummary, ReadContext, ReadError, TimeRange};
+use super::{bin_start, hours_nest, merge_max, popular_of, AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, Pieces, RawSummary, ReadContext, ReadError, TimeRange, UserCount};
 use crate::legacy::flush::{day_start, hour_floor, local_day, UNKNOWN_ASSET_TYPE};
 
 type HourTuple = (DateTime<Utc>, String, String, i64, i64);
@@ -108,14 +108,27 @@ pub async fn raw_hours(ctx: &ReadContext, range: TimeRange, filter: &EventFilter
     Ok(rows)
 }
 
-/// Totals from the aggregate for whole settled hours, raw for the rest, and (when asked)
-/// the exact distinct users of the whole range from raw — all concurrently.
-pub async fn raw_summary(ctx: &ReadContext, range: TimeRange, distinct_users: bool) -> Result<RawSummary, ReadError> {
+/// Raw events of `range` counted per group, without users (the cheap edge query).
+async fn raw_table_totals(ctx: &ReadContext, range: TimeRange) -> Result<Vec<GroupTotal>, ReadError> {
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT event_name, category, count(*) FROM analytics_events_ts WHERE time >= $1 AND time < $2 GROUP BY 1, 2")
+            .bind(range.from)
+            .bind(range.to)
+            .fetch_all(ctx.target_pool()?)
+            .await
+            .map_err(pg)?;
+    Ok(rows.into_iter().map(|(event_name, category, event_count)| GroupTotal { event_name, category, event_count, hourly_unique_users: 0 }).collect())
+}
+
+/// Totals from the aggregate for whole settled hours, raw for the rest, and the users
+/// `count` asks for (exact distinct users come from raw over the whole range) — all
+/// concurrently.
+pub async fn raw_summary(ctx: &ReadContext, range: TimeRange, count: UserCount) -> Result<RawSummary, ReadError> {
     let pool = ctx.target_pool()?;
     let pieces = Pieces::new(range, ctx.now, ctx.tz());
     let aggregate = async {
         let Some(agg) = pieces.aggregate else {
-            return Ok(vec![]);
+            return Ok::<_, ReadError>(vec![]);
         };
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "SELECT event_name, category, sum(event_count)::bigint, sum(unique_users)::bigint
@@ -131,8 +144,15 @@ pub async fn raw_summary(ctx: &ReadContext, range: TimeRange, distinct_users: bo
             .map(|(event_name, category, event_count, hourly_unique_users)| GroupTotal { event_name, category, event_count, hourly_unique_users })
             .collect::<Vec<_>>())
     };
+    let edges = async {
+        if count == UserCount::HourlySum {
+            Ok::<_, ReadError>(super::totals_of(&raw_pieces(ctx, &pieces.raw, &EventFilter::default()).await?))
+        } else {
+            Ok(try_join_all(pieces.raw.iter().map(|piece| raw_table_totals(ctx, *piece))).await?.into_iter().flatten().collect())
+        }
+    };
     let users = async {
-        if !distinct_users {
+        if count != UserCount::Distinct {
             return Ok(None);
         }
         // DISTINCT in a subquery hashes (and parallelizes) where count(DISTINCT) sorts.
@@ -147,9 +167,8 @@ pub async fn raw_summary(ctx: &ReadContext, range: TimeRange, distinct_users: bo
         .map_err(pg)?;
         Ok(Some(n))
     };
-    let everything = EventFilter::default();
-    let (mut totals, raw, distinct_users) = tokio::try_join!(aggregate, raw_pieces(ctx, &pieces.raw, &everything), users)?;
-    totals.extend(super::totals_of(&raw));
+    let (mut totals, edges, distinct_users) = tokio::try_join!(aggregate, edges, users)?;
+    totals.extend(edges);
     Ok(RawSummary { totals, distinct_users })
 }
 
