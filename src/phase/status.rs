@@ -153,7 +153,10 @@ async fn policies(pool: &PgPool, mode: StorageMode) -> anyhow::Result<Vec<Policy
                     "SELECT j.job_id, j.proc_name::text,
                             coalesce(c.view_name::text, j.hypertable_name::text, ''),
                             j.schedule_interval::text, j.config, j.scheduled,
-                            s.last_run_status::text, s.last_run_started_at, s.next_start, s.total_failures
+                            s.last_run_status::text,
+                            -- job_stats says -infinity / infinity while a job is starting or paused
+                            CASE WHEN isfinite(s.last_run_started_at) THEN s.last_run_started_at END,
+                            CASE WHEN isfinite(s.next_start) THEN s.next_start END, s.total_failures
                      FROM timescaledb_information.jobs j
                      LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
                      LEFT JOIN timescaledb_information.continuous_aggregates c
