@@ -91,8 +91,11 @@ fi
 if ((${#packages[@]})); then
     have apt-get || die "PostgreSQL/Redis are missing (${packages[*]}) and this is not a Debian/Ubuntu system; install them yourself, or set TSMIGRATE_SKIP_SERVICES=1 and point TSMIGRATE_TEST_DATABASE_URL / TSMIGRATE_TEST_REDIS_URL at running servers"
     echo "services: installing ${packages[*]} (apt-get)"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+    apt_log="$(mktemp "${TMPDIR:-/tmp}/tsmigrate-apt.XXXXXX")"
+    { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+        && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${packages[@]}"; } >"$apt_log" 2>&1 \
+        || { cat "$apt_log" >&2; die "apt-get install ${packages[*]} failed (output above)"; }
+    rm -f "$apt_log"
 fi
 
 # --- start ---------------------------------------------------------------------------------

@@ -309,6 +309,8 @@ pub struct MigrationSettings {
     pub backfill_page_size: usize,
     /// Tail mode: how far back each poll looks for late events, in seconds.
     pub tail_lookback_secs: u64,
+    /// After `complete`, the legacy Redis keys expire after this many days.
+    pub legacy_key_expiry_days: u32,
 }
 
 impl Default for MigrationSettings {
@@ -319,6 +321,7 @@ impl Default for MigrationSettings {
             settle_secs: 300,
             backfill_page_size: 10_000,
             tail_lookback_secs: 600,
+            legacy_key_expiry_days: 7,
         }
     }
 }

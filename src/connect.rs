@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::SecretUrl;
 
@@ -27,6 +27,15 @@ pub async fn pg_pool(url: &SecretUrl, max_connections: u32, timeout: Duration) -
         reason: scrub(&e.to_string(), url),
     })?;
     let options = options.application_name("tsmigrate");
+    // One direct attempt first: a pool retries until its timeout and then reports only
+    // "timed out", hiding the cause (connection refused, authentication failed...).
+    match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+        Ok(Err(e)) => return Err(pg_error(url, e)),
+        Err(_) => return Err(ConnectError::Postgres { url: url.redacted(), reason: format!("no answer within {}s", timeout.as_secs()) }),
+    }
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
@@ -60,6 +69,12 @@ pub fn pg_pool_lazy(url: &SecretUrl, max_connections: u32) -> Result<PgPool, Con
 pub async fn redis(url: &SecretUrl, timeout: Duration) -> Result<ConnectionManager, ConnectError> {
     let err = |e: redis::RedisError| ConnectError::Redis { url: url.redacted(), reason: scrub(&e.to_string(), url) };
     let client = redis::Client::open(url.expose()).map_err(err)?;
+    // One direct attempt first, for the real cause (the manager would retry and time out).
+    match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(err(e)),
+        Err(_) => return Err(ConnectError::Redis { url: url.redacted(), reason: format!("no answer within {}s", timeout.as_secs()) }),
+    }
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(timeout)
         .set_response_timeout(Duration::from_secs(30))

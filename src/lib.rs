@@ -15,6 +15,7 @@
 //! - [`cli`]        the command line, one module per subcommand.
 //! - [`progress`]   progress reporting for long work.
 //! - [`remembered`] a server-read value trusted for a while (flags, read source, horizon).
+//! - [`telemetry`]  the Prometheus recorder behind `/metrics`.
 
 pub mod cli;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod progress;
 pub mod reads;
 pub mod remembered;
 pub mod target;
+pub mod telemetry;
 
 /// Process exit codes (documented in `tsmigrate --help`).
 pub mod exit {

@@ -17,7 +17,8 @@ CREATE TABLE tsmigrate.migration_state (
 );
 
 -- Every phase command, who ran it, what it found and did.
-CREATE TABLE tsmigrate.audit_log (
+-- Kept by `abort`, so the record of an aborted migration survives a new prepare.
+CREATE TABLE IF NOT EXISTS tsmigrate.audit_log (
     id         bigserial PRIMARY KEY,
     at         timestamptz NOT NULL DEFAULT now(),
     actor      text NOT NULL,

@@ -19,10 +19,10 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct FlushArgs {
     /// Start of the range (rounded down to the hour).
-    #[arg(long, value_parser = parse_time, requires = "to")]
+    #[arg(long, value_parser = parse_time, requires = "to", allow_hyphen_values = true)]
     pub from: Option<DateTime<Utc>>,
     /// End of the range (exclusive, rounded down to the hour).
-    #[arg(long, value_parser = parse_time, requires = "from")]
+    #[arg(long, value_parser = parse_time, requires = "from", allow_hyphen_values = true)]
     pub to: Option<DateTime<Utc>>,
     /// Flush even though the legacy flush was retired.
     #[arg(long)]

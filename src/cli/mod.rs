@@ -5,6 +5,7 @@ pub mod backfill;
 pub mod dual_write;
 pub mod import_history;
 pub mod legacy;
+pub mod lifecycle;
 pub mod prepare;
 pub mod relay;
 pub mod run;
@@ -67,7 +68,21 @@ pub enum Command {
     ImportHistory(import_history::Args),
     /// Run a relay worker alone (outbox stream, or --tail the sorted set).
     Relay(relay::Args),
-    /// Run the service: HTTP ingest and health endpoints.
+    /// Switch reads to the target (gate: a fresh clean validation).
+    Cutover(lifecycle::CutoverArgs),
+    /// Send reads back to the legacy path (any time before `complete`).
+    Reverse(lifecycle::ReverseArgs),
+    /// Retire the legacy hourly flush worker (gate: soak period + clean validation).
+    RetireFlush(lifecycle::RetireArgs),
+    /// Retention, asset popularity aggregate, compression report.
+    Optimize(lifecycle::OptimizeArgs),
+    /// Finish the migration.
+    Complete(lifecycle::CompleteArgs),
+    /// Remove what prepare created (only before reads are switched).
+    Abort(lifecycle::AbortArgs),
+    /// Shadow reads on/off: compare every answer with the other source.
+    Shadow(lifecycle::ShadowArgs),
+    /// Run the service: HTTP API, relay worker and scheduled jobs.
     Run(run::Args),
 }
 
@@ -91,6 +106,13 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Backfill(args) => backfill::run(args, &settings, json).await,
         Command::ImportHistory(args) => import_history::run(args, &settings, json).await,
         Command::Relay(args) => relay::run(args, &settings, json).await,
+        Command::Cutover(args) => lifecycle::cutover(args, &settings, json).await,
+        Command::Reverse(args) => lifecycle::reverse(args, &settings, json).await,
+        Command::RetireFlush(args) => lifecycle::retire(args, &settings, json).await,
+        Command::Optimize(args) => lifecycle::optimize(args, &settings, json).await,
+        Command::Complete(args) => lifecycle::complete(args, &settings, json).await,
+        Command::Abort(args) => lifecycle::abort(args, &settings, json).await,
+        Command::Shadow(args) => lifecycle::shadow(args, &settings, json).await,
         Command::Run(args) => run::run(args, settings).await,
     }
 }

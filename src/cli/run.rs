@@ -4,8 +4,10 @@ use crate::daemon;
 use super::Outcome;
 
 /// Run the service until SIGTERM or Ctrl-C: the HTTP API (`POST /api/v1/analytics`,
-/// `/health`, `/ready`) and the relay worker that drains the dual-write outbox into the
-/// target. Starts even while the target is down (ingest needs only Redis); the relay
+/// the read API, `/health`, `/ready`, `/metrics`), the relay worker that drains the
+/// dual-write outbox into the target, and the scheduled jobs (legacy flush until retired,
+/// hourly validation, plain-mode rollups/partitions/retention, TimescaleDB job health,
+/// legacy key expiry after completion). Starts even while the target is down (ingest needs only Redis); the relay
 /// catches up when it returns. On shutdown, requests and the relay batch in flight finish.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,6 +17,9 @@ pub struct Args {
     /// Do not run the relay worker in this process.
     #[arg(long)]
     pub no_relay: bool,
+    /// Do not run the scheduled jobs in this process (run them in exactly one process).
+    #[arg(long)]
+    pub no_jobs: bool,
 }
 
 pub async fn run(args: Args, mut settings: Settings) -> anyhow::Result<Outcome> {
@@ -25,6 +30,6 @@ pub async fn run(args: Args, mut settings: Settings) -> anyhow::Result<Outcome> 
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http.bind))?;
     eprintln!("tsmigrate listening on http://{}", listener.local_addr()?);
-    daemon::run(settings, listener, daemon::DaemonOptions { relay: !args.no_relay }, daemon::shutdown_signal()).await?;
+    daemon::run(settings, listener, daemon::DaemonOptions { relay: !args.no_relay, jobs: !args.no_jobs }, daemon::shutdown_signal()).await?;
     Ok(Outcome::Success)
 }

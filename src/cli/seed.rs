@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long)]
     pub messy: bool,
     /// Newest event time (RFC 3339, a date, now, or -2h). Default: now.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = parse_time, allow_hyphen_values = true)]
     pub end: Option<DateTime<Utc>>,
     /// Do not run the legacy hourly flush.
     #[arg(long)]

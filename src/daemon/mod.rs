@@ -18,6 +18,8 @@ use crate::target::writer::TargetWriter;
 #[derive(Debug, Clone, Copy)]
 pub struct DaemonOptions {
     pub relay: bool,
+    /// Run the scheduled jobs (legacy flush, rollups, partitions, health checks...).
+    pub jobs: bool,
 }
 
 /// Serves until `shutdown` resolves, then lets the HTTP requests and the relay batch in
@@ -35,12 +37,21 @@ pub async fn run(settings: Settings, listener: tokio::net::TcpListener, options:
         Some(url) => crate::connect::pg_pool_lazy(url, settings.database.max_connections)?,
         None => target.clone(),
     };
+    let mut scheduler = None;
+    if options.jobs {
+        let ctx = jobs::JobContext { settings: Arc::new(settings.clone()), target: target.clone(), legacy: legacy.clone(), redis: redis.clone() };
+        scheduler = Some(jobs::schedule(ctx).await?);
+    }
+    crate::telemetry::metrics_handle();
     let state = AppState::new(settings, redis, Some(target), Some(legacy));
     let http_shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
     http::serve(listener, state, http_shutdown).await?;
+    if let Some(mut scheduler) = scheduler {
+        let _ = scheduler.shutdown().await;
+    }
     for worker in workers {
         let _ = worker.await;
     }

@@ -15,8 +15,10 @@ pub struct OutboxLag {
     pub oldest_age_seconds: Option<f64>,
 }
 
+type StreamEntries = Vec<(String, Vec<(String, String)>)>;
+
 pub async fn lag(conn: &mut ConnectionManager, keys: &LegacyKeys, group: &str) -> redis::RedisResult<OutboxLag> {
-    let (entries, oldest): (u64, Vec<(String, Vec<(String, String)>)>) = redis::pipe()
+    let (entries, oldest): (u64, StreamEntries) = redis::pipe()
         .cmd("XLEN")
         .arg(&keys.outbox)
         .cmd("XRANGE")

@@ -91,9 +91,11 @@ pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Byt
         .get(&mut redis, &state.keys.dual_write_flag)
         .await
         .map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
+    let started = std::time::Instant::now();
     writer::write_batch(&mut redis, &state.keys, state.settings.redis.event_cap, &events, dual_write)
         .await
         .map_err(|e| ApiError::Unavailable(format!("Redis write failed ({e}); nothing was written, retry the batch")))?;
+    metrics::histogram!("tsmigrate_write_seconds", "system" => "redis").record(started.elapsed().as_secs_f64());
     metrics::counter!("tsmigrate_ingest_events_total").increment(events.len() as u64);
     Ok((StatusCode::ACCEPTED, Json(IngestResponse { accepted: events.len(), dual_write })))
 }

@@ -1,5 +1,5 @@
 //! The HTTP surface: `POST /api/v1/analytics` (ingest), the read API
-//! (`GET /api/v1/analytics/...`, see [`reads`]), health and readiness.
+//! (`GET /api/v1/analytics/...`, see [`reads`]), admin status, health, readiness and metrics.
 //!
 //! `app(state)` builds the router; `serve(listener, state, shutdown)` runs it until the
 //! shutdown future resolves, finishing requests in flight.
@@ -97,10 +97,27 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/analytics/popular-asset-types", get(reads::popular_asset_types))
         .route("/api/v1/analytics/comparison", get(reads::comparison))
         .route("/api/v1/analytics/intervals", get(reads::intervals))
+        .route("/api/v1/admin/status", get(admin_status))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Prometheus text format.
+async fn metrics_text() -> (StatusCode, String) {
+    match crate::telemetry::metrics_handle() {
+        Some(handle) => (StatusCode::OK, handle.render()),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n".into()),
+    }
+}
+
+/// `tsmigrate status --json`, over HTTP (admin: needs the bearer token when one is set).
+async fn admin_status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Json<serde_json::Value>, error::ApiError> {
+    ingest::authorize(&state, &headers)?;
+    let status = crate::phase::status::gather(&state.settings).await.map_err(error::ApiError::Unexpected)?;
+    Ok(Json(serde_json::to_value(status).map_err(|e| error::ApiError::Unexpected(e.into()))?))
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -8,7 +8,10 @@
 
 pub mod backfill;
 pub mod dual_write;
+pub mod abort;
+pub mod optimize;
 pub mod history;
+pub mod lifecycle;
 pub mod prepare;
 pub mod state;
 pub mod status;
@@ -102,6 +105,65 @@ pub const PREPARE: Transition = Transition { command: "prepare", from: &[Phase::
 pub const DUAL_WRITE_START: Transition = Transition { command: "dual-write start", from: &[Phase::Prepared], to: Phase::DualWriting };
 pub const DUAL_WRITE_STOP: Transition = Transition { command: "dual-write stop", from: &[Phase::DualWriting], to: Phase::Prepared };
 pub const BACKFILL: Transition = Transition { command: "backfill", from: &[Phase::DualWriting, Phase::Backfilled], to: Phase::Backfilled };
+pub const CUTOVER: Transition = Transition { command: "cutover", from: &[Phase::Validated], to: Phase::ReadsSwitched };
+pub const REVERSE: Transition = Transition { command: "reverse", from: &[Phase::ReadsSwitched, Phase::FlushRetired], to: Phase::Validated };
+pub const RETIRE_FLUSH: Transition = Transition { command: "retire-flush", from: &[Phase::ReadsSwitched], to: Phase::FlushRetired };
+pub const COMPLETE: Transition = Transition { command: "complete", from: &[Phase::FlushRetired], to: Phase::Completed };
+/// Abort is possible only while reads still come from the legacy path.
+pub const ABORT: Transition = Transition {
+    command: "abort",
+    from: &[Phase::Prepared, Phase::DualWriting, Phase::Backfilled, Phase::Validated],
+    to: Phase::New,
+};
+
+/// What a phase command did, for text and `--json` output.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PhaseReport {
+    pub command: String,
+    pub dry_run: bool,
+    pub phase_before: Phase,
+    pub phase_after: Phase,
+    pub forced: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the command found and did (gate evidence, objects dropped, figures).
+    pub details: serde_json::Value,
+    pub next_steps: Vec<String>,
+}
+
+impl PhaseReport {
+    pub fn human(&self) -> String {
+        let mut o = String::new();
+        if self.dry_run {
+            o.push_str(&format!("dry run: {} can run; it would move {} -> {}; nothing was changed
+", self.command, self.phase_before, self.phase_after));
+        } else if self.phase_before != self.phase_after {
+            o.push_str(&format!("{}: phase {} -> {}
+", self.command, self.phase_before, self.phase_after));
+        } else {
+            o.push_str(&format!("{}: done (phase stays {})
+", self.command, self.phase_after));
+        }
+        if self.forced {
+            o.push_str(&format!("FORCED past the gate; reason recorded in the audit log: {}
+", self.reason.as_deref().unwrap_or("")));
+        }
+        if let serde_json::Value::Object(map) = &self.details {
+            for (key, value) in map {
+                let shown = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                o.push_str(&format!("  {key}: {shown}\n"));
+            }
+        }
+        o.push_str("next:\n");
+        for s in &self.next_steps {
+            o.push_str(&format!("  {s}\n"));
+        }
+        o
+    }
+}
 
 /// A command refused by a gate. Shown to the operator as is, with what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

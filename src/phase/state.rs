@@ -11,6 +11,8 @@ use crate::target::StorageMode;
 
 /// Key of the session advisory lock every phase command holds.
 const PHASE_LOCK_KEY: &str = "tsmigrate.phase";
+/// How long a phase command waits for the lock before refusing.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MigrationState {
@@ -129,10 +131,20 @@ impl PhaseGuard {
         let mut conn = PgConnection::connect(url.expose())
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the lock connection to {}: {}", url.redacted(), e))?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))").bind(PHASE_LOCK_KEY).fetch_one(&mut conn).await?;
+        // A command that just finished may still hold the lock for a moment while its
+        // backend exits, so wait briefly before calling the lock held.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        let got = loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))").bind(PHASE_LOCK_KEY).fetch_one(&mut conn).await?;
+            if got || std::time::Instant::now() >= deadline {
+                break got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         if !got {
             let holder: Option<i32> = sqlx::query_scalar(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext($1)::oid AND granted LIMIT 1",
+                "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE l.locktype = 'advisory' AND l.objid = hashtext($1)::oid AND l.granted AND d.datname = current_database() LIMIT 1",
             )
             .bind(PHASE_LOCK_KEY)
             .fetch_optional(&mut conn)

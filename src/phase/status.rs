@@ -140,10 +140,15 @@ pub async fn gather(settings: &Settings) -> anyhow::Result<Status> {
     })
 }
 
+type JobRow = (i32, String, String, String, Option<Value>, bool, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<i64>);
+type JobRunRow = (String, Option<String>, Option<DateTime<Utc>>, i64);
+type ValidationRow = (i64, DateTime<Utc>, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+type ScoredMembers = Vec<(String, f64)>;
+
 async fn policies(pool: &PgPool, mode: StorageMode) -> anyhow::Result<Vec<Policy>> {
     match mode {
         StorageMode::Timescaledb => {
-            let rows: Vec<(i32, String, String, String, Option<Value>, bool, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<i64>)> =
+            let rows: Vec<JobRow> =
                 sqlx::query_as(
                     "SELECT j.job_id, j.proc_name::text,
                             coalesce(c.view_name::text, j.hypertable_name::text, ''),
@@ -174,7 +179,7 @@ async fn policies(pool: &PgPool, mode: StorageMode) -> anyhow::Result<Vec<Policy
                 .collect())
         }
         StorageMode::Postgres => {
-            let runs: Vec<(String, Option<String>, Option<DateTime<Utc>>, i64)> =
+            let runs: Vec<JobRunRow> =
                 sqlx::query_as("SELECT job, last_status, last_started_at, failures FROM tsmigrate.job_runs").fetch_all(pool).await?;
             Ok(crate::daemon::jobs::plain_mode_jobs()
                 .into_iter()
@@ -255,7 +260,7 @@ async fn target_status(pool: &PgPool, state: &MigrationState) -> anyhow::Result<
 }
 
 async fn last_validation(pool: &PgPool) -> anyhow::Result<Option<ValidationSummary>> {
-    let row: Option<(i64, DateTime<Utc>, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let row: Option<ValidationRow> = sqlx::query_as(
         "SELECT id, finished_at, result, depth, window_from, window_to FROM tsmigrate.validation_runs ORDER BY finished_at DESC LIMIT 1",
     )
     .fetch_optional(pool)
@@ -275,7 +280,7 @@ async fn redis_status(settings: &Settings) -> RedisStatus {
     let keys = LegacyKeys::from_settings(settings);
     let result: anyhow::Result<RedisStatus> = async {
         let mut conn = crate::db::redis(settings).await?;
-        let (events, oldest, newest, flag, retired): (u64, Vec<(String, f64)>, Vec<(String, f64)>, Option<String>, Option<String>) = redis::pipe()
+        let (events, oldest, newest, flag, retired): (u64, ScoredMembers, ScoredMembers, Option<String>, Option<String>) = redis::pipe()
             .zcard(&keys.events)
             .cmd("ZRANGE").arg(&keys.events).arg(0).arg(0).arg("WITHSCORES")
             .cmd("ZRANGE").arg(&keys.events).arg(-1).arg(-1).arg("WITHSCORES")
@@ -311,7 +316,15 @@ async fn legacy_status(settings: &Settings) -> LegacyStatus {
         Ok(LegacyStatus { reachable: true, error: None, hourly_rows: Some(rows), hourly_from: from, hourly_to: to, asset_rows: Some(assets) })
     }
     .await;
-    result.unwrap_or_else(|e| LegacyStatus { reachable: false, error: Some(first_line(&e.to_string())), ..Default::default() })
+    result.unwrap_or_else(|e| {
+        let message = first_line(&e.to_string());
+        let error = if message.contains("does not exist") {
+            format!("{message} (run `tsmigrate legacy setup`, or point LEGACY_DATABASE_URL / legacy.hourly_table at the legacy tables)")
+        } else {
+            message
+        };
+        LegacyStatus { reachable: false, error: Some(error), ..Default::default() }
+    })
 }
 
 fn first_line(s: &str) -> String {

@@ -8,10 +8,16 @@
 #[macro_use]
 pub mod support;
 
+mod backfill;
 mod config_errors;
+mod daemon;
+mod dual_write;
+mod fault;
 mod legacy;
+mod lifecycle;
 mod prepare;
 mod reads;
+mod scenario;
 mod seed;
 mod status;
 mod timescaledb;

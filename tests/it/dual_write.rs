@@ -1,0 +1,241 @@
+//! Dual-write: the ingest endpoint (400s for bad batches), the outbox relay through a
+//! target outage, redelivery, a dead relay's entries, identical members, tail mode.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use tower::ServiceExt;
+use tsmigrate::dual_write::relay::{Relay, RelayOptions, RelayOutcome};
+use tsmigrate::dual_write::tail::{Tail, TailOutcome};
+use tsmigrate::http::{app, AppState};
+use tsmigrate::target::writer::TargetWriter;
+use tsmigrate::target::StorageMode;
+
+use crate::fault::{pg_addr, Outage};
+use crate::scenario::{prepare_and_dual_write, target_counts, Mode};
+use crate::support::TestEnv;
+
+async fn post(router: &axum::Router, body: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut request = Request::post("/api/v1/analytics").header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = router.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn router(env: &TestEnv) -> axum::Router {
+    app(AppState::new(env.settings.clone(), env.redis().await, None, None))
+}
+
+fn batch(n: usize, offset: usize) -> String {
+    let now = chrono::Utc::now().timestamp_millis();
+    let events: Vec<Value> = (0..n)
+        .map(|i| json!({"id": uuid::Uuid::new_v4().to_string(), "event_name": "click", "category": "interaction", "user_id": format!("u{}", (i + offset) % 7), "timestamp": now - (i + offset) as i64}))
+        .collect();
+    json!({ "events": events }).to_string()
+}
+
+fn relay_for(env: &TestEnv, redis: redis::aio::ConnectionManager, pool: sqlx::PgPool, mode: StorageMode, claim_idle: Duration) -> Relay {
+    let options = RelayOptions { block: Duration::from_millis(50), claim_idle, ..RelayOptions::new(&env.settings.redis.outbox_group) };
+    Relay::new(redis, Arc::new(TargetWriter::new(pool, mode)), Arc::new(env.keys()), options)
+}
+
+async fn drain(relay: &mut Relay) -> u64 {
+    let mut inserted = 0;
+    for _ in 0..100 {
+        match relay.step().await.unwrap() {
+            RelayOutcome::Relayed { inserted: n, .. } => inserted += n,
+            RelayOutcome::Idle => return inserted,
+            RelayOutcome::TargetUnavailable { error } => panic!("target unavailable: {error}"),
+        }
+    }
+    panic!("the relay did not drain the outbox");
+}
+
+#[tokio::test]
+async fn bad_batches_get_400_naming_each_bad_event_and_nothing_is_written() {
+    let env = TestEnv::new().await;
+    let router = router(&env).await;
+    let (status, body) = post(&router, r#"{"events":[{"event_name":"click","category":"ui"},{"event_name":"x"},{"category":"c","timestamp":"soon"}]}"#, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(rejected.iter().map(|r| r["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(rejected[0]["problems"][0].as_str().unwrap().contains("category is required"), "{body}");
+    assert!(rejected[1]["problems"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().contains("timestamp")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("nothing was written"));
+
+    let too_many = batch(51, 0);
+    let (status, body) = post(&router, &too_many, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("limit is 50"), "{body}");
+    for bad in ["not json", r#"{"events": []}"#, r#"{"events": "x"}"#, r#"{"events":[{"event_name":"a","category":"b","properties":[1]}]}"#, r#"{"events":[{"event_name":"a","category":"b","timestamp":"1999-01-01T00:00:00Z"}]}"#] {
+        let (status, body) = post(&router, bad, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} -> {body}");
+        assert!(body["error"].is_string(), "{bad} -> {body}");
+    }
+    let mut redis = env.redis().await;
+    let stored: u64 = redis.zcard(env.keys().events).await.unwrap();
+    assert_eq!(stored, 0, "a partly bad batch writes nothing");
+
+    let (status, body) = post(&router, &batch(3, 0), None).await;
+    assert_eq!((status, body["accepted"].as_u64()), (StatusCode::ACCEPTED, Some(3)));
+    assert_eq!(body["dual_write"], Value::Bool(false));
+}
+
+#[tokio::test]
+async fn ingest_needs_the_bearer_token_when_one_is_configured() {
+    let env = TestEnv::with_settings(|s| s.http.api_token = Some(tsmigrate::config::SecretToken::new("s3cret"))).await;
+    let router = router(&env).await;
+    assert_eq!(post(&router, &batch(1, 0), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(post(&router, &batch(1, 0), Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(post(&router, &batch(1, 0), Some("s3cret")).await.0, StatusCode::ACCEPTED);
+    let admin = router.clone().oneshot(Request::get("/api/v1/admin/status").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(admin.status(), StatusCode::UNAUTHORIZED);
+    // Health and metrics stay open for probes and scrapers.
+    let health = router.clone().oneshot(Request::get("/health").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+async fn outage_loses_and_doubles_nothing(mode: Mode) {
+    let env = TestEnv::new().await;
+    prepare_and_dual_write(&env, mode);
+    let storage = if mode == Mode::Postgres { StorageMode::Postgres } else { StorageMode::Timescaledb };
+    let router = router(&env).await;
+    let proxy = Outage::start(pg_addr(env.settings.database.url.expose())).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&proxy.url_through(env.settings.database.url.expose()))
+        .unwrap();
+    let mut relay = relay_for(&env, env.redis().await, pool, storage, Duration::from_secs(60));
+    relay.ensure_group().await.unwrap();
+
+    let mut accepted = 0;
+    let (status, body) = post(&router, &batch(10, 0), None).await;
+    assert_eq!((status, body["dual_write"].clone()), (StatusCode::ACCEPTED, Value::Bool(true)));
+    accepted += 10;
+    assert_eq!(drain(&mut relay).await, 10);
+
+    proxy.take_down();
+    for i in 1..=3 {
+        let (status, _) = post(&router, &batch(20, i * 100), None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "ingest keeps accepting while the target is down");
+        accepted += 20;
+    }
+    for _ in 0..2 {
+        match relay.step().await.unwrap() {
+            RelayOutcome::TargetUnavailable { .. } => {}
+            other => panic!("expected the target to be unavailable, got {other:?}"),
+        }
+    }
+    let mut redis = env.redis().await;
+    let waiting: u64 = redis.xlen(env.keys().outbox).await.unwrap();
+    assert_eq!(waiting, 60, "the outbox holds what the target could not take");
+    assert_eq!(target_counts(&env).await.0, 10);
+
+    proxy.bring_back().await;
+    assert_eq!(drain(&mut relay).await, 60);
+    assert_eq!(target_counts(&env).await, (accepted, accepted));
+    let stored: i64 = redis.zcard(env.keys().events).await.unwrap();
+    assert_eq!(stored, accepted);
+    let left: u64 = redis.xlen(env.keys().outbox).await.unwrap();
+    assert_eq!(left, 0, "acknowledged entries are deleted");
+
+    // Redelivery (a crash between commit and acknowledgement) changes nothing.
+    let members: Vec<(String, f64)> = redis.zrange_withscores(env.keys().events, 0, 9).await.unwrap();
+    for (member, score) in &members {
+        let _: String = redis.xadd(env.keys().outbox, "*", &[("m", member.clone()), ("s", (*score as i64).to_string())]).await.unwrap();
+    }
+    assert_eq!(drain(&mut relay).await, 0, "redelivered entries insert nothing");
+    assert_eq!(target_counts(&env).await, (accepted, accepted));
+}
+
+#[tokio::test]
+async fn target_outage_during_dual_write_plain() {
+    outage_loses_and_doubles_nothing(Mode::Postgres).await;
+}
+
+#[tokio::test]
+async fn target_outage_during_dual_write_timescaledb() {
+    let env = TestEnv::new().await;
+    require_timescaledb_or_skip!(env);
+    outage_loses_and_doubles_nothing(Mode::Timescaledb).await;
+}
+
+#[tokio::test]
+async fn entries_of_a_dead_relay_are_claimed_by_another() {
+    let env = TestEnv::new().await;
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let router = router(&env).await;
+    post(&router, &batch(15, 0), None).await;
+    // The first relay takes the entries but "dies" before writing them: its target is unreachable.
+    let dead_pool = PgPoolOptions::new().acquire_timeout(Duration::from_millis(300)).connect_lazy("postgres://postgres@127.0.0.1:1/none").unwrap();
+    let mut dead = relay_for(&env, env.redis().await, dead_pool, StorageMode::Postgres, Duration::from_secs(600));
+    dead.ensure_group().await.unwrap();
+    assert!(matches!(dead.step().await.unwrap(), RelayOutcome::TargetUnavailable { .. }));
+    drop(dead);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut survivor = relay_for(&env, env.redis().await, env.pool.clone(), StorageMode::Postgres, Duration::from_millis(20));
+    assert_eq!(drain(&mut survivor).await, 15);
+    assert_eq!(target_counts(&env).await, (15, 15));
+}
+
+#[tokio::test]
+async fn identical_members_are_stored_once_in_both_systems() {
+    let env = TestEnv::new().await;
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let router = router(&env).await;
+    let with_id = r#"{"events":[{"id":"evt-1","event_name":"click","category":"ui","timestamp":1763700000000}]}"#;
+    let without_id = r#"{"events":[{"event_name":"search","category":"discovery","user_id":"u1","timestamp":1763700000500}]}"#;
+    for body in [with_id, with_id, without_id, without_id] {
+        assert_eq!(post(&router, body, None).await.0, StatusCode::ACCEPTED);
+    }
+    let mut redis = env.redis().await;
+    let members: i64 = redis.zcard(env.keys().events).await.unwrap();
+    let outbox: i64 = redis.xlen(env.keys().outbox).await.unwrap();
+    assert_eq!((members, outbox), (2, 4), "Redis keeps one copy of an identical member; the outbox saw each write");
+    let mut relay = relay_for(&env, env.redis().await, env.pool.clone(), StorageMode::Postgres, Duration::from_secs(60));
+    assert_eq!(drain(&mut relay).await, 2);
+    assert_eq!(target_counts(&env).await, (2, 2));
+}
+
+#[tokio::test]
+async fn tail_mode_follows_the_sorted_set_and_picks_up_late_events() {
+    let env = TestEnv::new().await;
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    let mut redis = env.redis().await;
+    let keys = env.keys();
+    let now = chrono::Utc::now().timestamp_millis();
+    // The application writes the sorted set itself (no outbox).
+    for i in 0..30 {
+        let member = json!({"id": format!("t{i}"), "event_name": "page_view", "category": "navigation"}).to_string();
+        let _: () = redis.zadd(&keys.events, member, now - 60_000 + i * 1000).await.unwrap();
+    }
+    let writer = Arc::new(TargetWriter::new(env.pool.clone(), StorageMode::Postgres));
+    let mut tail = Tail::new(env.redis().await, writer, Arc::new(keys.clone()), Duration::from_secs(600), (now - 120_000) as f64);
+    tail.page = 7;
+    assert_eq!(tail.step(false).await.unwrap(), TailOutcome::Copied { read: 30, inserted: 30, dead_letters: 0 });
+    // A late event, scored before what was already copied, and a new one.
+    let late = json!({"id": "late", "event_name": "click", "category": "interaction"}).to_string();
+    let _: () = redis.zadd(&keys.events, late, now - 59_500).await.unwrap();
+    let fresh = json!({"id": "fresh", "event_name": "click", "category": "interaction"}).to_string();
+    let _: () = redis.zadd(&keys.events, fresh, now + 1000).await.unwrap();
+    match tail.step(false).await.unwrap() {
+        TailOutcome::Copied { inserted, .. } => assert_eq!(inserted, 1, "a plain step takes only what scored after the position"),
+        other => panic!("{other:?}"),
+    }
+    match tail.step(true).await.unwrap() {
+        TailOutcome::Copied { inserted, .. } => assert_eq!(inserted, 1, "the sweep re-reads the lookback and finds the late event"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(target_counts(&env).await, (32, 32));
+}
