@@ -89,9 +89,17 @@ pub fn actor() -> String {
             return actor;
         }
     }
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok().or_else(login_from_uid).unwrap_or_else(|| "unknown".into());
     let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown-host".into());
     format!("{user}@{host}")
+}
+
+/// The login name of this process's user from /etc/passwd (cron and CI often set no USER).
+fn login_from_uid() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() > 2 && f[2] == uid).map(|f| f[0].to_string())
 }
 
 /// What a committed transition changes besides the phase.
