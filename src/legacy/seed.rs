@@ -76,11 +76,6 @@ fn weighted<'a, T>(rng: &mut ChaCha8Rng, items: &'a [(T, u32)]) -> &'a T {
     &items.choose_weighted(rng, |(_, w)| *w).expect("non-empty mix").0
 }
 
-/// A generated event, before the legacy write path sees it.
-struct Generated {
-    event: AcceptedEvent,
-}
-
 struct Generator {
     rng: ChaCha8Rng,
     options: SeedOptions,
@@ -105,7 +100,7 @@ impl Generator {
         times
     }
 
-    fn event(&mut self, time_ms: i64) -> (IncomingEvent, Option<String>) {
+    fn event(&mut self, time_ms: i64) -> IncomingEvent {
         let rng = &mut self.rng;
         let (event_name, category) = *weighted(rng, &EVENT_MIX.iter().map(|(n, c, w)| ((*n, *c), *w)).collect::<Vec<_>>());
         // A few heavy users, a long tail.
@@ -129,9 +124,9 @@ impl Generator {
             "os": OSES.choose(rng).unwrap(),
             "device_type": if rng.random_bool(0.3) { "mobile" } else { "desktop" },
         });
-        let id = uuid::Uuid::from_u128(rng.random::<u128>() & !(0xF000u128 << 64) | (0x4000u128 << 64)).to_string();
+        let id = uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string();
         let incoming = IncomingEvent {
-            id: Some(id.clone()),
+            id: Some(id),
             event_name: Some(event_name.into()),
             category: Some(category.into()),
             user_id: Some(Value::String(format!("user_{user}"))),
@@ -142,17 +137,17 @@ impl Generator {
             referrer: REFERRERS.choose(rng).map(|r| r.to_string()).filter(|r| !r.is_empty()),
             timestamp: Some(json!(time_ms)),
         };
-        (incoming, Some(id))
+        incoming
     }
 
     /// The whole write sequence, in the order the legacy writer receives it.
-    fn sequence(&mut self, outcome: &mut SeedOutcome) -> Vec<Generated> {
+    fn sequence(&mut self, outcome: &mut SeedOutcome) -> Vec<AcceptedEvent> {
         let times = self.times();
         let now = self.options.end + Duration::days(1);
-        let mut out: Vec<Generated> = Vec::with_capacity(times.len() + times.len() / 50);
-        let mut held_back: Vec<(usize, Generated)> = Vec::new();
+        let mut out: Vec<AcceptedEvent> = Vec::with_capacity(times.len() + times.len() / 50);
+        let mut held_back: Vec<(usize, AcceptedEvent)> = Vec::new();
         for (i, time_ms) in times.into_iter().enumerate() {
-            let (mut incoming, _) = self.event(time_ms);
+            let mut incoming = self.event(time_ms);
             let messy = self.options.messy;
             if messy && self.rng.random_bool(0.05) {
                 incoming.id = None;
@@ -175,18 +170,17 @@ impl Generator {
                 event = AcceptedEvent { member: garbage, event_name: String::new(), category: String::new(), session_id: None, ..event };
                 outcome.not_json += 1;
             }
-            let generated = Generated { event };
             if messy && self.rng.random_bool(0.01) {
                 // Tracker retries: the identical member again, a little later.
-                held_back.push((i + self.rng.random_range(1..40), Generated { event: generated.event.clone() }));
+                held_back.push((i + self.rng.random_range(1..40), event.clone()));
                 outcome.identical_resends += 1;
             }
             if messy && self.rng.random_bool(0.02) {
                 // Arrives after events that happened later (at most a few minutes).
-                held_back.push((i + self.rng.random_range(1..20), generated));
+                held_back.push((i + self.rng.random_range(1..20), event));
                 outcome.late += 1;
             } else {
-                out.push(generated);
+                out.push(event);
             }
             let due: Vec<usize> = held_back.iter().enumerate().filter(|(_, (at, _))| *at <= i).map(|(k, _)| k).collect();
             for k in due.into_iter().rev() {
@@ -221,15 +215,14 @@ pub async fn run(
     let mut flushed_until = flush::hour_floor(outcome.from.unwrap(), tz);
     let mut written = 0usize;
     for window in sequence.chunks(flush_every.min(50_000)) {
-        let batches: Vec<&[Generated]> = window.chunks(batch_size).collect();
+        let batches: Vec<&[AcceptedEvent]> = window.chunks(batch_size).collect();
         outcome.batches += batches.len() as u64;
         stream::iter(batches)
             .map(|batch| {
                 let mut conn = redis.clone();
                 let keys = &keys;
                 async move {
-                    let events: Vec<AcceptedEvent> = batch.iter().map(|g| g.event.clone()).collect();
-                    writer::write_batch(&mut conn, keys, cap, &events, false).await
+                    writer::write_batch(&mut conn, keys, cap, batch, false).await
                 }
             })
             .buffered(IN_FLIGHT)
@@ -237,7 +230,7 @@ pub async fn run(
             .await?;
         written += window.len();
         progress(written as u64);
-        let clock = window.iter().map(|g| g.event.time_ms).max().unwrap_or_default();
+        let clock = window.iter().map(|e| e.time_ms).max().unwrap_or_default();
         let flush_to = flush::hour_floor(chrono::DateTime::from_timestamp_millis(clock).unwrap_or(options.end) - FLUSH_DELAY, tz);
         if options.flush && flush_to > flushed_until {
             let done = flush::flush_range(redis, legacy_pool, &keys, &settings.legacy, tz, flushed_until, flush_to).await?;

@@ -43,16 +43,10 @@ pub async fn run(settings: &Settings, dry_run: bool, confirmed: bool) -> anyhow:
         "redis_keys_deleted": [&keys.dual_write_flag, &keys.outbox],
         "kept": ["tsmigrate.audit_log", "the legacy Redis keys and tables"],
     });
-    let report = PhaseReport {
-        command: ABORT.command.into(),
-        dry_run,
-        phase_before: state.phase,
-        phase_after: ABORT.to,
-        forced: false,
-        reason: None,
-        details: details.clone(),
-        next_steps: if dry_run { vec!["tsmigrate abort --yes".into()] } else { ABORT.to.next_steps() },
-    };
+    let mut report = PhaseReport::for_transition(&ABORT, state.phase, dry_run, details.clone());
+    if dry_run {
+        report.next_steps = vec!["tsmigrate abort --yes".into()];
+    }
     if dry_run {
         return Ok(report);
     }

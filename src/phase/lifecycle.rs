@@ -98,17 +98,7 @@ async fn pass_gate(guard: &mut PhaseGuard, transition: &Transition, phase: Phase
 }
 
 fn report(transition: &Transition, state: &MigrationState, dry_run: bool, force: &Force, details: serde_json::Value) -> PhaseReport {
-    let phase_after = transition.to;
-    PhaseReport {
-        command: transition.command.into(),
-        dry_run,
-        phase_before: state.phase,
-        phase_after,
-        forced: force.forced(),
-        reason: force.reason.clone(),
-        details,
-        next_steps: if dry_run { vec![format!("tsmigrate {}   # without --dry-run", transition.command)] } else { phase_after.next_steps() },
-    }
+    PhaseReport { forced: force.forced(), reason: force.reason.clone(), ..PhaseReport::for_transition(transition, state.phase, dry_run, details) }
 }
 
 async fn commit(guard: &mut PhaseGuard, transition: &Transition, state: &MigrationState, changes: StateChanges, force: &Force, details: &serde_json::Value) -> anyhow::Result<()> {

@@ -136,6 +136,20 @@ pub struct PhaseReport {
 }
 
 impl PhaseReport {
+    /// The report of `transition` run from `phase_before` (not forced).
+    pub fn for_transition(transition: &Transition, phase_before: Phase, dry_run: bool, details: serde_json::Value) -> PhaseReport {
+        PhaseReport {
+            command: transition.command.into(),
+            dry_run,
+            phase_before,
+            phase_after: transition.to,
+            forced: false,
+            reason: None,
+            details,
+            next_steps: if dry_run { vec![format!("tsmigrate {}   # without --dry-run", transition.command)] } else { transition.to.next_steps() },
+        }
+    }
+
     pub fn human(&self) -> String {
         let mut o = String::new();
         if self.dry_run {
