@@ -117,7 +117,12 @@ async fn setup(mode: &str, events: i64, with_legacy: bool) -> Setup {
     let pool = tsmigrate::db::target_pool(&env.settings).await.expect("pool");
     let end = Utc::now();
     if mode == "postgres" {
-        sqlx::query("SELECT tsmigrate.ensure_partitions($1, $2)").bind(end - chrono::Duration::days(DAYS + 1)).bind(end + chrono::Duration::days(2)).execute(&pool).await.expect("partitions");
+        sqlx::query("SELECT tsmigrate.ensure_partitions($1, $2)")
+            .bind(end - chrono::Duration::days(DAYS + 1))
+            .bind(end + chrono::Duration::days(2))
+            .execute(&pool)
+            .await
+            .expect("partitions");
     }
     let started = Instant::now();
     load_target(&pool, events, end).await;
@@ -130,10 +135,11 @@ async fn setup(mode: &str, events: i64, with_legacy: bool) -> Setup {
     println!("[{mode}] aggregates refreshed in {:.0}s", started.elapsed().as_secs_f64());
     if mode == "timescaledb" {
         let started = Instant::now();
-        let compressed: i64 = sqlx::query_scalar("SELECT count(compress_chunk(c, true)) FROM show_chunks('analytics_events_ts', older_than => INTERVAL '7 days') c")
-            .fetch_one(&pool)
-            .await
-            .expect("compress");
+        let compressed: i64 =
+            sqlx::query_scalar("SELECT count(compress_chunk(c, true)) FROM show_chunks('analytics_events_ts', older_than => INTERVAL '7 days') c")
+                .fetch_one(&pool)
+                .await
+                .expect("compress");
         println!("[{mode}] {compressed} chunks older than 7 days moved to the columnstore in {:.0}s", started.elapsed().as_secs_f64());
     }
     sqlx::query("ANALYZE").execute(&pool).await.expect("analyze");
@@ -165,11 +171,7 @@ async fn setup(mode: &str, events: i64, with_legacy: bool) -> Setup {
     let cold = serve(AppState::new(cold_settings, redis.clone(), Some(pool.clone()), Some(pool.clone()))).await;
     let warm = serve(AppState::new(env.settings.clone(), redis, Some(pool.clone()), Some(pool))).await;
     let now = tsmigrate::reads::minute_floor(Utc::now());
-    let window = format!(
-        "from={}&to={}",
-        tsmigrate::reads::wire_time(now - chrono::Duration::days(DAYS)),
-        tsmigrate::reads::wire_time(now)
-    );
+    let window = format!("from={}&to={}", tsmigrate::reads::wire_time(now - chrono::Duration::days(DAYS)), tsmigrate::reads::wire_time(now));
     Setup { env, cold, warm, window }
 }
 

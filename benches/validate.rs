@@ -69,7 +69,10 @@ fn inject(env: &BenchEnv) -> [BTreeSet<String>; 3] {
 
 fn found(report: &Value) -> [BTreeSet<String>; 3] {
     ["missing", "extra", "different"].map(|kind| {
-        report["events"][kind]["items"].as_array().map(|items| items.iter().filter_map(|e| e["event_id"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+        report["events"][kind]["items"]
+            .as_array()
+            .map(|items| items.iter().filter_map(|e| e["event_id"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     })
 }
 
@@ -145,5 +148,8 @@ fn main() {
         &rows,
     );
     println!("wall is the whole `tsmigrate validate` process (connect, window, both collectors concurrently, narrowing, report, run record, phase move).");
-    println!("{}", if all_exact { "found exactly the 10 injected differences in every mode" } else { "DID NOT find exactly the 10 injected differences (see above)" });
+    println!(
+        "{}",
+        if all_exact { "found exactly the 10 injected differences in every mode" } else { "DID NOT find exactly the 10 injected differences (see above)" }
+    );
 }

@@ -142,12 +142,7 @@ pub struct DatabaseSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self {
-            url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/tsmigrate"),
-            legacy_url: None,
-            max_connections: 8,
-            connect_timeout_secs: 5,
-        }
+        Self { url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/tsmigrate"), legacy_url: None, max_connections: 8, connect_timeout_secs: 5 }
     }
 }
 
@@ -220,11 +215,7 @@ pub struct LegacySettings {
 
 impl Default for LegacySettings {
     fn default() -> Self {
-        Self {
-            hourly_table: "analytics_events".into(),
-            asset_table: "analytics_asset_popularity".into(),
-            popular_function: "get_popular_asset_types".into(),
-        }
+        Self { hourly_table: "analytics_events".into(), asset_table: "analytics_asset_popularity".into(), popular_function: "get_popular_asset_types".into() }
     }
 }
 
@@ -345,8 +336,7 @@ impl Settings {
     }
 
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
     }
 
@@ -384,10 +374,8 @@ impl Settings {
         }
         check_url("redis.url (REDIS_URL)", &self.redis.url, &["redis", "rediss", "redis+unix", "unix"], &mut problems);
         if self.target.bucket_timezone.parse::<Tz>().is_err() {
-            problems.push(format!(
-                "target.bucket_timezone {:?} is not an IANA time zone (for example \"UTC\" or \"Europe/Berlin\")",
-                self.target.bucket_timezone
-            ));
+            problems
+                .push(format!("target.bucket_timezone {:?} is not an IANA time zone (for example \"UTC\" or \"Europe/Berlin\")", self.target.bucket_timezone));
         }
         for (what, name) in [
             ("legacy.hourly_table", &self.legacy.hourly_table),
@@ -444,11 +432,7 @@ impl Settings {
 fn check_url(what: &str, url: &SecretUrl, schemes: &[&str], problems: &mut Vec<String>) {
     match url::Url::parse(url.expose()) {
         Ok(parsed) if schemes.contains(&parsed.scheme()) => {}
-        Ok(parsed) => problems.push(format!(
-            "{what} has scheme {:?}; expected one of {}",
-            parsed.scheme(),
-            schemes.join(", ")
-        )),
+        Ok(parsed) => problems.push(format!("{what} has scheme {:?}; expected one of {}", parsed.scheme(), schemes.join(", "))),
         Err(e) => problems.push(format!("{what} is not a valid URL ({e}): {}", url.redacted())),
     }
 }
@@ -459,9 +443,7 @@ pub fn is_sql_identifier(name: &str) -> bool {
     parts.len() <= 2
         && parts.iter().all(|part| {
             let mut chars = part.chars();
-            matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && part.len() <= 63
+            matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && part.len() <= 63
         })
 }
 

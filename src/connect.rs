@@ -25,10 +25,8 @@ const SLOW_STATEMENT: Duration = Duration::from_secs(60);
 
 /// A pool on `url`; fails fast (within `timeout`) when the server is unreachable.
 pub async fn pg_pool(url: &SecretUrl, max_connections: u32, timeout: Duration) -> Result<PgPool, ConnectError> {
-    let options: PgConnectOptions = url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres {
-        url: url.redacted(),
-        reason: scrub(&e.to_string(), url),
-    })?;
+    let options: PgConnectOptions =
+        url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres { url: url.redacted(), reason: scrub(&e.to_string(), url) })?;
     // Statements that scan a window of events (validation hashing, aggregate refreshes,
     // backfill pages) take seconds by design; sqlx's default warns after one second.
     let options = options.application_name("tsmigrate").log_slow_statements(log::LevelFilter::Warn, SLOW_STATEMENT);
@@ -41,12 +39,7 @@ pub async fn pg_pool(url: &SecretUrl, max_connections: u32, timeout: Duration) -
         Ok(Err(e)) => return Err(pg_error(url, e)),
         Err(_) => return Err(ConnectError::Postgres { url: url.redacted(), reason: format!("no answer within {}s", timeout.as_secs()) }),
     }
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(timeout)
-        .connect_with(options)
-        .await
-        .map_err(|e| pg_error(url, e))
+    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(timeout).connect_with(options).await.map_err(|e| pg_error(url, e))
 }
 
 fn pg_error(url: &SecretUrl, e: sqlx::Error) -> ConnectError {
@@ -60,14 +53,9 @@ fn pg_error(url: &SecretUrl, e: sqlx::Error) -> ConnectError {
 
 /// A pool that connects on first use: for workers that must start while the target is down.
 pub fn pg_pool_lazy(url: &SecretUrl, max_connections: u32) -> Result<PgPool, ConnectError> {
-    let options: PgConnectOptions = url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres {
-        url: url.redacted(),
-        reason: scrub(&e.to_string(), url),
-    })?;
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name("tsmigrate")))
+    let options: PgConnectOptions =
+        url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres { url: url.redacted(), reason: scrub(&e.to_string(), url) })?;
+    Ok(PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options.application_name("tsmigrate")))
 }
 
 /// A reconnecting Redis connection; fails fast when the server is unreachable.
@@ -80,10 +68,8 @@ pub async fn redis(url: &SecretUrl, timeout: Duration) -> Result<ConnectionManag
         Ok(Err(e)) => return Err(err(e)),
         Err(_) => return Err(ConnectError::Redis { url: url.redacted(), reason: format!("no answer within {}s", timeout.as_secs()) }),
     }
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(timeout)
-        .set_response_timeout(Duration::from_secs(30))
-        .set_number_of_retries(2);
+    let config =
+        redis::aio::ConnectionManagerConfig::new().set_connection_timeout(timeout).set_response_timeout(Duration::from_secs(30)).set_number_of_retries(2);
     tokio::time::timeout(timeout + Duration::from_secs(1), ConnectionManager::new_with_config(client, config))
         .await
         .map_err(|_| ConnectError::Redis { url: url.redacted(), reason: "timed out".into() })?

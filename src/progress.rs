@@ -23,11 +23,7 @@ impl Progress {
     pub fn new(label: &str, total: u64, quiet: bool) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-                    .expect("static template")
-                    .progress_chars("=> "),
-            );
+            bar.set_style(ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {per_sec} eta {eta}").expect("static template").progress_chars("=> "));
             bar.set_prefix(label.to_string());
             bar
         });

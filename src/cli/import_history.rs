@@ -14,12 +14,9 @@ pub async fn run(_args: Args, settings: &Settings, json: bool) -> anyhow::Result
     let target = crate::db::target_pool(settings).await?;
     let state = crate::phase::state::load_from_pool(&target).await?;
     if state.phase == crate::phase::Phase::New {
-        return Err(crate::phase::Refusal {
-            command: "import-history".into(),
-            reason: "the target is not prepared".into(),
-            next: "tsmigrate prepare".into(),
-        }
-        .into());
+        return Err(
+            crate::phase::Refusal { command: "import-history".into(), reason: "the target is not prepared".into(), next: "tsmigrate prepare".into() }.into()
+        );
     }
     let legacy = crate::db::legacy_pool(settings).await?;
     let mut redis = crate::db::redis(settings).await?;

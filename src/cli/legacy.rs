@@ -34,12 +34,11 @@ pub async fn run(command: Command, settings: &Settings, json: bool) -> anyhow::R
     match command {
         Command::Setup => {
             schema::ensure(&legacy_pool, &settings.legacy).await?;
-            emit(json, &serde_json::json!({"created_or_present": [&settings.legacy.hourly_table, &settings.legacy.asset_table, &settings.legacy.popular_function]}), |_| {
-                format!(
-                    "legacy tables ready: {}, {}, {}()\n",
-                    settings.legacy.hourly_table, settings.legacy.asset_table, settings.legacy.popular_function
-                )
-            })?;
+            emit(
+                json,
+                &serde_json::json!({"created_or_present": [&settings.legacy.hourly_table, &settings.legacy.asset_table, &settings.legacy.popular_function]}),
+                |_| format!("legacy tables ready: {}, {}, {}()\n", settings.legacy.hourly_table, settings.legacy.asset_table, settings.legacy.popular_function),
+            )?;
         }
         Command::Flush(args) => {
             let mut redis = crate::db::redis(settings).await?;

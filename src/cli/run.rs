@@ -26,9 +26,7 @@ pub async fn run(args: Args, mut settings: Settings) -> anyhow::Result<Outcome> 
     if let Some(bind) = args.bind {
         settings.http.bind = bind;
     }
-    let listener = tokio::net::TcpListener::bind(&settings.http.bind)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http.bind))?;
+    let listener = tokio::net::TcpListener::bind(&settings.http.bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http.bind))?;
     eprintln!("tsmigrate listening on http://{}", listener.local_addr()?);
     daemon::run(settings, listener, daemon::DaemonOptions { relay: !args.no_relay, jobs: !args.no_jobs }, daemon::shutdown_signal()).await?;
     Ok(Outcome::Success)

@@ -177,7 +177,9 @@ async fn execute(ctx: &JobContext, job: JobName) -> anyhow::Result<JobOutcome> {
             Ok(JobOutcome::Done(json!(done)))
         }
         JobName::PartitionUpkeep => {
-            let created = writer::ensure_partition_range(&ctx.target, now - chrono::Duration::days(1), now + chrono::Duration::days(i64::from(t.partitions_ahead_days))).await?;
+            let created =
+                writer::ensure_partition_range(&ctx.target, now - chrono::Duration::days(1), now + chrono::Duration::days(i64::from(t.partitions_ahead_days)))
+                    .await?;
             Ok(JobOutcome::Done(json!({"created": created})))
         }
         JobName::RawRetention => {
@@ -231,11 +233,9 @@ async fn scheduled_validation(settings: &Settings) -> anyhow::Result<JobOutcome>
     let report = crate::phase::validate::run(settings, &options).await?;
     Ok(match report.verdict() {
         crate::validate::Verdict::Clean => JobOutcome::Done(report.figures()),
-        crate::validate::Verdict::Differences => JobOutcome::Failed(format!(
-            "validation run #{} found differences: {}",
-            report.run_id.unwrap_or_default(),
-            report.figures()
-        )),
+        crate::validate::Verdict::Differences => {
+            JobOutcome::Failed(format!("validation run #{} found differences: {}", report.run_id.unwrap_or_default(), report.figures()))
+        }
     })
 }
 

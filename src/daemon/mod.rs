@@ -24,7 +24,12 @@ pub struct DaemonOptions {
 
 /// Serves until `shutdown` resolves, then lets the HTTP requests and the relay batch in
 /// flight finish before returning.
-pub async fn run(settings: Settings, listener: tokio::net::TcpListener, options: DaemonOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    options: DaemonOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let redis = crate::db::redis(&settings).await?;
     let target = crate::connect::pg_pool_lazy(&settings.database.url, settings.database.max_connections)?;
     let (stop_tx, stop_rx) = watch::channel(false);

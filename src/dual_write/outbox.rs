@@ -18,17 +18,8 @@ pub struct OutboxLag {
 type StreamEntries = Vec<(String, Vec<(String, String)>)>;
 
 pub async fn lag(conn: &mut ConnectionManager, keys: &LegacyKeys, group: &str) -> redis::RedisResult<OutboxLag> {
-    let (entries, oldest): (u64, StreamEntries) = redis::pipe()
-        .cmd("XLEN")
-        .arg(&keys.outbox)
-        .cmd("XRANGE")
-        .arg(&keys.outbox)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(conn)
-        .await?;
+    let (entries, oldest): (u64, StreamEntries) =
+        redis::pipe().cmd("XLEN").arg(&keys.outbox).cmd("XRANGE").arg(&keys.outbox).arg("-").arg("+").arg("COUNT").arg(1).query_async(conn).await?;
     let pending: u64 = match redis::cmd("XPENDING").arg(&keys.outbox).arg(group).query_async::<redis::Value>(conn).await {
         Ok(redis::Value::Array(items)) => match items.first() {
             Some(redis::Value::Int(n)) => *n as u64,
@@ -38,9 +29,6 @@ pub async fn lag(conn: &mut ConnectionManager, keys: &LegacyKeys, group: &str) -
         _ => 0,
     };
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let oldest_age_seconds = oldest
-        .first()
-        .and_then(|(id, _)| id.split('-').next()?.parse::<i64>().ok())
-        .map(|ms| ((now_ms - ms).max(0)) as f64 / 1000.0);
+    let oldest_age_seconds = oldest.first().and_then(|(id, _)| id.split('-').next()?.parse::<i64>().ok()).map(|ms| ((now_ms - ms).max(0)) as f64 / 1000.0);
     Ok(OutboxLag { entries, pending, oldest_age_seconds })
 }

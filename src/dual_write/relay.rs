@@ -27,9 +27,15 @@ use crate::target::writer::TargetWriter;
 pub enum RelayOutcome {
     /// Nothing to relay (the read blocked for `block` and found nothing).
     Idle,
-    Relayed { entries: usize, inserted: u64, dead_letters: usize },
+    Relayed {
+        entries: usize,
+        inserted: u64,
+        dead_letters: usize,
+    },
     /// The target refused or is unreachable; nothing was acknowledged.
-    TargetUnavailable { error: String },
+    TargetUnavailable {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -117,9 +123,14 @@ impl Relay {
         let (outbox, group, consumer, batch) = (&self.keys.outbox, &self.options.group, &self.options.consumer, self.options.batch);
         if self.own_pending_first {
             let reply: StreamReadReply = redis::cmd("XREADGROUP")
-                .arg("GROUP").arg(group).arg(consumer)
-                .arg("COUNT").arg(batch)
-                .arg("STREAMS").arg(outbox).arg("0")
+                .arg("GROUP")
+                .arg(group)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(batch)
+                .arg("STREAMS")
+                .arg(outbox)
+                .arg("0")
                 .query_async(&mut self.redis)
                 .await?;
             let entries = flatten(reply);
@@ -131,10 +142,13 @@ impl Relay {
         if self.last_claim.is_none_or(|at| at.elapsed() >= self.options.claim_idle / 2) {
             self.last_claim = Some(Instant::now());
             let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(outbox).arg(group).arg(consumer)
+                .arg(outbox)
+                .arg(group)
+                .arg(consumer)
                 .arg(self.options.claim_idle.as_millis() as u64)
                 .arg("0-0")
-                .arg("COUNT").arg(batch)
+                .arg("COUNT")
+                .arg(batch)
                 .query_async(&mut self.redis)
                 .await?;
             if !reply.claimed.is_empty() {
@@ -145,10 +159,16 @@ impl Relay {
             }
         }
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP").arg(group).arg(consumer)
-            .arg("COUNT").arg(batch)
-            .arg("BLOCK").arg(self.options.block.as_millis() as u64)
-            .arg("STREAMS").arg(outbox).arg(">")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(batch)
+            .arg("BLOCK")
+            .arg(self.options.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(outbox)
+            .arg(">")
             .query_async(&mut self.redis)
             .await?;
         Ok(reply.map(flatten).unwrap_or_default())
@@ -183,8 +203,7 @@ fn flatten(reply: StreamReadReply) -> Vec<StreamId> {
 }
 
 pub async fn ensure_group(redis: &mut ConnectionManager, keys: &LegacyKeys, group: &str) -> redis::RedisResult<()> {
-    let created: redis::RedisResult<()> =
-        redis::cmd("XGROUP").arg("CREATE").arg(&keys.outbox).arg(group).arg("0").arg("MKSTREAM").query_async(redis).await;
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP").arg("CREATE").arg(&keys.outbox).arg(group).arg("0").arg("MKSTREAM").query_async(redis).await;
     match created {
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
         other => other,

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::event::TargetEvent;
 use crate::legacy::reader::{read_page, ScoreCursor};
 use crate::legacy::LegacyKeys;
+use crate::target::checkpoint;
 use crate::target::dead_letter::{self, DeadLetter};
 use crate::target::writer::TargetWriter;
-use crate::target::checkpoint;
 
 pub const CHECKPOINT: &str = "tail";
 

@@ -29,9 +29,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match &self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, serde_json::json!({"error": m})),
-            ApiError::BadEvents { message, rejected } => {
-                (StatusCode::BAD_REQUEST, serde_json::json!({"error": message, "accepted": 0, "rejected": rejected}))
-            }
+            ApiError::BadEvents { message, rejected } => (StatusCode::BAD_REQUEST, serde_json::json!({"error": message, "accepted": 0, "rejected": rejected})),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, serde_json::json!({"error": self.to_string()})),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": m, "retry": true})),
             ApiError::Unexpected(e) => {

@@ -34,11 +34,7 @@ pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     let Some(token) = &state.settings.http.api_token else {
         return Ok(());
     };
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let presented = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
     if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
         Ok(())
     } else {
@@ -52,8 +48,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Validates a request body into events ready to write. Pure (apart from the clock).
 pub fn parse_batch(body: &[u8], max_batch: usize, limits: IngestLimits) -> Result<Vec<AcceptedEvent>, ApiError> {
-    let batch: Batch = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("body must be JSON like {{\"events\": [...]}}: {e}")))?;
+    let batch: Batch = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("body must be JSON like {{\"events\": [...]}}: {e}")))?;
     if batch.events.is_empty() {
         return Err(ApiError::BadRequest("events is empty: send 1 to {max_batch} events".replace("{max_batch}", &max_batch.to_string())));
     }
@@ -64,9 +59,8 @@ pub fn parse_batch(body: &[u8], max_batch: usize, limits: IngestLimits) -> Resul
     let mut accepted = Vec::with_capacity(batch.events.len());
     let mut rejected = Vec::new();
     for (index, value) in batch.events.into_iter().enumerate() {
-        let result = serde_json::from_value::<IncomingEvent>(value)
-            .map_err(|e| vec![format!("not an event object: {e}")])
-            .and_then(|event| event.validate(now, limits));
+        let result =
+            serde_json::from_value::<IncomingEvent>(value).map_err(|e| vec![format!("not an event object: {e}")]).and_then(|event| event.validate(now, limits));
         match result {
             Ok(event) => accepted.push(event),
             Err(problems) => rejected.push(RejectedEvent { index, problems }),

@@ -81,7 +81,10 @@ pub async fn popular_asset_types(State(state): State<AppState>, query: Result<Qu
     let Query(p) = query.map_err(bad_query)?;
     let days = match p.days {
         None => 30,
-        Some(d) => d.trim().parse::<u32>().map_err(|_| ApiError::BadRequest(format!("days must be a whole number of days between 1 and {}, not {d:?}", reads::MAX_POPULAR_DAYS)))?,
+        Some(d) => d
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| ApiError::BadRequest(format!("days must be a whole number of days between 1 and {}, not {d:?}", reads::MAX_POPULAR_DAYS)))?,
     };
     let now = request_minute();
     serve(&state, Request::popular(days, now).map_err(ApiError::BadRequest)?, now).await
@@ -127,9 +130,7 @@ fn parse_instant(name: &str, value: Option<String>) -> Result<DateTime<Utc>, Api
             .or_else(|| NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc()))
     };
     // An unencoded `+` in an offset arrives as a space.
-    parse(&text)
-        .or_else(|| parse(&text.trim().replace(' ', "+")))
-        .ok_or_else(|| ApiError::BadRequest(format!("{name} {text:?} is not a time: use {help}")))
+    parse(&text).or_else(|| parse(&text.trim().replace(' ', "+"))).ok_or_else(|| ApiError::BadRequest(format!("{name} {text:?} is not a time: use {help}")))
 }
 
 fn parse_span(name: &str, text: &str) -> Result<chrono::Duration, ApiError> {

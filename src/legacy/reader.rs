@@ -33,13 +33,7 @@ impl ScoreCursor {
 }
 
 /// Up to `limit` members from `cursor` to `until` (inclusive), oldest first, with scores.
-pub async fn read_page(
-    redis: &mut ConnectionManager,
-    key: &str,
-    cursor: ScoreCursor,
-    until: f64,
-    limit: usize,
-) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
+pub async fn read_page(redis: &mut ConnectionManager, key: &str, cursor: ScoreCursor, until: f64, limit: usize) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
     range_page(redis, key, cursor, until, limit).await
 }
 
@@ -61,16 +55,7 @@ async fn range_page(
     max: impl redis::ToRedisArgs,
     limit: usize,
 ) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
-    redis::cmd("ZRANGEBYSCORE")
-        .arg(key)
-        .arg(cursor.score)
-        .arg(max)
-        .arg("WITHSCORES")
-        .arg("LIMIT")
-        .arg(cursor.skip)
-        .arg(limit)
-        .query_async(redis)
-        .await
+    redis::cmd("ZRANGEBYSCORE").arg(key).arg(cursor.score).arg(max).arg("WITHSCORES").arg("LIMIT").arg(cursor.skip).arg(limit).query_async(redis).await
 }
 
 #[cfg(test)]

@@ -113,7 +113,9 @@ impl Generator {
             "page_view" => json!({"path": page}),
             "click" => json!({"element": pick(rng, &["button", "link", "card", "menu"])}),
             "search" => json!({"query": pick(rng, &["logo", "banner", "cat", "product shot", "podcast intro"]), "results": rng.random_range(0..200)}),
-            "asset_generated" => json!({"asset_type": weighted(rng, ASSET_TYPES), "prompt_length": rng.random_range(5..400), "model": pick(rng, &["v3", "v4"])}),
+            "asset_generated" => {
+                json!({"asset_type": weighted(rng, ASSET_TYPES), "prompt_length": rng.random_range(5..400), "model": pick(rng, &["v3", "v4"])})
+            }
             "download" => json!({"asset_type": weighted(rng, ASSET_TYPES), "format": pick(rng, &["png", "svg", "mp4", "mp3"])}),
             "purchase" => json!({"plan": pick(rng, &["pro", "team"]), "amount_cents": pick(rng, &[1200, 2900, 9900])}),
             "signup" => json!({"plan": "free"}),
@@ -221,9 +223,7 @@ pub async fn run(
             .map(|batch| {
                 let mut conn = redis.clone();
                 let keys = &keys;
-                async move {
-                    writer::write_batch(&mut conn, keys, cap, batch, false).await
-                }
+                async move { writer::write_batch(&mut conn, keys, cap, batch, false).await }
             })
             .buffered(IN_FLIGHT)
             .try_collect::<Vec<()>>()

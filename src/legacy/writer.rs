@@ -16,13 +16,7 @@ pub const OUTBOX_SCORE_FIELD: &str = "s";
 
 /// Writes one batch atomically. `outbox` is true while dual-write is on.
 #[tracing::instrument(skip_all, fields(events = events.len(), outbox), err)]
-pub async fn write_batch(
-    conn: &mut ConnectionManager,
-    keys: &LegacyKeys,
-    event_cap: u64,
-    events: &[AcceptedEvent],
-    outbox: bool,
-) -> redis::RedisResult<()> {
+pub async fn write_batch(conn: &mut ConnectionManager, keys: &LegacyKeys, event_cap: u64, events: &[AcceptedEvent], outbox: bool) -> redis::RedisResult<()> {
     if events.is_empty() {
         return Ok(());
     }
@@ -69,14 +63,7 @@ pub fn build_batch(keys: &LegacyKeys, event_cap: u64, events: &[AcceptedEvent], 
     pipe.cmd("ZREMRANGEBYRANK").arg(&keys.events).arg(0).arg(-(event_cap as i64) - 1).ignore();
     if outbox {
         for event in events {
-            pipe.cmd("XADD")
-                .arg(&keys.outbox)
-                .arg("*")
-                .arg(OUTBOX_MEMBER_FIELD)
-                .arg(&event.member)
-                .arg(OUTBOX_SCORE_FIELD)
-                .arg(event.time_ms)
-                .ignore();
+            pipe.cmd("XADD").arg(&keys.outbox).arg("*").arg(OUTBOX_MEMBER_FIELD).arg(&event.member).arg(OUTBOX_SCORE_FIELD).arg(event.time_ms).ignore();
         }
     }
     pipe

@@ -67,14 +67,12 @@ pub async fn run(settings: &Settings, dry_run: bool, confirmed: bool) -> anyhow:
     for statement in &statements {
         sqlx::query(statement).execute(&mut *tx).await?;
     }
-    sqlx::query(
-        "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, details) VALUES ($1, 'abort', $2, 'new', 'done', $3)",
-    )
-    .bind(&actor)
-    .bind(state.phase.as_str())
-    .bind(&details)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, details) VALUES ($1, 'abort', $2, 'new', 'done', $3)")
+        .bind(&actor)
+        .bind(state.phase.as_str())
+        .bind(&details)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(report)
 }

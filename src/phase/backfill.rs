@@ -20,9 +20,9 @@ use crate::legacy::reader::{read_page, ScoreCursor};
 use crate::legacy::LegacyKeys;
 use crate::progress::Progress;
 use crate::target::aggregates::{self, RefreshOutcome};
+use crate::target::checkpoint;
 use crate::target::dead_letter::{self, DeadLetter, DeadLetterCount};
 use crate::target::writer::TargetWriter;
-use crate::target::checkpoint;
 
 pub const CHECKPOINT: &str = "backfill";
 

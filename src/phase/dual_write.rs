@@ -49,7 +49,12 @@ pub async fn stop(settings: &Settings, dry_run: bool) -> anyhow::Result<PhaseRep
     let mut guard = PhaseGuard::acquire(&settings.database.url).await?;
     let state = guard.check(&DUAL_WRITE_STOP, json!({"dry_run": dry_run})).await?;
     let keys = LegacyKeys::from_settings(settings);
-    let mut report = PhaseReport::for_transition(&DUAL_WRITE_STOP, state.phase, dry_run, json!({"outbox": keys.outbox, "previous_completion_point": state.completion_point}));
+    let mut report = PhaseReport::for_transition(
+        &DUAL_WRITE_STOP,
+        state.phase,
+        dry_run,
+        json!({"outbox": keys.outbox, "previous_completion_point": state.completion_point}),
+    );
     if dry_run {
         return Ok(report);
     }
@@ -63,9 +68,6 @@ pub async fn stop(settings: &Settings, dry_run: bool) -> anyhow::Result<PhaseRep
             AuditEntry { details: json!({"previous_completion_point": state.completion_point}), ..Default::default() },
         )
         .await?;
-    report.next_steps = vec![
-        "the relay keeps draining what is already in the outbox".into(),
-        "tsmigrate dual-write start   # when ready to try again".into(),
-    ];
+    report.next_steps = vec!["the relay keeps draining what is already in the outbox".into(), "tsmigrate dual-write start   # when ready to try again".into()];
     Ok(report)
 }

@@ -35,20 +35,16 @@ pub async fn import(settings: &Settings, target: &PgPool, legacy: &PgPool, horiz
     let tz = settings.target.timezone();
     let hour_horizon = hour_floor(horizon, tz);
     let day_horizon = local_day(horizon, tz);
-    let hourly: Vec<(DateTime<Utc>, String, String, i64, i64)> = sqlx::query_as(&format!(
-        "SELECT hour, event_name, category, event_count, unique_users FROM {} WHERE hour <= $1",
-        settings.legacy.hourly_table
-    ))
-    .bind(hour_horizon)
-    .fetch_all(legacy)
-    .await?;
-    let assets: Vec<(NaiveDate, String, i64, i64)> = sqlx::query_as(&format!(
-        "SELECT day, asset_type, generation_count, unique_creators FROM {} WHERE day <= $1",
-        settings.legacy.asset_table
-    ))
-    .bind(day_horizon)
-    .fetch_all(legacy)
-    .await?;
+    let hourly: Vec<(DateTime<Utc>, String, String, i64, i64)> =
+        sqlx::query_as(&format!("SELECT hour, event_name, category, event_count, unique_users FROM {} WHERE hour <= $1", settings.legacy.hourly_table))
+            .bind(hour_horizon)
+            .fetch_all(legacy)
+            .await?;
+    let assets: Vec<(NaiveDate, String, i64, i64)> =
+        sqlx::query_as(&format!("SELECT day, asset_type, generation_count, unique_creators FROM {} WHERE day <= $1", settings.legacy.asset_table))
+            .bind(day_horizon)
+            .fetch_all(legacy)
+            .await?;
     let mut tx = target.begin().await?;
     let hourly_rows = sqlx::query(
         "INSERT INTO tsmigrate.history_hourly (hour, event_name, category, event_count, unique_users)

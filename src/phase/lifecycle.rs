@@ -31,9 +31,7 @@ pub struct LatestValidation {
 
 pub async fn latest_validation(conn: &mut PgConnection) -> sqlx::Result<Option<LatestValidation>> {
     let row: Option<(i64, DateTime<Utc>, String)> =
-        sqlx::query_as("SELECT id, finished_at, result FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1")
-            .fetch_optional(conn)
-            .await?;
+        sqlx::query_as("SELECT id, finished_at, result FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1").fetch_optional(conn).await?;
     Ok(row.map(|(id, finished_at, result)| LatestValidation { id, finished_at, result }))
 }
 
@@ -81,7 +79,13 @@ async fn begin(settings: &Settings, transition: &Transition, dry_run: bool) -> a
 }
 
 /// Evaluates a gate; a refusal is audited unless forced.
-async fn pass_gate(guard: &mut PhaseGuard, transition: &Transition, phase: Phase, gate: Result<serde_json::Value, String>, force: &Force) -> anyhow::Result<serde_json::Value> {
+async fn pass_gate(
+    guard: &mut PhaseGuard,
+    transition: &Transition,
+    phase: Phase,
+    gate: Result<serde_json::Value, String>,
+    force: &Force,
+) -> anyhow::Result<serde_json::Value> {
     match gate {
         Ok(evidence) => Ok(evidence),
         Err(why) if force.forced() => Ok(json!({"gate_failed": why})),
@@ -101,10 +105,15 @@ fn report(transition: &Transition, state: &MigrationState, dry_run: bool, force:
     PhaseReport { forced: force.forced(), reason: force.reason.clone(), ..PhaseReport::for_transition(transition, state.phase, dry_run, details) }
 }
 
-async fn commit(guard: &mut PhaseGuard, transition: &Transition, state: &MigrationState, changes: StateChanges, force: &Force, details: &serde_json::Value) -> anyhow::Result<()> {
-    guard
-        .commit(transition, state.phase, changes, AuditEntry { forced: force.forced(), reason: force.reason.clone(), details: details.clone() })
-        .await
+async fn commit(
+    guard: &mut PhaseGuard,
+    transition: &Transition,
+    state: &MigrationState,
+    changes: StateChanges,
+    force: &Force,
+    details: &serde_json::Value,
+) -> anyhow::Result<()> {
+    guard.commit(transition, state.phase, changes, AuditEntry { forced: force.forced(), reason: force.reason.clone(), details: details.clone() }).await
 }
 
 pub async fn cutover(settings: &Settings, dry_run: bool, force: Force) -> anyhow::Result<PhaseReport> {

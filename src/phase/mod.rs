@@ -6,12 +6,12 @@
 //! advisory lock, re-checks the expected phase in the same transaction, and writes the
 //! audit log. The gate logic here is pure, so it is tested without a database.
 
+pub mod abort;
 pub mod backfill;
 pub mod dual_write;
-pub mod abort;
-pub mod optimize;
 pub mod history;
 pub mod lifecycle;
+pub mod optimize;
 pub mod prepare;
 pub mod state;
 pub mod status;
@@ -33,16 +33,8 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
-        Phase::New,
-        Phase::Prepared,
-        Phase::DualWriting,
-        Phase::Backfilled,
-        Phase::Validated,
-        Phase::ReadsSwitched,
-        Phase::FlushRetired,
-        Phase::Completed,
-    ];
+    pub const ALL: [Phase; 8] =
+        [Phase::New, Phase::Prepared, Phase::DualWriting, Phase::Backfilled, Phase::Validated, Phase::ReadsSwitched, Phase::FlushRetired, Phase::Completed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -77,10 +69,9 @@ impl Phase {
             ],
             Phase::Backfilled => &["tsmigrate validate           # compare Redis and the target; clean opens the cutover gate"],
             Phase::Validated => &["tsmigrate cutover            # serve reads from the target (reversible with `tsmigrate reverse`)"],
-            Phase::ReadsSwitched => &[
-                "wait for the soak period, then: tsmigrate validate",
-                "tsmigrate retire-flush       # stop the legacy hourly flush worker",
-            ],
+            Phase::ReadsSwitched => {
+                &["wait for the soak period, then: tsmigrate validate", "tsmigrate retire-flush       # stop the legacy hourly flush worker"]
+            }
             Phase::FlushRetired => &["tsmigrate optimize           # retention, compression report", "tsmigrate complete"],
             Phase::Completed => &["nothing: the migration is complete"],
         };
@@ -114,11 +105,8 @@ pub const REVERSE: Transition = Transition { command: "reverse", from: &[Phase::
 pub const RETIRE_FLUSH: Transition = Transition { command: "retire-flush", from: &[Phase::ReadsSwitched], to: Phase::FlushRetired };
 pub const COMPLETE: Transition = Transition { command: "complete", from: &[Phase::FlushRetired], to: Phase::Completed };
 /// Abort is possible only while reads still come from the legacy path.
-pub const ABORT: Transition = Transition {
-    command: "abort",
-    from: &[Phase::Prepared, Phase::DualWriting, Phase::Backfilled, Phase::Validated],
-    to: Phase::New,
-};
+pub const ABORT: Transition =
+    Transition { command: "abort", from: &[Phase::Prepared, Phase::DualWriting, Phase::Backfilled, Phase::Validated], to: Phase::New };
 
 /// What a phase command did, for text and `--json` output.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -153,18 +141,30 @@ impl PhaseReport {
     pub fn human(&self) -> String {
         let mut o = String::new();
         if self.dry_run {
-            o.push_str(&format!("dry run: {} can run; it would move {} -> {}; nothing was changed
-", self.command, self.phase_before, self.phase_after));
+            o.push_str(&format!(
+                "dry run: {} can run; it would move {} -> {}; nothing was changed
+",
+                self.command, self.phase_before, self.phase_after
+            ));
         } else if self.phase_before != self.phase_after {
-            o.push_str(&format!("{}: phase {} -> {}
-", self.command, self.phase_before, self.phase_after));
+            o.push_str(&format!(
+                "{}: phase {} -> {}
+",
+                self.command, self.phase_before, self.phase_after
+            ));
         } else {
-            o.push_str(&format!("{}: done (phase stays {})
-", self.command, self.phase_after));
+            o.push_str(&format!(
+                "{}: done (phase stays {})
+",
+                self.command, self.phase_after
+            ));
         }
         if self.forced {
-            o.push_str(&format!("FORCED past the gate; reason recorded in the audit log: {}
-", self.reason.as_deref().unwrap_or("")));
+            o.push_str(&format!(
+                "FORCED past the gate; reason recorded in the audit log: {}
+",
+                self.reason.as_deref().unwrap_or("")
+            ));
         }
         if let serde_json::Value::Object(map) = &self.details {
             for (key, value) in map {

@@ -119,9 +119,15 @@ pub async fn run(settings: &Settings, dry_run: bool, compress_now: bool) -> anyh
                     .bind(now - Duration::days(i64::from(t.raw_retention_days)))
                     .fetch_one(&pool)
                     .await?;
-                sqlx::query("DELETE FROM analytics_hourly WHERE bucket < $1").bind(now - Duration::days(i64::from(t.hourly_retention_days))).execute(&pool).await?;
+                sqlx::query("DELETE FROM analytics_hourly WHERE bucket < $1")
+                    .bind(now - Duration::days(i64::from(t.hourly_retention_days)))
+                    .execute(&pool)
+                    .await?;
                 for table in ["analytics_daily", "analytics_asset_popularity_ts"] {
-                    sqlx::query(&format!("DELETE FROM {table} WHERE bucket < $1")).bind(now - Duration::days(i64::from(t.daily_retention_days))).execute(&pool).await?;
+                    sqlx::query(&format!("DELETE FROM {table} WHERE bucket < $1"))
+                        .bind(now - Duration::days(i64::from(t.daily_retention_days)))
+                        .execute(&pool)
+                        .await?;
                 }
             }
             report.chunks = sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'analytics_events_ts'::regclass").fetch_one(&pool).await?;
@@ -153,16 +159,17 @@ impl OptimizeReport {
             StorageMode::Timescaledb => {
                 o.push_str(&format!("columnstore: {} of {} chunks compressed ({} just now)\n", self.compressed_chunks, self.chunks, self.compressed_now));
                 match (self.bytes_before_compression, self.bytes_after_compression, self.compression_ratio) {
-                    (Some(b), Some(a), Some(r)) => o.push_str(&format!(
-                        "compression: {:.1} MiB -> {:.1} MiB ({r:.1}x)\n",
-                        b as f64 / 1_048_576.0,
-                        a as f64 / 1_048_576.0
-                    )),
+                    (Some(b), Some(a), Some(r)) => {
+                        o.push_str(&format!("compression: {:.1} MiB -> {:.1} MiB ({r:.1}x)\n", b as f64 / 1_048_576.0, a as f64 / 1_048_576.0))
+                    }
                     _ => o.push_str("compression: no chunk is old enough yet (or run with --compress-now)\n"),
                 }
             }
             StorageMode::Postgres => {
-                o.push_str(&format!("partitions: {} ({} dropped by raw retention); plain PostgreSQL has no columnstore\n", self.chunks, self.dropped_partitions));
+                o.push_str(&format!(
+                    "partitions: {} ({} dropped by raw retention); plain PostgreSQL has no columnstore\n",
+                    self.chunks, self.dropped_partitions
+                ));
             }
         }
         o.push_str(&format!("raw storage: {:.1} MiB; asset popularity rows: {}\n", self.total_bytes as f64 / 1_048_576.0, self.asset_popularity_rows));

@@ -55,8 +55,7 @@ pub async fn run(settings: &Settings, choice: ModeChoice, dry_run: bool) -> anyh
         None => capabilities.choose(choice)?,
     };
     let plan = schema::plan(&pool, mode, &settings.target).await?;
-    let applied: Vec<MigrationSummary> =
-        plan.pending.iter().map(|m| MigrationSummary { version: m.version, description: m.description.clone() }).collect();
+    let applied: Vec<MigrationSummary> = plan.pending.iter().map(|m| MigrationSummary { version: m.version, description: m.description.clone() }).collect();
     let transition = state.phase == Phase::New;
     if dry_run {
         return Ok(PrepareReport {
@@ -86,8 +85,12 @@ pub async fn run(settings: &Settings, choice: ModeChoice, dry_run: bool) -> anyh
     };
     if mode == StorageMode::Postgres {
         let now = chrono::Utc::now();
-        crate::target::writer::ensure_partition_range(&pool, now - chrono::Duration::days(1), now + chrono::Duration::days(i64::from(settings.target.partitions_ahead_days)))
-            .await?;
+        crate::target::writer::ensure_partition_range(
+            &pool,
+            now - chrono::Duration::days(1),
+            now + chrono::Duration::days(i64::from(settings.target.partitions_ahead_days)),
+        )
+        .await?;
     }
     Ok(PrepareReport {
         dry_run,

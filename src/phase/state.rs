@@ -136,9 +136,8 @@ pub struct LockHeld {
 
 impl PhaseGuard {
     pub async fn acquire(url: &SecretUrl) -> anyhow::Result<PhaseGuard> {
-        let mut conn = PgConnection::connect(url.expose())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open the lock connection to {}: {}", url.redacted(), e))?;
+        let mut conn =
+            PgConnection::connect(url.expose()).await.map_err(|e| anyhow::anyhow!("cannot open the lock connection to {}: {}", url.redacted(), e))?;
         // A command that just finished may still hold the lock for a moment while its
         // backend exits, so wait briefly before calling the lock held.
         let deadline = std::time::Instant::now() + LOCK_PATIENCE;

@@ -148,9 +148,8 @@ type ScoredMembers = Vec<(String, f64)>;
 async fn policies(pool: &PgPool, mode: StorageMode) -> anyhow::Result<Vec<Policy>> {
     match mode {
         StorageMode::Timescaledb => {
-            let rows: Vec<JobRow> =
-                sqlx::query_as(
-                    "SELECT j.job_id, j.proc_name::text,
+            let rows: Vec<JobRow> = sqlx::query_as(
+                "SELECT j.job_id, j.proc_name::text,
                             coalesce(c.view_name::text, j.hypertable_name::text, ''),
                             j.schedule_interval::text, j.config, j.scheduled,
                             s.last_run_status::text,
@@ -163,9 +162,9 @@ async fn policies(pool: &PgPool, mode: StorageMode) -> anyhow::Result<Vec<Policy
                             ON c.materialization_hypertable_name = j.hypertable_name
                      WHERE j.job_id >= 1000
                      ORDER BY j.job_id",
-                )
-                .fetch_all(pool)
-                .await?;
+            )
+            .fetch_all(pool)
+            .await?;
             Ok(rows
                 .into_iter()
                 .map(|(id, proc_name, target, schedule, config, scheduled, last_status, last_run_at, next_run_at, failures)| Policy {
@@ -182,8 +181,7 @@ async fn policies(pool: &PgPool, mode: StorageMode) -> anyhow::Result<Vec<Policy
                 .collect())
         }
         StorageMode::Postgres => {
-            let runs: Vec<JobRunRow> =
-                sqlx::query_as("SELECT job, last_status, last_started_at, failures FROM tsmigrate.job_runs").fetch_all(pool).await?;
+            let runs: Vec<JobRunRow> = sqlx::query_as("SELECT job, last_status, last_started_at, failures FROM tsmigrate.job_runs").fetch_all(pool).await?;
             Ok(crate::daemon::jobs::plain_mode_jobs()
                 .into_iter()
                 .map(|(name, target, schedule, config)| {
@@ -208,11 +206,10 @@ async fn policies(pool: &PgPool, mode: StorageMode) -> anyhow::Result<Vec<Policy
 async fn target_status(pool: &PgPool, state: &MigrationState) -> anyhow::Result<TargetStatus> {
     let mut conn = pool.acquire().await?;
     let mut status = TargetStatus::default();
-    if let Ok((count, oldest, newest)) = sqlx::query_as::<_, (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>(
-        "SELECT count(*), min(time), max(time) FROM analytics_events_ts",
-    )
-    .fetch_one(&mut *conn)
-    .await
+    if let Ok((count, oldest, newest)) =
+        sqlx::query_as::<_, (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>("SELECT count(*), min(time), max(time) FROM analytics_events_ts")
+            .fetch_one(&mut *conn)
+            .await
     {
         status.events = Some(count);
         status.oldest_event = oldest;
@@ -247,10 +244,8 @@ async fn target_status(pool: &PgPool, state: &MigrationState) -> anyhow::Result<
             }
         }
         _ => {
-            status.chunks = sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'analytics_events_ts'::regclass")
-                .fetch_one(&mut *conn)
-                .await
-                .ok();
+            status.chunks =
+                sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'analytics_events_ts'::regclass").fetch_one(&mut *conn).await.ok();
             status.total_bytes = sqlx::query_scalar(
                 "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint FROM pg_inherits WHERE inhparent = 'analytics_events_ts'::regclass",
             )
@@ -263,11 +258,10 @@ async fn target_status(pool: &PgPool, state: &MigrationState) -> anyhow::Result<
 }
 
 async fn last_validation(pool: &PgPool) -> anyhow::Result<Option<ValidationSummary>> {
-    let row: Option<ValidationRow> = sqlx::query_as(
-        "SELECT id, finished_at, result, depth, window_from, window_to FROM tsmigrate.validation_runs ORDER BY finished_at DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
+    let row: Option<ValidationRow> =
+        sqlx::query_as("SELECT id, finished_at, result, depth, window_from, window_to FROM tsmigrate.validation_runs ORDER BY finished_at DESC LIMIT 1")
+            .fetch_optional(pool)
+            .await?;
     Ok(row.map(|(id, finished_at, result, depth, window_from, window_to)| ValidationSummary {
         id,
         finished_at,
@@ -285,8 +279,16 @@ async fn redis_status(settings: &Settings) -> RedisStatus {
         let mut conn = crate::db::redis(settings).await?;
         let (events, oldest, newest, flag, retired): (u64, ScoredMembers, ScoredMembers, Option<String>, Option<String>) = redis::pipe()
             .zcard(&keys.events)
-            .cmd("ZRANGE").arg(&keys.events).arg(0).arg(0).arg("WITHSCORES")
-            .cmd("ZRANGE").arg(&keys.events).arg(-1).arg(-1).arg("WITHSCORES")
+            .cmd("ZRANGE")
+            .arg(&keys.events)
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .cmd("ZRANGE")
+            .arg(&keys.events)
+            .arg(-1)
+            .arg(-1)
+            .arg("WITHSCORES")
             .get(&keys.dual_write_flag)
             .get(&keys.flush_retired)
             .query_async(&mut conn)

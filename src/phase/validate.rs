@@ -169,11 +169,7 @@ async fn compare(
     timings.extend([t1, t2, t3]);
 
     let target_hours = diff::roll_up(&target_minutes, &starts, to_ms);
-    let mut events = EventCheck {
-        hours_compared: starts.len(),
-        target_events: target_hours.iter().map(|h| h.count).sum(),
-        ..Default::default()
-    };
+    let mut events = EventCheck { hours_compared: starts.len(), target_events: target_hours.iter().map(|h| h.count).sum(), ..Default::default() };
     match redis_found {
         RedisSide::Events(found) => {
             let redis_hours = diff::roll_up(&found.minutes, &starts, to_ms);
@@ -266,8 +262,7 @@ async fn narrow(
     minutes.sort_unstable();
     let ranges = diff::minute_ranges(&minutes);
     let mut redis_conn = redis.clone();
-    let (redis_digests, target_digests) =
-        tokio::try_join!(redis_side::digests(&mut redis_conn, key, &ranges, now_ms), target_side::digests(pool, &ranges))?;
+    let (redis_digests, target_digests) = tokio::try_join!(redis_side::digests(&mut redis_conn, key, &ranges, now_ms), target_side::digests(pool, &ranges))?;
     let matched = diff::match_digests(redis_digests, target_digests);
     let mut findings = EventFindings::from_match(&matched, limit);
     // Where differences were found: differing hours without any settled while validating.
@@ -341,7 +336,11 @@ async fn compare_aggregates(
     // below the watermark (backfill, late events) are invisible until refreshed: compare
     // what the raw rows say, not how recently a scheduler ran.
     let refreshed = if refresh {
-        Some(aggregates::refresh(pool, mode, from, to, tz, settings.target.raw_retention_days).await.context("cannot refresh the target aggregates (use --no-refresh to compare them as they are)")?)
+        Some(
+            aggregates::refresh(pool, mode, from, to, tz, settings.target.raw_retention_days)
+                .await
+                .context("cannot refresh the target aggregates (use --no-refresh to compare them as they are)")?,
+        )
     } else {
         None
     };

@@ -36,7 +36,10 @@ pub async fn history_hours(ctx: &ReadContext, hours: TimeRange, filter: &EventFi
     .fetch_all(ctx.legacy_pool()?)
     .await
     .map_err(|e| ReadError::postgres("the legacy hourly table", e))?;
-    Ok(rows.into_iter().map(|(hour, event_name, category, event_count, unique_users)| HourRow { hour, event_name, category, event_count, unique_users }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(hour, event_name, category, event_count, unique_users)| HourRow { hour, event_name, category, event_count, unique_users })
+        .collect())
 }
 
 /// Calls `visit` for every valid event in `range`, oldest first. Members that are not
@@ -74,7 +77,13 @@ type Groups = BTreeMap<(DateTime<Utc>, String, String), Group>;
 
 /// Per (hour, event_name, category) groups of the raw events in `range` (with their users
 /// when `hourly_users`), and (when `all_users`) every distinct user.
-async fn groups(ctx: &ReadContext, range: TimeRange, filter: &EventFilter, hourly_users: bool, all_users: bool) -> Result<(Groups, HashSet<String>), ReadError> {
+async fn groups(
+    ctx: &ReadContext,
+    range: TimeRange,
+    filter: &EventFilter,
+    hourly_users: bool,
+    all_users: bool,
+) -> Result<(Groups, HashSet<String>), ReadError> {
     let tz = ctx.tz();
     let mut groups = Groups::new();
     let mut users = HashSet::new();
@@ -133,13 +142,10 @@ pub async fn raw_buckets(ctx: &ReadContext, range: TimeRange, bucket_ms: i64) ->
 
 /// The legacy reporting function, as reports call it.
 pub async fn popular(ctx: &ReadContext, days: u32) -> Result<Vec<super::AssetRow>, ReadError> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
-        "SELECT * FROM {}($1)",
-        ctx.settings.legacy.popular_function
-    ))
-    .bind(days as i32)
-    .fetch_all(ctx.legacy_pool()?)
-    .await
-    .map_err(|e| ReadError::postgres("the legacy popular-asset-types function", e))?;
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!("SELECT * FROM {}($1)", ctx.settings.legacy.popular_function))
+        .bind(days as i32)
+        .fetch_all(ctx.legacy_pool()?)
+        .await
+        .map_err(|e| ReadError::postgres("the legacy popular-asset-types function", e))?;
     Ok(rows.into_iter().map(|(asset_type, generation_count, unique_creators)| super::AssetRow { asset_type, generation_count, unique_creators }).collect())
 }

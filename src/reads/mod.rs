@@ -298,10 +298,7 @@ impl Request {
                 params.append_pair("period", &format_span(*period_secs)).append_pair("to", &wire_time(*to));
             }
             Request::Intervals { range, bucket_secs } => {
-                params
-                    .append_pair("bucket", &format_span(*bucket_secs))
-                    .append_pair("from", &wire_time(range.from))
-                    .append_pair("to", &wire_time(range.to));
+                params.append_pair("bucket", &format_span(*bucket_secs)).append_pair("from", &wire_time(range.from)).append_pair("to", &wire_time(range.to));
             }
         }
         params.finish()
@@ -330,7 +327,11 @@ impl Request {
         let from = bin_start(now - since, bucket_ms);
         let count = bucket_count(TimeRange { from, to: now }, bucket_ms);
         if count > MAX_BUCKETS {
-            return Err(format!("{count} buckets of {} over {} is more than {MAX_BUCKETS}; use a larger bucket or a shorter since", format_span(bucket.num_seconds()), format_span(since.num_seconds())));
+            return Err(format!(
+                "{count} buckets of {} over {} is more than {MAX_BUCKETS}; use a larger bucket or a shorter since",
+                format_span(bucket.num_seconds()),
+                format_span(since.num_seconds())
+            ));
         }
         Ok(Request::Intervals { range: TimeRange { from, to: now }, bucket_secs: bucket.num_seconds() })
     }
@@ -393,7 +394,13 @@ impl ReadSource {
     }
 
     /// History rows of the hours starting in `hours` (`raw_start` marks where raw begins).
-    async fn history_hours(self, ctx: &ReadContext, hours: TimeRange, raw_start: Option<DateTime<Utc>>, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
+    async fn history_hours(
+        self,
+        ctx: &ReadContext,
+        hours: TimeRange,
+        raw_start: Option<DateTime<Utc>>,
+        filter: &EventFilter,
+    ) -> Result<Vec<HourRow>, ReadError> {
         match self {
             ReadSource::Legacy => legacy::history_hours(ctx, hours, filter).await,
             ReadSource::Target => target::history_hours(ctx, hours, raw_start, filter).await,
@@ -445,7 +452,14 @@ impl ReadSource {
                 let (trend, trend_percentage) = trend(now.total_events, before.total_events);
                 Answer::Comparison {
                     period_secs: *period_secs,
-                    comparison: Comparison { current, previous, current_events: now.total_events, previous_events: before.total_events, trend, trend_percentage },
+                    comparison: Comparison {
+                        current,
+                        previous,
+                        current_events: now.total_events,
+                        previous_events: before.total_events,
+                        trend,
+                        trend_percentage,
+                    },
                 }
             }
             Request::Intervals { range, bucket_secs } => Answer::Intervals(self.intervals(ctx, *range, *bucket_secs).await?),
@@ -919,7 +933,10 @@ mod tests {
         let history = vec![row("2025-03-01T05:00:00Z", "click", 10, 4), row("2025-03-01T04:00:00Z", "click", 3, 1)];
         let raw = vec![row("2025-03-01T05:00:00Z", "click", 6, 5), row("2025-03-01T06:00:00Z", "click", 2, 2)];
         let merged = merge_max(history, raw);
-        assert_eq!(merged, vec![row("2025-03-01T04:00:00Z", "click", 3, 1), row("2025-03-01T05:00:00Z", "click", 10, 5), row("2025-03-01T06:00:00Z", "click", 2, 2)]);
+        assert_eq!(
+            merged,
+            vec![row("2025-03-01T04:00:00Z", "click", 3, 1), row("2025-03-01T05:00:00Z", "click", 10, 5), row("2025-03-01T06:00:00Z", "click", 2, 2)]
+        );
     }
 
     #[test]
@@ -940,7 +957,13 @@ mod tests {
         let a = |day: &str, ty: &str, n: i64, u: i64| DayAssetRow { day: d(day), asset_type: ty.into(), generation_count: n, unique_creators: u };
         // The horizon day (03-02) is in both: the larger wins. 'unknown' twice on one day: summed.
         let history = vec![a("2025-03-01", "image", 5, 2), a("2025-03-02", "image", 9, 3)];
-        let current = vec![a("2025-03-02", "image", 4, 4), a("2025-03-03", "logo", 14, 1), a("2025-03-03", "unknown", 1, 1), a("2025-03-03", "unknown", 2, 1), a("2025-03-03", "audio", 3, 1)];
+        let current = vec![
+            a("2025-03-02", "image", 4, 4),
+            a("2025-03-03", "logo", 14, 1),
+            a("2025-03-03", "unknown", 1, 1),
+            a("2025-03-03", "unknown", 2, 1),
+            a("2025-03-03", "audio", 3, 1),
+        ];
         let rows = popular_of(history, current);
         let flat: Vec<(&str, i64, i64)> = rows.iter().map(|r| (r.asset_type.as_str(), r.generation_count, r.unique_creators)).collect();
         assert_eq!(flat, vec![("image", 14, 6), ("logo", 14, 1), ("audio", 3, 1), ("unknown", 3, 2)]);

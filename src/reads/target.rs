@@ -11,7 +11,10 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use futures::future::try_join_all;
 use sqlx::PgPool;
 
-use super::{bin_start, hours_nest, merge_max, popular_of, AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, Pieces, RawSummary, ReadContext, ReadError, TimeRange, UserCount};
+use super::{
+    bin_start, hours_nest, merge_max, popular_of, AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, Pieces, RawSummary, ReadContext, ReadError,
+    TimeRange, UserCount,
+};
 use crate::legacy::flush::{day_start, hour_floor, local_day, UNKNOWN_ASSET_TYPE};
 
 type HourTuple = (DateTime<Utc>, String, String, i64, i64);
@@ -201,7 +204,11 @@ pub async fn raw_buckets(ctx: &ReadContext, range: TimeRange, bucket_ms: i64) ->
         .fetch_all(pool)
         .await
         .map_err(pg)?;
-        Ok::<_, ReadError>(rows.into_iter().map(|(index, n)| (DateTime::from_timestamp_millis(super::BUCKET_ORIGIN_MS + index * bucket_ms).unwrap_or(piece.from), n)).collect::<Vec<_>>())
+        Ok::<_, ReadError>(
+            rows.into_iter()
+                .map(|(index, n)| (DateTime::from_timestamp_millis(super::BUCKET_ORIGIN_MS + index * bucket_ms).unwrap_or(piece.from), n))
+                .collect::<Vec<_>>(),
+        )
     }));
     let (aggregate, raw) = tokio::try_join!(aggregate, raw)?;
     let mut counts = BTreeMap::new();
@@ -223,15 +230,18 @@ pub async fn popular(ctx: &ReadContext, days: u32) -> Result<Vec<AssetRow>, Read
     let horizon_day = horizon(ctx).await?.map(|h| local_day(h, tz));
     let history_last = horizon_day.map_or(today, |d| d.min(today));
     let history = async {
-        let rows: Vec<(NaiveDate, String, i64, i64)> = sqlx::query_as(
-            "SELECT day, asset_type, generation_count, unique_creators FROM tsmigrate.history_asset_popularity WHERE day >= $1 AND day <= $2",
+        let rows: Vec<(NaiveDate, String, i64, i64)> =
+            sqlx::query_as("SELECT day, asset_type, generation_count, unique_creators FROM tsmigrate.history_asset_popularity WHERE day >= $1 AND day <= $2")
+                .bind(first)
+                .bind(history_last)
+                .fetch_all(pool)
+                .await
+                .map_err(pg)?;
+        Ok::<_, ReadError>(
+            rows.into_iter()
+                .map(|(day, asset_type, generation_count, unique_creators)| DayAssetRow { day, asset_type, generation_count, unique_creators })
+                .collect::<Vec<_>>(),
         )
-        .bind(first)
-        .bind(history_last)
-        .fetch_all(pool)
-        .await
-        .map_err(pg)?;
-        Ok::<_, ReadError>(rows.into_iter().map(|(day, asset_type, generation_count, unique_creators)| DayAssetRow { day, asset_type, generation_count, unique_creators }).collect::<Vec<_>>())
     };
     let aggregate = async {
         let rows: Vec<(DateTime<Utc>, String, i64, i64)> = sqlx::query_as(
@@ -246,7 +256,12 @@ pub async fn popular(ctx: &ReadContext, days: u32) -> Result<Vec<AssetRow>, Read
         .map_err(pg)?;
         Ok::<_, ReadError>(
             rows.into_iter()
-                .map(|(bucket, asset_type, generation_count, unique_creators)| DayAssetRow { day: local_day(bucket, tz), asset_type, generation_count, unique_creators })
+                .map(|(bucket, asset_type, generation_count, unique_creators)| DayAssetRow {
+                    day: local_day(bucket, tz),
+                    asset_type,
+                    generation_count,
+                    unique_creators,
+                })
                 .collect::<Vec<_>>(),
         )
     };
@@ -261,7 +276,11 @@ pub async fn popular(ctx: &ReadContext, days: u32) -> Result<Vec<AssetRow>, Read
         .fetch_all(pool)
         .await
         .map_err(pg)?;
-        Ok::<_, ReadError>(rows.into_iter().map(|(asset_type, generation_count, unique_creators)| DayAssetRow { day: today, asset_type, generation_count, unique_creators }).collect::<Vec<_>>())
+        Ok::<_, ReadError>(
+            rows.into_iter()
+                .map(|(asset_type, generation_count, unique_creators)| DayAssetRow { day: today, asset_type, generation_count, unique_creators })
+                .collect::<Vec<_>>(),
+        )
     };
     let (history, mut current, today_rows) = tokio::try_join!(history, aggregate, today_closed)?;
     current.extend(today_rows);

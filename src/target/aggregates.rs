@@ -40,7 +40,14 @@ pub fn window(from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz, raw_retention_days
 }
 
 #[tracing::instrument(skip(pool), err)]
-pub async fn refresh(pool: &PgPool, mode: StorageMode, from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz, raw_retention_days: u32) -> sqlx::Result<RefreshOutcome> {
+pub async fn refresh(
+    pool: &PgPool,
+    mode: StorageMode,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    tz: Tz,
+    raw_retention_days: u32,
+) -> sqlx::Result<RefreshOutcome> {
     let Some((start, end, clamped)) = window(from, to, tz, raw_retention_days, Utc::now()) else {
         return Ok(RefreshOutcome::default());
     };

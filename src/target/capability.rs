@@ -30,11 +30,8 @@ pub enum ModeError {
 impl Capabilities {
     pub async fn detect(pool: &PgPool) -> sqlx::Result<Capabilities> {
         let server_version: String = sqlx::query_scalar("SHOW server_version").fetch_one(pool).await?;
-        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'timescaledb'",
-        )
-        .fetch_optional(pool)
-        .await?;
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'timescaledb'").fetch_optional(pool).await?;
         let preload: String = sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')").fetch_one(pool).await?;
         let (available, installed) = row.unwrap_or((None, None));
         Ok(Capabilities {

@@ -45,7 +45,5 @@ pub struct DeadLetterCount {
 
 /// Dead letters by reason (for `status` and summaries).
 pub async fn counts(conn: &mut PgConnection) -> sqlx::Result<Vec<DeadLetterCount>> {
-    sqlx::query_as("SELECT reason_code, count(*) AS count FROM tsmigrate.dead_letter GROUP BY 1 ORDER BY 2 DESC, 1")
-        .fetch_all(conn)
-        .await
+    sqlx::query_as("SELECT reason_code, count(*) AS count FROM tsmigrate.dead_letter GROUP BY 1 ORDER BY 2 DESC, 1").fetch_all(conn).await
 }

@@ -81,9 +81,8 @@ pub async fn applied(pool: &PgPool) -> sqlx::Result<HashMap<i64, Vec<u8>>> {
     if !exists {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(&format!("SELECT version, checksum FROM {MIGRATIONS_TABLE} WHERE success ORDER BY version"))
-        .fetch_all(pool)
-        .await?;
+    let rows: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as(&format!("SELECT version, checksum FROM {MIGRATIONS_TABLE} WHERE success ORDER BY version")).fetch_all(pool).await?;
     Ok(rows.into_iter().collect())
 }
 
@@ -157,11 +156,8 @@ pub async fn objects(pool: &PgPool, mode: StorageMode) -> sqlx::Result<Vec<Objec
         .bind(&names)
         .fetch_all(pool)
         .await?;
-    let mut objects: Vec<ObjectStatus> = expected
-        .iter()
-        .zip(present)
-        .map(|((name, kind), present)| ObjectStatus { name: name.to_string(), kind: kind.to_string(), present })
-        .collect();
+    let mut objects: Vec<ObjectStatus> =
+        expected.iter().zip(present).map(|((name, kind), present)| ObjectStatus { name: name.to_string(), kind: kind.to_string(), present }).collect();
     if mode == StorageMode::Timescaledb {
         // A table of the right name that is not a hypertable (or a plain view) is not what prepare built.
         let installed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')").fetch_one(pool).await?;

@@ -264,7 +264,10 @@ mod tests {
         };
         let mut text = String::new();
         canonical_text(&event, &mut text);
-        assert_eq!(text, "00000000-0000-0000-0000-000000000000\u{1f}1700000000123\u{1f}click\u{1f}ui\u{1f}\\N\u{1f}s\u{1f}\\N\u{1f}\\N\u{1f}{\"k\": 1}\u{1f}{}");
+        assert_eq!(
+            text,
+            "00000000-0000-0000-0000-000000000000\u{1f}1700000000123\u{1f}click\u{1f}ui\u{1f}\\N\u{1f}s\u{1f}\\N\u{1f}\\N\u{1f}{\"k\": 1}\u{1f}{}"
+        );
         let mut f = Fingerprinter::default();
         let base = f.fingerprint(&event);
         // md5("") starts d41d8cd98f00b204.

@@ -110,7 +110,11 @@ pub fn events_diff(report: &ValidationReport) -> String {
         }
         lines.sort();
         for (_, is_redis, line) in lines {
-            if is_redis { redis.push_str(&line) } else { target.push_str(&line) }
+            if is_redis {
+                redis.push_str(&line)
+            } else {
+                target.push_str(&line)
+            }
         }
     }
     unified(&redis, &target, "redis", "target")
@@ -163,7 +167,12 @@ fn push_events(o: &mut String, title: &str, listed: &Listed<EventDifference>) {
     if listed.total == 0 {
         return;
     }
-    let _ = writeln!(o, "  {title}: {}{}", listed.total, if listed.total > listed.items.len() as u64 { format!(" (first {} listed)", listed.items.len()) } else { String::new() });
+    let _ = writeln!(
+        o,
+        "  {title}: {}{}",
+        listed.total,
+        if listed.total > listed.items.len() as u64 { format!(" (first {} listed)", listed.items.len()) } else { String::new() }
+    );
     for d in &listed.items {
         let time = match (d.redis_time_ms, d.target_time_ms) {
             (Some(r), Some(t)) if r != t => format!("{} (target {})", show_time_ms(r), show_time_ms(t)),
@@ -231,10 +240,18 @@ impl ValidationReport {
             }
         }
         if !e.not_narrowed.is_empty() {
-            let _ = writeln!(o, "  not narrowed to events (over the limit of events to fetch): {}", e.not_narrowed.iter().map(|h| show_hour(*h)).collect::<Vec<_>>().join(", "));
+            let _ = writeln!(
+                o,
+                "  not narrowed to events (over the limit of events to fetch): {}",
+                e.not_narrowed.iter().map(|h| show_hour(*h)).collect::<Vec<_>>().join(", ")
+            );
         }
         if !e.settled_while_validating.is_empty() {
-            let _ = writeln!(o, "  differed at first, equal when narrowed (written while validating): {}", e.settled_while_validating.iter().map(|h| show_hour(*h)).collect::<Vec<_>>().join(", "));
+            let _ = writeln!(
+                o,
+                "  differed at first, equal when narrowed (written while validating): {}",
+                e.settled_while_validating.iter().map(|h| show_hour(*h)).collect::<Vec<_>>().join(", ")
+            );
         }
         push_aggregate(&mut o, &self.hourly);
         push_aggregate(&mut o, &self.assets);
@@ -565,7 +582,10 @@ fn junit(r: &ValidationReport) -> String {
     let skipped: usize = suites.iter().map(|s| count(|c| c.skipped.is_some(), s)).sum();
     let seconds = r.duration_ms as f64 / 1000.0;
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(x, "<testsuites name=\"tsmigrate validate\" tests=\"{total}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{seconds:.3}\">");
+    let _ = writeln!(
+        x,
+        "<testsuites name=\"tsmigrate validate\" tests=\"{total}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{seconds:.3}\">"
+    );
     for s in &suites {
         let _ = writeln!(
             x,
@@ -591,7 +611,12 @@ fn junit(r: &ValidationReport) -> String {
             let _ = write!(x, "    <testcase classname=\"tsmigrate.validate.{}\" name=\"{}\"", s.name, xml_escape(&c.name));
             match (&c.failure, &c.skipped) {
                 (Some((message, body)), _) => {
-                    let _ = writeln!(x, ">\n      <failure type=\"difference\" message=\"{}\">{}</failure>\n    </testcase>", xml_escape(message), xml_escape(body));
+                    let _ = writeln!(
+                        x,
+                        ">\n      <failure type=\"difference\" message=\"{}\">{}</failure>\n    </testcase>",
+                        xml_escape(message),
+                        xml_escape(body)
+                    );
                 }
                 (None, Some(reason)) => {
                     let _ = writeln!(x, ">\n      <skipped message=\"{}\"/>\n    </testcase>", xml_escape(reason));

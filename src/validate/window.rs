@@ -108,7 +108,10 @@ pub fn choose(facts: &WindowFacts, events_key: &str) -> Result<Window, WindowErr
     };
     if facts.phase < Phase::Backfilled {
         if let Some(t) = facts.completion_point {
-            later(hour_ceil(t, tz), format!("first whole hour after dual-write started ({}): before backfill the target holds only later events", t.to_rfc3339()));
+            later(
+                hour_ceil(t, tz),
+                format!("first whole hour after dual-write started ({}): before backfill the target holds only later events", t.to_rfc3339()),
+            );
         }
     }
     let retention = facts.now - Duration::days(i64::from(facts.raw_retention_days));

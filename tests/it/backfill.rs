@@ -55,7 +55,8 @@ async fn kill_and_resume(mode: Mode) {
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
     let (rows, distinct) = target_counts(&env).await;
-    let read: i64 = sqlx::query_scalar("SELECT (position->>'read')::bigint FROM tsmigrate.checkpoints WHERE name = 'backfill'").fetch_one(&env.pool).await.unwrap();
+    let read: i64 =
+        sqlx::query_scalar("SELECT (position->>'read')::bigint FROM tsmigrate.checkpoints WHERE name = 'backfill'").fetch_one(&env.pool).await.unwrap();
     assert!(rows > 0 && rows < 6000, "killed mid-way, {rows} rows");
     assert_eq!((rows, distinct), (read, read), "the checkpoint covers exactly the committed rows");
 

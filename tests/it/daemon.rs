@@ -14,9 +14,8 @@ use crate::support::TestEnv;
 
 fn batch(worker: u64, n: u64) -> String {
     let now = chrono::Utc::now().timestamp_millis();
-    let events: Vec<_> = (0..20)
-        .map(|i| json!({"id": format!("w{worker}-b{n}-e{i}"), "event_name": "page_view", "category": "navigation", "timestamp": now}))
-        .collect();
+    let events: Vec<_> =
+        (0..20).map(|i| json!({"id": format!("w{worker}-b{n}-e{i}"), "event_name": "page_view", "category": "navigation", "timestamp": now})).collect();
     json!({ "events": events }).to_string()
 }
 
@@ -37,7 +36,8 @@ async fn shutdown_under_load_loses_nothing() {
         let (client, accepted) = (client.clone(), accepted.clone());
         clients.push(tokio::spawn(async move {
             for n in 0.. {
-                let sent = client.post(format!("http://{addr}/api/v1/analytics")).header("content-type", "application/json").body(batch(worker, n)).send().await;
+                let sent =
+                    client.post(format!("http://{addr}/api/v1/analytics")).header("content-type", "application/json").body(batch(worker, n)).send().await;
                 match sent {
                     Ok(r) if r.status().as_u16() == 202 => {
                         accepted.fetch_add(20, Ordering::SeqCst);
@@ -95,8 +95,10 @@ async fn metrics_and_readiness_are_served() {
     // Not ready when the target cannot be reached.
     let mut broken = env.settings.clone();
     broken.database.url = tsmigrate::config::SecretUrl::new("postgres://postgres@127.0.0.1:1/none");
-    let state = tsmigrate::http::AppState::new(broken.clone(), env.redis().await, Some(tsmigrate::connect::pg_pool_lazy(&broken.database.url, 1).unwrap()), None);
-    let response = tower::ServiceExt::oneshot(tsmigrate::http::app(state), axum::http::Request::get("/ready").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    let state =
+        tsmigrate::http::AppState::new(broken.clone(), env.redis().await, Some(tsmigrate::connect::pg_pool_lazy(&broken.database.url, 1).unwrap()), None);
+    let response =
+        tower::ServiceExt::oneshot(tsmigrate::http::app(state), axum::http::Request::get("/ready").body(axum::body::Body::empty()).unwrap()).await.unwrap();
     assert_eq!(response.status().as_u16(), 503);
 }
 
@@ -116,7 +118,10 @@ async fn scheduled_jobs_do_their_work_and_are_recorded() {
     .await
     .unwrap();
     assert!(matches!(run_job(&ctx, JobName::RollupRefresh).await, JobOutcome::Done(_)));
-    let probe: i64 = sqlx::query_scalar("SELECT coalesce(sum(event_count), 0)::bigint FROM analytics_hourly WHERE event_name = 'rollup_probe'").fetch_one(&env.pool).await.unwrap();
+    let probe: i64 = sqlx::query_scalar("SELECT coalesce(sum(event_count), 0)::bigint FROM analytics_hourly WHERE event_name = 'rollup_probe'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(probe, 1);
     assert!(matches!(run_job(&ctx, JobName::PartitionUpkeep).await, JobOutcome::Done(_)));
     assert!(matches!(run_job(&ctx, JobName::RawRetention).await, JobOutcome::Done(_)));

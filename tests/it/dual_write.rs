@@ -65,7 +65,8 @@ async fn drain(relay: &mut Relay) -> u64 {
 async fn bad_batches_get_400_naming_each_bad_event_and_nothing_is_written() {
     let env = TestEnv::new().await;
     let router = router(&env).await;
-    let (status, body) = post(&router, r#"{"events":[{"event_name":"click","category":"ui"},{"event_name":"x"},{"category":"c","timestamp":"soon"}]}"#, None).await;
+    let (status, body) =
+        post(&router, r#"{"events":[{"event_name":"click","category":"ui"},{"event_name":"x"},{"category":"c","timestamp":"soon"}]}"#, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let rejected = body["rejected"].as_array().unwrap();
     assert_eq!(rejected.iter().map(|r| r["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
@@ -77,7 +78,13 @@ async fn bad_batches_get_400_naming_each_bad_event_and_nothing_is_written() {
     let (status, body) = post(&router, &too_many, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"].as_str().unwrap().contains("limit is 50"), "{body}");
-    for bad in ["not json", r#"{"events": []}"#, r#"{"events": "x"}"#, r#"{"events":[{"event_name":"a","category":"b","properties":[1]}]}"#, r#"{"events":[{"event_name":"a","category":"b","timestamp":"1999-01-01T00:00:00Z"}]}"#] {
+    for bad in [
+        "not json",
+        r#"{"events": []}"#,
+        r#"{"events": "x"}"#,
+        r#"{"events":[{"event_name":"a","category":"b","properties":[1]}]}"#,
+        r#"{"events":[{"event_name":"a","category":"b","timestamp":"1999-01-01T00:00:00Z"}]}"#,
+    ] {
         let (status, body) = post(&router, bad, None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} -> {body}");
         assert!(body["error"].is_string(), "{bad} -> {body}");

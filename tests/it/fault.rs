@@ -96,4 +96,3 @@ pub fn pg_addr(url: &str) -> SocketAddr {
     let host = if host == "localhost" { "127.0.0.1" } else { host };
     format!("{host}:{port}").parse().expect("numeric PostgreSQL host in the test URL")
 }
-

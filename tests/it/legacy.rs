@@ -45,10 +45,7 @@ fn asset(id: &str, user: &str, asset_type: Option<&str>, time: DateTime<Utc>) ->
 type HourlyRow = (DateTime<Utc>, String, String, i64, i64);
 
 async fn hourly_rows(env: &TestEnv) -> Vec<HourlyRow> {
-    sqlx::query_as("SELECT hour, event_name, category, event_count, unique_users FROM analytics_events ORDER BY 1, 2, 3")
-        .fetch_all(&env.pool)
-        .await
-        .unwrap()
+    sqlx::query_as("SELECT hour, event_name, category, event_count, unique_users FROM analytics_events ORDER BY 1, 2, 3").fetch_all(&env.pool).await.unwrap()
 }
 
 async fn asset_rows(env: &TestEnv) -> Vec<(NaiveDate, String, i64, i64)> {
@@ -143,8 +140,7 @@ async fn writer_and_flush_produce_the_exact_hourly_and_asset_rows() {
     assert_eq!(asset_rows(&env).await, expected_assets);
 
     // The reporting function reads the asset table.
-    let popular: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT * FROM get_popular_asset_types(100000)").fetch_all(&env.pool).await.unwrap();
+    let popular: Vec<(String, i64, i64)> = sqlx::query_as("SELECT * FROM get_popular_asset_types(100000)").fetch_all(&env.pool).await.unwrap();
     assert_eq!(popular.first(), Some(&("image".to_string(), 3, 3)));
     assert_eq!(popular.len(), 4);
 

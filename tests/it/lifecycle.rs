@@ -169,7 +169,8 @@ async fn abort_removes_what_prepare_created_and_keeps_the_audit_log() {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(relation).fetch_one(&env.pool).await.unwrap();
         assert!(!exists, "{relation} should be gone");
     }
-    let audit: Vec<String> = sqlx::query_scalar("SELECT command FROM tsmigrate.audit_log WHERE outcome = 'done' ORDER BY id").fetch_all(&env.pool).await.unwrap();
+    let audit: Vec<String> =
+        sqlx::query_scalar("SELECT command FROM tsmigrate.audit_log WHERE outcome = 'done' ORDER BY id").fetch_all(&env.pool).await.unwrap();
     assert_eq!(audit, vec!["prepare", "dual-write start", "backfill", "abort"]);
     let mut redis = env.redis().await;
     let flag: Option<String> = redis.get(env.keys().dual_write_flag).await.unwrap();

@@ -31,10 +31,8 @@ async fn prepare_postgres_creates_every_object_and_moves_to_prepared() {
     // Plain mode: a partitioned table with partitions created around now.
     let kind: String = sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE oid = 'analytics_events_ts'::regclass").fetch_one(&env.pool).await.unwrap();
     assert_eq!(kind, "p", "analytics_events_ts is range-partitioned");
-    let partitions: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'analytics_events_ts'::regclass")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let partitions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'analytics_events_ts'::regclass").fetch_one(&env.pool).await.unwrap();
     assert!(partitions >= 8, "yesterday through 7 days ahead, got {partitions}");
     let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log").fetch_one(&env.pool).await.unwrap();
     assert!(audited >= 1, "prepare is recorded in the audit log");

@@ -224,13 +224,15 @@ async fn shadow_mode_counts_a_mismatch_when_the_target_differs() {
     assert_eq!((state.shadow.mismatches(), state.shadow.errors()), (0, 0), "identical data must compare clean");
 
     // Alter the target behind the migration's back: events of the last hour disappear.
-    let deleted = sqlx::query("DELETE FROM analytics_events_ts WHERE (event_id, time) IN (SELECT event_id, time FROM analytics_events_ts WHERE time >= $1 AND time < $2 LIMIT 3)")
-        .bind(end - Span::hours(1))
-        .bind(end)
-        .execute(&env.pool)
-        .await
-        .unwrap()
-        .rows_affected();
+    let deleted = sqlx::query(
+        "DELETE FROM analytics_events_ts WHERE (event_id, time) IN (SELECT event_id, time FROM analytics_events_ts WHERE time >= $1 AND time < $2 LIMIT 3)",
+    )
+    .bind(end - Span::hours(1))
+    .bind(end)
+    .execute(&env.pool)
+    .await
+    .unwrap()
+    .rows_affected();
     assert_eq!(deleted, 3);
     let served = get(&router, &window).await;
     assert_eq!(field(ok(&served), "source"), "legacy", "shadow mode serves the read source");
@@ -259,7 +261,8 @@ async fn the_read_source_survives_an_unreachable_target() {
     let now = routing.current(Some(&env.pool)).await;
     assert_eq!((now.source, now.shadow), (ReadSource::Target, true));
     // The target goes away: the last known routing stays.
-    let unreachable = sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_millis(200)).connect_lazy("postgres://postgres@127.0.0.1:1/none").unwrap();
+    let unreachable =
+        sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_millis(200)).connect_lazy("postgres://postgres@127.0.0.1:1/none").unwrap();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(routing.current(Some(&unreachable)).await.source, ReadSource::Target);
     // Never known: legacy.

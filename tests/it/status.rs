@@ -99,10 +99,11 @@ async fn status_after_seed_and_prepare_counts_both_systems() {
     let closed_events: i64 = redis::cmd("ZCOUNT").arg(env.keys().events).arg("-inf").arg(format!("({closed_until}")).query_async(&mut conn).await.unwrap();
     let flushed: i64 = sqlx::query_scalar("SELECT sum(event_count)::bigint FROM analytics_events").fetch_one(&env.pool).await.unwrap();
     assert_eq!(flushed, closed_events);
-    let hours: i64 = sqlx::query_scalar("SELECT count(DISTINCT hour) FROM analytics_events WHERE hour < '2025-03-09T12:00:00Z' OR hour >= '2025-03-10T12:00:00Z'")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let hours: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT hour) FROM analytics_events WHERE hour < '2025-03-09T12:00:00Z' OR hour >= '2025-03-10T12:00:00Z'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(hours, 0, "only the closed hours of the seeded day are flushed");
 
     // Plain mode: the jobs `tsmigrate run` schedules are listed as policies.

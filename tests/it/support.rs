@@ -82,11 +82,7 @@ impl CliOutput {
     /// Panics with the full output unless the exit code is `expected`.
     #[track_caller]
     pub fn expect_code(&self, expected: i32) -> &Self {
-        assert_eq!(
-            self.code, expected,
-            "expected exit code {expected}, got {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        );
+        assert_eq!(self.code, expected, "expected exit code {expected}, got {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr);
         self
     }
 
@@ -115,9 +111,9 @@ impl TestEnv {
         let db_name = format!("tsm_t_{hex}");
         let prefix = format!("tsmt:{hex}:");
         let admin = admin_database_url();
-        let mut conn = PgConnection::connect(admin.expose()).await.unwrap_or_else(|e| {
-            panic!("cannot connect to the test PostgreSQL at {admin} ({e}); run scripts/services.sh or set TSMIGRATE_TEST_DATABASE_URL")
-        });
+        let mut conn = PgConnection::connect(admin.expose())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL at {admin} ({e}); run scripts/services.sh or set TSMIGRATE_TEST_DATABASE_URL"));
         sqlx::raw_sql(&format!("CREATE DATABASE {db_name}")).execute(&mut conn).await.expect("create the test database");
         let _ = conn.close().await;
 
@@ -256,8 +252,7 @@ pub async fn scan_keys<C: redis::aio::ConnectionLike>(conn: &mut C, prefix: &str
     let mut cursor: u64 = 0;
     let mut keys = Vec::new();
     loop {
-        let (next, batch): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await?;
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await?;
         keys.extend(batch);
         if next == 0 {
             break;

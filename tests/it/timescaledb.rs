@@ -8,14 +8,12 @@ use crate::support::{field, TestEnv};
 
 /// The config of the one job `proc_name` runs on `target` (a hypertable or aggregate).
 async fn job_config(env: &TestEnv, proc_name: &str, target: &str) -> Value {
-    let configs: Vec<Value> = sqlx::query_scalar(
-        "SELECT config FROM timescaledb_information.jobs WHERE proc_name = $1 AND hypertable_name = $2",
-    )
-    .bind(proc_name)
-    .bind(target)
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    let configs: Vec<Value> = sqlx::query_scalar("SELECT config FROM timescaledb_information.jobs WHERE proc_name = $1 AND hypertable_name = $2")
+        .bind(proc_name)
+        .bind(target)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(configs.len(), 1, "expected one {proc_name} job on {target}, found {configs:?}");
     configs.into_iter().next().unwrap()
 }
@@ -28,10 +26,11 @@ async fn prepare_timescaledb_builds_hypertable_aggregates_and_policies() {
     out.expect_success();
     assert!(out.stdout.contains("storage mode: timescaledb"), "{}", out.stdout);
 
-    let hypertables: Vec<String> = sqlx::query_scalar("SELECT hypertable_name::text FROM timescaledb_information.hypertables WHERE hypertable_schema = 'public'")
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
+    let hypertables: Vec<String> =
+        sqlx::query_scalar("SELECT hypertable_name::text FROM timescaledb_information.hypertables WHERE hypertable_schema = 'public'")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(hypertables, vec!["analytics_events_ts".to_string()]);
     let chunk_interval: String = sqlx::query_scalar(
         "SELECT time_interval::text FROM timescaledb_information.dimensions WHERE hypertable_name = 'analytics_events_ts' AND column_name = 'time'",
@@ -42,12 +41,11 @@ async fn prepare_timescaledb_builds_hypertable_aggregates_and_policies() {
     assert_eq!(chunk_interval, "1 day");
 
     // Continuous aggregates, all with real-time aggregation.
-    let caggs: Vec<(String, String, bool)> = sqlx::query_as(
-        "SELECT view_name::text, hypertable_name::text, materialized_only FROM timescaledb_information.continuous_aggregates ORDER BY 1",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    let caggs: Vec<(String, String, bool)> =
+        sqlx::query_as("SELECT view_name::text, hypertable_name::text, materialized_only FROM timescaledb_information.continuous_aggregates ORDER BY 1")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
     let expected: Vec<(String, String, bool)> = ["analytics_asset_popularity_ts", "analytics_daily", "analytics_hourly"]
         .iter()
         .map(|v| (v.to_string(), "analytics_events_ts".to_string(), false))
@@ -76,12 +74,9 @@ async fn prepare_timescaledb_builds_hypertable_aggregates_and_policies() {
     assert_eq!(columnstore["compress_after"], "7 days", "{columnstore}");
 
     // Retention: raw 90 days, hourly 1 year, daily (and asset popularity) 5 years.
-    for (target, days) in [
-        ("analytics_events_ts", "90 days"),
-        ("analytics_hourly", "365 days"),
-        ("analytics_daily", "1825 days"),
-        ("analytics_asset_popularity_ts", "1825 days"),
-    ] {
+    for (target, days) in
+        [("analytics_events_ts", "90 days"), ("analytics_hourly", "365 days"), ("analytics_daily", "1825 days"), ("analytics_asset_popularity_ts", "1825 days")]
+    {
         let config = job_config(&env, "policy_retention", target).await;
         assert_eq!(config["drop_after"], days, "{target}: {config}");
     }

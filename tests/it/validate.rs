@@ -274,8 +274,7 @@ async fn exit_codes_say_refused_and_could_not_run() {
     let unreachable = env.cli_with_env(&["validate"], &[("REDIS_URL", "redis://127.0.0.1:1")]);
     unreachable.expect_code(2);
     assert!(unreachable.stderr.contains("cannot connect to Redis"), "{}", unreachable.stderr);
-    let recorded: (String, String, Value) =
-        sqlx::query_as("SELECT result, phase, figures FROM tsmigrate.validation_runs").fetch_one(&env.pool).await.unwrap();
+    let recorded: (String, String, Value) = sqlx::query_as("SELECT result, phase, figures FROM tsmigrate.validation_runs").fetch_one(&env.pool).await.unwrap();
     assert_eq!((recorded.0.as_str(), recorded.1.as_str()), ("error", "dual_writing"));
     assert!(recorded.2["error"].as_str().unwrap().contains("Redis"), "{:?}", recorded.2);
     env.cleanup().await;

@@ -49,9 +49,7 @@ pub async fn legacy_coverage(pool: &PgPool, legacy: &LegacySettings) -> anyhow::
 type HourlyRow = (DateTime<Utc>, String, String, i64, i64);
 
 fn hourly_rows(rows: Vec<HourlyRow>) -> Vec<(HourlyKey, Counts)> {
-    rows.into_iter()
-        .map(|(hour, event_name, category, count, distinct)| (HourlyKey { hour, event_name, category }, Counts { count, distinct }))
-        .collect()
+    rows.into_iter().map(|(hour, event_name, category, count, distinct)| (HourlyKey { hour, event_name, category }, Counts { count, distinct })).collect()
 }
 
 pub async fn legacy_hourly(pool: &PgPool, legacy: &LegacySettings, from: DateTime<Utc>, to: DateTime<Utc>) -> anyhow::Result<Vec<(HourlyKey, Counts)>> {
@@ -66,8 +64,7 @@ pub async fn target_hourly(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>
 
 /// Legacy asset rows for the local days `first..=last`.
 pub async fn legacy_assets(pool: &PgPool, legacy: &LegacySettings, first: NaiveDate, last: NaiveDate) -> anyhow::Result<Vec<(AssetKey, Counts)>> {
-    let rows: Vec<(NaiveDate, String, i64, i64)> =
-        sqlx::query_as(&sql::legacy(sql::LEGACY_ASSETS, legacy)).bind(first).bind(last).fetch_all(pool).await?;
+    let rows: Vec<(NaiveDate, String, i64, i64)> = sqlx::query_as(&sql::legacy(sql::LEGACY_ASSETS, legacy)).bind(first).bind(last).fetch_all(pool).await?;
     Ok(rows.into_iter().map(|(day, asset_type, count, distinct)| (AssetKey { day, asset_type }, Counts { count, distinct })).collect())
 }
 

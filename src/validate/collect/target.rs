@@ -65,11 +65,7 @@ pub async fn dead_letter_minutes(pool: &PgPool, from_ms: i64, to_ms: i64) -> any
 pub async fn digests(pool: &PgPool, ranges: &[(i64, i64)]) -> anyhow::Result<Vec<EventDigest>> {
     let mut out = Vec::new();
     for (from, to) in ranges {
-        let rows: Vec<(Uuid, i64, String, i64)> = sqlx::query_as(sql::EVENT_FINGERPRINTS)
-            .bind(ms_to_time(*from))
-            .bind(ms_to_time(*to))
-            .fetch_all(pool)
-            .await?;
+        let rows: Vec<(Uuid, i64, String, i64)> = sqlx::query_as(sql::EVENT_FINGERPRINTS).bind(ms_to_time(*from)).bind(ms_to_time(*to)).fetch_all(pool).await?;
         out.extend(rows.into_iter().map(|(event_id, time_ms, event_name, fingerprint)| EventDigest {
             event_id,
             time_ms,
