@@ -178,6 +178,9 @@ pub struct RedisSettings {
     pub flush_retired_key: String,
     /// Prefix of read-API cache keys.
     pub cache_prefix: String,
+    /// Prefix of the keys `{first_seen_key}:{event_id}` → epoch ms at which ingest first
+    /// accepted an event that had an `id` and no timestamp (see `ingest.resend_window_secs`).
+    pub first_seen_key: String,
 }
 
 impl Default for RedisSettings {
@@ -194,6 +197,7 @@ impl Default for RedisSettings {
             outbox_group: "tsmigrate-relay".into(),
             flush_retired_key: "analytics:flush_retired".into(),
             cache_prefix: "analytics:cache".into(),
+            first_seen_key: "analytics:ingest:first_seen".into(),
         }
     }
 }
@@ -263,11 +267,15 @@ pub struct IngestSettings {
     pub max_event_bytes: usize,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// How long ingest remembers when it first accepted an event that has an `id` and no
+    /// timestamp, so that a resend of it within this window gets the same time (and so is
+    /// the same row). Costs one small Redis key per such event for this long. 0: off.
+    pub resend_window_secs: u64,
 }
 
 impl Default for IngestSettings {
     fn default() -> Self {
-        Self { max_batch: 50, max_event_bytes: 16 * 1024, max_body_bytes: 1024 * 1024 }
+        Self { max_batch: 50, max_event_bytes: 16 * 1024, max_body_bytes: 1024 * 1024, resend_window_secs: 24 * 3600 }
     }
 }
 
@@ -394,6 +402,7 @@ impl Settings {
             ("redis.outbox_stream", &self.redis.outbox_stream),
             ("redis.outbox_group", &self.redis.outbox_group),
             ("redis.flush_retired_key", &self.redis.flush_retired_key),
+            ("redis.first_seen_key", &self.redis.first_seen_key),
         ] {
             if key.is_empty() {
                 problems.push(format!("{what} must not be empty"));

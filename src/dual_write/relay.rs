@@ -16,11 +16,9 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
 use super::outbox;
-use crate::event::TargetEvent;
 use crate::legacy::writer::{OUTBOX_MEMBER_FIELD, OUTBOX_SCORE_FIELD};
 use crate::legacy::LegacyKeys;
-use crate::target::dead_letter::{self, DeadLetter};
-use crate::target::writer::TargetWriter;
+use crate::target::writer::{Method, ParsedPage, TargetWriter};
 
 /// What one step did; the loop (and tests) decide what to do next from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,27 +172,25 @@ impl Relay {
         Ok(reply.map(flatten).unwrap_or_default())
     }
 
+    /// Writes a batch in one transaction; events the target cannot store become dead
+    /// letters in it, so the batch is always acknowledged once this returns `Ok`.
     async fn write(&self, entries: &[StreamId]) -> sqlx::Result<(u64, usize)> {
         let now_ms = Utc::now().timestamp_millis();
-        let mut events = Vec::with_capacity(entries.len());
-        let mut dead = Vec::new();
+        let mut page = ParsedPage::with_capacity(entries.len());
         for entry in entries {
             let member: Vec<u8> = entry.get(OUTBOX_MEMBER_FIELD).unwrap_or_default();
-            let score: Option<f64> = entry.get(OUTBOX_SCORE_FIELD);
-            match score.map(|s| TargetEvent::from_member(&member, s, now_ms)) {
-                Some(Ok(event)) => events.push(event),
-                Some(Err(reason)) => dead.push(DeadLetter { raw: member, score, reason }),
-                None => dead.push(DeadLetter { raw: member, score: None, reason: crate::event::DeadLetterReason::BadScore("missing".into()) }),
-            }
+            page.push(member, entry.get(OUTBOX_SCORE_FIELD), now_ms);
         }
         let started = Instant::now();
-        self.writer.ensure_partitions(&events).await?;
+        self.writer.ensure_partitions(&page.events).await?;
         let mut tx = self.writer.pool().begin().await?;
-        let outcome = self.writer.insert(&mut tx, &events).await?;
-        dead_letter::record(&mut tx, "relay", &dead).await?;
+        let outcome = self.writer.write_page(&mut tx, &page, "relay", Method::Insert).await?;
         tx.commit().await?;
         metrics::histogram!("tsmigrate_write_seconds", "system" => "target").record(started.elapsed().as_secs_f64());
-        Ok((outcome.inserted, dead.len()))
+        if outcome.dead_letters > 0 {
+            metrics::counter!("tsmigrate_dead_letters_total", "source" => "relay").increment(outcome.dead_letters as u64);
+        }
+        Ok((outcome.inserted, outcome.dead_letters))
     }
 }
 
