@@ -187,9 +187,6 @@ impl Relay {
         let outcome = self.writer.write_page(&mut tx, &page, "relay", Method::Insert).await?;
         tx.commit().await?;
         metrics::histogram!("tsmigrate_write_seconds", "system" => "target").record(started.elapsed().as_secs_f64());
-        if outcome.dead_letters > 0 {
-            metrics::counter!("tsmigrate_dead_letters_total", "source" => "relay").increment(outcome.dead_letters as u64);
-        }
         Ok((outcome.inserted, outcome.dead_letters))
     }
 }

@@ -111,7 +111,8 @@ pub fn valid_score_bounds(now_ms: i64) -> (f64, f64) {
 /// range, in one pipelined round trip.
 pub async fn out_of_range(redis: &mut ConnectionManager, key: &str, now_ms: i64, examples: usize) -> redis::RedisResult<OutOfRange> {
     let (low, high) = valid_score_bounds(now_ms);
-    let (before, after, oldest, newest): (u64, u64, Vec<(Vec<u8>, f64)>, Vec<(Vec<u8>, f64)>) = redis::pipe()
+    type Members = Vec<(Vec<u8>, f64)>;
+    let (before, after, oldest, newest): (u64, u64, Members, Members) = redis::pipe()
         .cmd("ZCOUNT")
         .arg(key)
         .arg("-inf")

@@ -95,7 +95,8 @@ pub fn show_score(score: f64) -> String {
 
 /// The most recent `limit` dead letters recorded by `source`, newest first.
 pub async fn recent(conn: &mut PgConnection, source: &str, limit: i64) -> sqlx::Result<Vec<DeadLetterExample>> {
-    let rows: Vec<(String, String, String, Option<f64>, Vec<u8>)> = sqlx::query_as(
+    type Row = (String, String, String, Option<f64>, Vec<u8>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT source, reason_code, reason, score, substring(raw FROM 1 FOR 1024) FROM tsmigrate.dead_letter WHERE source = $1 ORDER BY id DESC LIMIT $2",
     )
     .bind(source)

@@ -141,7 +141,9 @@ pub async fn isolate<T, R>(
     mut write: impl for<'c> FnMut(&'c mut PgConnection, &'c [T]) -> BoxFuture<'c, sqlx::Result<R>>,
 ) -> sqlx::Result<Isolated<R>> {
     let mut out = Isolated { written: Vec::new(), rejected: Vec::new() };
-    let mut pending = vec![0..items.len()];
+    // Ranges of `items` still to write (a stack: one range holding everything, at first).
+    let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
+    pending.push(0..items.len());
     while let Some(range) = pending.pop() {
         if range.is_empty() {
             continue;
@@ -236,6 +238,9 @@ impl TargetWriter {
         }
         let conflicting = letters.len() - refused.len();
         let recorded = dead_letter::record(conn, source, &page.dead).await? + dead_letter::record(conn, source, &letters).await?;
+        if recorded > 0 {
+            metrics::counter!("tsmigrate_dead_letters_total", "source" => source.to_string()).increment(recorded);
+        }
         Ok(PageOutcome {
             inserted: inserted as u64,
             already_present: (stored - inserted - conflicting) as u64,

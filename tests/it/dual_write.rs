@@ -21,7 +21,7 @@ use crate::fault::{pg_addr, Outage};
 use crate::scenario::{prepare_and_dual_write, target_counts, Mode};
 use crate::support::TestEnv;
 
-async fn post(router: &axum::Router, body: &str, token: Option<&str>) -> (StatusCode, Value) {
+pub async fn post(router: &axum::Router, body: &str, token: Option<&str>) -> (StatusCode, Value) {
     let mut request = Request::post("/api/v1/analytics").header("content-type", "application/json");
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
@@ -32,7 +32,7 @@ async fn post(router: &axum::Router, body: &str, token: Option<&str>) -> (Status
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-async fn router(env: &TestEnv) -> axum::Router {
+pub async fn router(env: &TestEnv) -> axum::Router {
     app(AppState::new(env.settings.clone(), env.redis().await, None, None))
 }
 
@@ -44,12 +44,12 @@ fn batch(n: usize, offset: usize) -> String {
     json!({ "events": events }).to_string()
 }
 
-fn relay_for(env: &TestEnv, redis: redis::aio::ConnectionManager, pool: sqlx::PgPool, mode: StorageMode, claim_idle: Duration) -> Relay {
+pub fn relay_for(env: &TestEnv, redis: redis::aio::ConnectionManager, pool: sqlx::PgPool, mode: StorageMode, claim_idle: Duration) -> Relay {
     let options = RelayOptions { block: Duration::from_millis(50), claim_idle, ..RelayOptions::new(&env.settings.redis.outbox_group) };
     Relay::new(redis, Arc::new(TargetWriter::new(pool, mode)), Arc::new(env.keys()), options)
 }
 
-async fn drain(relay: &mut Relay) -> u64 {
+pub async fn drain(relay: &mut Relay) -> u64 {
     let mut inserted = 0;
     for _ in 0..100 {
         match relay.step().await.unwrap() {
