@@ -18,6 +18,7 @@ mod lifecycle;
 mod poison;
 mod prepare;
 mod reads;
+mod relay_isolation;
 mod scenario;
 mod seed;
 mod status;
