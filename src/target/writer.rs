@@ -114,11 +114,12 @@ pub enum Method {
     Copy,
 }
 
-/// What a write under [`isolate`] took: the keys inserted (`None`: every row, by `COPY`),
-/// and the rows the server refused.
+/// What a page's write took: rows inserted, keys skipped as already stored, and the rows
+/// the server refused.
 #[derive(Debug, Default)]
 struct Written {
-    inserted: Option<HashSet<(Uuid, i64)>>,
+    inserted: u64,
+    skipped: HashSet<(Uuid, i64)>,
     rejected: Vec<(usize, sqlx::Error)>,
 }
 
@@ -229,7 +230,7 @@ impl TargetWriter {
             refused.insert(*index);
         }
         let stored = page.events.len() - refused.len();
-        let inserted = written.inserted.as_ref().map_or(stored, HashSet::len);
+        let inserted = written.inserted as usize;
         let present = present_candidates(&page.events, &written, &refused);
         let conflicts = conflicts(conn, &page.events, &present).await?;
         for (index, reason) in conflicts {
@@ -251,7 +252,7 @@ impl TargetWriter {
 
     /// Inserts rows that are not there yet. Returns how many were new.
     pub async fn insert(&self, conn: &mut PgConnection, events: &[TargetEvent]) -> sqlx::Result<WriteOutcome> {
-        let inserted = insert_returning(conn, events).await?.len() as u64;
+        let inserted = insert_reporting(conn, events).await?.rows;
         Ok(WriteOutcome { inserted, already_present: events.len() as u64 - inserted })
     }
 
@@ -277,11 +278,15 @@ impl TargetWriter {
 
     async fn insert_isolating(&self, conn: &mut PgConnection, events: &[TargetEvent]) -> sqlx::Result<Written> {
         if events.is_empty() {
-            return Ok(Written { inserted: Some(HashSet::new()), rejected: vec![] });
+            return Ok(Written::default());
         }
-        let isolated = isolate(conn, events, |conn, chunk| Box::pin(insert_returning(conn, chunk))).await?;
-        let inserted = isolated.written.into_iter().flatten().collect();
-        Ok(Written { inserted: Some(inserted), rejected: isolated.rejected })
+        let isolated = isolate(conn, events, |conn, chunk| Box::pin(insert_reporting(conn, chunk))).await?;
+        let mut written = Written { rejected: isolated.rejected, ..Written::default() };
+        for part in isolated.written {
+            written.inserted += part.rows;
+            written.skipped.extend(part.skipped);
+        }
+        Ok(written)
     }
 
     /// `COPY` under a savepoint; on a collision (or a row the server refuses) the page goes
@@ -292,9 +297,9 @@ impl TargetWriter {
         }
         sqlx::query("SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
         match copy_raw(conn, encode_copy_text(events)).await {
-            Ok(_) => {
+            Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
-                Ok(Written::default())
+                Ok(Written { inserted: rows, ..Written::default() })
             }
             Err(e) if is_code(&e, UNIQUE_VIOLATION) || classify(&e) == WriteErrorKind::Data => {
                 sqlx::query("ROLLBACK TO SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
@@ -306,13 +311,10 @@ impl TargetWriter {
     }
 }
 
-/// The events to compare with what is stored: those the insert did not take, and every
-/// event whose key occurs more than once in the page (one of them went in; the others
-/// may be other versions of it).
+/// The events to compare with what is stored: those the insert skipped with a stored row
+/// that may differ, and every event whose key occurs more than once in the page (one of
+/// them went in; the others may be other versions of it).
 fn present_candidates(events: &[TargetEvent], written: &Written, refused: &HashSet<usize>) -> Vec<usize> {
-    let Some(inserted) = &written.inserted else {
-        return Vec::new();
-    };
     let mut seen: HashMap<(Uuid, i64), usize> = HashMap::new();
     for (i, e) in events.iter().enumerate() {
         if !refused.contains(&i) {
@@ -323,7 +325,7 @@ fn present_candidates(events: &[TargetEvent], written: &Written, refused: &HashS
         .filter(|i| !refused.contains(i))
         .filter(|i| {
             let key = key_of(&events[*i]);
-            !inserted.contains(&key) || seen.get(&key).copied().unwrap_or(0) > 1
+            written.skipped.contains(&key) || seen.get(&key).copied().unwrap_or(0) > 1
         })
         .collect()
 }
@@ -358,18 +360,43 @@ async fn conflicts(conn: &mut PgConnection, events: &[TargetEvent], candidates: 
     Ok(out)
 }
 
-/// The `INSERT … ON CONFLICT DO NOTHING`; returns the keys of the rows it inserted.
-async fn insert_returning(conn: &mut PgConnection, events: &[TargetEvent]) -> sqlx::Result<Vec<(Uuid, i64)>> {
+/// What one `INSERT … ON CONFLICT DO NOTHING` did.
+#[derive(Debug, Default)]
+struct Inserted {
+    rows: u64,
+    /// Keys of events it did not insert whose stored row may hold other content: the stored
+    /// columns differ (jsonb compared as jsonb: key order and number formatting do not
+    /// count), or the row is not visible to the statement (a concurrent writer committed it
+    /// meanwhile). Usually none: a plain redelivery sends nothing back.
+    skipped: Vec<(Uuid, i64)>,
+}
+
+/// The `INSERT … ON CONFLICT DO NOTHING`, reporting the rows it inserted and the skipped
+/// keys worth comparing (see [`Inserted::skipped`]); the comparison itself is
+/// [`conflicts`], with the validation tolerance rules.
+async fn insert_reporting(conn: &mut PgConnection, events: &[TargetEvent]) -> sqlx::Result<Inserted> {
     if events.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Inserted::default());
     }
-    let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO analytics_events_ts
-            (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer)
-         SELECT * FROM UNNEST($1::timestamptz[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                              $7::jsonb[], $8::jsonb[], $9::text[], $10::text[])
-         ON CONFLICT DO NOTHING
-         RETURNING event_id, time",
+    let (rows, ids, times): (i64, Option<Vec<Uuid>>, Option<Vec<DateTime<Utc>>>) = sqlx::query_as(
+        "WITH input AS (
+            SELECT * FROM UNNEST($1::timestamptz[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                 $7::jsonb[], $8::jsonb[], $9::text[], $10::text[])
+                AS i (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer)
+         ), inserted AS (
+            INSERT INTO analytics_events_ts
+                (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer)
+            SELECT * FROM input
+            ON CONFLICT DO NOTHING
+            RETURNING event_id, time
+         )
+         SELECT (SELECT count(*) FROM inserted), array_agg(i.event_id), array_agg(i.time)
+         FROM input AS i
+         LEFT JOIN analytics_events_ts AS e ON e.event_id = i.event_id AND e.time = i.time
+         WHERE NOT EXISTS (SELECT 1 FROM inserted AS n WHERE n.event_id = i.event_id AND n.time = i.time)
+           AND (e.event_id IS NULL
+                OR (e.event_name, e.category, e.user_id, e.session_id, e.properties, e.device_info, e.page_url, e.referrer)
+                   IS DISTINCT FROM (i.event_name, i.category, i.user_id, i.session_id, i.properties, i.device_info, i.page_url, i.referrer))",
     )
     .bind(events.iter().map(|e| e.time).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
@@ -381,9 +408,10 @@ async fn insert_returning(conn: &mut PgConnection, events: &[TargetEvent]) -> sq
     .bind(events.iter().map(|e| &e.device_info).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.page_url.as_deref()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.referrer.as_deref()).collect::<Vec<_>>())
-    .fetch_all(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(rows.into_iter().map(|(id, time)| (id, time.timestamp_millis())).collect())
+    let skipped = ids.unwrap_or_default().into_iter().zip(times.unwrap_or_default()).map(|(id, time)| (id, time.timestamp_millis())).collect();
+    Ok(Inserted { rows: rows as u64, skipped })
 }
 
 type EventRow = (Uuid, DateTime<Utc>, String, String, Option<String>, Option<String>, serde_json::Value, serde_json::Value, Option<String>, Option<String>);
@@ -505,11 +533,12 @@ mod tests {
     fn rows_not_inserted_and_every_repeated_key_are_compared_with_what_is_stored() {
         let events = vec![event(1, 1000, "a"), event(2, 1000, "b"), event(3, 1000, "c"), event(3, 1000, "c2"), event(4, 1000, "refused")];
         // The insert took 1 and one of the two 3s; 2 was already there; 4 was refused.
-        let written = Written { inserted: Some([(uuid::Uuid::from_u128(1), 1000), (uuid::Uuid::from_u128(3), 1000)].into()), rejected: vec![] };
+        let written = Written { inserted: 2, skipped: [(uuid::Uuid::from_u128(2), 1000)].into(), rejected: vec![] };
         let refused: HashSet<usize> = [4].into();
         assert_eq!(present_candidates(&events, &written, &refused), vec![1, 2, 3]);
-        // COPY took the whole page: nothing to compare.
-        assert!(present_candidates(&events, &Written::default(), &HashSet::new()).is_empty());
+        // Everything went in (COPY, or an insert that skipped nothing): nothing to compare.
+        let unique = &events[..3];
+        assert!(present_candidates(unique, &Written { inserted: 3, ..Written::default() }, &HashSet::new()).is_empty());
     }
 
     #[test]
