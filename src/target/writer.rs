@@ -378,7 +378,9 @@ async fn insert_reporting(conn: &mut PgConnection, events: &[TargetEvent]) -> sq
     if events.is_empty() {
         return Ok(Inserted::default());
     }
-    let (rows, ids, times): (i64, Option<Vec<Uuid>>, Option<Vec<DateTime<Utc>>>) = sqlx::query_as(
+    // (rows inserted, skipped ids, their times); the arrays are NULL when nothing was skipped.
+    type Reply = (i64, Option<Vec<Uuid>>, Option<Vec<DateTime<Utc>>>);
+    let (rows, ids, times): Reply = sqlx::query_as(
         "WITH input AS (
             SELECT * FROM UNNEST($1::timestamptz[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                                  $7::jsonb[], $8::jsonb[], $9::text[], $10::text[])
