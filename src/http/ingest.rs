@@ -119,10 +119,11 @@ pub async fn reuse_first_times(redis: &mut ConnectionManager, prefix: &str, wind
         pipe.cmd("SET").arg(&key).arg(batch.events[*index].time_ms).arg("NX").arg("EX").arg(window.as_secs().max(1)).ignore();
         pipe.cmd("GET").arg(&key);
     }
-    let firsts: Vec<Option<i64>> = pipe.query_async(redis).await?;
+    let firsts: Vec<Option<String>> = pipe.query_async(redis).await?;
     for ((index, _), first) in batch.stamped.iter().zip(firsts) {
         let event = &mut batch.events[*index];
-        if let Some(first) = first.filter(|t| *t != event.time_ms) {
+        // A value that is not a time (written by something else) is ignored, not trusted.
+        if let Some(first) = first.and_then(|t| t.parse::<i64>().ok()).filter(|t| *t != event.time_ms) {
             event.restamp(first);
         }
     }

@@ -134,8 +134,8 @@ pub struct Isolated<R> {
 /// Writes `items` with `write` inside the caller's transaction. When the server refuses
 /// the data ([`WriteErrorKind::Data`]), the write is rolled back to a savepoint and
 /// retried on each half, down to single items: `k` bad items among `n` cost about
-/// `2k·log2(n)` statements, and none when all is well. Any other error is returned as is
-/// (the caller retries the whole transaction).
+/// `2k·log2(n)` writes; when all is well, the savepoint's two statements. Any other error
+/// is returned as is (the caller retries the whole transaction).
 pub async fn isolate<T, R>(
     conn: &mut PgConnection,
     items: &[T],
@@ -244,7 +244,7 @@ impl TargetWriter {
         }
         Ok(PageOutcome {
             inserted: inserted as u64,
-            already_present: (stored - inserted - conflicting) as u64,
+            already_present: stored.saturating_sub(inserted + conflicting) as u64,
             dead_letters: page.dead.len() + letters.len(),
             dead_letters_recorded: recorded,
         })
