@@ -19,5 +19,5 @@ pub async fn legacy_pool(settings: &Settings) -> Result<PgPool, ConnectError> {
 }
 
 pub async fn redis(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
-    connect::redis(&settings.redis.url, Duration::from_secs(settings.database.connect_timeout_secs)).await
+    connect::redis(&settings.redis, Duration::from_secs(settings.database.connect_timeout_secs)).await
 }

@@ -19,6 +19,8 @@ mod prepare;
 mod reads;
 mod scenario;
 mod seed;
+mod servers;
 mod status;
 mod timescaledb;
+mod tls;
 mod validate;
