@@ -286,6 +286,27 @@ mod tests {
         assert_eq!(pg_tls_advice(&url, &sqlx::Error::PoolTimedOut), None);
     }
 
+    /// ARCHITECTURE.md: every Redis client is built by `redis_client`, so TLS settings reach all.
+    #[test]
+    fn no_other_source_file_builds_a_redis_client() {
+        fn visit(dir: &Path, offenders: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    visit(&path, offenders);
+                } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("src/connect.rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if ["Client::open(", "Client::build_with_tls("].iter().any(|call| text.contains(call)) {
+                        offenders.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+        let mut offenders = Vec::new();
+        visit(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut offenders);
+        assert!(offenders.is_empty(), "build Redis clients with connect::redis_client (it applies the TLS settings): {offenders:?}");
+    }
+
     #[test]
     fn a_ca_file_without_a_certificate_is_refused_before_connecting() {
         let dir = tempfile::tempdir().unwrap();
