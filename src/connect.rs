@@ -119,8 +119,25 @@ fn install_crypto_provider() {
     });
 }
 
+/// How long a Redis command may take before the call fails (the server is then treated as down).
+pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A reconnecting Redis connection; fails fast when the server is unreachable.
+///
+/// Clones share one multiplexed connection: a command that holds it (a blocking read)
+/// delays every other clone, so such commands need a connection of their own
+/// ([`redis_for_blocking_reads`]).
 pub async fn redis(settings: &RedisSettings, timeout: Duration) -> Result<ConnectionManager, ConnectError> {
+    redis_with_response_timeout(settings, timeout, REDIS_RESPONSE_TIMEOUT).await
+}
+
+/// A Redis connection of its own for a worker whose commands block (`XREADGROUP … BLOCK`)
+/// for up to `longest_block`; its response deadline allows for that wait.
+pub async fn redis_for_blocking_reads(settings: &RedisSettings, timeout: Duration, longest_block: Duration) -> Result<ConnectionManager, ConnectError> {
+    redis_with_response_timeout(settings, timeout, REDIS_RESPONSE_TIMEOUT + longest_block).await
+}
+
+async fn redis_with_response_timeout(settings: &RedisSettings, timeout: Duration, response_timeout: Duration) -> Result<ConnectionManager, ConnectError> {
     let url = &settings.url;
     let err = |e: redis::RedisError| redis_error(settings, e);
     let client = redis_client(settings)?;
@@ -130,8 +147,7 @@ pub async fn redis(settings: &RedisSettings, timeout: Duration) -> Result<Connec
         Ok(Err(e)) => return Err(err(e)),
         Err(_) => return Err(ConnectError::Redis { url: url.redacted(), reason: no_answer(url, timeout) }),
     }
-    let config =
-        redis::aio::ConnectionManagerConfig::new().set_connection_timeout(timeout).set_response_timeout(Duration::from_secs(30)).set_number_of_retries(2);
+    let config = redis::aio::ConnectionManagerConfig::new().set_connection_timeout(timeout).set_response_timeout(response_timeout).set_number_of_retries(2);
     tokio::time::timeout(timeout + Duration::from_secs(1), ConnectionManager::new_with_config(client, config))
         .await
         .map_err(|_| ConnectError::Redis { url: url.redacted(), reason: "timed out".into() })?

@@ -17,6 +17,7 @@ mod legacy;
 mod lifecycle;
 mod prepare;
 mod reads;
+mod relay_isolation;
 mod scenario;
 mod seed;
 mod servers;
