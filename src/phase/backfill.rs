@@ -79,11 +79,11 @@ pub struct BackfillReport {
 }
 
 /// One page read from Redis, parsed, ready to commit.
-struct Page {
-    events: Vec<TargetEvent>,
-    dead: Vec<DeadLetter>,
-    read: usize,
-    cursor_after: ScoreCursor,
+pub(super) struct Page {
+    pub events: Vec<TargetEvent>,
+    pub dead: Vec<DeadLetter>,
+    pub read: usize,
+    pub cursor_after: ScoreCursor,
 }
 
 pub async fn run(settings: &Settings, options: BackfillOptions) -> anyhow::Result<BackfillReport> {
@@ -219,7 +219,8 @@ pub async fn run(settings: &Settings, options: BackfillOptions) -> anyhow::Resul
     Ok(report)
 }
 
-async fn read_pages(
+/// Reads pages from `cursor` to `until` (inclusive) into `tx`, one ahead of the writer.
+pub(super) async fn read_pages(
     mut redis: redis::aio::ConnectionManager,
     key: String,
     mut cursor: ScoreCursor,

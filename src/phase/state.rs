@@ -10,7 +10,7 @@ use crate::config::SecretUrl;
 use crate::target::StorageMode;
 
 /// Key of the session advisory lock every phase command holds.
-const PHASE_LOCK_KEY: &str = "tsmigrate.phase";
+pub const PHASE_LOCK_KEY: &str = "tsmigrate.phase";
 /// How long a phase command waits for the lock before refusing.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 

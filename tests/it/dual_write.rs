@@ -56,6 +56,7 @@ async fn drain(relay: &mut Relay) -> u64 {
             RelayOutcome::Relayed { inserted: n, .. } => inserted += n,
             RelayOutcome::Idle => return inserted,
             RelayOutcome::TargetUnavailable { error } => panic!("target unavailable: {error}"),
+            RelayOutcome::GroupRecreated { gap } => panic!("the consumer group vanished: {gap:?}"),
         }
     }
     panic!("the relay did not drain the outbox");
