@@ -63,6 +63,27 @@ async fn drain(relay: &mut Relay) -> u64 {
 }
 
 #[tokio::test]
+async fn overlong_urls_are_rejected_like_overlong_names() {
+    let env = TestEnv::new().await;
+    let router = router(&env).await;
+    let url = format!("https://example.com/p?{}", "q=1&".repeat(600));
+    let body = json!({"events": [
+        {"event_name": "view", "category": "nav", "page_url": "https://example.com/ok"},
+        {"event_name": "view", "category": "nav", "page_url": url},
+        {"event_name": "view", "category": "nav", "referrer": url},
+    ]});
+    let (status, body) = post(&router, &body.to_string(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(rejected.iter().map(|r| r["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2], "{body}");
+    assert!(rejected[0]["problems"][0].as_str().unwrap().contains("page_url is longer than 2048"), "{body}");
+    assert!(rejected[1]["problems"][0].as_str().unwrap().contains("referrer is longer than 2048"), "{body}");
+    let mut redis = env.redis().await;
+    let stored: i64 = redis.zcard(env.keys().events).await.unwrap();
+    assert_eq!(stored, 0, "nothing was written");
+}
+
+#[tokio::test]
 async fn bad_batches_get_400_naming_each_bad_event_and_nothing_is_written() {
     let env = TestEnv::new().await;
     let router = router(&env).await;

@@ -115,11 +115,16 @@ async fn status_after_seed_and_prepare_counts_both_systems() {
 }
 
 #[tokio::test]
-async fn status_reports_an_unreachable_redis_instead_of_failing() {
+async fn status_with_an_unreachable_redis_prints_what_it_could_read_and_exits_2() {
     let env = TestEnv::new().await;
     let out = env.cli_with_env(&["status", "--json"], &[("REDIS_URL", "redis://127.0.0.1:1")]);
-    let status = out.expect_success().json();
+    let status = out.expect_code(2).json();
+    assert_eq!(field(&status, "phase"), "new", "the rest is still reported");
     let redis = field(&status, "redis");
     assert_eq!(redis["reachable"], Value::Bool(false));
     assert!(redis["error"].as_str().unwrap().contains("Redis"), "{redis}");
+    assert!(out.stderr.contains("status is incomplete: Redis is unreachable"), "{}", out.stderr);
+    let text = env.cli_with_env(&["status"], &[("REDIS_URL", "redis://127.0.0.1:1")]);
+    text.expect_code(2);
+    assert!(text.stdout.contains("redis:          UNREACHABLE"), "{}", text.stdout);
 }
