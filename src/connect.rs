@@ -132,10 +132,8 @@ pub async fn redis(url: &SecretUrl, timeouts: RedisTimeouts) -> Result<Connectio
         Ok(Err(e)) => return Err(err(e)),
         Err(_) => return Err(no_answer()),
     }
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(timeouts.connect)
-        .set_response_timeout(timeouts.response)
-        .set_number_of_retries(0);
+    let config =
+        redis::aio::ConnectionManagerConfig::new().set_connection_timeout(timeouts.connect).set_response_timeout(timeouts.response).set_number_of_retries(0);
     tokio::time::timeout(timeouts.connect + Duration::from_secs(1), ConnectionManager::new_with_config(client, config))
         .await
         .map_err(|_| no_answer())?

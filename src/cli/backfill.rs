@@ -44,7 +44,8 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
         emit(json, &report, |r| r.human())?;
         return Ok(Outcome::Success);
     }
-    let options = BackfillOptions { page_size, max_rate: args.max_rate.map(|r| r as u64), dry_run: args.dry_run, import_history: !args.no_history, quiet: json };
+    let options =
+        BackfillOptions { page_size, max_rate: args.max_rate.map(|r| r as u64), dry_run: args.dry_run, import_history: !args.no_history, quiet: json };
     let report = backfill::run(settings, options).await?;
     emit(json, &report, |r| r.human())?;
     Ok(Outcome::Success)

@@ -46,7 +46,12 @@ pub async fn run(
     let mut scheduler = None;
     if options.jobs {
         // The jobs read a lot per command (the legacy flush): their own, more patient connection.
-        let ctx = jobs::JobContext { settings: Arc::new(settings.clone()), target: target.clone(), legacy: legacy.clone(), redis: crate::db::redis_bulk(&settings).await? };
+        let ctx = jobs::JobContext {
+            settings: Arc::new(settings.clone()),
+            target: target.clone(),
+            legacy: legacy.clone(),
+            redis: crate::db::redis_bulk(&settings).await?,
+        };
         scheduler = Some(jobs::schedule(ctx).await?);
     }
     crate::telemetry::metrics_handle();

@@ -36,7 +36,10 @@ impl OutboxGap {
 
     pub fn describe(&self) -> String {
         let from = self.window_from.map(|t| t.to_string()).unwrap_or_else(|| "?".into());
-        format!("possible gap #{} in dual-write: outbox entries from {from} to {} may not have reached the target (Redis lost the outbox)", self.id, self.window_to)
+        format!(
+            "possible gap #{} in dual-write: outbox entries from {from} to {} may not have reached the target (Redis lost the outbox)",
+            self.id, self.window_to
+        )
     }
 }
 

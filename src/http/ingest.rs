@@ -79,17 +79,23 @@ pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Byt
     authorize(&state, &headers)?;
     let limits = IngestLimits { max_event_bytes: state.settings.ingest.max_event_bytes, ..Default::default() };
     let events = parse_batch(&body, state.settings.ingest.max_batch, limits)?;
-    let mut redis = state.redis.clone();
-    let dual_write = state
-        .dual_write
-        .get(&mut redis, &state.keys.dual_write_flag)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
     let started = std::time::Instant::now();
-    writer::write_batch(&mut redis, &state.keys, state.settings.redis.event_cap, &events, dual_write)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("Redis write failed ({e}); nothing was written, retry the batch")))?;
+    let written = match write(&state, &events).await {
+        // A refused connection sent nothing, so trying again cannot write twice. It is often
+        // the answer to an attempt made while Redis was down: the retry makes a fresh one.
+        Err(e) if e.is_connection_refusal() => write(&state, &events).await,
+        other => other,
+    };
+    let dual_write = written.map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
     metrics::histogram!("tsmigrate_write_seconds", "system" => "redis").record(started.elapsed().as_secs_f64());
     metrics::counter!("tsmigrate_ingest_events_total").increment(events.len() as u64);
     Ok((StatusCode::ACCEPTED, Json(IngestResponse { accepted: events.len(), dual_write })))
+}
+
+/// Writes one batch (to the outbox too while dual-write is on); returns whether it did.
+async fn write(state: &AppState, events: &[AcceptedEvent]) -> redis::RedisResult<bool> {
+    let mut redis = state.redis.clone();
+    let dual_write = state.dual_write.get(&mut redis, &state.keys.dual_write_flag).await?;
+    writer::write_batch(&mut redis, &state.keys, state.settings.redis.event_cap, events, dual_write).await?;
+    Ok(dual_write)
 }

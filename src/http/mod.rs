@@ -100,7 +100,10 @@ impl DualWriteFlag {
                     None => {
                         if fallback == Some(true) {
                             metrics::counter!("tsmigrate_dual_write_flag_missing_total").increment(1);
-                            tracing::warn!(key, "the dual-write flag is missing from Redis while the migration state says dual-write is on; writing the outbox anyway");
+                            tracing::warn!(
+                                key,
+                                "the dual-write flag is missing from Redis while the migration state says dual-write is on; writing the outbox anyway"
+                            );
                         }
                         fallback.unwrap_or(false)
                     }
@@ -156,10 +159,9 @@ async fn read_body_in_time(State(deadlines): State<Deadlines>, request: Request,
     let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, deadlines.body_limit));
     match tokio::time::timeout(deadlines.body, read).await {
         Ok(Ok(collected)) => next.run(Request::from_parts(parts, Body::from(collected.to_bytes()))).await,
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => close(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is larger than ingest.max_body_bytes ({} bytes)", deadlines.body_limit),
-        ),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            close(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than ingest.max_body_bytes ({} bytes)", deadlines.body_limit))
+        }
         Ok(Err(e)) => close(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}")),
         Err(_) => {
             metrics::counter!("tsmigrate_http_read_timeouts_total").increment(1);
@@ -214,9 +216,7 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Ready when Redis answers and, if configured, the target does too — each within
 /// [`READY_PROBE_TIMEOUT`], so a server that is down makes `/ready` answer 503, not hang.
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let mut redis = state.redis.clone();
-    let ping = redis::cmd("PING");
-    let redis_probe = tokio::time::timeout(READY_PROBE_TIMEOUT, ping.query_async::<String>(&mut redis));
+    let redis_probe = tokio::time::timeout(READY_PROBE_TIMEOUT, ping(state.redis.clone()));
     let target_probe = async {
         match &state.target {
             Some(pool) => matches!(tokio::time::timeout(READY_PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await, Ok(Ok(_))),
@@ -227,6 +227,15 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
     let redis_ok = matches!(redis_reply, Ok(Ok(_)));
     let code = if redis_ok && target_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(json!({"redis": redis_ok, "target": target_ok})))
+}
+
+/// PING, and once more when the connection was refused (a stale answer from an attempt made
+/// while Redis was down; the second try connects afresh).
+async fn ping(mut redis: ConnectionManager) -> redis::RedisResult<String> {
+    match redis::cmd("PING").query_async(&mut redis).await {
+        Err(e) if e.is_connection_refusal() => redis::cmd("PING").query_async(&mut redis).await,
+        other => other,
+    }
 }
 
 /// Serves until `shutdown` resolves; requests in flight complete first.

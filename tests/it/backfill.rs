@@ -26,7 +26,10 @@ async fn phase_gates_refuse_out_of_order_steps() {
     assert_eq!(field(&again, "phase_after"), "dual_writing");
     let refused: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log WHERE outcome = 'refused'").fetch_one(&env.pool).await.unwrap();
     assert_eq!(refused, 1, "refusals after prepare are audited");
-    let starts: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log WHERE command = 'dual-write start' AND outcome = 'done'").fetch_one(&env.pool).await.unwrap();
+    let starts: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log WHERE command = 'dual-write start' AND outcome = 'done'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(starts, 1, "the completion point was recorded once");
 }
 

@@ -121,11 +121,8 @@ async fn a_tsmigrate_toml_in_the_working_directory_is_read() {
 #[tokio::test]
 async fn blank_reasons_and_zero_page_sizes_are_usage_errors() {
     let env = TestEnv::new().await;
-    for args in [
-        &["cutover", "--force", "--reason", ""][..],
-        &["cutover", "--force", "--reason", "   "][..],
-        &["retire-flush", "--force", "--reason", ""][..],
-    ] {
+    for args in [&["cutover", "--force", "--reason", ""][..], &["cutover", "--force", "--reason", "   "][..], &["retire-flush", "--force", "--reason", ""][..]]
+    {
         let out = env.cli(args);
         out.expect_code(2);
         assert!(out.stderr.contains("reason must not be empty"), "{args:?}: {}", out.stderr);

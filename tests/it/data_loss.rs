@@ -65,9 +65,10 @@ async fn a_redis_that_restarts_empty_keeps_dual_write_on_and_reports_the_gap() {
     let lost_at = chrono::Utc::now();
     redis.restart().await;
     let restarted_at = chrono::Utc::now();
-    let mut conn = tsmigrate::connect::redis(&tsmigrate::config::SecretUrl::new(&redis_url), tsmigrate::connect::RedisTimeouts::from_settings(&env.settings.redis))
-        .await
-        .unwrap();
+    let mut conn =
+        tsmigrate::connect::redis(&tsmigrate::config::SecretUrl::new(&redis_url), tsmigrate::connect::RedisTimeouts::from_settings(&env.settings.redis))
+            .await
+            .unwrap();
     let stream: bool = conn.exists(env.keys().outbox).await.unwrap();
     assert!(!stream, "the restart lost the outbox");
 
@@ -135,6 +136,10 @@ async fn check_status_and_repair(env: &TestEnv, over: &[(&str, &str)]) {
     let flag: Option<String> = redis.get(env.keys().dual_write_flag).await.unwrap();
     assert_eq!(flag.as_deref(), Some("1"));
 
+    // Validation needs whole past hours both systems hold: seed some into the (emptied) Redis
+    // and backfill them.
+    env.cli_with_env(&["seed", "--events", "300", "--days", "1", "--users", "20", "--seed", "5", "--end", "-2h"], over).expect_success();
+    env.cli_with_env(&["backfill", "--no-history"], over).expect_success();
     let validated = env.cli_with_env(&["validate", "--json"], over);
     assert!(validated.code == 0 || validated.code == 1, "{}\n{}", validated.stdout, validated.stderr);
     let advice = validated.json()["next_steps"][0].as_str().unwrap_or_default().to_string();

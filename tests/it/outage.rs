@@ -56,7 +56,8 @@ impl Load {
                         }
                         let ids: Vec<String> = (0..BATCH).map(|i| format!("blip-w{worker}-b{n}-e{i}")).collect();
                         let now = chrono::Utc::now().timestamp_millis();
-                        let events: Vec<_> = ids.iter().map(|id| json!({"id": id, "event_name": "page_view", "category": "navigation", "timestamp": now})).collect();
+                        let events: Vec<_> =
+                            ids.iter().map(|id| json!({"id": id, "event_name": "page_view", "category": "navigation", "timestamp": now})).collect();
                         let started = Instant::now();
                         let reply = client.post(&url).header("content-type", "application/json").body(json!({ "events": events }).to_string()).send().await;
                         let status = reply.ok().map(|r| r.status().as_u16());
