@@ -30,10 +30,10 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
     /// Repair a window: copy the events scored from this time (RFC 3339, a date, or -6h).
-    #[arg(long, value_parser = parse_time, requires = "to", conflicts_with_all = ["dry_run", "max_rate", "no_history"])]
+    #[arg(long, value_parser = parse_time, requires = "to", allow_hyphen_values = true, conflicts_with_all = ["dry_run", "max_rate", "no_history"])]
     pub from: Option<chrono::DateTime<chrono::Utc>>,
     /// Repair a window: ... up to this time (inclusive).
-    #[arg(long, value_parser = parse_time, requires = "from")]
+    #[arg(long, value_parser = parse_time, requires = "from", allow_hyphen_values = true)]
     pub to: Option<chrono::DateTime<chrono::Utc>>,
 }
 

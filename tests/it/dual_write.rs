@@ -268,3 +268,47 @@ async fn tail_mode_follows_the_sorted_set_and_picks_up_late_events() {
     }
     assert_eq!(target_counts(&env).await, (32, 32));
 }
+
+#[tokio::test]
+async fn a_missing_flag_follows_the_migration_state_and_stop_is_an_explicit_off() {
+    let env = TestEnv::new().await;
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    let mut redis = env.redis().await;
+    let flag = env.keys().dual_write_flag;
+    let dual_write = |body: Value| body["dual_write"].as_bool().unwrap();
+
+    // No flag and nothing known about the state: off.
+    let (status, body) = post(&router(&env).await, &batch(1, 0), None).await;
+    assert_eq!((status, dual_write(body)), (StatusCode::ACCEPTED, false));
+    // No flag (Redis lost it) while the state says on: still on.
+    let state = AppState::new(env.settings.clone(), env.redis().await, None, None);
+    state.dual_write.set_state_view(true);
+    let (_, body) = post(&app(state), &batch(1, 1), None).await;
+    assert!(dual_write(body), "a lost flag does not turn dual-write off");
+
+    env.cli(&["dual-write", "start"]).expect_success();
+    env.cli(&["dual-write", "stop"]).expect_success();
+    let value: Option<String> = redis.get(&flag).await.unwrap();
+    assert_eq!(value.as_deref(), Some("0"), "stop writes an explicit off");
+    let state = AppState::new(env.settings.clone(), env.redis().await, None, None);
+    state.dual_write.set_state_view(true);
+    let (_, body) = post(&app(state), &batch(1, 2), None).await;
+    assert!(!dual_write(body), "an explicit off wins over a stale view of the state");
+
+    // The daemon's check restores a lost flag only while the state says dual-write is on.
+    use tsmigrate::dual_write::flag::{check, FlagCheck};
+    let _: () = redis.del(&flag).await.unwrap();
+    assert_eq!(check(&env.pool, &mut redis, &env.keys()).await.unwrap(), FlagCheck::InPlace { on: false });
+    env.cli(&["dual-write", "start"]).expect_success();
+    let _: () = redis.del(&flag).await.unwrap();
+    let restored = check(&env.pool, &mut redis, &env.keys()).await.unwrap();
+    assert!(matches!(restored, FlagCheck::Restored { found: None, .. }), "{restored:?}");
+    let value: Option<String> = redis.get(&flag).await.unwrap();
+    assert_eq!(value.as_deref(), Some("1"));
+    assert_eq!(check(&env.pool, &mut redis, &env.keys()).await.unwrap(), FlagCheck::InPlace { on: true });
+    // Never while a phase command holds the lock (it may be turning dual-write on or off).
+    let _: () = redis.del(&flag).await.unwrap();
+    let guard = tsmigrate::phase::state::PhaseGuard::acquire(&env.settings.database.url).await.unwrap();
+    assert_eq!(check(&env.pool, &mut redis, &env.keys()).await.unwrap(), FlagCheck::Busy { on: true });
+    drop(guard);
+}
