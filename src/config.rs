@@ -184,6 +184,9 @@ pub struct RedisSettings {
     pub outbox_stream: String,
     /// Consumer group the relay workers share.
     pub outbox_group: String,
+    /// How long the relay's read waits for new outbox entries when it has caught up (ms).
+    /// The relay reads on a connection of its own, so this wait never delays other work.
+    pub relay_block_ms: u64,
     /// String key set to "1" once the legacy flush is retired, for external workers to check.
     pub flush_retired_key: String,
     /// Prefix of read-API cache keys.
@@ -207,6 +210,7 @@ impl Default for RedisSettings {
             event_cap: 100_000,
             outbox_stream: "analytics:outbox".into(),
             outbox_group: "tsmigrate-relay".into(),
+            relay_block_ms: 500,
             flush_retired_key: "analytics:flush_retired".into(),
             cache_prefix: "analytics:cache".into(),
             connect_timeout_ms: 2000,
@@ -447,6 +451,9 @@ impl Settings {
         if self.redis.event_cap == 0 {
             problems.push("redis.event_cap must be at least 1".into());
         }
+        if !(1..=MAX_RELAY_BLOCK_MS).contains(&self.redis.relay_block_ms) {
+            problems.push(format!("redis.relay_block_ms must be between 1 and {MAX_RELAY_BLOCK_MS} (it bounds how late the relay notices shutdown)"));
+        }
         if self.ingest.max_batch == 0 {
             problems.push("ingest.max_batch must be at least 1".into());
         }
@@ -484,6 +491,9 @@ impl Settings {
         }
     }
 }
+
+/// The relay notices shutdown between reads, so its read wait is kept to a minute at most.
+pub const MAX_RELAY_BLOCK_MS: u64 = 60_000;
 
 fn check_url(what: &str, url: &SecretUrl, schemes: &[&str], problems: &mut Vec<String>) {
     match url::Url::parse(url.expose()) {

@@ -122,6 +122,10 @@ impl RedisTimeouts {
 /// reconnects. The manager's own retries are off on purpose: they sleep between attempts
 /// (at least a second, then growing to a minute), and every command issued meanwhile waits
 /// on them — a blip of a few seconds became minutes of hung requests.
+///
+/// Clones share one multiplexed connection: a command that holds it (a blocking read)
+/// delays every other clone, so such commands need a connection of their own, with
+/// [`RedisTimeouts::blocking`] deadlines.
 pub async fn redis(url: &SecretUrl, timeouts: RedisTimeouts) -> Result<ConnectionManager, ConnectError> {
     let err = |e: redis::RedisError| ConnectError::Redis { url: url.redacted(), reason: scrub(&e.to_string(), url) };
     let client = redis::Client::open(url.expose()).map_err(err)?;

@@ -33,7 +33,7 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
         reason: "the target is not prepared".into(),
         next: "tsmigrate prepare".into(),
     })?;
-    let redis = crate::db::redis(settings).await?;
+    let redis = crate::db::relay_redis(settings).await?;
     let keys = Arc::new(LegacyKeys::from_settings(settings));
     let writer = Arc::new(TargetWriter::new(pool, mode));
     if args.tail {
@@ -59,7 +59,7 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
         emit(json, &serde_json::json!({"read": read, "inserted": inserted}), |_| format!("tail: {read} read, {inserted} inserted\n"))?;
         return Ok(Outcome::Success);
     }
-    let mut relay = Relay::new(redis, writer, keys, RelayOptions::new(&settings.redis.outbox_group));
+    let mut relay = Relay::new(redis, writer, keys, RelayOptions::from_settings(settings));
     if args.once {
         if let Some(RelayOutcome::GroupRecreated { gap: Some(gap) }) = relay.ensure_group().await? {
             eprintln!("warning: {}; repair: {}", gap.describe(), gap.repair_command());

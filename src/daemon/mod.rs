@@ -31,12 +31,15 @@ pub async fn run(
     options: DaemonOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Ingest and the read cache share one multiplexed connection; the relay and the jobs
+    // each get their own, because a blocking read or a job's large range read on the shared
+    // connection would hold up every request queued behind it.
     let redis = crate::db::redis(&settings).await?;
     let target = crate::db::target_pool_lazy(&settings)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
     if options.relay {
-        workers.push(tokio::spawn(supervise_relay(settings.clone(), redis.clone(), target.clone(), stop_rx.clone())));
+        workers.push(tokio::spawn(supervise_relay(settings.clone(), target.clone(), stop_rx.clone())));
     }
     // The legacy tables live in the target database unless a legacy URL says otherwise.
     let legacy = match &settings.database.legacy_url {
@@ -45,7 +48,7 @@ pub async fn run(
     };
     let mut scheduler = None;
     if options.jobs {
-        // The jobs read a lot per command (the legacy flush): their own, more patient connection.
+        // The jobs read a lot per command (the legacy flush): their own connection, and a patient one.
         let ctx = jobs::JobContext {
             settings: Arc::new(settings.clone()),
             target: target.clone(),
@@ -93,30 +96,38 @@ async fn keep_dual_write_flag(state: AppState, mut stop: watch::Receiver<bool>) 
 }
 
 /// Starts the relay once the target says what storage mode it is in, retrying while the
-/// target is unreachable or not prepared yet.
-async fn supervise_relay(settings: Settings, redis: redis::aio::ConnectionManager, target: sqlx::PgPool, mut stop: watch::Receiver<bool>) {
+/// target or Redis is unreachable or the target is not prepared yet. The relay reads on a
+/// Redis connection of its own (see [`crate::db::relay_redis`]).
+async fn supervise_relay(settings: Settings, target: sqlx::PgPool, mut stop: watch::Receiver<bool>) {
     let keys = Arc::new(LegacyKeys::from_settings(&settings));
     loop {
         if *stop.borrow() {
             return;
         }
-        match crate::phase::state::load_from_pool(&target).await {
-            Ok(state) if state.storage_mode.is_some() => {
-                let writer = Arc::new(TargetWriter::new(target.clone(), state.storage_mode.expect("checked")));
-                let relay = Relay::new(redis.clone(), writer, keys.clone(), RelayOptions::new(&settings.redis.outbox_group));
-                match relay::run_until(relay, stop.clone()).await {
-                    Ok(()) => return,
-                    Err(e) => tracing::warn!(error = %e, "relay stopped; restarting"),
-                }
-            }
-            Ok(_) => tracing::debug!("target not prepared yet; relay waits"),
-            Err(e) => tracing::warn!(error = %e, "target unreachable; relay waits"),
+        match start_relay(&settings, &target, &keys).await {
+            Ok(Some(relay)) => match relay::run_until(relay, stop.clone()).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, "relay stopped; restarting"),
+            },
+            Ok(None) => tracing::debug!("target not prepared yet; relay waits"),
+            Err(e) => tracing::warn!(error = %e, "relay cannot start yet; retrying"),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {},
             _ = stop.changed() => {},
         }
     }
+}
+
+/// A relay for the target's storage mode, or `None` while the target is not prepared.
+async fn start_relay(settings: &Settings, target: &sqlx::PgPool, keys: &Arc<LegacyKeys>) -> anyhow::Result<Option<Relay>> {
+    let state = crate::phase::state::load_from_pool(target).await?;
+    let Some(mode) = state.storage_mode else {
+        return Ok(None);
+    };
+    let redis = crate::db::relay_redis(settings).await?;
+    let writer = Arc::new(TargetWriter::new(target.clone(), mode));
+    Ok(Some(Relay::new(redis, writer, keys.clone(), RelayOptions::from_settings(settings))))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -17,6 +17,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
 use super::gaps::{self, OutboxGap};
 use super::outbox;
+use crate::config::Settings;
 use crate::event::TargetEvent;
 use crate::legacy::writer::{OUTBOX_MEMBER_FIELD, OUTBOX_SCORE_FIELD};
 use crate::legacy::LegacyKeys;
@@ -62,6 +63,11 @@ impl RelayOptions {
     pub fn new(group: &str) -> Self {
         RelayOptions { group: group.into(), consumer: consumer_name(), batch: 1000, block: Duration::from_millis(500), claim_idle: Duration::from_secs(60) }
     }
+
+    /// The group and read wait from the settings.
+    pub fn from_settings(settings: &Settings) -> Self {
+        RelayOptions { block: Duration::from_millis(settings.redis.relay_block_ms), ..Self::new(&settings.redis.outbox_group) }
+    }
 }
 
 /// A consumer name unique to this process.
@@ -71,6 +77,8 @@ pub fn consumer_name() -> String {
 }
 
 pub struct Relay {
+    /// A connection of the relay's own ([`crate::db::relay_redis`]): the blocking read
+    /// holds it while it waits, which must not delay anyone else.
     redis: ConnectionManager,
     writer: Arc<TargetWriter>,
     keys: Arc<LegacyKeys>,

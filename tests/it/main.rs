@@ -19,6 +19,7 @@ mod lifecycle;
 mod outage;
 mod prepare;
 mod reads;
+mod relay_isolation;
 mod scenario;
 mod seed;
 mod servers;
