@@ -81,9 +81,10 @@ pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Byt
     let events = parse_batch(&body, state.settings.ingest.max_batch, limits)?;
     let started = std::time::Instant::now();
     let written = match write(&state, &events).await {
-        // A refused connection sent nothing, so trying again cannot write twice. It is often
-        // the answer to an attempt made while Redis was down: the retry makes a fresh one.
-        Err(e) if e.is_connection_refusal() => write(&state, &events).await,
+        // After a Redis restart the first command finds the old, dead connection (or the
+        // answer of an attempt made while Redis was down); one more try connects afresh.
+        // Not after a timeout: the server may still be working on it, or hung.
+        Err(e) if e.is_io_error() && !e.is_timeout() => write(&state, &events).await,
         other => other,
     };
     let dual_write = written.map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
@@ -93,6 +94,12 @@ pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Byt
 }
 
 /// Writes one batch (to the outbox too while dual-write is on); returns whether it did.
+///
+/// The batch is one `MULTI … EXEC`: it reaches Redis whole or not at all. When the
+/// connection breaks after `EXEC` was sent, the caller cannot tell which; trying again (here,
+/// or the tracker after a 503) then stores the events once (identical members, idempotent
+/// relay) and adds the batch to the legacy all-time counters twice — the same as a tracker
+/// that resends after a 503.
 async fn write(state: &AppState, events: &[AcceptedEvent]) -> redis::RedisResult<bool> {
     let mut redis = state.redis.clone();
     let dual_write = state.dual_write.get(&mut redis, &state.keys.dual_write_flag).await?;

@@ -229,11 +229,12 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
     (code, Json(json!({"redis": redis_ok, "target": target_ok})))
 }
 
-/// PING, and once more when the connection was refused (a stale answer from an attempt made
-/// while Redis was down; the second try connects afresh).
+/// PING, and once more after a connection error: after a Redis restart the first command
+/// finds the old, dead connection (or a failed attempt made while Redis was down); the
+/// second try connects afresh.
 async fn ping(mut redis: ConnectionManager) -> redis::RedisResult<String> {
     match redis::cmd("PING").query_async(&mut redis).await {
-        Err(e) if e.is_connection_refusal() => redis::cmd("PING").query_async(&mut redis).await,
+        Err(e) if e.is_io_error() => redis::cmd("PING").query_async(&mut redis).await,
         other => other,
     }
 }
