@@ -77,6 +77,15 @@ pub fn warnings(facts: &OutboxDurability) -> Vec<String> {
     out
 }
 
+/// Like [`inspect`], but a server that refuses `INFO` (ACLs) gives a warning, not an error.
+pub async fn inspect_or_warn(redis: &mut ConnectionManager) -> OutboxDurability {
+    inspect(redis).await.unwrap_or_else(|e| OutboxDurability { warnings: vec![cannot_check(&e.to_string())], ..Default::default() })
+}
+
+fn cannot_check(error: &str) -> String {
+    format!("could not check whether Redis persists the outbox: {}", error.lines().next().unwrap_or_default())
+}
+
 /// The warnings for the Redis at `settings`, or one saying it could not be checked.
 pub async fn warnings_for(settings: &crate::config::Settings) -> Vec<String> {
     let checked = async {
@@ -85,7 +94,7 @@ pub async fn warnings_for(settings: &crate::config::Settings) -> Vec<String> {
     };
     match checked.await {
         Ok(facts) => facts.warnings,
-        Err(e) => vec![format!("could not check whether Redis persists the outbox: {}", e.to_string().lines().next().unwrap_or_default())],
+        Err(e) => vec![cannot_check(&e.to_string())],
     }
 }
 

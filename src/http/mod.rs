@@ -195,15 +195,25 @@ async fn metrics_text() -> (StatusCode, String) {
 }
 
 /// `tsmigrate status --json`, over HTTP (admin: needs the bearer token when one is set).
-/// 503 names the server that is down; the status itself reports an unreachable Redis.
-async fn admin_status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Json<serde_json::Value>, error::ApiError> {
+/// 503 names the server that is down: the target (no status then), or Redis (with the
+/// status it could still read, like the CLI, which exits 2 then).
+async fn admin_status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Response, error::ApiError> {
     ingest::authorize(&state, &headers)?;
     let status = crate::phase::status::gather(&state.settings).await.map_err(|e| match e.downcast_ref::<crate::connect::ConnectError>() {
         Some(down) => error::ApiError::Unavailable(down.to_string()),
         None if e.downcast_ref::<sqlx::Error>().is_some() => error::ApiError::Unavailable(format!("the target database failed: {e}")),
         None => error::ApiError::Unexpected(e),
     })?;
-    Ok(Json(serde_json::to_value(status).map_err(|e| error::ApiError::Unexpected(e.into()))?))
+    let down = status.unreachable();
+    let mut body = serde_json::to_value(status).map_err(|e| error::ApiError::Unexpected(e.into()))?;
+    Ok(match down {
+        Some(down) => {
+            body["error"] = json!(down);
+            body["retry"] = json!(true);
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+        None => Json(body).into_response(),
+    })
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -26,7 +26,7 @@ pub async fn start(settings: &Settings, dry_run: bool) -> anyhow::Result<PhaseRe
     let keys = LegacyKeys::from_settings(settings);
     let mut redis = crate::db::redis(settings).await?;
     let mut report = PhaseReport::for_transition(&DUAL_WRITE_START, state.phase, dry_run, json!({"outbox": keys.outbox}));
-    report.warnings = durability::inspect(&mut redis).await?.warnings;
+    report.warnings = durability::inspect_or_warn(&mut redis).await.warnings;
     if dry_run {
         return Ok(report);
     }
@@ -67,7 +67,7 @@ async fn repair(settings: &Settings, guard: &mut PhaseGuard, phase: Phase, dry_r
         guard.audit_noop(DUAL_WRITE_START.command, phase, details.clone()).await?;
     }
     let mut report = PhaseReport { phase_after: phase, ..PhaseReport::for_transition(&DUAL_WRITE_START, phase, dry_run, details) };
-    report.warnings = durability::inspect(&mut redis).await?.warnings;
+    report.warnings = durability::inspect_or_warn(&mut redis).await.warnings;
     if found.as_deref() != Some(flag::ON) {
         report.warnings.push(format!(
             "the dual-write flag was {} in Redis although the migration is in phase {phase}: Redis may have lost its data; `tsmigrate status` lists possible gaps in the outbox",

@@ -310,7 +310,7 @@ async fn redis_status(settings: &Settings) -> RedisStatus {
             .query_async(&mut conn)
             .await?;
         let lag = crate::dual_write::outbox::lag(&mut conn, &keys, &settings.redis.outbox_group).await?;
-        let durability = durability::inspect(&mut conn).await?;
+        let durability = durability::inspect_or_warn(&mut conn).await;
         Ok(RedisStatus {
             reachable: true,
             error: None,

@@ -233,6 +233,14 @@ async fn a_hung_or_missing_target_gets_503_within_deadlines() {
         assert!(body["error"].as_str().unwrap().contains("PostgreSQL"), "{body}");
         assert_eq!(body["retry"], true, "{body}");
     }
+    // Redis down: 503 too, with what could be read.
+    let mut no_redis = env.settings.clone();
+    no_redis.redis.url = tsmigrate::config::SecretUrl::new("redis://127.0.0.1:1");
+    let state = AppState::new(no_redis, env.redis().await, None, None);
+    let (status, body, _) = get(http::app(state), "/api/v1/admin/status").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("Redis is unreachable"), "{body}");
+    assert_eq!(body["phase"], "new", "the rest of the status is there: {body}");
 }
 
 /// Reads until the server closes the connection; returns what it sent and when it closed.
