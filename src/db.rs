@@ -33,19 +33,19 @@ pub fn legacy_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {
 /// The shared, multiplexed Redis connection for requests and short commands (clone it
 /// freely; never block on it): `redis.response_timeout_ms` per command.
 pub async fn redis(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
-    connect::redis(&settings.redis.url, RedisTimeouts::from_settings(&settings.redis)).await
+    connect::redis(&settings.redis, RedisTimeouts::from_settings(&settings.redis)).await
 }
 
 /// Redis for background work with large single reads (the legacy flush): a connection of
 /// its own (a long read would hold up every request queued behind it) and a longer deadline.
 pub async fn redis_bulk(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
     let timeouts = RedisTimeouts { response: BULK_RESPONSE_TIMEOUT.max(settings.redis.response_timeout()), ..RedisTimeouts::from_settings(&settings.redis) };
-    connect::redis(&settings.redis.url, timeouts).await
+    connect::redis(&settings.redis, timeouts).await
 }
 
 /// A Redis connection for the relay alone: its `XREADGROUP … BLOCK` holds the connection
 /// while it waits, which on the shared connection would delay every ingest request.
 pub async fn relay_redis(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
     let block = Duration::from_millis(settings.redis.relay_block_ms);
-    connect::redis(&settings.redis.url, RedisTimeouts::from_settings(&settings.redis).blocking(block)).await
+    connect::redis(&settings.redis, RedisTimeouts::from_settings(&settings.redis).blocking(block)).await
 }

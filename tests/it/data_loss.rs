@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
-use crate::servers::{Daemon, PrivateRedis, RedisOptions};
+use crate::servers::{Daemon, RedisOptions, RedisServer};
 use crate::support::{field, TestEnv};
 
 async fn post(client: &reqwest::Client, daemon: &Daemon, ids: &[String]) -> (u16, Value) {
@@ -43,7 +43,7 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_restarts_empty_keeps_dual_write_on_and_reports_the_gap() {
     let env = TestEnv::new().await;
-    let mut redis = PrivateRedis::start(RedisOptions::default()).await;
+    let mut redis = RedisServer::start(RedisOptions::default());
     let redis_url = redis.url();
     let over = [("REDIS_URL", redis_url.as_str())];
     let config = env.write_file("fast-checks.toml", "[migration]\ndual_write_check_secs = 1\n");
@@ -63,12 +63,10 @@ async fn a_redis_that_restarts_empty_keeps_dual_write_on_and_reports_the_gap() {
     eventually("the first events in the target", Duration::from_secs(30), || async { (landed(&env, &before).await == 20).then_some(()) }).await;
 
     let lost_at = chrono::Utc::now();
-    redis.restart().await;
+    tokio::task::block_in_place(|| redis.restart());
     let restarted_at = chrono::Utc::now();
-    let mut conn =
-        tsmigrate::connect::redis(&tsmigrate::config::SecretUrl::new(&redis_url), tsmigrate::connect::RedisTimeouts::from_settings(&env.settings.redis))
-            .await
-            .unwrap();
+    let private = tsmigrate::config::RedisSettings { url: tsmigrate::config::SecretUrl::new(&redis_url), ..env.settings.redis.clone() };
+    let mut conn = tsmigrate::connect::redis(&private, tsmigrate::connect::RedisTimeouts::from_settings(&private)).await.unwrap();
     let stream: bool = conn.exists(env.keys().outbox).await.unwrap();
     assert!(!stream, "the restart lost the outbox");
 
@@ -123,12 +121,8 @@ async fn check_status_and_repair(env: &TestEnv, over: &[(&str, &str)]) {
     let text = env.cli_with_env(&["status"], over).expect_success().stdout.clone();
     assert!(text.contains("WARNING: possible gap #"), "{text}");
 
-    let mut redis = tsmigrate::db::redis(&tsmigrate::config::Settings {
-        redis: tsmigrate::config::RedisSettings { url: tsmigrate::config::SecretUrl::new(over[0].1), ..env.settings.redis.clone() },
-        ..env.settings.clone()
-    })
-    .await
-    .unwrap();
+    let private = tsmigrate::config::RedisSettings { url: tsmigrate::config::SecretUrl::new(over[0].1), ..env.settings.redis.clone() };
+    let mut redis = tsmigrate::connect::redis(&private, tsmigrate::connect::RedisTimeouts::from_settings(&private)).await.unwrap();
     let _: () = redis.del(env.keys().dual_write_flag).await.unwrap();
     let started = env.cli_with_env(&["dual-write", "start", "--json"], over).expect_success().json();
     assert_eq!(field(&started, "phase_after"), "dual_writing");

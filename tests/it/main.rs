@@ -25,4 +25,5 @@ mod seed;
 mod servers;
 mod status;
 mod timescaledb;
+mod tls;
 mod validate;

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tsmigrate::http::{self, AppState};
 
-use crate::servers::{Daemon, Persistence, PrivateRedis, RedisOptions};
+use crate::servers::{Daemon, RedisOptions, RedisServer};
 use crate::support::TestEnv;
 
 /// Events per ingest request.
@@ -108,7 +108,7 @@ async fn a_redis_restart_under_ingest_costs_seconds_not_minutes() {
     let env = TestEnv::new().await;
     // AOF with fsync on every write: an acknowledged event survives the kill, so any loss
     // would be the service's fault.
-    let mut redis = PrivateRedis::start(RedisOptions { persistence: Persistence::Aof, ..Default::default() }).await;
+    let mut redis = RedisServer::start(RedisOptions { aof: true, ..Default::default() });
     let redis_url = redis.url();
     let over = [("REDIS_URL", redis_url.as_str())];
     env.cli_with_env(&["prepare", "--mode", "postgres"], &over).expect_success();
@@ -128,7 +128,8 @@ async fn a_redis_restart_under_ingest_costs_seconds_not_minutes() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let restarting = Instant::now();
-    redis.restart().await;
+    // The helper waits for the server synchronously: keep the runtime's workers serving the load.
+    tokio::task::block_in_place(|| redis.restart());
     let back = Instant::now();
     wait_for("ingest to answer 202 again", Duration::from_secs(30), || load.snapshot().iter().any(|s| s.started >= back && s.status == Some(202))).await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -131,9 +131,9 @@ async fn status_with_an_unreachable_redis_prints_what_it_could_read_and_exits_2(
 
 #[tokio::test]
 async fn status_warns_about_a_redis_that_cannot_keep_the_outbox() {
-    use crate::servers::{PrivateRedis, RedisOptions};
+    use crate::servers::{RedisOptions, RedisServer};
     let env = TestEnv::new().await;
-    let redis = PrivateRedis::start(RedisOptions::default()).await;
+    let redis = RedisServer::start(RedisOptions::default());
     let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     // A limit just above what it uses now: 91% full.
     let info: redis::InfoDict = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap();
