@@ -321,12 +321,16 @@ impl AcceptedEvent {
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
     pub max_event_bytes: usize,
+    /// Names and ids (`event_name`, `category`, `id`, `session_id`, `user_id`).
     pub max_field_chars: usize,
+    /// `page_url` and `referrer`: real URLs (query strings, tracking parameters) are longer
+    /// than names; 2048 is what browsers and proxies commonly accept.
+    pub max_url_chars: usize,
 }
 
 impl Default for IngestLimits {
     fn default() -> Self {
-        Self { max_event_bytes: 16 * 1024, max_field_chars: 256 }
+        Self { max_event_bytes: 16 * 1024, max_field_chars: 256, max_url_chars: 2048 }
     }
 }
 
@@ -378,10 +382,15 @@ impl IncomingEvent {
             Some(Value::String(s)) if s.chars().count() <= limits.max_field_chars => Some(Value::String(s.clone())),
             Some(Value::Number(n)) => Some(Value::String(n.to_string())),
             Some(_) => {
-                problems.push("user_id must be a string or number of at most 256 characters".into());
+                problems.push(format!("user_id must be a string or number of at most {} characters", limits.max_field_chars));
                 None
             }
         };
+        for (name, value) in [("page_url", &self.page_url), ("referrer", &self.referrer)] {
+            if value.as_ref().is_some_and(|v| v.chars().count() > limits.max_url_chars) {
+                problems.push(format!("{name} is longer than {} characters", limits.max_url_chars));
+            }
+        }
         for (name, value) in [("properties", &self.properties), ("device_info", &self.device_info)] {
             if !matches!(value, None | Some(Value::Null) | Some(Value::Object(_))) {
                 problems.push(format!("{name} must be an object"));
@@ -552,5 +561,25 @@ mod tests {
         assert_ne!(later, first);
         later.restamp(NOW);
         assert_eq!(later, first, "a resend stamped with the first time is the identical member");
+    }
+
+    #[test]
+    fn urls_have_a_length_limit_too() {
+        let now = Utc.timestamp_millis_opt(NOW).unwrap();
+        let limits = IngestLimits::default();
+        let event = |url: String| IncomingEvent {
+            event_name: Some("view".into()),
+            category: Some("nav".into()),
+            page_url: Some(url.clone()),
+            referrer: Some(url),
+            ..Default::default()
+        };
+        let long = format!("https://example.com/?q={}", "x".repeat(limits.max_url_chars));
+        let problems = event(long).validate(now, limits).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("page_url is longer than 2048"), "{problems:?}");
+        assert!(problems[1].starts_with("referrer is longer than 2048"), "{problems:?}");
+        let fits = format!("https://example.com/?q={}", "x".repeat(limits.max_url_chars - 30));
+        assert!(event(fits).validate(now, limits).is_ok());
     }
 }

@@ -41,7 +41,7 @@ pub async fn run(command: Command, settings: &Settings, json: bool) -> anyhow::R
             )?;
         }
         Command::Flush(args) => {
-            let mut redis = crate::db::redis(settings).await?;
+            let mut redis = crate::db::redis_bulk(settings).await?;
             let keys = LegacyKeys::from_settings(settings);
             let retired: Option<String> = redis::cmd("GET").arg(&keys.flush_retired).query_async(&mut redis).await?;
             if retired.as_deref() == Some("1") && !args.even_if_retired {

@@ -134,22 +134,38 @@ pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Byt
     authorize(&state, &headers)?;
     let limits = IngestLimits { max_event_bytes: state.settings.ingest.max_event_bytes, ..Default::default() };
     let mut batch = parse_batch(&body, state.settings.ingest.max_batch, limits)?;
-    let mut redis = state.redis.clone();
     let window = Duration::from_secs(state.settings.ingest.resend_window_secs);
-    reuse_first_times(&mut redis, &state.keys.first_seen, window, &mut batch)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
+    let first_seen = match reuse_first_times(&mut state.redis.clone(), &state.keys.first_seen, window, &mut batch).await {
+        // As for the write below: one more try after a connection that died with a restart.
+        Err(e) if e.is_io_error() && !e.is_timeout() => reuse_first_times(&mut state.redis.clone(), &state.keys.first_seen, window, &mut batch).await,
+        other => other,
+    };
+    first_seen.map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
     let events = batch.events;
-    let dual_write = state
-        .dual_write
-        .get(&mut redis, &state.keys.dual_write_flag)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
     let started = std::time::Instant::now();
-    writer::write_batch(&mut redis, &state.keys, state.settings.redis.event_cap, &events, dual_write)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("Redis write failed ({e}); nothing was written, retry the batch")))?;
+    let written = match write(&state, &events).await {
+        // After a Redis restart the first command finds the old, dead connection (or the
+        // answer of an attempt made while Redis was down); one more try connects afresh.
+        // Not after a timeout: the server may still be working on it, or hung.
+        Err(e) if e.is_io_error() && !e.is_timeout() => write(&state, &events).await,
+        other => other,
+    };
+    let dual_write = written.map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
     metrics::histogram!("tsmigrate_write_seconds", "system" => "redis").record(started.elapsed().as_secs_f64());
     metrics::counter!("tsmigrate_ingest_events_total").increment(events.len() as u64);
     Ok((StatusCode::ACCEPTED, Json(IngestResponse { accepted: events.len(), dual_write })))
+}
+
+/// Writes one batch (to the outbox too while dual-write is on); returns whether it did.
+///
+/// The batch is one `MULTI … EXEC`: it reaches Redis whole or not at all. When the
+/// connection breaks after `EXEC` was sent, the caller cannot tell which; trying again (here,
+/// or the tracker after a 503) then stores the events once (identical members, idempotent
+/// relay) and adds the batch to the legacy all-time counters twice — the same as a tracker
+/// that resends after a 503.
+async fn write(state: &AppState, events: &[AcceptedEvent]) -> redis::RedisResult<bool> {
+    let mut redis = state.redis.clone();
+    let dual_write = state.dual_write.get(&mut redis, &state.keys.dual_write_flag).await?;
+    writer::write_batch(&mut redis, &state.keys, state.settings.redis.event_cap, events, dual_write).await?;
+    Ok(dual_write)
 }

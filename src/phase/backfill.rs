@@ -83,10 +83,10 @@ pub struct BackfillReport {
 }
 
 /// One page read from Redis, parsed, ready to commit.
-struct Page {
-    parsed: ParsedPage,
-    read: usize,
-    cursor_after: ScoreCursor,
+pub(super) struct Page {
+    pub parsed: ParsedPage,
+    pub read: usize,
+    pub cursor_after: ScoreCursor,
 }
 
 /// Dead letters named in the report (the most recent of the backfill's).
@@ -231,7 +231,8 @@ pub async fn run(settings: &Settings, options: BackfillOptions) -> anyhow::Resul
     Ok(report)
 }
 
-async fn read_pages(
+/// Reads pages from `cursor` to `until` (inclusive) into `tx`, one ahead of the writer.
+pub(super) async fn read_pages(
     mut redis: redis::aio::ConnectionManager,
     key: String,
     mut cursor: ScoreCursor,

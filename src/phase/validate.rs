@@ -20,6 +20,7 @@ use uuid::Uuid;
 use super::state::{self, AuditEntry, LockHeld, MigrationState, PhaseGuard, StateChanges};
 use super::{Phase, Refusal, VALIDATE};
 use crate::config::Settings;
+use crate::dual_write::gaps;
 use crate::event::TargetEvent;
 use crate::legacy::flush::day_start;
 use crate::legacy::LegacyKeys;
@@ -78,6 +79,9 @@ pub async fn run(settings: &Settings, options: &ValidateOptions) -> anyhow::Resu
                 move_phase(settings, &state, &mut report).await;
             }
             report.next_steps = next_steps(&report);
+            // A recorded gap explains missing events better than anything the diff can say.
+            let open = gaps::open(&pool).await.context("cannot read tsmigrate.outbox_gaps")?;
+            report.next_steps.splice(0..0, open.iter().map(|g| format!("{}   # {}", g.repair_command(), g.describe())));
             Ok(report)
         }
         Err(error) => {

@@ -117,3 +117,25 @@ async fn a_tsmigrate_toml_in_the_working_directory_is_read() {
     let status = env.cli(&["status", "--json"]).expect_success().json();
     assert_eq!(field(&status, "phase"), "new");
 }
+
+#[tokio::test]
+async fn blank_reasons_and_zero_page_sizes_are_usage_errors() {
+    let env = TestEnv::new().await;
+    for args in [&["cutover", "--force", "--reason", ""][..], &["cutover", "--force", "--reason", "   "][..], &["retire-flush", "--force", "--reason", ""][..]]
+    {
+        let out = env.cli(args);
+        out.expect_code(2);
+        assert!(out.stderr.contains("reason must not be empty"), "{args:?}: {}", out.stderr);
+    }
+    for args in [&["backfill", "--page-size", "0"][..], &["backfill", "--max-rate", "0"][..]] {
+        let out = env.cli(args);
+        out.expect_code(2);
+        assert!(out.stderr.contains("must be at least 1"), "{args:?}: {}", out.stderr);
+    }
+    let out = env.cli(&["backfill", "--from", "-2h"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("--to"), "{}", out.stderr);
+    // Nothing reached the database: the migration was never touched.
+    let status = env.cli(&["status", "--json"]).expect_success().json();
+    assert_eq!(field(&status, "phase"), "new");
+}

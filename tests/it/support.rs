@@ -165,6 +165,16 @@ impl TestEnv {
 
     /// Runs `tsmigrate <args>` with extra environment variables (applied last, so they override).
     pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+        let output = self.command(args, env).output().expect("run the tsmigrate binary");
+        CliOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `tsmigrate <args>` set up against this env (for runs a test starts and stops itself).
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tsmigrate"));
         command.args(args).current_dir(self.dir());
         for name in SCRUBBED_ENV {
@@ -187,12 +197,7 @@ impl TestEnv {
         for (name, value) in env {
             command.env(name, value);
         }
-        let output = command.output().expect("run the tsmigrate binary");
-        CliOutput {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        command
     }
 
     /// Drops the database and deletes the Redis keys now (drop does the same, best effort).
