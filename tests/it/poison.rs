@@ -1,5 +1,5 @@
 //! Poison events and retries: one event the target cannot store never stalls a path
-//! (ingest refuses it; relay, tail, backfill and the legacy flush set it aside as a dead
+//! (ingest refuses it; relay, tail, backfill, its window repair and the legacy flush set it aside as a dead
 //! letter or a counted skip and carry on), a resend without a timestamp is one row, a
 //! conflicting version of an event is a dead letter with both versions, and members
 //! scored where no path reads them are reported by backfill and validate.
@@ -312,6 +312,18 @@ async fn backfill_sets_poison_aside(mode: Mode) {
     assert!(again.contains("warning: 3 member(s) scored outside the valid event-time range"), "{again}");
     assert_eq!(target_counts(&env).await, (21, 21));
     assert_eq!(letters(&env).await.len(), 3);
+
+    // The window repair (`backfill --from --to`) sets poison aside the same way.
+    let late = Utc::now().timestamp_millis() - 60_000;
+    let repair_nul = member("r-nul", "click", json!({"k\u{0}": 1}));
+    for (m, at) in [(member("r-1", "click", json!({})), late), (repair_nul.clone(), late + 1), (member("r-2", "click", json!({})), late + 2)] {
+        let _: () = redis.zadd(&keys.events, m, at).await.unwrap();
+    }
+    let repaired = env.cli(&["backfill", "--from", "-5m", "--to", "-0s", "--json"]).expect_success().json();
+    assert_eq!(["inserted", "dead_letters"].map(|k| field(&repaired, k).as_i64().unwrap()), [2, 1], "{repaired}");
+    let all = letters(&env).await;
+    let repaired_letter = all.iter().find(|l| l.0 == "repair").expect("a dead letter from the repair");
+    assert_eq!((repaired_letter.1.as_slice(), repaired_letter.3.as_str()), (repair_nul.as_bytes(), "unstorable"));
 }
 
 #[tokio::test]
