@@ -128,8 +128,8 @@ async fn setup(mode: &str, events: i64, with_legacy: bool) -> Setup {
     load_target(&pool, events, end).await;
     println!("[{mode}] loaded in {:.0}s; refreshing aggregates", started.elapsed().as_secs_f64());
     let started = Instant::now();
-    let storage = tsmigrate::target::StorageMode::parse(mode).expect("mode");
-    tsmigrate::target::aggregates::refresh(&pool, storage, end - chrono::Duration::days(DAYS + 1), end + chrono::Duration::hours(1), chrono_tz::Tz::UTC, 90)
+    let storage = tsmigrate::store::StorageMode::parse(mode).expect("mode");
+    tsmigrate::store::aggregates::refresh(&pool, storage, end - chrono::Duration::days(DAYS + 1), end + chrono::Duration::hours(1), chrono_tz::Tz::UTC, 90)
         .await
         .expect("refresh");
     println!("[{mode}] aggregates refreshed in {:.0}s", started.elapsed().as_secs_f64());
@@ -157,7 +157,7 @@ async fn setup(mode: &str, events: i64, with_legacy: bool) -> Setup {
             "INSERT INTO analytics_events (hour, event_name, category, event_count, unique_users)
              SELECT bucket, event_name, category, event_count, unique_users FROM analytics_hourly WHERE bucket <= $1",
         )
-        .bind(tsmigrate::legacy::flush::hour_floor(horizon, chrono_tz::Tz::UTC))
+        .bind(tsmigrate::calendar::hour_floor(horizon, chrono_tz::Tz::UTC))
         .execute(&pool)
         .await
         .expect("legacy hourly table")

@@ -138,9 +138,11 @@ pub struct DatabaseSettings {
     /// Pool size per database.
     pub max_connections: u32,
     /// How long to wait for a connection before giving up, in seconds.
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub connect_timeout_secs: u64,
     /// PostgreSQL cancels any statement of ours running longer than this (`statement_timeout`),
     /// in seconds; 0 = no limit. Generous: validation and aggregate refreshes scan by design.
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub statement_timeout_secs: u64,
 }
 
@@ -308,6 +310,7 @@ pub struct IngestSettings {
     /// How long ingest remembers when it first accepted an event that has an `id` and no
     /// timestamp, so that a resend of it within this window gets the same time (and so is
     /// the same row). Costs one small Redis key per such event for this long. 0: off.
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub resend_window_secs: u64,
 }
 
@@ -324,12 +327,15 @@ pub struct HttpSettings {
     /// Bearer token required by ingest and admin endpoints when set. Env: `TSMIGRATE_API_TOKEN`.
     pub api_token: Option<SecretToken>,
     /// Read-API cache TTL in seconds.
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub cache_ttl_secs: u64,
     /// A client must send the request headers within this many seconds of connecting (or of
     /// its previous request), and then the whole body within as many again; otherwise the
     /// connection is closed. Half-sent requests cannot pile up.
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub read_timeout_secs: u64,
     /// A request not answered within this many seconds gets 503 (a server behind it hangs).
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub request_timeout_secs: u64,
 }
 
@@ -357,15 +363,18 @@ pub struct MigrationSettings {
     /// Reads must stay switched this long before the flush can be retired.
     pub soak_hours: u32,
     /// Validation ignores the newest events younger than this (in flight).
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub settle_secs: u64,
     /// Events per backfill page.
     pub backfill_page_size: usize,
     /// Tail mode: how far back each poll looks for late events, in seconds.
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub tail_lookback_secs: u64,
     /// After `complete`, the legacy Redis keys expire after this many days.
     pub legacy_key_expiry_days: u32,
     /// How often `tsmigrate run` checks that the Redis dual-write flag agrees with the
     /// migration state in PostgreSQL (and restores it when Redis lost it), in seconds.
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub dual_write_check_secs: u64,
 }
 

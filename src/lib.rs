@@ -7,6 +7,7 @@
 //! - [`event`]      the event in each shape (incoming, Redis member, target row) and its identity.
 //! - [`legacy`]     the legacy system: Redis layout, writer, hourly flush worker, traffic generator.
 //! - [`target`]     the target: capability detection, migrations, writer, aggregates, dead letters.
+//! - [`state`]      the persisted migration state (phase, storage mode, read source); read by every layer.
 //! - [`phase`]      the migration state machine, gates, audit log, and the phase commands.
 //! - [`dual_write`] the outbox stream, relay and tail.
 //! - [`validate`]   comparing Redis and the legacy tables with the target (pure diff core, collectors, reports).
@@ -18,12 +19,14 @@
 //! - [`remembered`] a server-read value trusted for a while (flags, read source, horizon).
 //! - [`telemetry`]  the Prometheus recorder behind `/metrics`.
 
+pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod daemon;
 pub mod db;
 pub mod dual_write;
+pub mod duration;
 pub mod event;
 pub mod http;
 pub mod legacy;
@@ -31,7 +34,8 @@ pub mod phase;
 pub mod progress;
 pub mod reads;
 pub mod remembered;
-pub mod target;
+pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod validate;
 

@@ -55,7 +55,7 @@ pub async fn run(command: Command, settings: &Settings, json: bool) -> anyhow::R
             let tz = settings.target.timezone();
             let (from, to) = match (args.from, args.to) {
                 (Some(from), Some(to)) => (from, to),
-                _ => flush::last_closed_hour(Utc::now(), tz),
+                _ => crate::calendar::last_closed_hour(Utc::now(), tz),
             };
             if to <= from {
                 anyhow::bail!("--to must be after --from");

@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::Settings;
+pub use crate::duration::{parse_duration, parse_time};
 
 /// Migrate a Redis analytics event pipeline to TimescaleDB in safe, reversible phases.
 ///
@@ -131,24 +132,6 @@ pub fn emit<T: Serialize>(json: bool, report: &T, human: impl FnOnce(&T) -> Stri
     Ok(())
 }
 
-/// Parses `2025-01-31`, `2025-01-31T12:00:00Z`, or a relative `-3h` / `-2d` / `now`.
-pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    let now = chrono::Utc::now();
-    if s == "now" {
-        return Ok(now);
-    }
-    if let Some(rel) = s.strip_prefix('-') {
-        return parse_duration(rel).map(|d| now - d);
-    }
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    }
-    Err(format!("{s:?} is not a time: use RFC 3339 (2025-01-31T12:00:00Z), a date (2025-01-31), now, or -6h / -2d"))
-}
-
 /// A count that must be at least 1 (`--page-size 0` would never make progress).
 pub fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -166,22 +149,6 @@ pub fn reason(s: &str) -> Result<String, String> {
     Ok(s.trim().to_string())
 }
 
-/// Parses `90s`, `10m`, `6h`, `2d`.
-pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let not_a_duration = || format!("{s:?} is not a duration like 90s, 10m, 6h or 2d");
-    let n: i64 = number.parse().map_err(|_| not_a_duration())?;
-    // The checked constructors: a huge number is an error, not a panic.
-    let duration = match unit {
-        "s" => chrono::Duration::try_seconds(n),
-        "m" | "min" => chrono::Duration::try_minutes(n),
-        "h" => chrono::Duration::try_hours(n),
-        "d" => chrono::Duration::try_days(n),
-        _ => return Err(not_a_duration()),
-    };
-    duration.ok_or_else(|| format!("{s:?} is too long a duration"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,17 +157,6 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_and_times_parse() {
-        assert_eq!(parse_duration("10m").unwrap(), chrono::Duration::minutes(10));
-        assert_eq!(parse_duration("2d").unwrap(), chrono::Duration::days(2));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("99999999999999999d").unwrap_err().contains("too long"));
-        assert!(parse_time("2025-01-31").is_ok());
-        assert!(parse_time("-6h").unwrap() < chrono::Utc::now());
-        assert!(parse_time("tomorrow").unwrap_err().contains("RFC 3339"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::config::Settings;
 use crate::dual_write::relay::{self, Relay, RelayOptions, RelayOutcome};
 use crate::dual_write::tail::{Tail, TailOutcome};
 use crate::legacy::LegacyKeys;
-use crate::target::writer::TargetWriter;
+use crate::store::writer::TargetWriter;
 
 use super::{emit, Outcome};
 

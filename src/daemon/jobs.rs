@@ -12,8 +12,8 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::config::Settings;
 use crate::legacy::{flush, LegacyKeys};
-use crate::phase::{state, Phase};
-use crate::target::{aggregates, writer, StorageMode};
+use crate::state::{self, Phase};
+use crate::store::{aggregates, writer, StorageMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobName {
@@ -157,7 +157,7 @@ async fn execute(ctx: &JobContext, job: JobName) -> anyhow::Result<JobOutcome> {
             return Ok(JobOutcome::Skipped("the legacy flush is retired".into()));
         }
         let tz = settings.target.timezone();
-        let (from, to) = flush::last_closed_hour(Utc::now(), tz);
+        let (from, to) = crate::calendar::last_closed_hour(Utc::now(), tz);
         crate::legacy::schema::ensure(&ctx.legacy, &settings.legacy).await?;
         let done = flush::flush_range(&mut redis, &ctx.legacy, &keys, &settings.legacy, tz, from, to).await?;
         return Ok(JobOutcome::Done(json!(done)));

@@ -14,7 +14,7 @@ use crate::dual_write::flag;
 use crate::dual_write::relay::{self, Relay, RelayOptions};
 use crate::http::{self, AppState};
 use crate::legacy::LegacyKeys;
-use crate::target::writer::TargetWriter;
+use crate::store::writer::TargetWriter;
 
 #[derive(Debug, Clone, Copy)]
 pub struct DaemonOptions {
@@ -121,7 +121,7 @@ async fn supervise_relay(settings: Settings, target: sqlx::PgPool, mut stop: wat
 
 /// A relay for the target's storage mode, or `None` while the target is not prepared.
 async fn start_relay(settings: &Settings, target: &sqlx::PgPool, keys: &Arc<LegacyKeys>) -> anyhow::Result<Option<Relay>> {
-    let state = crate::phase::state::load_from_pool(target).await?;
+    let state = crate::state::load_from_pool(target).await?;
     let Some(mode) = state.storage_mode else {
         return Ok(None);
     };

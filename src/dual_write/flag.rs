@@ -9,12 +9,15 @@ use redis::aio::ConnectionManager;
 use sqlx::{Connection, PgPool};
 
 use crate::legacy::LegacyKeys;
-use crate::phase::{state, Phase};
+use crate::state::{self, Phase};
 
 /// The flag's value while dual-write is on.
 pub const ON: &str = "1";
 /// The flag's value after `dual-write stop` (a missing flag means "Redis does not know").
 pub const OFF: &str = "0";
+/// Ingest reads the flag from Redis at most this often; `dual-write start` waits this long
+/// (and a margin) before recording the completion point.
+pub const DUAL_WRITE_FLAG_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What one check found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::phase::state;
+use crate::state;
 
 /// One recorded gap.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]

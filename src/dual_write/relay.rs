@@ -20,7 +20,7 @@ use super::outbox;
 use crate::config::Settings;
 use crate::legacy::writer::{OUTBOX_MEMBER_FIELD, OUTBOX_SCORE_FIELD};
 use crate::legacy::LegacyKeys;
-use crate::target::writer::{Method, ParsedPage, TargetWriter};
+use crate::store::writer::{Method, ParsedPage, TargetWriter};
 
 /// The longest pause between attempts while Redis is unreachable.
 const REDIS_RETRY_MAX: Duration = Duration::from_secs(2);

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::MAX_FUTURE_MS;
 use crate::legacy::reader::{read_page, ScoreCursor};
 use crate::legacy::LegacyKeys;
-use crate::target::checkpoint;
-use crate::target::writer::{Method, ParsedPage, TargetWriter};
+use crate::store::checkpoint;
+use crate::store::writer::{Method, ParsedPage, TargetWriter};
 
 pub const CHECKPOINT: &str = "tail";
 

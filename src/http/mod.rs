@@ -24,6 +24,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::config::Settings;
+use crate::dual_write::flag::DUAL_WRITE_FLAG_REFRESH;
 use crate::legacy::LegacyKeys;
 use crate::reads::shadow::ShadowStats;
 use crate::reads::{HorizonCache, RoutingCache};
@@ -80,8 +81,6 @@ pub struct DualWriteFlag {
     /// What the migration state said at the daemon's last check; `None` before the first.
     state_says: std::sync::Mutex<Option<bool>>,
 }
-
-pub const DUAL_WRITE_FLAG_REFRESH: Duration = Duration::from_secs(1);
 
 impl Default for DualWriteFlag {
     fn default() -> Self {

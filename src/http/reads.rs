@@ -134,7 +134,7 @@ fn parse_instant(name: &str, value: Option<String>) -> Result<DateTime<Utc>, Api
 }
 
 fn parse_span(name: &str, text: &str) -> Result<chrono::Duration, ApiError> {
-    crate::cli::parse_duration(text.trim()).map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))
+    crate::duration::parse_duration(text.trim()).map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))
 }
 
 fn non_empty(name: &str, value: Option<String>) -> Result<Option<String>, ApiError> {

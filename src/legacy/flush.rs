@@ -8,17 +8,18 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, NaiveDate, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
 use super::LegacyKeys;
+use crate::calendar::{day_start, hour_floor, local_day};
 use crate::config::LegacySettings;
 use crate::event::TargetEvent;
-use crate::target::write_error::server_message;
-use crate::target::writer::isolate;
+use crate::store::write_error::server_message;
+use crate::store::writer::isolate;
 
 /// `asset_type` recorded for `asset_generated` events that carry none.
 pub const UNKNOWN_ASSET_TYPE: &str = "unknown";
@@ -37,24 +38,6 @@ pub struct FlushOutcome {
     /// Rows (hourly and asset) the database refused; logged with the server's reason,
     /// counted here, and skipped so that the other rows of the hour are still written.
     pub rejected_rows: usize,
-}
-
-/// Start of the hour containing `t`, hours cut in `tz`. Computed in the offset in force
-/// at `t`, so the two local 02:00 hours of a DST fall-back night stay distinct.
-pub fn hour_floor(t: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
-    let local = t.with_timezone(&tz);
-    t - Duration::minutes(i64::from(local.minute())) - Duration::seconds(i64::from(local.second())) - Duration::nanoseconds(i64::from(local.nanosecond()))
-}
-
-/// The local calendar day of `t` in `tz`.
-pub fn local_day(t: DateTime<Utc>, tz: Tz) -> NaiveDate {
-    t.with_timezone(&tz).date_naive()
-}
-
-/// Start of local day `day` in `tz`, as UTC.
-pub fn day_start(day: NaiveDate, tz: Tz) -> DateTime<Utc> {
-    let naive = day.and_hms_opt(0, 0, 0).expect("midnight");
-    tz.from_local_datetime(&naive).earliest().map(|d| d.with_timezone(&Utc)).unwrap_or_else(|| naive.and_utc())
 }
 
 #[derive(Default)]
@@ -205,41 +188,4 @@ async fn upsert_assets(conn: &mut PgConnection, table: &str, rows: &[AssetRow]) 
         tracing::warn!(%day, asset_type = %asset_type.escape_debug(), generations = count, %code, %message, "the legacy asset table refused a row; skipped");
     }
     Ok(refused.len())
-}
-
-/// The hour the worker flushes by default: the last closed one.
-pub fn last_closed_hour(now: DateTime<Utc>, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
-    let end = hour_floor(now, tz);
-    (hour_floor(end - Duration::minutes(30), tz), end)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hours_are_cut_in_the_configured_zone() {
-        let t = Utc.with_ymd_and_hms(2025, 3, 10, 12, 47, 5).unwrap();
-        assert_eq!(hour_floor(t, Tz::UTC), Utc.with_ymd_and_hms(2025, 3, 10, 12, 0, 0).unwrap());
-        // India is UTC+05:30: local hours start at :30 UTC.
-        assert_eq!(hour_floor(t, chrono_tz::Asia::Kolkata), Utc.with_ymd_and_hms(2025, 3, 10, 12, 30, 0).unwrap());
-        assert_eq!(local_day(Utc.with_ymd_and_hms(2025, 3, 10, 23, 30, 0).unwrap(), chrono_tz::Europe::Berlin), NaiveDate::from_ymd_opt(2025, 3, 11).unwrap());
-    }
-
-    #[test]
-    fn the_repeated_hour_of_a_dst_fall_back_is_two_hours() {
-        let berlin = chrono_tz::Europe::Berlin;
-        // 2025-10-26: 03:00 CEST becomes 02:00 CET; local 02:xx happens twice (00:xx and 01:xx UTC).
-        let first = Utc.with_ymd_and_hms(2025, 10, 26, 0, 40, 0).unwrap();
-        let second = Utc.with_ymd_and_hms(2025, 10, 26, 1, 40, 0).unwrap();
-        assert_eq!(hour_floor(first, berlin), Utc.with_ymd_and_hms(2025, 10, 26, 0, 0, 0).unwrap());
-        assert_eq!(hour_floor(second, berlin), Utc.with_ymd_and_hms(2025, 10, 26, 1, 0, 0).unwrap());
-    }
-
-    #[test]
-    fn last_closed_hour_is_the_previous_whole_hour() {
-        let now = Utc.with_ymd_and_hms(2025, 3, 10, 12, 5, 0).unwrap();
-        let (from, to) = last_closed_hour(now, Tz::UTC);
-        assert_eq!((from.to_rfc3339(), to.to_rfc3339()), ("2025-03-10T11:00:00+00:00".into(), "2025-03-10T12:00:00+00:00".into()));
-    }
 }

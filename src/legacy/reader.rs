@@ -8,7 +8,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{MAX_FUTURE_MS, MIN_EVENT_MS};
-use crate::target::dead_letter::{preview, show_score};
+use crate::store::dead_letter::{preview, show_score};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScoreCursor {

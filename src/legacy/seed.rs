@@ -214,7 +214,7 @@ pub async fn run(
     let cap = settings.redis.event_cap;
     // Flush before the cap could trim unflushed hours.
     let flush_every = (cap / 2).max(1) as usize;
-    let mut flushed_until = flush::hour_floor(outcome.from.unwrap(), tz);
+    let mut flushed_until = crate::calendar::hour_floor(outcome.from.unwrap(), tz);
     let mut written = 0usize;
     for window in sequence.chunks(flush_every.min(50_000)) {
         let batches: Vec<&[AcceptedEvent]> = window.chunks(batch_size).collect();
@@ -231,7 +231,7 @@ pub async fn run(
         written += window.len();
         progress(written as u64);
         let clock = window.iter().map(|e| e.time_ms).max().unwrap_or_default();
-        let flush_to = flush::hour_floor(chrono::DateTime::from_timestamp_millis(clock).unwrap_or(options.end) - FLUSH_DELAY, tz);
+        let flush_to = crate::calendar::hour_floor(chrono::DateTime::from_timestamp_millis(clock).unwrap_or(options.end) - FLUSH_DELAY, tz);
         if options.flush && flush_to > flushed_until {
             let done = flush::flush_range(redis, legacy_pool, &keys, &settings.legacy, tz, flushed_until, flush_to).await?;
             outcome.hours_flushed += done.hours;
@@ -239,7 +239,7 @@ pub async fn run(
         }
     }
     if options.flush {
-        let end = flush::hour_floor(options.end, tz);
+        let end = crate::calendar::hour_floor(options.end, tz);
         if end > flushed_until {
             let done = flush::flush_range(redis, legacy_pool, &keys, &settings.legacy, tz, flushed_until, end).await?;
             outcome.hours_flushed += done.hours;

@@ -8,8 +8,8 @@ use super::state::PhaseGuard;
 use super::{PhaseReport, Refusal, ABORT};
 use crate::config::Settings;
 use crate::legacy::LegacyKeys;
-use crate::target::schema::MIGRATIONS_TABLE;
-use crate::target::StorageMode;
+use crate::store::schema::MIGRATIONS_TABLE;
+use crate::store::StorageMode;
 
 /// What abort drops, in order (views before the table they read).
 pub fn drop_statements(mode: StorageMode) -> Vec<String> {

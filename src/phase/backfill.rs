@@ -19,10 +19,10 @@ use crate::event::MAX_FUTURE_MS;
 use crate::legacy::reader::{self, read_page, OutOfRange, ScoreCursor};
 use crate::legacy::LegacyKeys;
 use crate::progress::Progress;
-use crate::target::aggregates::{self, RefreshOutcome};
-use crate::target::checkpoint;
-use crate::target::dead_letter::{self, DeadLetterCount, DeadLetterExample};
-use crate::target::writer::{Method, ParsedPage, TargetWriter};
+use crate::store::aggregates::{self, RefreshOutcome};
+use crate::store::checkpoint;
+use crate::store::dead_letter::{self, DeadLetterCount, DeadLetterExample};
+use crate::store::writer::{Method, ParsedPage, TargetWriter};
 
 pub const CHECKPOINT: &str = "backfill";
 

@@ -12,8 +12,8 @@ use serde_json::json;
 use super::state::{AuditEntry, PhaseGuard, StateChanges};
 use super::{Phase, PhaseReport, DUAL_WRITE_START, DUAL_WRITE_STOP};
 use crate::config::Settings;
+use crate::dual_write::flag::DUAL_WRITE_FLAG_REFRESH;
 use crate::dual_write::{durability, flag, relay};
-use crate::http::DUAL_WRITE_FLAG_REFRESH;
 use crate::legacy::LegacyKeys;
 
 pub async fn start(settings: &Settings, dry_run: bool) -> anyhow::Result<PhaseReport> {

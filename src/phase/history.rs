@@ -11,8 +11,8 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::calendar::{hour_floor, local_day};
 use crate::config::Settings;
-use crate::legacy::flush::{hour_floor, local_day};
 use crate::legacy::LegacyKeys;
 
 #[derive(Debug, Clone, Serialize, Default)]

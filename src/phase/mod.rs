@@ -18,73 +18,7 @@ pub mod state;
 pub mod status;
 pub mod validate;
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    New,
-    Prepared,
-    DualWriting,
-    Backfilled,
-    Validated,
-    ReadsSwitched,
-    FlushRetired,
-    Completed,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 8] =
-        [Phase::New, Phase::Prepared, Phase::DualWriting, Phase::Backfilled, Phase::Validated, Phase::ReadsSwitched, Phase::FlushRetired, Phase::Completed];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::New => "new",
-            Phase::Prepared => "prepared",
-            Phase::DualWriting => "dual_writing",
-            Phase::Backfilled => "backfilled",
-            Phase::Validated => "validated",
-            Phase::ReadsSwitched => "reads_switched",
-            Phase::FlushRetired => "flush_retired",
-            Phase::Completed => "completed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Phase> {
-        Phase::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-
-    /// Dual-write is on in this phase and every later one.
-    pub fn dual_write_active(self) -> bool {
-        self >= Phase::DualWriting
-    }
-
-    /// What an operator does next from here.
-    pub fn next_steps(self) -> Vec<String> {
-        let steps: &[&str] = match self {
-            Phase::New => &["tsmigrate prepare            # create the target schema (add --dry-run to see the SQL first)"],
-            Phase::Prepared => &["tsmigrate dual-write start   # new events go to Redis and the target from now on"],
-            Phase::DualWriting => &[
-                "tsmigrate run                # keep the relay running so dual-written events reach the target",
-                "tsmigrate backfill           # copy the events Redis already holds",
-            ],
-            Phase::Backfilled => &["tsmigrate validate           # compare Redis and the target; clean opens the cutover gate"],
-            Phase::Validated => &["tsmigrate cutover            # serve reads from the target (reversible with `tsmigrate reverse`)"],
-            Phase::ReadsSwitched => {
-                &["wait for the soak period, then: tsmigrate validate", "tsmigrate retire-flush       # stop the legacy hourly flush worker"]
-            }
-            Phase::FlushRetired => &["tsmigrate optimize           # retention, compression report", "tsmigrate complete"],
-            Phase::Completed => &["nothing: the migration is complete"],
-        };
-        steps.iter().map(|s| s.to_string()).collect()
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::state::Phase;
 
 /// A phase command that moves the state: which phases it starts from, where it goes.
 #[derive(Debug, Clone, Copy)]
@@ -218,17 +152,6 @@ impl Transition {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn phases_round_trip_and_are_ordered() {
-        for p in Phase::ALL {
-            assert_eq!(Phase::parse(p.as_str()), Some(p));
-            assert!(!p.next_steps().is_empty());
-        }
-        assert!(Phase::New < Phase::Completed);
-        assert!(Phase::Validated.dual_write_active());
-        assert!(!Phase::Prepared.dual_write_active());
-    }
 
     #[test]
     fn gates_refuse_out_of_order_with_the_next_step() {

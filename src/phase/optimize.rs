@@ -9,7 +9,7 @@ use serde_json::json;
 use super::state::PhaseGuard;
 use super::{Phase, Refusal};
 use crate::config::Settings;
-use crate::target::StorageMode;
+use crate::store::StorageMode;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OptimizeReport {
@@ -141,7 +141,7 @@ pub async fn run(settings: &Settings, dry_run: bool, compress_now: bool) -> anyh
     if !dry_run {
         let to = Utc::now();
         let from = to - Duration::days(i64::from(t.raw_retention_days));
-        crate::target::aggregates::refresh(&pool, mode, from, to, t.timezone(), t.raw_retention_days).await?;
+        crate::store::aggregates::refresh(&pool, mode, from, to, t.timezone(), t.raw_retention_days).await?;
     }
     report.asset_popularity_rows = sqlx::query_scalar("SELECT count(*) FROM analytics_asset_popularity_ts").fetch_one(&pool).await?;
     guard.audit_noop("optimize", state.phase, serde_json::to_value(&report)?).await?;

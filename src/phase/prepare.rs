@@ -7,9 +7,9 @@ use serde_json::json;
 use super::state::{AuditEntry, PhaseGuard, StateChanges};
 use super::{Phase, PREPARE};
 use crate::config::{ModeChoice, Settings};
-use crate::target::capability::{Capabilities, ModeError};
-use crate::target::schema::{self, ObjectStatus, PlannedMigration};
-use crate::target::StorageMode;
+use crate::store::capability::{Capabilities, ModeError};
+use crate::store::schema::{self, ObjectStatus, PlannedMigration};
+use crate::store::StorageMode;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrationSummary {
@@ -88,7 +88,7 @@ pub async fn run(settings: &Settings, choice: ModeChoice, dry_run: bool) -> anyh
     };
     if mode == StorageMode::Postgres {
         let now = chrono::Utc::now();
-        crate::target::writer::ensure_partition_range(
+        crate::store::writer::ensure_partition_range(
             &pool,
             now - chrono::Duration::days(1),
             now + chrono::Duration::days(i64::from(settings.target.partitions_ahead_days)),

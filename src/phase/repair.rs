@@ -16,8 +16,8 @@ use crate::config::Settings;
 use crate::dual_write::gaps;
 use crate::legacy::reader::ScoreCursor;
 use crate::legacy::LegacyKeys;
-use crate::target::aggregates::{self, RefreshOutcome};
-use crate::target::writer::{Method, TargetWriter};
+use crate::store::aggregates::{self, RefreshOutcome};
+use crate::store::writer::{Method, TargetWriter};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RepairReport {

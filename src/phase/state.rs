@@ -1,88 +1,19 @@
 //! The persisted migration state, the phase lock and the audit log.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
+
+pub use crate::state::{load, load_from_pool, MigrationState, PHASE_LOCK_KEY};
 
 use super::{Phase, Refusal, Transition};
 use crate::config::SecretUrl;
-use crate::target::StorageMode;
+use crate::store::StorageMode;
 
-/// Key of the session advisory lock every phase command holds.
-pub const PHASE_LOCK_KEY: &str = "tsmigrate.phase";
 /// How long opening the lock connection may take (a hung server must not hang the command).
 const LOCK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a phase command waits for the lock before refusing.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct MigrationState {
-    pub phase: Phase,
-    pub storage_mode: Option<StorageMode>,
-    /// `legacy` or `target`: where the read API answers from.
-    pub read_source: String,
-    pub shadow: bool,
-    /// When dual-write started: backfill covers every event stored before it.
-    pub completion_point: Option<DateTime<Utc>>,
-    pub backfilled_until: Option<DateTime<Utc>>,
-    pub reads_switched_at: Option<DateTime<Utc>>,
-    pub flush_retired_at: Option<DateTime<Utc>>,
-    pub updated_at: Option<DateTime<Utc>>,
-}
-
-impl MigrationState {
-    /// The state of a target nobody has prepared.
-    pub fn new_migration() -> Self {
-        MigrationState {
-            phase: Phase::New,
-            storage_mode: None,
-            read_source: "legacy".into(),
-            shadow: false,
-            completion_point: None,
-            backfilled_until: None,
-            reads_switched_at: None,
-            flush_retired_at: None,
-            updated_at: None,
-        }
-    }
-}
-
-type StateRow = (String, String, String, bool, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, DateTime<Utc>);
-
-/// Reads the state; a target without control tables is in phase `new`.
-pub async fn load(conn: &mut PgConnection) -> anyhow::Result<MigrationState> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('tsmigrate.migration_state') IS NOT NULL").fetch_one(&mut *conn).await?;
-    if !exists {
-        return Ok(MigrationState::new_migration());
-    }
-    let row: Option<StateRow> = sqlx::query_as(
-        "SELECT phase, storage_mode, read_source, shadow, completion_point, backfilled_until,
-                reads_switched_at, flush_retired_at, updated_at
-         FROM tsmigrate.migration_state",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((phase, mode, read_source, shadow, completion_point, backfilled_until, reads_switched_at, flush_retired_at, updated_at)) = row else {
-        return Ok(MigrationState::new_migration());
-    };
-    Ok(MigrationState {
-        phase: Phase::parse(&phase).ok_or_else(|| anyhow::anyhow!("unknown phase {phase:?} in tsmigrate.migration_state"))?,
-        storage_mode: StorageMode::parse(&mode),
-        read_source,
-        shadow,
-        completion_point,
-        backfilled_until,
-        reads_switched_at,
-        flush_retired_at,
-        updated_at: Some(updated_at),
-    })
-}
-
-pub async fn load_from_pool(pool: &PgPool) -> anyhow::Result<MigrationState> {
-    let mut conn = pool.acquire().await?;
-    load(&mut conn).await
-}
 
 /// Who ran a command: `TSMIGRATE_ACTOR`, else `user@host`.
 pub fn actor() -> String {

@@ -12,10 +12,10 @@ use crate::config::Settings;
 use crate::dual_write::durability::{self, OutboxDurability};
 use crate::dual_write::gaps::{self, OutboxGap};
 use crate::legacy::LegacyKeys;
-use crate::target::capability::Capabilities;
-use crate::target::dead_letter::{self, DeadLetterCount};
-use crate::target::schema::{self, ObjectStatus};
-use crate::target::StorageMode;
+use crate::store::capability::Capabilities;
+use crate::store::dead_letter::{self, DeadLetterCount};
+use crate::store::schema::{self, ObjectStatus};
+use crate::store::StorageMode;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {

@@ -19,13 +19,13 @@ use uuid::Uuid;
 
 use super::state::{self, AuditEntry, LockHeld, MigrationState, PhaseGuard, StateChanges};
 use super::{Phase, Refusal, VALIDATE};
+use crate::calendar::day_start;
 use crate::config::Settings;
 use crate::dual_write::gaps;
 use crate::event::TargetEvent;
-use crate::legacy::flush::day_start;
 use crate::legacy::LegacyKeys;
-use crate::target::aggregates::{self, RefreshOutcome};
-use crate::target::StorageMode;
+use crate::store::aggregates::{self, RefreshOutcome};
+use crate::store::StorageMode;
 use crate::validate::collect::aggregates::{self as agg, AssetKey, HourlyKey, LegacyCoverage};
 use crate::validate::collect::{redis as redis_side, target as target_side};
 use crate::validate::diff::{self, EventFindings, HourDifference, Listed, MinuteSummaries, Summary};

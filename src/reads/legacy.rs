@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::{bin_start, EventFilter, GroupTotal, HourRow, RawSummary, ReadContext, ReadError, TimeRange, UserCount};
+use crate::calendar::hour_floor;
 use crate::event::TargetEvent;
-use crate::legacy::flush::hour_floor;
 use crate::legacy::reader::{read_page, ScoreCursor};
 
 /// Members read per `ZRANGEBYSCORE` page.
@@ -97,7 +97,7 @@ async fn groups(
             Some((hour, end)) if hour <= event.time && event.time < end => hour,
             _ => {
                 let hour = hour_floor(event.time, tz);
-                last_hour = Some((hour, super::next_hour(hour, tz)));
+                last_hour = Some((hour, crate::calendar::next_hour(hour, tz)));
                 hour
             }
         };

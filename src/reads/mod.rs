@@ -40,8 +40,8 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::calendar::{hour_ceil, hour_floor, next_hour};
 use crate::config::Settings;
-use crate::legacy::flush::hour_floor;
 use crate::legacy::LegacyKeys;
 use crate::remembered::Remembered;
 
@@ -593,20 +593,6 @@ impl Pieces {
             Some(agg) => Pieces { aggregate, raw: [TimeRange::new(range.from, agg.from), TimeRange::new(agg.to, range.to)].into_iter().flatten().collect() },
             None => Pieces { aggregate: None, raw: vec![range] },
         }
-    }
-}
-
-/// The start of the hour after the one holding `t` (hours cut in `tz`).
-pub fn next_hour(t: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
-    hour_floor(hour_floor(t, tz) + Duration::minutes(90), tz)
-}
-
-/// `t` when it starts an hour, else the start of the next hour.
-pub fn hour_ceil(t: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
-    if hour_floor(t, tz) == t {
-        t
-    } else {
-        next_hour(t, tz)
     }
 }
 

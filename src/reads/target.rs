@@ -15,7 +15,8 @@ use super::{
     bin_start, hours_nest, merge_max, popular_of, AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, Pieces, RawSummary, ReadContext, ReadError,
     TimeRange, UserCount,
 };
-use crate::legacy::flush::{day_start, hour_floor, local_day, UNKNOWN_ASSET_TYPE};
+use crate::calendar::{day_start, hour_floor, local_day};
+use crate::legacy::flush::UNKNOWN_ASSET_TYPE;
 
 type HourTuple = (DateTime<Utc>, String, String, i64, i64);
 

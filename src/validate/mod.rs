@@ -23,9 +23,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::legacy::reader::OutOfRange;
-use crate::phase::Phase;
-use crate::target::aggregates::RefreshOutcome;
-use crate::target::StorageMode;
+use crate::state::Phase;
+use crate::store::aggregates::RefreshOutcome;
+use crate::store::StorageMode;
 use collect::aggregates::{AssetKey, HourlyKey};
 use diff::{AggregateFindings, EventFindings, HourDifference, Listed};
 use window::Window;

@@ -308,7 +308,7 @@ pub struct JsonReport {
     pub events: JsonEvents,
     pub legacy_hourly: JsonAggregate,
     pub asset_popularity: JsonAggregate,
-    pub refresh: Option<crate::target::aggregates::RefreshOutcome>,
+    pub refresh: Option<crate::store::aggregates::RefreshOutcome>,
     pub phase: JsonPhase,
     pub timings_ms: BTreeMap<&'static str, u64>,
     /// The unified diff of the differing buckets (empty when clean).

@@ -7,8 +7,8 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::legacy::flush::{day_start, hour_floor, local_day};
-use crate::phase::Phase;
+use crate::calendar::{day_start, hour_ceil, hour_floor, local_day, next_hour};
+use crate::state::Phase;
 
 /// What the window depends on.
 #[derive(Debug, Clone)]
@@ -63,26 +63,6 @@ pub fn show_duration(d: Duration) -> String {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
-    }
-}
-
-/// The next hour start after `hour` (an hour start). Steps over DST changes; never stalls.
-pub fn next_hour(hour: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
-    let next = hour_floor(hour + Duration::minutes(90), tz);
-    if next > hour {
-        next
-    } else {
-        hour + Duration::hours(1)
-    }
-}
-
-/// The first hour start at or after `t`.
-pub fn hour_ceil(t: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
-    let floor = hour_floor(t, tz);
-    if floor == t {
-        t
-    } else {
-        next_hour(floor, tz)
     }
 }
 

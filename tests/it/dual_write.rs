@@ -14,8 +14,8 @@ use tower::ServiceExt;
 use tsmigrate::dual_write::relay::{Relay, RelayOptions, RelayOutcome};
 use tsmigrate::dual_write::tail::{Tail, TailOutcome};
 use tsmigrate::http::{app, AppState};
-use tsmigrate::target::writer::TargetWriter;
-use tsmigrate::target::StorageMode;
+use tsmigrate::store::writer::TargetWriter;
+use tsmigrate::store::StorageMode;
 
 use crate::fault::{pg_addr, Outage};
 use crate::scenario::{prepare_and_dual_write, target_counts, Mode};

@@ -19,8 +19,8 @@ use tsmigrate::dual_write::relay::RelayOutcome;
 use tsmigrate::dual_write::tail::{Tail, TailOutcome};
 use tsmigrate::event::{IncomingEvent, IngestLimits};
 use tsmigrate::legacy::{flush, schema, writer};
-use tsmigrate::target::writer::TargetWriter;
-use tsmigrate::target::StorageMode;
+use tsmigrate::store::writer::TargetWriter;
+use tsmigrate::store::StorageMode;
 
 use crate::dual_write::{drain, post, relay_for, router};
 use crate::scenario::{prepare_and_dual_write, target_counts, Mode};
@@ -340,7 +340,7 @@ async fn backfill_sets_poison_aside_names_it_and_reruns_as_a_no_op_timescaledb()
 
 async fn validate_reports_out_of_range(mode: Mode) -> Value {
     let env = TestEnv::new().await;
-    let end = tsmigrate::legacy::flush::hour_floor(Utc::now(), chrono_tz::Tz::UTC) - chrono::Duration::hours(1);
+    let end = tsmigrate::calendar::hour_floor(Utc::now(), chrono_tz::Tz::UTC) - chrono::Duration::hours(1);
     env.cli(&["seed", "--events", "1500", "--days", "1", "--users", "40", "--messy", "--end", &end.to_rfc3339()]).expect_success();
     add_out_of_range(&env).await;
     prepare_and_dual_write(&env, mode);

@@ -27,7 +27,7 @@ async fn migrated(mode: &str) -> (TestEnv, DateTime<Utc>) {
     let env = TestEnv::with_settings(|s| s.redis.event_cap = EVENT_CAP).await;
     // The CLI reads ./tsmigrate.toml from its working directory: give it the same cap.
     env.write_file("tsmigrate.toml", &format!("[redis]\nevent_cap = {EVENT_CAP}\n"));
-    let end = tsmigrate::legacy::flush::hour_floor(Utc::now(), chrono_tz::Tz::UTC);
+    let end = tsmigrate::calendar::hour_floor(Utc::now(), chrono_tz::Tz::UTC);
     env.cli(&["seed", "--events", "6000", "--days", "3", "--users", "150", "--messy", "--end", &end.to_rfc3339()]).expect_success();
     env.cli(&["prepare", "--mode", mode]).expect_success();
     env.cli(&["dual-write", "start"]).expect_success();

@@ -8,8 +8,8 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tsmigrate::event::TargetEvent;
-use tsmigrate::target::writer::TargetWriter;
-use tsmigrate::target::StorageMode;
+use tsmigrate::store::writer::TargetWriter;
+use tsmigrate::store::StorageMode;
 use tsmigrate::validate::collect::sql;
 use tsmigrate::validate::fingerprint::{jsonb_text, Fingerprinter};
 

@@ -7,8 +7,8 @@ use chrono_tz::Tz;
 use sqlx::PgPool;
 
 use super::sql;
+use crate::calendar::local_day;
 use crate::config::LegacySettings;
-use crate::legacy::flush::local_day;
 use crate::validate::diff::Counts;
 
 /// A row of an hourly table.

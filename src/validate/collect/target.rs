@@ -79,7 +79,7 @@ pub async fn digests(pool: &PgPool, ranges: &[(i64, i64)]) -> anyhow::Result<Vec
 /// Full target rows for `(event_id, time_ms)` keys.
 pub async fn events_by_key(pool: &PgPool, keys: &[(Uuid, i64)]) -> anyhow::Result<Vec<TargetEvent>> {
     let keys: Vec<(Uuid, DateTime<Utc>)> = keys.iter().map(|(id, ms)| (*id, ms_to_time(*ms))).collect();
-    Ok(crate::target::writer::rows_by_key(&mut *pool.acquire().await?, &keys).await?)
+    Ok(crate::store::writer::rows_by_key(&mut *pool.acquire().await?, &keys).await?)
 }
 
 pub fn ms_to_time(ms: i64) -> DateTime<Utc> {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::{StorageMode, ASSET_VIEW, DAILY_VIEW, HOURLY_VIEW};
-use crate::legacy::flush::{day_start, local_day};
+use crate::calendar::{day_start, local_day};
 
 /// Days per refresh call: bounded work per call, progress between calls.
 const CHUNK_DAYS: i64 = 7;
