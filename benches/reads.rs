@@ -129,9 +129,15 @@ async fn setup(mode: &str, events: i64, with_legacy: bool) -> Setup {
     println!("[{mode}] loaded in {:.0}s; refreshing aggregates", started.elapsed().as_secs_f64());
     let started = Instant::now();
     let storage = tsmigrate::store::StorageMode::parse(mode).expect("mode");
-    tsmigrate::store::aggregates::refresh(&pool, storage, end - chrono::Duration::days(DAYS + 1), end + chrono::Duration::hours(1), chrono_tz::Tz::UTC, 90)
-        .await
-        .expect("refresh");
+    tsmigrate::store::aggregates::refresh(
+        &*tsmigrate::store::open(storage, pool.clone()),
+        end - chrono::Duration::days(DAYS + 1),
+        end + chrono::Duration::hours(1),
+        chrono_tz::Tz::UTC,
+        90,
+    )
+    .await
+    .expect("refresh");
     println!("[{mode}] aggregates refreshed in {:.0}s", started.elapsed().as_secs_f64());
     if mode == "timescaledb" {
         let started = Instant::now();
@@ -152,7 +158,7 @@ async fn setup(mode: &str, events: i64, with_legacy: bool) -> Setup {
         let options = tsmigrate::legacy::seed::SeedOptions { events: LEGACY_CAP, days: 1, users: USERS as u32, seed: 3, messy: false, end, flush: false };
         tsmigrate::legacy::seed::run(&mut redis, &pool, &env.settings, options, |_| {}).await.expect("seed redis");
         let keys = tsmigrate::legacy::LegacyKeys::from_settings(&env.settings);
-        let horizon = tsmigrate::phase::history::redis_horizon(&mut redis, &keys).await.expect("horizon").expect("redis holds events");
+        let horizon = tsmigrate::legacy::reader::redis_horizon(&mut redis, &keys).await.expect("horizon").expect("redis holds events");
         let rows = sqlx::query(
             "INSERT INTO analytics_events (hour, event_name, category, event_count, unique_users)
              SELECT bucket, event_name, category, event_count, unique_users FROM analytics_hourly WHERE bucket <= $1",

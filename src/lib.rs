@@ -4,11 +4,14 @@
 //! Map of the crate:
 //! - [`config`]     settings from a TOML file and the environment; secrets redacted.
 //! - [`connect`], [`db`] connecting to PostgreSQL and Redis with errors that say what to do.
+//! - [`context`]    settings, pools and Redis built once at the edge and handed down.
+//! - [`calendar`]   hours and days in the bucket time zone; [`duration`] durations as people write them.
 //! - [`event`]      the event in each shape (incoming, Redis member, target row) and its identity.
 //! - [`legacy`]     the legacy system: Redis layout, writer, hourly flush worker, traffic generator.
-//! - [`target`]     the target: capability detection, migrations, writer, aggregates, dead letters.
+//! - [`store`]      the target in its storage mode (one `Store` per mode): migrations, writer, aggregates, dead letters.
 //! - [`state`]      the persisted migration state (phase, storage mode, read source); read by every layer.
-//! - [`phase`]      the migration state machine, gates, audit log, and the phase commands.
+//! - [`phase`]      the state machine, gates, audit log, the runner and one file per phase command.
+//! - [`status`]     where the migration stands (`tsmigrate status`, `GET /admin/status`).
 //! - [`dual_write`] the outbox stream, relay and tail.
 //! - [`validate`]   comparing Redis and the legacy tables with the target (pure diff core, collectors, reports).
 //! - [`reads`]      the read API's answers from the legacy path or the target, cache, shadow compare.
@@ -23,6 +26,7 @@ pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod context;
 pub mod daemon;
 pub mod db;
 pub mod dual_write;
@@ -35,6 +39,7 @@ pub mod progress;
 pub mod reads;
 pub mod remembered;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod validate;

@@ -70,6 +70,15 @@ impl Phase {
     }
 }
 
+/// The "next:" block every report ends with (phase commands, status, validation).
+pub fn render_next_steps(steps: &[String]) -> String {
+    let mut o = String::from("next:\n");
+    for step in steps {
+        o.push_str(&format!("  {step}\n"));
+    }
+    o
+}
+
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -1,8 +1,10 @@
-use crate::config::Settings;
-use crate::phase::backfill::{self, BackfillOptions};
-use crate::phase::repair;
+use crate::context::Context;
+use crate::phase::command::backfill::Backfill;
+use crate::phase::command::backfill_window::BackfillWindow;
+use crate::phase::Options;
 
-use super::{emit, parse_time, positive, Outcome};
+use super::options::DryRun;
+use super::{parse_time, positive, run_phase, Outcome};
 
 /// Copy the events Redis held before the completion point into the target
 /// (dual_writing → backfilled). Refused unless dual-write is active.
@@ -26,9 +28,8 @@ pub struct Args {
     /// Skip importing the legacy history older than the Redis horizon.
     #[arg(long)]
     pub no_history: bool,
-    /// Say what would be copied, change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub dry_run: DryRun,
     /// Repair a window: copy the events scored from this time (RFC 3339, a date, or -6h).
     #[arg(long, value_parser = parse_time, requires = "to", allow_hyphen_values = true, conflicts_with_all = ["dry_run", "max_rate", "no_history"])]
     pub from: Option<chrono::DateTime<chrono::Utc>>,
@@ -37,16 +38,11 @@ pub struct Args {
     pub to: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let page_size = args.page_size.unwrap_or(settings.migration.backfill_page_size);
+pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    let page_size = args.page_size.unwrap_or(ctx.settings.migration.backfill_page_size);
     if let (Some(from), Some(to)) = (args.from, args.to) {
-        let report = repair::run(settings, from, to, page_size).await?;
-        emit(json, &report, |r| r.human())?;
-        return Ok(Outcome::Success);
+        return run_phase(ctx, &BackfillWindow { from, to, page_size }, &Options::default(), json).await;
     }
-    let options =
-        BackfillOptions { page_size, max_rate: args.max_rate.map(|r| r as u64), dry_run: args.dry_run, import_history: !args.no_history, quiet: json };
-    let report = backfill::run(settings, options).await?;
-    emit(json, &report, |r| r.human())?;
-    Ok(Outcome::Success)
+    let command = Backfill { page_size, max_rate: args.max_rate.map(|r| r as u64), import_history: !args.no_history, quiet: json };
+    run_phase(ctx, &command, &args.dry_run.options(), json).await
 }

@@ -1,7 +1,8 @@
-use crate::config::Settings;
-use crate::phase::dual_write;
+use crate::context::Context;
+use crate::phase::command::{dual_write_start::DualWriteStart, dual_write_stop::DualWriteStop};
 
-use super::{emit, Outcome};
+use super::options::DryRun;
+use super::{run_phase, Outcome};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -15,16 +16,13 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Say what would happen, change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub dry_run: DryRun,
 }
 
-pub async fn run(command: Command, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let report = match command {
-        Command::Start(args) => dual_write::start(settings, args.dry_run).await?,
-        Command::Stop(args) => dual_write::stop(settings, args.dry_run).await?,
-    };
-    emit(json, &report, |r| r.human())?;
-    Ok(Outcome::Success)
+pub async fn run(command: Command, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Start(args) => run_phase(ctx, &DualWriteStart, &args.dry_run.options(), json).await,
+        Command::Stop(args) => run_phase(ctx, &DualWriteStop, &args.dry_run.options(), json).await,
+    }
 }

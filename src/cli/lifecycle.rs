@@ -1,32 +1,31 @@
 //! Phase commands after validation: cutover, reverse, retire-flush, optimize, complete,
 //! abort, shadow. Each supports --dry-run and --json and prints the next step.
 
-use crate::config::Settings;
-use crate::phase::lifecycle::{self, Force};
-use crate::phase::{abort, optimize};
+use crate::context::Context;
+use crate::phase::command::{
+    abort::Abort, complete::Complete, cutover::Cutover, optimize::Optimize, retire_flush::RetireFlush, reverse::Reverse, shadow::Shadow,
+};
+use crate::phase::Options;
 
-use super::{emit, parse_duration, reason, Outcome};
+use super::options::{Confirm, DryRun, ForceArgs};
+use super::{parse_duration, run_phase, Outcome};
 
 /// Switch reads to the target (validated → reads_switched). Gate: the latest validation
 /// is clean and fresher than migration.validation_freshness_hours (24 h).
 #[derive(Debug, clap::Args)]
 pub struct CutoverArgs {
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Pass the validation gate anyway (needs --reason; audited).
-    #[arg(long, requires = "reason")]
-    pub force: bool,
-    /// Why the gate is being forced (recorded in the audit log; must not be blank).
-    #[arg(long, requires = "force", value_parser = reason)]
-    pub reason: Option<String>,
+    #[command(flatten)]
+    pub dry_run: DryRun,
+    #[command(flatten)]
+    pub force: ForceArgs,
 }
 
 /// Send reads back to the legacy path (reads_switched or flush_retired → validated);
 /// restores the legacy flush and refills the hours it skipped. Possible until `complete`.
 #[derive(Debug, clap::Args)]
 pub struct ReverseArgs {
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub dry_run: DryRun,
 }
 
 /// Retire the legacy hourly flush (reads_switched → flush_retired): `tsmigrate run` stops
@@ -34,25 +33,21 @@ pub struct ReverseArgs {
 /// switched for the soak period (migration.soak_hours, 24 h) and a clean validation since.
 #[derive(Debug, clap::Args)]
 pub struct RetireArgs {
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Soak period to require instead of migration.soak_hours (e.g. 2h, 30m).
+    #[command(flatten)]
+    pub dry_run: DryRun,
+    /// Soak period to require instead of migration.soak_hours (e.g. 2h, 30m, 1h30m).
     #[arg(long, value_parser = parse_duration)]
     pub soak: Option<chrono::Duration>,
-    /// Pass the soak/validation gate anyway (needs --reason; audited).
-    #[arg(long, requires = "reason")]
-    pub force: bool,
-    /// Why the gate is being forced (recorded in the audit log; must not be blank).
-    #[arg(long, requires = "force", value_parser = reason)]
-    pub reason: Option<String>,
+    #[command(flatten)]
+    pub force: ForceArgs,
 }
 
 /// Retention (raw 90 d, hourly 1 y, daily 5 y), the asset popularity aggregate, and a
 /// columnstore report with the compression ratio. Runs once the flush is retired.
 #[derive(Debug, clap::Args)]
 pub struct OptimizeArgs {
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub dry_run: DryRun,
     /// Compress every chunk older than target.columnstore_after_days now, instead of waiting for the policy.
     #[arg(long)]
     pub compress_now: bool,
@@ -61,19 +56,18 @@ pub struct OptimizeArgs {
 /// Finish the migration (flush_retired → completed); the legacy Redis keys get an expiry.
 #[derive(Debug, clap::Args)]
 pub struct CompleteArgs {
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub dry_run: DryRun,
 }
 
 /// Undo `prepare` before reads are switched: drop the target tables, aggregates and
 /// control tables (the audit log stays), turn dual-write off. Back to phase new.
 #[derive(Debug, clap::Args)]
 pub struct AbortArgs {
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Confirm: abort deletes every migrated row.
-    #[arg(long)]
-    pub yes: bool,
+    #[command(flatten)]
+    pub dry_run: DryRun,
+    #[command(flatten)]
+    pub confirm: Confirm,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,44 +77,30 @@ pub struct ShadowArgs {
     pub state: String,
 }
 
-pub async fn cutover(args: CutoverArgs, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let report = lifecycle::cutover(settings, args.dry_run, Force { reason: args.reason.filter(|_| args.force) }).await?;
-    emit(json, &report, |r| r.human())?;
-    Ok(Outcome::Success)
+pub async fn cutover(args: CutoverArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    run_phase(ctx, &Cutover, &args.dry_run.forced(&args.force), json).await
 }
 
-pub async fn reverse(args: ReverseArgs, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let report = lifecycle::reverse(settings, args.dry_run).await?;
-    emit(json, &report, |r| r.human())?;
-    Ok(Outcome::Success)
+pub async fn reverse(args: ReverseArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    run_phase(ctx, &Reverse, &args.dry_run.options(), json).await
 }
 
-pub async fn retire(args: RetireArgs, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let report = lifecycle::retire_flush(settings, args.dry_run, args.soak, Force { reason: args.reason.filter(|_| args.force) }).await?;
-    emit(json, &report, |r| r.human())?;
-    Ok(Outcome::Success)
+pub async fn retire(args: RetireArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    run_phase(ctx, &RetireFlush { soak: args.soak }, &args.dry_run.forced(&args.force), json).await
 }
 
-pub async fn optimize(args: OptimizeArgs, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let report = optimize::run(settings, args.dry_run, args.compress_now).await?;
-    emit(json, &report, |r| r.human())?;
-    Ok(Outcome::Success)
+pub async fn optimize(args: OptimizeArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    run_phase(ctx, &Optimize { compress_now: args.compress_now }, &args.dry_run.options(), json).await
 }
 
-pub async fn complete(args: CompleteArgs, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let report = lifecycle::complete(settings, args.dry_run).await?;
-    emit(json, &report, |r| r.human())?;
-    Ok(Outcome::Success)
+pub async fn complete(args: CompleteArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    run_phase(ctx, &Complete, &args.dry_run.options(), json).await
 }
 
-pub async fn abort(args: AbortArgs, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let report = abort::run(settings, args.dry_run, args.yes).await?;
-    emit(json, &report, |r| r.human())?;
-    Ok(Outcome::Success)
+pub async fn abort(args: AbortArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    run_phase(ctx, &Abort { confirmed: args.confirm.yes }, &args.dry_run.options(), json).await
 }
 
-pub async fn shadow(args: ShadowArgs, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let report = lifecycle::set_shadow(settings, args.state == "on").await?;
-    emit(json, &report, |r| r.human())?;
-    Ok(Outcome::Success)
+pub async fn shadow(args: ShadowArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    run_phase(ctx, &Shadow { on: args.state == "on" }, &Options::default(), json).await
 }

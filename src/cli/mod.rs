@@ -6,6 +6,7 @@ pub mod dual_write;
 pub mod import_history;
 pub mod legacy;
 pub mod lifecycle;
+pub mod options;
 pub mod prepare;
 pub mod relay;
 pub mod run;
@@ -19,7 +20,9 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::context::Context;
 pub use crate::duration::{parse_duration, parse_time};
+use crate::phase::{self, Options, PhaseCommand};
 
 /// Migrate a Redis analytics event pipeline to TimescaleDB in safe, reversible phases.
 ///
@@ -98,27 +101,33 @@ pub enum Outcome {
     Differences,
 }
 
-/// Runs a parsed command line with loaded settings.
+/// Runs a parsed command line with loaded settings. Commands that work on the target
+/// get a [`Context`] built here, once.
 pub async fn dispatch(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
     let json = cli.global.json;
-    match cli.command {
-        Command::Prepare(args) => prepare::run(args, &settings, json).await,
-        Command::Status(args) => status::run(args, &settings, json).await,
-        Command::Seed(args) => seed::run(args, &settings, json).await,
-        Command::Legacy(cmd) => legacy::run(cmd, &settings, json).await,
-        Command::DualWrite(cmd) => dual_write::run(cmd, &settings, json).await,
-        Command::Backfill(args) => backfill::run(args, &settings, json).await,
-        Command::ImportHistory(args) => import_history::run(args, &settings, json).await,
-        Command::Validate(args) => validate::run(args, &settings, json).await,
-        Command::Relay(args) => relay::run(args, &settings, json).await,
-        Command::Cutover(args) => lifecycle::cutover(args, &settings, json).await,
-        Command::Reverse(args) => lifecycle::reverse(args, &settings, json).await,
-        Command::RetireFlush(args) => lifecycle::retire(args, &settings, json).await,
-        Command::Optimize(args) => lifecycle::optimize(args, &settings, json).await,
-        Command::Complete(args) => lifecycle::complete(args, &settings, json).await,
-        Command::Abort(args) => lifecycle::abort(args, &settings, json).await,
-        Command::Shadow(args) => lifecycle::shadow(args, &settings, json).await,
-        Command::Run(args) => run::run(args, settings).await,
+    let command = match cli.command {
+        Command::Seed(args) => return seed::run(args, &settings, json).await,
+        Command::Legacy(cmd) => return legacy::run(cmd, &settings, json).await,
+        Command::Relay(args) => return relay::run(args, &settings, json).await,
+        Command::Run(args) => return run::run(args, settings).await,
+        command => command,
+    };
+    let ctx = Context::connect(settings).await?;
+    match command {
+        Command::Prepare(args) => prepare::run(args, &ctx, json).await,
+        Command::Status(args) => status::run(args, &ctx, json).await,
+        Command::DualWrite(cmd) => dual_write::run(cmd, &ctx, json).await,
+        Command::Backfill(args) => backfill::run(args, &ctx, json).await,
+        Command::ImportHistory(args) => import_history::run(args, &ctx, json).await,
+        Command::Validate(args) => validate::run(args, &ctx, json).await,
+        Command::Cutover(args) => lifecycle::cutover(args, &ctx, json).await,
+        Command::Reverse(args) => lifecycle::reverse(args, &ctx, json).await,
+        Command::RetireFlush(args) => lifecycle::retire(args, &ctx, json).await,
+        Command::Optimize(args) => lifecycle::optimize(args, &ctx, json).await,
+        Command::Complete(args) => lifecycle::complete(args, &ctx, json).await,
+        Command::Abort(args) => lifecycle::abort(args, &ctx, json).await,
+        Command::Shadow(args) => lifecycle::shadow(args, &ctx, json).await,
+        Command::Seed(_) | Command::Legacy(_) | Command::Relay(_) | Command::Run(_) => unreachable!("dispatched above"),
     }
 }
 
@@ -130,6 +139,13 @@ pub fn emit<T: Serialize>(json: bool, report: &T, human: impl FnOnce(&T) -> Stri
         print!("{}", human(report));
     }
     Ok(())
+}
+
+/// Runs a phase command through the runner and prints its report.
+pub async fn run_phase<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options, json: bool) -> anyhow::Result<Outcome> {
+    let report = phase::runner::run(ctx, command, options).await?;
+    emit(json, &report.to_json(), |_| report.human())?;
+    Ok(Outcome::Success)
 }
 
 /// A count that must be at least 1 (`--page-size 0` would never make progress).

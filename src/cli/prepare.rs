@@ -1,25 +1,25 @@
-use crate::config::{ModeChoice, Settings};
-use crate::phase::prepare;
+use crate::config::ModeChoice;
+use crate::context::Context;
+use crate::phase::command::prepare::Prepare;
 
-use super::{emit, Outcome};
+use super::options::DryRun;
+use super::{run_phase, Outcome};
 
 /// Create everything the target needs, in TimescaleDB mode or plain-PostgreSQL mode.
 ///
 /// Applies the versioned migrations under sql/ (checksummed; a changed setting that a
 /// migration depends on is refused). Running it again applies only what is missing and
-/// says so. Moves the phase new → prepared.
+/// says so. Moves the phase new → prepared. With --dry-run, prints the SQL that would run.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Storage mode: auto uses TimescaleDB when the server can load it.
     #[arg(long, value_enum)]
     pub mode: Option<ModeChoice>,
-    /// Print the SQL that would run, change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub dry_run: DryRun,
 }
 
-pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let report = prepare::run(settings, args.mode.unwrap_or(settings.target.mode), args.dry_run).await?;
-    emit(json, &report, |r| r.human())?;
-    Ok(Outcome::Success)
+pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    let choice = args.mode.unwrap_or(ctx.settings.target.mode);
+    run_phase(ctx, &Prepare { choice }, &args.dry_run.options(), json).await
 }

@@ -1,5 +1,5 @@
-use crate::config::Settings;
-use crate::phase::status;
+use crate::context::Context;
+use crate::status;
 
 use super::{emit, Outcome};
 
@@ -11,8 +11,8 @@ use super::{emit, Outcome};
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-pub async fn run(_args: Args, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let status = status::gather(settings).await?;
+pub async fn run(_args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+    let status = status::gather(ctx).await?;
     emit(json, &status, |s| s.human())?;
     match status.unreachable() {
         Some(down) => Err(anyhow::anyhow!("status is incomplete: {down}")),

@@ -3,8 +3,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
-use crate::config::Settings;
-use crate::phase::validate::{self, ValidateOptions};
+use crate::context::Context;
+use crate::phase::command::validate::Validate;
+use crate::phase::Options;
+use crate::validate::run::ValidateOptions;
 use crate::validate::{Depth, Verdict};
 
 use super::{parse_duration, parse_time, Outcome};
@@ -61,17 +63,17 @@ pub enum Format {
     Junit,
 }
 
-pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
+pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
     let format = if json { Format::Json } else { args.format };
     let options = ValidateOptions {
         from: args.from,
         to: args.to,
         depth: args.depth,
-        settle: args.settle.unwrap_or_else(|| chrono::Duration::seconds(settings.migration.settle_secs as i64)),
+        settle: args.settle.unwrap_or_else(|| chrono::Duration::seconds(ctx.settings.migration.settle_secs as i64)),
         refresh: !args.no_refresh,
         limit: args.limit,
     };
-    let report = validate::run(settings, &options).await?;
+    let report = crate::phase::runner::run(ctx, &Validate { options }, &Options::default()).await?.details;
     let rendered = match format {
         Format::Text => report.human(),
         Format::Json => serde_json::to_string_pretty(&report.to_json())? + "\n",

@@ -2,18 +2,16 @@
 //! [`JobOutcome`] — tests call [`run_job`] directly; the scheduler only decides when.
 //! Every run is recorded in `tsmigrate.job_runs` and counted in metrics.
 
-use std::sync::Arc;
-
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
-use sqlx::PgPool;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-use crate::config::Settings;
-use crate::legacy::{flush, LegacyKeys};
+use crate::context::Context;
+use crate::legacy::flush;
+use crate::phase::command::validate::Validate;
+use crate::phase::Options;
 use crate::state::{self, Phase};
-use crate::store::{aggregates, writer, StorageMode};
+use crate::store::{aggregates, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobName {
@@ -75,15 +73,6 @@ impl JobName {
     }
 }
 
-/// Plain-mode jobs that stand in for TimescaleDB's policies: (name, target, schedule, config).
-pub fn plain_mode_jobs() -> Vec<(&'static str, &'static str, &'static str, Value)> {
-    vec![
-        (JobName::RollupRefresh.as_str(), "analytics_hourly, analytics_daily, analytics_asset_popularity_ts", "every 5 minutes", json!({"window": "3 hours"})),
-        (JobName::PartitionUpkeep.as_str(), "analytics_events_ts", "hourly", json!({"create_ahead_days": 7})),
-        (JobName::RawRetention.as_str(), "analytics_events_ts", "daily", json!({"drop_after_days": 90})),
-    ]
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobOutcome {
     Done(Value),
@@ -92,17 +81,8 @@ pub enum JobOutcome {
     Failed(String),
 }
 
-/// What the jobs share.
-#[derive(Clone)]
-pub struct JobContext {
-    pub settings: Arc<Settings>,
-    pub target: PgPool,
-    pub legacy: PgPool,
-    pub redis: ConnectionManager,
-}
-
 /// Runs one job now and records the outcome.
-pub async fn run_job(ctx: &JobContext, job: JobName) -> JobOutcome {
+pub async fn run_job(ctx: &Context, job: JobName) -> JobOutcome {
     let started = Utc::now();
     let outcome = match execute(ctx, job).await {
         Ok(outcome) => outcome,
@@ -141,96 +121,99 @@ pub async fn run_job(ctx: &JobContext, job: JobName) -> JobOutcome {
     outcome
 }
 
-async fn execute(ctx: &JobContext, job: JobName) -> anyhow::Result<JobOutcome> {
-    let settings = &ctx.settings;
-    let keys = LegacyKeys::from_settings(settings);
-    let mut redis = ctx.redis.clone();
-    if job == JobName::OutboxMetrics {
-        let lag = crate::dual_write::outbox::lag(&mut redis, &keys, &settings.redis.outbox_group).await?;
-        metrics::gauge!("tsmigrate_outbox_entries").set(lag.entries as f64);
-        metrics::gauge!("tsmigrate_outbox_lag_seconds").set(lag.oldest_age_seconds.unwrap_or(0.0));
-        return Ok(JobOutcome::Done(json!(lag)));
-    }
-    if job == JobName::LegacyFlush {
-        let retired: Option<String> = redis::cmd("GET").arg(&keys.flush_retired).query_async(&mut redis).await?;
-        if retired.as_deref() == Some("1") {
-            return Ok(JobOutcome::Skipped("the legacy flush is retired".into()));
-        }
-        let tz = settings.target.timezone();
-        let (from, to) = crate::calendar::last_closed_hour(Utc::now(), tz);
-        crate::legacy::schema::ensure(&ctx.legacy, &settings.legacy).await?;
-        let done = flush::flush_range(&mut redis, &ctx.legacy, &keys, &settings.legacy, tz, from, to).await?;
-        return Ok(JobOutcome::Done(json!(done)));
-    }
-    let state = state::load_from_pool(&ctx.target).await?;
-    let Some(mode) = state.storage_mode else {
-        return Ok(JobOutcome::Skipped("the target is not prepared".into()));
-    };
-    let t = &settings.target;
-    let now = Utc::now();
+async fn execute(ctx: &Context, job: JobName) -> anyhow::Result<JobOutcome> {
     match job {
-        JobName::RollupRefresh | JobName::PartitionUpkeep | JobName::RawRetention if mode != StorageMode::Postgres => {
-            Ok(JobOutcome::Skipped("TimescaleDB policies do this".into()))
+        JobName::OutboxMetrics => outbox_metrics(ctx).await,
+        JobName::LegacyFlush => legacy_flush(ctx).await,
+        _ => {
+            let state = state::load_from_pool(&ctx.target).await?;
+            let Some(mode) = state.storage_mode else {
+                return Ok(JobOutcome::Skipped("the target is not prepared".into()));
+            };
+            upkeep(ctx, job, &*ctx.store(mode), state.phase).await
         }
-        JobName::RollupRefresh => {
-            let done = aggregates::refresh(&ctx.target, mode, now - chrono::Duration::hours(3), now, t.timezone(), t.raw_retention_days).await?;
-            Ok(JobOutcome::Done(json!(done)))
-        }
-        JobName::PartitionUpkeep => {
-            let created =
-                writer::ensure_partition_range(&ctx.target, now - chrono::Duration::days(1), now + chrono::Duration::days(i64::from(t.partitions_ahead_days)))
-                    .await?;
-            Ok(JobOutcome::Done(json!({"created": created})))
-        }
-        JobName::RawRetention => {
-            let dropped: i32 = sqlx::query_scalar("SELECT tsmigrate.drop_partitions_before($1)")
-                .bind(now - chrono::Duration::days(i64::from(t.raw_retention_days)))
-                .fetch_one(&ctx.target)
-                .await?;
-            Ok(JobOutcome::Done(json!({"dropped": dropped})))
-        }
-        JobName::TimescaledbJobHealth if mode != StorageMode::Timescaledb => Ok(JobOutcome::Skipped("plain PostgreSQL mode".into())),
-        JobName::TimescaledbJobHealth => {
-            let failing: Vec<(i32, String, Option<String>)> = sqlx::query_as(
-                "SELECT s.job_id, j.proc_name::text, e.err_message
-                 FROM timescaledb_information.job_stats s
-                 JOIN timescaledb_information.jobs j ON j.job_id = s.job_id
-                 LEFT JOIN LATERAL (SELECT err_message FROM timescaledb_information.job_errors e
-                                    WHERE e.job_id = s.job_id ORDER BY e.finish_time DESC LIMIT 1) e ON true
-                 WHERE s.job_id >= 1000 AND s.last_run_status = 'Failed'",
-            )
-            .fetch_all(&ctx.target)
-            .await?;
-            metrics::gauge!("tsmigrate_timescaledb_failing_jobs").set(failing.len() as f64);
-            if failing.is_empty() {
-                Ok(JobOutcome::Done(json!({"failing": 0})))
-            } else {
-                let parts: Vec<String> = failing.iter().map(|(id, name, err)| format!("job {id} {name}: {}", err.as_deref().unwrap_or("failed"))).collect();
-                Ok(JobOutcome::Failed(parts.join("; ")))
-            }
-        }
-        JobName::LegacyKeyExpiry if state.phase != Phase::Completed => Ok(JobOutcome::Skipped("the migration is not complete".into())),
-        JobName::LegacyKeyExpiry => {
-            let set = crate::phase::lifecycle::expire_legacy_keys(settings).await?;
-            Ok(JobOutcome::Done(json!({"expiries_set": set})))
-        }
-        JobName::Validation if state.phase < Phase::Backfilled => Ok(JobOutcome::Skipped("nothing to validate before backfill".into())),
-        JobName::Validation => scheduled_validation(settings).await,
-        JobName::LegacyFlush | JobName::OutboxMetrics => unreachable!("handled above"),
     }
 }
 
-/// The hourly consistency check: `tsmigrate validate` with the defaults, recorded like any run.
-async fn scheduled_validation(settings: &Settings) -> anyhow::Result<JobOutcome> {
-    let options = crate::phase::validate::ValidateOptions {
+async fn outbox_metrics(ctx: &Context) -> anyhow::Result<JobOutcome> {
+    let lag = crate::dual_write::outbox::lag(&mut ctx.redis_bulk().await?, &ctx.keys, &ctx.settings.redis.outbox_group).await?;
+    metrics::gauge!("tsmigrate_outbox_entries").set(lag.entries as f64);
+    metrics::gauge!("tsmigrate_outbox_lag_seconds").set(lag.oldest_age_seconds.unwrap_or(0.0));
+    Ok(JobOutcome::Done(json!(lag)))
+}
+
+async fn legacy_flush(ctx: &Context) -> anyhow::Result<JobOutcome> {
+    let (settings, keys) = (&ctx.settings, &ctx.keys);
+    let mut redis = ctx.redis_bulk().await?;
+    let retired: Option<String> = redis::cmd("GET").arg(&keys.flush_retired).query_async(&mut redis).await?;
+    if retired.as_deref() == Some("1") {
+        return Ok(JobOutcome::Skipped("the legacy flush is retired".into()));
+    }
+    let tz = settings.target.timezone();
+    let (from, to) = crate::calendar::last_closed_hour(Utc::now(), tz);
+    let legacy = ctx.legacy().await?;
+    crate::legacy::schema::ensure(&legacy, &settings.legacy).await?;
+    let done = flush::flush_range(&mut redis, &legacy, keys, &settings.legacy, tz, from, to).await?;
+    Ok(JobOutcome::Done(json!(done)))
+}
+
+/// The jobs that need a prepared target.
+async fn upkeep(ctx: &Context, job: JobName, store: &dyn Store, phase: Phase) -> anyhow::Result<JobOutcome> {
+    let t = &ctx.settings.target;
+    let now = Utc::now();
+    match job {
+        JobName::RollupRefresh | JobName::PartitionUpkeep | JobName::RawRetention if !store.scheduler_does_upkeep() => {
+            Ok(JobOutcome::Skipped("TimescaleDB policies do this".into()))
+        }
+        JobName::RollupRefresh => {
+            let done = aggregates::refresh(store, now - chrono::Duration::hours(3), now, t.timezone(), t.raw_retention_days).await?;
+            Ok(JobOutcome::Done(json!(done)))
+        }
+        JobName::PartitionUpkeep => {
+            let created = store.ensure_partitions(now - chrono::Duration::days(1), now + chrono::Duration::days(i64::from(t.partitions_ahead_days))).await?;
+            Ok(JobOutcome::Done(json!({"created": created})))
+        }
+        JobName::RawRetention => {
+            let dropped = store.enforce_retention(t, now).await?.dropped_partitions;
+            Ok(JobOutcome::Done(json!({"dropped": dropped})))
+        }
+        JobName::TimescaledbJobHealth => job_health(store).await,
+        JobName::LegacyKeyExpiry if phase != Phase::Completed => Ok(JobOutcome::Skipped("the migration is not complete".into())),
+        JobName::LegacyKeyExpiry => {
+            let set = crate::legacy::expire_keys(&mut ctx.redis_bulk().await?, &ctx.keys, ctx.settings.migration.legacy_key_expiry_days).await?;
+            Ok(JobOutcome::Done(json!({"expiries_set": set})))
+        }
+        JobName::Validation if phase < Phase::Backfilled => Ok(JobOutcome::Skipped("nothing to validate before backfill".into())),
+        JobName::Validation => scheduled_validation(ctx).await,
+        JobName::LegacyFlush | JobName::OutboxMetrics => unreachable!("handled by execute"),
+    }
+}
+
+/// Are the database's own background jobs failing?
+async fn job_health(store: &dyn Store) -> anyhow::Result<JobOutcome> {
+    let Some(failing) = store.failing_jobs().await? else {
+        return Ok(JobOutcome::Skipped("plain PostgreSQL mode".into()));
+    };
+    metrics::gauge!("tsmigrate_timescaledb_failing_jobs").set(failing.len() as f64);
+    if failing.is_empty() {
+        Ok(JobOutcome::Done(json!({"failing": 0})))
+    } else {
+        Ok(JobOutcome::Failed(failing.join("; ")))
+    }
+}
+
+/// The hourly consistency check: `tsmigrate validate` with the defaults, recorded like any
+/// run, on the daemon's pools and connections.
+async fn scheduled_validation(ctx: &Context) -> anyhow::Result<JobOutcome> {
+    let options = crate::validate::run::ValidateOptions {
         from: None,
         to: None,
         depth: crate::validate::Depth::Events,
-        settle: chrono::Duration::seconds(settings.migration.settle_secs as i64),
+        settle: chrono::Duration::seconds(ctx.settings.migration.settle_secs as i64),
         refresh: true,
         limit: 50,
     };
-    let report = crate::phase::validate::run(settings, &options).await?;
+    let report = crate::phase::runner::run(ctx, &Validate { options }, &Options::default()).await?.details;
     Ok(match report.verdict() {
         crate::validate::Verdict::Clean => JobOutcome::Done(report.figures()),
         crate::validate::Verdict::Differences => {
@@ -240,7 +223,7 @@ async fn scheduled_validation(settings: &Settings) -> anyhow::Result<JobOutcome>
 }
 
 /// Registers every job on a started scheduler.
-pub async fn schedule(ctx: JobContext) -> anyhow::Result<JobScheduler> {
+pub async fn schedule(ctx: Context) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
     for job in JobName::ALL {
         let ctx = ctx.clone();

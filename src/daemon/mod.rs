@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Settings;
+use crate::context::Context;
 use crate::dual_write::flag;
 use crate::dual_write::relay::{self, Relay, RelayOptions};
 use crate::http::{self, AppState};
@@ -48,13 +49,10 @@ pub async fn run(
     };
     let mut scheduler = None;
     if options.jobs {
-        // The jobs read a lot per command (the legacy flush): their own connection, and a patient one.
-        let ctx = jobs::JobContext {
-            settings: Arc::new(settings.clone()),
-            target: target.clone(),
-            legacy: legacy.clone(),
-            redis: crate::db::redis_bulk(&settings).await?,
-        };
+        // The jobs read a lot per command (the legacy flush): their own connection, and a
+        // patient one. Built once; every run (the hourly validation too) uses these pools.
+        let bulk = crate::db::redis_bulk(&settings).await?;
+        let ctx = Context::with_target(Arc::new(settings.clone()), target.clone()).with_legacy(legacy.clone()).with_redis(bulk.clone()).with_bulk_redis(bulk);
         scheduler = Some(jobs::schedule(ctx).await?);
     }
     crate::telemetry::metrics_handle();

@@ -86,10 +86,10 @@ fn cannot_check(error: &str) -> String {
     format!("could not check whether Redis persists the outbox: {}", error.lines().next().unwrap_or_default())
 }
 
-/// The warnings for the Redis at `settings`, or one saying it could not be checked.
-pub async fn warnings_for(settings: &crate::config::Settings) -> Vec<String> {
+/// The warnings for the Redis of `ctx`, or one saying it could not be checked.
+pub async fn warnings_for(ctx: &crate::context::Context) -> Vec<String> {
     let checked = async {
-        let mut redis = crate::db::redis(settings).await?;
+        let mut redis = ctx.redis().await?;
         anyhow::Ok(inspect(&mut redis).await?)
     };
     match checked.await {

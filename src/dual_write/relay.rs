@@ -221,7 +221,7 @@ impl Relay {
 
     /// Writes a batch in one transaction; events the target cannot store become dead
     /// letters in it, so the batch is always acknowledged once this returns `Ok`.
-    async fn write(&self, entries: &[StreamId]) -> sqlx::Result<(u64, usize)> {
+    async fn write(&self, entries: &[StreamId]) -> anyhow::Result<(u64, usize)> {
         let now_ms = Utc::now().timestamp_millis();
         let mut page = ParsedPage::with_capacity(entries.len());
         for entry in entries {
@@ -229,13 +229,19 @@ impl Relay {
             page.push(member, entry.get(OUTBOX_SCORE_FIELD), now_ms);
         }
         let started = Instant::now();
-        self.writer.ensure_partitions(&page.events).await?;
-        let mut tx = self.writer.pool().begin().await?;
-        let outcome = self.writer.write_page(&mut tx, &page, "relay", Method::Insert).await?;
-        if let Some(newest) = entries.iter().filter_map(|e| entry_ms(&e.id)).max() {
-            gaps::note_relayed(&mut tx, &self.options.group, newest).await?;
-        }
-        tx.commit().await?;
+        let newest = entries.iter().filter_map(|e| entry_ms(&e.id)).max();
+        let group = self.options.group.clone();
+        let outcome = self
+            .writer
+            .commit_page(&page, "relay", Method::Insert, move |tx, _| {
+                Box::pin(async move {
+                    if let Some(newest) = newest {
+                        gaps::note_relayed(tx, &group, newest).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
         metrics::histogram!("tsmigrate_write_seconds", "system" => "target").record(started.elapsed().as_secs_f64());
         Ok((outcome.inserted, outcome.dead_letters))
     }

@@ -82,11 +82,11 @@ impl Tail {
                 position.score = position.score.max(score);
                 page.push(member, Some(score), now_ms);
             }
-            self.writer.ensure_partitions(&page.events).await?;
-            let mut tx = self.writer.pool().begin().await?;
-            let outcome = self.writer.write_page(&mut tx, &page, "tail", Method::Insert).await?;
-            checkpoint::save(&mut tx, CHECKPOINT, &position).await?;
-            tx.commit().await?;
+            let saved = serde_json::to_value(position)?;
+            let outcome = self
+                .writer
+                .commit_page(&page, "tail", Method::Insert, move |tx, _| Box::pin(async move { checkpoint::save(tx, CHECKPOINT, &saved).await }))
+                .await?;
             read += page.len();
             inserted += outcome.inserted;
             dead_total += outcome.dead_letters;

@@ -24,6 +24,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::config::Settings;
+use crate::context::Context;
 use crate::dual_write::flag::DUAL_WRITE_FLAG_REFRESH;
 use crate::legacy::LegacyKeys;
 use crate::reads::shadow::ShadowStats;
@@ -121,6 +122,22 @@ impl DualWriteFlag {
     }
 }
 
+impl AppState {
+    /// A [`Context`] on this server's pools and shared Redis connection (`tsmigrate run`
+    /// has them all: no new connections). A server started without the target (ingest
+    /// only) connects from its settings for the answer, as the CLI would.
+    async fn context(&self) -> anyhow::Result<Context> {
+        let Some(target) = &self.target else {
+            return Ok(Context::connect((*self.settings).clone()).await?);
+        };
+        let ctx = Context::with_target(self.settings.clone(), target.clone()).with_redis(self.redis.clone());
+        Ok(match &self.legacy {
+            Some(legacy) => ctx.with_legacy(legacy.clone()),
+            None => ctx,
+        })
+    }
+}
+
 pub fn app(state: AppState) -> Router {
     let body_limit = state.settings.ingest.max_body_bytes;
     let http = &state.settings.http;
@@ -198,7 +215,7 @@ async fn metrics_text() -> (StatusCode, String) {
 /// status it could still read, like the CLI, which exits 2 then).
 async fn admin_status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Response, error::ApiError> {
     ingest::authorize(&state, &headers)?;
-    let status = crate::phase::status::gather(&state.settings).await.map_err(|e| match e.downcast_ref::<crate::connect::ConnectError>() {
+    let status = async { crate::status::gather(&state.context().await?).await }.await.map_err(|e| match e.downcast_ref::<crate::connect::ConnectError>() {
         Some(down) => error::ApiError::Unavailable(down.to_string()),
         None if e.downcast_ref::<sqlx::Error>().is_some() => error::ApiError::Unavailable(format!("the target database failed: {e}")),
         None => error::ApiError::Unexpected(e),

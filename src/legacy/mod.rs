@@ -10,7 +10,21 @@ pub mod schema;
 pub mod seed;
 pub mod writer;
 
+use redis::aio::ConnectionManager;
+
 use crate::config::Settings;
+
+/// After completion the legacy keys are only history: gives them an expiry of `days`
+/// (kept where one is set already). Returns how many got one.
+pub async fn expire_keys(redis: &mut ConnectionManager, keys: &LegacyKeys, days: u32) -> redis::RedisResult<u64> {
+    let seconds = i64::from(days) * 86_400;
+    let mut set = 0;
+    for key in [&keys.events, &keys.event_counters, &keys.category_counters, &keys.sessions] {
+        let applied: i64 = redis::cmd("EXPIRE").arg(key).arg(seconds).arg("NX").query_async(redis).await?;
+        set += applied as u64;
+    }
+    Ok(set)
+}
 
 /// The full Redis key names of the legacy layout (prefix applied).
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 //! first `skip` members scored exactly `score`" — enough to resume in the middle of a
 //! run of equal scores (Redis orders those by member bytes).
 
+use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +151,12 @@ pub async fn oldest_valid(redis: &mut ConnectionManager, key: &str) -> redis::Re
     let oldest: Vec<(Vec<u8>, f64)> =
         redis::cmd("ZRANGEBYSCORE").arg(key).arg(low).arg("+inf").arg("WITHSCORES").arg("LIMIT").arg(0).arg(1).query_async(redis).await?;
     Ok(oldest.into_iter().next())
+}
+
+/// The oldest event time Redis holds, if any.
+pub async fn redis_horizon(redis: &mut ConnectionManager, keys: &super::LegacyKeys) -> redis::RedisResult<Option<DateTime<Utc>>> {
+    let oldest = oldest_valid(redis, &keys.events).await?;
+    Ok(oldest.and_then(|(_, score)| DateTime::from_timestamp_millis(score.round() as i64)))
 }
 
 #[cfg(test)]

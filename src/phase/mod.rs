@@ -2,128 +2,96 @@
 //!
 //! `new → prepared → dual_writing → backfilled → validated → reads_switched → flush_retired → completed`
 //!
-//! Every phase change goes through [`state::PhaseGuard::commit`], which holds the phase
-//! advisory lock, re-checks the expected phase in the same transaction, and writes the
-//! audit log. The gate logic here is pure, so it is tested without a database.
+//! - [`Transition`]: which phases a command moves from, where to, where it also runs
+//!   without moving. Its check is pure, so the phase order is tested without a database.
+//! - [`gates`]: the pure gates past the phase order (cutover, retire-flush).
+//! - [`runner`]: the one way a phase command runs — lock, phase check, gate, audited
+//!   refusals, dry run, commit, report, next steps. See [`runner::PhaseCommand`].
+//! - [`command`]: one file per command, each its transition, gate and `apply`.
+//! - [`state::PhaseGuard`]: the phase lock and the audit log; only its `commit` (and
+//!   `abort`'s drop) changes the phase.
+//! - [`report::PhaseReport`]: what every command reports, as text or JSON.
 
-pub mod abort;
-pub mod backfill;
-pub mod dual_write;
-pub mod history;
-pub mod lifecycle;
-pub mod optimize;
-pub mod prepare;
-pub mod repair;
+pub mod command;
+pub mod gates;
+pub mod report;
+pub mod runner;
 pub mod state;
-pub mod status;
-pub mod validate;
 
 pub use crate::state::Phase;
+pub use report::PhaseReport;
+pub use runner::{Force, Options, PhaseCommand};
 
-/// A phase command that moves the state: which phases it starts from, where it goes.
+use Phase::*;
+
+/// A phase command's place in the state machine.
 #[derive(Debug, Clone, Copy)]
 pub struct Transition {
     pub command: &'static str,
+    /// Phases the command moves from, to `to`.
     pub from: &'static [Phase],
     pub to: Phase,
+    /// Phases the command also runs in, leaving the phase as it is (re-runs, repairs, reports).
+    pub stays_in: &'static [Phase],
+    /// Why the phase order is what it is, for a refusal; `None`: "this step needs phase …".
+    pub needs: Option<&'static str>,
 }
 
-pub const PREPARE: Transition = Transition { command: "prepare", from: &[Phase::New], to: Phase::Prepared };
-pub const DUAL_WRITE_START: Transition = Transition { command: "dual-write start", from: &[Phase::Prepared], to: Phase::DualWriting };
-pub const DUAL_WRITE_STOP: Transition = Transition { command: "dual-write stop", from: &[Phase::DualWriting], to: Phase::Prepared };
-pub const BACKFILL: Transition = Transition { command: "backfill", from: &[Phase::DualWriting, Phase::Backfilled], to: Phase::Backfilled };
-/// A clean validation after backfill opens the cutover gate. Validation itself runs in any
-/// phase from dual_writing on; only this move is gated.
-pub const VALIDATE: Transition = Transition { command: "validate", from: &[Phase::Backfilled], to: Phase::Validated };
-pub const CUTOVER: Transition = Transition { command: "cutover", from: &[Phase::Validated], to: Phase::ReadsSwitched };
-pub const REVERSE: Transition = Transition { command: "reverse", from: &[Phase::ReadsSwitched, Phase::FlushRetired], to: Phase::Validated };
-pub const RETIRE_FLUSH: Transition = Transition { command: "retire-flush", from: &[Phase::ReadsSwitched], to: Phase::FlushRetired };
-pub const COMPLETE: Transition = Transition { command: "complete", from: &[Phase::FlushRetired], to: Phase::Completed };
+const fn moves(command: &'static str, from: &'static [Phase], to: Phase) -> Transition {
+    Transition { command, from, to, stays_in: &[], needs: None }
+}
+
+pub const PREPARE: Transition =
+    Transition { stays_in: &[Prepared, DualWriting, Backfilled, Validated, ReadsSwitched, FlushRetired, Completed], ..moves("prepare", &[New], Prepared) };
+/// Run again while dual-write is on, start repairs what Redis may have lost (flag, group).
+pub const DUAL_WRITE_START: Transition = Transition {
+    stays_in: &[DualWriting, Backfilled, Validated, ReadsSwitched, FlushRetired, Completed],
+    ..moves("dual-write start", &[Prepared], DualWriting)
+};
+pub const DUAL_WRITE_STOP: Transition = moves("dual-write stop", &[DualWriting], Prepared);
+pub const BACKFILL: Transition = Transition { stays_in: &[Backfilled], ..moves("backfill", &[DualWriting], Backfilled) };
+/// A repair of one window (`backfill --from --to`): once dual-write is on, any phase.
+pub const BACKFILL_WINDOW: Transition = Transition {
+    command: "backfill --from --to",
+    from: &[],
+    to: DualWriting,
+    stays_in: &[DualWriting, Backfilled, Validated, ReadsSwitched, FlushRetired, Completed],
+    needs: Some("a window is repaired once dual-write is on"),
+};
+pub const IMPORT_HISTORY: Transition = Transition {
+    command: "import-history",
+    from: &[],
+    to: Prepared,
+    stays_in: &[Prepared, DualWriting, Backfilled, Validated, ReadsSwitched, FlushRetired, Completed],
+    needs: Some("the target is not prepared"),
+};
+/// Validation runs in any phase from dual_writing on; a clean run after backfill moves
+/// `backfilled → validated` and opens the cutover gate.
+pub const VALIDATE: Transition = Transition {
+    stays_in: &[DualWriting, Validated, ReadsSwitched, FlushRetired, Completed],
+    needs: Some("validation compares Redis with the target once dual-write is on (phase dual_writing or later)"),
+    ..moves("validate", &[Backfilled], Validated)
+};
+pub const CUTOVER: Transition = moves("cutover", &[Validated], ReadsSwitched);
+pub const REVERSE: Transition = moves("reverse", &[ReadsSwitched, FlushRetired], Validated);
+pub const RETIRE_FLUSH: Transition = moves("retire-flush", &[ReadsSwitched], FlushRetired);
+pub const OPTIMIZE: Transition = Transition {
+    command: "optimize",
+    from: &[],
+    to: FlushRetired,
+    stays_in: &[FlushRetired, Completed],
+    needs: Some("optimize runs once the legacy flush is retired"),
+};
+pub const COMPLETE: Transition = moves("complete", &[FlushRetired], Completed);
 /// Abort is possible only while reads still come from the legacy path.
-pub const ABORT: Transition =
-    Transition { command: "abort", from: &[Phase::Prepared, Phase::DualWriting, Phase::Backfilled, Phase::Validated], to: Phase::New };
-
-/// What a phase command did, for text and `--json` output.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PhaseReport {
-    pub command: String,
-    pub dry_run: bool,
-    pub phase_before: Phase,
-    pub phase_after: Phase,
-    pub forced: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// What the command found and did (gate evidence, objects dropped, figures).
-    pub details: serde_json::Value,
-    /// Risks the command noticed but that did not stop it.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    pub next_steps: Vec<String>,
-}
-
-impl PhaseReport {
-    /// The report of `transition` run from `phase_before` (not forced).
-    pub fn for_transition(transition: &Transition, phase_before: Phase, dry_run: bool, details: serde_json::Value) -> PhaseReport {
-        PhaseReport {
-            command: transition.command.into(),
-            dry_run,
-            phase_before,
-            phase_after: transition.to,
-            forced: false,
-            reason: None,
-            details,
-            warnings: vec![],
-            next_steps: if dry_run { vec![format!("tsmigrate {}   # without --dry-run", transition.command)] } else { transition.to.next_steps() },
-        }
-    }
-
-    pub fn human(&self) -> String {
-        let mut o = String::new();
-        if self.dry_run {
-            o.push_str(&format!(
-                "dry run: {} can run; it would move {} -> {}; nothing was changed
-",
-                self.command, self.phase_before, self.phase_after
-            ));
-        } else if self.phase_before != self.phase_after {
-            o.push_str(&format!(
-                "{}: phase {} -> {}
-",
-                self.command, self.phase_before, self.phase_after
-            ));
-        } else {
-            o.push_str(&format!(
-                "{}: done (phase stays {})
-",
-                self.command, self.phase_after
-            ));
-        }
-        if self.forced {
-            o.push_str(&format!(
-                "FORCED past the gate; reason recorded in the audit log: {}
-",
-                self.reason.as_deref().unwrap_or("")
-            ));
-        }
-        if let serde_json::Value::Object(map) = &self.details {
-            for (key, value) in map {
-                let shown = match value {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                o.push_str(&format!("  {key}: {shown}\n"));
-            }
-        }
-        for warning in &self.warnings {
-            o.push_str(&format!("WARNING: {warning}\n"));
-        }
-        o.push_str("next:\n");
-        for s in &self.next_steps {
-            o.push_str(&format!("  {s}\n"));
-        }
-        o
-    }
-}
+pub const ABORT: Transition = moves("abort", &[Prepared, DualWriting, Backfilled, Validated], New);
+pub const SHADOW: Transition = Transition {
+    command: "shadow",
+    from: &[],
+    to: Backfilled,
+    stays_in: &[Backfilled, Validated, ReadsSwitched, FlushRetired, Completed],
+    needs: Some("shadow reads compare with the target, which is complete only after backfill"),
+};
 
 /// A command refused by a gate. Shown to the operator as is, with what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,17 +103,23 @@ pub struct Refusal {
 }
 
 impl Transition {
-    /// The phase gate: may this command run from `current`? Pure.
-    pub fn check(&self, current: Phase) -> Result<(), Refusal> {
+    /// The phase order: may this command run from `current`, and in which phase does it
+    /// leave the migration? Pure.
+    pub fn check(&self, current: Phase) -> Result<Phase, Refusal> {
         if self.from.contains(&current) {
-            return Ok(());
+            return Ok(self.to);
         }
-        let expected: Vec<&str> = self.from.iter().map(|p| p.as_str()).collect();
-        Err(Refusal {
-            command: self.command.to_string(),
-            reason: format!("the migration is in phase {current}; this step needs phase {}", expected.join(" or ")),
-            next: current.next_steps().first().cloned().unwrap_or_default(),
-        })
+        if self.stays_in.contains(&current) {
+            return Ok(current);
+        }
+        let reason = match self.needs {
+            Some(needs) => format!("the migration is in phase {current}; {needs}"),
+            None => {
+                let expected: Vec<&str> = self.from.iter().chain(self.stays_in).map(|p| p.as_str()).collect();
+                format!("the migration is in phase {current}; this step needs phase {}", expected.join(" or "))
+            }
+        };
+        Err(Refusal { command: self.command.to_string(), reason, next: current.next_steps().first().cloned().unwrap_or_default() })
     }
 }
 
@@ -155,11 +129,37 @@ mod tests {
 
     #[test]
     fn gates_refuse_out_of_order_with_the_next_step() {
-        assert!(PREPARE.check(Phase::New).is_ok());
+        assert_eq!(PREPARE.check(Phase::New), Ok(Phase::Prepared));
+        assert_eq!(PREPARE.check(Phase::Validated), Ok(Phase::Validated));
         let refusal = BACKFILL.check(Phase::Prepared).unwrap_err();
         assert!(refusal.reason.contains("phase prepared"), "{refusal}");
         assert!(refusal.reason.contains("dual_writing"), "{refusal}");
         assert!(refusal.next.contains("dual-write start"), "{refusal}");
         assert!(DUAL_WRITE_START.check(Phase::New).unwrap_err().next.contains("prepare"));
+        assert_eq!(DUAL_WRITE_START.check(Phase::Backfilled), Ok(Phase::Backfilled), "a repair, not a move back");
+        assert_eq!(BACKFILL.check(Phase::Backfilled), Ok(Phase::Backfilled));
+    }
+
+    #[test]
+    fn validation_needs_dual_write_and_says_what_to_do() {
+        for phase in [Phase::New, Phase::Prepared] {
+            let refusal = VALIDATE.check(phase).unwrap_err();
+            assert!(refusal.reason.contains("dual_writing"), "{refusal}");
+            assert!(!refusal.next.is_empty());
+        }
+        assert!(VALIDATE.check(Phase::Prepared).unwrap_err().next.contains("dual-write start"));
+        for phase in [Phase::DualWriting, Phase::Validated, Phase::Completed] {
+            assert_eq!(VALIDATE.check(phase), Ok(phase));
+        }
+        assert_eq!(VALIDATE.check(Phase::Backfilled), Ok(Phase::Validated));
+    }
+
+    #[test]
+    fn every_phase_is_covered_by_a_command_or_two() {
+        for phase in Phase::ALL {
+            assert!(PREPARE.check(phase).is_ok());
+        }
+        assert!(OPTIMIZE.check(Phase::ReadsSwitched).unwrap_err().reason.contains("once the legacy flush is retired"));
+        assert!(SHADOW.check(Phase::DualWriting).unwrap_err().reason.contains("after backfill"));
     }
 }

@@ -112,33 +112,8 @@ impl PhaseGuard {
         load(&mut self.conn).await
     }
 
-    /// Checks the gate against the current state; a refusal is audited (when the control
-    /// tables exist) and returned.
-    pub async fn check(&mut self, transition: &Transition, details: Value) -> anyhow::Result<MigrationState> {
-        let state = self.state().await?;
-        if let Err(refusal) = transition.check(state.phase) {
-            self.audit_refusal(transition.command, state.phase, &refusal, details).await?;
-            return Err(refusal.into());
-        }
-        Ok(state)
-    }
-
     pub async fn audit_refusal(&mut self, command: &str, phase: Phase, refusal: &Refusal, details: Value) -> anyhow::Result<()> {
-        if phase == Phase::New {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, reason, details)
-             VALUES ($1, $2, $3, NULL, 'refused', $4, $5)",
-        )
-        .bind(&self.actor)
-        .bind(command)
-        .bind(phase.as_str())
-        .bind(&refusal.reason)
-        .bind(details)
-        .execute(&mut self.conn)
-        .await?;
-        Ok(())
+        record_refusal(&mut self.conn, &self.actor, command, phase, refusal, details).await
     }
 
     /// Moves the state along `transition` and writes the audit entry, in one transaction that
@@ -214,4 +189,23 @@ impl PhaseGuard {
         }
         Ok(())
     }
+}
+
+/// Writes a refusal into the audit log (nothing before prepare: there is no audit log yet).
+pub async fn record_refusal(conn: &mut PgConnection, actor: &str, command: &str, phase: Phase, refusal: &Refusal, details: Value) -> anyhow::Result<()> {
+    if phase == Phase::New {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, reason, details)
+         VALUES ($1, $2, $3, NULL, 'refused', $4, $5)",
+    )
+    .bind(actor)
+    .bind(command)
+    .bind(phase.as_str())
+    .bind(&refusal.reason)
+    .bind(details)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -20,7 +20,7 @@ const PAGE: usize = 10_000;
 /// The oldest event time Redis holds (the score of its oldest member, valid or not).
 pub async fn horizon(ctx: &ReadContext) -> Result<Option<DateTime<Utc>>, ReadError> {
     let mut redis = ctx.redis.clone();
-    crate::phase::history::redis_horizon(&mut redis, &ctx.keys).await.map_err(ReadError::redis)
+    crate::legacy::reader::redis_horizon(&mut redis, &ctx.keys).await.map_err(ReadError::redis)
 }
 
 pub async fn history_hours(ctx: &ReadContext, hours: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {

@@ -1,16 +1,15 @@
 //! Bringing the aggregates up to date over a time range, in both modes.
 //!
-//! TimescaleDB: `CALL refresh_continuous_aggregate` per view, outside any transaction,
-//! in day-aligned chunks. Plain: `tsmigrate.refresh_rollups`. Either way the range is
+//! In day-aligned chunks, each refreshed by the store of the mode ([`Store::refresh_chunk`]),
+//! outside any transaction. The range is
 //! clamped so it never reaches further back than raw retention: refreshing a window
 //! whose raw rows retention already dropped would delete the aggregate rows.
 
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
-use sqlx::PgPool;
 
-use super::{StorageMode, ASSET_VIEW, DAILY_VIEW, HOURLY_VIEW};
+use super::Store;
 use crate::calendar::{day_start, local_day};
 
 /// Days per refresh call: bounded work per call, progress between calls.
@@ -39,15 +38,8 @@ pub fn window(from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz, raw_retention_days
     (start < end && from < to).then_some((start, end, clamped))
 }
 
-#[tracing::instrument(skip(pool), err)]
-pub async fn refresh(
-    pool: &PgPool,
-    mode: StorageMode,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    tz: Tz,
-    raw_retention_days: u32,
-) -> sqlx::Result<RefreshOutcome> {
+#[tracing::instrument(skip(store), fields(mode = %store.mode()), err)]
+pub async fn refresh(store: &dyn Store, from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz, raw_retention_days: u32) -> sqlx::Result<RefreshOutcome> {
     let Some((start, end, clamped)) = window(from, to, tz, raw_retention_days, Utc::now()) else {
         return Ok(RefreshOutcome::default());
     };
@@ -55,22 +47,7 @@ pub async fn refresh(
     let mut chunk_start = start;
     while chunk_start < end {
         let chunk_end = (chunk_start + Duration::days(CHUNK_DAYS)).min(end);
-        match mode {
-            StorageMode::Timescaledb => {
-                for view in [HOURLY_VIEW, DAILY_VIEW, ASSET_VIEW] {
-                    // No transaction here: refresh_continuous_aggregate refuses to run inside one.
-                    sqlx::query("CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)")
-                        .bind(view)
-                        .bind(chunk_start)
-                        .bind(chunk_end)
-                        .execute(pool)
-                        .await?;
-                }
-            }
-            StorageMode::Postgres => {
-                sqlx::query("SELECT tsmigrate.refresh_rollups($1, $2)").bind(chunk_start).bind(chunk_end).execute(pool).await?;
-            }
-        }
+        store.refresh_chunk(chunk_start, chunk_end).await?;
         outcome.chunks += 1;
         chunk_start = chunk_end;
     }

@@ -119,65 +119,6 @@ pub async fn apply(pool: &PgPool, mode: StorageMode, target: &TargetSettings) ->
     Ok(plan)
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ObjectStatus {
-    pub name: String,
-    pub kind: String,
-    pub present: bool,
-}
-
-/// The objects `prepare` creates in a mode and whether each exists now.
-pub async fn objects(pool: &PgPool, mode: StorageMode) -> sqlx::Result<Vec<ObjectStatus>> {
-    let mut expected: Vec<(&str, &str)> = vec![
-        ("tsmigrate.migration_state", "control table"),
-        ("tsmigrate.audit_log", "control table"),
-        ("tsmigrate.checkpoints", "control table"),
-        ("tsmigrate.validation_runs", "control table"),
-        ("tsmigrate.dead_letter", "control table"),
-        ("tsmigrate.outbox_gaps", "control table"),
-        ("tsmigrate.history_hourly", "history table"),
-        ("tsmigrate.history_asset_popularity", "history table"),
-    ];
-    match mode {
-        StorageMode::Timescaledb => expected.extend([
-            ("analytics_events_ts", "hypertable"),
-            ("analytics_hourly", "continuous aggregate"),
-            ("analytics_daily", "continuous aggregate"),
-            ("analytics_asset_popularity_ts", "continuous aggregate"),
-        ]),
-        StorageMode::Postgres => expected.extend([
-            ("analytics_events_ts", "partitioned table"),
-            ("analytics_hourly", "rollup table"),
-            ("analytics_daily", "rollup table"),
-            ("analytics_asset_popularity_ts", "rollup table"),
-        ]),
-    }
-    let names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
-    let present: Vec<bool> = sqlx::query_scalar("SELECT to_regclass(n) IS NOT NULL FROM UNNEST($1::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i")
-        .bind(&names)
-        .fetch_all(pool)
-        .await?;
-    let mut objects: Vec<ObjectStatus> =
-        expected.iter().zip(present).map(|((name, kind), present)| ObjectStatus { name: name.to_string(), kind: kind.to_string(), present }).collect();
-    if mode == StorageMode::Timescaledb {
-        // A table of the right name that is not a hypertable (or a plain view) is not what prepare built.
-        let installed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')").fetch_one(pool).await?;
-        let mut timescale_objects: Vec<String> = Vec::new();
-        if installed {
-            timescale_objects = sqlx::query_scalar(
-                "SELECT hypertable_name::text FROM timescaledb_information.hypertables
-                 UNION ALL SELECT view_name::text FROM timescaledb_information.continuous_aggregates",
-            )
-            .fetch_all(pool)
-            .await?;
-        }
-        for object in objects.iter_mut().filter(|o| o.kind == "hypertable" || o.kind == "continuous aggregate") {
-            object.present &= timescale_objects.contains(&object.name);
-        }
-    }
-    Ok(objects)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

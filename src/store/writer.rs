@@ -190,10 +190,10 @@ impl TargetWriter {
         &self.pool
     }
 
-    /// Plain mode: makes sure a partition exists for every day the events fall on
-    /// (in its own short transaction, before the caller's).
+    /// Makes sure the store has somewhere to put every day the events fall on (plain mode:
+    /// partitions), in its own short transaction, before the caller's.
     pub async fn ensure_partitions(&self, events: &[TargetEvent]) -> sqlx::Result<()> {
-        if self.mode != StorageMode::Postgres || events.is_empty() {
+        if events.is_empty() {
             return Ok(());
         }
         let missing: Vec<i64> = {
@@ -207,9 +207,26 @@ impl TargetWriter {
             return Ok(());
         }
         let (first, last) = (missing[0], *missing.last().expect("non-empty"));
-        ensure_partition_range(&self.pool, day_start(first), day_start(last) + Duration::days(1)).await?;
+        super::open(self.mode, self.pool.clone()).ensure_partitions(utc_day_start(first), utc_day_start(last) + Duration::days(1)).await?;
         self.known_days.lock().expect("partition cache").extend(first..=last);
         Ok(())
+    }
+
+    /// The write sequence every path shares (backfill, repair, relay, tail): the store
+    /// made ready for the page, then in one transaction the page (with its dead letters)
+    /// and what must commit with it (`alongside`, which sees how the page went: a checkpoint,
+    /// the outbox position),
+    /// then commit. Nothing the caller acknowledges afterwards can be ahead of the commit.
+    pub async fn commit_page<F>(&self, page: &ParsedPage, source: &str, method: Method, alongside: F) -> anyhow::Result<PageOutcome>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection, &PageOutcome) -> BoxFuture<'c, anyhow::Result<()>>,
+    {
+        self.ensure_partitions(&page.events).await?;
+        let mut tx = self.pool.begin().await?;
+        let outcome = self.write_page(&mut tx, page, source, method).await?;
+        alongside(&mut tx, &outcome).await?;
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     /// Writes a page inside the caller's transaction and records its dead letters (as
@@ -460,13 +477,8 @@ fn is_code(e: &sqlx::Error, code: &str) -> bool {
     e.as_database_error().and_then(|d| d.code()).as_deref() == Some(code)
 }
 
-fn day_start(day: i64) -> DateTime<Utc> {
+fn utc_day_start(day: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(day * 86_400_000).expect("day in range")
-}
-
-/// Plain mode: creates the daily partitions covering `[from, to)`. Returns how many were new.
-pub async fn ensure_partition_range(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<i32> {
-    sqlx::query_scalar("SELECT tsmigrate.ensure_partitions($1, $2)").bind(from).bind(to - Duration::milliseconds(1)).fetch_one(pool).await
 }
 
 /// `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, backslash escapes.

@@ -5,15 +5,17 @@
 //! * [`diff`]        the diff core: summaries and event lists in, findings out (pure).
 //! * [`collect`]     the collectors, one per system; the only I/O here.
 //! * [`report`]      renderers: text with a unified diff, JSON, JUnit XML.
+//! * [`run`]         one run: collectors → diff core → report, recorded in `tsmigrate.validation_runs`.
 //!
-//! The phase command that runs all this, records the run and moves the phase is
-//! `crate::phase::validate`. The rules (what is compared, tolerance, exit codes) are
+//! The phase command around a run (phase check, moving `backfilled → validated`) is
+//! `crate::phase::command::validate`. The rules (what is compared, tolerance, exit codes) are
 //! written down in `validation/README.md`.
 
 pub mod collect;
 pub mod diff;
 pub mod fingerprint;
 pub mod report;
+pub mod run;
 pub mod window;
 
 use std::collections::BTreeMap;

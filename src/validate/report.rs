@@ -277,10 +277,7 @@ impl ValidationReport {
         if let Some(note) = &self.phase_note {
             let _ = writeln!(o, "  {note}");
         }
-        o.push_str("next:\n");
-        for s in &self.next_steps {
-            let _ = writeln!(o, "  {s}");
-        }
+        o.push_str(&crate::state::render_next_steps(&self.next_steps));
         o
     }
 
@@ -290,6 +287,13 @@ impl ValidationReport {
 
     pub fn junit(&self) -> String {
         junit(self)
+    }
+}
+
+/// A report serializes as its wire type.
+impl Serialize for ValidationReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
     }
 }
 

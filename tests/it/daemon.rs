@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde_json::json;
-use tsmigrate::daemon::jobs::{run_job, JobContext, JobName, JobOutcome};
+use tsmigrate::context::Context;
+use tsmigrate::daemon::jobs::{run_job, JobName, JobOutcome};
 use tsmigrate::daemon::{self, DaemonOptions};
 
 use crate::scenario::{prepare_and_dual_write, seed, target_counts, Mode};
@@ -107,7 +108,7 @@ async fn scheduled_jobs_do_their_work_and_are_recorded() {
     seed(&env, 800, false);
     prepare_and_dual_write(&env, Mode::Postgres);
     env.cli(&["backfill"]).expect_success();
-    let ctx = JobContext { settings: Arc::new(env.settings.clone()), target: env.pool.clone(), legacy: env.pool.clone(), redis: env.redis().await };
+    let ctx = Context::with_target(Arc::new(env.settings.clone()), env.pool.clone()).with_legacy(env.pool.clone()).with_redis(env.redis().await);
     // New events arrive through the relay; the rollup job brings the hourly table up to date.
     sqlx::query(
         "INSERT INTO analytics_events_ts (time, event_id, event_name, category, user_id)

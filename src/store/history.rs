@@ -7,13 +7,11 @@
 //! whole. Reads take the larger of history and raw for that hour and day (see `crate::reads`).
 
 use chrono::{DateTime, NaiveDate, Utc};
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::calendar::{hour_floor, local_day};
 use crate::config::Settings;
-use crate::legacy::LegacyKeys;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct HistoryReport {
@@ -23,10 +21,15 @@ pub struct HistoryReport {
     pub asset_rows: u64,
 }
 
-/// The oldest event time Redis holds, if any.
-pub async fn redis_horizon(redis: &mut ConnectionManager, keys: &LegacyKeys) -> redis::RedisResult<Option<DateTime<Utc>>> {
-    let oldest = crate::legacy::reader::oldest_valid(redis, &keys.events).await?;
-    Ok(oldest.and_then(|(_, score)| DateTime::from_timestamp_millis(score.round() as i64)))
+impl HistoryReport {
+    pub fn text(&self) -> String {
+        format!(
+            "history imported (through the hour of {}): {} hourly rows, {} asset rows\n",
+            self.horizon.map(|t| t.to_string()).unwrap_or_default(),
+            self.hourly_rows,
+            self.asset_rows
+        )
+    }
 }
 
 /// Imports (idempotently) every legacy row older than `horizon`, and those of the hour and

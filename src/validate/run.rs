@@ -1,11 +1,7 @@
-//! `tsmigrate validate`: compares Redis with the target's raw events, and the legacy
-//! hourly and asset tables with the target's aggregates, over the whole hours both
-//! systems cover; records the run in `tsmigrate.validation_runs`; a clean run moves
-//! `backfilled → validated`.
-//!
-//! Allowed from `dual_writing` on (before backfill it is informational: the window starts
-//! at the completion point). The phase lock is taken only at the end, to commit the move:
-//! validation reads, it never blocks another phase command.
+//! One validation run: collect both sides (Redis, the target, the legacy tables, each
+//! pushing the work into its server), hand them to the pure diff core, and record the run
+//! in `tsmigrate.validation_runs`. The phase command around it is
+//! `phase::command::validate`; the rules are in `validation/README.md`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
@@ -17,20 +13,20 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::state::{self, AuditEntry, LockHeld, MigrationState, PhaseGuard, StateChanges};
-use super::{Phase, Refusal, VALIDATE};
+use redis::aio::ConnectionManager;
+
 use crate::calendar::day_start;
-use crate::config::Settings;
-use crate::dual_write::gaps;
+use crate::context::Context;
 use crate::event::TargetEvent;
-use crate::legacy::LegacyKeys;
+use crate::legacy::reader::OutOfRange;
+use crate::state::MigrationState;
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::StorageMode;
 use crate::validate::collect::aggregates::{self as agg, AssetKey, HourlyKey, LegacyCoverage};
 use crate::validate::collect::{redis as redis_side, target as target_side};
 use crate::validate::diff::{self, EventFindings, HourDifference, Listed, MinuteSummaries, Summary};
 use crate::validate::window::{self, show_hour, Window, WindowFacts};
-use crate::validate::{AggregateCheck, Depth, EventCheck, ValidationReport, Verdict};
+use crate::validate::{AggregateCheck, Depth, EventCheck, ValidationReport};
 
 /// At most this many events (both sides together) are fetched to narrow differing
 /// minutes; hours beyond it are reported as not narrowed.
@@ -51,55 +47,22 @@ pub struct ValidateOptions {
     pub limit: usize,
 }
 
-/// Phases in which validation may run: once dual-write is on.
-pub fn gate(phase: Phase) -> Result<(), Refusal> {
-    if phase.dual_write_active() {
-        return Ok(());
-    }
-    Err(Refusal {
-        command: "validate".into(),
-        reason: format!("the migration is in phase {phase}; validation compares Redis with the target once dual-write is on (phase dual_writing or later)"),
-        next: phase.next_steps().first().cloned().unwrap_or_default(),
-    })
-}
-
-pub async fn run(settings: &Settings, options: &ValidateOptions) -> anyhow::Result<ValidationReport> {
-    let pool = crate::db::target_pool(settings).await?;
-    let state = state::load_from_pool(&pool).await?;
-    gate(state.phase)?;
+/// Compares, recording the run either way (a failed run too, once the control tables
+/// are reachable).
+pub async fn run(ctx: &Context, state: &MigrationState, options: &ValidateOptions) -> anyhow::Result<ValidationReport> {
     let started_at = Utc::now();
     let clock = Instant::now();
     let mut window_slot = None;
-    match compare(settings, &pool, &state, options, started_at, &mut window_slot).await {
+    match compare(ctx, state, options, started_at, &mut window_slot).await {
         Ok(mut report) => {
             report.finished_at = Utc::now();
             report.duration_ms = clock.elapsed().as_millis() as u64;
-            report.run_id = Some(record(&pool, &report).await.context("cannot record the run in tsmigrate.validation_runs")?);
-            if report.verdict() == Verdict::Clean {
-                move_phase(settings, &state, &mut report).await;
-            }
-            report.next_steps = next_steps(&report);
-            // A recorded gap explains missing events better than anything the diff can say.
-            let open = gaps::open(&pool).await.context("cannot read tsmigrate.outbox_gaps")?;
-            report.next_steps.splice(0..0, open.iter().map(|g| format!("{}   # {}", g.repair_command(), g.describe())));
+            report.run_id = Some(record(&ctx.target, &report).await.context("cannot record the run in tsmigrate.validation_runs")?);
             Ok(report)
         }
         Err(error) => {
-            let window = window_slot.as_ref();
-            let recorded = sqlx::query(
-                "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, window_from, window_to, depth, result, phase, figures, duration_ms)
-                 VALUES ($1, now(), $2, $3, $4, 'error', $5, $6, $7)",
-            )
-            .bind(started_at)
-            .bind(window.map(|w| w.from))
-            .bind(window.map(|w| w.to))
-            .bind(options.depth.as_str())
-            .bind(state.phase.as_str())
-            .bind(json!({"error": format!("{error:#}")}))
-            .bind(clock.elapsed().as_millis() as i64)
-            .execute(&pool)
-            .await;
-            if let Err(e) = recorded {
+            let failed = FailedRun { started_at, window: window_slot.as_ref(), depth: options.depth, phase: state.phase, duration: clock.elapsed() };
+            if let Err(e) = record_failed(&ctx.target, &failed, &error).await {
                 tracing::warn!(error = %e, "could not record the failed validation run");
             }
             Err(error)
@@ -107,107 +70,47 @@ pub async fn run(settings: &Settings, options: &ValidateOptions) -> anyhow::Resu
     }
 }
 
+struct FailedRun<'a> {
+    started_at: DateTime<Utc>,
+    window: Option<&'a Window>,
+    depth: Depth,
+    phase: crate::state::Phase,
+    duration: std::time::Duration,
+}
+
+async fn record_failed(pool: &PgPool, run: &FailedRun<'_>, error: &anyhow::Error) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, window_from, window_to, depth, result, phase, figures, duration_ms)
+         VALUES ($1, now(), $2, $3, $4, 'error', $5, $6, $7)",
+    )
+    .bind(run.started_at)
+    .bind(run.window.map(|w| w.from))
+    .bind(run.window.map(|w| w.to))
+    .bind(run.depth.as_str())
+    .bind(run.phase.as_str())
+    .bind(json!({"error": format!("{error:#}")}))
+    .bind(run.duration.as_millis() as i64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 async fn compare(
-    settings: &Settings,
-    pool: &PgPool,
+    ctx: &Context,
     state: &MigrationState,
     options: &ValidateOptions,
     started_at: DateTime<Utc>,
     window_slot: &mut Option<Window>,
 ) -> anyhow::Result<ValidationReport> {
-    let tz = settings.target.timezone();
     let mode = state.storage_mode.context("storage mode missing from the migration state")?;
-    let keys = LegacyKeys::from_settings(settings);
-    let mut redis = crate::db::redis(settings).await?;
-    let oldest = super::history::redis_horizon(&mut redis, &keys).await?;
-    let members: u64 = redis::cmd("ZCARD").arg(&keys.events).query_async(&mut redis).await?;
-    let out_of_range = crate::legacy::reader::out_of_range(&mut redis, &keys.events, started_at.timestamp_millis(), OUT_OF_RANGE_EXAMPLES).await?;
-    let facts = WindowFacts {
-        now: started_at,
-        settle: options.settle,
-        tz,
-        phase: state.phase,
-        completion_point: state.completion_point,
-        redis_oldest: oldest,
-        redis_members: members,
-        redis_cap: settings.redis.event_cap,
-        raw_retention_days: settings.target.raw_retention_days,
-        requested_from: options.from,
-        requested_to: options.to,
-    };
-    let window = window::choose(&facts, &keys.events)?;
+    let mut redis = ctx.redis().await?;
+    let (window, out_of_range) = choose_window(ctx, &mut redis, state, options, started_at).await?;
     *window_slot = Some(window.clone());
-    let legacy_pool = crate::db::legacy_pool(settings).await?;
-    let coverage = agg::legacy_coverage(&legacy_pool, &settings.legacy).await?;
-
-    let starts: Vec<i64> = window.hour_starts.iter().map(|h| h.timestamp_millis()).collect();
-    let (from_ms, to_ms) = (window.from.timestamp_millis(), window.to.timestamp_millis());
+    let (sides, hourly, assets, refresh, mut timings) = collect(ctx, &redis, mode, &window, options, started_at).await?;
+    let mut events = EventCheck { out_of_range, ..Default::default() };
     let now_ms = started_at.timestamp_millis();
-    let mut timings = BTreeMap::new();
-    let timed = |name: &'static str, clock: Instant| (name, clock.elapsed().as_millis() as u64);
-
-    let redis_collect = async {
-        let clock = Instant::now();
-        let side = match options.depth {
-            Depth::Events => RedisSide::Events(redis_side::summarize(&redis, &keys.events, from_ms, to_ms, now_ms).await?),
-            Depth::Counts => {
-                let mut conn = redis.clone();
-                RedisSide::Counts(redis_side::count_hours(&mut conn, &keys.events, &starts, to_ms).await?)
-            }
-        };
-        anyhow::Ok((side, timed("redis", clock)))
-    };
-    let target_collect = async {
-        let clock = Instant::now();
-        let minutes = target_side::summarize(pool, window.from, window.to, options.depth == Depth::Counts).await?;
-        let dead = match options.depth {
-            Depth::Counts => Some(target_side::dead_letter_minutes(pool, from_ms, to_ms).await?),
-            Depth::Events => None,
-        };
-        anyhow::Ok((minutes, dead, timed("target", clock)))
-    };
-    let aggregate_collect = async {
-        let clock = Instant::now();
-        let checks = compare_aggregates(settings, pool, &legacy_pool, mode, &window, coverage, options.refresh, options.limit).await?;
-        anyhow::Ok((checks, timed("aggregates", clock)))
-    };
-    let ((redis_found, t1), (target_minutes, dead_minutes, t2), ((hourly, assets, refresh), t3)) =
-        tokio::try_join!(redis_collect, target_collect, aggregate_collect)?;
-    timings.extend([t1, t2, t3]);
-
-    let target_hours = diff::roll_up(&target_minutes, &starts, to_ms);
-    let mut events = EventCheck { hours_compared: starts.len(), target_events: target_hours.iter().map(|h| h.count).sum(), out_of_range, ..Default::default() };
-    match redis_found {
-        RedisSide::Events(found) => {
-            let redis_hours = diff::roll_up(&found.minutes, &starts, to_ms);
-            events.redis_events = found.events;
-            events.dead_letters = found.dead_letters.clone();
-            let mut differing = diff::diff_hours(&redis_hours, &target_hours, &starts, true);
-            diff::attach_minutes(&mut differing, &found.minutes, &target_minutes, &starts, to_ms);
-            if !differing.is_empty() {
-                let clock = Instant::now();
-                narrow(&mut events, &differing, &found.minutes, &target_minutes, &mut redis, &keys.events, pool, now_ms, options.limit).await?;
-                timings.insert("narrow", clock.elapsed().as_millis() as u64);
-            }
-            events.hours = listed(differing, options.limit);
-        }
-        RedisSide::Counts(zcounts) => {
-            let dead_minutes = dead_minutes.unwrap_or_default();
-            let mut dead_hours = vec![0u64; starts.len()];
-            for (minute, n) in &dead_minutes {
-                if let Some(i) = diff::hour_index(&starts, to_ms, minute * diff::MINUTE_MS) {
-                    dead_hours[i] += n;
-                }
-            }
-            let redis_hours: Vec<Summary> =
-                zcounts.iter().zip(&dead_hours).map(|(members, dead)| Summary { count: members.saturating_sub(*dead), hash: 0 }).collect();
-            events.redis_events = redis_hours.iter().map(|h| h.count).sum();
-            let dead_total: u64 = dead_hours.iter().sum();
-            if dead_total > 0 {
-                events.dead_letters.insert("recorded".into(), dead_total);
-            }
-            events.hours = listed(diff::diff_hours(&redis_hours, &target_hours, &starts, false), options.limit);
-        }
+    if let Some(narrowed) = compare_events(&mut events, sides, &window, ctx, &mut redis, now_ms, options.limit).await? {
+        timings.insert("narrow", narrowed);
     }
     Ok(ValidationReport {
         run_id: None,
@@ -227,6 +130,143 @@ async fn compare(
         timings,
         next_steps: vec![],
     })
+}
+
+/// The whole hours both systems cover (and why each edge is where it is).
+async fn choose_window(
+    ctx: &Context,
+    redis: &mut ConnectionManager,
+    state: &MigrationState,
+    options: &ValidateOptions,
+    started_at: DateTime<Utc>,
+) -> anyhow::Result<(Window, OutOfRange)> {
+    let settings = &ctx.settings;
+    let events_key = &ctx.keys.events;
+    let oldest = crate::legacy::reader::redis_horizon(redis, &ctx.keys).await?;
+    let members: u64 = redis::cmd("ZCARD").arg(events_key).query_async(redis).await?;
+    let out_of_range = crate::legacy::reader::out_of_range(redis, events_key, started_at.timestamp_millis(), OUT_OF_RANGE_EXAMPLES).await?;
+    let facts = WindowFacts {
+        now: started_at,
+        settle: options.settle,
+        tz: settings.target.timezone(),
+        phase: state.phase,
+        completion_point: state.completion_point,
+        redis_oldest: oldest,
+        redis_members: members,
+        redis_cap: settings.redis.event_cap,
+        raw_retention_days: settings.target.raw_retention_days,
+        requested_from: options.from,
+        requested_to: options.to,
+    };
+    Ok((window::choose(&facts, events_key)?, out_of_range))
+}
+
+/// Both sides of the events, summarized per minute (or counted per hour).
+struct Sides {
+    redis: RedisSide,
+    target: MinuteSummaries,
+    dead_minutes: Option<Vec<(i64, u64)>>,
+}
+
+type Collected = (Sides, AggregateCheck<HourlyKey>, AggregateCheck<AssetKey>, Option<RefreshOutcome>, BTreeMap<&'static str, u64>);
+
+/// Runs the three collectors at once: Redis, the target's events, the aggregates.
+async fn collect(
+    ctx: &Context,
+    redis: &ConnectionManager,
+    mode: StorageMode,
+    window: &Window,
+    options: &ValidateOptions,
+    started_at: DateTime<Utc>,
+) -> anyhow::Result<Collected> {
+    let starts: Vec<i64> = window.hour_starts.iter().map(|h| h.timestamp_millis()).collect();
+    let (from_ms, to_ms, now_ms) = (window.from.timestamp_millis(), window.to.timestamp_millis(), started_at.timestamp_millis());
+    let timed = |name: &'static str, clock: Instant| (name, clock.elapsed().as_millis() as u64);
+    let key = &ctx.keys.events;
+    let pool = &ctx.target;
+    let redis_collect = async {
+        let clock = Instant::now();
+        let side = match options.depth {
+            Depth::Events => RedisSide::Events(redis_side::summarize(redis, key, from_ms, to_ms, now_ms).await?),
+            Depth::Counts => RedisSide::Counts(redis_side::count_hours(&mut redis.clone(), key, &starts, to_ms).await?),
+        };
+        anyhow::Ok((side, timed("redis", clock)))
+    };
+    let target_collect = async {
+        let clock = Instant::now();
+        let minutes = target_side::summarize(pool, window.from, window.to, options.depth == Depth::Counts).await?;
+        let dead = match options.depth {
+            Depth::Counts => Some(target_side::dead_letter_minutes(pool, from_ms, to_ms).await?),
+            Depth::Events => None,
+        };
+        anyhow::Ok((minutes, dead, timed("target", clock)))
+    };
+    let aggregate_collect = async {
+        let clock = Instant::now();
+        let legacy_pool = ctx.legacy().await?;
+        let coverage = agg::legacy_coverage(&legacy_pool, &ctx.settings.legacy).await?;
+        let checks = compare_aggregates(ctx, &legacy_pool, mode, window, coverage, options.refresh, options.limit).await?;
+        anyhow::Ok((checks, timed("aggregates", clock)))
+    };
+    let ((redis_side, t1), (target, dead_minutes, t2), ((hourly, assets, refresh), t3)) = tokio::try_join!(redis_collect, target_collect, aggregate_collect)?;
+    let sides = Sides { redis: redis_side, target, dead_minutes: dead_minutes.map(|d| d.into_iter().collect()) };
+    Ok((sides, hourly, assets, refresh, BTreeMap::from([t1, t2, t3])))
+}
+
+/// Hands the events to the diff core, narrowing differing hours (events depth). Returns
+/// how long narrowing took, if it ran.
+#[allow(clippy::too_many_arguments)]
+async fn compare_events(
+    events: &mut EventCheck,
+    sides: Sides,
+    window: &Window,
+    ctx: &Context,
+    redis: &mut ConnectionManager,
+    now_ms: i64,
+    limit: usize,
+) -> anyhow::Result<Option<u64>> {
+    let starts: Vec<i64> = window.hour_starts.iter().map(|h| h.timestamp_millis()).collect();
+    let to_ms = window.to.timestamp_millis();
+    let target_hours = diff::roll_up(&sides.target, &starts, to_ms);
+    events.hours_compared = starts.len();
+    events.target_events = target_hours.iter().map(|h| h.count).sum();
+    let found = match sides.redis {
+        RedisSide::Counts(zcounts) => {
+            let (redis_hours, dead_total) = counted_hours(&zcounts, &sides.dead_minutes.unwrap_or_default(), &starts, to_ms);
+            events.redis_events = redis_hours.iter().map(|h| h.count).sum();
+            if dead_total > 0 {
+                events.dead_letters.insert("recorded".into(), dead_total);
+            }
+            events.hours = listed(diff::diff_hours(&redis_hours, &target_hours, &starts, false), limit);
+            return Ok(None);
+        }
+        RedisSide::Events(found) => found,
+    };
+    let redis_hours = diff::roll_up(&found.minutes, &starts, to_ms);
+    events.redis_events = found.events;
+    events.dead_letters = found.dead_letters.clone();
+    let mut differing = diff::diff_hours(&redis_hours, &target_hours, &starts, true);
+    diff::attach_minutes(&mut differing, &found.minutes, &sides.target, &starts, to_ms);
+    let mut narrowed = None;
+    if !differing.is_empty() {
+        let clock = Instant::now();
+        narrow(events, &differing, &found.minutes, &sides.target, redis, &ctx.keys.events, &ctx.target, now_ms, limit).await?;
+        narrowed = Some(clock.elapsed().as_millis() as u64);
+    }
+    events.hours = listed(differing, limit);
+    Ok(narrowed)
+}
+
+/// Counts depth: Redis members per hour less the dead letters recorded for it.
+fn counted_hours(zcounts: &[u64], dead_minutes: &[(i64, u64)], starts: &[i64], to_ms: i64) -> (Vec<Summary>, u64) {
+    let mut dead_hours = vec![0u64; starts.len()];
+    for (minute, n) in dead_minutes {
+        if let Some(i) = diff::hour_index(starts, to_ms, minute * diff::MINUTE_MS) {
+            dead_hours[i] += n;
+        }
+    }
+    let hours = zcounts.iter().zip(&dead_hours).map(|(members, dead)| Summary { count: members.saturating_sub(*dead), hash: 0 }).collect();
+    (hours, dead_hours.iter().sum())
 }
 
 enum RedisSide {
@@ -318,8 +358,7 @@ type AggregateChecks = (AggregateCheck<HourlyKey>, AggregateCheck<AssetKey>, Opt
 /// window the legacy flush has covered (and, for assets, the whole days among them).
 #[allow(clippy::too_many_arguments)]
 async fn compare_aggregates(
-    settings: &Settings,
-    pool: &PgPool,
+    ctx: &Context,
     legacy_pool: &PgPool,
     mode: StorageMode,
     window: &Window,
@@ -327,6 +366,7 @@ async fn compare_aggregates(
     refresh: bool,
     limit: usize,
 ) -> anyhow::Result<AggregateChecks> {
+    let (settings, pool) = (&ctx.settings, &ctx.target);
     let tz: Tz = settings.target.timezone();
     let legacy = &settings.legacy;
     let range: Result<_, String> = match coverage {
@@ -344,7 +384,7 @@ async fn compare_aggregates(
     // what the raw rows say, not how recently a scheduler ran.
     let refreshed = if refresh {
         Some(
-            aggregates::refresh(pool, mode, from, to, tz, settings.target.raw_retention_days)
+            aggregates::refresh(&*ctx.store(mode), from, to, tz, settings.target.raw_retention_days)
                 .await
                 .context("cannot refresh the target aggregates (use --no-refresh to compare them as they are)")?,
         )
@@ -382,68 +422,4 @@ async fn record(pool: &PgPool, report: &ValidationReport) -> sqlx::Result<i64> {
     .bind(report.duration_ms as i64)
     .fetch_one(pool)
     .await
-}
-
-/// A clean run moves backfilled → validated. Never fails the validation: when the move
-/// cannot be made (another command holds the lock), the report says so.
-async fn move_phase(settings: &Settings, state: &MigrationState, report: &mut ValidationReport) {
-    if VALIDATE.check(state.phase).is_err() {
-        return;
-    }
-    let mut guard = match PhaseGuard::acquire(&settings.database.url).await {
-        Ok(guard) => guard,
-        Err(e) => {
-            report.phase_note = Some(match e.downcast_ref::<LockHeld>() {
-                Some(held) => format!(
-                    "the phase was not moved: another tsmigrate phase command holds the migration lock (PostgreSQL backend pid {}); run tsmigrate validate again when it has finished",
-                    held.holder
-                ),
-                None => format!("the phase was not moved: {e}"),
-            });
-            return;
-        }
-    };
-    let details = json!({"validation_run": report.run_id, "window_from": report.window.from, "window_to": report.window.to, "depth": report.depth});
-    match guard.commit(&VALIDATE, state.phase, StateChanges::default(), AuditEntry { details, ..Default::default() }).await {
-        Ok(()) => report.phase_after = VALIDATE.to,
-        Err(e) => report.phase_note = Some(format!("the phase was not moved: {e}")),
-    }
-}
-
-fn next_steps(report: &ValidationReport) -> Vec<String> {
-    match report.verdict() {
-        Verdict::Clean if report.phase_note.is_some() => vec!["tsmigrate validate           # again, to move the phase to validated".into()],
-        Verdict::Clean => report.phase_after.next_steps(),
-        Verdict::Differences => {
-            let mut steps = Vec::new();
-            if report.depth == Depth::Counts && report.events.has_differences() {
-                steps.push("tsmigrate validate --depth events   # list the differing events".into());
-            }
-            if report.events.findings.as_ref().is_some_and(|f| f.missing.total > 0) {
-                steps.push("missing events: check the relay (tsmigrate status); events from before dual-write: tsmigrate backfill (idempotent)".into());
-            }
-            steps.push("fix the cause of the differences above, then: tsmigrate validate".into());
-            steps
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn validation_needs_dual_write_and_says_what_to_do() {
-        for phase in [Phase::New, Phase::Prepared] {
-            let refusal = gate(phase).unwrap_err();
-            assert!(refusal.reason.contains("dual_writing"), "{refusal}");
-            assert!(!refusal.next.is_empty());
-        }
-        assert!(gate(Phase::Prepared).unwrap_err().next.contains("dual-write start"));
-        for phase in [Phase::DualWriting, Phase::Backfilled, Phase::Validated, Phase::Completed] {
-            assert!(gate(phase).is_ok());
-        }
-        assert!(VALIDATE.check(Phase::Backfilled).is_ok());
-        assert!(VALIDATE.check(Phase::Validated).is_err());
-    }
 }

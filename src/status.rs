@@ -3,19 +3,15 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use sqlx::PgPool;
 
-use super::state::{self, MigrationState};
-use super::Phase;
-use crate::config::Settings;
+use crate::context::Context;
 use crate::dual_write::durability::{self, OutboxDurability};
 use crate::dual_write::gaps::{self, OutboxGap};
-use crate::legacy::LegacyKeys;
+use crate::state::{self, render_next_steps, Phase};
 use crate::store::capability::Capabilities;
 use crate::store::dead_letter::{self, DeadLetterCount};
-use crate::store::schema::{self, ObjectStatus};
-use crate::store::StorageMode;
+use crate::store::{self, ObjectStatus, Policy, StorageMode, Store};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -43,20 +39,6 @@ pub struct TimescaleInfo {
     pub available: Option<String>,
     pub installed: Option<String>,
     pub preloaded: bool,
-}
-
-/// A background job: a TimescaleDB policy, or (plain mode) a job `tsmigrate run` schedules.
-#[derive(Debug, Clone, Serialize)]
-pub struct Policy {
-    pub name: String,
-    pub target: String,
-    pub schedule: String,
-    pub config: Value,
-    pub scheduled: bool,
-    pub last_status: Option<String>,
-    pub last_run_at: Option<DateTime<Utc>>,
-    pub next_run_at: Option<DateTime<Utc>>,
-    pub failures: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -113,22 +95,22 @@ pub struct ValidationSummary {
     pub window_to: Option<DateTime<Utc>>,
 }
 
-pub async fn gather(settings: &Settings) -> anyhow::Result<Status> {
-    let pool = crate::db::target_pool(settings).await?;
-    let caps = Capabilities::detect(&pool).await?;
-    let state = state::load_from_pool(&pool).await?;
+pub async fn gather(ctx: &Context) -> anyhow::Result<Status> {
+    let pool = &ctx.target;
+    let caps = Capabilities::detect(pool).await?;
+    let state = state::load_from_pool(pool).await?;
     let prepared = state.phase > Phase::New;
-    let mode = state.storage_mode.or_else(|| caps.choose(settings.target.mode).ok());
-    let objects = match mode {
-        Some(m) => schema::objects(&pool, m).await?,
+    let objects = match state.storage_mode.or_else(|| caps.choose(ctx.settings.target.mode).ok()) {
+        Some(mode) => store::object_status(&*ctx.store(mode)).await?,
         None => vec![],
     };
-    let policies = if prepared { policies(&pool, state.storage_mode.unwrap_or(StorageMode::Postgres)).await? } else { vec![] };
-    let target = if prepared { target_status(&pool, &state).await? } else { TargetStatus::default() };
-    let last_validation = if prepared { last_validation(&pool).await? } else { None };
-    let redis = redis_status(settings).await;
-    let legacy = legacy_status(settings).await;
-    let outbox_gaps = if prepared { gaps::open(&pool).await? } else { vec![] };
+    let store = ctx.store(state.storage_mode.unwrap_or(StorageMode::Postgres));
+    let policies = if prepared { store.policies().await? } else { vec![] };
+    let target = if prepared { target_status(&*store).await? } else { TargetStatus::default() };
+    let last_validation = if prepared { last_validation(pool).await? } else { None };
+    let redis = redis_status(ctx).await;
+    let legacy = legacy_status(ctx).await;
+    let outbox_gaps = if prepared { gaps::open(pool).await? } else { vec![] };
     let mut warnings: Vec<String> = outbox_gaps.iter().map(|g| format!("{}; repair: {}", g.describe(), g.repair_command())).collect();
     warnings.extend(redis.durability.iter().flat_map(|d| d.warnings.clone()));
     let mut next_steps = state.phase.next_steps();
@@ -156,71 +138,12 @@ pub async fn gather(settings: &Settings) -> anyhow::Result<Status> {
     })
 }
 
-type JobRow = (i32, String, String, String, Option<Value>, bool, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<i64>);
-type JobRunRow = (String, Option<String>, Option<DateTime<Utc>>, i64);
 type ValidationRow = (i64, DateTime<Utc>, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 type ScoredMembers = Vec<(String, f64)>;
 
-async fn policies(pool: &PgPool, mode: StorageMode) -> anyhow::Result<Vec<Policy>> {
-    match mode {
-        StorageMode::Timescaledb => {
-            let rows: Vec<JobRow> = sqlx::query_as(
-                "SELECT j.job_id, j.proc_name::text,
-                            coalesce(c.view_name::text, j.hypertable_name::text, ''),
-                            j.schedule_interval::text, j.config, j.scheduled,
-                            s.last_run_status::text,
-                            -- job_stats says -infinity / infinity while a job is starting or paused
-                            CASE WHEN isfinite(s.last_run_started_at) THEN s.last_run_started_at END,
-                            CASE WHEN isfinite(s.next_start) THEN s.next_start END, s.total_failures
-                     FROM timescaledb_information.jobs j
-                     LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
-                     LEFT JOIN timescaledb_information.continuous_aggregates c
-                            ON c.materialization_hypertable_name = j.hypertable_name
-                     WHERE j.job_id >= 1000
-                     ORDER BY j.job_id",
-            )
-            .fetch_all(pool)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .map(|(id, proc_name, target, schedule, config, scheduled, last_status, last_run_at, next_run_at, failures)| Policy {
-                    name: format!("{proc_name} [job {id}]"),
-                    target,
-                    schedule,
-                    config: config.unwrap_or(Value::Null),
-                    scheduled,
-                    last_status,
-                    last_run_at,
-                    next_run_at,
-                    failures: failures.unwrap_or(0),
-                })
-                .collect())
-        }
-        StorageMode::Postgres => {
-            let runs: Vec<JobRunRow> = sqlx::query_as("SELECT job, last_status, last_started_at, failures FROM tsmigrate.job_runs").fetch_all(pool).await?;
-            Ok(crate::daemon::jobs::plain_mode_jobs()
-                .into_iter()
-                .map(|(name, target, schedule, config)| {
-                    let run = runs.iter().find(|r| r.0 == name);
-                    Policy {
-                        name: name.to_string(),
-                        target: target.to_string(),
-                        schedule: schedule.to_string(),
-                        config,
-                        scheduled: true,
-                        last_status: run.and_then(|r| r.1.clone()),
-                        last_run_at: run.and_then(|r| r.2),
-                        next_run_at: None,
-                        failures: run.map(|r| r.3).unwrap_or(0),
-                    }
-                })
-                .collect())
-        }
-    }
-}
-
-async fn target_status(pool: &PgPool, state: &MigrationState) -> anyhow::Result<TargetStatus> {
-    let mut conn = pool.acquire().await?;
+/// What the target holds; figures it cannot read (a table not there yet) stay empty.
+async fn target_status(store: &dyn Store) -> anyhow::Result<TargetStatus> {
+    let mut conn = store.pool().acquire().await?;
     let mut status = TargetStatus::default();
     if let Ok((count, oldest, newest)) =
         sqlx::query_as::<_, (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>("SELECT count(*), min(time), max(time) FROM analytics_events_ts")
@@ -233,42 +156,11 @@ async fn target_status(pool: &PgPool, state: &MigrationState) -> anyhow::Result<
     }
     status.hourly_rows = sqlx::query_scalar("SELECT count(*) FROM analytics_hourly").fetch_one(&mut *conn).await.ok();
     status.dead_letters = dead_letter::counts(&mut conn).await?;
-    match state.storage_mode {
-        Some(StorageMode::Timescaledb) => {
-            let row: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT count(*), count(*) FILTER (WHERE is_compressed) FROM timescaledb_information.chunks WHERE hypertable_name = 'analytics_events_ts'",
-            )
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some((chunks, compressed)) = row {
-                status.chunks = Some(chunks);
-                status.compressed_chunks = Some(compressed);
-            }
-            status.total_bytes = sqlx::query_scalar("SELECT hypertable_size('analytics_events_ts')::bigint").fetch_one(&mut *conn).await.ok();
-            let ratio: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
-                "SELECT sum(before_compression_total_bytes)::bigint, sum(after_compression_total_bytes)::bigint
-                 FROM hypertable_compression_stats('analytics_events_ts')",
-            )
-            .fetch_optional(&mut *conn)
-            .await
-            .ok()
-            .flatten();
-            if let Some((Some(before), Some(after))) = ratio {
-                if after > 0 {
-                    status.compression_ratio = Some(before as f64 / after as f64);
-                }
-            }
-        }
-        _ => {
-            status.chunks =
-                sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'analytics_events_ts'::regclass").fetch_one(&mut *conn).await.ok();
-            status.total_bytes = sqlx::query_scalar(
-                "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint FROM pg_inherits WHERE inhparent = 'analytics_events_ts'::regclass",
-            )
-            .fetch_one(&mut *conn)
-            .await
-            .ok();
-        }
+    if let Ok(storage) = store.storage().await {
+        status.chunks = Some(storage.chunks);
+        status.compressed_chunks = storage.compressed_chunks;
+        status.total_bytes = Some(storage.total_bytes);
+        status.compression_ratio = storage.compression_ratio;
     }
     Ok(status)
 }
@@ -289,10 +181,10 @@ async fn last_validation(pool: &PgPool) -> anyhow::Result<Option<ValidationSumma
     }))
 }
 
-async fn redis_status(settings: &Settings) -> RedisStatus {
-    let keys = LegacyKeys::from_settings(settings);
+async fn redis_status(ctx: &Context) -> RedisStatus {
+    let (keys, settings) = (&ctx.keys, &ctx.settings);
     let result: anyhow::Result<RedisStatus> = async {
-        let mut conn = crate::db::redis(settings).await?;
+        let mut conn = ctx.redis().await?;
         let (events, oldest, newest, flag, retired): (u64, ScoredMembers, ScoredMembers, Option<String>, Option<String>) = redis::pipe()
             .zcard(&keys.events)
             .cmd("ZRANGE")
@@ -309,7 +201,7 @@ async fn redis_status(settings: &Settings) -> RedisStatus {
             .get(&keys.flush_retired)
             .query_async(&mut conn)
             .await?;
-        let lag = crate::dual_write::outbox::lag(&mut conn, &keys, &settings.redis.outbox_group).await?;
+        let lag = crate::dual_write::outbox::lag(&mut conn, keys, &settings.redis.outbox_group).await?;
         let durability = durability::inspect_or_warn(&mut conn).await;
         Ok(RedisStatus {
             reachable: true,
@@ -329,9 +221,10 @@ async fn redis_status(settings: &Settings) -> RedisStatus {
     result.unwrap_or_else(|e| RedisStatus { reachable: false, error: Some(e.to_string()), ..Default::default() })
 }
 
-async fn legacy_status(settings: &Settings) -> LegacyStatus {
+async fn legacy_status(ctx: &Context) -> LegacyStatus {
+    let settings = &ctx.settings;
     let result: anyhow::Result<LegacyStatus> = async {
-        let pool = crate::db::legacy_pool(settings).await?;
+        let pool = ctx.legacy().await?;
         let table = &settings.legacy.hourly_table;
         let (rows, from, to): (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
             sqlx::query_as(&format!("SELECT count(*), min(hour), max(hour) FROM {table}")).fetch_one(&pool).await?;
@@ -366,6 +259,26 @@ impl Status {
     }
 
     pub fn human(&self) -> String {
+        let mut o = self.head_text();
+        o.push_str(&self.objects_text());
+        o.push_str(&self.redis.text());
+        o.push_str(&self.legacy.text());
+        if self.phase > Phase::New {
+            o.push_str(&self.target.text());
+        }
+        for warning in &self.warnings {
+            o.push_str(&format!("WARNING: {warning}\n"));
+        }
+        match &self.last_validation {
+            Some(v) => o.push_str(&format!("last validation: #{} {} ({} depth), {} ago\n", v.id, v.result, v.depth, humanize_secs(v.age_seconds))),
+            None if self.phase > Phase::New => o.push_str("last validation: none yet\n"),
+            None => {}
+        }
+        o.push_str(&render_next_steps(&self.next_steps));
+        o
+    }
+
+    fn head_text(&self) -> String {
         let mut o = String::new();
         o.push_str(&format!("phase:          {}\n", self.phase));
         o.push_str(&format!("storage mode:   {}\n", self.storage_mode.map(|m| m.to_string()).unwrap_or_else(|| "(not prepared)".into())));
@@ -382,6 +295,11 @@ impl Status {
         if let Some(t) = self.completion_point {
             o.push_str(&format!("completion pt:  {t}\n"));
         }
+        o
+    }
+
+    fn objects_text(&self) -> String {
+        let mut o = String::new();
         if !self.objects.is_empty() {
             o.push_str("objects:\n");
             for obj in &self.objects {
@@ -403,67 +321,64 @@ impl Status {
                 ));
             }
         }
-        let r = &self.redis;
-        if r.reachable {
-            o.push_str(&format!(
-                "redis:          {} events ({} .. {}); outbox {} entries, {} pending, lag {}s; dual-write flag {}\n",
-                r.events,
-                opt(&r.oldest_event),
-                opt(&r.newest_event),
-                r.outbox_entries,
-                r.outbox_pending,
-                r.outbox_lag_seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "0".into()),
-                if r.dual_write_flag { "on" } else { "off" }
-            ));
-        } else {
-            o.push_str(&format!("redis:          UNREACHABLE: {}\n", opt(&r.error)));
+        o
+    }
+}
+
+impl RedisStatus {
+    fn text(&self) -> String {
+        if !self.reachable {
+            return format!("redis:          UNREACHABLE: {}\n", opt(&self.error));
         }
-        let l = &self.legacy;
-        if l.reachable {
-            o.push_str(&format!(
-                "legacy tables:  {} hourly rows ({} .. {}), {} asset rows\n",
-                opt(&l.hourly_rows),
-                opt(&l.hourly_from),
-                opt(&l.hourly_to),
-                opt(&l.asset_rows)
-            ));
-        } else {
-            o.push_str(&format!("legacy tables:  unavailable: {}\n", opt(&l.error)));
+        format!(
+            "redis:          {} events ({} .. {}); outbox {} entries, {} pending, lag {}s; dual-write flag {}\n",
+            self.events,
+            opt(&self.oldest_event),
+            opt(&self.newest_event),
+            self.outbox_entries,
+            self.outbox_pending,
+            self.outbox_lag_seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "0".into()),
+            if self.dual_write_flag { "on" } else { "off" }
+        )
+    }
+}
+
+impl LegacyStatus {
+    fn text(&self) -> String {
+        if !self.reachable {
+            return format!("legacy tables:  unavailable: {}\n", opt(&self.error));
         }
-        let t = &self.target;
-        if self.phase > Phase::New {
-            o.push_str(&format!(
-                "target:         {} events ({} .. {}), {} hourly rows, {} chunks/partitions, {}\n",
-                opt(&t.events),
-                opt(&t.oldest_event),
-                opt(&t.newest_event),
-                opt(&t.hourly_rows),
-                opt(&t.chunks),
-                t.total_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1_048_576.0)).unwrap_or_else(|| "-".into())
-            ));
-            if let Some(ratio) = t.compression_ratio {
-                o.push_str(&format!("compression:    {ratio:.1}x ({} chunks compressed)\n", opt(&t.compressed_chunks)));
-            }
-            let dead: i64 = t.dead_letters.iter().map(|d| d.count).sum();
-            o.push_str(&format!("dead letters:   {dead}"));
-            if dead > 0 {
-                let parts: Vec<String> = t.dead_letters.iter().map(|d| format!("{} {}", d.count, d.reason_code)).collect();
-                o.push_str(&format!(" ({})", parts.join(", ")));
-            }
-            o.push('\n');
+        format!(
+            "legacy tables:  {} hourly rows ({} .. {}), {} asset rows\n",
+            opt(&self.hourly_rows),
+            opt(&self.hourly_from),
+            opt(&self.hourly_to),
+            opt(&self.asset_rows)
+        )
+    }
+}
+
+impl TargetStatus {
+    fn text(&self) -> String {
+        let mut o = format!(
+            "target:         {} events ({} .. {}), {} hourly rows, {} chunks/partitions, {}\n",
+            opt(&self.events),
+            opt(&self.oldest_event),
+            opt(&self.newest_event),
+            opt(&self.hourly_rows),
+            opt(&self.chunks),
+            self.total_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1_048_576.0)).unwrap_or_else(|| "-".into())
+        );
+        if let Some(ratio) = self.compression_ratio {
+            o.push_str(&format!("compression:    {ratio:.1}x ({} chunks compressed)\n", opt(&self.compressed_chunks)));
         }
-        for warning in &self.warnings {
-            o.push_str(&format!("WARNING: {warning}\n"));
+        let dead: i64 = self.dead_letters.iter().map(|d| d.count).sum();
+        o.push_str(&format!("dead letters:   {dead}"));
+        if dead > 0 {
+            let parts: Vec<String> = self.dead_letters.iter().map(|d| format!("{} {}", d.count, d.reason_code)).collect();
+            o.push_str(&format!(" ({})", parts.join(", ")));
         }
-        match &self.last_validation {
-            Some(v) => o.push_str(&format!("last validation: #{} {} ({} depth), {} ago\n", v.id, v.result, v.depth, humanize_secs(v.age_seconds))),
-            None if self.phase > Phase::New => o.push_str("last validation: none yet\n"),
-            None => {}
-        }
-        o.push_str("next:\n");
-        for step in &self.next_steps {
-            o.push_str(&format!("  {step}\n"));
-        }
+        o.push('\n');
         o
     }
 }

@@ -1,0 +1,41 @@
+//! Option groups shared by the phase commands, flattened into each command's arguments
+//! (like sqlx-cli's `opt.rs`), so `--dry-run`, `--force --reason` and `--yes` mean the
+//! same everywhere.
+
+use crate::phase::{Force, Options};
+
+use super::reason;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DryRun {
+    /// Check the phase and the gate and show what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForceArgs {
+    /// Pass the gate anyway (needs --reason; audited). Never passes the phase order.
+    #[arg(long, requires = "reason")]
+    pub force: bool,
+    /// Why the gate is being forced (recorded in the audit log; must not be blank).
+    #[arg(long, requires = "force", value_parser = reason)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Confirm {
+    /// Confirm a command that deletes data.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+impl DryRun {
+    pub fn options(&self) -> Options {
+        Options::dry_run(self.dry_run)
+    }
+
+    pub fn forced(&self, force: &ForceArgs) -> Options {
+        Options { dry_run: self.dry_run, force: Force { reason: force.reason.clone().filter(|_| force.force) } }
+    }
+}

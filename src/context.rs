@@ -1,0 +1,88 @@
+//! What every command needs — settings, key layout, the target pool, the legacy pool, Redis —
+//! built once at the edge and handed down (like zero2prod's `Application::build`): the CLI
+//! builds one per command, `tsmigrate run` one for the process, and the admin status
+//! endpoint and the scheduled jobs use the daemon's instead of connecting again.
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio::sync::OnceCell;
+
+use crate::config::Settings;
+use crate::connect::ConnectError;
+use crate::legacy::LegacyKeys;
+use crate::store::{self, StorageMode, Store};
+
+#[derive(Clone)]
+pub struct Context {
+    pub settings: Arc<Settings>,
+    /// The Redis key layout the settings name.
+    pub keys: Arc<LegacyKeys>,
+    /// The target database. Every phase command needs it, so the CLI connects it first
+    /// (its errors then say what to fix before anything else runs).
+    pub target: PgPool,
+    /// The legacy tables' database: the target pool unless `database.legacy_url` names
+    /// another; connected on first use, so commands that never read it never need it.
+    legacy: Arc<OnceCell<PgPool>>,
+    /// The shared, multiplexed connection for short commands (never block on it).
+    redis: Arc<OnceCell<ConnectionManager>>,
+    /// A connection of its own, with a patient deadline, for large single reads.
+    redis_bulk: Arc<OnceCell<ConnectionManager>>,
+}
+
+impl Context {
+    /// For a command of the CLI: connects the target now, the rest on first use.
+    pub async fn connect(settings: Settings) -> Result<Context, ConnectError> {
+        let target = crate::db::target_pool(&settings).await?;
+        Ok(Context::with_target(Arc::new(settings), target))
+    }
+
+    /// With the pools a long-running process already holds.
+    pub fn with_target(settings: Arc<Settings>, target: PgPool) -> Context {
+        let legacy = OnceCell::new();
+        if settings.database.legacy_url.is_none() {
+            let _ = legacy.set(target.clone());
+        }
+        Context {
+            keys: Arc::new(LegacyKeys::from_settings(&settings)),
+            settings,
+            target,
+            legacy: Arc::new(legacy),
+            redis: Arc::new(OnceCell::new()),
+            redis_bulk: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// Uses `legacy` for the legacy tables.
+    pub fn with_legacy(self, legacy: PgPool) -> Context {
+        Context { legacy: Arc::new(OnceCell::new_with(Some(legacy))), ..self }
+    }
+
+    /// Uses `redis` as the shared connection.
+    pub fn with_redis(self, redis: ConnectionManager) -> Context {
+        Context { redis: Arc::new(OnceCell::new_with(Some(redis))), ..self }
+    }
+
+    /// Uses `redis` for large reads too (a connection that is already a dedicated one).
+    pub fn with_bulk_redis(self, redis: ConnectionManager) -> Context {
+        Context { redis_bulk: Arc::new(OnceCell::new_with(Some(redis))), ..self }
+    }
+
+    pub async fn legacy(&self) -> Result<PgPool, ConnectError> {
+        self.legacy.get_or_try_init(|| crate::db::legacy_pool(&self.settings)).await.cloned()
+    }
+
+    pub async fn redis(&self) -> Result<ConnectionManager, ConnectError> {
+        self.redis.get_or_try_init(|| crate::db::redis(&self.settings)).await.cloned()
+    }
+
+    pub async fn redis_bulk(&self) -> Result<ConnectionManager, ConnectError> {
+        self.redis_bulk.get_or_try_init(|| crate::db::redis_bulk(&self.settings)).await.cloned()
+    }
+
+    /// The store of `mode` on the target.
+    pub fn store(&self, mode: StorageMode) -> Arc<dyn Store> {
+        store::open(mode, self.target.clone())
+    }
+}

@@ -1,0 +1,80 @@
+//! `tsmigrate abort`: before reads are switched, removes everything `prepare` created
+//! (the store's objects except the audit log) and turns dual-write off, returning the
+//! migration to `new`. The legacy system is untouched. Needs `--yes`.
+
+use serde_json::{json, Value};
+
+use crate::context::Context;
+use crate::phase::report::PhaseReport;
+use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
+use crate::phase::{Refusal, Transition, ABORT};
+use crate::store::objects::drop_statements;
+use crate::store::StorageMode;
+
+pub struct Abort {
+    /// `--yes`: abort deletes every migrated row.
+    pub confirmed: bool,
+}
+
+impl PhaseCommand for Abort {
+    type Details = Value;
+
+    fn transition(&self) -> &'static Transition {
+        &ABORT
+    }
+
+    async fn apply(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<Value>> {
+        let mode = run.state.storage_mode.unwrap_or(StorageMode::Postgres);
+        let statements = drop_statements(&ctx.store(mode).objects());
+        let keys = &ctx.keys;
+        let details = json!({
+            "drops": statements,
+            "redis_keys_deleted": [&keys.dual_write_flag, &keys.outbox],
+            "kept": ["tsmigrate.audit_log", "the legacy Redis keys and tables"],
+        });
+        if run.dry_run {
+            return Ok(Applied::new(details, Commit::Nothing));
+        }
+        if !self.confirmed {
+            return Err(Refusal {
+                command: "abort".into(),
+                reason: "abort drops the target tables and every migrated row; it needs confirmation".into(),
+                next: "tsmigrate abort --dry-run   # to see what would be dropped, then: tsmigrate abort --yes".into(),
+            }
+            .into());
+        }
+        // Ingest stops feeding the outbox first, so nothing lands in a table about to vanish.
+        let mut redis = ctx.redis().await?;
+        redis::cmd("DEL").arg(&keys.dual_write_flag).arg(&keys.outbox).query_async::<()>(&mut redis).await?;
+        drop_everything(run, &statements, &details).await?;
+        Ok(Applied::new(details, Commit::Done))
+    }
+
+    fn next_steps(&self, report: &PhaseReport) -> Vec<String> {
+        if report.dry_run {
+            vec!["tsmigrate abort --yes".into()]
+        } else {
+            report.phase_after.next_steps()
+        }
+    }
+}
+
+/// The drops and the audit entry in one transaction: the state table goes with them, so
+/// this is the one move that does not go through `PhaseGuard::commit`.
+async fn drop_everything(run: &mut Run, statements: &[String], details: &Value) -> anyhow::Result<()> {
+    let from = run.state.phase;
+    let guard = run.guard()?;
+    let actor = guard.actor().to_string();
+    let mut tx = sqlx::Connection::begin(guard.conn()).await?;
+    for statement in statements {
+        sqlx::query(statement).execute(&mut *tx).await?;
+    }
+    sqlx::query("INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, details) VALUES ($1, 'abort', $2, 'new', 'done', $3)")
+        .bind(&actor)
+        .bind(from.as_str())
+        .bind(details)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,403 @@
+//! `tsmigrate backfill`: copies the events Redis held before the completion point T into
+//! the target, oldest first, in pages written with `COPY`. Each page commits together
+//! with its checkpoint, so after a crash a re-run resumes exactly where the last commit
+//! ended: no gap, no duplicate. Then it refreshes the aggregates over the backfilled range
+//! and imports the legacy history older than the Redis horizon.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::context::Context;
+use crate::event::MAX_FUTURE_MS;
+use crate::legacy::reader::{self, read_page, OutOfRange, ScoreCursor};
+use crate::phase::report::Details;
+use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
+use crate::phase::state::StateChanges;
+use crate::phase::{Refusal, Transition, BACKFILL};
+use crate::progress::Progress;
+use crate::store::aggregates::{self, RefreshOutcome};
+use crate::store::checkpoint;
+use crate::store::dead_letter::{self, DeadLetterCount, DeadLetterExample};
+use crate::store::history::{self, HistoryReport};
+use crate::store::writer::{Method, PageOutcome, ParsedPage, TargetWriter};
+use crate::store::{StorageMode, Store};
+
+pub const CHECKPOINT: &str = "backfill";
+/// Dead letters named in the report (the most recent of the backfill's).
+const NAMED_DEAD_LETTERS: i64 = 5;
+/// Out-of-range members shown from each end of the sorted set.
+const OUT_OF_RANGE_EXAMPLES: usize = 3;
+
+pub struct Backfill {
+    pub page_size: usize,
+    /// Events per second at most (protects a busy production server); `None` = as fast as possible.
+    pub max_rate: Option<u64>,
+    pub import_history: bool,
+    /// No progress lines (JSON output).
+    pub quiet: bool,
+}
+
+/// Saved with every page.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackfillPosition {
+    pub cursor: ScoreCursor,
+    /// Scores up to this (inclusive) are the backfill's.
+    pub until: f64,
+    pub read: u64,
+    pub inserted: u64,
+    pub already_present: u64,
+    pub dead_letters: u64,
+    pub pages: u64,
+    pub min_time_ms: Option<i64>,
+    pub max_time_ms: Option<i64>,
+    pub finished: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillDetails {
+    #[serde(skip)]
+    dry_run: bool,
+    pub completion_point: DateTime<Utc>,
+    /// Events scored up to here were copied (T plus the tracker clock-skew allowance).
+    pub upper_bound: DateTime<Utc>,
+    pub resumed: bool,
+    pub remaining_estimate: u64,
+    /// Totals over the whole backfill (all runs).
+    pub read: u64,
+    pub inserted: u64,
+    pub already_present: u64,
+    pub dead_letters: u64,
+    pub dead_letter_reasons: Vec<DeadLetterCount>,
+    /// The most recent dead letters of the backfill, by name: reason, score and member.
+    pub dead_letter_examples: Vec<DeadLetterExample>,
+    /// Members scored where no path reads them (before 2000, `-inf`, after now + 1 day, `+inf`).
+    pub out_of_range: OutOfRange,
+    pub pages: u64,
+    /// This run only.
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub refresh: Option<RefreshOutcome>,
+    pub history: Option<HistoryReport>,
+}
+
+impl PhaseCommand for Backfill {
+    type Details = BackfillDetails;
+
+    fn transition(&self) -> &'static Transition {
+        &BACKFILL
+    }
+
+    async fn apply(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<BackfillDetails>> {
+        let completion_point = run.state.completion_point.ok_or_else(|| Refusal {
+            command: "backfill".into(),
+            reason: "no completion point is recorded".into(),
+            next: "tsmigrate dual-write stop && tsmigrate dual-write start".into(),
+        })?;
+        let mode = run.state.storage_mode.ok_or_else(|| anyhow::anyhow!("storage mode missing from the migration state"))?;
+        let mut redis = ctx.redis().await?;
+        let until = (completion_point.timestamp_millis() + MAX_FUTURE_MS + 60_000) as f64;
+        let saved: Option<BackfillPosition> = checkpoint::load(&mut *ctx.target.acquire().await?, CHECKPOINT).await?;
+        let resumed = saved.as_ref().is_some_and(|p| p.pages > 0);
+        let mut position = saved.unwrap_or_else(|| BackfillPosition::start(until));
+        let remaining = remaining(&mut redis, &ctx.keys.events, &position).await?;
+        let out_of_range = reader::out_of_range(&mut redis, &ctx.keys.events, Utc::now().timestamp_millis(), OUT_OF_RANGE_EXAMPLES).await?;
+        let mut details = BackfillDetails::new(run.dry_run, completion_point, &position, resumed, remaining, out_of_range);
+        if run.dry_run {
+            return Ok(Applied::new(details, Commit::Nothing));
+        }
+        let store = ctx.store(mode);
+        let started = Instant::now();
+        let read_before = position.read;
+        if !position.finished {
+            self.copy(ctx, mode, redis.clone(), &mut position, remaining).await?;
+        }
+        details.seconds = started.elapsed().as_secs_f64();
+        details.events_per_second = (position.read - read_before) as f64 / details.seconds.max(1e-9);
+        self.finish(ctx, &*store, &mut redis, &position, &mut details).await?;
+        let audit = json!({"read": position.read, "inserted": position.inserted, "dead_letters": position.dead_letters, "resumed": resumed});
+        let changes = StateChanges { backfilled_until: DateTime::from_timestamp_millis(position.until as i64), ..Default::default() };
+        Ok(Applied { audit, ..Applied::new(details, Commit::Move(changes)) })
+    }
+}
+
+impl Backfill {
+    /// Copies from the saved position to its end, each page with its checkpoint.
+    async fn copy(&self, ctx: &Context, mode: StorageMode, redis: ConnectionManager, position: &mut BackfillPosition, remaining: u64) -> anyhow::Result<()> {
+        let writer = TargetWriter::new(ctx.target.clone(), mode);
+        let mut sink = BackfillSink {
+            position,
+            progress: Progress::new("backfill", remaining, self.quiet),
+            started: Instant::now(),
+            done_this_run: 0,
+            max_rate: self.max_rate.filter(|r| *r > 0),
+        };
+        let (cursor, until) = (sink.position.cursor, sink.position.until);
+        copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink).await?;
+        sink.progress.finish();
+        sink.position.finished = true;
+        checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &*sink.position).await
+    }
+
+    /// Aggregates over what was copied, the history older than Redis, the totals.
+    async fn finish(
+        &self,
+        ctx: &Context,
+        store: &dyn Store,
+        redis: &mut ConnectionManager,
+        position: &BackfillPosition,
+        details: &mut BackfillDetails,
+    ) -> anyhow::Result<()> {
+        let t = &ctx.settings.target;
+        if let (Some(min), Some(max)) = (position.min_time_ms, position.max_time_ms) {
+            let from = DateTime::from_timestamp_millis(min).unwrap_or(details.completion_point);
+            let to = DateTime::from_timestamp_millis(max + 1).unwrap_or(details.completion_point);
+            details.refresh = Some(aggregates::refresh(store, from, to, t.timezone(), t.raw_retention_days).await?);
+        }
+        if self.import_history {
+            let horizon = reader::redis_horizon(redis, &ctx.keys).await?.unwrap_or(details.completion_point);
+            details.history = Some(history::import(&ctx.settings, &ctx.target, &ctx.legacy().await?, horizon).await?);
+        }
+        let mut conn = ctx.target.acquire().await?;
+        details.dead_letter_reasons = dead_letter::counts(&mut conn).await?;
+        details.dead_letter_examples = dead_letter::recent(&mut conn, "backfill", NAMED_DEAD_LETTERS).await?;
+        details.totals(position);
+        Ok(())
+    }
+}
+
+impl BackfillPosition {
+    fn start(until: f64) -> BackfillPosition {
+        BackfillPosition {
+            cursor: ScoreCursor::at(f64::MIN),
+            until,
+            read: 0,
+            inserted: 0,
+            already_present: 0,
+            dead_letters: 0,
+            pages: 0,
+            min_time_ms: None,
+            max_time_ms: None,
+            finished: false,
+        }
+    }
+
+    fn add(&mut self, page: &Page, written: &PageOutcome) {
+        self.cursor = page.cursor_after;
+        self.read += page.read as u64;
+        self.inserted += written.inserted;
+        self.already_present += written.already_present;
+        self.dead_letters += written.dead_letters_recorded;
+        self.pages += 1;
+        for e in &page.parsed.events {
+            let ms = e.time_ms();
+            self.min_time_ms = Some(self.min_time_ms.map_or(ms, |m| m.min(ms)));
+            self.max_time_ms = Some(self.max_time_ms.map_or(ms, |m| m.max(ms)));
+        }
+    }
+}
+
+/// Members left between the position and its end.
+async fn remaining(redis: &mut ConnectionManager, key: &str, position: &BackfillPosition) -> anyhow::Result<u64> {
+    if position.finished {
+        return Ok(0);
+    }
+    let zcount: u64 = redis::cmd("ZCOUNT").arg(key).arg(position.cursor.score).arg(position.until).query_async(redis).await?;
+    Ok(zcount.saturating_sub(position.cursor.skip))
+}
+
+impl BackfillDetails {
+    fn new(dry_run: bool, completion_point: DateTime<Utc>, p: &BackfillPosition, resumed: bool, remaining: u64, out_of_range: OutOfRange) -> Self {
+        BackfillDetails {
+            dry_run,
+            completion_point,
+            upper_bound: DateTime::from_timestamp_millis(p.until as i64).unwrap_or(completion_point),
+            resumed,
+            remaining_estimate: remaining,
+            read: p.read,
+            inserted: p.inserted,
+            already_present: p.already_present,
+            dead_letters: p.dead_letters,
+            dead_letter_reasons: vec![],
+            dead_letter_examples: vec![],
+            out_of_range,
+            pages: p.pages,
+            seconds: 0.0,
+            events_per_second: 0.0,
+            refresh: None,
+            history: None,
+        }
+    }
+
+    fn totals(&mut self, p: &BackfillPosition) {
+        (self.read, self.inserted, self.already_present, self.dead_letters, self.pages) = (p.read, p.inserted, p.already_present, p.dead_letters, p.pages);
+    }
+}
+
+/// Where each committed page goes: counts, checkpoint, progress, pace.
+struct BackfillSink<'a> {
+    position: &'a mut BackfillPosition,
+    progress: Progress,
+    started: Instant,
+    done_this_run: u64,
+    max_rate: Option<u64>,
+}
+
+impl PageSink for BackfillSink<'_> {
+    fn written(&mut self, page: &Page, outcome: &PageOutcome) -> Option<(&'static str, Value)> {
+        self.position.add(page, outcome);
+        serde_json::to_value(&*self.position).ok().map(|position| (CHECKPOINT, position))
+    }
+
+    fn committed(&mut self, page: &Page) -> Option<Duration> {
+        self.done_this_run += page.read as u64;
+        self.progress.set(self.done_this_run);
+        let rate = self.max_rate?;
+        Duration::from_secs_f64(self.done_this_run as f64 / rate as f64).checked_sub(self.started.elapsed())
+    }
+}
+
+/// One page read from Redis, parsed, ready to commit.
+pub(super) struct Page {
+    pub parsed: ParsedPage,
+    pub read: usize,
+    pub cursor_after: ScoreCursor,
+}
+
+/// What the copy loop does around each page's commit.
+pub(super) trait PageSink: Send {
+    /// Inside the page's transaction, after its rows: a checkpoint (name, position) to save with them.
+    fn written(&mut self, page: &Page, outcome: &PageOutcome) -> Option<(&'static str, Value)>;
+    /// After the commit: how long to wait before the next page (a rate limit).
+    fn committed(&mut self, page: &Page) -> Option<Duration>;
+}
+
+/// Copies the members scored in `[cursor, until]` through the write sequence
+/// ([`TargetWriter::commit_page`]), reading the next page while this one is written.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn copy_pages(
+    writer: &TargetWriter,
+    redis: ConnectionManager,
+    key: String,
+    cursor: ScoreCursor,
+    until: f64,
+    page_size: usize,
+    source: &'static str,
+    sink: &mut impl PageSink,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Page>>(2);
+    let reader = tokio::spawn(read_pages(redis, key, cursor, until, page_size, tx));
+    while let Some(page) = rx.recv().await {
+        let page = page?;
+        writer
+            .commit_page(&page.parsed, source, Method::Copy, |conn, outcome| {
+                let saved = sink.written(&page, outcome);
+                Box::pin(async move {
+                    match saved {
+                        Some((name, position)) => checkpoint::save(conn, name, &position).await,
+                        None => Ok(()),
+                    }
+                })
+            })
+            .await?;
+        if let Some(wait) = sink.committed(&page) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    reader.await?
+}
+
+/// Reads pages from `cursor` to `until` (inclusive) into `tx`, one ahead of the writer.
+async fn read_pages(
+    mut redis: ConnectionManager,
+    key: String,
+    mut cursor: ScoreCursor,
+    until: f64,
+    page_size: usize,
+    tx: mpsc::Sender<anyhow::Result<Page>>,
+) -> anyhow::Result<()> {
+    let now_ms = Utc::now().timestamp_millis();
+    loop {
+        let members = match read_page(&mut redis, &key, cursor, until, page_size).await {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return Ok(());
+            }
+        };
+        if members.is_empty() {
+            return Ok(());
+        }
+        let cursor_after = cursor.after(&members);
+        let read = members.len();
+        let mut parsed = ParsedPage::with_capacity(read);
+        for (member, score) in members {
+            parsed.push(member, Some(score), now_ms);
+        }
+        cursor = cursor_after;
+        let last = read < page_size;
+        if tx.send(Ok(Page { parsed, read, cursor_after })).await.is_err() || last {
+            return Ok(());
+        }
+    }
+}
+
+impl Details for BackfillDetails {
+    fn text(&self) -> String {
+        let mut o = String::new();
+        if self.dry_run {
+            o.push_str(&format!(
+                "would copy about {} events scored up to {} (completion point {}){}\n",
+                self.remaining_estimate,
+                self.upper_bound,
+                self.completion_point,
+                if self.resumed { ", resuming from the saved checkpoint" } else { "" }
+            ));
+        } else {
+            o.push_str(&self.copied_text());
+        }
+        if let Some(line) = self.out_of_range.summary() {
+            o.push_str(&format!("warning: {line}\n"));
+        }
+        o
+    }
+}
+
+impl BackfillDetails {
+    fn copied_text(&self) -> String {
+        let mut o = format!(
+            "backfill: {} events read, {} inserted, {} already present, {} dead letters, {} pages{}\n",
+            self.read,
+            self.inserted,
+            self.already_present,
+            self.dead_letters,
+            self.pages,
+            if self.resumed { " (resumed from checkpoint)" } else { "" }
+        );
+        o.push_str(&format!("this run: {:.1}s, {:.0} events/s\n", self.seconds, self.events_per_second));
+        if !self.dead_letter_reasons.is_empty() {
+            let parts: Vec<String> = self.dead_letter_reasons.iter().map(|d| format!("{} {}", d.count, d.reason_code)).collect();
+            o.push_str(&format!("dead letters by reason: {} (see tsmigrate.dead_letter)\n", parts.join(", ")));
+        }
+        for d in &self.dead_letter_examples {
+            o.push_str(&format!("  dead letter at score {}: {}\n    member: {}\n", d.score.as_deref().unwrap_or("(none)"), d.reason, d.member));
+        }
+        if let Some(r) = &self.refresh {
+            o.push_str(&format!(
+                "aggregates refreshed: {} .. {} in {} chunk(s){}\n",
+                r.from.map(|t| t.to_string()).unwrap_or_default(),
+                r.to.map(|t| t.to_string()).unwrap_or_default(),
+                r.chunks,
+                if r.clamped_from.is_some() { " (start clamped to stay inside raw retention)" } else { "" }
+            ));
+        }
+        if let Some(h) = &self.history {
+            o.push_str(&h.text());
+        }
+        o
+    }
+}

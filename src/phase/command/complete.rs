@@ -1,0 +1,34 @@
+//! `tsmigrate complete`: the migration is finished (flush_retired → completed); then the
+//! legacy Redis keys get an expiry.
+
+use serde_json::{json, Value};
+
+use crate::context::Context;
+use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
+use crate::phase::state::StateChanges;
+use crate::phase::{Transition, COMPLETE};
+
+pub struct Complete;
+
+impl PhaseCommand for Complete {
+    type Details = Value;
+
+    fn transition(&self) -> &'static Transition {
+        &COMPLETE
+    }
+
+    async fn apply(&self, ctx: &Context, _run: &mut Run) -> anyhow::Result<Applied<Value>> {
+        let keys = &ctx.keys;
+        let details = json!({
+            "legacy_keys_expire_after_days": ctx.settings.migration.legacy_key_expiry_days,
+            "legacy_keys": [keys.events, keys.event_counters, keys.category_counters, keys.sessions],
+        });
+        Ok(Applied::new(details, Commit::Move(StateChanges::default())))
+    }
+
+    async fn after_commit(&self, ctx: &Context) -> anyhow::Result<()> {
+        let mut redis = ctx.redis().await?;
+        crate::legacy::expire_keys(&mut redis, &ctx.keys, ctx.settings.migration.legacy_key_expiry_days).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! `tsmigrate cutover`: reads come from the target (validated → reads_switched).
+//! Gate: the latest validation is clean and fresher than `migration.validation_freshness_hours`.
+
+use chrono::{Duration, Utc};
+use serde_json::{json, Value};
+
+use crate::context::Context;
+use crate::phase::gates::{cutover_gate, latest_validation};
+use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
+use crate::phase::state::StateChanges;
+use crate::phase::{Transition, CUTOVER};
+
+pub struct Cutover;
+
+impl PhaseCommand for Cutover {
+    type Details = Value;
+
+    fn transition(&self) -> &'static Transition {
+        &CUTOVER
+    }
+
+    async fn gate(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Result<Value, String>> {
+        let latest = latest_validation(run.guard()?.conn()).await?;
+        let freshness = Duration::hours(i64::from(ctx.settings.migration.validation_freshness_hours));
+        Ok(cutover_gate(latest.as_ref(), Utc::now(), freshness))
+    }
+
+    async fn apply(&self, _ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<Value>> {
+        let details = json!({"reads_from": "target", "gate": run.gate});
+        let changes = StateChanges { read_source: Some("target"), reads_switched_at: Some(Some(Utc::now())), ..Default::default() };
+        Ok(Applied::new(details, Commit::Move(changes)))
+    }
+}

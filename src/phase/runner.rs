@@ -1,0 +1,282 @@
+//! The one way a phase command runs, like sqlx-cli's `migrate run`: take the phase lock,
+//! check the phase order, pass the gate (or be refused, audited), apply — or with
+//! `--dry-run` say what would be applied — commit the move with its audit entry, and
+//! report with the next steps. Commands only declare their [`Transition`], their gate
+//! and their `apply` step ([`PhaseCommand`]); the runner does the rest the same way for all.
+
+use std::future::Future;
+
+use serde_json::{json, Value};
+
+use super::report::{Details, PhaseReport};
+use super::state::{AuditEntry, MigrationState, PhaseGuard, StateChanges};
+use super::{Phase, Refusal, Transition};
+use crate::context::Context;
+
+/// `--force --reason`: pass a validation/soak gate (never the phase order), audited.
+#[derive(Debug, Clone, Default)]
+pub struct Force {
+    pub reason: Option<String>,
+}
+
+impl Force {
+    pub fn forced(&self) -> bool {
+        self.reason.is_some()
+    }
+}
+
+/// The options every phase command shares (flattened into each command's arguments).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub dry_run: bool,
+    pub force: Force,
+}
+
+impl Options {
+    pub fn dry_run(dry_run: bool) -> Options {
+        Options { dry_run, ..Default::default() }
+    }
+}
+
+/// When the phase lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locking {
+    /// For the whole command: nothing else moves the phase meanwhile.
+    Whole,
+    /// Only to commit the move at the end (validation only reads; a held lock never
+    /// fails it, the report says the phase was not moved).
+    AtCommit,
+}
+
+/// How the state changes once `apply` has done its work.
+#[derive(Debug)]
+pub enum Commit {
+    /// Along the transition when the phase check said the command moves, with these
+    /// changes; otherwise recorded in the audit log as a run that left the phase as it was.
+    Move(StateChanges),
+    /// Recorded in the audit log as a run that left the phase as it was.
+    Stay,
+    /// `apply` wrote the state and its audit entry itself (abort drops the state table).
+    Done,
+    /// Nothing to record (a validation that found differences records its own run).
+    Nothing,
+}
+
+/// What `apply` hands back.
+pub struct Applied<D> {
+    pub details: D,
+    /// What the audit log keeps of it.
+    pub audit: Value,
+    pub commit: Commit,
+    pub warnings: Vec<String>,
+}
+
+impl<D: Details> Applied<D> {
+    /// Details that are also the audit entry.
+    pub fn new(details: D, commit: Commit) -> Applied<D> {
+        let audit = serde_json::to_value(&details).unwrap_or(Value::Null);
+        Applied { details, audit, commit, warnings: vec![] }
+    }
+}
+
+/// One run of a command: what `gate` and `apply` may read and use.
+pub struct Run {
+    /// The state when the command started (under the lock, unless [`Locking::AtCommit`]).
+    pub state: MigrationState,
+    /// Where the phase check says the command leaves the migration.
+    pub phase_after: Phase,
+    pub dry_run: bool,
+    /// The gate's evidence (or, forced, why it failed), for the details.
+    pub gate: Value,
+    guard: Option<PhaseGuard>,
+}
+
+impl Run {
+    /// The phase lock's connection (control tables, validation runs).
+    pub fn guard(&mut self) -> anyhow::Result<&mut PhaseGuard> {
+        self.guard.as_mut().ok_or_else(|| anyhow::anyhow!("this command does not hold the phase lock here"))
+    }
+
+    /// Whether the command moves the phase (rather than running again in it).
+    pub fn moves(&self) -> bool {
+        self.phase_after != self.state.phase
+    }
+}
+
+/// A phase command: one per file in [`super::command`].
+pub trait PhaseCommand: Send + Sync {
+    type Details: Details + Send + Sync;
+
+    fn transition(&self) -> &'static Transition;
+
+    /// The name in output and in the audit log.
+    fn name(&self) -> String {
+        self.transition().command.to_string()
+    }
+
+    fn locking(&self) -> Locking {
+        Locking::Whole
+    }
+
+    /// A gate past the phase order: evidence it may run, or why not (refused unless forced).
+    fn gate(&self, _ctx: &Context, _run: &mut Run) -> impl Future<Output = anyhow::Result<Result<Value, String>>> + Send {
+        async { Ok(Ok(Value::Null)) }
+    }
+
+    /// What to do instead when the gate refuses.
+    fn gate_next(&self) -> String {
+        "tsmigrate validate   # or pass --force --reason \"...\" to proceed anyway (audited)".into()
+    }
+
+    /// The command's own work; with `run.dry_run`, only what it would do.
+    fn apply(&self, ctx: &Context, run: &mut Run) -> impl Future<Output = anyhow::Result<Applied<Self::Details>>> + Send;
+
+    /// Work that must follow the committed move (never before it).
+    fn after_commit(&self, _ctx: &Context) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// What the operator does next, once the report is complete.
+    fn next_steps(&self, report: &PhaseReport<Self::Details>) -> Vec<String> {
+        default_next_steps(&self.name(), report.dry_run, report.phase_after)
+    }
+
+    /// Brings the details up to date with what the runner did (a command whose details
+    /// repeat the phase move, like validation's report).
+    fn settle(&self, _report: &mut PhaseReport<Self::Details>, _note: Option<&str>) {}
+}
+
+/// Without `--dry-run` when it was a dry run; else what the phase asks for next.
+pub fn default_next_steps(command: &str, dry_run: bool, phase: Phase) -> Vec<String> {
+    if dry_run {
+        vec![format!("tsmigrate {command}   # without --dry-run")]
+    } else {
+        phase.next_steps()
+    }
+}
+
+/// Runs `command`: lock, phase check, gate, apply, commit, report. Every refusal on the
+/// way is written to the audit log (once the control tables exist).
+pub async fn run<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options) -> anyhow::Result<PhaseReport<C::Details>> {
+    let guard = match command.locking() {
+        Locking::Whole => Some(PhaseGuard::acquire(&ctx.settings.database.url).await?),
+        Locking::AtCommit => None,
+    };
+    let mut run = Run { state: crate::state::load_from_pool(&ctx.target).await?, phase_after: Phase::New, dry_run: options.dry_run, gate: Value::Null, guard };
+    if let Some(guard) = run.guard.as_mut() {
+        // Under the lock, the state is what the lock's connection reads.
+        run.state = guard.state().await?;
+    }
+    let outcome = steps(ctx, command, options, &mut run).await;
+    if let Err(error) = &outcome {
+        if let Some(refusal) = error.downcast_ref::<Refusal>() {
+            audit_refusal(ctx, &mut run, &command.name(), refusal, options).await;
+        }
+    }
+    outcome
+}
+
+async fn steps<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options, run: &mut Run) -> anyhow::Result<PhaseReport<C::Details>> {
+    run.phase_after = command.transition().check(run.state.phase)?;
+    let gate = command.gate(ctx, run).await?;
+    run.gate = pass_gate(command, gate, &options.force)?;
+    let applied = command.apply(ctx, run).await?;
+    let mut report = PhaseReport {
+        command: command.name(),
+        dry_run: options.dry_run,
+        phase_before: run.state.phase,
+        phase_after: if options.dry_run { run.phase_after } else { run.state.phase },
+        forced: options.force.forced(),
+        reason: options.force.reason.clone(),
+        details: applied.details,
+        warnings: applied.warnings,
+        next_steps: vec![],
+    };
+    let mut note = None;
+    if !options.dry_run {
+        let audit = AuditEntry { forced: options.force.forced(), reason: options.force.reason.clone(), details: applied.audit };
+        match commit(ctx, command, run, applied.commit, audit).await? {
+            Ok(phase) => report.phase_after = phase,
+            Err(why) => note = Some(why),
+        }
+        if report.phase_after != report.phase_before {
+            command.after_commit(ctx).await?;
+        }
+    }
+    report.warnings.extend(note.clone());
+    // Settled before the next steps (they may read the details) and after (the details
+    // may repeat them).
+    command.settle(&mut report, note.as_deref());
+    report.next_steps = command.next_steps(&report);
+    command.settle(&mut report, note.as_deref());
+    Ok(report)
+}
+
+fn pass_gate<C: PhaseCommand>(command: &C, gate: Result<Value, String>, force: &Force) -> Result<Value, Refusal> {
+    match gate {
+        Ok(evidence) => Ok(evidence),
+        Err(why) if force.forced() => Ok(json!({"gate_failed": why})),
+        Err(why) => Err(Refusal { command: command.name(), reason: why, next: command.gate_next() }),
+    }
+}
+
+/// Writes the move (or the run that stayed). `Ok(phase)`: the phase now; `Err(note)`: a
+/// late lock could not be had, so the phase was not moved (the command still succeeded).
+async fn commit<C: PhaseCommand>(ctx: &Context, command: &C, run: &mut Run, commit: Commit, audit: AuditEntry) -> anyhow::Result<Result<Phase, String>> {
+    let from = run.state.phase;
+    match commit {
+        Commit::Done => return Ok(Ok(run.phase_after)),
+        Commit::Nothing => return Ok(Ok(from)),
+        Commit::Move(_) | Commit::Stay if run.guard.is_none() => {
+            if let Err(note) = late_lock(ctx, run).await {
+                return Ok(Err(note));
+            }
+        }
+        _ => {}
+    }
+    let moves = run.moves();
+    let guard = run.guard()?;
+    match commit {
+        Commit::Move(changes) if moves => {
+            guard.commit(command.transition(), from, changes, audit).await?;
+            Ok(Ok(command.transition().to))
+        }
+        _ => {
+            guard.audit_noop(&command.name(), from, audit.details).await?;
+            Ok(Ok(from))
+        }
+    }
+}
+
+/// Takes the lock at the end ([`Locking::AtCommit`]); says why not when it cannot.
+async fn late_lock(ctx: &Context, run: &mut Run) -> Result<(), String> {
+    match PhaseGuard::acquire(&ctx.settings.database.url).await {
+        Ok(guard) => {
+            run.guard = Some(guard);
+            Ok(())
+        }
+        Err(e) => Err(match e.downcast_ref::<super::state::LockHeld>() {
+            Some(held) => format!(
+                "the phase was not moved: another tsmigrate phase command holds the migration lock (PostgreSQL backend pid {}); run the command again when it has finished",
+                held.holder
+            ),
+            None => format!("the phase was not moved: {e}"),
+        }),
+    }
+}
+
+/// Records a refusal; a failure to record it is logged, never hides the refusal.
+async fn audit_refusal(ctx: &Context, run: &mut Run, command: &str, refusal: &Refusal, options: &Options) {
+    let details = json!({"dry_run": options.dry_run});
+    let phase = run.state.phase;
+    let recorded = match run.guard.as_mut() {
+        Some(guard) => guard.audit_refusal(command, phase, refusal, details).await,
+        None => match ctx.target.acquire().await {
+            Ok(mut conn) => super::state::record_refusal(&mut conn, &super::state::actor(), command, phase, refusal, details).await,
+            Err(e) => Err(e.into()),
+        },
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(error = %format!("{e:#}"), command, "could not record the refusal in the audit log");
+    }
+}

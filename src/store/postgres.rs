@@ -1,0 +1,128 @@
+//! Plain PostgreSQL mode: daily range partitions and rollup tables, kept in shape by the
+//! jobs `tsmigrate run` schedules (`tsmigrate.refresh_rollups`, `tsmigrate.ensure_partitions`,
+//! `tsmigrate.drop_partitions_before`).
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::objects::{self, Form, Object, ObjectStatus, Role};
+use super::{Policy, Retention, StorageFigures, StorageMode, Store, ASSET_VIEW, DAILY_VIEW, EVENTS_TABLE, HOURLY_VIEW};
+use crate::config::TargetSettings;
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub fn new(pool: PgPool) -> Self {
+        PostgresStore { pool }
+    }
+}
+
+/// The scheduler's jobs that stand in for TimescaleDB's policies: (job, target, schedule,
+/// config). The names are `daemon::jobs::JobName`'s.
+const UPKEEP_JOBS: [(&str, &str, &str); 3] = [
+    ("rollup_refresh", "analytics_hourly, analytics_daily, analytics_asset_popularity_ts", "every 5 minutes"),
+    ("partition_upkeep", "analytics_events_ts", "hourly"),
+    ("raw_retention", "analytics_events_ts", "daily"),
+];
+
+type JobRunRow = (String, Option<String>, Option<DateTime<Utc>>, i64);
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    fn mode(&self) -> StorageMode {
+        StorageMode::Postgres
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn objects(&self) -> Vec<Object> {
+        let mut list = objects::CONTROL.to_vec();
+        list.push(Object { name: EVENTS_TABLE, kind: "partitioned table", form: Form::Table, role: Role::Reported });
+        for table in [HOURLY_VIEW, DAILY_VIEW, ASSET_VIEW] {
+            list.push(Object { name: table, kind: "rollup table", form: Form::Table, role: Role::Reported });
+        }
+        for function in ["tsmigrate.ensure_partitions", "tsmigrate.drop_partitions_before", "tsmigrate.refresh_rollups"] {
+            list.push(Object { name: function, kind: "function", form: Form::Function, role: Role::Internal });
+        }
+        list
+    }
+
+    async fn verify(&self, _objects: &mut [ObjectStatus]) -> sqlx::Result<()> {
+        Ok(())
+    }
+
+    async fn after_prepare(&self, target: &TargetSettings) -> sqlx::Result<()> {
+        let now = Utc::now();
+        self.ensure_partitions(now - Duration::days(1), now + Duration::days(i64::from(target.partitions_ahead_days))).await?;
+        Ok(())
+    }
+
+    async fn refresh_chunk(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<()> {
+        sqlx::query("SELECT tsmigrate.refresh_rollups($1, $2)").bind(from).bind(to).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ensure_partitions(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<i32> {
+        sqlx::query_scalar("SELECT tsmigrate.ensure_partitions($1, $2)").bind(from).bind(to - Duration::milliseconds(1)).fetch_one(&self.pool).await
+    }
+
+    async fn enforce_retention(&self, t: &TargetSettings, now: DateTime<Utc>) -> sqlx::Result<Retention> {
+        let dropped_partitions = sqlx::query_scalar("SELECT tsmigrate.drop_partitions_before($1)")
+            .bind(now - Duration::days(i64::from(t.raw_retention_days)))
+            .fetch_one(&self.pool)
+            .await?;
+        for (table, days) in [(HOURLY_VIEW, t.hourly_retention_days), (DAILY_VIEW, t.daily_retention_days), (ASSET_VIEW, t.daily_retention_days)] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE bucket < $1")).bind(now - Duration::days(i64::from(days))).execute(&self.pool).await?;
+        }
+        Ok(Retention { dropped_partitions })
+    }
+
+    async fn compress_older_than(&self, _days: u32) -> sqlx::Result<i64> {
+        Ok(0)
+    }
+
+    async fn storage(&self) -> sqlx::Result<StorageFigures> {
+        let (chunks, total_bytes): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint FROM pg_inherits WHERE inhparent = 'analytics_events_ts'::regclass",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(StorageFigures { chunks, total_bytes, ..Default::default() })
+    }
+
+    async fn policies(&self) -> sqlx::Result<Vec<Policy>> {
+        let runs: Vec<JobRunRow> = sqlx::query_as("SELECT job, last_status, last_started_at, failures FROM tsmigrate.job_runs").fetch_all(&self.pool).await?;
+        let configs = [json!({"window": "3 hours"}), json!({"create_ahead_days": 7}), json!({"drop_after_days": 90})];
+        Ok(UPKEEP_JOBS
+            .iter()
+            .zip(configs)
+            .map(|((name, target, schedule), config)| {
+                let run = runs.iter().find(|r| r.0 == *name);
+                Policy {
+                    name: name.to_string(),
+                    target: target.to_string(),
+                    schedule: schedule.to_string(),
+                    config,
+                    scheduled: true,
+                    last_status: run.and_then(|r| r.1.clone()),
+                    last_run_at: run.and_then(|r| r.2),
+                    next_run_at: None,
+                    failures: run.map(|r| r.3).unwrap_or(0),
+                }
+            })
+            .collect())
+    }
+
+    fn scheduler_does_upkeep(&self) -> bool {
+        true
+    }
+
+    async fn failing_jobs(&self) -> sqlx::Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+}
