@@ -104,7 +104,7 @@ impl fmt::Debug for SecretToken {
 }
 
 /// Which storage layout the target gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ModeChoice {
     /// TimescaleDB when the server can load it, plain PostgreSQL otherwise.

@@ -2,7 +2,9 @@
 //! (like sqlx-cli's `opt.rs`), so `--dry-run`, `--force --reason` and `--yes` mean the
 //! same everywhere.
 
+use crate::config::ModeChoice;
 use crate::phase::{Force, Options};
+use crate::validate::Depth;
 
 use super::reason;
 
@@ -37,5 +39,44 @@ impl DryRun {
 
     pub fn forced(&self, force: &ForceArgs) -> Options {
         Options { dry_run: self.dry_run, force: Force { reason: force.reason.clone().filter(|_| force.force) } }
+    }
+}
+
+/// `--mode` (clap stays in `cli`: the library's `ModeChoice` knows nothing of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// TimescaleDB when the server can load it, plain PostgreSQL otherwise.
+    Auto,
+    /// Require the TimescaleDB extension.
+    Timescaledb,
+    /// Plain PostgreSQL: native partitions and tool-maintained rollups.
+    Postgres,
+}
+
+impl From<ModeArg> for ModeChoice {
+    fn from(arg: ModeArg) -> ModeChoice {
+        match arg {
+            ModeArg::Auto => ModeChoice::Auto,
+            ModeArg::Timescaledb => ModeChoice::Timescaledb,
+            ModeArg::Postgres => ModeChoice::Postgres,
+        }
+    }
+}
+
+/// `--depth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DepthArg {
+    /// Counts per hour only (`ZCOUNT` against `count(*)`): cheap, finds no altered event.
+    Counts,
+    /// Counts and hashes per hour, narrowed to the differing events.
+    Events,
+}
+
+impl From<DepthArg> for Depth {
+    fn from(arg: DepthArg) -> Depth {
+        match arg {
+            DepthArg::Counts => Depth::Counts,
+            DepthArg::Events => Depth::Events,
+        }
     }
 }

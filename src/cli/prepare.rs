@@ -2,7 +2,7 @@ use crate::config::ModeChoice;
 use crate::context::Context;
 use crate::phase::command::prepare::Prepare;
 
-use super::options::DryRun;
+use super::options::{DryRun, ModeArg};
 use super::{run_phase, Outcome};
 
 /// Create everything the target needs, in TimescaleDB mode or plain-PostgreSQL mode.
@@ -14,12 +14,12 @@ use super::{run_phase, Outcome};
 pub struct Args {
     /// Storage mode: auto uses TimescaleDB when the server can load it.
     #[arg(long, value_enum)]
-    pub mode: Option<ModeChoice>,
+    pub mode: Option<ModeArg>,
     #[command(flatten)]
     pub dry_run: DryRun,
 }
 
 pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
-    let choice = args.mode.unwrap_or(ctx.settings.target.mode);
+    let choice = args.mode.map(ModeChoice::from).unwrap_or(ctx.settings.target.mode);
     run_phase(ctx, &Prepare { choice }, &args.dry_run.options(), json).await
 }

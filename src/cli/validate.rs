@@ -9,6 +9,7 @@ use crate::phase::Options;
 use crate::validate::run::ValidateOptions;
 use crate::validate::{Depth, Verdict};
 
+use super::options::DepthArg;
 use super::{parse_duration, parse_time, Outcome};
 
 /// Compare Redis and the legacy tables with the target, and say exactly what differs.
@@ -36,8 +37,8 @@ pub struct Args {
     #[arg(long, value_parser = parse_time)]
     pub to: Option<DateTime<Utc>>,
     /// counts: counts per hour only (cheap); events: counts and hashes, narrowed to the differing events.
-    #[arg(long, value_enum, default_value_t = Depth::Events)]
-    pub depth: Depth,
+    #[arg(long, value_enum, default_value_t = DepthArg::Events)]
+    pub depth: DepthArg,
     /// Ignore events younger than this (in flight): 90s, 10m, 1h. Default: migration.settle_secs.
     #[arg(long, value_parser = parse_duration)]
     pub settle: Option<chrono::Duration>,
@@ -68,7 +69,7 @@ pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcom
     let options = ValidateOptions {
         from: args.from,
         to: args.to,
-        depth: args.depth,
+        depth: Depth::from(args.depth),
         settle: args.settle.unwrap_or_else(|| chrono::Duration::seconds(ctx.settings.migration.settle_secs as i64)),
         refresh: !args.no_refresh,
         limit: args.limit,

@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
-use sqlx::PgConnection;
 
 use crate::state::MigrationState;
 
@@ -12,12 +11,6 @@ pub struct LatestValidation {
     pub id: i64,
     pub finished_at: DateTime<Utc>,
     pub result: String,
-}
-
-pub async fn latest_validation(conn: &mut PgConnection) -> sqlx::Result<Option<LatestValidation>> {
-    let row: Option<(i64, DateTime<Utc>, String)> =
-        sqlx::query_as("SELECT id, finished_at, result FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1").fetch_optional(conn).await?;
-    Ok(row.map(|(id, finished_at, result)| LatestValidation { id, finished_at, result }))
 }
 
 /// The cutover gate: the latest validation is clean and fresher than `freshness`. Pure.

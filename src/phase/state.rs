@@ -209,3 +209,10 @@ pub async fn record_refusal(conn: &mut PgConnection, actor: &str, command: &str,
     .await?;
     Ok(())
 }
+
+/// The latest recorded validation run (the gates' input).
+pub async fn latest_validation(conn: &mut PgConnection) -> sqlx::Result<Option<super::gates::LatestValidation>> {
+    let row: Option<(i64, DateTime<Utc>, String)> =
+        sqlx::query_as("SELECT id, finished_at, result FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1").fetch_optional(conn).await?;
+    Ok(row.map(|(id, finished_at, result)| super::gates::LatestValidation { id, finished_at, result }))
+}

@@ -33,7 +33,7 @@ use diff::{AggregateFindings, EventFindings, HourDifference, Listed};
 use window::Window;
 
 /// How deep validation looks at the events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Depth {
     /// Counts per hour only (`ZCOUNT` against `count(*)`): cheap, finds no altered event.

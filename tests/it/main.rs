@@ -8,6 +8,7 @@
 #[macro_use]
 pub mod support;
 
+mod architecture;
 mod backfill;
 mod config_errors;
 mod daemon;

@@ -5,9 +5,9 @@ use chrono::{Duration, Utc};
 use serde_json::{json, Value};
 
 use crate::context::Context;
-use crate::phase::gates::{cutover_gate, latest_validation};
+use crate::phase::gates::cutover_gate;
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
-use crate::phase::state::StateChanges;
+use crate::phase::state::{latest_validation, StateChanges};
 use crate::phase::{Transition, CUTOVER};
 
 pub struct Cutover;

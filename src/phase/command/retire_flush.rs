@@ -6,9 +6,9 @@ use chrono::{Duration, Utc};
 use serde_json::{json, Value};
 
 use crate::context::Context;
-use crate::phase::gates::{latest_validation, retire_gate};
+use crate::phase::gates::retire_gate;
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
-use crate::phase::state::StateChanges;
+use crate::phase::state::{latest_validation, StateChanges};
 use crate::phase::{Transition, RETIRE_FLUSH};
 
 pub struct RetireFlush {
