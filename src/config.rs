@@ -447,6 +447,7 @@ impl Settings {
         }
     }
 
+    // Long by design: a flat list of independent checks, so every problem is reported at once.
     /// Everything wrong with these settings, at once. Pure: touches no server.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();

@@ -355,6 +355,7 @@ impl IncomingEvent {
         fields.into_iter().map(|field| format!("{field} holds a NUL character (\\u0000), which the target database cannot store")).collect()
     }
 
+    // Long by design: one check per field of the wire format, in the order of the format.
     /// Checks one event and builds its member; `now` is when the batch arrived
     /// (used when the tracker sent no timestamp). Errors name the field and the rule.
     pub fn validate(&self, now: DateTime<Utc>, limits: IngestLimits) -> Result<AcceptedEvent, Vec<String>> {

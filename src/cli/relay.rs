@@ -25,6 +25,7 @@ pub struct Args {
     pub once: bool,
 }
 
+// Long: the two relay modes (outbox, --tail) with their own loops and output; each is short.
 pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
     let pool = crate::db::target_pool_lazy(settings)?;
     let state = crate::phase::state::load_from_pool(&pool).await?;

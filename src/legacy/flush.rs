@@ -46,6 +46,8 @@ struct Group {
     users: HashSet<String>,
 }
 
+// Long: the legacy worker's algorithm kept in one piece (read an hour, group, upsert), as
+// the legacy system runs it.
 /// Flushes the hours in `[from, to)` (both rounded down to hour starts in `tz`).
 #[tracing::instrument(skip_all, fields(%from, %to), err)]
 pub async fn flush_range(

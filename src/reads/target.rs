@@ -223,6 +223,8 @@ pub async fn raw_buckets(ctx: &ReadContext, range: TimeRange, bucket_ms: i64) ->
 /// answers: daily rows summed per type. The legacy function only sees flushed hours, so
 /// today counts the closed hours only. Days older than the raw start come from the
 /// imported history; the horizon day takes the larger of history and aggregate.
+// Long: three sources (history, aggregate, today's hours) merged per day in one place, so
+// the merge rule stays visible; `reads` keeps its shape (see ARCHITECTURE.md).
 pub async fn popular(ctx: &ReadContext, days: u32) -> Result<Vec<AssetRow>, ReadError> {
     let pool = ctx.target_pool()?;
     let tz = ctx.tz();

@@ -203,6 +203,7 @@ fn push_aggregate<K: AggregateKey>(o: &mut String, check: &AggregateCheck<K>) {
 }
 
 impl ValidationReport {
+    // Long by design: the sections of the summary in the order they print, no logic between them.
     /// The text summary (stdout).
     pub fn human(&self) -> String {
         let mut o = String::new();

@@ -282,6 +282,8 @@ fn listed<T>(items: Vec<T>, limit: usize) -> Listed<T> {
     out
 }
 
+// Long: the budget, the digest match and the confirmation of candidates share the
+// per-hour bookkeeping (`explained`); split, they would pass it all around.
 /// Narrows differing hours to their differing minutes, then to the events in them.
 #[allow(clippy::too_many_arguments)]
 async fn narrow(

@@ -66,6 +66,7 @@ pub fn show_duration(d: Duration) -> String {
     }
 }
 
+// Long by design: one decision table for both edges, each with the reason it reports.
 pub fn choose(facts: &WindowFacts, events_key: &str) -> Result<Window, WindowError> {
     let tz = facts.tz;
     let oldest = facts.redis_oldest.ok_or_else(|| WindowError::NoEvents { key: events_key.to_string() })?;
