@@ -85,7 +85,16 @@ async fn redis_with_response_timeout(url: &SecretUrl, timeout: Duration, respons
         Ok(Err(e)) => return Err(err(e)),
         Err(_) => return Err(ConnectError::Redis { url: url.redacted(), reason: format!("no answer within {}s", timeout.as_secs()) }),
     }
-    let config = redis::aio::ConnectionManagerConfig::new().set_connection_timeout(timeout).set_response_timeout(response_timeout).set_number_of_retries(2);
+    // The manager's reconnect backoff starts at 1 s and multiplies by `factor` (redis-rs
+    // 0.32 hands it to backon as a multiplier; its default of 100 made the second retry
+    // wait 60-120 s, and every request waits for a reconnect in progress — so ingest
+    // answered its 503 minutes late while Redis was down). At most 2 retries of 1-2 s each.
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(response_timeout)
+        .set_number_of_retries(2)
+        .set_factor(2)
+        .set_max_delay(1000);
     tokio::time::timeout(timeout + Duration::from_secs(1), ConnectionManager::new_with_config(client, config))
         .await
         .map_err(|_| ConnectError::Redis { url: url.redacted(), reason: "timed out".into() })?

@@ -33,7 +33,7 @@ pub fn drop_statements(mode: StorageMode) -> Vec<String> {
 }
 
 pub async fn run(settings: &Settings, dry_run: bool, confirmed: bool) -> anyhow::Result<PhaseReport> {
-    let mut guard = PhaseGuard::acquire(&settings.database.url).await?;
+    let mut guard = PhaseGuard::acquire(&settings.database.url, ABORT.command).await?;
     let state = guard.check(&ABORT, json!({"dry_run": dry_run})).await?;
     let mode = state.storage_mode.unwrap_or(StorageMode::Postgres);
     let statements = drop_statements(mode);

@@ -87,7 +87,7 @@ struct Page {
 }
 
 pub async fn run(settings: &Settings, options: BackfillOptions) -> anyhow::Result<BackfillReport> {
-    let mut guard = PhaseGuard::acquire(&settings.database.url).await?;
+    let mut guard = PhaseGuard::acquire(&settings.database.url, BACKFILL.command).await?;
     let state = guard.check(&BACKFILL, json!({"dry_run": options.dry_run})).await?;
     let completion_point = state.completion_point.ok_or_else(|| Refusal {
         command: "backfill".into(),

@@ -16,7 +16,7 @@ use crate::http::DUAL_WRITE_FLAG_REFRESH;
 use crate::legacy::LegacyKeys;
 
 pub async fn start(settings: &Settings, dry_run: bool) -> anyhow::Result<PhaseReport> {
-    let mut guard = PhaseGuard::acquire(&settings.database.url).await?;
+    let mut guard = PhaseGuard::acquire(&settings.database.url, DUAL_WRITE_START.command).await?;
     let state = guard.check(&DUAL_WRITE_START, json!({"dry_run": dry_run})).await?;
     let keys = LegacyKeys::from_settings(settings);
     let mut redis = crate::db::redis(settings).await?;
@@ -46,7 +46,7 @@ pub async fn start(settings: &Settings, dry_run: bool) -> anyhow::Result<PhaseRe
 }
 
 pub async fn stop(settings: &Settings, dry_run: bool) -> anyhow::Result<PhaseReport> {
-    let mut guard = PhaseGuard::acquire(&settings.database.url).await?;
+    let mut guard = PhaseGuard::acquire(&settings.database.url, DUAL_WRITE_STOP.command).await?;
     let state = guard.check(&DUAL_WRITE_STOP, json!({"dry_run": dry_run})).await?;
     let keys = LegacyKeys::from_settings(settings);
     let mut report = PhaseReport::for_transition(

@@ -73,7 +73,7 @@ fn humanize(d: Duration) -> String {
 }
 
 async fn begin(settings: &Settings, transition: &Transition, dry_run: bool) -> anyhow::Result<(PhaseGuard, MigrationState)> {
-    let mut guard = PhaseGuard::acquire(&settings.database.url).await?;
+    let mut guard = PhaseGuard::acquire(&settings.database.url, transition.command).await?;
     let state = guard.check(transition, json!({"dry_run": dry_run})).await?;
     Ok((guard, state))
 }
@@ -200,7 +200,7 @@ pub async fn expire_legacy_keys(settings: &Settings) -> anyhow::Result<u64> {
 
 /// Shadow reads on or off: serve from the current source and compare with the other one.
 pub async fn set_shadow(settings: &Settings, on: bool) -> anyhow::Result<PhaseReport> {
-    let mut guard = PhaseGuard::acquire(&settings.database.url).await?;
+    let mut guard = PhaseGuard::acquire(&settings.database.url, if on { "shadow on" } else { "shadow off" }).await?;
     let state = guard.state().await?;
     if state.phase == Phase::New || state.phase < Phase::Backfilled {
         return Err(Refusal {

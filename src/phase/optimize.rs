@@ -30,7 +30,7 @@ pub struct OptimizeReport {
 }
 
 pub async fn run(settings: &Settings, dry_run: bool, compress_now: bool) -> anyhow::Result<OptimizeReport> {
-    let mut guard = PhaseGuard::acquire(&settings.database.url).await?;
+    let mut guard = PhaseGuard::acquire(&settings.database.url, "optimize").await?;
     let state = guard.state().await?;
     if state.phase < Phase::FlushRetired {
         let refusal = Refusal {

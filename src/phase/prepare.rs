@@ -37,7 +37,7 @@ pub struct PrepareReport {
 
 pub async fn run(settings: &Settings, choice: ModeChoice, dry_run: bool) -> anyhow::Result<PrepareReport> {
     let pool = crate::db::target_pool(settings).await?;
-    let mut guard = PhaseGuard::acquire(&settings.database.url).await?;
+    let mut guard = PhaseGuard::acquire(&settings.database.url, PREPARE.command).await?;
     let capabilities = Capabilities::detect(&pool).await?;
     let state = guard.state().await?;
     let mode = match state.storage_mode {

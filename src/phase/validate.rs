@@ -383,7 +383,7 @@ async fn move_phase(settings: &Settings, state: &MigrationState, report: &mut Va
     if VALIDATE.check(state.phase).is_err() {
         return;
     }
-    let mut guard = match PhaseGuard::acquire(&settings.database.url).await {
+    let mut guard = match PhaseGuard::acquire(&settings.database.url, VALIDATE.command).await {
         Ok(guard) => guard,
         Err(e) => {
             report.phase_note = Some(match e.downcast_ref::<LockHeld>() {

@@ -55,3 +55,15 @@ pub async fn redis_members(env: &TestEnv) -> (usize, usize) {
     let valid = members.iter().filter(|(m, s)| tsmigrate::event::TargetEvent::from_member(m, *s, now).is_ok()).count();
     (members.len(), valid)
 }
+
+/// Every Redis key under the env's prefix with its serialized value (`DUMP`): equal
+/// snapshots mean nothing under the prefix was written.
+pub async fn redis_snapshot(env: &TestEnv) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut redis = env.redis().await;
+    let mut snapshot = std::collections::BTreeMap::new();
+    for key in crate::support::scan_keys(&mut redis, &env.prefix).await.unwrap() {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(&key).query_async(&mut redis).await.unwrap();
+        snapshot.insert(key, dump);
+    }
+    snapshot
+}
