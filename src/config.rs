@@ -485,6 +485,45 @@ mod tests {
     }
 
     #[test]
+    fn env_wins_over_the_same_key_in_the_file() {
+        let file = r#"
+            [database]
+            url = "postgres://file@file-host/file_db"
+            legacy_url = "postgres://file@file-host/legacy_db"
+            [redis]
+            url = "redis://file-host:1"
+            key_prefix = "file:"
+            [http]
+            api_token = "file-token"
+            bind = "127.0.0.1:1111"
+        "#;
+        let mut s = Settings::from_toml(file).unwrap();
+        s.apply_env(|name| {
+            let value = match name {
+                "DATABASE_URL" => "postgres://env@env-host/env_db",
+                "LEGACY_DATABASE_URL" => "postgres://env@env-host/env_legacy",
+                "REDIS_URL" => "redis://env-host:2",
+                "TSMIGRATE_REDIS_PREFIX" => "env:",
+                "TSMIGRATE_API_TOKEN" => "env-token",
+                "TSMIGRATE_BIND" => "127.0.0.1:2222",
+                _ => return None,
+            };
+            Some(value.to_string())
+        });
+        assert_eq!(s.database.url.expose(), "postgres://env@env-host/env_db");
+        assert_eq!(s.database.legacy_url().expose(), "postgres://env@env-host/env_legacy");
+        assert_eq!(s.redis.url.expose(), "redis://env-host:2");
+        assert_eq!(s.redis.key_prefix, "env:");
+        assert_eq!(s.http.api_token.as_ref().map(SecretToken::expose), Some("env-token"));
+        assert_eq!(s.http.bind, "127.0.0.1:2222");
+
+        // An empty token variable does not switch authentication off.
+        let mut s = Settings::from_toml(file).unwrap();
+        s.apply_env(|name| (name == "TSMIGRATE_API_TOKEN").then(String::new));
+        assert_eq!(s.http.api_token.as_ref().map(SecretToken::expose), Some("file-token"));
+    }
+
+    #[test]
     fn validate_lists_every_problem() {
         let mut s = Settings::default();
         s.database.url = SecretUrl::new("mysql://u:secret@h/db");

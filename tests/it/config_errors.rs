@@ -117,3 +117,25 @@ async fn a_tsmigrate_toml_in_the_working_directory_is_read() {
     let status = env.cli(&["status", "--json"]).expect_success().json();
     assert_eq!(field(&status, "phase"), "new");
 }
+
+#[tokio::test]
+async fn environment_variables_win_over_the_same_keys_in_the_config_file() {
+    let env = TestEnv::new().await;
+    // The file names servers and a prefix that do not exist; the environment (set by
+    // `cli`) names the real ones. Only the environment's values can make this work.
+    let path = env.write_file(
+        "elsewhere.toml",
+        "[database]\nurl = \"postgres://postgres@127.0.0.1:1/nowhere\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\nkey_prefix = \"not-this-prefix:\"\n",
+    );
+    let path = path.to_str().unwrap();
+    env.cli(&["--config", path, "seed", "--events", "25", "--days", "1", "--users", "5"]).expect_success();
+    let status = env.cli(&["--config", path, "status", "--json"]).expect_success().json();
+    assert_eq!(field(&status, "redis")["events"], 25, "the seed wrote under the environment's prefix: {status}");
+    // Without the variable, the file's value is used (and cannot connect).
+    let mut command = env.command(&["--config", path, "status"]);
+    command.env_remove("DATABASE_URL");
+    let out = command.output().expect("run the tsmigrate binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot connect to PostgreSQL") && stderr.contains("127.0.0.1:1"), "{stderr}");
+}

@@ -13,6 +13,7 @@ mod config_errors;
 mod daemon;
 mod daemon_process;
 mod dual_write;
+mod event_ids;
 mod fault;
 mod ingest_unavailable;
 mod legacy;

@@ -1,7 +1,6 @@
 //! Building blocks shared by the migration-flow tests: a seeded legacy system, a target
 //! in a given storage mode, and exact counts of both sides.
 
-use redis::AsyncCommands;
 use serde_json::Value;
 
 use crate::support::TestEnv;
@@ -45,15 +44,6 @@ pub async fn target_counts(env: &TestEnv) -> (i64, i64) {
 
 pub async fn dead_letters(env: &TestEnv) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM tsmigrate.dead_letter").fetch_one(&env.pool).await.unwrap()
-}
-
-/// (members, members that are valid events) of the events sorted set.
-pub async fn redis_members(env: &TestEnv) -> (usize, usize) {
-    let mut redis = env.redis().await;
-    let members: Vec<(Vec<u8>, f64)> = redis.zrange_withscores(env.keys().events, 0, -1).await.unwrap();
-    let now = chrono::Utc::now().timestamp_millis();
-    let valid = members.iter().filter(|(m, s)| tsmigrate::event::TargetEvent::from_member(m, *s, now).is_ok()).count();
-    (members.len(), valid)
 }
 
 /// Every Redis key under the env's prefix with its serialized value (`DUMP`): equal
