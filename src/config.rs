@@ -547,4 +547,23 @@ mod tests {
         let s = Settings::from_toml(text).unwrap();
         s.validate().unwrap();
     }
+
+    /// The README promises the example lists every setting with its default.
+    #[test]
+    fn example_config_lists_every_setting_with_its_default() {
+        let text = include_str!("../tsmigrate.example.toml");
+        let example = serde_json::to_value(Settings::from_toml(text).unwrap()).unwrap();
+        assert_eq!(example, serde_json::to_value(Settings::default()).unwrap(), "a value in the example differs from the default");
+        // Settings without a default (null) may only appear commented out: `# key =`.
+        let written: toml::Table = toml::from_str(text).unwrap();
+        let serde_json::Value::Object(sections) = serde_json::to_value(Settings::default()).unwrap() else { unreachable!() };
+        for (section, keys) in sections {
+            let serde_json::Value::Object(keys) = keys else { unreachable!() };
+            for (key, default) in keys {
+                let listed = written.get(&section).and_then(|t| t.get(&key)).is_some();
+                let commented = text.contains(&format!("# {key} ="));
+                assert!(listed || (default.is_null() && commented), "[{section}] {key} is missing from tsmigrate.example.toml");
+            }
+        }
+    }
 }

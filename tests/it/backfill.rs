@@ -223,5 +223,13 @@ async fn history_older_than_the_redis_horizon_is_imported() {
     .await
     .unwrap();
     assert!(events > 1000 && assets > 0, "the history is about real data: {events} events, {assets} asset rows");
+
+    // `import-history` alone does the same, idempotently.
+    sqlx::query("DELETE FROM tsmigrate.history_hourly WHERE hour = $1").bind(horizon).execute(&env.pool).await.unwrap();
+    let alone = env.cli(&["--config", path, "import-history", "--json"]).expect_success().json();
+    assert_eq!(field(&alone, "hourly_rows").as_i64(), Some(imported), "{alone}");
+    let again: (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(sum(event_count), 0)::bigint FROM tsmigrate.history_hourly").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(again, (imported, events));
     assert_eq!(target_counts(&env).await.0, 1000, "the backfill copies what Redis still holds");
 }

@@ -139,3 +139,20 @@ async fn environment_variables_win_over_the_same_keys_in_the_config_file() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cannot connect to PostgreSQL") && stderr.contains("127.0.0.1:1"), "{stderr}");
 }
+
+#[tokio::test]
+async fn config_wins_over_tsmigrate_config_which_wins_over_the_working_directory_file() {
+    let env = TestEnv::new().await;
+    let bad = |name: &str| env.write_file(name, &format!("[target]\nbucket_timezone = \"Mars/{name}\"\n")).to_str().unwrap().to_string();
+    let (flag, from_env) = (bad("flag.toml"), bad("env.toml"));
+    bad("tsmigrate.toml");
+    let out = env.cli_with_env(&["--config", &flag, "status"], &[("TSMIGRATE_CONFIG", &from_env)]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("Mars/flag.toml"), "--config is read first: {}", out.stderr);
+    let out = env.cli_with_env(&["status"], &[("TSMIGRATE_CONFIG", &from_env)]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("Mars/env.toml"), "then $TSMIGRATE_CONFIG: {}", out.stderr);
+    let out = env.cli(&["status"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("Mars/tsmigrate.toml"), "then ./tsmigrate.toml: {}", out.stderr);
+}
