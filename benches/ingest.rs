@@ -1,145 +1,182 @@
-//! Ingest throughput and batch latency through `POST /api/v1/analytics`, legacy
-//! (Redis only) next to dual-write (Redis + outbox in one MULTI), in the same run against
-//! the same server process; peak memory of the server; relay drain rate.
+//! Ingest as deployed: the real `tsmigrate run` with its defaults (HTTP, relay and jobs in
+//! one process), driven from outside by `wrk` (benches/load/ingest.lua: 50 distinct events
+//! per request) at an idle rate (1 request/s), a moderate one (about 100/s) and saturation;
+//! before dual-write (phase `prepared`, relay idle in its blocking read) and during it, with
+//! the relay caught up and behind; then the relay's catch-up rate inside the same daemon.
 //!
-//! `cargo bench --bench ingest` (TSMIGRATE_BENCH_EVENTS=100000 for a quick run).
+//! `./scripts/bench.sh ingest` (installs wrk when missing). TSMIGRATE_BENCH_SECONDS sets the
+//! length of the moderate and saturated runs (default 10; the idle run is twice as long).
 
 #[path = "support/mod.rs"]
 mod support;
 
-use std::process::Stdio;
-use std::sync::Arc;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
 
-const BATCH: usize = 50;
-const CLIENTS: usize = 4;
+const EVENTS_PER_REQUEST: u64 = 50;
 
-fn body(batch_index: usize) -> String {
-    let now = chrono::Utc::now().timestamp_millis();
-    let events: Vec<serde_json::Value> = (0..BATCH)
-        .map(|i| {
-            let n = batch_index * BATCH + i;
-            let (name, category) = [("page_view", "navigation"), ("click", "interaction"), ("search", "discovery"), ("asset_generated", "creation")][n % 4];
-            serde_json::json!({
-                "id": uuid::Uuid::new_v4().to_string(),
-                "event_name": name,
-                "category": category,
-                "user_id": format!("user_{}", n % 5000),
-                "session_id": format!("s_{}", n % 900),
-                "properties": {"path": "/create", "asset_type": "image"},
-                "device_info": {"browser": "chrome", "os": "macos"},
-                "page_url": "https://app.example.com/create",
-                "timestamp": now - (n % 60_000) as i64,
-            })
-        })
-        .collect();
-    serde_json::json!({ "events": events }).to_string()
+/// One wrk run's shape.
+struct Load {
+    name: &'static str,
+    threads: u32,
+    connections: u32,
+    /// Pause after each response on a connection (wrk's `delay()`), ms; 0 = saturation.
+    delay_ms: u32,
+    seconds: u64,
 }
 
-struct Run {
-    events: usize,
-    wall: Duration,
-    latencies: Vec<Duration>,
+fn loads() -> [Load; 3] {
+    let seconds = env_number("TSMIGRATE_BENCH_SECONDS", 10) as u64;
+    [
+        Load { name: "idle (1 req/s)", threads: 1, connections: 1, delay_ms: 1000, seconds: seconds * 2 },
+        Load { name: "moderate (~100 req/s)", threads: 2, connections: 4, delay_ms: 40, seconds },
+        Load { name: "saturation", threads: 2, connections: 8, delay_ms: 0, seconds },
+    ]
 }
 
-async fn drive(port: u16, batches: usize) -> Run {
-    let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/api/v1/analytics");
-    let bodies: Arc<Vec<String>> = Arc::new((0..batches).map(body).collect());
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// What wrk reported (the `WRKJSON` line of the Lua script).
+#[derive(serde::Deserialize)]
+struct WrkResult {
+    requests: u64,
+    accepted: u64,
+    duration_us: u64,
+    errors: u64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl WrkResult {
+    fn events_per_second(&self) -> f64 {
+        (self.accepted * EVENTS_PER_REQUEST) as f64 / (self.duration_us as f64 / 1e6)
+    }
+}
+
+fn wrk(port: u16, load: &Load, tag: &str) -> WrkResult {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/load/ingest.lua");
+    let out = Command::new("wrk")
+        .args(["-t", &load.threads.to_string(), "-c", &load.connections.to_string(), "-d", &format!("{}s", load.seconds), "--timeout", "10s"])
+        .args(["-s", script, &format!("http://127.0.0.1:{port}"), "--", tag, &load.delay_ms.to_string()])
+        .output()
+        .expect("run wrk (apt-get install wrk)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find_map(|l| l.strip_prefix("WRKJSON ")).unwrap_or_else(|| panic!("wrk printed no result:\n{stdout}"));
+    serde_json::from_str(line).expect("wrk result JSON")
+}
+
+fn outbox_len(redis: &mut redis::Connection, env: &BenchEnv) -> u64 {
+    redis::cmd("XLEN").arg(format!("{}analytics:outbox", env.settings.redis.key_prefix)).query(redis).unwrap_or(0)
+}
+
+/// Polls until `done` or `limit`; returns how long it took, or `None` on timeout.
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (client, url, bodies, next) = (client.clone(), url.clone(), bodies.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= bodies.len() {
-                    return latencies;
-                }
-                let sent = Instant::now();
-                let response = client.post(&url).header("content-type", "application/json").body(bodies[i].clone()).send().await.expect("request");
-                assert_eq!(response.status().as_u16(), 202, "ingest answered {}", response.status());
-                let _ = response.bytes().await;
-                latencies.push(sent.elapsed());
-            }
-        }));
+    while started.elapsed() < limit {
+        if done() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("client task"));
-    }
-    let wall = started.elapsed();
-    latencies.sort();
-    Run { events: batches * BATCH, wall, latencies }
+    None
+}
+
+fn start_daemon(env: &BenchEnv, port: u16) -> Child {
+    let server =
+        env.command(&["run", "--bind", &format!("127.0.0.1:{port}")]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start tsmigrate run");
+    let healthy = wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get_ok(port, "/health"));
+    assert!(healthy.is_some(), "tsmigrate run did not become healthy");
+    server
+}
+
+fn http_get_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes());
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+}
+
+/// The relay has joined the consumer group (and so waits in its blocking read when idle).
+fn relay_reading(redis: &mut redis::Connection, env: &BenchEnv) -> bool {
+    let consumers: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(format!("{}analytics:outbox", env.settings.redis.key_prefix))
+        .arg(&env.settings.redis.outbox_group)
+        .query(redis);
+    matches!(consumers, Ok(redis::Value::Array(ref c)) if !c.is_empty())
+}
+
+fn row(phase: &str, load: &str, r: &WrkResult) -> Vec<String> {
+    vec![
+        phase.to_string(),
+        load.to_string(),
+        r.requests.to_string(),
+        format!("{}", r.errors),
+        format!("{:.0}", r.accepted as f64 / (r.duration_us as f64 / 1e6)),
+        format!("{:.0}", r.events_per_second()),
+        format!("{:.2} ms", r.p50_us as f64 / 1000.0),
+        format!("{:.2} ms", r.p99_us as f64 / 1000.0),
+    ]
 }
 
 fn main() {
-    let events = bench_events(400_000) as usize;
-    let batches = (events / BATCH).max(1);
+    drop_leftovers("ingest");
+    let mode = *storage_modes().last().expect("a storage mode");
     let env = BenchEnv::new("ingest");
+    env.run(&["prepare", "--mode", mode]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let mut server = env.command(&["run", "--no-relay", "--bind", &format!("127.0.0.1:{port}")]).stderr(Stdio::null()).spawn().expect("server");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let flag = format!("{}analytics:outbox:dual_write", env.settings.redis.key_prefix);
+    let mut server = start_daemon(&env, port);
     let mut redis = redis::Client::open(base_redis()).expect("redis").get_connection().expect("redis conn");
+    assert!(wait_until(Duration::from_secs(30), || relay_reading(&mut redis, &env)).is_some(), "the daemon's relay never started");
+    let loads = loads();
     let mut rows = Vec::new();
-    let mut costs = Vec::new();
-    runtime.block_on(async {
-        for _ in 0..100 {
-            if reqwest::get(format!("http://127.0.0.1:{port}/health")).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut saturated = Vec::new();
+    for load in &loads {
+        let r = wrk(port, load, "legacy");
+        rows.push(row("prepared (legacy write; relay idle)", load.name, &r));
+        if load.delay_ms == 0 {
+            saturated.push(r.events_per_second());
         }
-        // Warm-up, then each mode in turn (twice, alternating, to even out noise).
-        drive(port, 200).await;
-        for (round, mode) in ["legacy", "dual-write", "legacy", "dual-write"].iter().enumerate() {
-            if *mode == "dual-write" {
-                let _: () = redis::cmd("SET").arg(&flag).arg("1").query(&mut redis).expect("set flag");
-            } else {
-                let _: () = redis::cmd("DEL").arg(&flag).query(&mut redis).expect("del flag");
-            }
-            // The server re-reads the flag at most once a second.
-            tokio::time::sleep(Duration::from_millis(1300)).await;
-            let run = drive(port, batches / 2).await;
-            let rate = run.events as f64 / run.wall.as_secs_f64();
-            costs.push((mode.to_string(), run.wall.as_secs_f64() / run.events as f64));
-            rows.push(vec![
-                format!("{mode} (round {})", round / 2 + 1),
-                run.events.to_string(),
-                format!("{rate:.0}"),
-                format!("{:.2} ms", percentile(&run.latencies, 0.50).as_secs_f64() * 1000.0),
-                format!("{:.2} ms", percentile(&run.latencies, 0.99).as_secs_f64() * 1000.0),
-            ]);
+    }
+    env.run(&["dual-write", "start"]);
+    for load in &loads {
+        assert!(wait_until(Duration::from_secs(300), || outbox_len(&mut redis, &env) == 0).is_some(), "the relay did not catch up");
+        let r = wrk(port, load, &format!("dw-{}", load.delay_ms));
+        rows.push(row("dual_writing (relay caught up)", load.name, &r));
+        if load.delay_ms == 0 {
+            saturated.push(r.events_per_second());
         }
-    });
+    }
+    // Saturation left a backlog: the same moderate load while the relay works it off.
+    let backlog = outbox_len(&mut redis, &env);
+    let r = wrk(port, &loads[1], "behind");
+    rows.push(row(&format!("dual_writing (relay behind by {backlog} events)"), loads[1].name, &r));
+    let remaining = outbox_len(&mut redis, &env);
+    let caught_up = wait_until(Duration::from_secs(600), || outbox_len(&mut redis, &env) == 0);
     let peak = peak_rss_kib(server.id()).unwrap_or(0);
-    let _ = std::process::Command::new("kill").arg(server.id().to_string()).status();
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
     let _ = server.wait();
-    let per_event = |mode: &str| {
-        let v: Vec<f64> = costs.iter().filter(|(m, _)| m == mode).map(|(_, c)| *c).collect();
-        v.iter().sum::<f64>() / v.len() as f64
-    };
-    let ratio = per_event("dual-write") / per_event("legacy");
+
     print_table(
-        &format!("Ingest through POST /api/v1/analytics ({CLIENTS} concurrent clients, {BATCH} events per batch; targets >= 50000 ev/s, p99 < 5 ms, cost <= 1.3x legacy)"),
-        &["mode", "events", "events/s", "batch p50", "batch p99"],
+        &format!(
+            "Ingest into `tsmigrate run` (defaults: relay and jobs in process; {mode} target), driven by wrk, {EVENTS_PER_REQUEST} events per request \
+             (targets: p99 < 5 ms at 1/s and 100/s; >= 50000 events/s at saturation; dual-write cost <= 1.1x legacy)"
+        ),
+        &["phase", "load", "requests", "errors", "req/s", "events/s", "p50", "p99"],
         &rows,
     );
-    println!("dual-write cost per event / legacy cost per event: {ratio:.2}x; server peak RSS {}", mib(peak));
-
-    // How fast the relay drains what dual-write appended to the outbox.
-    env.run(&["prepare", "--mode", "postgres"]);
-    let outbox_len: u64 = redis::cmd("XLEN").arg(format!("{}analytics:outbox", env.settings.redis.key_prefix)).query(&mut redis).unwrap_or(0);
-    let drained = measure(env.command(&["relay", "--once", "--json"]));
-    println!(
-        "relay drain: {outbox_len} outbox entries in {:.1}s = {:.0} events/s into plain PostgreSQL; relay peak RSS {}",
-        drained.wall.as_secs_f64(),
-        outbox_len as f64 / drained.wall.as_secs_f64(),
-        mib(drained.peak_rss_kib)
-    );
+    if let [legacy, dual] = saturated[..] {
+        println!("dual-write cost per event / legacy cost per event at saturation: {:.2}x", legacy / dual);
+    }
+    match caught_up {
+        Some(took) => println!(
+            "relay catch-up inside the daemon (no ingest): {remaining} outbox entries in {:.1}s = {:.0} events/s",
+            took.as_secs_f64(),
+            remaining as f64 / took.as_secs_f64().max(0.001)
+        ),
+        None => println!("relay catch-up: not caught up within 600 s ({} entries left)", outbox_len(&mut redis, &env)),
+    }
+    println!("daemon peak RSS: {}", mib(peak));
 }

@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+# The ingest benchmark drives the daemon from outside with wrk.
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "bench.sh: installing wrk (Debian package) for the ingest benchmark"
+  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null; }
+fi
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
   benches=()

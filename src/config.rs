@@ -2,7 +2,7 @@
 //!
 //! `Settings::load` only reads and parses; `Settings::validate` is pure and says
 //! everything that is wrong at once; connecting is somebody else's job
-//! (`crate::db`, `crate::redis_conn`). Connection strings are wrapped in
+//! (`crate::db`, `crate::connect`). Connection strings are wrapped in
 //! [`SecretUrl`] so that a password never reaches a log line or an error message.
 
 use std::fmt;
@@ -181,6 +181,13 @@ pub struct RedisSettings {
     pub flush_retired_key: String,
     /// Prefix of read-API cache keys.
     pub cache_prefix: String,
+    /// PEM file with the CA that signed the server certificate, for a `rediss://` URL whose
+    /// server is not signed by a public CA. Env: `TSMIGRATE_REDIS_TLS_CA_FILE`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Encrypt without checking the server certificate at all (like the `#insecure` URL
+    /// fragment). For testing only: it gives up protection against interception. Env:
+    /// `TSMIGRATE_REDIS_TLS_INSECURE`.
+    pub tls_insecure: bool,
 }
 
 impl Default for RedisSettings {
@@ -198,6 +205,8 @@ impl Default for RedisSettings {
             relay_block_ms: 500,
             flush_retired_key: "analytics:flush_retired".into(),
             cache_prefix: "analytics:cache".into(),
+            tls_ca_file: None,
+            tls_insecure: false,
         }
     }
 }
@@ -362,6 +371,12 @@ impl Settings {
         if let Some(v) = lookup("TSMIGRATE_REDIS_PREFIX") {
             self.redis.key_prefix = v;
         }
+        if let Some(v) = lookup("TSMIGRATE_REDIS_TLS_CA_FILE") {
+            self.redis.tls_ca_file = (!v.is_empty()).then(|| PathBuf::from(v));
+        }
+        if let Some(v) = lookup("TSMIGRATE_REDIS_TLS_INSECURE") {
+            self.redis.tls_insecure = matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on");
+        }
         if let Some(v) = lookup("TSMIGRATE_API_TOKEN").filter(|v| !v.is_empty()) {
             self.http.api_token = Some(SecretToken::new(v));
         }
@@ -376,7 +391,11 @@ impl Settings {
         for (what, url) in [("database.url (DATABASE_URL)", &self.database.url), ("database.legacy_url (LEGACY_DATABASE_URL)", self.database.legacy_url())] {
             check_url(what, url, &["postgres", "postgresql"], &mut problems);
         }
+        for (what, url) in [("database.url (DATABASE_URL)", &self.database.url), ("database.legacy_url (LEGACY_DATABASE_URL)", self.database.legacy_url())] {
+            check_pg_tls(what, url, &mut problems);
+        }
         check_url("redis.url (REDIS_URL)", &self.redis.url, &["redis", "rediss", "redis+unix", "unix"], &mut problems);
+        check_redis_tls(&self.redis, &mut problems);
         if self.target.bucket_timezone.parse::<Tz>().is_err() {
             problems
                 .push(format!("target.bucket_timezone {:?} is not an IANA time zone (for example \"UTC\" or \"Europe/Berlin\")", self.target.bucket_timezone));
@@ -444,6 +463,51 @@ fn check_url(what: &str, url: &SecretUrl, schemes: &[&str], problems: &mut Vec<S
         Ok(parsed) if schemes.contains(&parsed.scheme()) => {}
         Ok(parsed) => problems.push(format!("{what} has scheme {:?}; expected one of {}", parsed.scheme(), schemes.join(", "))),
         Err(e) => problems.push(format!("{what} is not a valid URL ({e}): {}", url.redacted())),
+    }
+}
+
+/// The PostgreSQL TLS options of `url`: a known `sslmode` and an `sslrootcert` that exists.
+fn check_pg_tls(what: &str, url: &SecretUrl, problems: &mut Vec<String>) {
+    let Ok(parsed) = url::Url::parse(url.expose()) else { return };
+    for (key, value) in parsed.query_pairs() {
+        match key.as_ref() {
+            "sslmode" | "ssl-mode" if !PG_SSL_MODES.contains(&value.as_ref()) => {
+                problems.push(format!("{what} has sslmode={value:?}; expected one of {}", PG_SSL_MODES.join(", ")))
+            }
+            "sslrootcert" | "ssl-root-cert" | "ssl-ca" | "sslcert" | "ssl-cert" | "sslkey" | "ssl-key" => {
+                check_file(what, &format!("{key}={value}"), Path::new(value.as_ref()), problems)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What sqlx accepts (`allow` behaves like `disable` there).
+const PG_SSL_MODES: &[&str] = &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
+
+fn check_redis_tls(redis: &RedisSettings, problems: &mut Vec<String>) {
+    let tls_url = url::Url::parse(redis.url.expose()).is_ok_and(|u| u.scheme() == "rediss");
+    if let Some(path) = &redis.tls_ca_file {
+        check_file("redis.tls_ca_file (TSMIGRATE_REDIS_TLS_CA_FILE)", &path.display().to_string(), path, problems);
+        if !tls_url {
+            problems.push("redis.tls_ca_file is set but redis.url (REDIS_URL) is not a rediss:// URL: use rediss:// for TLS, or unset the CA file".into());
+        }
+        if redis.tls_insecure {
+            problems
+                .push("redis.tls_ca_file and redis.tls_insecure are both set: keep the CA file to verify the server, or drop it to skip verification".into());
+        }
+    }
+    if redis.tls_insecure && !tls_url {
+        problems.push("redis.tls_insecure is set but redis.url (REDIS_URL) is not a rediss:// URL: use rediss:// for TLS, or unset tls_insecure".into());
+    }
+}
+
+/// A certificate or key file named in the settings must be a readable file now, not at first connect.
+fn check_file(what: &str, shown: &str, path: &Path, problems: &mut Vec<String>) {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => problems.push(format!("{what}: {shown} is not a file; give the path of a PEM file")),
+        Err(e) => problems.push(format!("{what}: cannot read {shown} ({e}); give the path of an existing PEM file")),
     }
 }
 
@@ -534,6 +598,47 @@ mod tests {
         assert!(err.contains("Mars/Olympus"), "{err}");
         assert!(err.contains("legacy.hourly_table"), "{err}");
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_before_any_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let mut s = Settings::default();
+        s.redis.url = SecretUrl::new("rediss://:pw@cache.example:6380");
+        s.redis.tls_ca_file = Some(ca.clone());
+        s.database.url = SecretUrl::new(format!("postgres://u@db.example/x?sslmode=verify-full&sslrootcert={}", ca.display()));
+        s.validate().unwrap();
+
+        s.redis.tls_ca_file = Some(dir.path().join("missing.pem"));
+        s.database.url = SecretUrl::new("postgres://u@db.example/x?sslmode=verify-everything&sslrootcert=/nonexistent/ca.pem");
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("redis.tls_ca_file") && err.contains("missing.pem") && err.contains("existing PEM file"), "{err}");
+        assert!(err.contains("sslmode=\"verify-everything\"") && err.contains("verify-full"), "{err}");
+        assert!(err.contains("sslrootcert=/nonexistent/ca.pem"), "{err}");
+
+        s = Settings::default();
+        s.redis.tls_ca_file = Some(ca);
+        s.redis.tls_insecure = true;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("not a rediss:// URL"), "{err}");
+        assert!(err.contains("both set"), "{err}");
+    }
+
+    #[test]
+    fn redis_tls_settings_come_from_the_environment_too() {
+        let mut s = Settings::from_toml("[redis]\nurl = \"rediss://h:6380\"\ntls_insecure = true\n").unwrap();
+        assert!(s.redis.tls_insecure);
+        s.apply_env(|name| match name {
+            "TSMIGRATE_REDIS_TLS_CA_FILE" => Some("/etc/ca.pem".into()),
+            "TSMIGRATE_REDIS_TLS_INSECURE" => Some("false".into()),
+            _ => None,
+        });
+        assert_eq!(s.redis.tls_ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert!(!s.redis.tls_insecure);
+        s.apply_env(|name| (name == "TSMIGRATE_REDIS_TLS_INSECURE").then(|| "1".into()));
+        assert!(s.redis.tls_insecure);
     }
 
     #[test]

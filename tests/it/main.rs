@@ -23,6 +23,8 @@ mod reads;
 mod relay_isolation;
 mod scenario;
 mod seed;
+mod servers;
 mod status;
 mod timescaledb;
+mod tls;
 mod validate;

@@ -35,6 +35,8 @@ const SCRUBBED_ENV: &[&str] = &[
     "LEGACY_DATABASE_URL",
     "REDIS_URL",
     "TSMIGRATE_REDIS_PREFIX",
+    "TSMIGRATE_REDIS_TLS_CA_FILE",
+    "TSMIGRATE_REDIS_TLS_INSECURE",
     "TSMIGRATE_CONFIG",
     "TSMIGRATE_API_TOKEN",
     "TSMIGRATE_BIND",
@@ -200,6 +202,13 @@ impl TestEnv {
             .env("TSMIGRATE_ACTOR", "integration-test")
             // No terminal progress bars in captured output.
             .env("NO_COLOR", "1");
+        // A test pointing the env at a TLS Redis (see `servers`) gets the same trust settings in the CLI.
+        if let Some(ca) = &self.settings.redis.tls_ca_file {
+            command.env("TSMIGRATE_REDIS_TLS_CA_FILE", ca);
+        }
+        if self.settings.redis.tls_insecure {
+            command.env("TSMIGRATE_REDIS_TLS_INSECURE", "1");
+        }
     }
 
     /// Drops the database and deletes the Redis keys now (drop does the same, best effort).
