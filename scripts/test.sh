@@ -69,10 +69,14 @@ tier_report() {
     skipped="$(sort -u "$skip_log")"
     count=0
     [[ -n "$skipped" ]] && count="$(wc -l <<<"$skipped")"
-    if ((count > 0)); then
+    if ((tier_ok == 0)); then
+        echo "TimescaleDB tier: FAILED, required (TSMIGRATE_REQUIRE_TIMESCALEDB=1) but unavailable ($ts_why)"
+    elif ((count > 0)); then
         echo "TimescaleDB tier tests skipped:"
         sed 's/^/  /' <<<"$skipped"
-        echo "TimescaleDB tier: $count tests skipped (${ts_why:-see above}); they count as passed in cargo's summary"
+        local noun=tests
+        ((count == 1)) && noun=test
+        echo "TimescaleDB tier: $count $noun skipped (${ts_why:-see above}); they count as passed in cargo's summary"
     elif [[ -n "$ts_version" ]]; then
         echo "TimescaleDB tier: 0 tests skipped (ran against TimescaleDB $ts_version)"
     else
