@@ -105,6 +105,7 @@ async fn kill_and_resume(mode: Mode) {
     assert!(pages >= 5 && rows > 0 && rows < 6000, "killed mid-way: {rows} rows in {pages} pages");
     assert_eq!((rows, distinct), (read, read), "the checkpoint covers exactly the committed rows, not the killed page's");
     assert_eq!(read, pages * 100, "whole pages of 100");
+    eprintln!("figures: killed at a held checkpoint after {pages} committed pages ({rows} rows); the page in flight was rolled back");
 
     let report = env.cli(&["backfill", "--json"]).expect_success().json();
     assert_eq!(field(&report, "resumed"), &Value::Bool(true));
