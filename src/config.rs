@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -138,11 +139,20 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long to wait for a connection before giving up, in seconds.
     pub connect_timeout_secs: u64,
+    /// PostgreSQL cancels any statement of ours running longer than this (`statement_timeout`),
+    /// in seconds; 0 = no limit. Generous: validation and aggregate refreshes scan by design.
+    pub statement_timeout_secs: u64,
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/tsmigrate"), legacy_url: None, max_connections: 8, connect_timeout_secs: 5 }
+        Self {
+            url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/tsmigrate"),
+            legacy_url: None,
+            max_connections: 8,
+            connect_timeout_secs: 5,
+            statement_timeout_secs: 600,
+        }
     }
 }
 
@@ -181,6 +191,14 @@ pub struct RedisSettings {
     pub flush_retired_key: String,
     /// Prefix of read-API cache keys.
     pub cache_prefix: String,
+    /// Prefix of the keys `{first_seen_key}:{event_id}` → epoch ms at which ingest first
+    /// accepted an event that had an `id` and no timestamp (see `ingest.resend_window_secs`).
+    pub first_seen_key: String,
+    /// Each (re)connection attempt to Redis gives up after this, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// A Redis command without an answer after this fails, in milliseconds (a hung server
+    /// then costs a request this long at most; a stopped one fails at once).
+    pub response_timeout_ms: u64,
     /// PEM file with the CA that signed the server certificate, for a `rediss://` URL whose
     /// server is not signed by a public CA. Env: `TSMIGRATE_REDIS_TLS_CA_FILE`.
     pub tls_ca_file: Option<PathBuf>,
@@ -205,6 +223,9 @@ impl Default for RedisSettings {
             relay_block_ms: 500,
             flush_retired_key: "analytics:flush_retired".into(),
             cache_prefix: "analytics:cache".into(),
+            first_seen_key: "analytics:ingest:first_seen".into(),
+            connect_timeout_ms: 2000,
+            response_timeout_ms: 5000,
             tls_ca_file: None,
             tls_insecure: false,
         }
@@ -214,6 +235,14 @@ impl Default for RedisSettings {
 impl RedisSettings {
     pub fn key(&self, name: &str) -> String {
         format!("{}{}", self.key_prefix, name)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
     }
 }
 
@@ -276,11 +305,15 @@ pub struct IngestSettings {
     pub max_event_bytes: usize,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// How long ingest remembers when it first accepted an event that has an `id` and no
+    /// timestamp, so that a resend of it within this window gets the same time (and so is
+    /// the same row). Costs one small Redis key per such event for this long. 0: off.
+    pub resend_window_secs: u64,
 }
 
 impl Default for IngestSettings {
     fn default() -> Self {
-        Self { max_batch: 50, max_event_bytes: 16 * 1024, max_body_bytes: 1024 * 1024 }
+        Self { max_batch: 50, max_event_bytes: 16 * 1024, max_body_bytes: 1024 * 1024, resend_window_secs: 24 * 3600 }
     }
 }
 
@@ -292,11 +325,27 @@ pub struct HttpSettings {
     pub api_token: Option<SecretToken>,
     /// Read-API cache TTL in seconds.
     pub cache_ttl_secs: u64,
+    /// A client must send the request headers within this many seconds of connecting (or of
+    /// its previous request), and then the whole body within as many again; otherwise the
+    /// connection is closed. Half-sent requests cannot pile up.
+    pub read_timeout_secs: u64,
+    /// A request not answered within this many seconds gets 503 (a server behind it hangs).
+    pub request_timeout_secs: u64,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { bind: "127.0.0.1:8080".into(), api_token: None, cache_ttl_secs: 60 }
+        Self { bind: "127.0.0.1:8080".into(), api_token: None, cache_ttl_secs: 60, read_timeout_secs: 10, request_timeout_secs: 30 }
+    }
+}
+
+impl HttpSettings {
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_timeout_secs)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
     }
 }
 
@@ -315,6 +364,9 @@ pub struct MigrationSettings {
     pub tail_lookback_secs: u64,
     /// After `complete`, the legacy Redis keys expire after this many days.
     pub legacy_key_expiry_days: u32,
+    /// How often `tsmigrate run` checks that the Redis dual-write flag agrees with the
+    /// migration state in PostgreSQL (and restores it when Redis lost it), in seconds.
+    pub dual_write_check_secs: u64,
 }
 
 impl Default for MigrationSettings {
@@ -326,6 +378,7 @@ impl Default for MigrationSettings {
             backfill_page_size: 10_000,
             tail_lookback_secs: 600,
             legacy_key_expiry_days: 7,
+            dual_write_check_secs: 5,
         }
     }
 }
@@ -417,6 +470,7 @@ impl Settings {
             ("redis.outbox_stream", &self.redis.outbox_stream),
             ("redis.outbox_group", &self.redis.outbox_group),
             ("redis.flush_retired_key", &self.redis.flush_retired_key),
+            ("redis.first_seen_key", &self.redis.first_seen_key),
         ] {
             if key.is_empty() {
                 problems.push(format!("{what} must not be empty"));
@@ -443,6 +497,17 @@ impl Settings {
         }
         if t.hourly_retention_days < t.raw_retention_days || t.daily_retention_days < t.hourly_retention_days {
             problems.push("retention must not shrink upwards: raw <= hourly <= daily".into());
+        }
+        for (what, value) in [
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+            ("redis.response_timeout_ms", self.redis.response_timeout_ms),
+            ("http.read_timeout_secs", self.http.read_timeout_secs),
+            ("http.request_timeout_secs", self.http.request_timeout_secs),
+            ("migration.dual_write_check_secs", self.migration.dual_write_check_secs),
+        ] {
+            if value == 0 {
+                problems.push(format!("{what} must be at least 1"));
+            }
         }
         if self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("http.bind {:?} must be host:port, like 127.0.0.1:8080", self.http.bind));

@@ -16,7 +16,7 @@ use rustls::pki_types::CertificateDer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection, PgConnection, PgPool};
 
-use crate::config::{RedisSettings, SecretUrl};
+use crate::config::{DatabaseSettings, RedisSettings, SecretUrl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -37,13 +37,51 @@ pub enum ConnectError {
 /// Statements slower than this are logged as warnings.
 const SLOW_STATEMENT: Duration = Duration::from_secs(60);
 
-/// A pool on `url`; fails fast (within `timeout`) when the server is unreachable.
-pub async fn pg_pool(url: &SecretUrl, max_connections: u32, timeout: Duration) -> Result<PgPool, ConnectError> {
+/// Sizes and deadlines of a PostgreSQL pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PgLimits {
+    pub max_connections: u32,
+    /// Waiting for a pooled connection (or a new one) gives up after this.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL cancels a statement running longer (`statement_timeout`); `None` = no limit.
+    pub statement_timeout: Option<Duration>,
+}
+
+impl PgLimits {
+    pub fn from_settings(d: &DatabaseSettings) -> PgLimits {
+        PgLimits {
+            max_connections: d.max_connections,
+            acquire_timeout: Duration::from_secs(d.connect_timeout_secs),
+            statement_timeout: Some(Duration::from_secs(d.statement_timeout_secs)).filter(|t| !t.is_zero()),
+        }
+    }
+
+    fn pool_options(&self) -> PgPoolOptions {
+        let statement_timeout = self.statement_timeout;
+        PgPoolOptions::new().max_connections(self.max_connections).acquire_timeout(self.acquire_timeout).after_connect(move |conn, _| {
+            Box::pin(async move {
+                // SET rather than a startup option: connection poolers (PgBouncer) reject unknown startup parameters.
+                if let Some(timeout) = statement_timeout {
+                    sqlx::query(&format!("SET statement_timeout = {}", timeout.as_millis())).execute(conn).await?;
+                }
+                Ok(())
+            })
+        })
+    }
+}
+
+fn pg_options(url: &SecretUrl) -> Result<PgConnectOptions, ConnectError> {
     let options: PgConnectOptions =
         url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres { url: url.redacted(), reason: scrub(&e.to_string(), url) })?;
     // Statements that scan a window of events (validation hashing, aggregate refreshes,
     // backfill pages) take seconds by design; sqlx's default warns after one second.
-    let options = options.application_name("tsmigrate").log_slow_statements(log::LevelFilter::Warn, SLOW_STATEMENT);
+    Ok(options.application_name("tsmigrate").log_slow_statements(log::LevelFilter::Warn, SLOW_STATEMENT))
+}
+
+/// A pool on `url`; fails fast (within the acquire timeout) when the server is unreachable.
+pub async fn pg_pool(url: &SecretUrl, limits: PgLimits) -> Result<PgPool, ConnectError> {
+    let options = pg_options(url)?;
+    let timeout = limits.acquire_timeout;
     // One direct attempt first: a pool retries until its timeout and then reports only
     // "timed out", hiding the cause (connection refused, authentication failed...).
     match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
@@ -53,7 +91,7 @@ pub async fn pg_pool(url: &SecretUrl, max_connections: u32, timeout: Duration) -
         Ok(Err(e)) => return Err(pg_error(url, e)),
         Err(_) => return Err(ConnectError::Postgres { url: url.redacted(), reason: format!("no answer within {}s", timeout.as_secs()) }),
     }
-    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(timeout).connect_with(options).await.map_err(|e| pg_error(url, e))
+    limits.pool_options().connect_with(options).await.map_err(|e| pg_error(url, e))
 }
 
 fn pg_error(url: &SecretUrl, e: sqlx::Error) -> ConnectError {
@@ -69,10 +107,8 @@ fn pg_error(url: &SecretUrl, e: sqlx::Error) -> ConnectError {
 }
 
 /// A pool that connects on first use: for workers that must start while the target is down.
-pub fn pg_pool_lazy(url: &SecretUrl, max_connections: u32) -> Result<PgPool, ConnectError> {
-    let options: PgConnectOptions =
-        url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres { url: url.redacted(), reason: scrub(&e.to_string(), url) })?;
-    Ok(PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options.application_name("tsmigrate")))
+pub fn pg_pool_lazy(url: &SecretUrl, limits: PgLimits) -> Result<PgPool, ConnectError> {
+    Ok(limits.pool_options().connect_lazy_with(pg_options(url)?))
 }
 
 /// The one place a `redis::Client` is built: `rediss://` URLs get `redis.tls_ca_file` as
@@ -119,47 +155,54 @@ fn install_crypto_provider() {
     });
 }
 
-/// How long a Redis command may take before the call fails (the server is then treated as down).
-pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadlines of a Redis connection.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisTimeouts {
+    /// Each connection attempt, the first and every reconnection.
+    pub connect: Duration,
+    /// A command without an answer after this fails (the connection stays).
+    pub response: Duration,
+}
 
-/// A reconnecting Redis connection; fails fast when the server is unreachable.
+impl RedisTimeouts {
+    pub fn from_settings(r: &RedisSettings) -> RedisTimeouts {
+        RedisTimeouts { connect: r.connect_timeout(), response: r.response_timeout() }
+    }
+
+    /// For a connection whose commands wait on the server by design (`XREADGROUP ... BLOCK`):
+    /// the usual response deadline on top of the longest wait, so a wait is never cut short.
+    pub fn blocking(self, longest_wait: Duration) -> RedisTimeouts {
+        RedisTimeouts { response: self.response + longest_wait, ..self }
+    }
+}
+
+/// A reconnecting Redis connection with deadlines on every command and connection attempt.
+///
+/// While the server is down every command fails at once (and triggers one new connection
+/// attempt), so callers answer 503 quickly and the first command after the server's return
+/// reconnects. The manager's own retries are off on purpose: they sleep between attempts
+/// (at least a second, then growing to a minute), and every command issued meanwhile waits
+/// on them — a blip of a few seconds became minutes of hung requests.
 ///
 /// Clones share one multiplexed connection: a command that holds it (a blocking read)
-/// delays every other clone, so such commands need a connection of their own
-/// ([`redis_for_blocking_reads`]).
-pub async fn redis(settings: &RedisSettings, timeout: Duration) -> Result<ConnectionManager, ConnectError> {
-    redis_with_response_timeout(settings, timeout, REDIS_RESPONSE_TIMEOUT).await
-}
-
-/// A Redis connection of its own for a worker whose commands block (`XREADGROUP … BLOCK`)
-/// for up to `longest_block`; its response deadline allows for that wait.
-pub async fn redis_for_blocking_reads(settings: &RedisSettings, timeout: Duration, longest_block: Duration) -> Result<ConnectionManager, ConnectError> {
-    redis_with_response_timeout(settings, timeout, REDIS_RESPONSE_TIMEOUT + longest_block).await
-}
-
-async fn redis_with_response_timeout(settings: &RedisSettings, timeout: Duration, response_timeout: Duration) -> Result<ConnectionManager, ConnectError> {
+/// delays every other clone, so such commands need a connection of their own, with
+/// [`RedisTimeouts::blocking`] deadlines.
+pub async fn redis(settings: &RedisSettings, timeouts: RedisTimeouts) -> Result<ConnectionManager, ConnectError> {
     let url = &settings.url;
     let err = |e: redis::RedisError| redis_error(settings, e);
     let client = redis_client(settings)?;
-    // One direct attempt first, for the real cause (the manager would retry and time out).
-    match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
+    let no_answer = || ConnectError::Redis { url: url.redacted(), reason: no_answer(url, timeouts.connect) };
+    // One direct attempt first, for the real cause (the manager would report a timeout).
+    match tokio::time::timeout(timeouts.connect, client.get_multiplexed_async_connection()).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(err(e)),
-        Err(_) => return Err(ConnectError::Redis { url: url.redacted(), reason: no_answer(url, timeout) }),
+        Err(_) => return Err(no_answer()),
     }
-    // The manager's reconnect backoff starts at 1 s and multiplies by `factor` (redis-rs
-    // 0.32 hands it to backon as a multiplier; its default of 100 made the second retry
-    // wait 60-120 s, and every request waits for a reconnect in progress — so ingest
-    // answered its 503 minutes late while Redis was down). At most 2 retries of 1-2 s each.
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(timeout)
-        .set_response_timeout(response_timeout)
-        .set_number_of_retries(2)
-        .set_factor(2)
-        .set_max_delay(1000);
-    tokio::time::timeout(timeout + Duration::from_secs(1), ConnectionManager::new_with_config(client, config))
+    let config =
+        redis::aio::ConnectionManagerConfig::new().set_connection_timeout(timeouts.connect).set_response_timeout(timeouts.response).set_number_of_retries(0);
+    tokio::time::timeout(timeouts.connect + Duration::from_secs(1), ConnectionManager::new_with_config(client, config))
         .await
-        .map_err(|_| ConnectError::Redis { url: url.redacted(), reason: "timed out".into() })?
+        .map_err(|_| no_answer())?
         .map_err(err)
 }
 
@@ -181,7 +224,7 @@ fn redis_error(settings: &RedisSettings, e: redis::RedisError) -> ConnectError {
 /// line), so for `rediss://` a timeout is the only symptom of the wrong port.
 fn no_answer(url: &SecretUrl, timeout: Duration) -> String {
     let hint = if is_tls_url(url) == Some(true) { " (a plaintext port never answers a TLS handshake: check that this port serves TLS)" } else { "" };
-    format!("no answer within {}s{hint}", timeout.as_secs())
+    format!("no answer within {timeout:?}{hint}")
 }
 
 fn is_tls_url(url: &SecretUrl) -> Option<bool> {

@@ -1,4 +1,4 @@
-//! Pools built from settings.
+//! Pools and connections built from settings.
 
 use std::time::Duration;
 
@@ -6,26 +6,46 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::config::Settings;
-use crate::connect::{self, ConnectError};
+use crate::connect::{self, ConnectError, PgLimits, RedisTimeouts};
+
+/// Redis commands of background work that reads a lot at once (the legacy flush reads an
+/// hour and a half of events in one command) may take this long.
+pub const BULK_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn target_pool(settings: &Settings) -> Result<PgPool, ConnectError> {
-    let d = &settings.database;
-    connect::pg_pool(&d.url, d.max_connections, Duration::from_secs(d.connect_timeout_secs)).await
+    connect::pg_pool(&settings.database.url, PgLimits::from_settings(&settings.database)).await
 }
 
 pub async fn legacy_pool(settings: &Settings) -> Result<PgPool, ConnectError> {
-    let d = &settings.database;
-    connect::pg_pool(d.legacy_url(), d.max_connections, Duration::from_secs(d.connect_timeout_secs)).await
+    connect::pg_pool(settings.database.legacy_url(), PgLimits::from_settings(&settings.database)).await
 }
 
-/// The shared, multiplexed Redis connection (clone it freely; never block on it).
+/// The target pool of a long-running process: connects on first use, so the process starts
+/// (and ingest works) while the target is down.
+pub fn target_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {
+    connect::pg_pool_lazy(&settings.database.url, PgLimits::from_settings(&settings.database))
+}
+
+pub fn legacy_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {
+    connect::pg_pool_lazy(settings.database.legacy_url(), PgLimits::from_settings(&settings.database))
+}
+
+/// The shared, multiplexed Redis connection for requests and short commands (clone it
+/// freely; never block on it): `redis.response_timeout_ms` per command.
 pub async fn redis(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
-    connect::redis(&settings.redis, Duration::from_secs(settings.database.connect_timeout_secs)).await
+    connect::redis(&settings.redis, RedisTimeouts::from_settings(&settings.redis)).await
+}
+
+/// Redis for background work with large single reads (the legacy flush): a connection of
+/// its own (a long read would hold up every request queued behind it) and a longer deadline.
+pub async fn redis_bulk(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
+    let timeouts = RedisTimeouts { response: BULK_RESPONSE_TIMEOUT.max(settings.redis.response_timeout()), ..RedisTimeouts::from_settings(&settings.redis) };
+    connect::redis(&settings.redis, timeouts).await
 }
 
 /// A Redis connection for the relay alone: its `XREADGROUP … BLOCK` holds the connection
 /// while it waits, which on the shared connection would delay every ingest request.
 pub async fn relay_redis(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
     let block = Duration::from_millis(settings.redis.relay_block_ms);
-    connect::redis_for_blocking_reads(&settings.redis, Duration::from_secs(settings.database.connect_timeout_secs), block).await
+    connect::redis(&settings.redis, RedisTimeouts::from_settings(&settings.redis).blocking(block)).await
 }

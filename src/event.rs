@@ -38,6 +38,16 @@ pub enum DeadLetterReason {
     WrongType(&'static str),
     #[error("score {0} is not a valid event time (epoch ms between 2000 and now + 1 day)")]
     BadScore(String),
+    /// PostgreSQL `text` and `jsonb` cannot hold U+0000; found by [`find_nul`] before writing.
+    #[error("field {0} holds a NUL character (\\u0000), which PostgreSQL text and jsonb cannot store")]
+    Unstorable(String),
+    /// The target refused the row itself (a data error, SQLSTATE class 22, 23 or 54).
+    #[error("the target rejected the row (SQLSTATE {code}): {message}")]
+    RejectedByTarget { code: String, message: String },
+    /// Another member with the same `event_id` and time, but other content, is already stored.
+    /// The stored version stays; this one is kept here with the stored one in the reason.
+    #[error("event {event_id} at {time} is already stored with other content (differs in {fields}); stored version: {stored}")]
+    ConflictingContent { event_id: Uuid, time: String, fields: String, stored: String },
 }
 
 impl DeadLetterReason {
@@ -50,6 +60,9 @@ impl DeadLetterReason {
             Self::MissingField(_) => "missing_field",
             Self::WrongType(_) => "wrong_type",
             Self::BadScore(_) => "bad_score",
+            Self::Unstorable(_) => "unstorable",
+            Self::RejectedByTarget { .. } => "rejected_by_target",
+            Self::ConflictingContent { .. } => "conflicting_content",
         }
     }
 }
@@ -86,7 +99,7 @@ impl TargetEvent {
             Some(Value::Number(n)) => id_from_string(&n.to_string()),
             Some(_) => return Err(DeadLetterReason::WrongType("id")),
         };
-        Ok(TargetEvent {
+        let event = TargetEvent {
             event_id,
             time,
             // Fields are moved out of the parsed object, not cloned: this runs once per
@@ -99,7 +112,31 @@ impl TargetEvent {
             device_info: optional_object(&mut obj, "device_info")?,
             page_url: optional_scalar(&mut obj, "page_url")?,
             referrer: optional_scalar(&mut obj, "referrer")?,
-        })
+        };
+        // In JSON text a NUL can only be written `\u0000`: members without that sequence
+        // (nearly all) skip the walk over every string.
+        if may_hold_nul(member) {
+            if let Some(field) = event.nul_field() {
+                return Err(DeadLetterReason::Unstorable(field));
+            }
+        }
+        Ok(event)
+    }
+
+    /// The first stored field (or JSON key or value inside one) holding a NUL character.
+    pub fn nul_field(&self) -> Option<String> {
+        let texts = [
+            ("event_name", Some(&self.event_name)),
+            ("category", Some(&self.category)),
+            ("user_id", self.user_id.as_ref()),
+            ("session_id", self.session_id.as_ref()),
+            ("page_url", self.page_url.as_ref()),
+            ("referrer", self.referrer.as_ref()),
+        ];
+        if let Some((name, _)) = texts.iter().find(|(_, v)| v.is_some_and(|v| v.contains('\0'))) {
+            return Some((*name).to_string());
+        }
+        find_nul("properties", &self.properties).or_else(|| find_nul("device_info", &self.device_info))
     }
 
     pub fn time_ms(&self) -> i64 {
@@ -123,6 +160,42 @@ pub fn derived_id(member: &[u8]) -> Uuid {
     name.extend_from_slice(b"member:");
     name.extend_from_slice(member);
     Uuid::new_v5(&EVENT_ID_NAMESPACE, &name)
+}
+
+/// Whether JSON text may hold a NUL character: only as the escape `\u0000` (a raw 0x00
+/// is not valid JSON). An escaped backslash before `u0000` is a false positive, never a miss.
+fn may_hold_nul(json: &[u8]) -> bool {
+    json.windows(6).any(|w| w == br"\u0000")
+}
+
+/// The path (`properties.a[2]`, a key shown escaped) of the first string, object key or
+/// value inside `value` holding a NUL character, which PostgreSQL `text` and `jsonb`
+/// reject. `name` is the path of `value` itself.
+pub fn find_nul(name: &str, value: &Value) -> Option<String> {
+    if !holds_nul(value) {
+        return None;
+    }
+    match value {
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| find_nul(&format!("{name}[{i}]"), item)),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let path = format!("{name}.{}", key.escape_debug());
+            if key.contains('\0') {
+                Some(path)
+            } else {
+                find_nul(&path, item)
+            }
+        }),
+        _ => Some(name.to_string()),
+    }
+}
+
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(key, item)| key.contains('\0') || holds_nul(item)),
+        _ => false,
+    }
 }
 
 fn score_to_time(score: f64, now_ms: i64) -> Result<DateTime<Utc>, DeadLetterReason> {
@@ -229,24 +302,63 @@ pub struct AcceptedEvent {
     pub session_id: Option<String>,
 }
 
+impl AcceptedEvent {
+    /// Gives the event another time (the one its `id` was first accepted at, for a resend
+    /// without a timestamp): the member's `timestamp` and the score change together.
+    pub fn restamp(&mut self, time_ms: i64) {
+        let Some(time) = DateTime::from_timestamp_millis(time_ms) else {
+            return;
+        };
+        if let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(&self.member) {
+            obj.insert("timestamp".into(), Value::String(time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+            self.member = Value::Object(obj).to_string();
+            self.time_ms = time_ms;
+        }
+    }
+}
+
 /// Limits on incoming events.
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
     pub max_event_bytes: usize,
+    /// Names and ids (`event_name`, `category`, `id`, `session_id`, `user_id`).
     pub max_field_chars: usize,
+    /// `page_url` and `referrer`: real URLs (query strings, tracking parameters) are longer
+    /// than names; 2048 is what browsers and proxies commonly accept.
+    pub max_url_chars: usize,
 }
 
 impl Default for IngestLimits {
     fn default() -> Self {
-        Self { max_event_bytes: 16 * 1024, max_field_chars: 256 }
+        Self { max_event_bytes: 16 * 1024, max_field_chars: 256, max_url_chars: 2048 }
     }
 }
 
 impl IncomingEvent {
+    /// One problem per field the target could not store: a NUL character in any string,
+    /// JSON keys and values inside `properties` and `device_info` included. Checked at
+    /// ingest so that an event accepted here is never refused by the target later.
+    pub fn unstorable(&self) -> Vec<String> {
+        let texts = [
+            ("id", self.id.as_ref()),
+            ("event_name", self.event_name.as_ref()),
+            ("category", self.category.as_ref()),
+            ("session_id", self.session_id.as_ref()),
+            ("page_url", self.page_url.as_ref()),
+            ("referrer", self.referrer.as_ref()),
+        ];
+        let mut fields: Vec<String> = texts.iter().filter(|(_, v)| v.is_some_and(|v| v.contains('\0'))).map(|(name, _)| (*name).to_string()).collect();
+        for (name, value) in [("user_id", &self.user_id), ("properties", &self.properties), ("device_info", &self.device_info), ("timestamp", &self.timestamp)]
+        {
+            fields.extend(value.as_ref().and_then(|v| find_nul(name, v)));
+        }
+        fields.into_iter().map(|field| format!("{field} holds a NUL character (\\u0000), which the target database cannot store")).collect()
+    }
+
     /// Checks one event and builds its member; `now` is when the batch arrived
     /// (used when the tracker sent no timestamp). Errors name the field and the rule.
     pub fn validate(&self, now: DateTime<Utc>, limits: IngestLimits) -> Result<AcceptedEvent, Vec<String>> {
-        let mut problems = Vec::new();
+        let mut problems = self.unstorable();
         let mut text_field = |name: &str, value: &Option<String>, required: bool| -> Option<String> {
             match value.as_deref().map(str::trim) {
                 Some("") | None if required => {
@@ -270,10 +382,15 @@ impl IncomingEvent {
             Some(Value::String(s)) if s.chars().count() <= limits.max_field_chars => Some(Value::String(s.clone())),
             Some(Value::Number(n)) => Some(Value::String(n.to_string())),
             Some(_) => {
-                problems.push("user_id must be a string or number of at most 256 characters".into());
+                problems.push(format!("user_id must be a string or number of at most {} characters", limits.max_field_chars));
                 None
             }
         };
+        for (name, value) in [("page_url", &self.page_url), ("referrer", &self.referrer)] {
+            if value.as_ref().is_some_and(|v| v.chars().count() > limits.max_url_chars) {
+                problems.push(format!("{name} is longer than {} characters", limits.max_url_chars));
+            }
+        }
         for (name, value) in [("properties", &self.properties), ("device_info", &self.device_info)] {
             if !matches!(value, None | Some(Value::Null) | Some(Value::Object(_))) {
                 problems.push(format!("{name} must be an object"));
@@ -393,5 +510,76 @@ mod tests {
         let row = TargetEvent::from_member(accepted.member.as_bytes(), accepted.time_ms as f64, NOW).unwrap();
         assert_eq!(row.event_name, "click");
         assert_eq!(row.time_ms(), NOW - 5);
+    }
+
+    #[test]
+    fn nul_characters_anywhere_the_target_stores_make_a_dead_letter_naming_the_field() {
+        let cases: [(&[u8], &str); 5] = [
+            (br#"{"event_name":"a\u0000b","category":"y"}"#, "event_name"),
+            (br#"{"event_name":"x","category":"y","user_id":"u\u0000"}"#, "user_id"),
+            (br#"{"event_name":"x","category":"y","properties":{"k\u0000":1}}"#, "properties.k\\0"),
+            (br#"{"event_name":"x","category":"y","properties":{"tags":["ok","b\u0000"]}}"#, "properties.tags[1]"),
+            (br#"{"event_name":"x","category":"y","device_info":{"os":{"name":"\u0000"}}}"#, "device_info.os.name"),
+        ];
+        for (member, field) in cases {
+            match TargetEvent::from_member(member, 1.7e12, NOW) {
+                Err(DeadLetterReason::Unstorable(f)) => assert_eq!(f, field, "{}", String::from_utf8_lossy(member)),
+                other => panic!("{} -> {other:?}", String::from_utf8_lossy(member)),
+            }
+        }
+        // An escaped backslash followed by "u0000" is six ordinary characters.
+        let fine = TargetEvent::from_member(br#"{"event_name":"a\\u0000","category":"y"}"#, 1.7e12, NOW).unwrap();
+        assert_eq!(fine.event_name, "a\\u0000");
+        // The id is not stored (only hashed), but ingest refuses a NUL there too.
+        assert!(TargetEvent::from_member(br#"{"id":"a\u0000","event_name":"x","category":"y"}"#, 1.7e12, NOW).is_ok());
+    }
+
+    #[test]
+    fn ingest_refuses_nul_characters_and_names_each_field() {
+        let now = Utc.timestamp_millis_opt(NOW).unwrap();
+        let bad = IncomingEvent {
+            event_name: Some("a\0b".into()),
+            category: Some("ui".into()),
+            user_id: Some(json!("u\u{0}")),
+            properties: Some(json!({"ok": "x", "nested": {"k\u{0}": 1}})),
+            device_info: Some(json!({"list": ["\u{0}"]})),
+            page_url: Some("/\0".into()),
+            ..Default::default()
+        };
+        let problems = bad.validate(now, IngestLimits::default()).unwrap_err();
+        let named: Vec<&str> = problems.iter().map(|p| p.split(' ').next().unwrap()).collect();
+        assert_eq!(named, vec!["event_name", "page_url", "user_id", "properties.nested.k\\0", "device_info.list[0]"], "{problems:?}");
+        assert!(problems.iter().all(|p| p.contains("NUL")), "{problems:?}");
+    }
+
+    #[test]
+    fn restamping_changes_the_member_time_and_score_together() {
+        let now = Utc.timestamp_millis_opt(NOW).unwrap();
+        let incoming = IncomingEvent { id: Some("evt-1".into()), event_name: Some("click".into()), category: Some("ui".into()), ..Default::default() };
+        let mut later = incoming.validate(now + chrono::Duration::seconds(5), IngestLimits::default()).unwrap();
+        let first = incoming.validate(now, IngestLimits::default()).unwrap();
+        assert_ne!(later, first);
+        later.restamp(NOW);
+        assert_eq!(later, first, "a resend stamped with the first time is the identical member");
+    }
+
+    #[test]
+    fn urls_have_a_length_limit_too() {
+        let now = Utc.timestamp_millis_opt(NOW).unwrap();
+        let limits = IngestLimits::default();
+        let event = |url: String| IncomingEvent {
+            event_name: Some("view".into()),
+            category: Some("nav".into()),
+            page_url: Some(url.clone()),
+            referrer: Some(url),
+            ..Default::default()
+        };
+        let long = format!("https://example.com/?q={}", "x".repeat(limits.max_url_chars));
+        let problems = event(long).validate(now, limits).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("page_url is longer than 2048"), "{problems:?}");
+        assert!(problems[1].starts_with("referrer is longer than 2048"), "{problems:?}");
+        let fits = format!("https://example.com/?q={}", "x".repeat(limits.max_url_chars - 30));
+        assert!(event(fits).validate(now, limits).is_ok());
     }
 }

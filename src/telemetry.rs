@@ -2,7 +2,8 @@
 //!
 //! Names: `tsmigrate_ingest_events_total`, `tsmigrate_write_seconds{system}`,
 //! `tsmigrate_outbox_entries`, `tsmigrate_outbox_lag_seconds`, `tsmigrate_relay_events_total`,
-//! `tsmigrate_relay_failures_total`, `tsmigrate_validation_differences`,
+//! `tsmigrate_relay_failures_total`, `tsmigrate_dead_letters_total{source}` (new rows in
+//! `tsmigrate.dead_letter` by path), `tsmigrate_validation_differences`,
 //! `tsmigrate_read_seconds{source,endpoint}`, `tsmigrate_shadow_mismatches_total{endpoint}`,
 //! `tsmigrate_job_runs_total{job,status}`, `tsmigrate_job_failures_total{job}`,
 //! `tsmigrate_timescaledb_failing_jobs`.

@@ -1,7 +1,8 @@
 use crate::config::Settings;
 use crate::phase::backfill::{self, BackfillOptions};
+use crate::phase::repair;
 
-use super::{emit, Outcome};
+use super::{emit, parse_time, positive, Outcome};
 
 /// Copy the events Redis held before the completion point into the target
 /// (dual_writing → backfilled). Refused unless dual-write is active.
@@ -11,30 +12,40 @@ use super::{emit, Outcome};
 /// no duplicate. Members that are not valid events go to tsmigrate.dead_letter. Then the
 /// aggregates are refreshed over exactly the backfilled range (never further back than raw
 /// retention) and legacy history older than the Redis horizon is imported.
+///
+/// With --from and --to, copy the events Redis holds in that window instead (idempotent,
+/// no phase change): the repair for a possible gap in dual-write that `tsmigrate status` lists.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Events per page (one transaction each). Default: migration.backfill_page_size.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub page_size: Option<usize>,
     /// At most this many events per second, to spare a busy server.
-    #[arg(long)]
-    pub max_rate: Option<u64>,
+    #[arg(long, value_parser = positive)]
+    pub max_rate: Option<usize>,
     /// Skip importing the legacy history older than the Redis horizon.
     #[arg(long)]
     pub no_history: bool,
     /// Say what would be copied, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Repair a window: copy the events scored from this time (RFC 3339, a date, or -6h).
+    #[arg(long, value_parser = parse_time, requires = "to", allow_hyphen_values = true, conflicts_with_all = ["dry_run", "max_rate", "no_history"])]
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Repair a window: ... up to this time (inclusive).
+    #[arg(long, value_parser = parse_time, requires = "from", allow_hyphen_values = true)]
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let options = BackfillOptions {
-        page_size: args.page_size.unwrap_or(settings.migration.backfill_page_size).max(1),
-        max_rate: args.max_rate,
-        dry_run: args.dry_run,
-        import_history: !args.no_history,
-        quiet: json,
-    };
+    let page_size = args.page_size.unwrap_or(settings.migration.backfill_page_size);
+    if let (Some(from), Some(to)) = (args.from, args.to) {
+        let report = repair::run(settings, from, to, page_size).await?;
+        emit(json, &report, |r| r.human())?;
+        return Ok(Outcome::Success);
+    }
+    let options =
+        BackfillOptions { page_size, max_rate: args.max_rate.map(|r| r as u64), dry_run: args.dry_run, import_history: !args.no_history, quiet: json };
     let report = backfill::run(settings, options).await?;
     emit(json, &report, |r| r.human())?;
     Ok(Outcome::Success)

@@ -41,7 +41,7 @@ pub async fn run(command: Command, settings: &Settings, json: bool) -> anyhow::R
             )?;
         }
         Command::Flush(args) => {
-            let mut redis = crate::db::redis(settings).await?;
+            let mut redis = crate::db::redis_bulk(settings).await?;
             let keys = LegacyKeys::from_settings(settings);
             let retired: Option<String> = redis::cmd("GET").arg(&keys.flush_retired).query_async(&mut redis).await?;
             if retired.as_deref() == Some("1") && !args.even_if_retired {
@@ -64,14 +64,15 @@ pub async fn run(command: Command, settings: &Settings, json: bool) -> anyhow::R
             let outcome = flush::flush_range(&mut redis, &legacy_pool, &keys, &settings.legacy, tz, from, to).await?;
             emit(json, &outcome, |o| {
                 format!(
-                    "flushed {} hour(s) from {} to {}: {} events read, {} skipped members, {} hourly rows, {} asset rows\n",
+                    "flushed {} hour(s) from {} to {}: {} events read, {} skipped members, {} hourly rows, {} asset rows{}\n",
                     o.hours,
                     o.from.map(|t| t.to_rfc3339()).unwrap_or_default(),
                     o.to.map(|t| t.to_rfc3339()).unwrap_or_default(),
                     o.events_read,
                     o.skipped_members,
                     o.hourly_rows,
-                    o.asset_rows
+                    o.asset_rows,
+                    if o.rejected_rows > 0 { format!(", {} rows refused by the database (see the log)", o.rejected_rows) } else { String::new() }
                 )
             })?;
         }

@@ -5,7 +5,7 @@ use crate::config::Settings;
 use crate::phase::lifecycle::{self, Force};
 use crate::phase::{abort, optimize};
 
-use super::{emit, parse_duration, Outcome};
+use super::{emit, parse_duration, reason, Outcome};
 
 /// Switch reads to the target (validated → reads_switched). Gate: the latest validation
 /// is clean and fresher than migration.validation_freshness_hours (24 h).
@@ -16,8 +16,8 @@ pub struct CutoverArgs {
     /// Pass the validation gate anyway (needs --reason; audited).
     #[arg(long, requires = "reason")]
     pub force: bool,
-    /// Why the gate is being forced (recorded in the audit log).
-    #[arg(long, requires = "force")]
+    /// Why the gate is being forced (recorded in the audit log; must not be blank).
+    #[arg(long, requires = "force", value_parser = reason)]
     pub reason: Option<String>,
 }
 
@@ -42,7 +42,8 @@ pub struct RetireArgs {
     /// Pass the soak/validation gate anyway (needs --reason; audited).
     #[arg(long, requires = "reason")]
     pub force: bool,
-    #[arg(long, requires = "force")]
+    /// Why the gate is being forced (recorded in the audit log; must not be blank).
+    #[arg(long, requires = "force", value_parser = reason)]
     pub reason: Option<String>,
 }
 

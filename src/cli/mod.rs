@@ -149,6 +149,23 @@ pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     Err(format!("{s:?} is not a time: use RFC 3339 (2025-01-31T12:00:00Z), a date (2025-01-31), now, or -6h / -2d"))
 }
 
+/// A count that must be at least 1 (`--page-size 0` would never make progress).
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+/// The reason for forcing a gate: recorded in the audit log, so it must say something.
+pub fn reason(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the reason must not be empty: say why the gate is being forced (it is recorded in the audit log)".into());
+    }
+    Ok(s.trim().to_string())
+}
+
 /// Parses `90s`, `10m`, `6h`, `2d`.
 pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -184,5 +201,15 @@ mod tests {
         assert!(parse_time("2025-01-31").is_ok());
         assert!(parse_time("-6h").unwrap() < chrono::Utc::now());
         assert!(parse_time("tomorrow").unwrap_err().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn counts_and_reasons_must_say_something() {
+        assert_eq!(positive("5"), Ok(5));
+        assert!(positive("0").unwrap_err().contains("at least 1"));
+        assert!(positive("-1").is_err());
+        assert_eq!(reason(" disk full ").unwrap(), "disk full");
+        assert!(reason("").unwrap_err().contains("must not be empty"));
+        assert!(reason("   ").is_err());
     }
 }

@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
-    let pool = crate::connect::pg_pool_lazy(&settings.database.url, settings.database.max_connections)?;
+    let pool = crate::db::target_pool_lazy(settings)?;
     let state = crate::phase::state::load_from_pool(&pool).await?;
     let mode = state.storage_mode.ok_or_else(|| crate::phase::Refusal {
         command: "relay".into(),
@@ -61,7 +61,9 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
     }
     let mut relay = Relay::new(redis, writer, keys, RelayOptions::from_settings(settings));
     if args.once {
-        relay.ensure_group().await?;
+        if let Some(RelayOutcome::GroupRecreated { gap: Some(gap) }) = relay.ensure_group().await? {
+            eprintln!("warning: {}; repair: {}", gap.describe(), gap.repair_command());
+        }
         let (mut entries, mut inserted) = (0usize, 0u64);
         loop {
             match relay.step().await? {
@@ -70,6 +72,8 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
                     inserted += i;
                 }
                 RelayOutcome::Idle => break,
+                RelayOutcome::GroupRecreated { gap: Some(gap) } => eprintln!("warning: {}; repair: {}", gap.describe(), gap.repair_command()),
+                RelayOutcome::GroupRecreated { gap: None } => {}
                 RelayOutcome::TargetUnavailable { error } => anyhow::bail!("target unavailable, nothing acknowledged: {error}"),
             }
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Settings;
+use crate::dual_write::flag;
 use crate::dual_write::relay::{self, Relay, RelayOptions};
 use crate::http::{self, AppState};
 use crate::legacy::LegacyKeys;
@@ -34,7 +35,7 @@ pub async fn run(
     // each get their own, because a blocking read or a job's large range read on the shared
     // connection would hold up every request queued behind it.
     let redis = crate::db::redis(&settings).await?;
-    let target = crate::connect::pg_pool_lazy(&settings.database.url, settings.database.max_connections)?;
+    let target = crate::db::target_pool_lazy(&settings)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
     if options.relay {
@@ -42,17 +43,23 @@ pub async fn run(
     }
     // The legacy tables live in the target database unless a legacy URL says otherwise.
     let legacy = match &settings.database.legacy_url {
-        Some(url) => crate::connect::pg_pool_lazy(url, settings.database.max_connections)?,
+        Some(_) => crate::db::legacy_pool_lazy(&settings)?,
         None => target.clone(),
     };
     let mut scheduler = None;
     if options.jobs {
-        let jobs_redis = crate::db::redis(&settings).await?;
-        let ctx = jobs::JobContext { settings: Arc::new(settings.clone()), target: target.clone(), legacy: legacy.clone(), redis: jobs_redis };
+        // The jobs read a lot per command (the legacy flush): their own connection, and a patient one.
+        let ctx = jobs::JobContext {
+            settings: Arc::new(settings.clone()),
+            target: target.clone(),
+            legacy: legacy.clone(),
+            redis: crate::db::redis_bulk(&settings).await?,
+        };
         scheduler = Some(jobs::schedule(ctx).await?);
     }
     crate::telemetry::metrics_handle();
     let state = AppState::new(settings, redis, Some(target), Some(legacy));
+    workers.push(tokio::spawn(keep_dual_write_flag(state.clone(), stop_rx.clone())));
     let http_shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -65,6 +72,27 @@ pub async fn run(
         let _ = worker.await;
     }
     Ok(())
+}
+
+/// Every `migration.dual_write_check_secs`: restores the Redis dual-write flag when Redis lost
+/// it while PostgreSQL's migration state says dual-write is on, and tells ingest what the
+/// state says (so a missing flag does not turn the outbox off meanwhile).
+async fn keep_dual_write_flag(state: AppState, mut stop: watch::Receiver<bool>) {
+    let (Some(target), mut redis) = (state.target.clone(), state.redis.clone()) else {
+        return;
+    };
+    let every = Duration::from_secs(state.settings.migration.dual_write_check_secs);
+    loop {
+        match tokio::time::timeout(every.max(Duration::from_secs(5)), flag::check(&target, &mut redis, &state.keys)).await {
+            Ok(Ok(check)) => state.dual_write.set_state_view(check.state_says_on()),
+            Ok(Err(e)) => tracing::debug!(error = %format!("{e:#}"), "dual-write flag check failed; next try soon"),
+            Err(_) => tracing::debug!("dual-write flag check timed out; next try soon"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {},
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Starts the relay once the target says what storage mode it is in, retrying while the

@@ -15,13 +15,15 @@ use chrono::Utc;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
+use super::gaps::{self, OutboxGap};
 use super::outbox;
 use crate::config::Settings;
-use crate::event::TargetEvent;
 use crate::legacy::writer::{OUTBOX_MEMBER_FIELD, OUTBOX_SCORE_FIELD};
 use crate::legacy::LegacyKeys;
-use crate::target::dead_letter::{self, DeadLetter};
-use crate::target::writer::TargetWriter;
+use crate::target::writer::{Method, ParsedPage, TargetWriter};
+
+/// The longest pause between attempts while Redis is unreachable.
+const REDIS_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What one step did; the loop (and tests) decide what to do next from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,11 @@ pub enum RelayOutcome {
     /// The target refused or is unreachable; nothing was acknowledged.
     TargetUnavailable {
         error: String,
+    },
+    /// The consumer group was gone (Redis lost the outbox) and was created again; `gap` is
+    /// the window recorded as a possible loss (none when dual-write is off).
+    GroupRecreated {
+        gap: Option<OutboxGap>,
     },
 }
 
@@ -88,15 +95,45 @@ impl Relay {
         &self.options
     }
 
-    /// Creates the consumer group (and the stream) if missing.
-    pub async fn ensure_group(&mut self) -> redis::RedisResult<()> {
-        ensure_group(&mut self.redis, &self.keys, &self.options.group).await
+    /// Creates the consumer group (and the stream) if missing. A group missing while
+    /// dual-write is on means Redis lost the outbox: that is recorded as a possible gap
+    /// (returned, logged with its window, counted in `tsmigrate_outbox_gaps_total`).
+    pub async fn ensure_group(&mut self) -> redis::RedisResult<Option<RelayOutcome>> {
+        if !ensure_group(&mut self.redis, &self.keys, &self.options.group).await? {
+            return Ok(None);
+        }
+        self.own_pending_first = true;
+        let gap = match gaps::record(self.writer.pool(), &self.options.group, Utc::now()).await {
+            Ok(gap) => gap,
+            Err(e) => {
+                // The window cannot be stored (target down?): still say it loudly.
+                tracing::error!(error = %format!("{e:#}"), group = %self.options.group, "the outbox consumer group was missing and was recreated; the possible gap could not be recorded");
+                None
+            }
+        };
+        if let Some(gap) = &gap {
+            metrics::counter!("tsmigrate_outbox_gaps_total").increment(1);
+            tracing::error!(
+                group = %gap.group_name,
+                window_from = ?gap.window_from,
+                window_to = %gap.window_to,
+                repair = %gap.repair_command(),
+                "the outbox consumer group was missing (did Redis lose its data?) and was recreated; outbox entries in this window may not have reached the target"
+            );
+        }
+        Ok(Some(RelayOutcome::GroupRecreated { gap }))
     }
 
     /// One unit of work: read a batch (own pending, claimed, or new), write it, acknowledge it.
     #[tracing::instrument(skip_all, fields(consumer = %self.options.consumer))]
     pub async fn step(&mut self) -> redis::RedisResult<RelayOutcome> {
-        let entries = self.next_entries().await?;
+        let entries = match self.next_entries().await {
+            Ok(entries) => entries,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                return Ok(self.ensure_group().await?.unwrap_or(RelayOutcome::GroupRecreated { gap: None }));
+            }
+            Err(e) => return Err(e),
+        };
         if entries.is_empty() {
             return Ok(RelayOutcome::Idle);
         }
@@ -182,27 +219,25 @@ impl Relay {
         Ok(reply.map(flatten).unwrap_or_default())
     }
 
+    /// Writes a batch in one transaction; events the target cannot store become dead
+    /// letters in it, so the batch is always acknowledged once this returns `Ok`.
     async fn write(&self, entries: &[StreamId]) -> sqlx::Result<(u64, usize)> {
         let now_ms = Utc::now().timestamp_millis();
-        let mut events = Vec::with_capacity(entries.len());
-        let mut dead = Vec::new();
+        let mut page = ParsedPage::with_capacity(entries.len());
         for entry in entries {
             let member: Vec<u8> = entry.get(OUTBOX_MEMBER_FIELD).unwrap_or_default();
-            let score: Option<f64> = entry.get(OUTBOX_SCORE_FIELD);
-            match score.map(|s| TargetEvent::from_member(&member, s, now_ms)) {
-                Some(Ok(event)) => events.push(event),
-                Some(Err(reason)) => dead.push(DeadLetter { raw: member, score, reason }),
-                None => dead.push(DeadLetter { raw: member, score: None, reason: crate::event::DeadLetterReason::BadScore("missing".into()) }),
-            }
+            page.push(member, entry.get(OUTBOX_SCORE_FIELD), now_ms);
         }
         let started = Instant::now();
-        self.writer.ensure_partitions(&events).await?;
+        self.writer.ensure_partitions(&page.events).await?;
         let mut tx = self.writer.pool().begin().await?;
-        let outcome = self.writer.insert(&mut tx, &events).await?;
-        dead_letter::record(&mut tx, "relay", &dead).await?;
+        let outcome = self.writer.write_page(&mut tx, &page, "relay", Method::Insert).await?;
+        if let Some(newest) = entries.iter().filter_map(|e| entry_ms(&e.id)).max() {
+            gaps::note_relayed(&mut tx, &self.options.group, newest).await?;
+        }
         tx.commit().await?;
         metrics::histogram!("tsmigrate_write_seconds", "system" => "target").record(started.elapsed().as_secs_f64());
-        Ok((outcome.inserted, dead.len()))
+        Ok((outcome.inserted, outcome.dead_letters))
     }
 }
 
@@ -210,11 +245,19 @@ fn flatten(reply: StreamReadReply) -> Vec<StreamId> {
     reply.keys.into_iter().flat_map(|k| k.ids).collect()
 }
 
-pub async fn ensure_group(redis: &mut ConnectionManager, keys: &LegacyKeys, group: &str) -> redis::RedisResult<()> {
+/// The time part (epoch ms) of a stream entry id `<ms>-<seq>`: when ingest wrote it.
+fn entry_ms(id: &str) -> Option<i64> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// Creates the consumer group (and the stream) if missing; true when it was created. The
+/// group starts at the stream's beginning, so entries added before it are relayed too.
+pub async fn ensure_group(redis: &mut ConnectionManager, keys: &LegacyKeys, group: &str) -> redis::RedisResult<bool> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP").arg("CREATE").arg(&keys.outbox).arg(group).arg("0").arg("MKSTREAM").query_async(redis).await;
     match created {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -229,7 +272,7 @@ pub async fn run_until(mut relay: Relay, mut shutdown: tokio::sync::watch::Recei
         }
         let outcome = relay.step().await;
         let pause = match outcome {
-            Ok(RelayOutcome::Relayed { .. }) | Ok(RelayOutcome::Idle) => {
+            Ok(RelayOutcome::Relayed { .. }) | Ok(RelayOutcome::Idle) | Ok(RelayOutcome::GroupRecreated { .. }) => {
                 backoff = Duration::from_millis(250);
                 None
             }
@@ -238,8 +281,10 @@ pub async fn run_until(mut relay: Relay, mut shutdown: tokio::sync::watch::Recei
                 Some(backoff)
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Redis unavailable");
-                Some(backoff)
+                // Reconnecting is cheap: retry often, so the relay resumes soon after Redis returns.
+                let pause = backoff.min(REDIS_RETRY_MAX);
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "Redis unavailable");
+                Some(pause)
             }
         };
         if let Some(pause) = pause {

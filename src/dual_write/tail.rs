@@ -3,7 +3,9 @@
 //! the saved position; a *sweep* step re-reads the last `lookback` too, so events that
 //! arrive late (scored earlier than what was already copied) are still picked up.
 //! Re-reading is harmless: rows are deduplicated by `(event_id, time)`.
-//! Events later than the lookback are missed — validation reports them.
+//! Events later than the lookback are missed — validation reports them. Members scored
+//! past now + 1 day (far future, `+inf`) are not event times and are not read: `backfill`
+//! and `validate` report them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +14,11 @@ use chrono::Utc;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use crate::event::TargetEvent;
+use crate::event::MAX_FUTURE_MS;
 use crate::legacy::reader::{read_page, ScoreCursor};
 use crate::legacy::LegacyKeys;
 use crate::target::checkpoint;
-use crate::target::dead_letter::{self, DeadLetter};
-use crate::target::writer::TargetWriter;
+use crate::target::writer::{Method, ParsedPage, TargetWriter};
 
 pub const CHECKPOINT: &str = "tail";
 
@@ -48,10 +49,12 @@ impl Tail {
         Tail { redis, writer, keys, lookback, page: 5000, start_at }
     }
 
+    /// One pass. Events the target cannot store become dead letters inside the pass;
+    /// an error of the target itself leaves the position where it was.
     pub async fn step(&mut self, sweep: bool) -> anyhow::Result<TailOutcome> {
         match self.copy(sweep).await {
             Ok(outcome) => Ok(outcome),
-            Err(e) if e.downcast_ref::<sqlx::Error>().is_some() => Ok(TailOutcome::TargetUnavailable { error: e.to_string() }),
+            Err(e) if e.downcast_ref::<sqlx::Error>().is_some() => Ok(TailOutcome::TargetUnavailable { error: format!("{e:#}") }),
             Err(e) => Err(e),
         }
     }
@@ -64,30 +67,30 @@ impl Tail {
         let mut cursor = ScoreCursor::at(from);
         let (mut read, mut inserted, mut dead_total) = (0usize, 0u64, 0usize);
         let now_ms = Utc::now().timestamp_millis();
+        // Scores past now + the clock-skew allowance are not event times (far future, +inf):
+        // reading them would carry the position past every event still to come.
+        let until = (now_ms + MAX_FUTURE_MS) as f64;
         loop {
-            let page = read_page(&mut self.redis, &self.keys.events, cursor, f64::INFINITY, self.page).await?;
-            if page.is_empty() {
+            let members = read_page(&mut self.redis, &self.keys.events, cursor, until, self.page).await?;
+            if members.is_empty() {
                 break;
             }
-            cursor = cursor.after(&page);
-            let mut events = Vec::with_capacity(page.len());
-            let mut dead = Vec::new();
-            for (member, score) in &page {
-                match TargetEvent::from_member(member, *score, now_ms) {
-                    Ok(e) => events.push(e),
-                    Err(reason) => dead.push(DeadLetter { raw: member.clone(), score: Some(*score), reason }),
-                }
-                position.score = position.score.max(*score);
+            cursor = cursor.after(&members);
+            let full = members.len() == self.page;
+            let mut page = ParsedPage::with_capacity(members.len());
+            for (member, score) in members {
+                position.score = position.score.max(score);
+                page.push(member, Some(score), now_ms);
             }
-            self.writer.ensure_partitions(&events).await?;
+            self.writer.ensure_partitions(&page.events).await?;
             let mut tx = self.writer.pool().begin().await?;
-            inserted += self.writer.insert(&mut tx, &events).await?.inserted;
-            dead_letter::record(&mut tx, "tail", &dead).await?;
+            let outcome = self.writer.write_page(&mut tx, &page, "tail", Method::Insert).await?;
             checkpoint::save(&mut tx, CHECKPOINT, &position).await?;
             tx.commit().await?;
             read += page.len();
-            dead_total += dead.len();
-            if page.len() < self.page {
+            inserted += outcome.inserted;
+            dead_total += outcome.dead_letters;
+            if !full {
                 break;
             }
         }

@@ -4,18 +4,30 @@
 //! every bad event (by index) and why; the tracker drops or fixes those and resends.
 //! A good batch is written in one Redis `MULTI` (legacy keys, plus the outbox during
 //! dual-write) and answered 202 only after `EXEC` returned.
+//!
+//! Retries and identity: an event's row is `(event_id, time)`. When the tracker sends a
+//! timestamp, a resend is the same member and the same row. When it sends an `id` but no
+//! timestamp, the time is the moment ingest *first* accepted that id: before the `MULTI`,
+//! one pipelined round trip (`SET {first_seen}:{event_id} now NX EX window` + `GET`) per
+//! batch records or returns it, so a resend within `ingest.resend_window_secs` (24 h by
+//! default) is stamped with the first time and stays one row. Events with neither get
+//! `now`; their identity is their content (see `crate::event`).
+
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
 
 use super::error::{ApiError, RejectedEvent};
 use super::AppState;
-use crate::event::{AcceptedEvent, IncomingEvent, IngestLimits};
+use crate::event::{id_from_string, AcceptedEvent, IncomingEvent, IngestLimits};
 use crate::legacy::writer;
 
 #[derive(Debug, Deserialize)]
@@ -46,8 +58,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A validated batch.
+#[derive(Debug)]
+pub struct ParsedBatch {
+    pub events: Vec<AcceptedEvent>,
+    /// Events stamped with the arrival time because they had an `id` and no timestamp:
+    /// index into `events` and the event id (a resend must reuse the first time).
+    pub stamped: Vec<(usize, Uuid)>,
+}
+
 /// Validates a request body into events ready to write. Pure (apart from the clock).
-pub fn parse_batch(body: &[u8], max_batch: usize, limits: IngestLimits) -> Result<Vec<AcceptedEvent>, ApiError> {
+pub fn parse_batch(body: &[u8], max_batch: usize, limits: IngestLimits) -> Result<ParsedBatch, ApiError> {
     let batch: Batch = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("body must be JSON like {{\"events\": [...]}}: {e}")))?;
     if batch.events.is_empty() {
         return Err(ApiError::BadRequest("events is empty: send 1 to {max_batch} events".replace("{max_batch}", &max_batch.to_string())));
@@ -57,12 +78,17 @@ pub fn parse_batch(body: &[u8], max_batch: usize, limits: IngestLimits) -> Resul
     }
     let now = Utc::now();
     let mut accepted = Vec::with_capacity(batch.events.len());
+    let mut stamped = Vec::new();
     let mut rejected = Vec::new();
     for (index, value) in batch.events.into_iter().enumerate() {
-        let result =
-            serde_json::from_value::<IncomingEvent>(value).map_err(|e| vec![format!("not an event object: {e}")]).and_then(|event| event.validate(now, limits));
+        let result = serde_json::from_value::<IncomingEvent>(value)
+            .map_err(|e| vec![format!("not an event object: {e}")])
+            .and_then(|event| event.validate(now, limits).map(|accepted| (stamped_id(&event), accepted)));
         match result {
-            Ok(event) => accepted.push(event),
+            Ok((id, event)) => {
+                stamped.extend(id.map(|id| (accepted.len(), id)));
+                accepted.push(event);
+            }
             Err(problems) => rejected.push(RejectedEvent { index, problems }),
         }
     }
@@ -72,24 +98,74 @@ pub fn parse_batch(body: &[u8], max_batch: usize, limits: IngestLimits) -> Resul
             rejected,
         });
     }
-    Ok(accepted)
+    Ok(ParsedBatch { events: accepted, stamped })
+}
+
+/// The event id of an event that `validate` stamped with the arrival time.
+fn stamped_id(event: &IncomingEvent) -> Option<Uuid> {
+    let id = event.id.as_deref().map(str::trim).filter(|id| !id.is_empty())?;
+    matches!(event.timestamp, None | Some(Value::Null)).then(|| id_from_string(id))
+}
+
+/// Gives each stamped event the time its id was first accepted (within `window`), and
+/// records this batch's time for the ids seen for the first time: one pipelined round trip.
+pub async fn reuse_first_times(redis: &mut ConnectionManager, prefix: &str, window: Duration, batch: &mut ParsedBatch) -> redis::RedisResult<()> {
+    if batch.stamped.is_empty() || window.is_zero() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (index, id) in &batch.stamped {
+        let key = format!("{prefix}:{id}");
+        pipe.cmd("SET").arg(&key).arg(batch.events[*index].time_ms).arg("NX").arg("EX").arg(window.as_secs().max(1)).ignore();
+        pipe.cmd("GET").arg(&key);
+    }
+    let firsts: Vec<Option<String>> = pipe.query_async(redis).await?;
+    for ((index, _), first) in batch.stamped.iter().zip(firsts) {
+        let event = &mut batch.events[*index];
+        // A value that is not a time (written by something else) is ignored, not trusted.
+        if let Some(first) = first.and_then(|t| t.parse::<i64>().ok()).filter(|t| *t != event.time_ms) {
+            event.restamp(first);
+        }
+    }
+    Ok(())
 }
 
 pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
     authorize(&state, &headers)?;
     let limits = IngestLimits { max_event_bytes: state.settings.ingest.max_event_bytes, ..Default::default() };
-    let events = parse_batch(&body, state.settings.ingest.max_batch, limits)?;
-    let mut redis = state.redis.clone();
-    let dual_write = state
-        .dual_write
-        .get(&mut redis, &state.keys.dual_write_flag)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
+    let mut batch = parse_batch(&body, state.settings.ingest.max_batch, limits)?;
+    let window = Duration::from_secs(state.settings.ingest.resend_window_secs);
+    let first_seen = match reuse_first_times(&mut state.redis.clone(), &state.keys.first_seen, window, &mut batch).await {
+        // As for the write below: one more try after a connection that died with a restart.
+        Err(e) if e.is_io_error() && !e.is_timeout() => reuse_first_times(&mut state.redis.clone(), &state.keys.first_seen, window, &mut batch).await,
+        other => other,
+    };
+    first_seen.map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
+    let events = batch.events;
     let started = std::time::Instant::now();
-    writer::write_batch(&mut redis, &state.keys, state.settings.redis.event_cap, &events, dual_write)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("Redis write failed ({e}); nothing was written, retry the batch")))?;
+    let written = match write(&state, &events).await {
+        // After a Redis restart the first command finds the old, dead connection (or the
+        // answer of an attempt made while Redis was down); one more try connects afresh.
+        // Not after a timeout: the server may still be working on it, or hung.
+        Err(e) if e.is_io_error() && !e.is_timeout() => write(&state, &events).await,
+        other => other,
+    };
+    let dual_write = written.map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
     metrics::histogram!("tsmigrate_write_seconds", "system" => "redis").record(started.elapsed().as_secs_f64());
     metrics::counter!("tsmigrate_ingest_events_total").increment(events.len() as u64);
     Ok((StatusCode::ACCEPTED, Json(IngestResponse { accepted: events.len(), dual_write })))
+}
+
+/// Writes one batch (to the outbox too while dual-write is on); returns whether it did.
+///
+/// The batch is one `MULTI … EXEC`: it reaches Redis whole or not at all. When the
+/// connection breaks after `EXEC` was sent, the caller cannot tell which; trying again (here,
+/// or the tracker after a 503) then stores the events once (identical members, idempotent
+/// relay) and adds the batch to the legacy all-time counters twice — the same as a tracker
+/// that resends after a 503.
+async fn write(state: &AppState, events: &[AcceptedEvent]) -> redis::RedisResult<bool> {
+    let mut redis = state.redis.clone();
+    let dual_write = state.dual_write.get(&mut redis, &state.keys.dual_write_flag).await?;
+    writer::write_batch(&mut redis, &state.keys, state.settings.redis.event_cap, events, dual_write).await?;
+    Ok(dual_write)
 }

@@ -12,8 +12,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use redis::aio::ConnectionManager;
@@ -64,32 +67,65 @@ impl AppState {
 }
 
 /// Whether ingest appends to the outbox, read from Redis at most once a second.
-/// Redis holds the flag (not PostgreSQL) because ingest must keep working while the
-/// target is down; `dual-write start` waits out this refresh interval before recording
-/// the completion point.
-pub struct DualWriteFlag(Remembered<bool>);
+///
+/// Redis holds the flag (not PostgreSQL) because ingest must keep working while the target
+/// is down; `dual-write start` waits out this refresh interval before recording the
+/// completion point. PostgreSQL's migration state stays the source of truth: the daemon
+/// checks it every `migration.dual_write_check_secs`, restores the flag when Redis lost it,
+/// and tells this cache what the state says ([`DualWriteFlag::set_state_view`]). A missing
+/// flag (a Redis that restarted without its data) then follows the state instead of turning
+/// dual-write off; `"0"` (written by `dual-write stop`) is off.
+pub struct DualWriteFlag {
+    cached: Remembered<bool>,
+    /// What the migration state said at the daemon's last check; `None` before the first.
+    state_says: std::sync::Mutex<Option<bool>>,
+}
 
 pub const DUAL_WRITE_FLAG_REFRESH: Duration = Duration::from_secs(1);
 
 impl Default for DualWriteFlag {
     fn default() -> Self {
-        DualWriteFlag(Remembered::new(DUAL_WRITE_FLAG_REFRESH))
+        DualWriteFlag { cached: Remembered::new(DUAL_WRITE_FLAG_REFRESH), state_says: std::sync::Mutex::new(None) }
     }
 }
 
 impl DualWriteFlag {
     pub async fn get(&self, redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<bool> {
-        self.0
+        let fallback = self.state_view();
+        self.cached
             .get(|_| async {
                 let value: Option<String> = redis::cmd("GET").arg(key).query_async(redis).await?;
-                Ok(value.as_deref() == Some("1"))
+                Ok(match value {
+                    Some(value) => value == crate::dual_write::flag::ON,
+                    None => {
+                        if fallback == Some(true) {
+                            metrics::counter!("tsmigrate_dual_write_flag_missing_total").increment(1);
+                            tracing::warn!(
+                                key,
+                                "the dual-write flag is missing from Redis while the migration state says dual-write is on; writing the outbox anyway"
+                            );
+                        }
+                        fallback.unwrap_or(false)
+                    }
+                })
             })
             .await
+    }
+
+    /// Records what PostgreSQL's migration state says about dual-write.
+    pub fn set_state_view(&self, on: bool) {
+        *self.state_says.lock().unwrap_or_else(|e| e.into_inner()) = Some(on);
+    }
+
+    fn state_view(&self) -> Option<bool> {
+        *self.state_says.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.settings.ingest.max_body_bytes;
+    let http = &state.settings.http;
+    let deadlines = Deadlines { body: http.read_timeout(), body_limit, answer: http.request_timeout() };
     Router::new()
         .route("/api/v1/analytics", post(ingest::ingest))
         .route("/api/v1/admin/status", get(admin_status))
@@ -101,8 +137,53 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .layer(middleware::from_fn_with_state(deadlines, answer_in_time))
+        .layer(middleware::from_fn_with_state(deadlines, read_body_in_time))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// How long a client may take to send a body, and the server to answer.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    body: Duration,
+    body_limit: usize,
+    answer: Duration,
+}
+
+/// Reads the whole request body within the read timeout (HTTP/1 header reading has its own,
+/// in [`serve`]): a client that stops half way gets 408 and its connection is closed, so
+/// half-sent requests cannot pile up.
+async fn read_body_in_time(State(deadlines): State<Deadlines>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, deadlines.body_limit));
+    match tokio::time::timeout(deadlines.body, read).await {
+        Ok(Ok(collected)) => next.run(Request::from_parts(parts, Body::from(collected.to_bytes()))).await,
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            close(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than ingest.max_body_bytes ({} bytes)", deadlines.body_limit))
+        }
+        Ok(Err(e)) => close(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}")),
+        Err(_) => {
+            metrics::counter!("tsmigrate_http_read_timeouts_total").increment(1);
+            close(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {}s", deadlines.body.as_secs()))
+        }
+    }
+}
+
+/// A request that is not answered in time (a server behind it hangs) gets 503, not a hang.
+async fn answer_in_time(State(deadlines): State<Deadlines>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(deadlines.answer, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error::ApiError::Unavailable(format!("no answer within {}s: a server behind this endpoint is slow or down", deadlines.answer.as_secs()))
+            .into_response(),
+    }
+}
+
+/// An error answer after which the connection is closed (the rest of the body is not read).
+fn close(status: StatusCode, message: String) -> Response {
+    let mut response = (status, Json(json!({ "error": message }))).into_response();
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Prometheus text format.
@@ -114,29 +195,93 @@ async fn metrics_text() -> (StatusCode, String) {
 }
 
 /// `tsmigrate status --json`, over HTTP (admin: needs the bearer token when one is set).
-async fn admin_status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Json<serde_json::Value>, error::ApiError> {
+/// 503 names the server that is down: the target (no status then), or Redis (with the
+/// status it could still read, like the CLI, which exits 2 then).
+async fn admin_status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Response, error::ApiError> {
     ingest::authorize(&state, &headers)?;
-    let status = crate::phase::status::gather(&state.settings).await.map_err(error::ApiError::Unexpected)?;
-    Ok(Json(serde_json::to_value(status).map_err(|e| error::ApiError::Unexpected(e.into()))?))
+    let status = crate::phase::status::gather(&state.settings).await.map_err(|e| match e.downcast_ref::<crate::connect::ConnectError>() {
+        Some(down) => error::ApiError::Unavailable(down.to_string()),
+        None if e.downcast_ref::<sqlx::Error>().is_some() => error::ApiError::Unavailable(format!("the target database failed: {e}")),
+        None => error::ApiError::Unexpected(e),
+    })?;
+    let down = status.unreachable();
+    let mut body = serde_json::to_value(status).map_err(|e| error::ApiError::Unexpected(e.into()))?;
+    Ok(match down {
+        Some(down) => {
+            body["error"] = json!(down);
+            body["retry"] = json!(true);
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+        None => Json(body).into_response(),
+    })
 }
 
 async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when Redis answers and, if configured, the target does too.
+/// How long `/ready` waits for each server.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ready when Redis answers and, if configured, the target does too — each within
+/// [`READY_PROBE_TIMEOUT`], so a server that is down makes `/ready` answer 503, not hang.
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let mut redis = state.redis.clone();
-    let redis_ok = redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok();
-    let target_ok = match &state.target {
-        Some(pool) => sqlx::query("SELECT 1").execute(pool).await.is_ok(),
-        None => true,
+    let redis_probe = tokio::time::timeout(READY_PROBE_TIMEOUT, ping(state.redis.clone()));
+    let target_probe = async {
+        match &state.target {
+            Some(pool) => matches!(tokio::time::timeout(READY_PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await, Ok(Ok(_))),
+            None => true,
+        }
     };
+    let (redis_reply, target_ok) = tokio::join!(redis_probe, target_probe);
+    let redis_ok = matches!(redis_reply, Ok(Ok(_)));
     let code = if redis_ok && target_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(json!({"redis": redis_ok, "target": target_ok})))
 }
 
+/// PING, and once more after a connection error: after a Redis restart the first command
+/// finds the old, dead connection (or a failed attempt made while Redis was down); the
+/// second try connects afresh.
+async fn ping(mut redis: ConnectionManager) -> redis::RedisResult<String> {
+    match redis::cmd("PING").query_async(&mut redis).await {
+        Err(e) if e.is_io_error() => redis::cmd("PING").query_async(&mut redis).await,
+        other => other,
+    }
+}
+
 /// Serves until `shutdown` resolves; requests in flight complete first.
+///
+/// HTTP/1 only, with a header read timeout (`http.read_timeout_secs`, also for idle
+/// keep-alive connections): a client that connects and sends nothing, or half a header,
+/// is disconnected. The body has the same deadline ([`app`]'s middleware).
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(state.settings.http.read_timeout());
+    let app = app(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -141,6 +141,8 @@ fn non_empty(name: &str, value: Option<String>) -> Result<Option<String>, ApiErr
     match value {
         Some(v) if v.trim().is_empty() => Err(ApiError::BadRequest(format!("{name} must not be empty when given"))),
         Some(v) if v.chars().count() > 256 => Err(ApiError::BadRequest(format!("{name} is longer than 256 characters"))),
+        // No stored name can hold one (ingest refuses it), and PostgreSQL refuses it in a query.
+        Some(v) if v.contains('\0') => Err(ApiError::BadRequest(format!("{name} holds a NUL character (%00), which no event name or category can contain"))),
         other => Ok(other),
     }
 }

@@ -6,16 +6,19 @@
 //! re-flush after the cap trimmed part of an hour must not erase what was counted.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::LegacyKeys;
 use crate::config::LegacySettings;
 use crate::event::TargetEvent;
+use crate::target::write_error::server_message;
+use crate::target::writer::isolate;
 
 /// `asset_type` recorded for `asset_generated` events that carry none.
 pub const UNKNOWN_ASSET_TYPE: &str = "unknown";
@@ -26,10 +29,14 @@ pub struct FlushOutcome {
     pub to: Option<DateTime<Utc>>,
     pub hours: usize,
     pub events_read: usize,
-    /// Members the worker could not read as events (they count nowhere, as in the legacy worker).
+    /// Members the worker could not read as events (they count nowhere, as in the legacy
+    /// worker). Members PostgreSQL cannot store (a NUL character) are among them.
     pub skipped_members: usize,
     pub hourly_rows: usize,
     pub asset_rows: usize,
+    /// Rows (hourly and asset) the database refused; logged with the server's reason,
+    /// counted here, and skipped so that the other rows of the hour are still written.
+    pub rejected_rows: usize,
 }
 
 /// Start of the hour containing `t`, hours cut in `tz`. Computed in the offset in force
@@ -112,62 +119,92 @@ pub async fn flush_range(
     }
     outcome.hourly_rows = hourly.len();
     outcome.asset_rows = assets.len();
-    upsert(pool, legacy, hourly, assets).await?;
+    let hourly: Vec<HourlyRow> = hourly.into_iter().map(|((hour, name, category), g)| (hour, name, category, g.count, g.users.len() as i64)).collect();
+    let assets: Vec<AssetRow> = assets.into_iter().map(|((day, asset_type), g)| (day, asset_type, g.count, g.users.len() as i64)).collect();
+    let (refused_hourly, refused_assets) = upsert(pool, legacy, &hourly, &assets).await?;
+    outcome.hourly_rows -= refused_hourly;
+    outcome.asset_rows -= refused_assets;
+    outcome.rejected_rows = refused_hourly + refused_assets;
     Ok(outcome)
 }
 
-async fn upsert(
-    pool: &PgPool,
-    legacy: &LegacySettings,
-    hourly: BTreeMap<(DateTime<Utc>, String, String), Group>,
-    assets: BTreeMap<(NaiveDate, String), Group>,
-) -> sqlx::Result<()> {
+/// `(hour, event_name, category, event_count, unique_users)`.
+type HourlyRow = (DateTime<Utc>, String, String, i64, i64);
+/// `(day, asset_type, generation_count, unique_creators)`.
+type AssetRow = (NaiveDate, String, i64, i64);
+
+/// Upserts the rows in one transaction. A row the database refuses (a data error, such as
+/// a name too long for the index) is isolated and skipped, not allowed to fail the hour.
+/// Returns how many hourly and asset rows were refused.
+async fn upsert(pool: &PgPool, legacy: &LegacySettings, hourly: &[HourlyRow], assets: &[AssetRow]) -> sqlx::Result<(usize, usize)> {
     let mut tx = pool.begin().await?;
-    let (mut hours, mut names, mut categories, mut counts, mut users) = (vec![], vec![], vec![], vec![], vec![]);
-    for ((hour, name, category), group) in hourly {
-        hours.push(hour);
-        names.push(name);
-        categories.push(category);
-        counts.push(group.count);
-        users.push(group.users.len() as i64);
-    }
-    let table = &legacy.hourly_table;
-    sqlx::query(&format!(
+    let refused_hourly = upsert_hourly(&mut tx, &legacy.hourly_table, hourly).await?;
+    let refused_assets = upsert_assets(&mut tx, &legacy.asset_table, assets).await?;
+    tx.commit().await?;
+    Ok((refused_hourly, refused_assets))
+}
+
+async fn upsert_hourly(conn: &mut PgConnection, table: &str, rows: &[HourlyRow]) -> sqlx::Result<usize> {
+    let sql: Arc<str> = format!(
         "INSERT INTO {table} AS t (hour, event_name, category, event_count, unique_users)
          SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
          ON CONFLICT (hour, event_name, category) DO UPDATE
          SET event_count = GREATEST(t.event_count, EXCLUDED.event_count),
              unique_users = GREATEST(t.unique_users, EXCLUDED.unique_users)"
-    ))
-    .bind(&hours)
-    .bind(&names)
-    .bind(&categories)
-    .bind(&counts)
-    .bind(&users)
-    .execute(&mut *tx)
-    .await?;
-    let (mut days, mut types, mut counts, mut creators) = (vec![], vec![], vec![], vec![]);
-    for ((day, asset_type), group) in assets {
-        days.push(day);
-        types.push(asset_type);
-        counts.push(group.count);
-        creators.push(group.users.len() as i64);
+    )
+    .into();
+    let refused = isolate(conn, rows, |conn, rows| {
+        let sql = sql.clone();
+        Box::pin(async move {
+            sqlx::query(&sql)
+                .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.4).collect::<Vec<_>>())
+                .execute(conn)
+                .await
+        })
+    })
+    .await?
+    .rejected;
+    for (i, e) in &refused {
+        let (code, message) = server_message(e);
+        let (hour, name, category, count, _) = &rows[*i];
+        tracing::warn!(%hour, event_name = %name.escape_debug(), category = %category.escape_debug(), events = count, %code, %message, "the legacy hourly table refused a row; skipped");
     }
-    let table = &legacy.asset_table;
-    sqlx::query(&format!(
+    Ok(refused.len())
+}
+
+async fn upsert_assets(conn: &mut PgConnection, table: &str, rows: &[AssetRow]) -> sqlx::Result<usize> {
+    let sql: Arc<str> = format!(
         "INSERT INTO {table} AS t (day, asset_type, generation_count, unique_creators)
          SELECT * FROM UNNEST($1::date[], $2::text[], $3::bigint[], $4::bigint[])
          ON CONFLICT (day, asset_type) DO UPDATE
          SET generation_count = GREATEST(t.generation_count, EXCLUDED.generation_count),
              unique_creators = GREATEST(t.unique_creators, EXCLUDED.unique_creators)"
-    ))
-    .bind(&days)
-    .bind(&types)
-    .bind(&counts)
-    .bind(&creators)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    )
+    .into();
+    let refused = isolate(conn, rows, |conn, rows| {
+        let sql = sql.clone();
+        Box::pin(async move {
+            sqlx::query(&sql)
+                .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+                .execute(conn)
+                .await
+        })
+    })
+    .await?
+    .rejected;
+    for (i, e) in &refused {
+        let (code, message) = server_message(e);
+        let (day, asset_type, count, _) = &rows[*i];
+        tracing::warn!(%day, asset_type = %asset_type.escape_debug(), generations = count, %code, %message, "the legacy asset table refused a row; skipped");
+    }
+    Ok(refused.len())
 }
 
 /// The hour the worker flushes by default: the last closed one.

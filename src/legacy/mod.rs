@@ -24,6 +24,8 @@ pub struct LegacyKeys {
     /// Set while dual-write is on: the ingest path appends to the outbox only then.
     pub dual_write_flag: String,
     pub cache_prefix: String,
+    /// `{first_seen}:{event_id}`: when ingest first accepted an event without a timestamp.
+    pub first_seen: String,
 }
 
 impl LegacyKeys {
@@ -38,6 +40,7 @@ impl LegacyKeys {
             flush_retired: r.key(&r.flush_retired_key),
             dual_write_flag: r.key(&format!("{}:dual_write", r.outbox_stream)),
             cache_prefix: r.key(&r.cache_prefix),
+            first_seen: r.key(&r.first_seen_key),
         }
     }
 }

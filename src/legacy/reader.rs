@@ -7,6 +7,9 @@
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+use crate::event::{MAX_FUTURE_MS, MIN_EVENT_MS};
+use crate::target::dead_letter::{preview, show_score};
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScoreCursor {
     pub score: f64,
@@ -58,6 +61,97 @@ async fn range_page(
     redis::cmd("ZRANGEBYSCORE").arg(key).arg(cursor.score).arg(max).arg("WITHSCORES").arg("LIMIT").arg(cursor.skip).arg(limit).query_async(redis).await
 }
 
+/// Members whose score cannot be an event time now: before 2000 (or `-inf`), or after now +
+/// the clock-skew allowance (far future, `+inf`). No path migrates them, so the commands
+/// that read the sorted set report them instead of passing over them in silence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct OutOfRange {
+    /// Scored before 2000-01-01 (as `TargetEvent::from_member` rounds scores).
+    pub before: u64,
+    /// Scored after now + 1 day.
+    pub after: u64,
+    /// A few of them, oldest and newest first.
+    pub examples: Vec<OutOfRangeMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutOfRangeMember {
+    /// As Redis prints it (`+inf`, `-inf`, or a number).
+    pub score: String,
+    pub member: String,
+}
+
+impl OutOfRange {
+    pub fn total(&self) -> u64 {
+        self.before + self.after
+    }
+
+    /// One line for text reports; `None` when there is nothing to say.
+    pub fn summary(&self) -> Option<String> {
+        if self.total() == 0 {
+            return None;
+        }
+        let shown: Vec<String> = self.examples.iter().map(|e| format!("{} {}", e.score, e.member)).collect();
+        Some(format!(
+            "{} member(s) scored outside the valid event-time range are not migrated by any path ({} before 2000, {} after now + 1 day); e.g. {}",
+            self.total(),
+            self.before,
+            self.after,
+            shown.join(" | ")
+        ))
+    }
+}
+
+/// Score bounds of valid event times at `now_ms`: valid scores are in `[low, high)`.
+pub fn valid_score_bounds(now_ms: i64) -> (f64, f64) {
+    (MIN_EVENT_MS as f64 - 0.5, (now_ms + MAX_FUTURE_MS) as f64 + 0.5)
+}
+
+/// Counts (`ZCOUNT`) and samples the members of `key` scored outside the valid event-time
+/// range, in one pipelined round trip.
+pub async fn out_of_range(redis: &mut ConnectionManager, key: &str, now_ms: i64, examples: usize) -> redis::RedisResult<OutOfRange> {
+    let (low, high) = valid_score_bounds(now_ms);
+    type Members = Vec<(Vec<u8>, f64)>;
+    let (before, after, oldest, newest): (u64, u64, Members, Members) = redis::pipe()
+        .cmd("ZCOUNT")
+        .arg(key)
+        .arg("-inf")
+        .arg(format!("({low}"))
+        .cmd("ZCOUNT")
+        .arg(key)
+        .arg(high)
+        .arg("+inf")
+        .cmd("ZRANGEBYSCORE")
+        .arg(key)
+        .arg("-inf")
+        .arg(format!("({low}"))
+        .arg("WITHSCORES")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(examples)
+        .cmd("ZREVRANGEBYSCORE")
+        .arg(key)
+        .arg("+inf")
+        .arg(high)
+        .arg("WITHSCORES")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(examples)
+        .query_async(redis)
+        .await?;
+    let examples = oldest.iter().chain(&newest).map(|(m, s)| OutOfRangeMember { score: show_score(*s), member: preview(m) }).collect();
+    Ok(OutOfRange { before, after, examples })
+}
+
+/// The oldest member scored at a valid event time, if any (members before 2000 or at
+/// `-inf` are not events and do not move the horizon).
+pub async fn oldest_valid(redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<Option<(Vec<u8>, f64)>> {
+    let (low, _) = valid_score_bounds(0);
+    let oldest: Vec<(Vec<u8>, f64)> =
+        redis::cmd("ZRANGEBYSCORE").arg(key).arg(low).arg("+inf").arg("WITHSCORES").arg("LIMIT").arg(0).arg(1).query_async(redis).await?;
+    Ok(oldest.into_iter().next())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +171,15 @@ mod tests {
         let c = c.after(&page(&[2.0, 3.0]));
         assert_eq!(c, ScoreCursor { score: 3.0, skip: 1 });
         assert_eq!(c.after(&[]), c);
+    }
+
+    #[test]
+    fn out_of_range_members_are_summarized_only_when_there_are_some() {
+        assert_eq!(OutOfRange::default().summary(), None);
+        let found = OutOfRange { before: 1, after: 2, examples: vec![OutOfRangeMember { score: "+inf".into(), member: "{}".into() }] };
+        let line = found.summary().unwrap();
+        assert!(line.starts_with("3 member(s)") && line.contains("1 before 2000, 2 after now + 1 day") && line.contains("+inf {}"), "{line}");
+        // Valid scores round to [2000-01-01, now + 1 day], as from_member rounds them.
+        assert_eq!(valid_score_bounds(0), (MIN_EVENT_MS as f64 - 0.5, MAX_FUTURE_MS as f64 + 0.5));
     }
 }

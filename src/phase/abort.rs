@@ -24,7 +24,7 @@ pub fn drop_statements(mode: StorageMode) -> Vec<String> {
     statements.push("DROP TABLE IF EXISTS analytics_events_ts CASCADE".into());
     statements.push(
         "DROP TABLE IF EXISTS tsmigrate.migration_state, tsmigrate.checkpoints, tsmigrate.validation_runs, tsmigrate.dead_letter, \
-         tsmigrate.history_hourly, tsmigrate.history_asset_popularity, tsmigrate.job_runs CASCADE"
+         tsmigrate.history_hourly, tsmigrate.history_asset_popularity, tsmigrate.job_runs, tsmigrate.outbox_gaps CASCADE"
             .into(),
     );
     statements.push("DROP FUNCTION IF EXISTS tsmigrate.ensure_partitions, tsmigrate.drop_partitions_before, tsmigrate.refresh_rollups".into());

@@ -15,14 +15,14 @@ use super::history::{self, HistoryReport};
 use super::state::{AuditEntry, PhaseGuard, StateChanges};
 use super::{Phase, Refusal, BACKFILL};
 use crate::config::Settings;
-use crate::event::{TargetEvent, MAX_FUTURE_MS};
-use crate::legacy::reader::{read_page, ScoreCursor};
+use crate::event::MAX_FUTURE_MS;
+use crate::legacy::reader::{self, read_page, OutOfRange, ScoreCursor};
 use crate::legacy::LegacyKeys;
 use crate::progress::Progress;
 use crate::target::aggregates::{self, RefreshOutcome};
 use crate::target::checkpoint;
-use crate::target::dead_letter::{self, DeadLetter, DeadLetterCount};
-use crate::target::writer::TargetWriter;
+use crate::target::dead_letter::{self, DeadLetterCount, DeadLetterExample};
+use crate::target::writer::{Method, ParsedPage, TargetWriter};
 
 pub const CHECKPOINT: &str = "backfill";
 
@@ -69,6 +69,10 @@ pub struct BackfillReport {
     pub already_present: u64,
     pub dead_letters: u64,
     pub dead_letter_reasons: Vec<DeadLetterCount>,
+    /// The most recent dead letters of the backfill, by name: reason, score and member.
+    pub dead_letter_examples: Vec<DeadLetterExample>,
+    /// Members scored where no path reads them (before 2000, `-inf`, after now + 1 day, `+inf`).
+    pub out_of_range: OutOfRange,
     pub pages: u64,
     /// This run only.
     pub seconds: f64,
@@ -79,12 +83,16 @@ pub struct BackfillReport {
 }
 
 /// One page read from Redis, parsed, ready to commit.
-struct Page {
-    events: Vec<TargetEvent>,
-    dead: Vec<DeadLetter>,
-    read: usize,
-    cursor_after: ScoreCursor,
+pub(super) struct Page {
+    pub parsed: ParsedPage,
+    pub read: usize,
+    pub cursor_after: ScoreCursor,
 }
+
+/// Dead letters named in the report (the most recent of the backfill's).
+const NAMED_DEAD_LETTERS: i64 = 5;
+/// Out-of-range members shown from each end of the sorted set.
+const OUT_OF_RANGE_EXAMPLES: usize = 3;
 
 pub async fn run(settings: &Settings, options: BackfillOptions) -> anyhow::Result<BackfillReport> {
     let mut guard = PhaseGuard::acquire(&settings.database.url, BACKFILL.command).await?;
@@ -132,6 +140,8 @@ pub async fn run(settings: &Settings, options: BackfillOptions) -> anyhow::Resul
         already_present: position.already_present,
         dead_letters: position.dead_letters,
         dead_letter_reasons: vec![],
+        dead_letter_examples: vec![],
+        out_of_range: reader::out_of_range(&mut redis, &keys.events, Utc::now().timestamp_millis(), OUT_OF_RANGE_EXAMPLES).await?,
         pages: position.pages,
         seconds: 0.0,
         events_per_second: 0.0,
@@ -154,17 +164,16 @@ pub async fn run(settings: &Settings, options: BackfillOptions) -> anyhow::Resul
         let mut done_this_run = 0u64;
         while let Some(page) = rx.recv().await {
             let page = page?;
-            writer.ensure_partitions(&page.events).await?;
+            writer.ensure_partitions(&page.parsed.events).await?;
             let mut db = pool.begin().await?;
-            let written = writer.copy(&mut db, &page.events).await?;
-            let dead = dead_letter::record(&mut db, "backfill", &page.dead).await?;
+            let written = writer.write_page(&mut db, &page.parsed, "backfill", Method::Copy).await?;
             position.cursor = page.cursor_after;
             position.read += page.read as u64;
             position.inserted += written.inserted;
             position.already_present += written.already_present;
-            position.dead_letters += dead;
+            position.dead_letters += written.dead_letters_recorded;
             position.pages += 1;
-            for e in &page.events {
+            for e in &page.parsed.events {
                 let ms = e.time_ms();
                 position.min_time_ms = Some(position.min_time_ms.map_or(ms, |m| m.min(ms)));
                 position.max_time_ms = Some(position.max_time_ms.map_or(ms, |m| m.max(ms)));
@@ -199,7 +208,10 @@ pub async fn run(settings: &Settings, options: BackfillOptions) -> anyhow::Resul
         let horizon = history::redis_horizon(&mut redis, &keys).await?.unwrap_or(completion_point);
         report.history = Some(history::import(settings, &pool, &legacy, horizon).await?);
     }
-    report.dead_letter_reasons = dead_letter::counts(&mut *pool.acquire().await?).await?;
+    let mut conn = pool.acquire().await?;
+    report.dead_letter_reasons = dead_letter::counts(&mut conn).await?;
+    report.dead_letter_examples = dead_letter::recent(&mut conn, "backfill", NAMED_DEAD_LETTERS).await?;
+    drop(conn);
     report.read = position.read;
     report.inserted = position.inserted;
     report.already_present = position.already_present;
@@ -219,7 +231,8 @@ pub async fn run(settings: &Settings, options: BackfillOptions) -> anyhow::Resul
     Ok(report)
 }
 
-async fn read_pages(
+/// Reads pages from `cursor` to `until` (inclusive) into `tx`, one ahead of the writer.
+pub(super) async fn read_pages(
     mut redis: redis::aio::ConnectionManager,
     key: String,
     mut cursor: ScoreCursor,
@@ -240,18 +253,14 @@ async fn read_pages(
             return Ok(());
         }
         let cursor_after = cursor.after(&members);
-        let mut events = Vec::with_capacity(members.len());
-        let mut dead = Vec::new();
         let read = members.len();
+        let mut parsed = ParsedPage::with_capacity(read);
         for (member, score) in members {
-            match TargetEvent::from_member(&member, score, now_ms) {
-                Ok(event) => events.push(event),
-                Err(reason) => dead.push(DeadLetter { raw: member, score: Some(score), reason }),
-            }
+            parsed.push(member, Some(score), now_ms);
         }
         cursor = cursor_after;
         let last = read < page_size;
-        if tx.send(Ok(Page { events, dead, read, cursor_after })).await.is_err() || last {
+        if tx.send(Ok(Page { parsed, read, cursor_after })).await.is_err() || last {
             return Ok(());
         }
     }
@@ -283,6 +292,9 @@ impl BackfillReport {
                 let parts: Vec<String> = self.dead_letter_reasons.iter().map(|d| format!("{} {}", d.count, d.reason_code)).collect();
                 o.push_str(&format!("dead letters by reason: {} (see tsmigrate.dead_letter)\n", parts.join(", ")));
             }
+            for d in &self.dead_letter_examples {
+                o.push_str(&format!("  dead letter at score {}: {}\n    member: {}\n", d.score.as_deref().unwrap_or("(none)"), d.reason, d.member));
+            }
             if let Some(r) = &self.refresh {
                 o.push_str(&format!(
                     "aggregates refreshed: {} .. {} in {} chunk(s){}\n",
@@ -301,6 +313,9 @@ impl BackfillReport {
                 ));
             }
             o.push_str(&format!("phase: {} -> {}\n", self.phase_before, self.phase_after));
+        }
+        if let Some(line) = self.out_of_range.summary() {
+            o.push_str(&format!("warning: {line}\n"));
         }
         o.push_str("next:\n");
         for s in &self.next_steps {

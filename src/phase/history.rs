@@ -25,8 +25,8 @@ pub struct HistoryReport {
 
 /// The oldest event time Redis holds, if any.
 pub async fn redis_horizon(redis: &mut ConnectionManager, keys: &LegacyKeys) -> redis::RedisResult<Option<DateTime<Utc>>> {
-    let oldest: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE").arg(&keys.events).arg(0).arg(0).arg("WITHSCORES").query_async(redis).await?;
-    Ok(oldest.first().and_then(|(_, score)| DateTime::from_timestamp_millis(*score as i64)))
+    let oldest = crate::legacy::reader::oldest_valid(redis, &keys.events).await?;
+    Ok(oldest.and_then(|(_, score)| DateTime::from_timestamp_millis(score.round() as i64)))
 }
 
 /// Imports (idempotently) every legacy row older than `horizon`, and those of the hour and

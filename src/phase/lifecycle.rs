@@ -136,7 +136,7 @@ pub async fn reverse(settings: &Settings, dry_run: bool) -> anyhow::Result<Phase
         if state.phase == Phase::FlushRetired {
             // Legacy reads need the legacy tables: bring the flush back and fill the hours it skipped.
             let keys = LegacyKeys::from_settings(settings);
-            let mut redis = crate::db::redis(settings).await?;
+            let mut redis = crate::db::redis_bulk(settings).await?;
             redis::cmd("DEL").arg(&keys.flush_retired).query_async::<()>(&mut redis).await?;
             let legacy = crate::db::legacy_pool(settings).await?;
             let tz = settings.target.timezone();
@@ -220,6 +220,7 @@ pub async fn set_shadow(settings: &Settings, on: bool) -> anyhow::Result<PhaseRe
         forced: false,
         reason: None,
         details: json!({"serving": state.read_source, "comparing_with": if on { Some(if state.read_source == "legacy" { "target" } else { "legacy" }) } else { None }}),
+        warnings: vec![],
         next_steps: state.phase.next_steps(),
     })
 }

@@ -13,6 +13,7 @@ pub mod history;
 pub mod lifecycle;
 pub mod optimize;
 pub mod prepare;
+pub mod repair;
 pub mod state;
 pub mod status;
 pub mod validate;
@@ -120,6 +121,9 @@ pub struct PhaseReport {
     pub reason: Option<String>,
     /// What the command found and did (gate evidence, objects dropped, figures).
     pub details: serde_json::Value,
+    /// Risks the command noticed but that did not stop it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub next_steps: Vec<String>,
 }
 
@@ -134,6 +138,7 @@ impl PhaseReport {
             forced: false,
             reason: None,
             details,
+            warnings: vec![],
             next_steps: if dry_run { vec![format!("tsmigrate {}   # without --dry-run", transition.command)] } else { transition.to.next_steps() },
         }
     }
@@ -174,6 +179,9 @@ impl PhaseReport {
                 };
                 o.push_str(&format!("  {key}: {shown}\n"));
             }
+        }
+        for warning in &self.warnings {
+            o.push_str(&format!("WARNING: {warning}\n"));
         }
         o.push_str("next:\n");
         for s in &self.next_steps {

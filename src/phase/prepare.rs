@@ -32,6 +32,8 @@ pub struct PrepareReport {
     pub sql: Option<Vec<PlannedMigration>>,
     pub changed: bool,
     pub objects: Vec<ObjectStatus>,
+    /// Whether the Redis that will hold the outbox can keep it (persistence, memory).
+    pub warnings: Vec<String>,
     pub next_steps: Vec<String>,
 }
 
@@ -69,6 +71,7 @@ pub async fn run(settings: &Settings, choice: ModeChoice, dry_run: bool) -> anyh
             objects: schema::objects(&pool, mode).await?,
             sql: Some(plan.pending),
             applied,
+            warnings: crate::dual_write::durability::warnings_for(settings).await,
             next_steps: vec![format!("tsmigrate prepare --mode {mode}   # apply what is listed above")],
         });
     }
@@ -103,11 +106,16 @@ pub async fn run(settings: &Settings, choice: ModeChoice, dry_run: bool) -> anyh
         sql: None,
         applied,
         objects: schema::objects(&pool, mode).await?,
+        warnings: crate::dual_write::durability::warnings_for(settings).await,
         next_steps: phase_after.next_steps(),
     })
 }
 
 impl PrepareReport {
+    fn warning_lines(&self) -> String {
+        self.warnings.iter().map(|w| format!("WARNING: {w}\n")).collect()
+    }
+
     pub fn human(&self) -> String {
         let mut out = String::new();
         let ts = match (&self.capabilities.timescaledb_installed, &self.capabilities.timescaledb_available) {
@@ -126,6 +134,7 @@ impl PrepareReport {
                     out.push_str(&format!("\n-- migration {:04}: {}\n{}\n", m.version, m.description, m.sql.trim_end()));
                 }
             }
+            out.push_str(&self.warning_lines());
             return out;
         }
         if self.applied.is_empty() {
@@ -144,6 +153,7 @@ impl PrepareReport {
         for o in &self.objects {
             out.push_str(&format!("  {} {:<38} {}\n", if o.present { "ok     " } else { "MISSING" }, o.name, o.kind));
         }
+        out.push_str(&self.warning_lines());
         out.push_str("next:\n");
         for step in &self.next_steps {
             out.push_str(&format!("  {step}\n"));

@@ -10,7 +10,9 @@ use crate::config::SecretUrl;
 use crate::target::StorageMode;
 
 /// Key of the session advisory lock every phase command holds.
-const PHASE_LOCK_KEY: &str = "tsmigrate.phase";
+pub const PHASE_LOCK_KEY: &str = "tsmigrate.phase";
+/// How long opening the lock connection may take (a hung server must not hang the command).
+const LOCK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a phase command waits for the lock before refusing.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -138,8 +140,14 @@ impl PhaseGuard {
     /// Takes the migration lock for `command`. When another command holds it, the refusal
     /// is audited (once the control tables exist) like a gate's, and [`LockHeld`] returned.
     pub async fn acquire(url: &SecretUrl, command: &str) -> anyhow::Result<PhaseGuard> {
-        let mut conn =
-            PgConnection::connect(url.expose()).await.map_err(|e| anyhow::anyhow!("cannot open the lock connection to {}: {}", url.redacted(), e))?;
+        let mut conn = match tokio::time::timeout(LOCK_CONNECT_TIMEOUT, PgConnection::connect(url.expose())).await {
+            Ok(connected) => connected.map_err(|e| anyhow::anyhow!("cannot open the lock connection to {}: {}", url.redacted(), e))?,
+            Err(_) => anyhow::bail!(
+                "cannot open the lock connection to {}: no answer within {}s\n  next: check that the server is running and reachable",
+                url.redacted(),
+                LOCK_CONNECT_TIMEOUT.as_secs()
+            ),
+        };
         // A command that just finished may still hold the lock for a moment while its
         // backend exits, so wait briefly before calling the lock held.
         let deadline = std::time::Instant::now() + LOCK_PATIENCE;

@@ -9,6 +9,8 @@ use sqlx::PgPool;
 use super::state::{self, MigrationState};
 use super::Phase;
 use crate::config::Settings;
+use crate::dual_write::durability::{self, OutboxDurability};
+use crate::dual_write::gaps::{self, OutboxGap};
 use crate::legacy::LegacyKeys;
 use crate::target::capability::Capabilities;
 use crate::target::dead_letter::{self, DeadLetterCount};
@@ -29,6 +31,10 @@ pub struct Status {
     pub legacy: LegacyStatus,
     pub target: TargetStatus,
     pub last_validation: Option<ValidationSummary>,
+    /// Possible losses in dual-write not repaired yet (Redis lost the outbox).
+    pub outbox_gaps: Vec<OutboxGap>,
+    /// What needs attention: possible gaps, a Redis that cannot keep the outbox.
+    pub warnings: Vec<String>,
     pub next_steps: Vec<String>,
 }
 
@@ -66,6 +72,9 @@ pub struct RedisStatus {
     pub outbox_pending: u64,
     pub outbox_lag_seconds: Option<f64>,
     pub flush_retired_flag: bool,
+    /// Persistence and memory of the Redis holding the outbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durability: Option<OutboxDurability>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -119,6 +128,11 @@ pub async fn gather(settings: &Settings) -> anyhow::Result<Status> {
     let last_validation = if prepared { last_validation(&pool).await? } else { None };
     let redis = redis_status(settings).await;
     let legacy = legacy_status(settings).await;
+    let outbox_gaps = if prepared { gaps::open(&pool).await? } else { vec![] };
+    let mut warnings: Vec<String> = outbox_gaps.iter().map(|g| format!("{}; repair: {}", g.describe(), g.repair_command())).collect();
+    warnings.extend(redis.durability.iter().flat_map(|d| d.warnings.clone()));
+    let mut next_steps = state.phase.next_steps();
+    next_steps.splice(0..0, outbox_gaps.iter().map(|g| format!("{}   # repair possible gap #{}", g.repair_command(), g.id)));
     Ok(Status {
         phase: state.phase,
         storage_mode: state.storage_mode,
@@ -136,7 +150,9 @@ pub async fn gather(settings: &Settings) -> anyhow::Result<Status> {
         legacy,
         target,
         last_validation,
-        next_steps: state.phase.next_steps(),
+        outbox_gaps,
+        warnings,
+        next_steps,
     })
 }
 
@@ -294,6 +310,7 @@ async fn redis_status(settings: &Settings) -> RedisStatus {
             .query_async(&mut conn)
             .await?;
         let lag = crate::dual_write::outbox::lag(&mut conn, &keys, &settings.redis.outbox_group).await?;
+        let durability = durability::inspect_or_warn(&mut conn).await;
         Ok(RedisStatus {
             reachable: true,
             error: None,
@@ -305,6 +322,7 @@ async fn redis_status(settings: &Settings) -> RedisStatus {
             outbox_pending: lag.pending,
             outbox_lag_seconds: lag.oldest_age_seconds,
             flush_retired_flag: retired.as_deref() == Some("1"),
+            durability: Some(durability),
         })
     }
     .await;
@@ -341,6 +359,12 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
 }
 
 impl Status {
+    /// What could not be reached (everything else is still reported); `None` when all was.
+    /// The legacy tables are not counted: they may not exist yet, and status says so.
+    pub fn unreachable(&self) -> Option<String> {
+        (!self.redis.reachable).then(|| format!("Redis is unreachable: {}", opt(&self.redis.error)))
+    }
+
     pub fn human(&self) -> String {
         let mut o = String::new();
         o.push_str(&format!("phase:          {}\n", self.phase));
@@ -427,6 +451,9 @@ impl Status {
                 o.push_str(&format!(" ({})", parts.join(", ")));
             }
             o.push('\n');
+        }
+        for warning in &self.warnings {
+            o.push_str(&format!("WARNING: {warning}\n"));
         }
         match &self.last_validation {
             Some(v) => o.push_str(&format!("last validation: #{} {} ({} depth), {} ago\n", v.id, v.result, v.depth, humanize_secs(v.age_seconds))),

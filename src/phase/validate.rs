@@ -20,6 +20,7 @@ use uuid::Uuid;
 use super::state::{self, AuditEntry, LockHeld, MigrationState, PhaseGuard, StateChanges};
 use super::{Phase, Refusal, VALIDATE};
 use crate::config::Settings;
+use crate::dual_write::gaps;
 use crate::event::TargetEvent;
 use crate::legacy::flush::day_start;
 use crate::legacy::LegacyKeys;
@@ -34,6 +35,8 @@ use crate::validate::{AggregateCheck, Depth, EventCheck, ValidationReport, Verdi
 /// At most this many events (both sides together) are fetched to narrow differing
 /// minutes; hours beyond it are reported as not narrowed.
 pub const MAX_NARROW_EVENTS: u64 = 1_000_000;
+/// Out-of-range members shown from each end of the sorted set.
+const OUT_OF_RANGE_EXAMPLES: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct ValidateOptions {
@@ -76,6 +79,9 @@ pub async fn run(settings: &Settings, options: &ValidateOptions) -> anyhow::Resu
                 move_phase(settings, &state, &mut report).await;
             }
             report.next_steps = next_steps(&report);
+            // A recorded gap explains missing events better than anything the diff can say.
+            let open = gaps::open(&pool).await.context("cannot read tsmigrate.outbox_gaps")?;
+            report.next_steps.splice(0..0, open.iter().map(|g| format!("{}   # {}", g.repair_command(), g.describe())));
             Ok(report)
         }
         Err(error) => {
@@ -115,6 +121,7 @@ async fn compare(
     let mut redis = crate::db::redis(settings).await?;
     let oldest = super::history::redis_horizon(&mut redis, &keys).await?;
     let members: u64 = redis::cmd("ZCARD").arg(&keys.events).query_async(&mut redis).await?;
+    let out_of_range = crate::legacy::reader::out_of_range(&mut redis, &keys.events, started_at.timestamp_millis(), OUT_OF_RANGE_EXAMPLES).await?;
     let facts = WindowFacts {
         now: started_at,
         settle: options.settle,
@@ -169,7 +176,7 @@ async fn compare(
     timings.extend([t1, t2, t3]);
 
     let target_hours = diff::roll_up(&target_minutes, &starts, to_ms);
-    let mut events = EventCheck { hours_compared: starts.len(), target_events: target_hours.iter().map(|h| h.count).sum(), ..Default::default() };
+    let mut events = EventCheck { hours_compared: starts.len(), target_events: target_hours.iter().map(|h| h.count).sum(), out_of_range, ..Default::default() };
     match redis_found {
         RedisSide::Events(found) => {
             let redis_hours = diff::roll_up(&found.minutes, &starts, to_ms);

@@ -1,4 +1,5 @@
-//! Dead letters: members that are not valid events, kept byte for byte with the reason.
+//! Dead letters: members that are not valid events, rows the target refused, and
+//! conflicting versions of stored events, kept byte for byte with the reason.
 
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -21,7 +22,8 @@ pub async fn record(conn: &mut PgConnection, source: &str, letters: &[DeadLetter
     let raws: Vec<&[u8]> = letters.iter().map(|l| l.raw.as_slice()).collect();
     let scores: Vec<Option<f64>> = letters.iter().map(|l| l.score).collect();
     let codes: Vec<&str> = letters.iter().map(|l| l.reason.code()).collect();
-    let reasons: Vec<String> = letters.iter().map(|l| l.reason.to_string()).collect();
+    // A reason may quote what the member held; text cannot hold NUL, so it is written escaped.
+    let reasons: Vec<String> = letters.iter().map(|l| l.reason.to_string().replace('\0', "\\0")).collect();
     let done = sqlx::query(
         "INSERT INTO tsmigrate.dead_letter (source, raw, score, reason_code, reason)
          SELECT $1, * FROM UNNEST($2::bytea[], $3::float8[], $4::text[], $5::text[])
@@ -46,4 +48,77 @@ pub struct DeadLetterCount {
 /// Dead letters by reason (for `status` and summaries).
 pub async fn counts(conn: &mut PgConnection) -> sqlx::Result<Vec<DeadLetterCount>> {
     sqlx::query_as("SELECT reason_code, count(*) AS count FROM tsmigrate.dead_letter GROUP BY 1 ORDER BY 2 DESC, 1").fetch_all(conn).await
+}
+
+/// One dead letter as reports name it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterExample {
+    pub source: String,
+    pub reason_code: String,
+    pub reason: String,
+    /// The score as Redis prints it (`+inf` included).
+    pub score: Option<String>,
+    /// The start of the raw member, as text (invalid UTF-8 and control characters escaped).
+    pub member: String,
+}
+
+/// Bytes of a member shown in reports.
+const PREVIEW_BYTES: usize = 160;
+
+/// A short printable form of a member: lossy UTF-8, control characters escaped, cut at
+/// [`PREVIEW_BYTES`].
+pub fn preview(raw: &[u8]) -> String {
+    let cut = &raw[..raw.len().min(PREVIEW_BYTES)];
+    let mut text = String::with_capacity(cut.len());
+    for c in String::from_utf8_lossy(cut).chars() {
+        if c.is_control() {
+            text.extend(c.escape_debug());
+        } else {
+            text.push(c);
+        }
+    }
+    if raw.len() > PREVIEW_BYTES {
+        format!("{text}… ({} bytes)", raw.len())
+    } else {
+        text
+    }
+}
+
+/// Redis' spelling of a score.
+pub fn show_score(score: f64) -> String {
+    match score {
+        s if s == f64::INFINITY => "+inf".into(),
+        s if s == f64::NEG_INFINITY => "-inf".into(),
+        s => s.to_string(),
+    }
+}
+
+/// The most recent `limit` dead letters recorded by `source`, newest first.
+pub async fn recent(conn: &mut PgConnection, source: &str, limit: i64) -> sqlx::Result<Vec<DeadLetterExample>> {
+    type Row = (String, String, String, Option<f64>, Vec<u8>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT source, reason_code, reason, score, substring(raw FROM 1 FOR 1024) FROM tsmigrate.dead_letter WHERE source = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(source)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(source, reason_code, reason, score, raw)| DeadLetterExample { source, reason_code, reason, score: score.map(show_score), member: preview(&raw) })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_are_printable_and_short() {
+        assert_eq!(preview(br#"{"a":"x\u0000"}"#), r#"{"a":"x\u0000"}"#);
+        assert_eq!(preview(&[b'a', 0, 0xff]), "a\\0\u{fffd}");
+        let long = vec![b'x'; 500];
+        assert!(preview(&long).ends_with("… (500 bytes)"));
+        assert_eq!((show_score(f64::INFINITY), show_score(f64::NEG_INFINITY), show_score(1.5)), ("+inf".into(), "-inf".into(), "1.5".into()));
+    }
 }

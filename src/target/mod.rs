@@ -9,6 +9,7 @@ pub mod capability;
 pub mod checkpoint;
 pub mod dead_letter;
 pub mod schema;
+pub mod write_error;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};

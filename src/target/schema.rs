@@ -134,6 +134,7 @@ pub async fn objects(pool: &PgPool, mode: StorageMode) -> sqlx::Result<Vec<Objec
         ("tsmigrate.checkpoints", "control table"),
         ("tsmigrate.validation_runs", "control table"),
         ("tsmigrate.dead_letter", "control table"),
+        ("tsmigrate.outbox_gaps", "control table"),
         ("tsmigrate.history_hourly", "history table"),
         ("tsmigrate.history_asset_popularity", "history table"),
     ];

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::legacy::reader::OutOfRange;
 use crate::phase::Phase;
 use crate::target::aggregates::RefreshOutcome;
 use crate::target::StorageMode;
@@ -84,6 +85,10 @@ pub struct EventCheck {
     /// Differing hours in which narrowing found no differing event: they changed while
     /// validating (a late write), or differ only under the tolerance rules.
     pub settled_while_validating: Vec<DateTime<Utc>>,
+    /// Redis members scored where no window (and no path into the target) ever reaches:
+    /// before 2000 or `-inf`, after now + 1 day or `+inf`. Not differences (they are not
+    /// event times), but always reported, in both storage modes and at both depths.
+    pub out_of_range: OutOfRange,
 }
 
 impl EventCheck {
@@ -162,6 +167,7 @@ impl ValidationReport {
             "redis_events": self.events.redis_events,
             "target_events": self.events.target_events,
             "dead_letters": self.events.dead_letter_total(),
+            "out_of_range": self.events.out_of_range.total(),
             "hours_compared": self.events.hours_compared,
             "hours_differing": self.events.hours.total,
             "missing": findings.missing.total,

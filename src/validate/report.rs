@@ -14,6 +14,7 @@ use super::collect::aggregates::{AssetKey, HourlyKey};
 use super::diff::{Counts, EventDifference, EventFindings, HourDifference, Listed};
 use super::window::show_hour;
 use super::{AggregateCheck, ValidationReport, Verdict};
+use crate::legacy::reader::OutOfRange;
 
 /// `2026-11-19T03:12:01.123Z`.
 fn show_time_ms(ms: i64) -> String {
@@ -231,6 +232,9 @@ impl ValidationReport {
             let reasons: Vec<String> = e.dead_letters.iter().map(|(code, n)| format!("{n} {code}")).collect();
             let _ = writeln!(o, "  dead letters in the window: {dead} ({}): in tsmigrate.dead_letter, not differences", reasons.join(", "));
         }
+        if let Some(line) = e.out_of_range.summary() {
+            let _ = writeln!(o, "  warning: {line}");
+        }
         if let Some(f) = &e.findings {
             push_events(&mut o, "missing in the target", &f.missing);
             push_events(&mut o, "extra in the target", &f.extra);
@@ -367,6 +371,8 @@ pub struct JsonEvents {
     pub target_events: u64,
     pub dead_letters: u64,
     pub dead_letters_by_reason: BTreeMap<String, u64>,
+    /// Members scored outside the valid event-time range (see `EventCheck::out_of_range`).
+    pub out_of_range: OutOfRange,
     pub hours_compared: usize,
     pub hours_differing: JsonListed<JsonHour>,
     /// Events depth only.
@@ -460,6 +466,7 @@ impl From<&ValidationReport> for JsonReport {
                 target_events: e.target_events,
                 dead_letters: e.dead_letter_total(),
                 dead_letters_by_reason: e.dead_letters.clone(),
+                out_of_range: e.out_of_range.clone(),
                 hours_compared: e.hours_compared,
                 hours_differing: json_listed(&e.hours, json_hour),
                 missing: kinds(|f| &f.missing),
@@ -551,6 +558,9 @@ fn events_suite(r: &ValidationReport) -> Suite {
     let mut out = String::new();
     if e.dead_letter_total() > 0 {
         let _ = writeln!(out, "dead letters in the window (not differences): {:?}", e.dead_letters);
+    }
+    if let Some(line) = e.out_of_range.summary() {
+        let _ = writeln!(out, "warning: {line}");
     }
     Suite { name: "events", cases, out }
 }

@@ -20,9 +20,17 @@ async fn phase_gates_refuse_out_of_order_steps() {
     assert!(out.stderr.contains("needs phase dual_writing"), "{}", out.stderr);
     assert!(out.stderr.contains("dual-write start"), "{}", out.stderr);
     env.cli(&["dual-write", "start"]).expect_success();
-    env.cli(&["dual-write", "start"]).expect_code(3);
+    // Again while on: a repair of what Redis may have lost, never a second completion point.
+    let again = env.cli(&["dual-write", "start", "--json"]).expect_success().json();
+    assert_eq!(field(&again, "details")["dual_write"], "already on", "{again}");
+    assert_eq!(field(&again, "phase_after"), "dual_writing");
     let refused: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log WHERE outcome = 'refused'").fetch_one(&env.pool).await.unwrap();
-    assert_eq!(refused, 2, "refusals after prepare are audited");
+    assert_eq!(refused, 1, "refusals after prepare are audited");
+    let starts: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log WHERE command = 'dual-write start' AND outcome = 'done'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(starts, 1, "the completion point was recorded once");
 }
 
 /// Stops the running backfill at a page boundary: waits until its checkpoint shows at least
@@ -85,7 +93,7 @@ async fn kill_and_resume(mode: Mode) {
     let env = TestEnv::new().await;
     seed(&env, 6000, false);
     prepare_and_dual_write(&env, mode);
-    let mut command = env.command(&["backfill", "--page-size", "100", "--max-rate", "1000", "--json"]);
+    let mut command = env.clean_command(&["backfill", "--page-size", "100", "--max-rate", "1000", "--json"], &[]);
     command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut child = ChildGuard::spawn(command);
     // The child is stopped in the middle of a page (rows copied, checkpoint not committed)

@@ -132,7 +132,7 @@ async fn environment_variables_win_over_the_same_keys_in_the_config_file() {
     let status = env.cli(&["--config", path, "status", "--json"]).expect_success().json();
     assert_eq!(field(&status, "redis")["events"], 25, "the seed wrote under the environment's prefix: {status}");
     // Without the variable, the file's value is used (and cannot connect).
-    let mut command = env.command(&["--config", path, "status"]);
+    let mut command = env.command(&["--config", path, "status"], &[]);
     command.env_remove("DATABASE_URL");
     let out = command.output().expect("run the tsmigrate binary");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -155,4 +155,26 @@ async fn config_wins_over_tsmigrate_config_which_wins_over_the_working_directory
     let out = env.cli(&["status"]);
     out.expect_code(2);
     assert!(out.stderr.contains("Mars/tsmigrate.toml"), "then ./tsmigrate.toml: {}", out.stderr);
+}
+
+#[tokio::test]
+async fn blank_reasons_and_zero_page_sizes_are_usage_errors() {
+    let env = TestEnv::new().await;
+    for args in [&["cutover", "--force", "--reason", ""][..], &["cutover", "--force", "--reason", "   "][..], &["retire-flush", "--force", "--reason", ""][..]]
+    {
+        let out = env.cli(args);
+        out.expect_code(2);
+        assert!(out.stderr.contains("reason must not be empty"), "{args:?}: {}", out.stderr);
+    }
+    for args in [&["backfill", "--page-size", "0"][..], &["backfill", "--max-rate", "0"][..]] {
+        let out = env.cli(args);
+        out.expect_code(2);
+        assert!(out.stderr.contains("must be at least 1"), "{args:?}: {}", out.stderr);
+    }
+    let out = env.cli(&["backfill", "--from", "-2h"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("--to"), "{}", out.stderr);
+    // Nothing reached the database: the migration was never touched.
+    let status = env.cli(&["status", "--json"]).expect_success().json();
+    assert_eq!(field(&status, "phase"), "new");
 }

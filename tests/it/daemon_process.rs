@@ -4,12 +4,10 @@
 //! load, counts exactly in its own `/metrics`, guards ingest and admin with the token, and
 //! exports shadow-read mismatches as a Prometheus series.
 //!
-//! Every child process dies with its test ([`ChildGuard`]).
+//! Every child process dies with its test ([`Daemon`] kills it on drop).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,51 +17,40 @@ use uuid::Uuid;
 
 use crate::fault::{pg_addr, Outage};
 use crate::scenario::{prepare_and_dual_write, redis_snapshot, target_counts, Mode};
-use crate::support::{field, ChildGuard, TestEnv};
+use crate::servers::Daemon;
+use crate::support::{field, TestEnv};
 
 /// How long anything the service does in the background may take before a test gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A running `tsmigrate run` child process and the address it listens on.
+/// A running `tsmigrate run` child process ([`Daemon`]) and an HTTP client for it.
 pub struct Service {
-    process: ChildGuard,
+    /// `None` once it was stopped.
+    daemon: Option<Daemon>,
     pub addr: SocketAddr,
-    /// Everything the process wrote to stderr so far, for failure messages.
-    log: Arc<Mutex<String>>,
     http: reqwest::Client,
 }
 
 impl Service {
-    /// Starts `tsmigrate run --bind 127.0.0.1:0 <args>` in `env` (with `vars` on top of its
-    /// environment) and waits until it answers `/health`.
-    pub async fn start(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Service {
-        let mut argv = vec!["run", "--bind", "127.0.0.1:0"];
-        argv.extend_from_slice(args);
-        let mut command = env.command(&argv);
-        command.envs(vars.iter().copied()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut process = ChildGuard::spawn(command);
-        let stderr = process.child().stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (found, listening) = std::sync::mpsc::channel::<SocketAddr>();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("tsmigrate listening on http://").and_then(|a| a.trim().parse().ok()) {
-                    let _ = found.send(addr);
-                }
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let addr = tokio::task::spawn_blocking(move || listening.recv_timeout(PATIENCE)).await.unwrap();
-        let addr = addr.unwrap_or_else(|_| panic!("tsmigrate run never said where it listens:\n{}", log.lock().unwrap()));
-        let service = Service { process, addr, log, http: reqwest::Client::new() };
+    /// Starts `tsmigrate run <run_options>` in `env` (with `vars` on top of its environment)
+    /// and waits until it answers `/health`.
+    pub async fn start(env: &TestEnv, run_options: &[&str], vars: &[(&str, &str)]) -> Service {
+        // Blocks this thread until the process listens (a moment).
+        let daemon = Daemon::start_with(env, None, run_options, vars);
+        let service = Service { addr: daemon.addr, daemon: Some(daemon), http: reqwest::Client::new() };
         let s = &service;
         eventually(s, "answered /health", move || async move { s.get("/health", None).await.0 == 200 }).await;
         service
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.daemon.as_ref().map(Daemon::logs).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit code once it has ended (the runtime keeps serving meanwhile).
+    pub async fn terminate(&mut self) -> i32 {
+        let daemon = self.daemon.take().expect("the service is running");
+        tokio::task::spawn_blocking(move || daemon.stop()).await.expect("wait for tsmigrate run")
     }
 
     /// GET `path`: (status, body); status 0 when the request failed.
@@ -227,9 +214,9 @@ async fn the_service_starts_without_the_target_and_sigterm_under_load_loses_noth
     // SIGTERM while every client is still posting.
     assert!(clients.all_posting(), "every client is still posting when SIGTERM is sent");
     let before_sigterm = clients.accepted();
-    service.process.terminate();
-    let status = service.process.wait_exit(PATIENCE).await;
-    assert_eq!(status.code(), Some(0), "tsmigrate run exits 0 on SIGTERM ({status})\n--- its stderr ---\n{}", service.log());
+    let log = service.log();
+    let code = service.terminate().await;
+    assert_eq!(code, 0, "tsmigrate run exits 0 on SIGTERM\n--- its stderr ---\n{log}");
     let accepted = clients.finish().await;
     let relayed_by_service = target_counts(&env).await.0;
 

@@ -21,7 +21,7 @@ use crate::fault::{pg_addr, Outage};
 use crate::scenario::{prepare_and_dual_write, target_counts, Mode};
 use crate::support::TestEnv;
 
-async fn post(router: &axum::Router, body: &str, token: Option<&str>) -> (StatusCode, Value) {
+pub async fn post(router: &axum::Router, body: &str, token: Option<&str>) -> (StatusCode, Value) {
     let mut request = Request::post("/api/v1/analytics").header("content-type", "application/json");
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
@@ -32,7 +32,7 @@ async fn post(router: &axum::Router, body: &str, token: Option<&str>) -> (Status
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-async fn router(env: &TestEnv) -> axum::Router {
+pub async fn router(env: &TestEnv) -> axum::Router {
     app(AppState::new(env.settings.clone(), env.redis().await, None, None))
 }
 
@@ -44,21 +44,43 @@ fn batch(n: usize, offset: usize) -> String {
     json!({ "events": events }).to_string()
 }
 
-fn relay_for(env: &TestEnv, redis: redis::aio::ConnectionManager, pool: sqlx::PgPool, mode: StorageMode, claim_idle: Duration) -> Relay {
+pub fn relay_for(env: &TestEnv, redis: redis::aio::ConnectionManager, pool: sqlx::PgPool, mode: StorageMode, claim_idle: Duration) -> Relay {
     let options = RelayOptions { block: Duration::from_millis(50), claim_idle, ..RelayOptions::new(&env.settings.redis.outbox_group) };
     Relay::new(redis, Arc::new(TargetWriter::new(pool, mode)), Arc::new(env.keys()), options)
 }
 
-async fn drain(relay: &mut Relay) -> u64 {
+pub async fn drain(relay: &mut Relay) -> u64 {
     let mut inserted = 0;
     for _ in 0..100 {
         match relay.step().await.unwrap() {
             RelayOutcome::Relayed { inserted: n, .. } => inserted += n,
             RelayOutcome::Idle => return inserted,
             RelayOutcome::TargetUnavailable { error } => panic!("target unavailable: {error}"),
+            RelayOutcome::GroupRecreated { gap } => panic!("the consumer group vanished: {gap:?}"),
         }
     }
     panic!("the relay did not drain the outbox");
+}
+
+#[tokio::test]
+async fn overlong_urls_are_rejected_like_overlong_names() {
+    let env = TestEnv::new().await;
+    let router = router(&env).await;
+    let url = format!("https://example.com/p?{}", "q=1&".repeat(600));
+    let body = json!({"events": [
+        {"event_name": "view", "category": "nav", "page_url": "https://example.com/ok"},
+        {"event_name": "view", "category": "nav", "page_url": url},
+        {"event_name": "view", "category": "nav", "referrer": url},
+    ]});
+    let (status, body) = post(&router, &body.to_string(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(rejected.iter().map(|r| r["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2], "{body}");
+    assert!(rejected[0]["problems"][0].as_str().unwrap().contains("page_url is longer than 2048"), "{body}");
+    assert!(rejected[1]["problems"][0].as_str().unwrap().contains("referrer is longer than 2048"), "{body}");
+    let mut redis = env.redis().await;
+    let stored: i64 = redis.zcard(env.keys().events).await.unwrap();
+    assert_eq!(stored, 0, "nothing was written");
 }
 
 #[tokio::test]
@@ -264,7 +286,7 @@ async fn dual_write_stop_undoes_start() {
     assert_eq!((phase.as_str(), point), ("prepared", None), "the completion point is forgotten");
     let mut redis = env.redis().await;
     let flag: Option<String> = redis.get(env.keys().dual_write_flag).await.unwrap();
-    assert_eq!(flag, None);
+    assert_eq!(flag.as_deref(), Some("0"), "an explicit off");
     // Ingest goes on with the legacy write alone (a fresh server: no remembered flag).
     let (status, body) = post(&router(&env).await, &batch(3, 10), None).await;
     assert_eq!((status, body["dual_write"].clone()), (StatusCode::ACCEPTED, Value::Bool(false)));
@@ -280,4 +302,48 @@ async fn dual_write_stop_undoes_start() {
     let second_point: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT completion_point FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();
     assert!(second_point > first_point, "{second_point:?} after {first_point:?}");
+}
+
+#[tokio::test]
+async fn a_missing_flag_follows_the_migration_state_and_stop_is_an_explicit_off() {
+    let env = TestEnv::new().await;
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    let mut redis = env.redis().await;
+    let flag = env.keys().dual_write_flag;
+    let dual_write = |body: Value| body["dual_write"].as_bool().unwrap();
+
+    // No flag and nothing known about the state: off.
+    let (status, body) = post(&router(&env).await, &batch(1, 0), None).await;
+    assert_eq!((status, dual_write(body)), (StatusCode::ACCEPTED, false));
+    // No flag (Redis lost it) while the state says on: still on.
+    let state = AppState::new(env.settings.clone(), env.redis().await, None, None);
+    state.dual_write.set_state_view(true);
+    let (_, body) = post(&app(state), &batch(1, 1), None).await;
+    assert!(dual_write(body), "a lost flag does not turn dual-write off");
+
+    env.cli(&["dual-write", "start"]).expect_success();
+    env.cli(&["dual-write", "stop"]).expect_success();
+    let value: Option<String> = redis.get(&flag).await.unwrap();
+    assert_eq!(value.as_deref(), Some("0"), "stop writes an explicit off");
+    let state = AppState::new(env.settings.clone(), env.redis().await, None, None);
+    state.dual_write.set_state_view(true);
+    let (_, body) = post(&app(state), &batch(1, 2), None).await;
+    assert!(!dual_write(body), "an explicit off wins over a stale view of the state");
+
+    // The daemon's check restores a lost flag only while the state says dual-write is on.
+    use tsmigrate::dual_write::flag::{check, FlagCheck};
+    let _: () = redis.del(&flag).await.unwrap();
+    assert_eq!(check(&env.pool, &mut redis, &env.keys()).await.unwrap(), FlagCheck::InPlace { on: false });
+    env.cli(&["dual-write", "start"]).expect_success();
+    let _: () = redis.del(&flag).await.unwrap();
+    let restored = check(&env.pool, &mut redis, &env.keys()).await.unwrap();
+    assert!(matches!(restored, FlagCheck::Restored { found: None, .. }), "{restored:?}");
+    let value: Option<String> = redis.get(&flag).await.unwrap();
+    assert_eq!(value.as_deref(), Some("1"));
+    assert_eq!(check(&env.pool, &mut redis, &env.keys()).await.unwrap(), FlagCheck::InPlace { on: true });
+    // Never while a phase command holds the lock (it may be turning dual-write on or off).
+    let _: () = redis.del(&flag).await.unwrap();
+    let guard = tsmigrate::phase::state::PhaseGuard::acquire(&env.settings.database.url, "test").await.unwrap();
+    assert_eq!(check(&env.pool, &mut redis, &env.keys()).await.unwrap(), FlagCheck::Busy { on: true });
+    drop(guard);
 }

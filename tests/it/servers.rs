@@ -1,6 +1,7 @@
 //! Private servers a test may break without touching the shared ones: a `redis-server` of
 //! its own (plaintext or TLS, with or without AOF) that it can kill and restart on the same
-//! port, and a throwaway certificate authority made with the `openssl` command.
+//! port, a throwaway certificate authority made with the `openssl` command, and
+//! `tsmigrate run` as a process of its own ([`Daemon`]).
 //!
 //! Each server lives in its own temporary directory (data, log, a copy of its certificate)
 //! and is killed when dropped, also when the test panics.
@@ -208,4 +209,83 @@ fn copy_certificates(mut options: RedisOptions, dir: &Path) -> RedisOptions {
         options.tls = Some(ServerTls { cert: copy(&tls.cert, "server.pem"), key: copy(&tls.key, "server.key"), ca: copy(&tls.ca, "ca.pem") });
     }
     options
+}
+
+/// `tsmigrate run` as a separate process, the way it runs in production.
+pub struct Daemon {
+    pub addr: std::net::SocketAddr,
+    child: Child,
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `tsmigrate [--config FILE] run --bind 127.0.0.1:0` with `env` on top of the
+    /// test env's, and waits until it listens.
+    pub fn start(test: &crate::support::TestEnv, config: Option<&std::path::Path>, env: &[(&str, &str)]) -> Daemon {
+        Self::start_with(test, config, &[], env)
+    }
+
+    /// Like [`Self::start`], with more `run` options (`--no-relay`, `--no-jobs`).
+    pub fn start_with(test: &crate::support::TestEnv, config: Option<&std::path::Path>, run_options: &[&str], env: &[(&str, &str)]) -> Daemon {
+        use std::io::BufRead;
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(config) = config {
+            args.extend(["--config", config.to_str().expect("a UTF-8 path")]);
+        }
+        args.extend(["run", "--bind", "127.0.0.1:0"]);
+        args.extend_from_slice(run_options);
+        let mut child = test.command(&args, env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start tsmigrate run");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        // Reads the log until the process ends, so the pipe never fills up.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("tsmigrate listening on http://") {
+                    let _ = addr_tx.send(addr.trim().to_string());
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().expect("a socket address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("tsmigrate run did not start listening:\n{}", logs.lock().unwrap());
+            }
+        };
+        Daemon { addr, child, logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then waits for a graceful exit; returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for tsmigrate run") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "tsmigrate run did not stop within 30s of SIGTERM:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

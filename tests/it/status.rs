@@ -115,11 +115,45 @@ async fn status_after_seed_and_prepare_counts_both_systems() {
 }
 
 #[tokio::test]
-async fn status_reports_an_unreachable_redis_instead_of_failing() {
+async fn status_with_an_unreachable_redis_prints_what_it_could_read_and_exits_2() {
     let env = TestEnv::new().await;
     let out = env.cli_with_env(&["status", "--json"], &[("REDIS_URL", "redis://127.0.0.1:1")]);
-    let status = out.expect_success().json();
+    let status = out.expect_code(2).json();
+    assert_eq!(field(&status, "phase"), "new", "the rest is still reported");
     let redis = field(&status, "redis");
     assert_eq!(redis["reachable"], Value::Bool(false));
     assert!(redis["error"].as_str().unwrap().contains("Redis"), "{redis}");
+    assert!(out.stderr.contains("status is incomplete: Redis is unreachable"), "{}", out.stderr);
+    let text = env.cli_with_env(&["status"], &[("REDIS_URL", "redis://127.0.0.1:1")]);
+    text.expect_code(2);
+    assert!(text.stdout.contains("redis:          UNREACHABLE"), "{}", text.stdout);
+}
+
+#[tokio::test]
+async fn status_warns_about_a_redis_that_cannot_keep_the_outbox() {
+    use crate::servers::{RedisOptions, RedisServer};
+    let env = TestEnv::new().await;
+    let redis = RedisServer::start(RedisOptions::default());
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    // A limit just above what it uses now: 91% full.
+    let info: redis::InfoDict = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap();
+    let used: u64 = info.get("used_memory").unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used * 11 / 10).query_async(&mut conn).await.unwrap();
+    let over = [("REDIS_URL", redis.url())];
+    let over: Vec<(&str, &str)> = over.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let status = env.cli_with_env(&["status", "--json"], &over).expect_success().json();
+    let durability = &field(&status, "redis")["durability"];
+    assert_eq!(durability["aof"], false, "{durability}");
+    assert_eq!(durability["rdb_save"], "", "{durability}");
+    let warnings: Vec<&str> = field(&status, "warnings").as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(warnings.iter().any(|w| w.contains("no persistence")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("of maxmemory")), "{warnings:?}");
+    let text = env.cli_with_env(&["status"], &over).expect_success().stdout.clone();
+    assert!(text.contains("WARNING: Redis has no persistence"), "{text}");
+    // The shared test Redis may or may not persist; a persisting one gets no such warning.
+    let shared = env.cli(&["status", "--json"]).expect_success().json();
+    let shared_durability = &field(&shared, "redis")["durability"];
+    let persists = shared_durability["aof"] == true || shared_durability["rdb_save"].as_str().is_some_and(|s| !s.is_empty());
+    let warned = field(&shared, "warnings").as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("no persistence"));
+    assert_eq!(warned, !persists, "{shared_durability}");
 }

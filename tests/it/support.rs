@@ -11,7 +11,7 @@
 //! (default `redis://127.0.0.1:6379`). `scripts/services.sh` starts local ones.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -167,16 +167,7 @@ impl TestEnv {
 
     /// Runs `tsmigrate <args>` with extra environment variables (applied last, so they override).
     pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tsmigrate"));
-        command.args(args).current_dir(self.dir());
-        for name in SCRUBBED_ENV {
-            command.env_remove(name);
-        }
-        self.set_env(&mut command);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let output = command.output().expect("run the tsmigrate binary");
+        let output = self.command(args, env).output().expect("run the tsmigrate binary");
         CliOutput {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -184,17 +175,29 @@ impl TestEnv {
         }
     }
 
-    /// `tsmigrate <args>` ready to spawn, for a process that outlives one call (a service, a
-    /// process to kill): it inherits nothing from the test's environment but what it needs.
-    pub fn command(&self, args: &[&str]) -> Command {
+    /// `tsmigrate <args>` set up against this env (for runs a test starts and stops itself).
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tsmigrate"));
-        command.args(args).current_dir(self.dir()).env_clear();
-        self.set_env(&mut command);
+        command.args(args).current_dir(self.dir());
+        for name in SCRUBBED_ENV {
+            command.env_remove(name);
+        }
+        self.set_env(&mut command, env);
         command
     }
 
-    /// This env's database and prefix, and a fixed actor, for the binary.
-    fn set_env(&self, command: &mut Command) {
+    /// Like [`Self::command`], but the process inherits nothing from the test's environment
+    /// except what is set here (for a process the test kills: nothing of the developer's
+    /// shell may change what it does).
+    pub fn clean_command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tsmigrate"));
+        command.args(args).current_dir(self.dir()).env_clear();
+        self.set_env(&mut command, env);
+        command
+    }
+
+    /// This env's database and prefix, a fixed actor, then `env` on top.
+    fn set_env(&self, command: &mut Command, env: &[(&str, &str)]) {
         command
             .env("DATABASE_URL", self.settings.database.url.expose())
             .env("REDIS_URL", self.settings.redis.url.expose())
@@ -208,6 +211,9 @@ impl TestEnv {
         }
         if self.settings.redis.tls_insecure {
             command.env("TSMIGRATE_REDIS_TLS_INSECURE", "1");
+        }
+        for (name, value) in env {
+            command.env(name, value);
         }
     }
 
@@ -244,30 +250,8 @@ impl ChildGuard {
         ChildGuard(command.spawn().expect("spawn the tsmigrate binary"))
     }
 
-    pub fn id(&self) -> u32 {
-        self.0.id()
-    }
-
     pub fn child(&mut self) -> &mut Child {
         &mut self.0
-    }
-
-    /// Sends SIGTERM, as a service manager does to stop the process.
-    pub fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.id().to_string()]).status().expect("run kill");
-        assert!(status.success(), "kill -TERM {} failed: {status}", self.id());
-    }
-
-    /// The exit status once the process has ended, waiting at most `deadline`.
-    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
-        let started = std::time::Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().expect("poll the child process") {
-                return status;
-            }
-            assert!(started.elapsed() < deadline, "process {} still running after {deadline:?}", self.id());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 

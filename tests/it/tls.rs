@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tsmigrate::config::{SecretUrl, Settings};
-use tsmigrate::connect::{self, ConnectError};
+use tsmigrate::connect::{self, ConnectError, PgLimits, RedisTimeouts};
 use tsmigrate::daemon::{self, DaemonOptions};
 
 use crate::scenario::{prepare_and_dual_write, Mode};
@@ -16,6 +16,16 @@ use crate::servers::{RedisOptions, RedisServer, TestCa};
 use crate::support::TestEnv;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A pool of `max` connections that waits [`TIMEOUT`] for one.
+fn pg(max: u32) -> PgLimits {
+    PgLimits { max_connections: max, acquire_timeout: TIMEOUT, statement_timeout: None }
+}
+
+/// Redis deadlines: `connect` for each connection attempt (TLS handshake included).
+fn within(connect: Duration) -> RedisTimeouts {
+    RedisTimeouts { connect, response: TIMEOUT }
+}
 
 /// `url` with these query parameters added.
 fn with_query(url: &SecretUrl, pairs: &[(&str, &str)]) -> SecretUrl {
@@ -44,13 +54,13 @@ async fn sslmode_require_encrypts_what_tsmigrate_connects_and_the_cli_works_over
     let env = TestEnv::new().await;
     assert_server_offers_tls(&env).await;
     let require = with_query(&env.settings.database.url, &[("sslmode", "require")]);
-    let pool = connect::pg_pool(&require, 2, TIMEOUT).await.unwrap();
+    let pool = connect::pg_pool(&require, pg(2)).await.unwrap();
     assert!(encrypted(&pool).await, "sslmode=require must give an encrypted session");
     let version: String = sqlx::query_scalar("SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(&pool).await.unwrap();
     assert!(version.starts_with("TLSv1."), "{version}");
     pool.close().await;
     // The same query tells the difference, so the assertion above can fail.
-    let plain = connect::pg_pool(&with_query(&env.settings.database.url, &[("sslmode", "disable")]), 1, TIMEOUT).await.unwrap();
+    let plain = connect::pg_pool(&with_query(&env.settings.database.url, &[("sslmode", "disable")]), pg(1)).await.unwrap();
     assert!(!encrypted(&plain).await, "sslmode=disable must give a plaintext session");
     plain.close().await;
 
@@ -71,7 +81,7 @@ async fn verify_full_checks_the_server_certificate_and_says_how_to_fix_a_failure
         // No CA file: the compiled-in public roots do not cover a self-signed server either.
         with_query(&env.settings.database.url, &[("sslmode", "verify-full")]),
     ] {
-        let err = connect::pg_pool(&url, 1, TIMEOUT).await.unwrap_err();
+        let err = connect::pg_pool(&url, pg(1)).await.unwrap_err();
         assert!(matches!(err, ConnectError::PostgresTls { .. }), "{err}");
         let message = err.to_string();
         assert!(message.contains("not signed by a trusted CA") && message.contains("sslrootcert=") && message.contains("sslmode=require"), "{message}");
@@ -88,7 +98,7 @@ async fn verify_full_checks_the_server_certificate_and_says_how_to_fix_a_failure
     let mut localhost = url::Url::parse(env.settings.database.url.expose()).unwrap();
     localhost.set_host(Some("localhost")).unwrap();
     let verified = with_query(&SecretUrl::new(localhost.to_string()), &[("sslmode", "verify-full"), ("sslrootcert", &cert)]);
-    let pool = connect::pg_pool(&verified, 1, TIMEOUT)
+    let pool = connect::pg_pool(&verified, pg(1))
         .await
         .unwrap_or_else(|e| panic!("verify-full with the server's own certificate {cert} (expected: self-signed for localhost, as Debian makes it): {e}"));
     assert!(encrypted(&pool).await);
@@ -98,7 +108,7 @@ async fn verify_full_checks_the_server_certificate_and_says_how_to_fix_a_failure
     // verify-ca too (launchbadge/sqlx#3793), which README states; when this assertion fails,
     // sqlx has fixed it: update README's TLS section and the advice in connect.rs.
     let by_ip = with_query(&env.settings.database.url, &[("sslmode", "verify-ca"), ("sslrootcert", &cert)]);
-    let err = connect::pg_pool(&by_ip, 1, TIMEOUT).await.unwrap_err().to_string();
+    let err = connect::pg_pool(&by_ip, pg(1)).await.unwrap_err().to_string();
     assert!(err.contains("does not name host \"127.0.0.1\""), "{err}");
 }
 
@@ -161,7 +171,7 @@ async fn ingest_and_relay_run_over_rediss_with_a_private_ca() {
     let out = env.cli(&["relay", "--once", "--json"]).expect_success().json();
     assert_eq!(out["inserted"], json!(0), "nothing left in the outbox: {out}");
     let shared_settings = tsmigrate::config::RedisSettings { url: crate::support::redis_url(), ..Default::default() };
-    let mut shared = connect::redis(&shared_settings, TIMEOUT).await.unwrap();
+    let mut shared = connect::redis(&shared_settings, within(TIMEOUT)).await.unwrap();
     assert_eq!(shared.zcard::<_, usize>(env.keys().events).await.unwrap(), 0);
     env.cleanup().await;
 }
@@ -187,7 +197,7 @@ async fn rediss_needs_the_ca_or_an_explicit_insecure_opt_out() {
     let server = RedisServer::start(RedisOptions { tls: Some(ca.server_tls()), aof: false });
     let env = env_on(&server, None).await;
 
-    let err = connect::redis(&env.settings.redis, TIMEOUT).await.err().expect("an unknown CA must not be trusted");
+    let err = connect::redis(&env.settings.redis, within(TIMEOUT)).await.err().expect("an unknown CA must not be trusted");
     assert!(matches!(err, ConnectError::RedisTls { .. }), "{err}");
     let message = err.to_string();
     assert!(message.contains("not signed by a trusted CA") && message.contains("redis.tls_ca_file") && message.contains("tls_insecure"), "{message}");
@@ -216,7 +226,7 @@ async fn rediss_to_a_plaintext_port_times_out_with_a_hint() {
     settings.url = SecretUrl::new(plain.url().replace("redis://", "rediss://"));
     settings.tls_ca_file = Some(ca.ca_cert.clone());
     // Redis waits for the end of an inline command that never comes: only the timeout ends it.
-    let err = connect::redis(&settings, Duration::from_secs(2)).await.err().expect("a plaintext port cannot complete a TLS handshake").to_string();
+    let err = connect::redis(&settings, within(Duration::from_secs(2))).await.err().expect("a plaintext port cannot complete a TLS handshake").to_string();
     assert!(err.contains("no answer within 2s") && err.contains("serves TLS"), "{err}");
 }
 
@@ -226,12 +236,12 @@ async fn a_plaintext_url_to_a_tls_port_suggests_rediss() {
     let server = RedisServer::start(RedisOptions { tls: Some(ca.server_tls()), aof: false });
     let mut settings = Settings::default().redis;
     settings.url = SecretUrl::new(server.url().replace("rediss://", "redis://"));
-    let err = connect::redis(&settings, Duration::from_secs(2)).await.err().expect("plaintext to a TLS port must fail").to_string();
+    let err = connect::redis(&settings, within(Duration::from_secs(2))).await.err().expect("plaintext to a TLS port must fail").to_string();
     assert!(err.contains("cannot connect to Redis") && err.contains("use a rediss:// URL"), "{err}");
 }
 
 async fn ping(settings: &tsmigrate::config::RedisSettings) {
-    let mut conn = connect::redis(settings, TIMEOUT).await.unwrap_or_else(|e| panic!("connect to {}: {e}", settings.url));
+    let mut conn = connect::redis(settings, within(TIMEOUT)).await.unwrap_or_else(|e| panic!("connect to {}: {e}", settings.url));
     let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
     assert_eq!(pong, "PONG");
 }

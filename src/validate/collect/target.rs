@@ -76,31 +76,10 @@ pub async fn digests(pool: &PgPool, ranges: &[(i64, i64)]) -> anyhow::Result<Vec
     Ok(out)
 }
 
-type EventRow = (Uuid, DateTime<Utc>, String, String, Option<String>, Option<String>, serde_json::Value, serde_json::Value, Option<String>, Option<String>);
-
 /// Full target rows for `(event_id, time_ms)` keys.
 pub async fn events_by_key(pool: &PgPool, keys: &[(Uuid, i64)]) -> anyhow::Result<Vec<TargetEvent>> {
-    let mut out = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(5_000) {
-        let rows: Vec<EventRow> = sqlx::query_as(sql::EVENTS_BY_KEY)
-            .bind(chunk.iter().map(|k| k.0).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|k| ms_to_time(k.1)).collect::<Vec<_>>())
-            .fetch_all(pool)
-            .await?;
-        out.extend(rows.into_iter().map(|r| TargetEvent {
-            event_id: r.0,
-            time: r.1,
-            event_name: r.2,
-            category: r.3,
-            user_id: r.4,
-            session_id: r.5,
-            properties: r.6,
-            device_info: r.7,
-            page_url: r.8,
-            referrer: r.9,
-        }));
-    }
-    Ok(out)
+    let keys: Vec<(Uuid, DateTime<Utc>)> = keys.iter().map(|(id, ms)| (*id, ms_to_time(*ms))).collect();
+    Ok(crate::target::writer::rows_by_key(&mut *pool.acquire().await?, &keys).await?)
 }
 
 pub fn ms_to_time(ms: i64) -> DateTime<Utc> {

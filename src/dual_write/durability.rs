@@ -1,0 +1,131 @@
+//! Can the Redis holding the outbox keep it? During dual-write the outbox holds every event
+//! the target has not committed yet, and it grows while the target is down. A Redis without
+//! persistence loses it (and the dual-write flag) on restart; one near `maxmemory` refuses
+//! writes or, with an `allkeys-*` policy, evicts the outbox. `status`, `prepare` and
+//! `dual-write start` print [`OutboxDurability::warnings`].
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+
+/// Above this share of `maxmemory` the headroom for an outage is too small.
+pub const MEMORY_WARN_RATIO: f64 = 0.8;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct OutboxDurability {
+    /// Append-only file on.
+    pub aof: Option<bool>,
+    /// RDB snapshot rules (`CONFIG GET save`); empty = no snapshots; `None` when the server
+    /// does not allow `CONFIG` (managed services often rename it).
+    pub rdb_save: Option<String>,
+    pub used_memory: Option<u64>,
+    /// 0 = no limit.
+    pub maxmemory: Option<u64>,
+    pub maxmemory_policy: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads the persistence and memory settings (`INFO`, and `CONFIG GET save` when allowed).
+pub async fn inspect(redis: &mut ConnectionManager) -> redis::RedisResult<OutboxDurability> {
+    let info: redis::InfoDict = redis::cmd("INFO").query_async(redis).await?;
+    let save: Option<Vec<String>> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(redis).await.ok();
+    let mut facts = OutboxDurability {
+        aof: info.get::<i64>("aof_enabled").map(|v| v == 1),
+        rdb_save: save.and_then(|pair| pair.get(1).cloned()),
+        used_memory: info.get("used_memory"),
+        maxmemory: info.get("maxmemory"),
+        maxmemory_policy: info.get("maxmemory_policy"),
+        warnings: vec![],
+    };
+    facts.warnings = warnings(&facts);
+    Ok(facts)
+}
+
+/// What is risky about these settings, in words an operator can act on. Pure.
+pub fn warnings(facts: &OutboxDurability) -> Vec<String> {
+    let mut out = Vec::new();
+    let rdb_off = facts.rdb_save.as_deref().map(|s| s.trim().is_empty());
+    match (facts.aof, rdb_off) {
+        (Some(false), Some(true)) => out.push(
+            "Redis has no persistence (no AOF, no RDB snapshots): a restart loses the outbox (events not yet in the target) and the dual-write flag; \
+             turn on `appendonly yes` (runbooks/02-dual-write-backfill.md)"
+                .into(),
+        ),
+        (Some(false), None) => out.push(
+            "Redis has no AOF, and whether it takes RDB snapshots is unknown (CONFIG is not allowed): make sure the Redis holding the outbox persists it"
+                .into(),
+        ),
+        _ => {}
+    }
+    if let (Some(used), Some(max)) = (facts.used_memory, facts.maxmemory.filter(|m| *m > 0)) {
+        let ratio = used as f64 / max as f64;
+        if ratio > MEMORY_WARN_RATIO {
+            out.push(format!(
+                "Redis uses {:.0}% of maxmemory ({} of {} bytes): the outbox grows while the target is down and may not fit; \
+                 raise maxmemory (runbooks/02-dual-write-backfill.md has the headroom formula)",
+                ratio * 100.0,
+                used,
+                max
+            ));
+        }
+        if facts.maxmemory_policy.as_deref().is_some_and(|p| p.starts_with("allkeys")) {
+            out.push(format!(
+                "Redis evicts any key when full (maxmemory-policy {}): it can evict the outbox; use noeviction or a volatile-* policy",
+                facts.maxmemory_policy.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+/// Like [`inspect`], but a server that refuses `INFO` (ACLs) gives a warning, not an error.
+pub async fn inspect_or_warn(redis: &mut ConnectionManager) -> OutboxDurability {
+    inspect(redis).await.unwrap_or_else(|e| OutboxDurability { warnings: vec![cannot_check(&e.to_string())], ..Default::default() })
+}
+
+fn cannot_check(error: &str) -> String {
+    format!("could not check whether Redis persists the outbox: {}", error.lines().next().unwrap_or_default())
+}
+
+/// The warnings for the Redis at `settings`, or one saying it could not be checked.
+pub async fn warnings_for(settings: &crate::config::Settings) -> Vec<String> {
+    let checked = async {
+        let mut redis = crate::db::redis(settings).await?;
+        anyhow::Ok(inspect(&mut redis).await?)
+    };
+    match checked.await {
+        Ok(facts) => facts.warnings,
+        Err(e) => vec![cannot_check(&e.to_string())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(aof: bool, save: &str, used: u64, max: u64, policy: &str) -> OutboxDurability {
+        OutboxDurability {
+            aof: Some(aof),
+            rdb_save: Some(save.into()),
+            used_memory: Some(used),
+            maxmemory: Some(max),
+            maxmemory_policy: Some(policy.into()),
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn no_persistence_and_little_headroom_are_reported() {
+        assert!(warnings(&facts(true, "", 10, 0, "noeviction")).is_empty(), "AOF alone is persistence");
+        assert!(warnings(&facts(false, "3600 1", 10, 0, "noeviction")).is_empty(), "RDB alone is persistence");
+        let none = warnings(&facts(false, "", 10, 0, "noeviction"));
+        assert_eq!(none.len(), 1);
+        assert!(none[0].contains("no persistence"), "{none:?}");
+        assert!(warnings(&facts(true, "", 79, 100, "noeviction")).is_empty());
+        let full = warnings(&facts(true, "", 81, 100, "noeviction"));
+        assert!(full[0].contains("81% of maxmemory"), "{full:?}");
+        let evicting = warnings(&facts(true, "", 1, 100, "allkeys-lru"));
+        assert!(evicting[0].contains("evict"), "{evicting:?}");
+        let unknown = warnings(&OutboxDurability { rdb_save: None, ..facts(false, "", 1, 0, "noeviction") });
+        assert!(unknown[0].contains("unknown"), "{unknown:?}");
+    }
+}
