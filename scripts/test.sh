@@ -6,6 +6,8 @@
 # The TimescaleDB tier (tests/it/timescaledb.rs) needs a server with the timescaledb
 # package installed and in shared_preload_libraries. Without it those tests skip, and this
 # script says so in a banner. TSMIGRATE_REQUIRE_TIMESCALEDB=1 turns the skip into a failure.
+# cargo counts a skipped test as passed, so every skipped test also appends its name to the
+# file $TSMIGRATE_TIER_SKIP_LOG names, and the closing lines list them and their number.
 #
 # Servers: TSMIGRATE_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
 # and TSMIGRATE_TEST_REDIS_URL (default redis://127.0.0.1:6379).
@@ -54,10 +56,33 @@ else
     banner "$ts_summary" "($ts_why)"
 fi
 
+skip_log="$(mktemp -t tsmigrate-tier-skips.XXXXXX)"
+trap 'rm -f "$skip_log"' EXIT
 set +e
-cargo test --locked --no-fail-fast "$@"
+TSMIGRATE_TIER_SKIP_LOG="$skip_log" cargo test --locked --no-fail-fast "$@"
 tests_status=$?
 set -e
+
+# The closing line: how many TimescaleDB-tier tests did not run, and which.
+tier_report() {
+    local skipped count
+    skipped="$(sort -u "$skip_log")"
+    count=0
+    [[ -n "$skipped" ]] && count="$(wc -l <<<"$skipped")"
+    if ((tier_ok == 0)); then
+        echo "TimescaleDB tier: FAILED, required (TSMIGRATE_REQUIRE_TIMESCALEDB=1) but unavailable ($ts_why)"
+    elif ((count > 0)); then
+        echo "TimescaleDB tier tests skipped:"
+        sed 's/^/  /' <<<"$skipped"
+        local noun=tests
+        ((count == 1)) && noun=test
+        echo "TimescaleDB tier: $count $noun skipped (${ts_why:-see above}); they count as passed in cargo's summary"
+    elif [[ -n "$ts_version" ]]; then
+        echo "TimescaleDB tier: 0 tests skipped (ran against TimescaleDB $ts_version)"
+    else
+        echo "TimescaleDB tier: 0 tests skipped (none of the selected tests needs TimescaleDB)"
+    fi
+}
 
 elapsed=$((SECONDS - started))
 echo
@@ -68,10 +93,13 @@ else
 fi
 if ((tests_status != 0)); then
     echo "tests: FAILED (cargo test exit code $tests_status) after ${elapsed}s"
+    tier_report
     exit "$tests_status"
 fi
 if ((tier_ok == 0)); then
     echo "tests: FAILED (TimescaleDB tier required but unavailable) after ${elapsed}s"
+    tier_report
     exit 1
 fi
 echo "tests: PASSED in ${elapsed}s"
+tier_report

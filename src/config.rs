@@ -624,6 +624,45 @@ mod tests {
     }
 
     #[test]
+    fn env_wins_over_the_same_key_in_the_file() {
+        let file = r#"
+            [database]
+            url = "postgres://file@file-host/file_db"
+            legacy_url = "postgres://file@file-host/legacy_db"
+            [redis]
+            url = "redis://file-host:1"
+            key_prefix = "file:"
+            [http]
+            api_token = "file-token"
+            bind = "127.0.0.1:1111"
+        "#;
+        let mut s = Settings::from_toml(file).unwrap();
+        s.apply_env(|name| {
+            let value = match name {
+                "DATABASE_URL" => "postgres://env@env-host/env_db",
+                "LEGACY_DATABASE_URL" => "postgres://env@env-host/env_legacy",
+                "REDIS_URL" => "redis://env-host:2",
+                "TSMIGRATE_REDIS_PREFIX" => "env:",
+                "TSMIGRATE_API_TOKEN" => "env-token",
+                "TSMIGRATE_BIND" => "127.0.0.1:2222",
+                _ => return None,
+            };
+            Some(value.to_string())
+        });
+        assert_eq!(s.database.url.expose(), "postgres://env@env-host/env_db");
+        assert_eq!(s.database.legacy_url().expose(), "postgres://env@env-host/env_legacy");
+        assert_eq!(s.redis.url.expose(), "redis://env-host:2");
+        assert_eq!(s.redis.key_prefix, "env:");
+        assert_eq!(s.http.api_token.as_ref().map(SecretToken::expose), Some("env-token"));
+        assert_eq!(s.http.bind, "127.0.0.1:2222");
+
+        // An empty token variable does not switch authentication off.
+        let mut s = Settings::from_toml(file).unwrap();
+        s.apply_env(|name| (name == "TSMIGRATE_API_TOKEN").then(String::new));
+        assert_eq!(s.http.api_token.as_ref().map(SecretToken::expose), Some("file-token"));
+    }
+
+    #[test]
     fn validate_lists_every_problem() {
         let mut s = Settings::default();
         s.database.url = SecretUrl::new("mysql://u:secret@h/db");
@@ -687,5 +726,24 @@ mod tests {
         let text = include_str!("../tsmigrate.example.toml");
         let s = Settings::from_toml(text).unwrap();
         s.validate().unwrap();
+    }
+
+    /// The README promises the example lists every setting with its default.
+    #[test]
+    fn example_config_lists_every_setting_with_its_default() {
+        let text = include_str!("../tsmigrate.example.toml");
+        let example = serde_json::to_value(Settings::from_toml(text).unwrap()).unwrap();
+        assert_eq!(example, serde_json::to_value(Settings::default()).unwrap(), "a value in the example differs from the default");
+        // Settings without a default (null) may only appear commented out: `# key =`.
+        let written: toml::Table = toml::from_str(text).unwrap();
+        let serde_json::Value::Object(sections) = serde_json::to_value(Settings::default()).unwrap() else { unreachable!() };
+        for (section, keys) in sections {
+            let serde_json::Value::Object(keys) = keys else { unreachable!() };
+            for (key, default) in keys {
+                let listed = written.get(&section).and_then(|t| t.get(&key)).is_some();
+                let commented = text.contains(&format!("# {key} ="));
+                assert!(listed || (default.is_null() && commented), "[{section}] {key} is missing from tsmigrate.example.toml");
+            }
+        }
     }
 }

@@ -159,7 +159,7 @@ pub fn default_next_steps(command: &str, dry_run: bool, phase: Phase) -> Vec<Str
 /// way is written to the audit log (once the control tables exist).
 pub async fn run<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options) -> anyhow::Result<PhaseReport<C::Details>> {
     let guard = match command.locking() {
-        Locking::Whole => Some(PhaseGuard::acquire(&ctx.settings.database.url).await?),
+        Locking::Whole => Some(PhaseGuard::acquire(&ctx.settings.database.url, &command.name()).await?),
         Locking::AtCommit => None,
     };
     let mut run = Run { state: crate::state::load_from_pool(&ctx.target).await?, phase_after: Phase::New, dry_run: options.dry_run, gate: Value::Null, guard };
@@ -228,7 +228,7 @@ async fn commit<C: PhaseCommand>(ctx: &Context, command: &C, run: &mut Run, comm
         Commit::Done => return Ok(Ok(run.phase_after)),
         Commit::Nothing => return Ok(Ok(from)),
         Commit::Move(_) | Commit::Stay if run.guard.is_none() => {
-            if let Err(note) = late_lock(ctx, run).await {
+            if let Err(note) = late_lock(ctx, run, &command.name()).await {
                 return Ok(Err(note));
             }
         }
@@ -249,8 +249,8 @@ async fn commit<C: PhaseCommand>(ctx: &Context, command: &C, run: &mut Run, comm
 }
 
 /// Takes the lock at the end ([`Locking::AtCommit`]); says why not when it cannot.
-async fn late_lock(ctx: &Context, run: &mut Run) -> Result<(), String> {
-    match PhaseGuard::acquire(&ctx.settings.database.url).await {
+async fn late_lock(ctx: &Context, run: &mut Run, command: &str) -> Result<(), String> {
+    match PhaseGuard::acquire(&ctx.settings.database.url, command).await {
         Ok(guard) => {
             run.guard = Some(guard);
             Ok(())

@@ -68,7 +68,9 @@ pub struct LockHeld {
 }
 
 impl PhaseGuard {
-    pub async fn acquire(url: &SecretUrl) -> anyhow::Result<PhaseGuard> {
+    /// Takes the migration lock for `command`. When another command holds it, the refusal
+    /// is audited (once the control tables exist) like a gate's, and [`LockHeld`] returned.
+    pub async fn acquire(url: &SecretUrl, command: &str) -> anyhow::Result<PhaseGuard> {
         let mut conn = match tokio::time::timeout(LOCK_CONNECT_TIMEOUT, PgConnection::connect(url.expose())).await {
             Ok(connected) => connected.map_err(|e| anyhow::anyhow!("cannot open the lock connection to {}: {}", url.redacted(), e))?,
             Err(_) => anyhow::bail!(
@@ -95,9 +97,28 @@ impl PhaseGuard {
             .bind(PHASE_LOCK_KEY)
             .fetch_optional(&mut conn)
             .await?;
-            return Err(LockHeld { holder: holder.unwrap_or_default() }.into());
+            let held = LockHeld { holder: holder.unwrap_or_default() };
+            // Not holding the lock: this guard only writes the audit entry, then is dropped.
+            let unlocked = PhaseGuard { conn, actor: actor() };
+            if let Err(e) = unlocked.audit_lock_refusal(command, &held).await {
+                tracing::warn!(error = %format!("{e:#}"), command, "cannot audit the refusal of a held migration lock");
+            }
+            return Err(held.into());
         }
         Ok(PhaseGuard { conn, actor: actor() })
+    }
+
+    async fn audit_lock_refusal(mut self, command: &str, held: &LockHeld) -> anyhow::Result<()> {
+        // The holder may be changing the control tables (prepare, abort): wait for their
+        // locks only briefly rather than hang a command that is being refused anyway.
+        sqlx::query("SET lock_timeout = '2s'").execute(&mut self.conn).await?;
+        let phase = self.state().await?.phase;
+        let refusal = Refusal {
+            command: command.into(),
+            reason: format!("another tsmigrate phase command holds the migration lock (PostgreSQL backend pid {})", held.holder),
+            next: "wait for it to finish".into(),
+        };
+        self.audit_refusal(command, phase, &refusal, serde_json::json!({"lock_holder_pid": held.holder})).await
     }
 
     pub fn conn(&mut self) -> &mut PgConnection {

@@ -119,6 +119,45 @@ async fn a_tsmigrate_toml_in_the_working_directory_is_read() {
 }
 
 #[tokio::test]
+async fn environment_variables_win_over_the_same_keys_in_the_config_file() {
+    let env = TestEnv::new().await;
+    // The file names servers and a prefix that do not exist; the environment (set by
+    // `cli`) names the real ones. Only the environment's values can make this work.
+    let path = env.write_file(
+        "elsewhere.toml",
+        "[database]\nurl = \"postgres://postgres@127.0.0.1:1/nowhere\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\nkey_prefix = \"not-this-prefix:\"\n",
+    );
+    let path = path.to_str().unwrap();
+    env.cli(&["--config", path, "seed", "--events", "25", "--days", "1", "--users", "5"]).expect_success();
+    let status = env.cli(&["--config", path, "status", "--json"]).expect_success().json();
+    assert_eq!(field(&status, "redis")["events"], 25, "the seed wrote under the environment's prefix: {status}");
+    // Without the variable, the file's value is used (and cannot connect).
+    let mut command = env.command(&["--config", path, "status"], &[]);
+    command.env_remove("DATABASE_URL");
+    let out = command.output().expect("run the tsmigrate binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot connect to PostgreSQL") && stderr.contains("127.0.0.1:1"), "{stderr}");
+}
+
+#[tokio::test]
+async fn config_wins_over_tsmigrate_config_which_wins_over_the_working_directory_file() {
+    let env = TestEnv::new().await;
+    let bad = |name: &str| env.write_file(name, &format!("[target]\nbucket_timezone = \"Mars/{name}\"\n")).to_str().unwrap().to_string();
+    let (flag, from_env) = (bad("flag.toml"), bad("env.toml"));
+    bad("tsmigrate.toml");
+    let out = env.cli_with_env(&["--config", &flag, "status"], &[("TSMIGRATE_CONFIG", &from_env)]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("Mars/flag.toml"), "--config is read first: {}", out.stderr);
+    let out = env.cli_with_env(&["status"], &[("TSMIGRATE_CONFIG", &from_env)]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("Mars/env.toml"), "then $TSMIGRATE_CONFIG: {}", out.stderr);
+    let out = env.cli(&["status"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("Mars/tsmigrate.toml"), "then ./tsmigrate.toml: {}", out.stderr);
+}
+
+#[tokio::test]
 async fn blank_reasons_and_zero_page_sizes_are_usage_errors() {
     let env = TestEnv::new().await;
     for args in [&["cutover", "--force", "--reason", ""][..], &["cutover", "--force", "--reason", "   "][..], &["retire-flush", "--force", "--reason", ""][..]]

@@ -1,9 +1,11 @@
-//! `tsmigrate run` in-process: graceful shutdown loses nothing, metrics, readiness, jobs.
+//! `tsmigrate run` in-process: graceful shutdown loses nothing, readiness, the scheduled jobs' work.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{Duration as ChronoDuration, NaiveDate, Utc};
 use redis::AsyncCommands;
 use serde_json::json;
 use tsmigrate::context::Context;
@@ -65,8 +67,10 @@ async fn shutdown_under_load_loses_nothing() {
     assert_eq!(target_counts(&env).await, (accepted, accepted), "and in the target exactly once");
 }
 
+/// Readiness only: the service's metrics are asserted exactly on a process of their own
+/// (`daemon_process`), since this test binary's metrics recorder is shared by every test.
 #[tokio::test]
-async fn metrics_and_readiness_are_served() {
+async fn readiness_follows_both_servers() {
     let env = TestEnv::new().await;
     env.cli(&["prepare", "--mode", "postgres"]).expect_success();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -85,11 +89,6 @@ async fn metrics_and_readiness_are_served() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(ready, Some(200));
-    let r = client.post(format!("http://{addr}/api/v1/analytics")).body(batch(0, 0)).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let metrics = client.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("tsmigrate_ingest_events_total"), "{metrics}");
-    assert!(metrics.contains("tsmigrate_write_seconds"), "{metrics}");
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 
@@ -123,8 +122,8 @@ async fn scheduled_jobs_do_their_work_and_are_recorded() {
         .await
         .unwrap();
     assert_eq!(probe, 1);
-    assert!(matches!(run_job(&ctx, JobName::PartitionUpkeep).await, JobOutcome::Done(_)));
-    assert!(matches!(run_job(&ctx, JobName::RawRetention).await, JobOutcome::Done(_)));
+    partition_upkeep_creates_the_days_ahead(&ctx).await;
+    raw_retention_drops_exactly_the_days_past_retention(&ctx).await;
     assert!(matches!(run_job(&ctx, JobName::TimescaledbJobHealth).await, JobOutcome::Skipped(_)));
     assert!(matches!(run_job(&ctx, JobName::LegacyKeyExpiry).await, JobOutcome::Skipped(_)));
     assert!(matches!(run_job(&ctx, JobName::LegacyFlush).await, JobOutcome::Done(_)));
@@ -135,4 +134,63 @@ async fn scheduled_jobs_do_their_work_and_are_recorded() {
         sqlx::query_as("SELECT job, last_status, runs FROM tsmigrate.job_runs ORDER BY job").fetch_all(&env.pool).await.unwrap();
     assert!(recorded.contains(&("legacy_flush".into(), "skipped".into(), 2)), "{recorded:?}");
     assert!(recorded.contains(&("rollup_refresh".into(), "success".into(), 1)), "{recorded:?}");
+}
+
+/// The daily partitions of `analytics_events_ts`, by name.
+async fn partitions(pool: &sqlx::PgPool) -> BTreeSet<String> {
+    sqlx::query_scalar("SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'analytics_events_ts'::regclass")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn partition_name(day: NaiveDate) -> String {
+    format!("analytics_events_ts_p{}", day.format("%Y%m%d"))
+}
+
+/// Upkeep creates the partitions of yesterday through `partitions_ahead_days` ahead, and only those.
+async fn partition_upkeep_creates_the_days_ahead(ctx: &Context) {
+    let before = partitions(&ctx.target).await;
+    let today = Utc::now().date_naive();
+    let ahead = i64::from(ctx.settings.target.partitions_ahead_days);
+    let JobOutcome::Done(done) = run_job(ctx, JobName::PartitionUpkeep).await else { panic!("partition upkeep failed") };
+    let after = partitions(&ctx.target).await;
+    // The days touching [now - 1 day, now + ahead days): yesterday through today + ahead.
+    let wanted: BTreeSet<String> = (-1..=ahead).map(|d| partition_name(today + ChronoDuration::days(d))).collect();
+    let created: BTreeSet<String> = after.difference(&before).cloned().collect();
+    assert_eq!(created, wanted.difference(&before).cloned().collect(), "upkeep creates exactly the missing days");
+    assert!(after.is_superset(&wanted), "{after:?}");
+    assert_eq!(done["created"], created.len(), "{done}");
+    let again = run_job(ctx, JobName::PartitionUpkeep).await;
+    assert_eq!(again, JobOutcome::Done(serde_json::json!({"created": 0})), "a second run finds nothing to create");
+}
+
+/// Retention drops the partitions wholly older than `raw_retention_days`, rows and all, and keeps the rest.
+async fn raw_retention_drops_exactly_the_days_past_retention(ctx: &Context) {
+    let today = Utc::now().date_naive();
+    let retention = i64::from(ctx.settings.target.raw_retention_days);
+    // Days around the edge: the two older ones end before now - retention, the other two do not.
+    let days: Vec<NaiveDate> = [retention + 2, retention + 1, retention, retention - 1].iter().map(|d| today - ChronoDuration::days(*d)).collect();
+    let midnight = |day: NaiveDate| day.and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let created: i32 =
+        sqlx::query_scalar("SELECT tsmigrate.ensure_partitions($1, $2)").bind(midnight(days[0])).bind(midnight(days[3])).fetch_one(&ctx.target).await.unwrap();
+    assert_eq!(created, 4);
+    for day in &days {
+        sqlx::query(
+            "INSERT INTO analytics_events_ts (time, event_id, event_name, category) VALUES ($1 + interval '12 hours', gen_random_uuid(), 'old', 'test')",
+        )
+        .bind(midnight(*day))
+        .execute(&ctx.target)
+        .await
+        .unwrap();
+    }
+    let before = partitions(&ctx.target).await;
+    assert_eq!(run_job(ctx, JobName::RawRetention).await, JobOutcome::Done(serde_json::json!({"dropped": 2})));
+    let dropped: BTreeSet<String> = before.difference(&partitions(&ctx.target).await).cloned().collect();
+    assert_eq!(dropped, days[..2].iter().map(|d| partition_name(*d)).collect(), "only the days wholly past retention");
+    let old_rows: Vec<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT time FROM analytics_events_ts WHERE event_name = 'old' ORDER BY time").fetch_all(&ctx.target).await.unwrap();
+    assert_eq!(old_rows, days[2..].iter().map(|d| midnight(*d) + ChronoDuration::hours(12)).collect::<Vec<_>>());
 }

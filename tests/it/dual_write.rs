@@ -270,6 +270,41 @@ async fn tail_mode_follows_the_sorted_set_and_picks_up_late_events() {
 }
 
 #[tokio::test]
+async fn dual_write_stop_undoes_start() {
+    let env = TestEnv::new().await;
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let first_point: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT completion_point FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();
+    assert!(first_point.is_some());
+    let (status, body) = post(&router(&env).await, &batch(2, 0), None).await;
+    assert_eq!((status, body["dual_write"].clone()), (StatusCode::ACCEPTED, Value::Bool(true)));
+
+    let stopped = env.cli(&["dual-write", "stop", "--json"]).expect_success().json();
+    assert_eq!((stopped["phase_before"].as_str(), stopped["phase_after"].as_str()), (Some("dual_writing"), Some("prepared")));
+    let (phase, point): (String, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT phase, completion_point FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();
+    assert_eq!((phase.as_str(), point), ("prepared", None), "the completion point is forgotten");
+    let mut redis = env.redis().await;
+    let flag: Option<String> = redis.get(env.keys().dual_write_flag).await.unwrap();
+    assert_eq!(flag.as_deref(), Some("0"), "an explicit off");
+    // Ingest goes on with the legacy write alone (a fresh server: no remembered flag).
+    let (status, body) = post(&router(&env).await, &batch(3, 10), None).await;
+    assert_eq!((status, body["dual_write"].clone()), (StatusCode::ACCEPTED, Value::Bool(false)));
+    let (members, outbox): (u64, u64) = (redis.zcard(env.keys().events).await.unwrap(), redis.xlen(env.keys().outbox).await.unwrap());
+    assert_eq!((members, outbox), (5, 2), "the outbox got only the dual-written batch");
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log WHERE command = 'dual-write stop' AND outcome = 'done'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 1);
+    // And it can start again, with a new completion point.
+    env.cli(&["dual-write", "start"]).expect_success();
+    let second_point: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT completion_point FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();
+    assert!(second_point > first_point, "{second_point:?} after {first_point:?}");
+}
+
+#[tokio::test]
 async fn a_missing_flag_follows_the_migration_state_and_stop_is_an_explicit_off() {
     let env = TestEnv::new().await;
     env.cli(&["prepare", "--mode", "postgres"]).expect_success();
@@ -308,7 +343,7 @@ async fn a_missing_flag_follows_the_migration_state_and_stop_is_an_explicit_off(
     assert_eq!(check(&env.pool, &mut redis, &env.keys()).await.unwrap(), FlagCheck::InPlace { on: true });
     // Never while a phase command holds the lock (it may be turning dual-write on or off).
     let _: () = redis.del(&flag).await.unwrap();
-    let guard = tsmigrate::phase::state::PhaseGuard::acquire(&env.settings.database.url).await.unwrap();
+    let guard = tsmigrate::phase::state::PhaseGuard::acquire(&env.settings.database.url, "test").await.unwrap();
     assert_eq!(check(&env.pool, &mut redis, &env.keys()).await.unwrap(), FlagCheck::Busy { on: true });
     drop(guard);
 }

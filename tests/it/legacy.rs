@@ -144,8 +144,13 @@ async fn writer_and_flush_produce_the_exact_hourly_and_asset_rows() {
     assert_eq!(popular.first(), Some(&("image".to_string(), 3, 3)));
     assert_eq!(popular.len(), 4);
 
-    // The worker re-flushes hours after restarts: a second run changes nothing.
+    // The worker re-flushes hours after restarts: a second run changes nothing. And the
+    // command line's `legacy flush --from --to` rebuilds the same rows from scratch.
     flush::flush_range(&mut redis, &env.pool, &keys, &env.settings.legacy, tz, at(10, 0, 0, 0), at(12, 0, 0, 0)).await.unwrap();
+    assert_eq!(hourly_rows(&env).await, expected_hourly);
+    assert_eq!(asset_rows(&env).await, expected_assets);
+    sqlx::raw_sql("DELETE FROM analytics_events; DELETE FROM analytics_asset_popularity").execute(&env.pool).await.unwrap();
+    env.cli(&["legacy", "flush", "--from", "2025-03-10T10:00:00Z", "--to", "2025-03-10T12:00:00Z"]).expect_success();
     assert_eq!(hourly_rows(&env).await, expected_hourly);
     assert_eq!(asset_rows(&env).await, expected_assets);
 }

@@ -181,3 +181,82 @@ async fn abort_removes_what_prepare_created_and_keeps_the_audit_log() {
     env.cli(&["prepare", "--mode", "postgres"]).expect_success();
     assert_eq!(phase(&env), "prepared");
 }
+
+#[tokio::test]
+async fn reverse_right_after_cutover_sends_reads_back_and_cutover_can_follow_again() {
+    let env = TestEnv::new().await;
+    backfilled(&env, Mode::Postgres).await;
+    set_phase(&env, "validated").await;
+    record_validation(&env, "clean", 0).await;
+    env.cli(&["cutover"]).expect_success();
+    assert_eq!(field(&env.cli(&["status", "--json"]).expect_success().json(), "read_source"), "target");
+
+    let reversed = env.cli(&["reverse", "--json"]).expect_success().json();
+    assert_eq!((field(&reversed, "phase_before"), field(&reversed, "phase_after")), (&Value::from("reads_switched"), &Value::from("validated")));
+    let status = env.cli(&["status", "--json"]).expect_success().json();
+    assert_eq!((field(&status, "phase"), field(&status, "read_source")), (&Value::from("validated"), &Value::from("legacy")));
+    let (switched_at, source): (Option<chrono::DateTime<chrono::Utc>>, String) =
+        sqlx::query_as("SELECT reads_switched_at, read_source FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();
+    assert_eq!((switched_at, source.as_str()), (None, "legacy"));
+    let audited: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT command, from_phase, to_phase FROM tsmigrate.audit_log WHERE outcome = 'done' AND command IN ('cutover', 'reverse') ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let expected = [("cutover", "validated", "reads_switched"), ("reverse", "reads_switched", "validated")];
+    assert_eq!(audited, expected.map(|(c, f, t)| (c.to_string(), f.to_string(), t.to_string())).to_vec());
+    // The flush was never retired: it runs as before.
+    env.cli(&["legacy", "flush"]).expect_success();
+    // Reversible both ways: the clean validation still opens the gate.
+    env.cli(&["cutover"]).expect_success();
+    assert_eq!(phase(&env), "reads_switched");
+}
+
+/// Holds the phase advisory lock the way a running phase command does (see
+/// `tsmigrate::phase::state::PhaseGuard`); returns the connection and its backend pid.
+async fn hold_migration_lock(env: &TestEnv) -> (sqlx::PgConnection, i32) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(env.settings.database.url.expose()).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await.unwrap();
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('tsmigrate.phase'))").fetch_one(&mut conn).await.unwrap();
+    assert!(got, "nothing else holds the migration lock of a fresh test database");
+    (conn, pid)
+}
+
+#[tokio::test]
+async fn a_held_migration_lock_refuses_phase_commands_with_exit_3_and_audits_them() {
+    let env = TestEnv::new().await;
+    backfilled(&env, Mode::Postgres).await;
+    record_validation(&env, "clean", 0).await;
+    let (mut holder, pid) = hold_migration_lock(&env).await;
+    let refused_by_the_lock = |args: &[&str]| {
+        let out = env.cli(args);
+        out.expect_code(3);
+        assert!(out.stderr.contains("another tsmigrate phase command holds the migration lock"), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(&format!("PostgreSQL backend pid {pid}")), "{args:?} names the holder: {}", out.stderr);
+    };
+    // Each runs where its gate is open, so only the lock can refuse it.
+    refused_by_the_lock(&["backfill"]); // a re-run from backfilled
+    assert_eq!(phase(&env), "backfilled");
+    set_phase(&env, "validated").await;
+    refused_by_the_lock(&["cutover"]); // validated, with a fresh clean validation
+    assert_eq!(phase(&env), "validated");
+
+    let refused: Vec<(String, String, String, Value)> =
+        sqlx::query_as("SELECT command, from_phase, reason, details FROM tsmigrate.audit_log WHERE outcome = 'refused' ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let audited: Vec<(&str, &str)> = refused.iter().map(|(c, f, _, _)| (c.as_str(), f.as_str())).collect();
+    assert_eq!(audited, vec![("backfill", "backfilled"), ("cutover", "validated")], "{refused:?}");
+    for (_, _, reason, details) in &refused {
+        assert!(reason.contains("holds the migration lock") && reason.contains(&pid.to_string()), "{reason}");
+        assert_eq!(details["lock_holder_pid"], pid, "{details}");
+    }
+
+    // Released, the same command runs.
+    let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock(hashtext('tsmigrate.phase'))").fetch_one(&mut holder).await.unwrap();
+    env.cli(&["cutover"]).expect_success();
+    assert_eq!(phase(&env), "reads_switched");
+}

@@ -96,3 +96,19 @@ async fn prepare_dry_run_on_a_prepared_target_has_nothing_to_apply() {
     assert!(out.stdout.contains("nothing to apply"), "{}", out.stdout);
     assert!(!out.stdout.contains("CREATE TABLE"), "{}", out.stdout);
 }
+
+#[tokio::test]
+async fn a_migration_changed_after_prepare_is_refused() {
+    let env = TestEnv::new().await;
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    // A setting written into the rollup SQL changes that migration's checksum.
+    let berlin = env.write_file("berlin.toml", "[target]\nbucket_timezone = \"Europe/Berlin\"\n");
+    let out = env.cli(&["--config", berlin.to_str().unwrap(), "prepare", "--mode", "postgres"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("migration 202") && out.stderr.contains("was changed after it was applied"), "{}", out.stderr);
+    // A recorded checksum that does not match the SQL is refused the same way.
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 1").execute(&env.pool).await.unwrap();
+    let out = env.cli(&["prepare", "--mode", "postgres"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("migration 1 ") && out.stderr.contains("was changed after it was applied"), "{}", out.stderr);
+}

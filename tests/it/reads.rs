@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 use tsmigrate::http::{app, AppState};
-use tsmigrate::reads::{minute_floor, wire_time, ReadSource, RoutingCache};
+use tsmigrate::reads::{minute_floor, wire_time, ReadSource, RoutingCache, ROUTING_REFRESH};
 
 use crate::support::{field, scan_keys, TestEnv};
 
@@ -51,6 +51,20 @@ async fn get(router: &Router, uri: &str) -> (StatusCode, Value) {
 fn ok(answer: &(StatusCode, Value)) -> &Value {
     assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
     &answer.1
+}
+
+/// Asks until the answers come from `source` (the server re-reads the read source every
+/// second). The probe is none of [`questions`], so their cache entries stay untouched.
+async fn serving_from(router: &Router, source: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, answer) = get(router, "/api/v1/analytics/popular-asset-types?days=1").await;
+        if status == StatusCode::OK && answer["source"] == source {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "reads never came from {source}: {status} {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn set_read_source(env: &TestEnv, source: &str, shadow: bool) {
@@ -97,7 +111,7 @@ async fn both_sources_answer_alike(mode: &str) {
     let (legacy, target) = 'attempt: {
         for _ in 0..3 {
             set_read_source(&env, "legacy", false).await;
-            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            serving_from(&router, "legacy").await;
             let minute = minute_floor(Utc::now());
             let mut legacy = Vec::new();
             for q in &questions {
@@ -105,7 +119,7 @@ async fn both_sources_answer_alike(mode: &str) {
             }
             // Flipped with SQL; the server notices within its one-second refresh.
             set_read_source(&env, "target", false).await;
-            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            serving_from(&router, "target").await;
             let mut target = Vec::new();
             for q in &questions {
                 target.push(ok(&get(&router, q).await).clone());
@@ -257,13 +271,25 @@ async fn the_read_source_survives_an_unreachable_target() {
     let routing = RoutingCache::default();
     assert_eq!(routing.current(Some(&env.pool)).await.source, ReadSource::Legacy);
     set_read_source(&env, "target", true).await;
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let now = routing.current(Some(&env.pool)).await;
-    assert_eq!((now.source, now.shadow), (ReadSource::Target, true));
-    // The target goes away: the last known routing stays.
+    let started = std::time::Instant::now();
+    let learned = loop {
+        let now = routing.current(Some(&env.pool)).await;
+        if now.source == ReadSource::Target {
+            break now;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the routing never saw the new read source");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(learned.shadow);
+    let learned_at = std::time::Instant::now();
+    // The target goes away: the last known routing stays. Asked until the remembered value
+    // has certainly expired, so the later answers come from failed re-reads.
     let unreachable =
         sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_millis(200)).connect_lazy("postgres://postgres@127.0.0.1:1/none").unwrap();
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    while learned_at.elapsed() < ROUTING_REFRESH * 2 {
+        assert_eq!(routing.current(Some(&unreachable)).await.source, ReadSource::Target);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(routing.current(Some(&unreachable)).await.source, ReadSource::Target);
     // Never known: legacy.
     assert_eq!(RoutingCache::default().current(Some(&unreachable)).await.source, ReadSource::Legacy);

@@ -1,7 +1,6 @@
 //! Building blocks shared by the migration-flow tests: a seeded legacy system, a target
 //! in a given storage mode, and exact counts of both sides.
 
-use redis::AsyncCommands;
 use serde_json::Value;
 
 use crate::support::TestEnv;
@@ -47,11 +46,14 @@ pub async fn dead_letters(env: &TestEnv) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM tsmigrate.dead_letter").fetch_one(&env.pool).await.unwrap()
 }
 
-/// (members, members that are valid events) of the events sorted set.
-pub async fn redis_members(env: &TestEnv) -> (usize, usize) {
+/// Every Redis key under the env's prefix with its serialized value (`DUMP`): equal
+/// snapshots mean nothing under the prefix was written.
+pub async fn redis_snapshot(env: &TestEnv) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut redis = env.redis().await;
-    let members: Vec<(Vec<u8>, f64)> = redis.zrange_withscores(env.keys().events, 0, -1).await.unwrap();
-    let now = chrono::Utc::now().timestamp_millis();
-    let valid = members.iter().filter(|(m, s)| tsmigrate::event::TargetEvent::from_member(m, *s, now).is_ok()).count();
-    (members.len(), valid)
+    let mut snapshot = std::collections::BTreeMap::new();
+    for key in crate::support::scan_keys(&mut redis, &env.prefix).await.unwrap() {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(&key).query_async(&mut redis).await.unwrap();
+        snapshot.insert(key, dump);
+    }
+    snapshot
 }

@@ -222,12 +222,18 @@ impl Daemon {
     /// Starts `tsmigrate [--config FILE] run --bind 127.0.0.1:0` with `env` on top of the
     /// test env's, and waits until it listens.
     pub fn start(test: &crate::support::TestEnv, config: Option<&std::path::Path>, env: &[(&str, &str)]) -> Daemon {
+        Self::start_with(test, config, &[], env)
+    }
+
+    /// Like [`Self::start`], with more `run` options (`--no-relay`, `--no-jobs`).
+    pub fn start_with(test: &crate::support::TestEnv, config: Option<&std::path::Path>, run_options: &[&str], env: &[(&str, &str)]) -> Daemon {
         use std::io::BufRead;
         let mut args: Vec<&str> = Vec::new();
         if let Some(config) = config {
             args.extend(["--config", config.to_str().expect("a UTF-8 path")]);
         }
         args.extend(["run", "--bind", "127.0.0.1:0"]);
+        args.extend_from_slice(run_options);
         let mut child = test.command(&args, env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start tsmigrate run");
         let stderr = child.stderr.take().expect("piped stderr");
         let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

@@ -236,8 +236,10 @@ async fn injected_differences_are_found_and_reported_exactly() {
     env.cleanup().await;
 }
 
+/// The TimescaleDB half of "both modes agree"; the plain half, against the injected
+/// differences themselves, is `injected_differences_are_found_and_reported_exactly`.
 #[tokio::test]
-async fn both_storage_modes_report_the_same_differences() {
+async fn both_storage_modes_report_the_same_differences_timescaledb() {
     let plain = TestEnv::new().await;
     let ts = TestEnv::new().await;
     require_timescaledb_or_skip!(ts);
