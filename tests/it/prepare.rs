@@ -112,3 +112,42 @@ async fn a_migration_changed_after_prepare_is_refused() {
     out.expect_code(2);
     assert!(out.stderr.contains("migration 1 ") && out.stderr.contains("was changed after it was applied"), "{}", out.stderr);
 }
+
+/// The relations and functions in the test database that are not TimescaleDB's own.
+async fn created_objects(env: &TestEnv) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN n.nspname = 'public' THEN c.relname::text ELSE n.nspname || '.' || c.relname END
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname IN ('public', 'tsmigrate') AND NOT c.relispartition
+         UNION ALL
+         SELECT n.nspname || '.' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'tsmigrate'
+         ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// The one object list (status shows it, abort drops it) names everything the migrations
+/// create, in each mode: abort leaves only the audit log behind.
+#[tokio::test]
+async fn abort_drops_every_object_prepare_created_in_both_modes() {
+    let probe = TestEnv::new().await;
+    let modes: &[&str] = if crate::support::ts_tier(&probe).await { &["postgres", "timescaledb"] } else { &["postgres"] };
+    for mode in modes {
+        let env = TestEnv::new().await;
+        env.cli(&["prepare", "--mode", mode]).expect_success();
+        let created = created_objects(&env).await;
+        let listed: Vec<String> =
+            env.cli(&["abort", "--dry-run", "--json"]).expect_success().json()["details"]["drops"].as_array().unwrap().iter().map(|d| d.to_string()).collect();
+        for object in created.iter().filter(|o| *o != "tsmigrate.audit_log") {
+            assert!(
+                listed.iter().any(|d| d.contains(&format!(" {object} ")) || d.ends_with(&format!(" {object}\""))),
+                "{mode}: {object} is not in abort's list: {listed:?}"
+            );
+        }
+        env.cli(&["abort", "--yes"]).expect_success();
+        assert_eq!(created_objects(&env).await, vec!["tsmigrate.audit_log".to_string()], "{mode}: abort leaves only the audit log");
+        env.cleanup().await;
+    }
+}
