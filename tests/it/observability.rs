@@ -1,0 +1,138 @@
+//! Running `tsmigrate run` as a service a team watches and scales: its `/metrics` describe
+//! every series and have them from the start, the shipped dashboard and alert rules use only
+//! metrics it exports, its logs suit a file or a log pipeline, and several replicas run the
+//! scheduled jobs in exactly one of them, passing them on when that one is killed.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::daemon_process::{batch, eventually, metric, Service};
+use crate::scenario::{prepare_and_dual_write, Mode};
+use crate::servers::Daemon;
+use crate::support::TestEnv;
+
+/// Every `tsmigrate_*` name in the shipped dashboard and alert rules.
+fn names_used_by_deploy() -> BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let dashboard = std::fs::read_to_string(root.join("grafana/dashboards/tsmigrate.json")).expect("the shipped dashboard");
+    let dashboard: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut text: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("dashboard panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("a target's expr").to_string())
+        .collect();
+    text.push(std::fs::read_to_string(root.join("prometheus/alerts.yml")).expect("the shipped alert rules"));
+    let mut names = BTreeSet::new();
+    for chunk in text {
+        let mut rest = chunk.as_str();
+        while let Some(at) = rest.find("tsmigrate_") {
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            names.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+/// The `# TYPE` names in a `/metrics` text, and whether each has its `# HELP`.
+fn described(text: &str) -> (BTreeSet<String>, Vec<String>) {
+    let typed: BTreeSet<String> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).map(String::from).collect();
+    let without_help = typed.iter().filter(|name| !text.contains(&format!("# HELP {name} "))).cloned().collect();
+    (typed, without_help)
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_and_alerts_use_is_exported_described_and_there_from_the_start() {
+    let env = TestEnv::new().await;
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let service = Service::start(&env, &[], &[]).await;
+
+    // Before any event: counters and gauges with known labels are there, at 0.
+    let first = service.metrics().await;
+    for series in [
+        r#"tsmigrate_job_failures_total{job="legacy_flush"}"#,
+        r#"tsmigrate_job_runs_total{job="validation",status="failed"}"#,
+        r#"tsmigrate_relay_errors_total{kind="data"}"#,
+        r#"tsmigrate_relay_errors_total{kind="connection"}"#,
+        r#"tsmigrate_dead_letter_rows{reason="not_json"}"#,
+        r#"tsmigrate_shadow_mismatches_total{endpoint="summary"}"#,
+        "tsmigrate_ingest_events_total",
+        "tsmigrate_validation_differences",
+    ] {
+        assert_eq!(metric(&first, series), Some(0.0), "{series} is there from the start, at 0:\n{first}");
+    }
+    let version = format!(r#"tsmigrate_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"));
+    assert_eq!(metric(&first, &version), Some(1.0), "{first}");
+
+    // The histograms appear with their first sample: one ingest (Redis), its relay (target), one read.
+    let (body, _) = batch(3);
+    assert_eq!(service.ingest(&body, None).await.0, 202);
+    let end = chrono::Utc::now();
+    let summary = format!("/api/v1/analytics/summary?from={}&to={}", tsmigrate::reads::wire_time(end - chrono::Duration::hours(6)), tsmigrate::reads::wire_time(end));
+    assert_eq!(service.get(&summary, None).await.0, 200);
+    let s = &service;
+    eventually(s, "relayed the batch and read the phase", move || async move {
+        let text = s.metrics().await;
+        metric(&text, "tsmigrate_relay_events_total") == Some(3.0) && metric(&text, r#"tsmigrate_phase{phase="dual_writing"}"#) == Some(1.0)
+    })
+    .await;
+    let text = service.metrics().await;
+    assert_eq!(metric(&text, r#"tsmigrate_phase{phase="prepared"}"#), Some(0.0), "one phase at a time: {text}");
+    assert_eq!(metric(&text, r#"tsmigrate_read_source{source="legacy"}"#), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "tsmigrate_leader"), Some(1.0), "a lone replica takes the jobs lease: {text}");
+    assert!(metric(&text, "tsmigrate_redis_memory_used_bytes").is_some_and(|b| b > 0.0), "Redis memory is read: {text}");
+
+    let (typed, without_help) = described(&text);
+    assert!(without_help.is_empty(), "every metric has a # HELP line; these do not: {without_help:?}");
+    let used = names_used_by_deploy();
+    assert!(used.len() >= 20, "the dashboard and alerts use the metrics: {used:?}");
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|name| {
+            let base = ["_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).filter(|b| typed.contains(*b));
+            !typed.contains(*name) && base.is_none()
+        })
+        .collect();
+    assert!(missing.is_empty(), "the dashboard or alerts use metrics tsmigrate run does not export: {missing:?}\n{text}");
+    eprintln!("figures: {} metrics exported with HELP; the dashboard and alerts use {} names, all exported", typed.len(), used.len());
+}
+
+/// Starts `tsmigrate run -v <options>` (stderr is a pipe) and waits for its first log line
+/// from tracing (the jobs lease is taken at start).
+fn logging_daemon(env: &TestEnv, options: &[&str]) -> Daemon {
+    let mut args = vec!["-v"];
+    args.extend_from_slice(options);
+    let daemon = Daemon::start_with(env, None, &args, &[]);
+    let started = Instant::now();
+    while !daemon.logs().contains("jobs lease") {
+        assert!(started.elapsed() < Duration::from_secs(60), "no log line about the jobs lease within 60s:\n{}", daemon.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon
+}
+
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_colour_codes_and_json_logs_are_one_object_per_line() {
+    let env = TestEnv::new().await;
+    let text = logging_daemon(&env, &[]).logs();
+    assert!(!text.contains('\u{1b}'), "a log written to a pipe carries no ANSI escape codes:\n{text:?}");
+    assert!(text.lines().any(|l| l.contains("INFO") && l.contains("jobs lease")), "{text}");
+
+    let json = logging_daemon(&env, &["--log-format", "json"]).logs();
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("a --log-format json line that is not JSON ({e}): {line:?}\n{json}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["fields"]["message"].is_string()), "{json}");
+    assert!(lines.iter().any(|l| l["fields"]["message"].as_str().unwrap().contains("jobs lease")), "{json}");
+
+    // The setting does the same, and a bad value is refused with a clear message.
+    let from_env = env.cli_with_env(&["-v", "status"], &[("TSMIGRATE_LOG_FORMAT", "yaml")]);
+    assert_eq!(from_env.code, 2, "{}", from_env.stderr);
+    assert!(from_env.stderr.contains("TSMIGRATE_LOG_FORMAT \"yaml\" must be text or json"), "{}", from_env.stderr);
+}
