@@ -47,12 +47,22 @@ pub const METRICS: &[Metric] = &[
     m("tsmigrate_read_source", G, None, "1 for the source the read API answers from (legacy or target), 0 for the other."),
     m("tsmigrate_leader", G, None, "1 when this replica holds the jobs lease and runs the scheduled jobs, else 0."),
     m("tsmigrate_ingest_events_total", C, None, "Events accepted by POST /api/v1/analytics and written to Redis."),
-    m("tsmigrate_write_seconds", H, Some(Unit::Seconds), "Duration of one write: an ingest batch to Redis (system=redis), a relay batch to the target (system=target)."),
+    m(
+        "tsmigrate_write_seconds",
+        H,
+        Some(Unit::Seconds),
+        "Duration of one write: an ingest batch to Redis (system=redis), a relay batch to the target (system=target).",
+    ),
     m("tsmigrate_outbox_entries", G, None, "Entries in the outbox stream not yet relayed to the target."),
     m("tsmigrate_outbox_lag_seconds", G, Some(Unit::Seconds), "Age of the oldest outbox entry not yet relayed (0 when empty)."),
     m("tsmigrate_relay_events_total", C, None, "Outbox entries written to the target and acknowledged by this process's relay."),
     m("tsmigrate_relay_errors_total", C, None, "Relay batches that failed, by kind: data (rows the target refuses) or connection (retried)."),
-    m("tsmigrate_outbox_gaps_total", C, None, "Times the relay found its consumer group missing while dual-writing (a possible gap, see tsmigrate.outbox_gaps)."),
+    m(
+        "tsmigrate_outbox_gaps_total",
+        C,
+        None,
+        "Times the relay found its consumer group missing while dual-writing (a possible gap, see tsmigrate.outbox_gaps).",
+    ),
     m("tsmigrate_dead_letters_total", C, None, "Dead letters this process stored, by the path that found them."),
     m("tsmigrate_dead_letter_rows", G, None, "Rows in tsmigrate.dead_letter, by reason code (all processes, all paths)."),
     m("tsmigrate_backfill_read_events", G, None, "Events the backfill has read from Redis so far (from its checkpoint)."),
@@ -150,7 +160,9 @@ fn register_all() {
         metrics::gauge!("tsmigrate_dead_letter_rows", "reason" => reason).set(0.0);
     }
     for endpoint in ENDPOINTS {
-        for name in ["tsmigrate_shadow_comparisons_total", "tsmigrate_shadow_mismatches_total", "tsmigrate_shadow_skipped_total", "tsmigrate_shadow_errors_total"] {
+        for name in
+            ["tsmigrate_shadow_comparisons_total", "tsmigrate_shadow_mismatches_total", "tsmigrate_shadow_skipped_total", "tsmigrate_shadow_errors_total"]
+        {
             metrics::counter!(name, "endpoint" => endpoint).increment(0);
         }
     }

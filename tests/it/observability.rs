@@ -49,6 +49,8 @@ fn described(text: &str) -> (BTreeSet<String>, Vec<String>) {
 #[tokio::test]
 async fn every_metric_the_dashboard_and_alerts_use_is_exported_described_and_there_from_the_start() {
     let env = TestEnv::new().await;
+    // The legacy read path needs the legacy tables the seed creates.
+    env.cli(&["seed", "--events", "50", "--days", "1"]).expect_success();
     prepare_and_dual_write(&env, Mode::Postgres);
     let service = Service::start(&env, &[], &[]).await;
 
@@ -73,7 +75,8 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_described_and_the
     let (body, _) = batch(3);
     assert_eq!(service.ingest(&body, None).await.0, 202);
     let end = chrono::Utc::now();
-    let summary = format!("/api/v1/analytics/summary?from={}&to={}", tsmigrate::reads::wire_time(end - chrono::Duration::hours(6)), tsmigrate::reads::wire_time(end));
+    let summary =
+        format!("/api/v1/analytics/summary?from={}&to={}", tsmigrate::reads::wire_time(end - chrono::Duration::hours(6)), tsmigrate::reads::wire_time(end));
     assert_eq!(service.get(&summary, None).await.0, 200);
     let s = &service;
     eventually(s, "relayed the batch and read the phase", move || async move {
@@ -135,4 +138,86 @@ async fn logs_to_a_pipe_have_no_colour_codes_and_json_logs_are_one_object_per_li
     let from_env = env.cli_with_env(&["-v", "status"], &[("TSMIGRATE_LOG_FORMAT", "yaml")]);
     assert_eq!(from_env.code, 2, "{}", from_env.stderr);
     assert!(from_env.stderr.contains("TSMIGRATE_LOG_FORMAT \"yaml\" must be text or json"), "{}", from_env.stderr);
+}
+
+/// One row of `tsmigrate.job_run_log`: (job, replica, started_at).
+type Run = (String, String, chrono::DateTime<chrono::Utc>);
+
+async fn runs(env: &TestEnv) -> Vec<Run> {
+    sqlx::query_as("SELECT job, replica, started_at FROM tsmigrate.job_run_log WHERE status <> 'failed' ORDER BY started_at, id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until `check` holds for the recorded runs; fails after a minute with them.
+async fn runs_until(env: &TestEnv, what: &str, check: impl Fn(&[Run]) -> bool) -> Vec<Run> {
+    let started = Instant::now();
+    loop {
+        let all = runs(env).await;
+        if check(&all) {
+            return all;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never {what} within 60s; runs: {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn leader_gauge(daemon: &Daemon) -> Option<f64> {
+    let text = reqwest::get(daemon.url("/metrics")).await.ok()?.text().await.ok()?;
+    metric(&text, "tsmigrate_leader")
+}
+
+#[tokio::test]
+async fn three_replicas_run_each_job_once_and_a_killed_leaders_jobs_move_within_the_lease() {
+    let env = TestEnv::new().await;
+    // Jobs every 2 s and a 1 s lease retry, so the test sees many runs and a quick takeover.
+    env.write_file(
+        "tsmigrate.toml",
+        "[jobs]\nlease_retry_secs = 1\n\n[jobs.schedules]\nlegacy_flush = \"*/2 * * * * *\"\nrollup_refresh = \"*/2 * * * * *\"\n",
+    );
+    env.cli(&["seed", "--events", "300", "--days", "1"]).expect_success();
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let mut replicas: Vec<(&str, Daemon)> =
+        ["r1", "r2", "r3"].into_iter().map(|name| (name, Daemon::start_with(&env, None, &[], &[("TSMIGRATE_REPLICA", name)]))).collect();
+
+    let flushes = |all: &[Run], n: usize| all.iter().filter(|r| r.0 == "legacy_flush").count() >= n;
+    let before = runs_until(&env, "flushed three times", |all| flushes(all, 3)).await;
+    let leader = before[0].1.clone();
+    assert!(before.iter().all(|r| r.1 == leader), "one replica runs every job: {before:?}");
+    let at = replicas.iter().position(|(name, _)| *name == leader).expect("the leader is one of ours");
+    assert_eq!(leader_gauge(&replicas[at].1).await, Some(1.0));
+
+    replicas[at].1.kill();
+    let killed_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&env.pool).await.unwrap();
+    let after = runs_until(&env, "flushed and rolled up three times more on another replica", |all| {
+        ["legacy_flush", "rollup_refresh"].iter().all(|job| all.iter().filter(|r| r.0 == *job && r.2 > killed_at).count() >= 3)
+    })
+    .await;
+    let first_after = after.iter().find(|r| r.2 > killed_at).unwrap();
+    let successor = first_after.1.clone();
+    assert_ne!(successor, leader);
+    let takeover = (first_after.2 - killed_at).to_std().unwrap();
+    assert!(takeover < Duration::from_secs(20), "jobs resumed {takeover:?} after the leader died (lease retry 1 s, jobs every 2 s)");
+
+    for job in ["legacy_flush", "rollup_refresh"] {
+        let of_job: Vec<&Run> = after.iter().filter(|r| r.0 == job).collect();
+        // Two replicas running one tick would start milliseconds apart; ticks are 2 s apart.
+        for pair in of_job.windows(2) {
+            let gap = (pair[1].2 - pair[0].2).to_std().unwrap_or_default();
+            assert!(gap >= Duration::from_secs(1), "{job} ran twice for one tick: {pair:?}");
+        }
+        let switches = of_job.windows(2).filter(|p| p[0].1 != p[1].1).count();
+        assert_eq!(switches, 1, "{job} moved from one replica to another exactly once: {of_job:?}");
+        assert!(of_job.iter().all(|r| r.1 == leader || r.1 == successor), "{of_job:?}");
+    }
+    let recorded: String = sqlx::query_scalar("SELECT replica FROM tsmigrate.job_runs WHERE job = 'legacy_flush'").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(recorded, successor);
+    for (name, daemon) in replicas.iter().filter(|(name, _)| *name != leader) {
+        assert_eq!(leader_gauge(daemon).await, Some(f64::from(u8::from(*name == successor))), "tsmigrate_leader of {name}");
+    }
+    eprintln!(
+        "figures: leader {leader} killed; {successor} ran the next job {takeover:?} later (lease retry 1 s, jobs every 2 s); {} runs in all, none twice",
+        after.len()
+    );
 }

@@ -270,6 +270,12 @@ impl Daemon {
         self.logs.lock().unwrap().clone()
     }
 
+    /// SIGKILL: dies at once, as in a crash or an OOM kill; nothing of its shutdown runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then waits for a graceful exit; returns the exit code.
     pub fn stop(mut self) -> i32 {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
