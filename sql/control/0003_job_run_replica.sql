@@ -12,3 +12,13 @@ CREATE TABLE IF NOT EXISTS tsmigrate.job_run_log (
     status      text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_run_log_job_started ON tsmigrate.job_run_log (job, started_at);
+
+-- A scheduled run first claims its tick (job, slot): a replica that takes the lease just after
+-- the old holder ran a tick does not run that tick again.
+CREATE TABLE IF NOT EXISTS tsmigrate.job_slots (
+    job     text NOT NULL,
+    slot    timestamptz NOT NULL,
+    replica text NOT NULL,
+    claimed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, slot)
+);

@@ -208,17 +208,7 @@ async fn execute(ctx: &JobContext, job: JobName) -> anyhow::Result<JobOutcome> {
         }
         JobName::TimescaledbJobHealth if mode != StorageMode::Timescaledb => Ok(JobOutcome::Skipped("plain PostgreSQL mode".into())),
         JobName::TimescaledbJobHealth => {
-            let failing: Vec<(i32, String, Option<String>)> = sqlx::query_as(
-                "SELECT s.job_id, j.proc_name::text, e.err_message
-                 FROM timescaledb_information.job_stats s
-                 JOIN timescaledb_information.jobs j ON j.job_id = s.job_id
-                 LEFT JOIN LATERAL (SELECT err_message FROM timescaledb_information.job_errors e
-                                    WHERE e.job_id = s.job_id ORDER BY e.finish_time DESC LIMIT 1) e ON true
-                 WHERE s.job_id >= 1000 AND s.last_run_status = 'Failed'",
-            )
-            .fetch_all(&ctx.target)
-            .await?;
-            metrics::gauge!("tsmigrate_timescaledb_failing_jobs").set(failing.len() as f64);
+            let failing = failing_timescaledb_jobs(&ctx.target).await?;
             if failing.is_empty() {
                 Ok(JobOutcome::Done(json!({"failing": 0})))
             } else {
@@ -235,6 +225,23 @@ async fn execute(ctx: &JobContext, job: JobName) -> anyhow::Result<JobOutcome> {
         JobName::Validation => scheduled_validation(settings).await,
         JobName::LegacyFlush => unreachable!("handled above"),
     }
+}
+
+/// TimescaleDB policy jobs of ours (id >= 1000) whose last run failed: (id, proc, last error).
+/// Also sets `tsmigrate_timescaledb_failing_jobs`.
+pub async fn failing_timescaledb_jobs(target: &PgPool) -> sqlx::Result<Vec<(i32, String, Option<String>)>> {
+    let failing: Vec<(i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT s.job_id, j.proc_name::text, e.err_message
+         FROM timescaledb_information.job_stats s
+         JOIN timescaledb_information.jobs j ON j.job_id = s.job_id
+         LEFT JOIN LATERAL (SELECT err_message FROM timescaledb_information.job_errors e
+                            WHERE e.job_id = s.job_id ORDER BY e.finish_time DESC LIMIT 1) e ON true
+         WHERE s.job_id >= 1000 AND s.last_run_status = 'Failed'",
+    )
+    .fetch_all(target)
+    .await?;
+    metrics::gauge!("tsmigrate_timescaledb_failing_jobs").set(failing.len() as f64);
+    Ok(failing)
 }
 
 /// The hourly consistency check: `tsmigrate validate` with the defaults, recorded like any run.
@@ -256,6 +263,30 @@ async fn scheduled_validation(settings: &Settings) -> anyhow::Result<JobOutcome>
     })
 }
 
+/// A scheduled run: claims `tick` for this job first, so a tick runs at most once across
+/// replicas even when the lease moves between the old holder's run and the new holder's
+/// firing of the same tick. Without the claim table (target not prepared) it just runs.
+pub async fn run_scheduled(ctx: &JobContext, job: JobName, tick: Option<chrono::DateTime<Utc>>) -> JobOutcome {
+    if !ctx.lease.confirm(&ctx.target).await {
+        return JobOutcome::NotLeader;
+    }
+    if let Some(tick) = tick {
+        let claimed = sqlx::query(
+            "WITH expired AS (DELETE FROM tsmigrate.job_slots WHERE job = $1 AND slot < now() - interval '30 days')
+             INSERT INTO tsmigrate.job_slots (job, slot, replica) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(job.as_str())
+        .bind(tick)
+        .bind(&*ctx.lease.replica)
+        .execute(&ctx.target)
+        .await;
+        if matches!(claimed, Ok(done) if done.rows_affected() == 0) {
+            return JobOutcome::Skipped(format!("the tick {tick} already ran on another replica"));
+        }
+    }
+    run_job(ctx, job).await
+}
+
 /// Registers every job on a started scheduler, on its default schedule unless
 /// `jobs.schedules` names another. Each run happens only where the lease is held.
 pub async fn schedule(ctx: JobContext) -> anyhow::Result<JobScheduler> {
@@ -263,10 +294,13 @@ pub async fn schedule(ctx: JobContext) -> anyhow::Result<JobScheduler> {
     for job in JobName::ALL {
         let ctx = ctx.clone();
         let when = ctx.settings.jobs.schedules.get(job.as_str()).cloned().unwrap_or_else(|| job.schedule().to_string());
+        let ticks = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Required).build().parse(&when).ok();
         let cron = Job::new_async(when.as_str(), move |_, _| {
-            let ctx = ctx.clone();
+            let (ctx, ticks) = (ctx.clone(), ticks.clone());
             Box::pin(async move {
-                run_job(&ctx, job).await;
+                // The tick this firing is for: the latest one at or before now.
+                let tick = ticks.and_then(|c| c.find_previous_occurrence(&Utc::now(), true).ok());
+                run_scheduled(&ctx, job, tick).await;
             })
         })
         .map_err(|e| anyhow::anyhow!("jobs.schedules.{} {when:?} is not a cron expression with seconds ({e}); for example \"0 5 * * * *\"", job.as_str()))?;

@@ -1,6 +1,6 @@
 //! The gauges that come from the servers rather than from this process's own work: phase
-//! and read source, backfill progress, the last validation, dead letters by reason, outbox
-//! lag, and whether Redis can keep the outbox. Every replica refreshes them, so any one of
+//! and read source, backfill progress, failing TimescaleDB jobs, the last validation, dead
+//! letters by reason, outbox lag, and whether Redis can keep the outbox. Every replica refreshes them, so any one of
 //! them answers a dashboard; each read is small (one row, `INFO`, `XLEN`).
 
 use std::time::Duration;
@@ -63,6 +63,9 @@ async fn migration(target: &PgPool) -> anyhow::Result<()> {
     telemetry::set_one_hot("tsmigrate_read_source", "source", &telemetry::SOURCES, &state.read_source);
     if state.phase == Phase::New {
         return Ok(());
+    }
+    if state.storage_mode == Some(crate::target::StorageMode::Timescaledb) {
+        crate::daemon::jobs::failing_timescaledb_jobs(target).await?;
     }
     let position: Option<crate::phase::backfill::BackfillPosition> =
         crate::target::checkpoint::load(&mut *target.acquire().await?, crate::phase::backfill::CHECKPOINT).await?;
