@@ -770,6 +770,14 @@ mod tests {
     }
 
     #[test]
+    fn a_schedule_for_a_job_that_does_not_exist_is_refused_by_name() {
+        let s = Settings::from_toml("[jobs.schedules]\nlegacy_flush = \"0 5 * * * *\"\nlegacy_flsh = \"0 5 * * * *\"\n").unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("jobs.schedules names no job \"legacy_flsh\"") && err.contains("legacy_flush, validation"), "{err}");
+        assert!(!err.contains("\"legacy_flush\""), "{err}");
+    }
+
+    #[test]
     fn example_config_parses_and_validates() {
         let text = include_str!("../tsmigrate.example.toml");
         let s = Settings::from_toml(text).unwrap();
