@@ -30,6 +30,7 @@ need() { # need <command> <debian package>
 
 need promtool prometheus
 need docker-compose docker-compose
+need jq jq
 
 echo "=== promtool check rules deploy/prometheus/alerts.yml ==="
 promtool check rules deploy/prometheus/alerts.yml
