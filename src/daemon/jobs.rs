@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
+use super::leader::Lease;
 use crate::config::Settings;
 use crate::legacy::{flush, LegacyKeys};
 use crate::phase::{state, Phase};
@@ -31,12 +32,10 @@ pub enum JobName {
     TimescaledbJobHealth,
     /// After completion: the legacy Redis keys get their expiry.
     LegacyKeyExpiry,
-    /// Outbox length and lag into metrics.
-    OutboxMetrics,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 8] = [
+    pub const ALL: [JobName; 7] = [
         JobName::LegacyFlush,
         JobName::Validation,
         JobName::RollupRefresh,
@@ -44,7 +43,6 @@ impl JobName {
         JobName::RawRetention,
         JobName::TimescaledbJobHealth,
         JobName::LegacyKeyExpiry,
-        JobName::OutboxMetrics,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,7 +54,6 @@ impl JobName {
             JobName::RawRetention => "raw_retention",
             JobName::TimescaledbJobHealth => "timescaledb_job_health",
             JobName::LegacyKeyExpiry => "legacy_key_expiry",
-            JobName::OutboxMetrics => "outbox_metrics",
         }
     }
 
@@ -70,7 +67,6 @@ impl JobName {
             JobName::RawRetention => "0 30 3 * * *",
             JobName::TimescaledbJobHealth => "0 */5 * * * *",
             JobName::LegacyKeyExpiry => "0 40 * * * *",
-            JobName::OutboxMetrics => "*/15 * * * * *",
         }
     }
 }
@@ -90,6 +86,8 @@ pub enum JobOutcome {
     /// Not applicable now (wrong phase or mode, flush retired...).
     Skipped(String),
     Failed(String),
+    /// Another replica holds the jobs lease: nothing ran.
+    NotLeader,
 }
 
 /// What the jobs share.
@@ -99,10 +97,16 @@ pub struct JobContext {
     pub target: PgPool,
     pub legacy: PgPool,
     pub redis: ConnectionManager,
+    /// Whether this replica runs the jobs now ([`Lease::sole`] for a lone process).
+    pub lease: Lease,
 }
 
-/// Runs one job now and records the outcome.
+/// Runs one job now and records the outcome, when this replica holds the jobs lease;
+/// otherwise returns [`JobOutcome::NotLeader`] without running or recording anything.
 pub async fn run_job(ctx: &JobContext, job: JobName) -> JobOutcome {
+    if !ctx.lease.confirm(&ctx.target).await {
+        return JobOutcome::NotLeader;
+    }
     let started = Utc::now();
     let outcome = match execute(ctx, job).await {
         Ok(outcome) => outcome,
@@ -112,13 +116,14 @@ pub async fn run_job(ctx: &JobContext, job: JobName) -> JobOutcome {
         JobOutcome::Done(_) => "success",
         JobOutcome::Skipped(_) => "skipped",
         JobOutcome::Failed(_) => "failed",
+        JobOutcome::NotLeader => unreachable!("returned above"),
     };
     metrics::counter!("tsmigrate_job_runs_total", "job" => job.as_str(), "status" => status).increment(1);
     if let JobOutcome::Failed(error) = &outcome {
         metrics::counter!("tsmigrate_job_failures_total", "job" => job.as_str()).increment(1);
         tracing::warn!(job = job.as_str(), %error, "job failed");
     }
-    if job != JobName::OutboxMetrics {
+    {
         let error = match &outcome {
             JobOutcome::Failed(e) => Some(e.clone()),
             _ => None,
@@ -137,20 +142,32 @@ pub async fn run_job(ctx: &JobContext, job: JobName) -> JobOutcome {
         .bind(i64::from(status == "failed"))
         .execute(&ctx.target)
         .await;
+        record_replica(ctx, job, started, status).await;
     }
     outcome
+}
+
+/// Which replica ran it: `job_runs.replica` and one row per run in `job_run_log` (kept 30
+/// days). Separate from the upsert above, so a target not migrated this far still records runs.
+async fn record_replica(ctx: &JobContext, job: JobName, started: chrono::DateTime<Utc>, status: &str) {
+    let replica: &str = &ctx.lease.replica;
+    let _ = sqlx::query("UPDATE tsmigrate.job_runs SET replica = $2 WHERE job = $1").bind(job.as_str()).bind(replica).execute(&ctx.target).await;
+    let _ = sqlx::query(
+        "WITH expired AS (DELETE FROM tsmigrate.job_run_log WHERE job = $1 AND started_at < now() - interval '30 days')
+         INSERT INTO tsmigrate.job_run_log (job, replica, started_at, finished_at, status) VALUES ($1, $2, $3, now(), $4)",
+    )
+    .bind(job.as_str())
+    .bind(replica)
+    .bind(started)
+    .bind(status)
+    .execute(&ctx.target)
+    .await;
 }
 
 async fn execute(ctx: &JobContext, job: JobName) -> anyhow::Result<JobOutcome> {
     let settings = &ctx.settings;
     let keys = LegacyKeys::from_settings(settings);
     let mut redis = ctx.redis.clone();
-    if job == JobName::OutboxMetrics {
-        let lag = crate::dual_write::outbox::lag(&mut redis, &keys, &settings.redis.outbox_group).await?;
-        metrics::gauge!("tsmigrate_outbox_entries").set(lag.entries as f64);
-        metrics::gauge!("tsmigrate_outbox_lag_seconds").set(lag.oldest_age_seconds.unwrap_or(0.0));
-        return Ok(JobOutcome::Done(json!(lag)));
-    }
     if job == JobName::LegacyFlush {
         let retired: Option<String> = redis::cmd("GET").arg(&keys.flush_retired).query_async(&mut redis).await?;
         if retired.as_deref() == Some("1") {
@@ -191,17 +208,7 @@ async fn execute(ctx: &JobContext, job: JobName) -> anyhow::Result<JobOutcome> {
         }
         JobName::TimescaledbJobHealth if mode != StorageMode::Timescaledb => Ok(JobOutcome::Skipped("plain PostgreSQL mode".into())),
         JobName::TimescaledbJobHealth => {
-            let failing: Vec<(i32, String, Option<String>)> = sqlx::query_as(
-                "SELECT s.job_id, j.proc_name::text, e.err_message
-                 FROM timescaledb_information.job_stats s
-                 JOIN timescaledb_information.jobs j ON j.job_id = s.job_id
-                 LEFT JOIN LATERAL (SELECT err_message FROM timescaledb_information.job_errors e
-                                    WHERE e.job_id = s.job_id ORDER BY e.finish_time DESC LIMIT 1) e ON true
-                 WHERE s.job_id >= 1000 AND s.last_run_status = 'Failed'",
-            )
-            .fetch_all(&ctx.target)
-            .await?;
-            metrics::gauge!("tsmigrate_timescaledb_failing_jobs").set(failing.len() as f64);
+            let failing = failing_timescaledb_jobs(&ctx.target).await?;
             if failing.is_empty() {
                 Ok(JobOutcome::Done(json!({"failing": 0})))
             } else {
@@ -216,8 +223,25 @@ async fn execute(ctx: &JobContext, job: JobName) -> anyhow::Result<JobOutcome> {
         }
         JobName::Validation if state.phase < Phase::Backfilled => Ok(JobOutcome::Skipped("nothing to validate before backfill".into())),
         JobName::Validation => scheduled_validation(settings).await,
-        JobName::LegacyFlush | JobName::OutboxMetrics => unreachable!("handled above"),
+        JobName::LegacyFlush => unreachable!("handled above"),
     }
+}
+
+/// TimescaleDB policy jobs of ours (id >= 1000) whose last run failed: (id, proc, last error).
+/// Also sets `tsmigrate_timescaledb_failing_jobs`.
+pub async fn failing_timescaledb_jobs(target: &PgPool) -> sqlx::Result<Vec<(i32, String, Option<String>)>> {
+    let failing: Vec<(i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT s.job_id, j.proc_name::text, e.err_message
+         FROM timescaledb_information.job_stats s
+         JOIN timescaledb_information.jobs j ON j.job_id = s.job_id
+         LEFT JOIN LATERAL (SELECT err_message FROM timescaledb_information.job_errors e
+                            WHERE e.job_id = s.job_id ORDER BY e.finish_time DESC LIMIT 1) e ON true
+         WHERE s.job_id >= 1000 AND s.last_run_status = 'Failed'",
+    )
+    .fetch_all(target)
+    .await?;
+    metrics::gauge!("tsmigrate_timescaledb_failing_jobs").set(failing.len() as f64);
+    Ok(failing)
 }
 
 /// The hourly consistency check: `tsmigrate validate` with the defaults, recorded like any run.
@@ -239,17 +263,47 @@ async fn scheduled_validation(settings: &Settings) -> anyhow::Result<JobOutcome>
     })
 }
 
-/// Registers every job on a started scheduler.
+/// A scheduled run: claims `tick` for this job first, so a tick runs at most once across
+/// replicas even when the lease moves between the old holder's run and the new holder's
+/// firing of the same tick. Without the claim table (target not prepared) it just runs.
+pub async fn run_scheduled(ctx: &JobContext, job: JobName, tick: Option<chrono::DateTime<Utc>>) -> JobOutcome {
+    if !ctx.lease.confirm(&ctx.target).await {
+        return JobOutcome::NotLeader;
+    }
+    if let Some(tick) = tick {
+        let claimed = sqlx::query(
+            "WITH expired AS (DELETE FROM tsmigrate.job_slots WHERE job = $1 AND slot < now() - interval '30 days')
+             INSERT INTO tsmigrate.job_slots (job, slot, replica) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(job.as_str())
+        .bind(tick)
+        .bind(&*ctx.lease.replica)
+        .execute(&ctx.target)
+        .await;
+        if matches!(claimed, Ok(done) if done.rows_affected() == 0) {
+            return JobOutcome::Skipped(format!("the tick {tick} already ran on another replica"));
+        }
+    }
+    run_job(ctx, job).await
+}
+
+/// Registers every job on a started scheduler, on its default schedule unless
+/// `jobs.schedules` names another. Each run happens only where the lease is held.
 pub async fn schedule(ctx: JobContext) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
     for job in JobName::ALL {
         let ctx = ctx.clone();
-        let cron = Job::new_async(job.schedule(), move |_, _| {
-            let ctx = ctx.clone();
+        let when = ctx.settings.jobs.schedules.get(job.as_str()).cloned().unwrap_or_else(|| job.schedule().to_string());
+        let ticks = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Required).build().parse(&when).ok();
+        let cron = Job::new_async(when.as_str(), move |_, _| {
+            let (ctx, ticks) = (ctx.clone(), ticks.clone());
             Box::pin(async move {
-                run_job(&ctx, job).await;
+                // The tick this firing is for: the latest one at or before now.
+                let tick = ticks.and_then(|c| c.find_previous_occurrence(&Utc::now(), true).ok());
+                run_scheduled(&ctx, job, tick).await;
             })
-        })?;
+        })
+        .map_err(|e| anyhow::anyhow!("jobs.schedules.{} {when:?} is not a cron expression with seconds ({e}); for example \"0 5 * * * *\"", job.as_str()))?;
         scheduler.add(cron).await?;
     }
     scheduler.start().await?;

@@ -158,7 +158,11 @@ impl Relay {
             }
             Err(e) => {
                 self.own_pending_first = true;
-                metrics::counter!("tsmigrate_relay_failures_total").increment(1);
+                let kind = match crate::target::write_error::classify(&e) {
+                    crate::target::write_error::WriteErrorKind::Data => "data",
+                    crate::target::write_error::WriteErrorKind::Connection => "connection",
+                };
+                metrics::counter!("tsmigrate_relay_errors_total", "kind" => kind).increment(1);
                 Ok(RelayOutcome::TargetUnavailable { error: e.to_string() })
             }
         }

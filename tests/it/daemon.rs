@@ -106,7 +106,13 @@ async fn scheduled_jobs_do_their_work_and_are_recorded() {
     seed(&env, 800, false);
     prepare_and_dual_write(&env, Mode::Postgres);
     env.cli(&["backfill"]).expect_success();
-    let ctx = JobContext { settings: Arc::new(env.settings.clone()), target: env.pool.clone(), legacy: env.pool.clone(), redis: env.redis().await };
+    let ctx = JobContext {
+        settings: Arc::new(env.settings.clone()),
+        target: env.pool.clone(),
+        legacy: env.pool.clone(),
+        redis: env.redis().await,
+        lease: tsmigrate::daemon::leader::Lease::sole(),
+    };
     // New events arrive through the relay; the rollup job brings the hourly table up to date.
     sqlx::query(
         "INSERT INTO analytics_events_ts (time, event_id, event_name, category, user_id)
