@@ -126,6 +126,46 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub http: HttpSettings,
     pub migration: MigrationSettings,
+    pub log: LogSettings,
+    pub jobs: JobsSettings,
+}
+
+/// How log lines look on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event for people (coloured only when stderr is a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for a log pipeline.
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`. Env: `TSMIGRATE_LOG_FORMAT`; `--log-format` wins over both.
+    pub format: LogFormat,
+    /// A `TSMIGRATE_LOG_FORMAT` that is neither, for `validate` to name.
+    #[serde(skip)]
+    pub invalid_env: Option<String>,
+}
+
+/// The scheduled jobs of `tsmigrate run` and the lease that picks the replica running them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsSettings {
+    /// A replica without the jobs lease tries to take it this often (seconds); the holder
+    /// checks its lease connection as often. A dead holder's jobs move within about this long.
+    pub lease_retry_secs: u64,
+    /// Cron expressions (with seconds, UTC) replacing a job's default schedule, by job name.
+    pub schedules: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for JobsSettings {
+    fn default() -> Self {
+        Self { lease_retry_secs: 5, schedules: Default::default() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -445,6 +485,14 @@ impl Settings {
         if let Some(v) = lookup("TSMIGRATE_BIND") {
             self.http.bind = v;
         }
+        if let Some(v) = lookup("TSMIGRATE_LOG_FORMAT") {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "json" => self.log.format = LogFormat::Json,
+                "text" => self.log.format = LogFormat::Text,
+                // Kept as given so validate() names it.
+                _ => self.log.invalid_env = Some(v),
+            }
+        }
     }
 
     // Long by design: a flat list of independent checks, so every problem is reported at once.
@@ -514,9 +562,19 @@ impl Settings {
             ("http.read_timeout_secs", self.http.read_timeout_secs),
             ("http.request_timeout_secs", self.http.request_timeout_secs),
             ("migration.dual_write_check_secs", self.migration.dual_write_check_secs),
+            ("jobs.lease_retry_secs", self.jobs.lease_retry_secs),
         ] {
             if value == 0 {
                 problems.push(format!("{what} must be at least 1"));
+            }
+        }
+        if let Some(v) = &self.log.invalid_env {
+            problems.push(format!("TSMIGRATE_LOG_FORMAT {v:?} must be text or json"));
+        }
+        for job in self.jobs.schedules.keys() {
+            if !crate::daemon::jobs::JobName::ALL.iter().any(|j| j.as_str() == job) {
+                let known: Vec<&str> = crate::daemon::jobs::JobName::ALL.iter().map(|j| j.as_str()).collect();
+                problems.push(format!("jobs.schedules names no job {job:?}; the jobs are {}", known.join(", ")));
             }
         }
         if self.http.bind.parse::<std::net::SocketAddr>().is_err() {
@@ -719,6 +777,14 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         assert!(Settings::from_toml("[redis]\nevents_kee = \"x\"\n").unwrap_err().contains("events_kee"));
+    }
+
+    #[test]
+    fn a_schedule_for_a_job_that_does_not_exist_is_refused_by_name() {
+        let s = Settings::from_toml("[jobs.schedules]\nlegacy_flush = \"0 5 * * * *\"\nlegacy_flsh = \"0 5 * * * *\"\n").unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("jobs.schedules names no job \"legacy_flsh\"") && err.contains("legacy_flush, validation"), "{err}");
+        assert!(!err.contains("\"legacy_flush\""), "{err}");
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct GlobalArgs {
     /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines on stderr as text or JSON (one object per line). Default: the `log.format`
+    /// setting ($TSMIGRATE_LOG_FORMAT), else text. Text is coloured only on a terminal.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]

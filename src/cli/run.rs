@@ -1,4 +1,4 @@
-use crate::config::Settings;
+use crate::config::{LogFormat, Settings};
 use crate::daemon;
 
 use super::Outcome;
@@ -9,6 +9,10 @@ use super::Outcome;
 /// hourly validation, plain-mode rollups/partitions/retention, TimescaleDB job health,
 /// legacy key expiry after completion). Starts even while the target is down (ingest needs only Redis); the relay
 /// catches up when it returns. On shutdown, requests and the relay batch in flight finish.
+/// Run as many replicas as you like: every one serves ingest and reads, their relays share
+/// the outbox consumer group, and the scheduled jobs run in the one holding the jobs lease
+/// (a PostgreSQL advisory lock; it moves to another replica within `jobs.lease_retry_secs`
+/// of the holder dying).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Address to listen on (overrides http.bind / TSMIGRATE_BIND).
@@ -17,7 +21,7 @@ pub struct Args {
     /// Do not run the relay worker in this process.
     #[arg(long)]
     pub no_relay: bool,
-    /// Do not run the scheduled jobs in this process (run them in exactly one process).
+    /// Never run the scheduled jobs in this process (do not compete for the jobs lease).
     #[arg(long)]
     pub no_jobs: bool,
 }
@@ -27,7 +31,12 @@ pub async fn run(args: Args, mut settings: Settings) -> anyhow::Result<Outcome> 
         settings.http.bind = bind;
     }
     let listener = tokio::net::TcpListener::bind(&settings.http.bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http.bind))?;
-    eprintln!("tsmigrate listening on http://{}", listener.local_addr()?);
+    let listening = format!("tsmigrate listening on http://{}", listener.local_addr()?);
+    // Always printed (whatever the log level), in the log's own format.
+    match settings.log.format {
+        LogFormat::Text => eprintln!("{listening}"),
+        LogFormat::Json => eprintln!("{}", serde_json::json!({"timestamp": chrono::Utc::now(), "level": "INFO", "fields": {"message": listening}})),
+    }
     daemon::run(settings, listener, daemon::DaemonOptions { relay: !args.no_relay, jobs: !args.no_jobs }, daemon::shutdown_signal()).await?;
     Ok(Outcome::Success)
 }

@@ -6,6 +6,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
+use super::leader::Lease;
 use crate::context::Context;
 use crate::legacy::flush;
 use crate::phase::command::validate::Validate;
@@ -29,12 +30,10 @@ pub enum JobName {
     TimescaledbJobHealth,
     /// After completion: the legacy Redis keys get their expiry.
     LegacyKeyExpiry,
-    /// Outbox length and lag into metrics.
-    OutboxMetrics,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 8] = [
+    pub const ALL: [JobName; 7] = [
         JobName::LegacyFlush,
         JobName::Validation,
         JobName::RollupRefresh,
@@ -42,7 +41,6 @@ impl JobName {
         JobName::RawRetention,
         JobName::TimescaledbJobHealth,
         JobName::LegacyKeyExpiry,
-        JobName::OutboxMetrics,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,7 +52,6 @@ impl JobName {
             JobName::RawRetention => "raw_retention",
             JobName::TimescaledbJobHealth => "timescaledb_job_health",
             JobName::LegacyKeyExpiry => "legacy_key_expiry",
-            JobName::OutboxMetrics => "outbox_metrics",
         }
     }
 
@@ -68,9 +65,17 @@ impl JobName {
             JobName::RawRetention => "0 30 3 * * *",
             JobName::TimescaledbJobHealth => "0 */5 * * * *",
             JobName::LegacyKeyExpiry => "0 40 * * * *",
-            JobName::OutboxMetrics => "*/15 * * * * *",
         }
     }
+}
+
+/// Plain-mode jobs that stand in for TimescaleDB's policies: (name, target, schedule, config).
+pub fn plain_mode_jobs() -> Vec<(&'static str, &'static str, &'static str, Value)> {
+    vec![
+        (JobName::RollupRefresh.as_str(), "analytics_hourly, analytics_daily, analytics_asset_popularity_ts", "every 5 minutes", json!({"window": "3 hours"})),
+        (JobName::PartitionUpkeep.as_str(), "analytics_events_ts", "hourly", json!({"create_ahead_days": 7})),
+        (JobName::RawRetention.as_str(), "analytics_events_ts", "daily", json!({"drop_after_days": 90})),
+    ]
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,12 +84,27 @@ pub enum JobOutcome {
     /// Not applicable now (wrong phase or mode, flush retired...).
     Skipped(String),
     Failed(String),
+    /// Another replica holds the jobs lease: nothing ran.
+    NotLeader,
 }
 
-/// Runs one job now and records the outcome.
-pub async fn run_job(ctx: &Context, job: JobName) -> JobOutcome {
+/// What the jobs share: the daemon's [`Context`] (built once; every run, the hourly
+/// validation too, uses its pools) and the jobs lease.
+#[derive(Clone)]
+pub struct JobContext {
+    pub ctx: Context,
+    /// Whether this replica runs the jobs now ([`Lease::sole`] for a lone process).
+    pub lease: Lease,
+}
+
+/// Runs one job now and records the outcome, when this replica holds the jobs lease;
+/// otherwise returns [`JobOutcome::NotLeader`] without running or recording anything.
+pub async fn run_job(ctx: &JobContext, job: JobName) -> JobOutcome {
+    if !ctx.lease.confirm(&ctx.ctx.target).await {
+        return JobOutcome::NotLeader;
+    }
     let started = Utc::now();
-    let outcome = match execute(ctx, job).await {
+    let outcome = match execute(&ctx.ctx, job).await {
         Ok(outcome) => outcome,
         Err(e) => JobOutcome::Failed(format!("{e:#}")),
     };
@@ -92,13 +112,14 @@ pub async fn run_job(ctx: &Context, job: JobName) -> JobOutcome {
         JobOutcome::Done(_) => "success",
         JobOutcome::Skipped(_) => "skipped",
         JobOutcome::Failed(_) => "failed",
+        JobOutcome::NotLeader => unreachable!("returned above"),
     };
     metrics::counter!("tsmigrate_job_runs_total", "job" => job.as_str(), "status" => status).increment(1);
     if let JobOutcome::Failed(error) = &outcome {
         metrics::counter!("tsmigrate_job_failures_total", "job" => job.as_str()).increment(1);
         tracing::warn!(job = job.as_str(), %error, "job failed");
     }
-    if job != JobName::OutboxMetrics {
+    {
         let error = match &outcome {
             JobOutcome::Failed(e) => Some(e.clone()),
             _ => None,
@@ -115,15 +136,32 @@ pub async fn run_job(ctx: &Context, job: JobName) -> JobOutcome {
         .bind(status)
         .bind(error)
         .bind(i64::from(status == "failed"))
-        .execute(&ctx.target)
+        .execute(&ctx.ctx.target)
         .await;
+        record_replica(ctx, job, started, status).await;
     }
     outcome
 }
 
+/// Which replica ran it: `job_runs.replica` and one row per run in `job_run_log` (kept 30
+/// days). Separate from the upsert above, so a target not migrated this far still records runs.
+async fn record_replica(ctx: &JobContext, job: JobName, started: chrono::DateTime<Utc>, status: &str) {
+    let replica: &str = &ctx.lease.replica;
+    let _ = sqlx::query("UPDATE tsmigrate.job_runs SET replica = $2 WHERE job = $1").bind(job.as_str()).bind(replica).execute(&ctx.ctx.target).await;
+    let _ = sqlx::query(
+        "WITH expired AS (DELETE FROM tsmigrate.job_run_log WHERE job = $1 AND started_at < now() - interval '30 days')
+         INSERT INTO tsmigrate.job_run_log (job, replica, started_at, finished_at, status) VALUES ($1, $2, $3, now(), $4)",
+    )
+    .bind(job.as_str())
+    .bind(replica)
+    .bind(started)
+    .bind(status)
+    .execute(&ctx.ctx.target)
+    .await;
+}
+
 async fn execute(ctx: &Context, job: JobName) -> anyhow::Result<JobOutcome> {
     match job {
-        JobName::OutboxMetrics => outbox_metrics(ctx).await,
         JobName::LegacyFlush => legacy_flush(ctx).await,
         _ => {
             let state = state::load_from_pool(&ctx.target).await?;
@@ -133,13 +171,6 @@ async fn execute(ctx: &Context, job: JobName) -> anyhow::Result<JobOutcome> {
             upkeep(ctx, job, &*ctx.store(mode), state.phase).await
         }
     }
-}
-
-async fn outbox_metrics(ctx: &Context) -> anyhow::Result<JobOutcome> {
-    let lag = crate::dual_write::outbox::lag(&mut ctx.redis_bulk().await?, &ctx.keys, &ctx.settings.redis.outbox_group).await?;
-    metrics::gauge!("tsmigrate_outbox_entries").set(lag.entries as f64);
-    metrics::gauge!("tsmigrate_outbox_lag_seconds").set(lag.oldest_age_seconds.unwrap_or(0.0));
-    Ok(JobOutcome::Done(json!(lag)))
 }
 
 async fn legacy_flush(ctx: &Context) -> anyhow::Result<JobOutcome> {
@@ -185,7 +216,7 @@ async fn upkeep(ctx: &Context, job: JobName, store: &dyn Store, phase: Phase) ->
         }
         JobName::Validation if phase < Phase::Backfilled => Ok(JobOutcome::Skipped("nothing to validate before backfill".into())),
         JobName::Validation => scheduled_validation(ctx).await,
-        JobName::LegacyFlush | JobName::OutboxMetrics => unreachable!("handled by execute"),
+        JobName::LegacyFlush => unreachable!("handled by execute"),
     }
 }
 
@@ -222,17 +253,47 @@ async fn scheduled_validation(ctx: &Context) -> anyhow::Result<JobOutcome> {
     })
 }
 
-/// Registers every job on a started scheduler.
-pub async fn schedule(ctx: Context) -> anyhow::Result<JobScheduler> {
+/// A scheduled run: claims `tick` for this job first, so a tick runs at most once across
+/// replicas even when the lease moves between the old holder's run and the new holder's
+/// firing of the same tick. Without the claim table (target not prepared) it just runs.
+pub async fn run_scheduled(ctx: &JobContext, job: JobName, tick: Option<chrono::DateTime<Utc>>) -> JobOutcome {
+    if !ctx.lease.confirm(&ctx.ctx.target).await {
+        return JobOutcome::NotLeader;
+    }
+    if let Some(tick) = tick {
+        let claimed = sqlx::query(
+            "WITH expired AS (DELETE FROM tsmigrate.job_slots WHERE job = $1 AND slot < now() - interval '30 days')
+             INSERT INTO tsmigrate.job_slots (job, slot, replica) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(job.as_str())
+        .bind(tick)
+        .bind(&*ctx.lease.replica)
+        .execute(&ctx.ctx.target)
+        .await;
+        if matches!(claimed, Ok(done) if done.rows_affected() == 0) {
+            return JobOutcome::Skipped(format!("the tick {tick} already ran on another replica"));
+        }
+    }
+    run_job(ctx, job).await
+}
+
+/// Registers every job on a started scheduler, on its default schedule unless
+/// `jobs.schedules` names another. Each run happens only where the lease is held.
+pub async fn schedule(ctx: JobContext) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
     for job in JobName::ALL {
         let ctx = ctx.clone();
-        let cron = Job::new_async(job.schedule(), move |_, _| {
-            let ctx = ctx.clone();
+        let when = ctx.ctx.settings.jobs.schedules.get(job.as_str()).cloned().unwrap_or_else(|| job.schedule().to_string());
+        let ticks = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Required).build().parse(&when).ok();
+        let cron = Job::new_async(when.as_str(), move |_, _| {
+            let (ctx, ticks) = (ctx.clone(), ticks.clone());
             Box::pin(async move {
-                run_job(&ctx, job).await;
+                // The tick this firing is for: the latest one at or before now.
+                let tick = ticks.and_then(|c| c.find_previous_occurrence(&Utc::now(), true).ok());
+                run_scheduled(&ctx, job, tick).await;
             })
-        })?;
+        })
+        .map_err(|e| anyhow::anyhow!("jobs.schedules.{} {when:?} is not a cron expression with seconds ({e}); for example \"0 5 * * * *\"", job.as_str()))?;
         scheduler.add(cron).await?;
     }
     scheduler.start().await?;

@@ -1,7 +1,11 @@
-//! `tsmigrate run`: the long-running process — HTTP server, relay worker, scheduled jobs.
-//! Shutdown is a parameter (a future), so tests drive it without signals.
+//! `tsmigrate run`: the long-running process — HTTP server, relay worker, scheduled jobs,
+//! the metrics read from the servers. Shutdown is a parameter (a future), so tests drive it
+//! without signals. Any number of processes may run at once: the jobs run in the one
+//! holding the jobs lease ([`leader`]).
 
 pub mod jobs;
+pub mod leader;
+pub mod observe;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +24,8 @@ use crate::store::writer::TargetWriter;
 #[derive(Debug, Clone, Copy)]
 pub struct DaemonOptions {
     pub relay: bool,
-    /// Run the scheduled jobs (legacy flush, rollups, partitions, health checks...).
+    /// Compete for the jobs lease and run the scheduled jobs (legacy flush, rollups,
+    /// partitions, health checks...) while holding it.
     pub jobs: bool,
 }
 
@@ -35,6 +40,7 @@ pub async fn run(
     // Ingest and the read cache share one multiplexed connection; the relay and the jobs
     // each get their own, because a blocking read or a job's large range read on the shared
     // connection would hold up every request queued behind it.
+    crate::telemetry::metrics_handle();
     let redis = crate::db::redis(&settings).await?;
     let target = crate::db::target_pool_lazy(&settings)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -49,13 +55,22 @@ pub async fn run(
     };
     let mut scheduler = None;
     if options.jobs {
+        let lease = leader::Lease::new(Duration::from_secs(settings.jobs.lease_retry_secs));
+        workers.push(tokio::spawn(lease.clone().hold(settings.database.url.clone(), stop_rx.clone())));
         // The jobs read a lot per command (the legacy flush): their own connection, and a
         // patient one. Built once; every run (the hourly validation too) uses these pools.
         let bulk = crate::db::redis_bulk(&settings).await?;
         let ctx = Context::with_target(Arc::new(settings.clone()), target.clone()).with_legacy(legacy.clone()).with_redis(bulk.clone()).with_bulk_redis(bulk);
+        let ctx = jobs::JobContext { ctx, lease };
         scheduler = Some(jobs::schedule(ctx).await?);
     }
-    crate::telemetry::metrics_handle();
+    let sources = observe::Sources {
+        target: target.clone(),
+        redis: redis.clone(),
+        keys: LegacyKeys::from_settings(&settings),
+        group: settings.redis.outbox_group.clone(),
+    };
+    workers.push(tokio::spawn(observe::run(sources, observe::EVERY, stop_rx.clone())));
     let state = AppState::new(settings, redis, Some(target), Some(legacy));
     workers.push(tokio::spawn(keep_dual_write_flag(state.clone(), stop_rx.clone())));
     let http_shutdown = async move {

@@ -158,7 +158,12 @@ impl Relay {
             }
             Err(e) => {
                 self.own_pending_first = true;
-                metrics::counter!("tsmigrate_relay_failures_total").increment(1);
+                // The write sequence's errors are the database's (anything else counts as a connection error: retried).
+                let kind = match e.downcast_ref::<sqlx::Error>().map(crate::store::write_error::classify) {
+                    Some(crate::store::write_error::WriteErrorKind::Data) => "data",
+                    _ => "connection",
+                };
+                metrics::counter!("tsmigrate_relay_errors_total", "kind" => kind).increment(1);
                 Ok(RelayOutcome::TargetUnavailable { error: e.to_string() })
             }
         }

@@ -9,7 +9,7 @@ use chrono::{Duration as ChronoDuration, NaiveDate, Utc};
 use redis::AsyncCommands;
 use serde_json::json;
 use tsmigrate::context::Context;
-use tsmigrate::daemon::jobs::{run_job, JobName, JobOutcome};
+use tsmigrate::daemon::jobs::{run_job, JobContext, JobName, JobOutcome};
 use tsmigrate::daemon::{self, DaemonOptions};
 
 use crate::scenario::{prepare_and_dual_write, seed, target_counts, Mode};
@@ -107,7 +107,10 @@ async fn scheduled_jobs_do_their_work_and_are_recorded() {
     seed(&env, 800, false);
     prepare_and_dual_write(&env, Mode::Postgres);
     env.cli(&["backfill"]).expect_success();
-    let ctx = Context::with_target(Arc::new(env.settings.clone()), env.pool.clone()).with_legacy(env.pool.clone()).with_redis(env.redis().await);
+    let ctx = JobContext {
+        ctx: Context::with_target(Arc::new(env.settings.clone()), env.pool.clone()).with_legacy(env.pool.clone()).with_redis(env.redis().await),
+        lease: tsmigrate::daemon::leader::Lease::sole(),
+    };
     // New events arrive through the relay; the rollup job brings the hourly table up to date.
     sqlx::query(
         "INSERT INTO analytics_events_ts (time, event_id, event_name, category, user_id)
@@ -151,12 +154,12 @@ fn partition_name(day: NaiveDate) -> String {
 }
 
 /// Upkeep creates the partitions of yesterday through `partitions_ahead_days` ahead, and only those.
-async fn partition_upkeep_creates_the_days_ahead(ctx: &Context) {
-    let before = partitions(&ctx.target).await;
+async fn partition_upkeep_creates_the_days_ahead(ctx: &JobContext) {
+    let before = partitions(&ctx.ctx.target).await;
     let today = Utc::now().date_naive();
-    let ahead = i64::from(ctx.settings.target.partitions_ahead_days);
+    let ahead = i64::from(ctx.ctx.settings.target.partitions_ahead_days);
     let JobOutcome::Done(done) = run_job(ctx, JobName::PartitionUpkeep).await else { panic!("partition upkeep failed") };
-    let after = partitions(&ctx.target).await;
+    let after = partitions(&ctx.ctx.target).await;
     // The days touching [now - 1 day, now + ahead days): yesterday through today + ahead.
     let wanted: BTreeSet<String> = (-1..=ahead).map(|d| partition_name(today + ChronoDuration::days(d))).collect();
     let created: BTreeSet<String> = after.difference(&before).cloned().collect();
@@ -168,29 +171,33 @@ async fn partition_upkeep_creates_the_days_ahead(ctx: &Context) {
 }
 
 /// Retention drops the partitions wholly older than `raw_retention_days`, rows and all, and keeps the rest.
-async fn raw_retention_drops_exactly_the_days_past_retention(ctx: &Context) {
+async fn raw_retention_drops_exactly_the_days_past_retention(ctx: &JobContext) {
     let today = Utc::now().date_naive();
-    let retention = i64::from(ctx.settings.target.raw_retention_days);
+    let retention = i64::from(ctx.ctx.settings.target.raw_retention_days);
     // Days around the edge: the two older ones end before now - retention, the other two do not.
     let days: Vec<NaiveDate> = [retention + 2, retention + 1, retention, retention - 1].iter().map(|d| today - ChronoDuration::days(*d)).collect();
     let midnight = |day: NaiveDate| day.and_hms_opt(0, 0, 0).unwrap().and_utc();
-    let created: i32 =
-        sqlx::query_scalar("SELECT tsmigrate.ensure_partitions($1, $2)").bind(midnight(days[0])).bind(midnight(days[3])).fetch_one(&ctx.target).await.unwrap();
+    let created: i32 = sqlx::query_scalar("SELECT tsmigrate.ensure_partitions($1, $2)")
+        .bind(midnight(days[0]))
+        .bind(midnight(days[3]))
+        .fetch_one(&ctx.ctx.target)
+        .await
+        .unwrap();
     assert_eq!(created, 4);
     for day in &days {
         sqlx::query(
             "INSERT INTO analytics_events_ts (time, event_id, event_name, category) VALUES ($1 + interval '12 hours', gen_random_uuid(), 'old', 'test')",
         )
         .bind(midnight(*day))
-        .execute(&ctx.target)
+        .execute(&ctx.ctx.target)
         .await
         .unwrap();
     }
-    let before = partitions(&ctx.target).await;
+    let before = partitions(&ctx.ctx.target).await;
     assert_eq!(run_job(ctx, JobName::RawRetention).await, JobOutcome::Done(serde_json::json!({"dropped": 2})));
-    let dropped: BTreeSet<String> = before.difference(&partitions(&ctx.target).await).cloned().collect();
+    let dropped: BTreeSet<String> = before.difference(&partitions(&ctx.ctx.target).await).cloned().collect();
     assert_eq!(dropped, days[..2].iter().map(|d| partition_name(*d)).collect(), "only the days wholly past retention");
     let old_rows: Vec<chrono::DateTime<Utc>> =
-        sqlx::query_scalar("SELECT time FROM analytics_events_ts WHERE event_name = 'old' ORDER BY time").fetch_all(&ctx.target).await.unwrap();
+        sqlx::query_scalar("SELECT time FROM analytics_events_ts WHERE event_name = 'old' ORDER BY time").fetch_all(&ctx.ctx.target).await.unwrap();
     assert_eq!(old_rows, days[2..].iter().map(|d| midnight(*d) + ChronoDuration::hours(12)).collect::<Vec<_>>());
 }

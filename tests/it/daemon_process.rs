@@ -21,7 +21,7 @@ use crate::servers::Daemon;
 use crate::support::{field, TestEnv};
 
 /// How long anything the service does in the background may take before a test gives up.
-const PATIENCE: Duration = Duration::from_secs(60);
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A running `tsmigrate run` child process ([`Daemon`]) and an HTTP client for it.
 pub struct Service {
@@ -78,7 +78,7 @@ impl Service {
 }
 
 /// Polls `check` until it holds, failing after [`PATIENCE`] with the service's log.
-async fn eventually<Fut: std::future::Future<Output = bool>>(service: &Service, what: &str, mut check: impl FnMut() -> Fut) {
+pub async fn eventually<Fut: std::future::Future<Output = bool>>(service: &Service, what: &str, mut check: impl FnMut() -> Fut) {
     let started = Instant::now();
     while !check().await {
         assert!(started.elapsed() < PATIENCE, "the service never {what} within {PATIENCE:?}\n--- its stderr ---\n{}", service.log());
@@ -98,7 +98,7 @@ async fn post_batch(http: &reqwest::Client, addr: SocketAddr, body: &str, token:
 }
 
 /// A batch of `n` events with fresh UUID ids (kept as the target's `event_id`), and the ids.
-fn batch(n: usize) -> (String, Vec<Uuid>) {
+pub fn batch(n: usize) -> (String, Vec<Uuid>) {
     let now = chrono::Utc::now().timestamp_millis();
     let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
     let events: Vec<Value> =
@@ -107,7 +107,7 @@ fn batch(n: usize) -> (String, Vec<Uuid>) {
 }
 
 /// The value of one Prometheus series (`name` or `name{labels}`) in a `/metrics` text.
-fn metric(text: &str, series: &str) -> Option<f64> {
+pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
@@ -259,7 +259,9 @@ async fn the_services_metrics_count_exactly_what_it_did() {
     assert_eq!(metric(&text, r#"tsmigrate_write_seconds_count{system="redis"}"#), Some(BATCHES as f64), "one Redis write per accepted batch: {text}");
     let target_writes = metric(&text, r#"tsmigrate_write_seconds_count{system="target"}"#).unwrap_or(0.0);
     assert!((1.0..=BATCHES as f64).contains(&target_writes), "the relay wrote in 1..={BATCHES} transactions, not {target_writes}: {text}");
-    assert_eq!(metric(&text, "tsmigrate_relay_failures_total").unwrap_or(0.0), 0.0, "{text}");
+    for kind in ["data", "connection"] {
+        assert_eq!(metric(&text, &format!(r#"tsmigrate_relay_errors_total{{kind="{kind}"}}"#)), Some(0.0), "present from the start, and 0: {text}");
+    }
     assert_eq!(target_counts(&env).await, (EVENTS as i64, EVENTS as i64));
 }
 

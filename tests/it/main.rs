@@ -20,6 +20,7 @@ mod fault;
 mod ingest_unavailable;
 mod legacy;
 mod lifecycle;
+mod observability;
 mod outage;
 mod poison;
 mod prepare;

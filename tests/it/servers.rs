@@ -242,8 +242,9 @@ impl Daemon {
         // Reads the log until the process ends, so the pipe never fills up.
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("tsmigrate listening on http://") {
-                    let _ = addr_tx.send(addr.trim().to_string());
+                // Plain, or inside a JSON log line (`--log-format json`).
+                if let Some((_, rest)) = line.split_once("tsmigrate listening on http://") {
+                    let _ = addr_tx.send(rest.split('"').next().unwrap_or(rest).trim().to_string());
                 }
                 let mut logs = sink.lock().unwrap();
                 logs.push_str(&line);
@@ -267,6 +268,12 @@ impl Daemon {
     /// Everything it logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: dies at once, as in a crash or an OOM kill; nothing of its shutdown runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then waits for a graceful exit; returns the exit code.
