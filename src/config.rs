@@ -131,7 +131,7 @@ pub struct Settings {
 }
 
 /// How log lines look on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One line per event for people (coloured only when stderr is a terminal).
@@ -572,8 +572,8 @@ impl Settings {
             problems.push(format!("TSMIGRATE_LOG_FORMAT {v:?} must be text or json"));
         }
         for job in self.jobs.schedules.keys() {
-            if !crate::daemon::jobs::JobName::ALL.iter().any(|j| j.as_str() == job) {
-                let known: Vec<&str> = crate::daemon::jobs::JobName::ALL.iter().map(|j| j.as_str()).collect();
+            if !crate::schedule::JobName::ALL.iter().any(|j| j.as_str() == job) {
+                let known: Vec<&str> = crate::schedule::JobName::ALL.iter().map(|j| j.as_str()).collect();
                 problems.push(format!("jobs.schedules names no job {job:?}; the jobs are {}", known.join(", ")));
             }
         }

@@ -16,6 +16,7 @@
 //! - [`validate`]   comparing Redis and the legacy tables with the target (pure diff core, collectors, reports).
 //! - [`reads`]      the read API's answers from the legacy path or the target, cache, shadow compare.
 //! - [`http`]       the HTTP API (ingest, reads, health, metrics).
+//! - [`schedule`]   the scheduled jobs by name and default schedule.
 //! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.
 //! - [`cli`]        the command line, one module per subcommand.
 //! - [`progress`]   progress reporting for long work.
@@ -38,6 +39,7 @@ pub mod phase;
 pub mod progress;
 pub mod reads;
 pub mod remembered;
+pub mod schedule;
 pub mod state;
 pub mod status;
 pub mod store;

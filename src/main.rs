@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     // Settings are read before logging starts, since they say how to log; a file that
     // cannot be read is reported below like any error.
     let settings = Settings::load(cli.global.config.as_deref());
-    let format = cli.global.log_format.or(settings.as_ref().ok().map(|s| s.log.format)).unwrap_or_default();
+    let format = cli.global.log_format.map(LogFormat::from).or(settings.as_ref().ok().map(|s| s.log.format)).unwrap_or_default();
     init_tracing(cli.global.verbose, format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, settings: Result<Settings, ConfigError>) -> anyhow::Result<Outcome> {
     let mut settings = settings?;
     settings.validate()?;
-    if let Some(format) = cli.global.log_format {
+    if let Some(format) = cli.global.log_format.map(LogFormat::from) {
         settings.log.format = format;
     }
     cli::dispatch(cli, settings).await

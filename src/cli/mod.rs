@@ -53,8 +53,8 @@ pub struct GlobalArgs {
     pub verbose: u8,
     /// Log lines on stderr as text or JSON (one object per line). Default: the `log.format`
     /// setting ($TSMIGRATE_LOG_FORMAT), else text. Text is coloured only on a terminal.
-    #[arg(long, global = true, value_name = "FORMAT")]
-    pub log_format: Option<crate::config::LogFormat>,
+    #[arg(long, global = true, value_name = "FORMAT", value_enum)]
+    pub log_format: Option<options::LogFormatArg>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,7 +2,7 @@
 //! (like sqlx-cli's `opt.rs`), so `--dry-run`, `--force --reason` and `--yes` mean the
 //! same everywhere.
 
-use crate::config::ModeChoice;
+use crate::config::{LogFormat, ModeChoice};
 use crate::phase::{Force, Options};
 use crate::validate::Depth;
 
@@ -77,6 +77,24 @@ impl From<DepthArg> for Depth {
         match arg {
             DepthArg::Counts => Depth::Counts,
             DepthArg::Events => Depth::Events,
+        }
+    }
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// One line per event for people (coloured only when stderr is a terminal).
+    Text,
+    /// One JSON object per line, for a log pipeline.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> LogFormat {
+        match arg {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
         }
     }
 }

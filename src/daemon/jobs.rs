@@ -14,69 +14,7 @@ use crate::phase::Options;
 use crate::state::{self, Phase};
 use crate::store::{aggregates, Store};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobName {
-    /// The legacy hourly flush, until it is retired.
-    LegacyFlush,
-    /// Hourly consistency validation (counts depth), once the target is backfilled.
-    Validation,
-    /// Plain mode: recompute the recent hours of the rollup tables.
-    RollupRefresh,
-    /// Plain mode: create the partitions ahead.
-    PartitionUpkeep,
-    /// Plain mode: drop partitions older than raw retention.
-    RawRetention,
-    /// TimescaleDB mode: are the policies' jobs failing?
-    TimescaledbJobHealth,
-    /// After completion: the legacy Redis keys get their expiry.
-    LegacyKeyExpiry,
-}
-
-impl JobName {
-    pub const ALL: [JobName; 7] = [
-        JobName::LegacyFlush,
-        JobName::Validation,
-        JobName::RollupRefresh,
-        JobName::PartitionUpkeep,
-        JobName::RawRetention,
-        JobName::TimescaledbJobHealth,
-        JobName::LegacyKeyExpiry,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobName::LegacyFlush => "legacy_flush",
-            JobName::Validation => "validation",
-            JobName::RollupRefresh => "rollup_refresh",
-            JobName::PartitionUpkeep => "partition_upkeep",
-            JobName::RawRetention => "raw_retention",
-            JobName::TimescaledbJobHealth => "timescaledb_job_health",
-            JobName::LegacyKeyExpiry => "legacy_key_expiry",
-        }
-    }
-
-    /// When it runs (cron with seconds, UTC).
-    pub fn schedule(self) -> &'static str {
-        match self {
-            JobName::LegacyFlush => "0 5 * * * *",
-            JobName::Validation => "0 20 * * * *",
-            JobName::RollupRefresh => "0 */5 * * * *",
-            JobName::PartitionUpkeep => "0 10 * * * *",
-            JobName::RawRetention => "0 30 3 * * *",
-            JobName::TimescaledbJobHealth => "0 */5 * * * *",
-            JobName::LegacyKeyExpiry => "0 40 * * * *",
-        }
-    }
-}
-
-/// Plain-mode jobs that stand in for TimescaleDB's policies: (name, target, schedule, config).
-pub fn plain_mode_jobs() -> Vec<(&'static str, &'static str, &'static str, Value)> {
-    vec![
-        (JobName::RollupRefresh.as_str(), "analytics_hourly, analytics_daily, analytics_asset_popularity_ts", "every 5 minutes", json!({"window": "3 hours"})),
-        (JobName::PartitionUpkeep.as_str(), "analytics_events_ts", "hourly", json!({"create_ahead_days": 7})),
-        (JobName::RawRetention.as_str(), "analytics_events_ts", "daily", json!({"drop_after_days": 90})),
-    ]
-}
+pub use crate::schedule::JobName;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobOutcome {

@@ -39,7 +39,7 @@ const fn object(name: &'static str, kind: &'static str, form: Form, role: Role) 
 }
 
 /// Created in both modes by `sql/control`.
-pub const CONTROL: [Object; 10] = [
+pub const CONTROL: [Object; 12] = [
     object("tsmigrate.migration_state", "control table", Form::Table, Role::Reported),
     object("tsmigrate.audit_log", "control table", Form::Table, Role::Kept),
     object("tsmigrate.checkpoints", "control table", Form::Table, Role::Reported),
@@ -49,6 +49,8 @@ pub const CONTROL: [Object; 10] = [
     object("tsmigrate.history_hourly", "history table", Form::Table, Role::Reported),
     object("tsmigrate.history_asset_popularity", "history table", Form::Table, Role::Reported),
     object("tsmigrate.job_runs", "control table", Form::Table, Role::Internal),
+    object("tsmigrate.job_run_log", "control table", Form::Table, Role::Internal),
+    object("tsmigrate.job_slots", "control table", Form::Table, Role::Internal),
     object(MIGRATIONS_TABLE, "migrations", Form::Table, Role::Internal),
 ];
 

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use super::objects::{self, Form, Object, ObjectStatus, Role};
 use super::{Policy, Retention, StorageFigures, StorageMode, Store, ASSET_VIEW, DAILY_VIEW, EVENTS_TABLE, HOURLY_VIEW};
 use crate::config::TargetSettings;
+use crate::schedule::JobName;
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -20,12 +21,11 @@ impl PostgresStore {
     }
 }
 
-/// The scheduler's jobs that stand in for TimescaleDB's policies: (job, target, schedule,
-/// config). The names are `daemon::jobs::JobName`'s.
-const UPKEEP_JOBS: [(&str, &str, &str); 3] = [
-    ("rollup_refresh", "analytics_hourly, analytics_daily, analytics_asset_popularity_ts", "every 5 minutes"),
-    ("partition_upkeep", "analytics_events_ts", "hourly"),
-    ("raw_retention", "analytics_events_ts", "daily"),
+/// The scheduler's jobs that stand in for TimescaleDB's policies: (job, target, schedule).
+const UPKEEP_JOBS: [(JobName, &str, &str); 3] = [
+    (JobName::RollupRefresh, "analytics_hourly, analytics_daily, analytics_asset_popularity_ts", "every 5 minutes"),
+    (JobName::PartitionUpkeep, "analytics_events_ts", "hourly"),
+    (JobName::RawRetention, "analytics_events_ts", "daily"),
 ];
 
 type JobRunRow = (String, Option<String>, Option<DateTime<Utc>>, i64);
@@ -101,8 +101,9 @@ impl Store for PostgresStore {
         Ok(UPKEEP_JOBS
             .iter()
             .zip(configs)
-            .map(|((name, target, schedule), config)| {
-                let run = runs.iter().find(|r| r.0 == *name);
+            .map(|((job, target, schedule), config)| {
+                let name = job.as_str();
+                let run = runs.iter().find(|r| r.0 == name);
                 Policy {
                     name: name.to_string(),
                     target: target.to_string(),
