@@ -3,6 +3,9 @@
 //! per request) at an idle rate (1 request/s), a moderate one (about 100/s) and saturation;
 //! before dual-write (phase `prepared`, relay idle in its blocking read) and during it, with
 //! the relay caught up and behind; then the relay's catch-up rate inside the same daemon.
+//! The cost of dual-write is CPU per event at one fixed rate in both phases, split between
+//! the daemon's request threads, redis-server, the relay's thread and PostgreSQL, and
+//! counted until the relay has written everything the run sent.
 //!
 //! `./scripts/bench.sh ingest` (installs wrk when missing). TSMIGRATE_BENCH_SECONDS sets the
 //! length of the moderate and saturated runs (default 10; the idle run is twice as long).
@@ -65,8 +68,74 @@ fn wrk(port: u16, load: &Load, tag: &str) -> WrkResult {
     serde_json::from_str(line).expect("wrk result JSON")
 }
 
-fn outbox_len(redis: &mut redis::Connection, env: &BenchEnv) -> u64 {
-    redis::cmd("XLEN").arg(format!("{}analytics:outbox", env.settings.redis.key_prefix)).query(redis).unwrap_or(0)
+/// Events waiting in the outbox: every entry is one request of the load script.
+fn outbox_events(redis: &mut redis::Connection, env: &BenchEnv) -> u64 {
+    let entries: u64 = redis::cmd("XLEN").arg(format!("{}analytics:outbox", env.settings.redis.key_prefix)).query(redis).unwrap_or(0);
+    entries * EVENTS_PER_REQUEST
+}
+
+/// CPU seconds used so far by the daemon's threads (the relay's thread apart), by
+/// redis-server, and by every PostgreSQL process (the machine is otherwise quiet).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    daemon: f64,
+    relay: f64,
+    redis: f64,
+    postgres: f64,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, o: Cpu) -> Cpu {
+        Cpu { daemon: self.daemon - o.daemon, relay: self.relay - o.relay, redis: self.redis - o.redis, postgres: self.postgres - o.postgres }
+    }
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds (fields 14 and 15, counted after the
+/// command name, which may hold spaces).
+fn stat_seconds(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().ok();
+        out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+    })
+}
+
+fn comm(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
+}
+
+fn cpu_now(daemon: u32, redis_pid: u32) -> Cpu {
+    let mut cpu = Cpu { redis: stat_seconds(&format!("/proc/{redis_pid}/stat")), ..Cpu::default() };
+    for task in std::fs::read_dir(format!("/proc/{daemon}/task")).into_iter().flatten().flatten() {
+        let dir = task.path().display().to_string();
+        let used = stat_seconds(&format!("{dir}/stat"));
+        if comm(&format!("{dir}/comm")) == tsmigrate::daemon::RELAY_THREAD {
+            cpu.relay += used;
+        } else {
+            cpu.daemon += used;
+        }
+    }
+    for process in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let dir = process.path().display().to_string();
+        if comm(&format!("{dir}/comm")) == "postgres" {
+            cpu.postgres += stat_seconds(&format!("{dir}/stat"));
+        }
+    }
+    cpu
+}
+
+fn redis_pid(redis: &mut redis::Connection) -> u32 {
+    let info: String = redis::cmd("INFO").arg("server").query(redis).expect("INFO server");
+    info.lines().find_map(|l| l.strip_prefix("process_id:")).and_then(|p| p.trim().parse().ok()).expect("process_id in INFO server")
 }
 
 /// Polls until `done` or `limit`; returns how long it took, or `None` on timeout.
@@ -115,20 +184,34 @@ fn stop(mut server: Child) {
     let _ = server.wait();
 }
 
-/// Ingest's own cost of dual-write: saturation with the relay out of the process, legacy and
-/// dual-write alternating (dual-write stop/start between runs). Returns dual / legacy cost.
-fn ingest_only_cost(env: &BenchEnv, port: u16) -> f64 {
-    let server = start_daemon(env, port, &["--no-relay"]);
-    let saturation = &loads()[2];
-    let (mut legacy, mut dual) = (0.0, 0.0);
-    for round in 0..2 {
-        env.run(&["dual-write", "stop"]);
-        legacy += wrk(port, saturation, &format!("only-legacy-{round}")).events_per_second();
-        env.run(&["dual-write", "start"]);
-        dual += wrk(port, saturation, &format!("only-dual-{round}")).events_per_second();
-    }
-    stop(server);
-    legacy / dual
+/// A fixed rate below saturation, where legacy and dual-write carry the same load, so their
+/// CPU per event compares like with like.
+fn cost_load() -> Load {
+    Load { name: "fixed (~25k events/s)", threads: 2, connections: 8, delay_ms: 12, seconds: env_number("TSMIGRATE_BENCH_SECONDS", 10) as u64 }
+}
+
+/// CPU per event of one run at the fixed rate, counted until the relay has written
+/// everything the run sent (work the relay defers is still the run's work).
+fn cost_run(port: u16, daemon: u32, redis: &mut redis::Connection, env: &BenchEnv, tag: &str) -> (WrkResult, Cpu) {
+    let before = cpu_now(daemon, redis_pid(redis));
+    let r = wrk(port, &cost_load(), tag);
+    assert!(wait_until(Duration::from_secs(300), || outbox_events(redis, env) == 0).is_some(), "the relay did not catch up");
+    let used = cpu_now(daemon, redis_pid(redis)) - before;
+    (r, used)
+}
+
+fn cost_row(phase: &str, r: &WrkResult, cpu: Cpu) -> Vec<String> {
+    let events = (r.accepted * EVENTS_PER_REQUEST) as f64;
+    let us = |seconds: f64| format!("{:.1}", seconds * 1e6 / events);
+    vec![
+        phase.to_string(),
+        format!("{:.0}", r.events_per_second()),
+        us(cpu.daemon),
+        us(cpu.redis),
+        us(cpu.relay),
+        us(cpu.postgres),
+        us(cpu.daemon + cpu.redis + cpu.relay + cpu.postgres),
+    ]
 }
 
 fn row(phase: &str, load: &str, r: &WrkResult) -> Vec<String> {
@@ -151,6 +234,7 @@ fn main() {
     env.run(&["prepare", "--mode", mode]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let server = start_daemon(&env, port, &[]);
+    let daemon = server.id();
     let mut redis = redis::Client::open(base_redis()).expect("redis").get_connection().expect("redis conn");
     assert!(wait_until(Duration::from_secs(30), || relay_reading(&mut redis, &env)).is_some(), "the daemon's relay never started");
     let loads = loads();
@@ -163,9 +247,11 @@ fn main() {
             saturated.push(r.events_per_second());
         }
     }
+    let (legacy_fixed, legacy_cpu) = cost_run(port, daemon, &mut redis, &env, "cost-legacy");
     env.run(&["dual-write", "start"]);
+    let (dual_fixed, dual_cpu) = cost_run(port, daemon, &mut redis, &env, "cost-dual");
     for load in &loads {
-        assert!(wait_until(Duration::from_secs(300), || outbox_len(&mut redis, &env) == 0).is_some(), "the relay did not catch up");
+        assert!(wait_until(Duration::from_secs(300), || outbox_events(&mut redis, &env) == 0).is_some(), "the relay did not catch up");
         let r = wrk(port, load, &format!("dw-{}", load.delay_ms));
         rows.push(row("dual_writing (relay caught up)", load.name, &r));
         if load.delay_ms == 0 {
@@ -173,14 +259,13 @@ fn main() {
         }
     }
     // Saturation left a backlog: the same moderate load while the relay works it off.
-    let backlog = outbox_len(&mut redis, &env);
+    let backlog = outbox_events(&mut redis, &env);
     let r = wrk(port, &loads[1], "behind");
     rows.push(row(&format!("dual_writing (relay behind by {backlog} events)"), loads[1].name, &r));
-    let remaining = outbox_len(&mut redis, &env);
-    let caught_up = wait_until(Duration::from_secs(600), || outbox_len(&mut redis, &env) == 0);
-    let peak = peak_rss_kib(server.id()).unwrap_or(0);
+    let remaining = outbox_events(&mut redis, &env);
+    let caught_up = wait_until(Duration::from_secs(600), || outbox_events(&mut redis, &env) == 0);
+    let peak = peak_rss_kib(daemon).unwrap_or(0);
     stop(server);
-    let ingest_only = ingest_only_cost(&env, port);
 
     print_table(
         &format!(
@@ -190,20 +275,33 @@ fn main() {
         &["phase", "load", "requests", "errors", "req/s", "events/s", "p50", "p99"],
         &rows,
     );
-    if let [legacy, dual] = saturated[..] {
-        println!("dual-write cost per event / legacy cost per event at saturation, relay in process (as deployed): {:.2}x", legacy / dual);
-    }
-    println!(
-        "the same ratio for ingest alone (`run --no-relay`, legacy and dual-write alternating twice, relay elsewhere): {ingest_only:.2}x \
-         (as deployed, the relay's writes and the target's inserts share these 2 cores with ingest)"
+    let cost_rows = vec![cost_row("prepared (legacy write)", &legacy_fixed, legacy_cpu), cost_row("dual_writing (relay in process)", &dual_fixed, dual_cpu)];
+    print_table(
+        &format!("CPU per event at the same fixed rate ({}), counted until the relay had written the run's events (microseconds per event)", cost_load().name),
+        &["phase", "events/s", "daemon (HTTP, ingest, jobs)", "redis-server", "relay thread", "PostgreSQL", "total"],
+        &cost_rows,
     );
+    let per_event = |r: &WrkResult, seconds: f64| seconds / (r.accepted * EVENTS_PER_REQUEST) as f64;
+    let write_path = |r: &WrkResult, c: Cpu| per_event(r, c.daemon + c.redis);
+    let everything = |r: &WrkResult, c: Cpu| per_event(r, c.daemon + c.redis + c.relay + c.postgres);
+    println!(
+        "dual-write cost of the write path (daemon + Redis per event, dual-write / legacy): {:.2}x",
+        write_path(&dual_fixed, dual_cpu) / write_path(&legacy_fixed, legacy_cpu)
+    );
+    println!(
+        "everything it takes to have each event in the target too (+ relay + PostgreSQL, dual-write / legacy): {:.2}x",
+        everything(&dual_fixed, dual_cpu) / everything(&legacy_fixed, legacy_cpu)
+    );
+    if let [legacy, dual] = saturated[..] {
+        println!("saturation throughput, legacy / dual-write, relay in process (as deployed): {:.2}x", legacy / dual);
+    }
     match caught_up {
         Some(took) => println!(
-            "relay catch-up inside the daemon (no ingest): {remaining} outbox entries in {:.1}s = {:.0} events/s",
+            "relay catch-up inside the daemon (no ingest): {remaining} events in {:.1}s = {:.0} events/s",
             took.as_secs_f64(),
             remaining as f64 / took.as_secs_f64().max(0.001)
         ),
-        None => println!("relay catch-up: not caught up within 600 s ({} entries left)", outbox_len(&mut redis, &env)),
+        None => println!("relay catch-up: not caught up within 600 s ({} events left)", outbox_events(&mut redis, &env)),
     }
     println!("daemon peak RSS: {}", mib(peak));
 }

@@ -229,6 +229,11 @@ pub struct RedisSettings {
     /// How long the relay's read waits for new outbox entries when it has caught up (ms).
     /// The relay reads on a connection of its own, so this wait never delays other work.
     pub relay_block_ms: u64,
+    /// After a read that found less than a full batch (the relay has caught up), the relay
+    /// lets new entries gather this long before reading again (ms; 0 = read at once): fewer,
+    /// larger transactions cost the target and Redis much less per event, for a few
+    /// milliseconds more before an event reaches the target.
+    pub relay_linger_ms: u64,
     /// String key set to "1" once the legacy flush is retired, for external workers to check.
     pub flush_retired_key: String,
     /// Prefix of read-API cache keys.
@@ -263,6 +268,7 @@ impl Default for RedisSettings {
             outbox_stream: "analytics:outbox".into(),
             outbox_group: "tsmigrate-relay".into(),
             relay_block_ms: 500,
+            relay_linger_ms: 20,
             flush_retired_key: "analytics:flush_retired".into(),
             cache_prefix: "analytics:cache".into(),
             first_seen_key: "analytics:ingest:first_seen".into(),
@@ -540,6 +546,9 @@ impl Settings {
         if !(1..=MAX_RELAY_BLOCK_MS).contains(&self.redis.relay_block_ms) {
             problems.push(format!("redis.relay_block_ms must be between 1 and {MAX_RELAY_BLOCK_MS} (it bounds how late the relay notices shutdown)"));
         }
+        if self.redis.relay_linger_ms > MAX_RELAY_LINGER_MS {
+            problems.push(format!("redis.relay_linger_ms must be at most {MAX_RELAY_LINGER_MS} (events wait this long before the relay reads them)"));
+        }
         if self.ingest.max_batch == 0 {
             problems.push("ingest.max_batch must be at least 1".into());
         }
@@ -590,6 +599,7 @@ impl Settings {
 
 /// The relay notices shutdown between reads, so its read wait is kept to a minute at most.
 pub const MAX_RELAY_BLOCK_MS: u64 = 60_000;
+pub const MAX_RELAY_LINGER_MS: u64 = 10_000;
 
 fn check_url(what: &str, url: &SecretUrl, schemes: &[&str], problems: &mut Vec<String>) {
     match url::Url::parse(url.expose()) {

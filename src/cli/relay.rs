@@ -65,11 +65,12 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
         if let Some(RelayOutcome::GroupRecreated { gap: Some(gap) }) = relay.ensure_group().await? {
             eprintln!("warning: {}; repair: {}", gap.describe(), gap.repair_command());
         }
-        let (mut entries, mut inserted) = (0usize, 0u64);
+        let (mut entries, mut events, mut inserted) = (0usize, 0usize, 0u64);
         loop {
             match relay.step().await? {
-                RelayOutcome::Relayed { entries: e, inserted: i, .. } => {
+                RelayOutcome::Relayed { entries: e, events: n, inserted: i, .. } => {
                     entries += e;
+                    events += n;
                     inserted += i;
                 }
                 RelayOutcome::Idle => break,
@@ -78,7 +79,9 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
                 RelayOutcome::TargetUnavailable { error } => anyhow::bail!("target unavailable, nothing acknowledged: {error}"),
             }
         }
-        emit(json, &serde_json::json!({"entries": entries, "inserted": inserted}), |_| format!("relay: {entries} outbox entries, {inserted} new rows\n"))?;
+        emit(json, &serde_json::json!({"entries": entries, "events": events, "inserted": inserted}), |_| {
+            format!("relay: {entries} outbox entries, {events} events, {inserted} new rows\n")
+        })?;
         return Ok(Outcome::Success);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -13,17 +13,17 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
 use super::gaps::{self, OutboxGap};
-use super::outbox;
+use super::outbox::{self, OutboxEntry};
 use crate::config::Settings;
-use crate::legacy::writer::{OUTBOX_MEMBER_FIELD, OUTBOX_SCORE_FIELD};
 use crate::legacy::LegacyKeys;
 use crate::store::writer::{Method, ParsedPage, TargetWriter};
 
 /// The longest pause between attempts while Redis is unreachable.
 const REDIS_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Events per entry before the first read says: a full ingest batch.
+const FIRST_GUESS_EVENTS_PER_ENTRY: usize = 50;
 
 /// What one step did; the loop (and tests) decide what to do next from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,39 +32,53 @@ pub enum RelayOutcome {
     Idle,
     Relayed {
         entries: usize,
+        /// Events in those entries (an entry is an ingest batch).
+        events: usize,
         inserted: u64,
         dead_letters: usize,
     },
     /// The target refused or is unreachable; nothing was acknowledged.
-    TargetUnavailable {
-        error: String,
-    },
+    TargetUnavailable { error: String },
     /// The consumer group was gone (Redis lost the outbox) and was created again; `gap` is
     /// the window recorded as a possible loss (none when dual-write is off).
-    GroupRecreated {
-        gap: Option<OutboxGap>,
-    },
+    GroupRecreated { gap: Option<OutboxGap> },
 }
 
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
     pub group: String,
     pub consumer: String,
-    pub batch: usize,
+    /// About how many events one transaction writes: a read asks for as many entries as
+    /// hold that many, judging by the entries read so far.
+    pub batch_events: usize,
     /// How long a read waits for new entries.
     pub block: Duration,
     /// Entries pending this long on another consumer are taken over.
     pub claim_idle: Duration,
+    /// After a read that found less than a full batch, wait this long before the next
+    /// (see `redis.relay_linger_ms`).
+    pub linger: Duration,
 }
 
 impl RelayOptions {
     pub fn new(group: &str) -> Self {
-        RelayOptions { group: group.into(), consumer: consumer_name(), batch: 1000, block: Duration::from_millis(500), claim_idle: Duration::from_secs(60) }
+        RelayOptions {
+            group: group.into(),
+            consumer: consumer_name(),
+            batch_events: 2000,
+            block: Duration::from_millis(500),
+            claim_idle: Duration::from_secs(60),
+            linger: Duration::ZERO,
+        }
     }
 
     /// The group and read wait from the settings.
     pub fn from_settings(settings: &Settings) -> Self {
-        RelayOptions { block: Duration::from_millis(settings.redis.relay_block_ms), ..Self::new(&settings.redis.outbox_group) }
+        RelayOptions {
+            block: Duration::from_millis(settings.redis.relay_block_ms),
+            linger: Duration::from_millis(settings.redis.relay_linger_ms),
+            ..Self::new(&settings.redis.outbox_group)
+        }
     }
 }
 
@@ -84,15 +98,29 @@ pub struct Relay {
     /// Re-read our own unacknowledged entries before taking new ones (at start, after a failure).
     own_pending_first: bool,
     last_claim: Option<Instant>,
+    /// Events per entry in the last read (ingest writes up to a batch per entry).
+    events_per_entry: usize,
+    /// The last read filled its batch: more is waiting, read again at once.
+    last_read_full: bool,
 }
 
 impl Relay {
     pub fn new(redis: ConnectionManager, writer: Arc<TargetWriter>, keys: Arc<LegacyKeys>, options: RelayOptions) -> Self {
-        Relay { redis, writer, keys, options, own_pending_first: true, last_claim: None }
+        Relay { redis, writer, keys, options, own_pending_first: true, last_claim: None, events_per_entry: FIRST_GUESS_EVENTS_PER_ENTRY, last_read_full: false }
     }
 
     pub fn options(&self) -> &RelayOptions {
         &self.options
+    }
+
+    /// How long to let entries gather before the next step: the linger after a read that
+    /// did not fill its batch (the relay has caught up), nothing while more is waiting.
+    pub fn pause_before_next(&self) -> Duration {
+        if self.last_read_full {
+            Duration::ZERO
+        } else {
+            self.options.linger
+        }
     }
 
     /// Creates the consumer group (and the stream) if missing. A group missing while
@@ -135,8 +163,12 @@ impl Relay {
             Err(e) => return Err(e),
         };
         if entries.is_empty() {
+            self.last_read_full = false;
             return Ok(RelayOutcome::Idle);
         }
+        let events: usize = entries.iter().map(|e| e.events.len()).sum();
+        self.last_read_full = events >= self.options.batch_events;
+        self.events_per_entry = (events / entries.len()).max(1);
         match self.write(&entries).await {
             Ok((inserted, dead_letters)) => {
                 let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
@@ -153,8 +185,8 @@ impl Relay {
                     .ignore()
                     .query_async::<()>(&mut self.redis)
                     .await?;
-                metrics::counter!("tsmigrate_relay_events_total").increment(entries.len() as u64);
-                Ok(RelayOutcome::Relayed { entries: entries.len(), inserted, dead_letters })
+                metrics::counter!("tsmigrate_relay_events_total").increment(events as u64);
+                Ok(RelayOutcome::Relayed { entries: entries.len(), events, inserted, dead_letters })
             }
             Err(e) => {
                 self.own_pending_first = true;
@@ -169,10 +201,11 @@ impl Relay {
         }
     }
 
-    async fn next_entries(&mut self) -> redis::RedisResult<Vec<StreamId>> {
-        let (outbox, group, consumer, batch) = (&self.keys.outbox, &self.options.group, &self.options.consumer, self.options.batch);
+    async fn next_entries(&mut self) -> redis::RedisResult<Vec<OutboxEntry>> {
+        let batch = (self.options.batch_events / self.events_per_entry).max(1);
+        let (outbox, group, consumer) = (&self.keys.outbox, &self.options.group, &self.options.consumer);
         if self.own_pending_first {
-            let reply: StreamReadReply = redis::cmd("XREADGROUP")
+            let reply: redis::Value = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(group)
                 .arg(consumer)
@@ -183,7 +216,7 @@ impl Relay {
                 .arg("0")
                 .query_async(&mut self.redis)
                 .await?;
-            let entries = flatten(reply);
+            let entries = outbox::read_reply(&reply);
             if !entries.is_empty() {
                 return Ok(entries);
             }
@@ -191,7 +224,7 @@ impl Relay {
         }
         if self.last_claim.is_none_or(|at| at.elapsed() >= self.options.claim_idle / 2) {
             self.last_claim = Some(Instant::now());
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            let reply: redis::Value = redis::cmd("XAUTOCLAIM")
                 .arg(outbox)
                 .arg(group)
                 .arg(consumer)
@@ -201,14 +234,15 @@ impl Relay {
                 .arg(batch)
                 .query_async(&mut self.redis)
                 .await?;
-            if !reply.claimed.is_empty() {
-                tracing::info!(entries = reply.claimed.len(), "claimed entries of a stalled relay");
+            let claimed = outbox::autoclaim_reply(&reply);
+            if !claimed.is_empty() {
+                tracing::info!(entries = claimed.len(), "claimed entries of a stalled relay");
                 // Claimed entries are now ours; the pending pass picks up the rest next time.
                 self.own_pending_first = true;
-                return Ok(reply.claimed);
+                return Ok(claimed);
             }
         }
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+        let reply: redis::Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(group)
             .arg(consumer)
@@ -221,24 +255,23 @@ impl Relay {
             .arg(">")
             .query_async(&mut self.redis)
             .await?;
-        Ok(reply.map(flatten).unwrap_or_default())
+        Ok(outbox::read_reply(&reply))
     }
 
     /// Writes a batch in one transaction; events the target cannot store become dead
     /// letters in it, so the batch is always acknowledged once this returns `Ok`.
-    async fn write(&self, entries: &[StreamId]) -> anyhow::Result<(u64, usize)> {
+    async fn write(&self, entries: &[OutboxEntry]) -> anyhow::Result<(u64, usize)> {
         let now_ms = Utc::now().timestamp_millis();
-        let mut page = ParsedPage::with_capacity(entries.len());
-        for entry in entries {
-            let member: Vec<u8> = entry.get(OUTBOX_MEMBER_FIELD).unwrap_or_default();
-            page.push(member, entry.get(OUTBOX_SCORE_FIELD), now_ms);
+        let mut page = ParsedPage::with_capacity(entries.iter().map(|e| e.events.len()).sum());
+        for (member, score) in entries.iter().flat_map(|e| e.events.iter()) {
+            page.push(member.clone(), *score, now_ms);
         }
         let started = Instant::now();
-        let newest = entries.iter().filter_map(|e| entry_ms(&e.id)).max();
+        let newest = entries.iter().filter_map(OutboxEntry::appended_ms).max();
         let group = self.options.group.clone();
         let outcome = self
             .writer
-            .commit_page(&page, "relay", Method::Insert, move |tx, _| {
+            .commit_page(&page, "relay", Method::Copy, move |tx, _| {
                 Box::pin(async move {
                     if let Some(newest) = newest {
                         gaps::note_relayed(tx, &group, newest).await?;
@@ -250,15 +283,6 @@ impl Relay {
         metrics::histogram!("tsmigrate_write_seconds", "system" => "target").record(started.elapsed().as_secs_f64());
         Ok((outcome.inserted, outcome.dead_letters))
     }
-}
-
-fn flatten(reply: StreamReadReply) -> Vec<StreamId> {
-    reply.keys.into_iter().flat_map(|k| k.ids).collect()
-}
-
-/// The time part (epoch ms) of a stream entry id `<ms>-<seq>`: when ingest wrote it.
-fn entry_ms(id: &str) -> Option<i64> {
-    id.split('-').next()?.parse().ok()
 }
 
 /// Creates the consumer group (and the stream) if missing; true when it was created. The
@@ -275,31 +299,37 @@ pub async fn ensure_group(redis: &mut ConnectionManager, keys: &LegacyKeys, grou
 /// Runs steps until `shutdown` fires; a step in flight always completes (its batch is
 /// committed and acknowledged, or left pending for the next run).
 pub async fn run_until(mut relay: Relay, mut shutdown: tokio::sync::watch::Receiver<bool>) -> redis::RedisResult<()> {
+    const FIRST_RETRY: Duration = Duration::from_millis(250);
     relay.ensure_group().await?;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = FIRST_RETRY;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        let outcome = relay.step().await;
-        let pause = match outcome {
-            Ok(RelayOutcome::Relayed { .. }) | Ok(RelayOutcome::Idle) | Ok(RelayOutcome::GroupRecreated { .. }) => {
-                backoff = Duration::from_millis(250);
-                None
+        let pause = match relay.step().await {
+            Ok(RelayOutcome::Relayed { .. }) => {
+                backoff = FIRST_RETRY;
+                relay.pause_before_next()
+            }
+            Ok(RelayOutcome::Idle) | Ok(RelayOutcome::GroupRecreated { .. }) => {
+                backoff = FIRST_RETRY;
+                Duration::ZERO
             }
             Ok(RelayOutcome::TargetUnavailable { error }) => {
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "target unavailable; outbox entries stay pending");
-                Some(backoff)
+                let pause = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                pause
             }
             Err(e) => {
                 // Reconnecting is cheap: retry often, so the relay resumes soon after Redis returns.
                 let pause = backoff.min(REDIS_RETRY_MAX);
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "Redis unavailable");
-                Some(pause)
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                pause
             }
         };
-        if let Some(pause) = pause {
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+        if !pause.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {},
                 _ = shutdown.changed() => {},

@@ -1,7 +1,16 @@
 //! The legacy write path: a batch of events → the sorted set, the counters, the
 //! sessions set and the cap trim, in one `MULTI`. During dual-write the same
-//! transaction also appends every event to the outbox stream, so an event is either
+//! transaction also appends the batch to the outbox stream, so an event is either
 //! in both Redis and the outbox or in neither.
+//!
+//! An outbox entry holds a whole batch in one field: `XADD <outbox> * b "<ms> <member>\n<ms> <member>…"`.
+//! One entry of one field per batch keeps dual-write's extra work in Redis to one small
+//! command per request, for ingest and for the relay's reads and acknowledgements alike
+//! (a field per event costs Redis about twice as much). Members written by ingest are
+//! compact JSON, which never holds a raw newline; a batch with a member that does (never
+//! from ingest) is written as field pairs instead. An application appending its own
+//! events writes pairs: `m <member> s <ms>`, one or more per entry (the i-th `m` with the
+//! i-th `s`).
 
 use std::collections::HashMap;
 
@@ -10,7 +19,8 @@ use redis::aio::ConnectionManager;
 use super::LegacyKeys;
 use crate::event::AcceptedEvent;
 
-/// Field names of an outbox entry.
+/// Field names of an outbox entry: a whole batch, or pairs (repeated, one pair per event).
+pub const OUTBOX_BATCH_FIELD: &str = "b";
 pub const OUTBOX_MEMBER_FIELD: &str = "m";
 pub const OUTBOX_SCORE_FIELD: &str = "s";
 
@@ -62,9 +72,30 @@ pub fn build_batch(keys: &LegacyKeys, event_cap: u64, events: &[AcceptedEvent], 
     // Keep the newest `event_cap` members, as the legacy writer always did.
     pipe.cmd("ZREMRANGEBYRANK").arg(&keys.events).arg(0).arg(-(event_cap as i64) - 1).ignore();
     if outbox {
-        for event in events {
-            pipe.cmd("XADD").arg(&keys.outbox).arg("*").arg(OUTBOX_MEMBER_FIELD).arg(&event.member).arg(OUTBOX_SCORE_FIELD).arg(event.time_ms).ignore();
-        }
+        pipe.add_command(outbox_entry(&keys.outbox, events)).ignore();
     }
     pipe
+}
+
+/// The `XADD` of one batch to the outbox (see the module's notes on its shape).
+pub fn outbox_entry(outbox: &str, events: &[AcceptedEvent]) -> redis::Cmd {
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(outbox).arg("*");
+    if events.iter().any(|e| e.member.contains('\n')) {
+        for event in events {
+            xadd.arg(OUTBOX_MEMBER_FIELD).arg(&event.member).arg(OUTBOX_SCORE_FIELD).arg(event.time_ms);
+        }
+        return xadd;
+    }
+    let mut batch = String::with_capacity(events.iter().map(|e| e.member.len() + 16).sum());
+    for event in events {
+        if !batch.is_empty() {
+            batch.push('\n');
+        }
+        batch.push_str(&event.time_ms.to_string());
+        batch.push(' ');
+        batch.push_str(&event.member);
+    }
+    xadd.arg(OUTBOX_BATCH_FIELD).arg(batch);
+    xadd
 }

@@ -108,9 +108,10 @@ pub struct PageOutcome {
 /// Which statement writes the rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// `INSERT … ON CONFLICT DO NOTHING` (relay and tail batches).
+    /// `INSERT … ON CONFLICT DO NOTHING` (tail batches).
     Insert,
-    /// `COPY`, falling back to `Insert` when the page collides or the server refuses a row.
+    /// `COPY` (backfill pages, relay batches), falling back to `Insert` when the page
+    /// collides or the server refuses a row.
     Copy,
 }
 

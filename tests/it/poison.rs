@@ -114,7 +114,7 @@ async fn relay_sets_poison_aside(mode: Mode) {
     }
     let mut relay = relay_for(&env, env.redis().await, env.pool.clone(), storage(mode), Duration::from_secs(60));
     relay.ensure_group().await.unwrap();
-    assert_eq!(relay.step().await.unwrap(), RelayOutcome::Relayed { entries: 6, inserted: 3, dead_letters: 3 });
+    assert_eq!(relay.step().await.unwrap(), RelayOutcome::Relayed { entries: 6, events: 6, inserted: 3, dead_letters: 3 });
     assert_eq!(target_counts(&env).await, (3, 3), "the good events around the poison landed");
     let left: u64 = redis.xlen(&outbox).await.unwrap();
     let pending: (u64, redis::Value, redis::Value, redis::Value) =
@@ -163,7 +163,7 @@ async fn a_conflicting_version_of_an_event_is_a_dead_letter_with_both_versions()
         xadd(&mut redis, &outbox, m, Some(at)).await;
     }
     let mut relay = relay_for(&env, env.redis().await, env.pool.clone(), StorageMode::Postgres, Duration::from_secs(60));
-    assert_eq!(relay.step().await.unwrap(), RelayOutcome::Relayed { entries: 3, inserted: 1, dead_letters: 1 });
+    assert_eq!(relay.step().await.unwrap(), RelayOutcome::Relayed { entries: 3, events: 3, inserted: 1, dead_letters: 1 });
     let stored: Value = sqlx::query_scalar("SELECT properties FROM analytics_events_ts").fetch_one(&env.pool).await.unwrap();
     assert_eq!(stored, json!({"plan": "pro"}), "the first version stays");
     let all = letters(&env).await;
@@ -174,7 +174,7 @@ async fn a_conflicting_version_of_an_event_is_a_dead_letter_with_both_versions()
 
     // Later (another batch, another path) the same conflict is recorded once.
     xadd(&mut redis, &outbox, &other, Some(at)).await;
-    assert_eq!(relay.step().await.unwrap(), RelayOutcome::Relayed { entries: 1, inserted: 0, dead_letters: 1 });
+    assert_eq!(relay.step().await.unwrap(), RelayOutcome::Relayed { entries: 1, events: 1, inserted: 0, dead_letters: 1 });
     assert_eq!(letters(&env).await.len(), 1);
 }
 
