@@ -105,11 +105,34 @@ start_traffic() {
 wait_for_relay() {
     for _ in $(seq 1 50); do
         local lag
-        lag=$(tsmigrate status --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["redis"]; print(r["outbox_entries"])')
+        lag=$(tsmigrate status --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["details"]["redis"]; print(r["outbox_entries"])')
         [[ "$lag" -le 20 ]] && { echo "relay caught up (outbox: $lag entries)"; return 0; }
         sleep 0.2
     done
     echo "relay is behind"; return 0
+}
+
+# Three events deleted, one altered and one added in the target, among the backfilled ones
+# (older than the relay's recent writes, inside the window validation compares).
+plant_differences() {
+    psql -X -q "$DATABASE_URL" -v ON_ERROR_STOP=1 <<'SQL'
+WITH old AS (SELECT event_id, time FROM analytics_events_ts WHERE time < now() - interval '2 hours' ORDER BY time DESC LIMIT 5)
+, gone AS (DELETE FROM analytics_events_ts e USING (SELECT * FROM old LIMIT 3) o WHERE e.event_id = o.event_id AND e.time = o.time RETURNING e.event_id)
+, changed AS (UPDATE analytics_events_ts e SET properties = properties || '{"planted": true}'
+              FROM (SELECT * FROM old OFFSET 3 LIMIT 1) o WHERE e.event_id = o.event_id AND e.time = o.time RETURNING e.event_id)
+INSERT INTO analytics_events_ts (time, event_id, event_name, category, user_id, properties, device_info)
+SELECT time + interval '1 second', '00000000-0000-4000-8000-0000000000de', event_name, category, user_id, properties, device_info
+FROM analytics_events_ts WHERE (event_id, time) IN (SELECT event_id, time FROM old OFFSET 4 LIMIT 1);
+SQL
+    echo "planted: 3 deleted, 1 altered, 1 extra"
+}
+
+# Runs a command that must exit with the given code (a validation that finds differences exits 1).
+expect_exit() {
+    local want="$1" code=0
+    shift
+    "$@" || code=$?
+    [[ "$code" == "$want" ]] || { echo "expected exit $want, got $code" >&2; return 1; }
 }
 
 read_summary() {
@@ -130,6 +153,13 @@ step "Backfill what Redis already holds (resumable; dead letters for what is not
 step "Let the relay catch up" wait_for_relay
 step "Validate Redis and the legacy tables against the target" \
     tsmigrate validate --depth events
+step "Plant differences behind the migration's back: 3 events lost, 1 altered, 1 that Redis never had" \
+    plant_differences
+step "Validate again: the differences are found, event by event (exit 1)" \
+    expect_exit 1 tsmigrate validate --depth events
+step "What the repair would do" tsmigrate repair --delete-extra --dry-run
+step "Repair exactly what the validation found, from Redis" tsmigrate repair --delete-extra
+step "Validate: clean again" tsmigrate validate --depth events
 step "Reads still come from the legacy path" read_summary
 step "Cut reads over to the target" tsmigrate cutover
 step "The same question, answered by the target" read_summary

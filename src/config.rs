@@ -157,6 +157,7 @@ pub struct LogSettings {
 pub struct JobsSettings {
     /// A replica without the jobs lease tries to take it this often (seconds); the holder
     /// checks its lease connection as often. A dead holder's jobs move within about this long.
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub lease_retry_secs: u64,
     /// Cron expressions (with seconds, UTC) replacing a job's default schedule, by job name.
     pub schedules: std::collections::BTreeMap<String, String>,
@@ -228,11 +229,13 @@ pub struct RedisSettings {
     pub outbox_group: String,
     /// How long the relay's read waits for new outbox entries when it has caught up (ms).
     /// The relay reads on a connection of its own, so this wait never delays other work.
+    #[serde(deserialize_with = "crate::duration::millis::deserialize")]
     pub relay_block_ms: u64,
     /// After a read that found less than a full batch (the relay has caught up), the relay
     /// lets new entries gather this long before reading again (ms; 0 = read at once): fewer,
     /// larger transactions cost the target and Redis much less per event, for a few
     /// milliseconds more before an event reaches the target.
+    #[serde(deserialize_with = "crate::duration::millis::deserialize")]
     pub relay_linger_ms: u64,
     /// String key set to "1" once the legacy flush is retired, for external workers to check.
     pub flush_retired_key: String,
@@ -242,9 +245,11 @@ pub struct RedisSettings {
     /// accepted an event that had an `id` and no timestamp (see `ingest.resend_window_secs`).
     pub first_seen_key: String,
     /// Each (re)connection attempt to Redis gives up after this, in milliseconds.
+    #[serde(deserialize_with = "crate::duration::millis::deserialize")]
     pub connect_timeout_ms: u64,
     /// A Redis command without an answer after this fails, in milliseconds (a hung server
     /// then costs a request this long at most; a stopped one fails at once).
+    #[serde(deserialize_with = "crate::duration::millis::deserialize")]
     pub response_timeout_ms: u64,
     /// PEM file with the CA that signed the server certificate, for a `rediss://` URL whose
     /// server is not signed by a public CA. Env: `TSMIGRATE_REDIS_TLS_CA_FILE`.
@@ -316,11 +321,16 @@ pub struct TargetSettings {
     pub mode: ModeChoice,
     /// IANA time zone in which hour and day buckets are cut (both systems).
     pub bucket_timezone: String,
+    #[serde(deserialize_with = "crate::duration::days::deserialize")]
     pub raw_retention_days: u32,
+    #[serde(deserialize_with = "crate::duration::days::deserialize")]
     pub hourly_retention_days: u32,
+    #[serde(deserialize_with = "crate::duration::days::deserialize")]
     pub daily_retention_days: u32,
+    #[serde(deserialize_with = "crate::duration::days::deserialize")]
     pub columnstore_after_days: u32,
     /// Plain mode: daily partitions are created this many days ahead.
+    #[serde(deserialize_with = "crate::duration::days::deserialize")]
     pub partitions_ahead_days: u32,
 }
 
@@ -405,8 +415,10 @@ impl HttpSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct MigrationSettings {
     /// A validation older than this does not open the cutover gate.
+    #[serde(deserialize_with = "crate::duration::hours::deserialize")]
     pub validation_freshness_hours: u32,
     /// Reads must stay switched this long before the flush can be retired.
+    #[serde(deserialize_with = "crate::duration::hours::deserialize")]
     pub soak_hours: u32,
     /// Validation ignores the newest events younger than this (in flight).
     #[serde(deserialize_with = "crate::duration::secs::deserialize")]
@@ -417,11 +429,15 @@ pub struct MigrationSettings {
     #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub tail_lookback_secs: u64,
     /// After `complete`, the legacy Redis keys expire after this many days.
+    #[serde(deserialize_with = "crate::duration::days::deserialize")]
     pub legacy_key_expiry_days: u32,
     /// How often `tsmigrate run` checks that the Redis dual-write flag agrees with the
     /// migration state in PostgreSQL (and restores it when Redis lost it), in seconds.
     #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub dual_write_check_secs: u64,
+    /// Whether a validation at `--depth counts` (counts per hour only: it cannot see an
+    /// altered event) may open the cutover and retire gates. Off unless you decide so.
+    pub counts_depth_opens_gates: bool,
 }
 
 impl Default for MigrationSettings {
@@ -434,6 +450,7 @@ impl Default for MigrationSettings {
             tail_lookback_secs: 600,
             legacy_key_expiry_days: 7,
             dual_write_check_secs: 5,
+            counts_depth_opens_gates: false,
         }
     }
 }

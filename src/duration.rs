@@ -32,24 +32,69 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     Err(format!("{s:?} is not a time: use RFC 3339 (2025-01-31T12:00:00Z), a date (2025-01-31), now, or -6h / -2d"))
 }
 
-/// Settings that are a number of seconds also take a duration: `settle_secs = "5m"`.
-pub mod secs {
-    use serde::{Deserialize, Deserializer};
+/// A duration as people write it, rounded to its largest unit: `45s`, `12m`, `5h`, `3d`.
+pub fn show(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Secs {
-            Number(u64),
-            Text(String),
-        }
-        match Secs::deserialize(deserializer)? {
-            Secs::Number(n) => Ok(n),
-            Secs::Text(text) => {
-                let d = super::parse_duration(&text).map_err(serde::de::Error::custom)?;
-                u64::try_from(d.num_seconds()).map_err(|_| serde::de::Error::custom(format!("{text:?} is negative")))
+/// Every duration setting takes the format the command line takes (`"90s"`, `"24h"`,
+/// `"1h30m"`, `"2w"`) or a bare number in the unit its name ends with (`settle_secs = 300`,
+/// `soak_hours = 24`, `relay_block_ms = 500`, `raw_retention_days = 90`). A duration that is
+/// not a whole number of that unit is refused rather than rounded.
+fn in_units<'de, D: serde::Deserializer<'de>>(deserializer: D, unit_ms: u64, unit: &str) -> Result<u64, D::Error> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Number(u64),
+        Text(String),
+    }
+    match Given::deserialize(deserializer)? {
+        Given::Number(n) => Ok(n),
+        Given::Text(text) => {
+            let d = parse_duration(&text).map_err(serde::de::Error::custom)?;
+            let ms = u64::try_from(d.num_milliseconds()).map_err(|_| serde::de::Error::custom(format!("{text:?} is negative")))?;
+            if ms % unit_ms != 0 {
+                return Err(serde::de::Error::custom(format!("{text:?} is not a whole number of {unit} (this setting counts {unit})")));
             }
+            Ok(ms / unit_ms)
         }
+    }
+}
+
+/// `*_ms` settings.
+pub mod millis {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        super::in_units(deserializer, 1, "milliseconds")
+    }
+}
+
+/// `*_secs` settings.
+pub mod secs {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        super::in_units(deserializer, 1_000, "seconds")
+    }
+}
+
+/// `*_hours` settings.
+pub mod hours {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        let n = super::in_units(deserializer, 3_600_000, "hours")?;
+        u32::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} hours is too long")))
+    }
+}
+
+/// `*_days` settings.
+pub mod days {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        let n = super::in_units(deserializer, 86_400_000, "days")?;
+        u32::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} days is too long")))
     }
 }
 
@@ -74,14 +119,24 @@ mod tests {
     }
 
     #[test]
-    fn settings_take_seconds_or_a_duration() {
+    fn settings_take_their_unit_or_a_duration() {
         #[derive(serde::Deserialize)]
         struct S {
-            #[serde(with = "secs")]
+            #[serde(deserialize_with = "secs::deserialize")]
             settle_secs: u64,
+            #[serde(deserialize_with = "hours::deserialize")]
+            soak_hours: u32,
+            #[serde(deserialize_with = "days::deserialize")]
+            retention_days: u32,
+            #[serde(deserialize_with = "millis::deserialize")]
+            block_ms: u64,
         }
-        assert_eq!(toml::from_str::<S>("settle_secs = 300").unwrap().settle_secs, 300);
-        assert_eq!(toml::from_str::<S>("settle_secs = \"5m\"").unwrap().settle_secs, 300);
-        assert!(toml::from_str::<S>("settle_secs = \"soon\"").is_err());
+        let s: S = toml::from_str("settle_secs = 300\nsoak_hours = 24\nretention_days = 90\nblock_ms = 500").unwrap();
+        assert_eq!((s.settle_secs, s.soak_hours, s.retention_days, s.block_ms), (300, 24, 90, 500));
+        let s: S = toml::from_str("settle_secs = \"5m\"\nsoak_hours = \"2d\"\nretention_days = \"2w\"\nblock_ms = \"1s\"").unwrap();
+        assert_eq!((s.settle_secs, s.soak_hours, s.retention_days, s.block_ms), (300, 48, 14, 1000));
+        let half = toml::from_str::<S>("settle_secs = 1\nsoak_hours = \"1h30m\"\nretention_days = 1\nblock_ms = 1").err().unwrap().to_string();
+        assert!(half.contains("not a whole number of hours"), "{half}");
+        assert!(toml::from_str::<S>("settle_secs = \"soon\"\nsoak_hours = 1\nretention_days = 1\nblock_ms = 1").is_err());
     }
 }

@@ -4,12 +4,25 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use tsmigrate::cli::{self, Cli, Outcome};
+use tsmigrate::cli::output::{Envelope, ErrorBody};
+use tsmigrate::cli::{self, Cli, Failure, Reply};
 use tsmigrate::config::{ConfigError, LogFormat, Settings};
 use tsmigrate::exit;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        // --json promises one JSON document, a usage error included (not --help or --version).
+        Err(e) if e.use_stderr() && args.iter().any(|a| a == "--json") => {
+            let _ = e.print();
+            Envelope::of_error(&typed_command(&args), exit::ERROR, ErrorBody::new(usage_message(&e), Some("see --help".into())), None).print();
+            return ExitCode::from(exit::ERROR);
+        }
+        Err(e) => e.exit(),
+    };
+    let json = cli.global.json;
+    let command = cli.command.name();
     // Settings are read before logging starts, since they say how to log; a file that
     // cannot be read is reported below like any error.
     let settings = Settings::load(cli.global.config.as_deref());
@@ -23,21 +36,51 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli, settings)) {
-        Ok(Outcome::Success) => ExitCode::from(exit::SUCCESS),
-        Ok(Outcome::Differences) => ExitCode::from(exit::DIFFERENCES),
-        Err(error) => {
+        Ok(reply) => {
+            if json {
+                Envelope::of_reply(command, &reply).print();
+            } else {
+                print!("{}", reply.text);
+            }
+            if let Some(error) = reply.error.as_ref().filter(|_| reply.exit_code == exit::ERROR) {
+                eprintln!("error: {}", error.message);
+            }
+            ExitCode::from(reply.exit_code)
+        }
+        Err(Failure { error, phase }) => {
             eprintln!("error: {error}");
             for cause in error.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::from(tsmigrate::exit_code_for(&error))
+            let code = tsmigrate::exit_code_for(&error);
+            if json {
+                Envelope::of_error(command, code, ErrorBody::of(&error), phase).print();
+            }
+            ExitCode::from(code)
         }
     }
 }
 
-async fn run(cli: Cli, settings: Result<Settings, ConfigError>) -> anyhow::Result<Outcome> {
-    let mut settings = settings?;
-    settings.validate()?;
+/// The subcommand words of a command line clap refused (`dual-write start`), for the envelope.
+fn typed_command(args: &[std::ffi::OsString]) -> String {
+    let words: Vec<String> = args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).take_while(|a| !a.starts_with('-')).take(2).collect();
+    match words.as_slice() {
+        [] => "tsmigrate".into(),
+        [group, sub] if ["dual-write", "legacy"].contains(&group.as_str()) => format!("{group} {sub}"),
+        [first, ..] => first.clone(),
+    }
+}
+
+/// clap's message without its "error: " prefix and usage block.
+fn usage_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid command line");
+    first.trim_start_matches("error: ").to_string()
+}
+
+async fn run(cli: Cli, settings: Result<Settings, ConfigError>) -> Result<Reply, Failure> {
+    let mut settings = settings.map_err(anyhow::Error::from)?;
+    settings.validate().map_err(anyhow::Error::from)?;
     if let Some(format) = cli.global.log_format.map(LogFormat::from) {
         settings.log.format = format;
     }

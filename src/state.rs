@@ -50,28 +50,79 @@ impl Phase {
     }
 
     /// What an operator does next from here.
-    pub fn next_steps(self) -> Vec<String> {
-        let steps: &[&str] = match self {
-            Phase::New => &["tsmigrate prepare            # create the target schema (add --dry-run to see the SQL first)"],
-            Phase::Prepared => &["tsmigrate dual-write start   # new events go to Redis and the target from now on"],
-            Phase::DualWriting => &[
-                "tsmigrate run                # keep the relay running so dual-written events reach the target",
-                "tsmigrate backfill           # copy the events Redis already holds",
+    pub fn next_steps(self) -> Vec<NextStep> {
+        match self {
+            Phase::New => vec![NextStep::run("tsmigrate prepare", "create the target schema (add --dry-run to see the SQL first)")],
+            Phase::Prepared => vec![NextStep::run("tsmigrate dual-write start", "new events go to Redis and the target from now on")],
+            Phase::DualWriting => vec![
+                NextStep::run("tsmigrate run", "keep the relay running so dual-written events reach the target"),
+                NextStep::run("tsmigrate backfill", "copy the events Redis already holds"),
             ],
-            Phase::Backfilled => &["tsmigrate validate           # compare Redis and the target; clean opens the cutover gate"],
-            Phase::Validated => &["tsmigrate cutover            # serve reads from the target (reversible with `tsmigrate reverse`)"],
-            Phase::ReadsSwitched => {
-                &["wait for the soak period, then: tsmigrate validate", "tsmigrate retire-flush       # stop the legacy hourly flush worker"]
+            Phase::Backfilled => vec![NextStep::run("tsmigrate validate", "compare Redis and the target; clean opens the cutover gate")],
+            Phase::Validated => vec![NextStep::run("tsmigrate cutover", "serve reads from the target (reversible with `tsmigrate reverse`)")],
+            Phase::ReadsSwitched => vec![
+                NextStep::note("wait for the soak period, then validate again"),
+                NextStep::run("tsmigrate retire-flush", "stop the legacy hourly flush worker"),
+            ],
+            Phase::FlushRetired => {
+                vec![NextStep::run("tsmigrate optimize", "retention, compression report"), NextStep::run("tsmigrate complete --yes", "end the migration")]
             }
-            Phase::FlushRetired => &["tsmigrate optimize           # retention, compression report", "tsmigrate complete"],
-            Phase::Completed => &["nothing: the migration is complete"],
-        };
-        steps.iter().map(|s| s.to_string()).collect()
+            Phase::Completed => vec![NextStep::note("nothing: the migration is complete")],
+        }
     }
 }
 
+/// One thing the operator can do next: a command to run (none for an instruction that is
+/// not one, like waiting), and why. Text shows it as `command   # why`; JSON as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NextStep {
+    pub command: Option<String>,
+    pub why: String,
+}
+
+impl NextStep {
+    pub fn run(command: impl Into<String>, why: impl Into<String>) -> NextStep {
+        NextStep { command: Some(command.into()), why: why.into() }
+    }
+
+    /// An instruction that is not a command.
+    pub fn note(why: impl Into<String>) -> NextStep {
+        NextStep { command: None, why: why.into() }
+    }
+}
+
+impl std::fmt::Display for NextStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.command {
+            Some(command) if self.why.is_empty() => f.write_str(command),
+            Some(command) => write!(f, "{command:<28} # {}", self.why),
+            None => f.write_str(&self.why),
+        }
+    }
+}
+
+/// Who ran a command: `TSMIGRATE_ACTOR`, else `user@host`.
+pub fn actor() -> String {
+    if let Ok(actor) = std::env::var("TSMIGRATE_ACTOR") {
+        if !actor.is_empty() {
+            return actor;
+        }
+    }
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok().or_else(login_from_uid).unwrap_or_else(|| "unknown".into());
+    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown-host".into());
+    format!("{user}@{host}")
+}
+
+/// The login name of this process's user from /etc/passwd (cron and CI often set no USER).
+fn login_from_uid() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() > 2 && f[2] == uid).map(|f| f[0].to_string())
+}
+
 /// The "next:" block every report ends with (phase commands, status, validation).
-pub fn render_next_steps(steps: &[String]) -> String {
+pub fn render_next_steps(steps: &[NextStep]) -> String {
     let mut o = String::from("next:\n");
     for step in steps {
         o.push_str(&format!("  {step}\n"));

@@ -1,5 +1,10 @@
-//! `tsmigrate status`: where the migration stands, what exists, how both systems look,
-//! and the next step. Reports what it can: an unreachable Redis is shown, not fatal.
+//! `tsmigrate status` (and `GET /api/v1/admin/status`): for on-call, a verdict first —
+//! healthy, lagging, blocked or failing, with the reason — then the phase, the outbox lag,
+//! both systems' counts, the last validation, the jobs, which target it is looking at, any
+//! long work running (from `tsmigrate.progress`), and the next step as the gates see it.
+//! The rest (objects, policies, storage, dead letters, Redis durability) is in the JSON and
+//! behind `-v`. It reports what it can: an unreachable server is shown, not fatal, and a
+//! figure that could not be read is `null`, never 0.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -8,30 +13,103 @@ use sqlx::PgPool;
 use crate::context::Context;
 use crate::dual_write::durability::{self, OutboxDurability};
 use crate::dual_write::gaps::{self, OutboxGap};
-use crate::state::{self, render_next_steps, Phase};
+use crate::phase::gates::{self, GateRules, LatestValidation};
+use crate::state::{self, render_next_steps, MigrationState, NextStep, Phase};
 use crate::store::capability::Capabilities;
 use crate::store::dead_letter::{self, DeadLetterCount};
+use crate::store::progress::{self, TaskProgress};
 use crate::store::{self, ObjectStatus, Policy, StorageMode, Store};
+
+/// An outbox whose oldest entry is older than this means the relay is not keeping up.
+pub const LAGGING_AFTER_SECONDS: f64 = 60.0;
+
+/// The one-word answer on-call reads first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Nothing needs anyone.
+    Healthy,
+    /// Behind, and catching up or not: the outbox is growing old.
+    Lagging,
+    /// The next step is held by a gate only work opens (repair, a validation that could not run).
+    Blocked,
+    /// Something is broken: a server unreachable, jobs failing, a possible gap in dual-write.
+    Failing,
+}
+
+impl Verdict {
+    /// `status --check`'s exit code: 0 healthy; 1 lagging; 3 blocked (like a refusal); 2 failing.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Healthy => crate::exit::SUCCESS,
+            Verdict::Lagging => crate::exit::DIFFERENCES,
+            Verdict::Blocked => crate::exit::REFUSED,
+            Verdict::Failing => crate::exit::ERROR,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "healthy",
+            Verdict::Lagging => "LAGGING",
+            Verdict::Blocked => "BLOCKED",
+            Verdict::Failing => "FAILING",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
-    pub phase: Phase,
+    pub verdict: Verdict,
+    pub verdict_reason: String,
+    /// `None` when the target could not be read.
+    pub phase: Option<Phase>,
     pub storage_mode: Option<StorageMode>,
-    pub read_source: String,
-    pub server_version: String,
-    pub timescaledb: TimescaleInfo,
+    pub read_source: Option<String>,
     pub completion_point: Option<DateTime<Utc>>,
-    pub objects: Vec<ObjectStatus>,
-    pub policies: Vec<Policy>,
+    /// Age of the oldest outbox entry (how far behind the relay is); `None` when Redis could not be read.
+    pub lag_seconds: Option<f64>,
+    pub target: TargetStatus,
     pub redis: RedisStatus,
     pub legacy: LegacyStatus,
-    pub target: TargetStatus,
     pub last_validation: Option<ValidationSummary>,
+    /// When the soak period ends (reads switched, soak not over).
+    pub soak_ends_at: Option<DateTime<Utc>>,
+    /// tsmigrate's scheduled jobs and TimescaleDB's policy jobs; `None` when they could not be read.
+    pub jobs: Option<Vec<JobHealth>>,
+    /// Long work not finished: running, or stalled (its process died).
+    pub running: Vec<TaskProgress>,
+    pub objects: Vec<ObjectStatus>,
+    pub policies: Vec<Policy>,
     /// Possible losses in dual-write not repaired yet (Redis lost the outbox).
     pub outbox_gaps: Vec<OutboxGap>,
-    /// What needs attention: possible gaps, a Redis that cannot keep the outbox.
+    /// What needs attention besides the verdict: possible gaps, a Redis that cannot keep the outbox.
     pub warnings: Vec<String>,
-    pub next_steps: Vec<String>,
+    /// Why the next move is held by a gate only work opens (see `gates::Outlook`).
+    #[serde(skip)]
+    pub blocked: Option<String>,
+    #[serde(skip)]
+    pub next_steps: Vec<NextStep>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct TargetStatus {
+    /// The target database's URL, password redacted.
+    pub url: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub server_version: Option<String>,
+    pub timescaledb: Option<TimescaleInfo>,
+    pub events: Option<i64>,
+    pub oldest_event: Option<DateTime<Utc>>,
+    pub newest_event: Option<DateTime<Utc>>,
+    pub hourly_rows: Option<i64>,
+    pub dead_letters: Option<Vec<DeadLetterCount>>,
+    /// Chunks (TimescaleDB) or partitions (plain mode).
+    pub chunks: Option<i64>,
+    pub compressed_chunks: Option<i64>,
+    pub total_bytes: Option<i64>,
+    pub compression_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,44 +122,26 @@ pub struct TimescaleInfo {
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct RedisStatus {
     pub reachable: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    pub events: u64,
+    pub events: Option<u64>,
     pub oldest_event: Option<DateTime<Utc>>,
     pub newest_event: Option<DateTime<Utc>>,
-    pub dual_write_flag: bool,
-    pub outbox_entries: u64,
-    pub outbox_pending: u64,
-    pub outbox_lag_seconds: Option<f64>,
-    pub flush_retired_flag: bool,
+    pub dual_write_flag: Option<bool>,
+    pub outbox_entries: Option<u64>,
+    pub outbox_pending: Option<u64>,
+    pub flush_retired_flag: Option<bool>,
     /// Persistence and memory of the Redis holding the outbox.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub durability: Option<OutboxDurability>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LegacyStatus {
     pub reachable: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub hourly_rows: Option<i64>,
     pub hourly_from: Option<DateTime<Utc>>,
     pub hourly_to: Option<DateTime<Utc>>,
     pub asset_rows: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct TargetStatus {
-    pub events: Option<i64>,
-    pub oldest_event: Option<DateTime<Utc>>,
-    pub newest_event: Option<DateTime<Utc>>,
-    pub hourly_rows: Option<i64>,
-    pub dead_letters: Vec<DeadLetterCount>,
-    /// Chunks (TimescaleDB) or partitions (plain mode).
-    pub chunks: Option<i64>,
-    pub compressed_chunks: Option<i64>,
-    pub total_bytes: Option<i64>,
-    pub compression_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,56 +155,115 @@ pub struct ValidationSummary {
     pub window_to: Option<DateTime<Utc>>,
 }
 
-pub async fn gather(ctx: &Context) -> anyhow::Result<Status> {
-    let pool = &ctx.target;
-    let caps = Capabilities::detect(pool).await?;
-    let state = state::load_from_pool(pool).await?;
-    let prepared = state.phase > Phase::New;
-    let objects = match state.storage_mode.or_else(|| caps.choose(ctx.settings.target.mode).ok()) {
-        Some(mode) => store::object_status(&*ctx.store(mode)).await?,
-        None => vec![],
-    };
-    let store = ctx.store(state.storage_mode.unwrap_or(StorageMode::Postgres));
-    let policies = if prepared { store.policies().await? } else { vec![] };
-    let target = if prepared { target_status(&*store).await? } else { TargetStatus::default() };
-    let last_validation = if prepared { last_validation(pool).await? } else { None };
-    let redis = redis_status(ctx).await;
-    let legacy = legacy_status(ctx).await;
-    let outbox_gaps = if prepared { gaps::open(pool).await? } else { vec![] };
-    let mut warnings: Vec<String> = outbox_gaps.iter().map(|g| format!("{}; repair: {}", g.describe(), g.repair_command())).collect();
-    warnings.extend(redis.durability.iter().flat_map(|d| d.warnings.clone()));
-    let mut next_steps = state.phase.next_steps();
-    next_steps.splice(0..0, outbox_gaps.iter().map(|g| format!("{}   # repair possible gap #{}", g.repair_command(), g.id)));
-    Ok(Status {
-        phase: state.phase,
-        storage_mode: state.storage_mode,
-        read_source: state.read_source.clone(),
-        server_version: caps.server_version.clone(),
-        timescaledb: TimescaleInfo {
-            available: caps.timescaledb_available.clone(),
-            installed: caps.timescaledb_installed.clone(),
-            preloaded: caps.timescaledb_preloaded,
-        },
-        completion_point: state.completion_point,
-        objects,
-        policies,
-        redis,
-        legacy,
-        target,
-        last_validation,
-        outbox_gaps,
-        warnings,
-        next_steps,
-    })
+#[derive(Debug, Clone, Serialize)]
+pub struct JobHealth {
+    pub name: String,
+    /// `tsmigrate run` (the scheduled jobs) or `timescaledb` (its policy jobs).
+    pub runs_in: &'static str,
+    pub last_status: Option<String>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    pub failures: i64,
+    pub failing: bool,
+    pub last_error: Option<String>,
 }
 
-type ValidationRow = (i64, DateTime<Utc>, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-type ScoredMembers = Vec<(String, f64)>;
+/// Everything status shows. `target_down` is why the target could not be connected (the
+/// rest is still read: Redis, and the legacy tables when they live elsewhere).
+pub async fn gather(ctx: &Context, target_down: Option<String>) -> Status {
+    let now = Utc::now();
+    let mut status = Status::empty(ctx);
+    let (redis, legacy) = tokio::join!(redis_status(ctx), legacy_status(ctx));
+    status.lag_seconds = redis.lag;
+    status.redis = redis.status;
+    status.legacy = legacy;
+    if let Some(error) = target_down {
+        status.target.error = Some(error);
+    } else if let Err(e) = read_target(ctx, &mut status, now).await {
+        status.target.reachable = false;
+        status.target.error = Some(first_line(&format!("{e:#}")));
+    }
+    status.warnings.extend(status.redis.durability.iter().flat_map(|d| d.warnings.clone()));
+    (status.verdict, status.verdict_reason) = verdict(&status, now);
+    status
+}
 
-/// What the target holds; figures it cannot read (a table not there yet) stay empty.
-async fn target_status(store: &dyn Store) -> anyhow::Result<TargetStatus> {
-    let mut conn = store.pool().acquire().await?;
+impl Status {
+    fn empty(ctx: &Context) -> Status {
+        Status {
+            verdict: Verdict::Failing,
+            verdict_reason: String::new(),
+            phase: None,
+            storage_mode: None,
+            read_source: None,
+            completion_point: None,
+            lag_seconds: None,
+            target: TargetStatus { url: ctx.settings.database.url.redacted(), ..TargetStatus::default() },
+            redis: RedisStatus::default(),
+            legacy: LegacyStatus::default(),
+            last_validation: None,
+            soak_ends_at: None,
+            jobs: None,
+            running: vec![],
+            objects: vec![],
+            policies: vec![],
+            outbox_gaps: vec![],
+            warnings: vec![],
+            blocked: None,
+            next_steps: vec![],
+        }
+    }
+}
+
+/// The target's side: state, objects, figures, validations, jobs, progress, the next steps.
+async fn read_target(ctx: &Context, status: &mut Status, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let pool = &ctx.target;
+    let caps = Capabilities::detect(pool).await?;
+    status.target.reachable = true;
+    status.target.server_version = Some(caps.server_version.clone());
+    status.target.timescaledb = Some(TimescaleInfo {
+        available: caps.timescaledb_available.clone(),
+        installed: caps.timescaledb_installed.clone(),
+        preloaded: caps.timescaledb_preloaded,
+    });
+    let state = state::load_from_pool(pool).await?;
+    status.phase = Some(state.phase);
+    status.storage_mode = state.storage_mode;
+    status.read_source = Some(state.read_source.clone());
+    status.completion_point = state.completion_point;
+    if let Some(mode) = state.storage_mode.or_else(|| caps.choose(ctx.settings.target.mode).ok()) {
+        status.objects = store::object_status(&*ctx.store(mode)).await?;
+    }
+    let latest = if state.phase > Phase::New { prepared_figures(ctx, &state, status).await? } else { None };
+    let outlook = gates::outlook(&state, latest.as_ref(), now, &GateRules::from_settings(&ctx.settings.migration));
+    status.soak_ends_at = outlook.soak_ends_at;
+    status.next_steps = status.outbox_gaps.iter().map(|g| NextStep::run(g.repair_command(), format!("repair possible gap #{}", g.id))).collect();
+    status.next_steps.extend(outlook.next_steps);
+    status.blocked = outlook.blocked;
+    Ok(())
+}
+
+/// What exists once prepared; returns the latest validation for the gates.
+async fn prepared_figures(ctx: &Context, state: &MigrationState, status: &mut Status) -> anyhow::Result<Option<LatestValidation>> {
+    let pool = &ctx.target;
+    let store = ctx.store(state.storage_mode.unwrap_or(StorageMode::Postgres));
+    let (policies, target, last_validation, gaps, running, jobs) =
+        tokio::join!(store.policies(), target_figures(&*store), last_validation(pool), gaps::open(pool), progress::unfinished(pool), job_health(pool, &*store));
+    status.policies = policies.unwrap_or_default();
+    let url = std::mem::take(&mut status.target.url);
+    status.target =
+        TargetStatus { url, reachable: true, server_version: status.target.server_version.take(), timescaledb: status.target.timescaledb.take(), ..target };
+    status.last_validation = last_validation?;
+    status.outbox_gaps = gaps?;
+    status.warnings.extend(status.outbox_gaps.iter().map(|g| format!("{}; repair: {}", g.describe(), g.repair_command())));
+    status.running = running?;
+    status.jobs = jobs.ok();
+    Ok(status.last_validation.as_ref().map(|v| LatestValidation { id: v.id, finished_at: v.finished_at, result: v.result.clone(), depth: v.depth.clone() }))
+}
+
+/// What the target holds; a figure it cannot read (a table not there yet) stays `None`.
+async fn target_figures(store: &dyn Store) -> TargetStatus {
     let mut status = TargetStatus::default();
+    let Ok(mut conn) = store.pool().acquire().await else { return status };
     if let Ok((count, oldest, newest)) =
         sqlx::query_as::<_, (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>("SELECT count(*), min(time), max(time) FROM analytics_events_ts")
             .fetch_one(&mut *conn)
@@ -155,21 +274,24 @@ async fn target_status(store: &dyn Store) -> anyhow::Result<TargetStatus> {
         status.newest_event = newest;
     }
     status.hourly_rows = sqlx::query_scalar("SELECT count(*) FROM analytics_hourly").fetch_one(&mut *conn).await.ok();
-    status.dead_letters = dead_letter::counts(&mut conn).await?;
+    status.dead_letters = dead_letter::counts(&mut conn).await.ok();
     if let Ok(storage) = store.storage().await {
         status.chunks = Some(storage.chunks);
         status.compressed_chunks = storage.compressed_chunks;
         status.total_bytes = Some(storage.total_bytes);
         status.compression_ratio = storage.compression_ratio;
     }
-    Ok(status)
+    status
 }
 
+type ValidationRow = (i64, DateTime<Utc>, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 async fn last_validation(pool: &PgPool) -> anyhow::Result<Option<ValidationSummary>> {
-    let row: Option<ValidationRow> =
-        sqlx::query_as("SELECT id, finished_at, result, depth, window_from, window_to FROM tsmigrate.validation_runs ORDER BY finished_at DESC LIMIT 1")
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<ValidationRow> = sqlx::query_as(
+        "SELECT id, finished_at, result, depth, window_from, window_to FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
     Ok(row.map(|(id, finished_at, result, depth, window_from, window_to)| ValidationSummary {
         id,
         finished_at,
@@ -181,9 +303,53 @@ async fn last_validation(pool: &PgPool) -> anyhow::Result<Option<ValidationSumma
     }))
 }
 
-async fn redis_status(ctx: &Context) -> RedisStatus {
+type JobRunRow = (String, Option<String>, Option<DateTime<Utc>>, i64, Option<String>);
+
+/// tsmigrate's scheduled jobs (from their last runs) and TimescaleDB's policy jobs.
+async fn job_health(pool: &PgPool, store: &dyn Store) -> anyhow::Result<Vec<JobHealth>> {
+    let runs: Vec<JobRunRow> =
+        sqlx::query_as("SELECT job, last_status, last_finished_at, failures, last_error FROM tsmigrate.job_runs ORDER BY job").fetch_all(pool).await?;
+    let mut jobs: Vec<JobHealth> = runs
+        .into_iter()
+        .map(|(name, last_status, last_run_at, failures, last_error)| JobHealth {
+            failing: last_status.as_deref() == Some("failed"),
+            name,
+            runs_in: "tsmigrate run",
+            last_status,
+            last_run_at,
+            failures,
+            last_error,
+        })
+        .collect();
+    if !store.scheduler_does_upkeep() {
+        let failing = store.failing_jobs().await?.unwrap_or_default();
+        for policy in store.policies().await? {
+            let error = failing.iter().find(|f| policy.name.contains(f.split(':').next().unwrap_or_default())).cloned();
+            jobs.push(JobHealth {
+                failing: policy.last_status.as_deref() == Some("Failed"),
+                name: policy.name,
+                runs_in: "timescaledb",
+                last_status: policy.last_status,
+                last_run_at: policy.last_run_at,
+                failures: policy.failures,
+                last_error: error,
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+/// Redis's side, and the outbox lag.
+struct RedisSide {
+    status: RedisStatus,
+    lag: Option<f64>,
+}
+
+type ScoredMembers = Vec<(String, f64)>;
+
+async fn redis_status(ctx: &Context) -> RedisSide {
     let (keys, settings) = (&ctx.keys, &ctx.settings);
-    let result: anyhow::Result<RedisStatus> = async {
+    let result: anyhow::Result<RedisSide> = async {
         let mut conn = ctx.redis().await?;
         let (events, oldest, newest, flag, retired): (u64, ScoredMembers, ScoredMembers, Option<String>, Option<String>) = redis::pipe()
             .zcard(&keys.events)
@@ -203,22 +369,22 @@ async fn redis_status(ctx: &Context) -> RedisStatus {
             .await?;
         let lag = crate::dual_write::outbox::lag(&mut conn, keys, &settings.redis.outbox_group).await?;
         let durability = durability::inspect_or_warn(&mut conn).await;
-        Ok(RedisStatus {
+        let status = RedisStatus {
             reachable: true,
             error: None,
-            events,
+            events: Some(events),
             oldest_event: oldest.first().and_then(|(_, s)| DateTime::from_timestamp_millis(*s as i64)),
             newest_event: newest.first().and_then(|(_, s)| DateTime::from_timestamp_millis(*s as i64)),
-            dual_write_flag: flag.as_deref() == Some("1"),
-            outbox_entries: lag.entries,
-            outbox_pending: lag.pending,
-            outbox_lag_seconds: lag.oldest_age_seconds,
-            flush_retired_flag: retired.as_deref() == Some("1"),
+            dual_write_flag: Some(flag.as_deref() == Some("1")),
+            outbox_entries: Some(lag.entries),
+            outbox_pending: Some(lag.pending),
+            flush_retired_flag: Some(retired.as_deref() == Some("1")),
             durability: Some(durability),
-        })
+        };
+        Ok(RedisSide { status, lag: Some(lag.oldest_age_seconds.unwrap_or(0.0)) })
     }
     .await;
-    result.unwrap_or_else(|e| RedisStatus { reachable: false, error: Some(e.to_string()), ..Default::default() })
+    result.unwrap_or_else(|e| RedisSide { status: RedisStatus { reachable: false, error: Some(first_line(&e.to_string())), ..Default::default() }, lag: None })
 }
 
 async fn legacy_status(ctx: &Context) -> LegacyStatus {
@@ -235,12 +401,66 @@ async fn legacy_status(ctx: &Context) -> LegacyStatus {
     result.unwrap_or_else(|e| {
         let message = first_line(&e.to_string());
         let error = if message.contains("does not exist") {
-            format!("{message} (run `tsmigrate legacy setup`, or point LEGACY_DATABASE_URL / legacy.hourly_table at the legacy tables)")
+            format!(
+                "{message} in {} (run `tsmigrate legacy setup`, or point LEGACY_DATABASE_URL / legacy.hourly_table at the legacy tables)",
+                settings.database.legacy_url().redacted()
+            )
         } else {
             message
         };
         LegacyStatus { reachable: false, error: Some(error), ..Default::default() }
     })
+}
+
+/// The verdict and its reason, worst first. Pure.
+fn verdict(s: &Status, now: DateTime<Utc>) -> (Verdict, String) {
+    if !s.target.reachable {
+        return (Verdict::Failing, format!("the target database is unreachable: {}", opt(&s.target.error)));
+    }
+    if !s.redis.reachable {
+        return (Verdict::Failing, format!("Redis is unreachable: {}", opt(&s.redis.error)));
+    }
+    if let Some(gap) = s.outbox_gaps.first() {
+        return (Verdict::Failing, format!("{} possible gap(s) in dual-write not repaired: {}", s.outbox_gaps.len(), gap.describe()));
+    }
+    let failing: Vec<&JobHealth> = s.jobs.iter().flatten().filter(|j| j.failing).collect();
+    if let Some(job) = failing.first() {
+        return (Verdict::Failing, format!("{} job(s) failing, first {} ({}): {}", failing.len(), job.name, job.runs_in, opt(&job.last_error)));
+    }
+    if let Some(stalled) = s.running.iter().find(|t| t.stalled(now)) {
+        return (
+            Verdict::Blocked,
+            format!(
+                "{} stopped at {} of {} {} and nothing has moved since {}; run it again to resume",
+                stalled.task,
+                stalled.done,
+                opt(&stalled.total),
+                stalled.unit,
+                stalled.updated_at
+            ),
+        );
+    }
+    if let Some(blocked) = &s.blocked {
+        return (Verdict::Blocked, blocked.clone());
+    }
+    let needs_legacy = s.phase.is_some_and(|p| p >= Phase::DualWriting && p < Phase::FlushRetired);
+    if needs_legacy && !s.legacy.reachable {
+        return (Verdict::Blocked, format!("the legacy tables cannot be read, so validation cannot run: {}", opt(&s.legacy.error)));
+    }
+    if let Some(lag) = s.lag_seconds.filter(|l| *l > LAGGING_AFTER_SECONDS && s.phase.is_some_and(Phase::dual_write_active)) {
+        return (
+            Verdict::Lagging,
+            format!(
+                "the outbox's oldest entry is {} old: the relay is behind (is `tsmigrate run` running?)",
+                crate::duration::show(chrono::Duration::seconds(lag as i64))
+            ),
+        );
+    }
+    match (s.phase, s.soak_ends_at) {
+        (Some(phase), Some(ends)) => (Verdict::Healthy, format!("{phase}: soaking until {}", ends.format("%Y-%m-%d %H:%M UTC"))),
+        (Some(phase), None) => (Verdict::Healthy, format!("{phase}: nothing needs attention")),
+        (None, _) => (Verdict::Failing, "the migration state could not be read".into()),
+    }
 }
 
 fn first_line(s: &str) -> String {
@@ -251,55 +471,127 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
     v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
+fn time(t: &Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "-".into())
+}
+
 impl Status {
     /// What could not be reached (everything else is still reported); `None` when all was.
     /// The legacy tables are not counted: they may not exist yet, and status says so.
     pub fn unreachable(&self) -> Option<String> {
+        if !self.target.reachable {
+            return Some(format!("the target database is unreachable: {}", opt(&self.target.error)));
+        }
         (!self.redis.reachable).then(|| format!("Redis is unreachable: {}", opt(&self.redis.error)))
     }
 
-    pub fn human(&self) -> String {
-        let mut o = self.head_text();
-        o.push_str(&self.objects_text());
-        o.push_str(&self.redis.text());
-        o.push_str(&self.legacy.text());
-        if self.phase > Phase::New {
-            o.push_str(&self.target.text());
+    /// The text for people: the verdict and what on-call needs, then with `verbose` the rest.
+    pub fn human(&self, verbose: bool) -> String {
+        let mut o = format!("verdict:    {}: {}\n", self.verdict.word(), self.verdict_reason);
+        o.push_str(&format!(
+            "phase:      {} (storage mode {}, reads from {})\n",
+            opt(&self.phase),
+            self.storage_mode.map(|m| m.to_string()).unwrap_or_else(|| "not prepared".into()),
+            opt(&self.read_source)
+        ));
+        o.push_str(&format!("target:     {} ({})\n", self.target.url, self.server_text()));
+        o.push_str(&self.lag_text());
+        o.push_str(&format!(
+            "events:     redis {}; target {}; legacy hourly table {}\n",
+            self.redis_events_text(),
+            self.target_events_text(),
+            self.legacy_text()
+        ));
+        o.push_str(&format!("validation: {}\n", self.validation_text()));
+        o.push_str(&format!("jobs:       {}\n", self.jobs_text()));
+        for task in &self.running {
+            o.push_str(&format!("running:    {}\n", task.line(Utc::now())));
+        }
+        if verbose {
+            o.push_str(&self.details_text());
         }
         for warning in &self.warnings {
             o.push_str(&format!("WARNING: {warning}\n"));
-        }
-        match &self.last_validation {
-            Some(v) => o.push_str(&format!("last validation: #{} {} ({} depth), {} ago\n", v.id, v.result, v.depth, humanize_secs(v.age_seconds))),
-            None if self.phase > Phase::New => o.push_str("last validation: none yet\n"),
-            None => {}
         }
         o.push_str(&render_next_steps(&self.next_steps));
         o
     }
 
-    fn head_text(&self) -> String {
-        let mut o = String::new();
-        o.push_str(&format!("phase:          {}\n", self.phase));
-        o.push_str(&format!("storage mode:   {}\n", self.storage_mode.map(|m| m.to_string()).unwrap_or_else(|| "(not prepared)".into())));
-        o.push_str(&format!("reads from:     {}\n", self.read_source));
-        o.push_str(&format!(
-            "server:         PostgreSQL {}; TimescaleDB {}\n",
-            self.server_version,
-            match (&self.timescaledb.installed, &self.timescaledb.available) {
-                (Some(v), _) => format!("{v} (installed)"),
-                (None, Some(v)) => format!("{v} (available{})", if self.timescaledb.preloaded { ", preloaded" } else { ", not preloaded" }),
-                _ => "not available".into(),
+    fn server_text(&self) -> String {
+        let Some(version) = &self.target.server_version else {
+            return format!("UNREACHABLE: {}", opt(&self.target.error));
+        };
+        let ts = match &self.target.timescaledb {
+            Some(TimescaleInfo { installed: Some(v), .. }) => format!("TimescaleDB {v}"),
+            Some(TimescaleInfo { available: Some(v), preloaded, .. }) => {
+                format!("TimescaleDB {v} available{}", if *preloaded { "" } else { ", not preloaded" })
             }
-        ));
-        if let Some(t) = self.completion_point {
-            o.push_str(&format!("completion pt:  {t}\n"));
-        }
-        o
+            _ => "no TimescaleDB".into(),
+        };
+        format!("PostgreSQL {version}, {ts}")
     }
 
-    fn objects_text(&self) -> String {
+    fn lag_text(&self) -> String {
+        let r = &self.redis;
+        if !r.reachable {
+            return format!("lag:        unknown (Redis UNREACHABLE: {})\n", opt(&r.error));
+        }
+        format!(
+            "lag:        outbox {} entries, {} pending, oldest {}; dual-write flag {}\n",
+            opt(&r.outbox_entries),
+            opt(&r.outbox_pending),
+            self.lag_seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into()),
+            if r.dual_write_flag == Some(true) { "on" } else { "off" }
+        )
+    }
+
+    fn redis_events_text(&self) -> String {
+        match self.redis.events {
+            Some(n) => format!("{n} ({} .. {})", time(&self.redis.oldest_event), time(&self.redis.newest_event)),
+            None => "unknown".into(),
+        }
+    }
+
+    fn target_events_text(&self) -> String {
+        match self.target.events {
+            Some(n) => format!("{n} ({} .. {})", time(&self.target.oldest_event), time(&self.target.newest_event)),
+            None => "unknown".into(),
+        }
+    }
+
+    fn legacy_text(&self) -> String {
+        match (&self.legacy.hourly_rows, &self.legacy.error) {
+            (Some(rows), _) => format!("{rows} rows"),
+            (None, error) => format!("unavailable ({})", opt(error)),
+        }
+    }
+
+    fn validation_text(&self) -> String {
+        match &self.last_validation {
+            Some(v) => format!("#{} {} at {} depth, {} ago", v.id, v.result, v.depth, crate::duration::show(chrono::Duration::seconds(v.age_seconds))),
+            None if self.phase.is_some_and(|p| p > Phase::New) => "none yet".into(),
+            None => "-".into(),
+        }
+    }
+
+    fn jobs_text(&self) -> String {
+        let Some(jobs) = &self.jobs else {
+            return if self.phase.is_some_and(|p| p > Phase::New) { "unknown".into() } else { "-".into() };
+        };
+        let failing: Vec<String> =
+            jobs.iter().filter(|j| j.failing).map(|j| format!("{} ({}, {} failures): {}", j.name, j.runs_in, j.failures, opt(&j.last_error))).collect();
+        match failing.len() {
+            0 => format!("{} ok", jobs.len()),
+            n => format!("{} ok, {n} FAILING: {}", jobs.len() - n, failing.join("; ")),
+        }
+    }
+
+    /// `-v`: completion point, objects, policies, storage, dead letters, Redis durability.
+    fn details_text(&self) -> String {
         let mut o = String::new();
+        if let Some(t) = self.completion_point {
+            o.push_str(&format!("completion point: {t}\n"));
+        }
         if !self.objects.is_empty() {
             o.push_str("objects:\n");
             for obj in &self.objects {
@@ -315,79 +607,105 @@ impl Status {
                     p.target,
                     p.schedule,
                     opt(&p.last_status),
-                    opt(&p.last_run_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string())),
+                    time(&p.last_run_at),
                     p.failures,
                     if p.config.is_null() { String::new() } else { p.config.to_string() }
                 ));
             }
         }
-        o
-    }
-}
-
-impl RedisStatus {
-    fn text(&self) -> String {
-        if !self.reachable {
-            return format!("redis:          UNREACHABLE: {}\n", opt(&self.error));
-        }
-        format!(
-            "redis:          {} events ({} .. {}); outbox {} entries, {} pending, lag {}s; dual-write flag {}\n",
-            self.events,
-            opt(&self.oldest_event),
-            opt(&self.newest_event),
-            self.outbox_entries,
-            self.outbox_pending,
-            self.outbox_lag_seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "0".into()),
-            if self.dual_write_flag { "on" } else { "off" }
-        )
-    }
-}
-
-impl LegacyStatus {
-    fn text(&self) -> String {
-        if !self.reachable {
-            return format!("legacy tables:  unavailable: {}\n", opt(&self.error));
-        }
-        format!(
-            "legacy tables:  {} hourly rows ({} .. {}), {} asset rows\n",
-            opt(&self.hourly_rows),
-            opt(&self.hourly_from),
-            opt(&self.hourly_to),
-            opt(&self.asset_rows)
-        )
-    }
-}
-
-impl TargetStatus {
-    fn text(&self) -> String {
-        let mut o = format!(
-            "target:         {} events ({} .. {}), {} hourly rows, {} chunks/partitions, {}\n",
-            opt(&self.events),
-            opt(&self.oldest_event),
-            opt(&self.newest_event),
-            opt(&self.hourly_rows),
-            opt(&self.chunks),
-            self.total_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1_048_576.0)).unwrap_or_else(|| "-".into())
-        );
-        if let Some(ratio) = self.compression_ratio {
-            o.push_str(&format!("compression:    {ratio:.1}x ({} chunks compressed)\n", opt(&self.compressed_chunks)));
-        }
-        let dead: i64 = self.dead_letters.iter().map(|d| d.count).sum();
-        o.push_str(&format!("dead letters:   {dead}"));
-        if dead > 0 {
-            let parts: Vec<String> = self.dead_letters.iter().map(|d| format!("{} {}", d.count, d.reason_code)).collect();
-            o.push_str(&format!(" ({})", parts.join(", ")));
+        let t = &self.target;
+        o.push_str(&format!(
+            "storage:    {} hourly rows, {} chunks/partitions, {}",
+            opt(&t.hourly_rows),
+            opt(&t.chunks),
+            t.total_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1_048_576.0)).unwrap_or_else(|| "-".into())
+        ));
+        if let Some(ratio) = t.compression_ratio {
+            o.push_str(&format!(", compression {ratio:.1}x ({} chunks compressed)", opt(&t.compressed_chunks)));
         }
         o.push('\n');
+        if let Some(dead) = &t.dead_letters {
+            let total: i64 = dead.iter().map(|d| d.count).sum();
+            let parts: Vec<String> = dead.iter().map(|d| format!("{} {}", d.count, d.reason_code)).collect();
+            o.push_str(&format!("dead letters: {total}{}\n", if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) }));
+        }
+        if let Some(d) = &self.redis.durability {
+            o.push_str(&format!(
+                "redis:      aof {}, rdb save {:?}, memory {} of {} ({})\n",
+                opt(&d.aof),
+                d.rdb_save.as_deref().unwrap_or("-"),
+                opt(&d.used_memory),
+                d.maxmemory.map(|m| if m == 0 { "no limit".to_string() } else { m.to_string() }).unwrap_or_else(|| "-".into()),
+                d.maxmemory_policy.as_deref().unwrap_or("-")
+            ));
+        }
         o
     }
 }
 
-fn humanize_secs(secs: i64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy(phase: Phase) -> Status {
+        let mut s = Status {
+            verdict: Verdict::Healthy,
+            verdict_reason: String::new(),
+            phase: Some(phase),
+            storage_mode: Some(StorageMode::Postgres),
+            read_source: Some("legacy".into()),
+            completion_point: None,
+            lag_seconds: Some(0.5),
+            target: TargetStatus { reachable: true, ..Default::default() },
+            redis: RedisStatus { reachable: true, ..Default::default() },
+            legacy: LegacyStatus { reachable: true, ..Default::default() },
+            last_validation: None,
+            soak_ends_at: None,
+            jobs: Some(vec![]),
+            running: vec![],
+            objects: vec![],
+            policies: vec![],
+            outbox_gaps: vec![],
+            warnings: vec![],
+            blocked: None,
+            next_steps: vec![],
+        };
+        s.verdict = verdict(&s, Utc::now()).0;
+        s
+    }
+
+    #[test]
+    fn the_verdict_names_the_worst_first() {
+        let now = Utc::now();
+        assert_eq!(verdict(&healthy(Phase::DualWriting), now).0, Verdict::Healthy);
+        let mut s = healthy(Phase::DualWriting);
+        s.lag_seconds = Some(600.0);
+        assert_eq!(verdict(&s, now).0, Verdict::Lagging);
+        s.blocked = Some("cutover gate closed: the latest validation (#3) found differences".into());
+        assert_eq!(verdict(&s, now), (Verdict::Blocked, s.blocked.clone().unwrap()));
+        s.jobs = Some(vec![JobHealth {
+            name: "legacy_flush".into(),
+            runs_in: "tsmigrate run",
+            last_status: Some("failed".into()),
+            last_run_at: None,
+            failures: 3,
+            failing: true,
+            last_error: Some("boom".into()),
+        }]);
+        let (v, why) = verdict(&s, now);
+        assert_eq!(v, Verdict::Failing);
+        assert!(why.contains("legacy_flush") && why.contains("boom"), "{why}");
+        s.redis.reachable = false;
+        assert!(verdict(&s, now).1.starts_with("Redis is unreachable"));
+        assert_eq!(Verdict::Lagging.exit_code(), 1);
+        assert_eq!(Verdict::Blocked.exit_code(), 3);
+        assert_eq!(Verdict::Failing.exit_code(), 2);
+    }
+
+    #[test]
+    fn lag_matters_only_while_dual_writing() {
+        let mut s = healthy(Phase::Prepared);
+        s.lag_seconds = Some(600.0);
+        assert_eq!(verdict(&s, Utc::now()).0, Verdict::Healthy);
     }
 }

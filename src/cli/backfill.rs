@@ -4,7 +4,7 @@ use crate::phase::command::backfill_window::BackfillWindow;
 use crate::phase::Options;
 
 use super::options::DryRun;
-use super::{parse_time, positive, run_phase, Outcome};
+use super::{parse_time, positive, run_phase, Reply};
 
 /// Copy the events Redis held before the completion point into the target
 /// (dual_writing → backfilled). Refused unless dual-write is active.
@@ -38,11 +38,11 @@ pub struct Args {
     pub to: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply> {
     let page_size = args.page_size.unwrap_or(ctx.settings.migration.backfill_page_size);
     if let (Some(from), Some(to)) = (args.from, args.to) {
-        return run_phase(ctx, &BackfillWindow { from, to, page_size }, &Options::default(), json).await;
+        return run_phase(ctx, &BackfillWindow { from, to, page_size }, &Options::default()).await;
     }
     let command = Backfill { page_size, max_rate: args.max_rate.map(|r| r as u64), import_history: !args.no_history, quiet: json };
-    run_phase(ctx, &command, &args.dry_run.options(), json).await
+    run_phase(ctx, &command, &args.dry_run.options()).await
 }

@@ -2,7 +2,7 @@ use crate::context::Context;
 use crate::phase::command::{dual_write_start::DualWriteStart, dual_write_stop::DualWriteStop};
 
 use super::options::DryRun;
-use super::{run_phase, Outcome};
+use super::{run_phase, Reply};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -20,9 +20,9 @@ pub struct Args {
     pub dry_run: DryRun,
 }
 
-pub async fn run(command: Command, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<Reply> {
     match command {
-        Command::Start(args) => run_phase(ctx, &DualWriteStart, &args.dry_run.options(), json).await,
-        Command::Stop(args) => run_phase(ctx, &DualWriteStop, &args.dry_run.options(), json).await,
+        Command::Start(args) => run_phase(ctx, &DualWriteStart, &args.dry_run.options()).await,
+        Command::Stop(args) => run_phase(ctx, &DualWriteStop, &args.dry_run.options()).await,
     }
 }

@@ -3,7 +3,7 @@ use chrono::{DateTime, Utc};
 use crate::config::Settings;
 use crate::legacy::{flush, schema, LegacyKeys};
 
-use super::{emit, parse_time, Outcome};
+use super::{parse_time, Reply};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -29,16 +29,15 @@ pub struct FlushArgs {
     pub even_if_retired: bool,
 }
 
-pub async fn run(command: Command, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
+pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<Reply> {
     let legacy_pool = crate::db::legacy_pool(settings).await?;
     match command {
         Command::Setup => {
             schema::ensure(&legacy_pool, &settings.legacy).await?;
-            emit(
-                json,
-                &serde_json::json!({"created_or_present": [&settings.legacy.hourly_table, &settings.legacy.asset_table, &settings.legacy.popular_function]}),
-                |_| format!("legacy tables ready: {}, {}, {}()\n", settings.legacy.hourly_table, settings.legacy.asset_table, settings.legacy.popular_function),
-            )?;
+            Ok(Reply::done(
+                serde_json::json!({"created_or_present": [&settings.legacy.hourly_table, &settings.legacy.asset_table, &settings.legacy.popular_function]}),
+                format!("legacy tables ready: {}, {}, {}()\n", settings.legacy.hourly_table, settings.legacy.asset_table, settings.legacy.popular_function),
+            ))
         }
         Command::Flush(args) => {
             let mut redis = crate::db::redis_bulk(settings).await?;
@@ -62,20 +61,19 @@ pub async fn run(command: Command, settings: &Settings, json: bool) -> anyhow::R
             }
             schema::ensure(&legacy_pool, &settings.legacy).await?;
             let outcome = flush::flush_range(&mut redis, &legacy_pool, &keys, &settings.legacy, tz, from, to).await?;
-            emit(json, &outcome, |o| {
-                format!(
-                    "flushed {} hour(s) from {} to {}: {} events read, {} skipped members, {} hourly rows, {} asset rows{}\n",
-                    o.hours,
-                    o.from.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                    o.to.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                    o.events_read,
-                    o.skipped_members,
-                    o.hourly_rows,
-                    o.asset_rows,
-                    if o.rejected_rows > 0 { format!(", {} rows refused by the database (see the log)", o.rejected_rows) } else { String::new() }
-                )
-            })?;
+            let o = &outcome;
+            let text = format!(
+                "flushed {} hour(s) from {} to {}: {} events read, {} skipped members, {} hourly rows, {} asset rows{}\n",
+                o.hours,
+                o.from.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                o.to.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                o.events_read,
+                o.skipped_members,
+                o.hourly_rows,
+                o.asset_rows,
+                if o.rejected_rows > 0 { format!(", {} rows refused by the database (see the log)", o.rejected_rows) } else { String::new() }
+            );
+            Ok(Reply::done(&outcome, text))
         }
     }
-    Ok(Outcome::Success)
 }

@@ -8,7 +8,7 @@ use crate::phase::command::{
 use crate::phase::Options;
 
 use super::options::{Confirm, DryRun, ForceArgs};
-use super::{parse_duration, run_phase, Outcome};
+use super::{parse_duration, run_phase, Reply};
 
 /// Switch reads to the target (validated → reads_switched). Gate: the latest validation
 /// is clean and fresher than migration.validation_freshness_hours (24 h).
@@ -53,11 +53,14 @@ pub struct OptimizeArgs {
     pub compress_now: bool,
 }
 
-/// Finish the migration (flush_retired → completed); the legacy Redis keys get an expiry.
+/// Finish the migration (flush_retired → completed): the legacy Redis keys get an expiry
+/// (migration.legacy_key_expiry_days) and reads can no longer be reversed. Needs --yes.
 #[derive(Debug, clap::Args)]
 pub struct CompleteArgs {
     #[command(flatten)]
     pub dry_run: DryRun,
+    #[command(flatten)]
+    pub confirm: Confirm,
 }
 
 /// Undo `prepare` before reads are switched: drop the target tables, aggregates and
@@ -77,30 +80,30 @@ pub struct ShadowArgs {
     pub state: String,
 }
 
-pub async fn cutover(args: CutoverArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
-    run_phase(ctx, &Cutover, &args.dry_run.forced(&args.force), json).await
+pub async fn cutover(args: CutoverArgs, ctx: &Context) -> anyhow::Result<Reply> {
+    run_phase(ctx, &Cutover, &args.dry_run.forced(&args.force)).await
 }
 
-pub async fn reverse(args: ReverseArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
-    run_phase(ctx, &Reverse, &args.dry_run.options(), json).await
+pub async fn reverse(args: ReverseArgs, ctx: &Context) -> anyhow::Result<Reply> {
+    run_phase(ctx, &Reverse, &args.dry_run.options()).await
 }
 
-pub async fn retire(args: RetireArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
-    run_phase(ctx, &RetireFlush { soak: args.soak }, &args.dry_run.forced(&args.force), json).await
+pub async fn retire(args: RetireArgs, ctx: &Context) -> anyhow::Result<Reply> {
+    run_phase(ctx, &RetireFlush { soak: args.soak }, &args.dry_run.forced(&args.force)).await
 }
 
-pub async fn optimize(args: OptimizeArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
-    run_phase(ctx, &Optimize { compress_now: args.compress_now }, &args.dry_run.options(), json).await
+pub async fn optimize(args: OptimizeArgs, ctx: &Context) -> anyhow::Result<Reply> {
+    run_phase(ctx, &Optimize { compress_now: args.compress_now }, &args.dry_run.options()).await
 }
 
-pub async fn complete(args: CompleteArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
-    run_phase(ctx, &Complete, &args.dry_run.options(), json).await
+pub async fn complete(args: CompleteArgs, ctx: &Context) -> anyhow::Result<Reply> {
+    run_phase(ctx, &Complete { confirmed: args.confirm.yes }, &args.dry_run.options()).await
 }
 
-pub async fn abort(args: AbortArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
-    run_phase(ctx, &Abort { confirmed: args.confirm.yes }, &args.dry_run.options(), json).await
+pub async fn abort(args: AbortArgs, ctx: &Context) -> anyhow::Result<Reply> {
+    run_phase(ctx, &Abort { confirmed: args.confirm.yes }, &args.dry_run.options()).await
 }
 
-pub async fn shadow(args: ShadowArgs, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
-    run_phase(ctx, &Shadow { on: args.state == "on" }, &Options::default(), json).await
+pub async fn shadow(args: ShadowArgs, ctx: &Context) -> anyhow::Result<Reply> {
+    run_phase(ctx, &Shadow { on: args.state == "on" }, &Options::default()).await
 }

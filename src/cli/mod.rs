@@ -3,12 +3,15 @@
 
 pub mod backfill;
 pub mod dual_write;
+pub mod history;
 pub mod import_history;
 pub mod legacy;
 pub mod lifecycle;
 pub mod options;
+pub mod output;
 pub mod prepare;
 pub mod relay;
+pub mod repair;
 pub mod run;
 pub mod seed;
 pub mod status;
@@ -17,16 +20,17 @@ pub mod validate;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use serde::Serialize;
 
 use crate::config::Settings;
 use crate::context::Context;
 pub use crate::duration::{parse_duration, parse_time};
 use crate::phase::{self, Options, PhaseCommand};
+use crate::state::Phase;
+pub use output::Reply;
 
 /// Migrate a Redis analytics event pipeline to TimescaleDB in safe, reversible phases.
 ///
-/// Phases: prepare → dual-write start → backfill → validate → cutover → retire-flush → optimize → complete.
+/// Phases: prepare → dual-write start → backfill → validate (→ repair → validate) → cutover → retire-flush → optimize → complete.
 /// `tsmigrate status` always says where you are and what to run next.
 ///
 /// Exit codes: 0 success; 1 validation found differences; 2 could not run (bad input,
@@ -45,7 +49,9 @@ pub struct GlobalArgs {
     /// Settings file (TOML). Default: $TSMIGRATE_CONFIG, else ./tsmigrate.toml when present, else built-in defaults.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print a machine-readable JSON result on stdout instead of text.
+    /// Print one JSON document on stdout instead of text, success or failure alike: the
+    /// envelope of schemas/envelope.schema.json (version, command, ok, exit_code, phase,
+    /// error, next_steps, details).
     #[arg(long, global = true)]
     pub json: bool,
     /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
@@ -61,8 +67,10 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Create the target: hypertable (or partitioned table), aggregates, policies, control tables.
     Prepare(prepare::Args),
-    /// Show phase, storage mode, objects, policies, both systems' counts and the next step.
+    /// For on-call: a verdict (healthy, lagging, blocked, failing) and the reason, then the phase, lag, counts, validation, jobs, progress and next step.
     Status(status::Args),
+    /// tsmigrate's migrations (applied and pending) and the audit log of phase commands.
+    History(history::Args),
     /// Generate realistic legacy traffic through the legacy write path (demos, tests, benchmarks).
     Seed(seed::Args),
     /// The legacy system: its tables and its hourly flush worker.
@@ -75,8 +83,10 @@ pub enum Command {
     Backfill(backfill::Args),
     /// Copy legacy aggregates older than the Redis horizon into the history tables.
     ImportHistory(import_history::Args),
-    /// Compare Redis and the legacy tables with the target; exit 0 clean, 1 differences.
+    /// Compare Redis and the legacy tables with the target; exit 0 clean, 1 differences, 2 a check could not run.
     Validate(validate::Args),
+    /// Fix exactly what the latest validation found, from Redis (extra events only with --delete-extra).
+    Repair(repair::Args),
     /// Run a relay worker alone (outbox stream, or --tail the sorted set).
     Relay(relay::Args),
     /// Switch reads to the target (gate: a fresh clean validation).
@@ -97,59 +107,103 @@ pub enum Command {
     Run(run::Args),
 }
 
-/// How a command ended, for the exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// Validation ran and found differences.
-    Differences,
+impl Command {
+    /// The command's name as it is typed (`dual-write start`), for output and the envelope.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Prepare(_) => "prepare",
+            Command::Status(_) => "status",
+            Command::History(_) => "history",
+            Command::Seed(_) => "seed",
+            Command::Legacy(legacy::Command::Setup) => "legacy setup",
+            Command::Legacy(legacy::Command::Flush(_)) => "legacy flush",
+            Command::DualWrite(dual_write::Command::Start(_)) => "dual-write start",
+            Command::DualWrite(dual_write::Command::Stop(_)) => "dual-write stop",
+            Command::Backfill(_) => "backfill",
+            Command::ImportHistory(_) => "import-history",
+            Command::Validate(_) => "validate",
+            Command::Repair(_) => "repair",
+            Command::Relay(_) => "relay",
+            Command::Cutover(_) => "cutover",
+            Command::Reverse(_) => "reverse",
+            Command::RetireFlush(_) => "retire-flush",
+            Command::Optimize(_) => "optimize",
+            Command::Complete(_) => "complete",
+            Command::Abort(_) => "abort",
+            Command::Shadow(_) => "shadow",
+            Command::Run(_) => "run",
+        }
+    }
+}
+
+/// A command that ended in an error, with the phase when it could be read.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: anyhow::Error,
+    pub phase: Option<Phase>,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        Failure { error, phase: None }
+    }
 }
 
 /// Runs a parsed command line with loaded settings. Commands that work on the target
 /// get a [`Context`] built here, once.
-pub async fn dispatch(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
+pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     let json = cli.global.json;
     let command = match cli.command {
-        Command::Seed(args) => return seed::run(args, &settings, json).await,
-        Command::Legacy(cmd) => return legacy::run(cmd, &settings, json).await,
-        Command::Relay(args) => return relay::run(args, &settings, json).await,
-        Command::Run(args) => return run::run(args, settings).await,
+        Command::Seed(args) => return Ok(seed::run(args, &settings, json).await?),
+        Command::Legacy(cmd) => return Ok(legacy::run(cmd, &settings).await?),
+        Command::Relay(args) => return Ok(relay::run(args, &settings).await?),
+        Command::Run(args) => return Ok(run::run(args, settings).await?),
         command => command,
     };
-    let ctx = Context::connect(settings).await?;
-    match command {
-        Command::Prepare(args) => prepare::run(args, &ctx, json).await,
-        Command::Status(args) => status::run(args, &ctx, json).await,
-        Command::DualWrite(cmd) => dual_write::run(cmd, &ctx, json).await,
+    let verbose = cli.global.verbose > 0;
+    let (ctx, target_down) = match (Context::connect(settings.clone()).await, &command) {
+        (Ok(ctx), _) => (ctx, None),
+        // Status reports what it can read, the target being down included.
+        (Err(e), Command::Status(_)) => (
+            Context::with_target(std::sync::Arc::new(settings.clone()), crate::db::target_pool_lazy(&settings).map_err(anyhow::Error::from)?),
+            Some(e.to_string()),
+        ),
+        (Err(e), _) => return Err(anyhow::Error::from(e).into()),
+    };
+    let result = match command {
+        Command::Prepare(args) => prepare::run(args, &ctx).await,
+        Command::Status(args) => status::run(args, &ctx, target_down, verbose).await,
+        Command::History(args) => history::run(args, &ctx).await,
+        Command::DualWrite(cmd) => dual_write::run(cmd, &ctx).await,
         Command::Backfill(args) => backfill::run(args, &ctx, json).await,
-        Command::ImportHistory(args) => import_history::run(args, &ctx, json).await,
+        Command::ImportHistory(args) => import_history::run(args, &ctx).await,
         Command::Validate(args) => validate::run(args, &ctx, json).await,
-        Command::Cutover(args) => lifecycle::cutover(args, &ctx, json).await,
-        Command::Reverse(args) => lifecycle::reverse(args, &ctx, json).await,
-        Command::RetireFlush(args) => lifecycle::retire(args, &ctx, json).await,
-        Command::Optimize(args) => lifecycle::optimize(args, &ctx, json).await,
-        Command::Complete(args) => lifecycle::complete(args, &ctx, json).await,
-        Command::Abort(args) => lifecycle::abort(args, &ctx, json).await,
-        Command::Shadow(args) => lifecycle::shadow(args, &ctx, json).await,
+        Command::Repair(args) => repair::run(args, &ctx).await,
+        Command::Cutover(args) => lifecycle::cutover(args, &ctx).await,
+        Command::Reverse(args) => lifecycle::reverse(args, &ctx).await,
+        Command::RetireFlush(args) => lifecycle::retire(args, &ctx).await,
+        Command::Optimize(args) => lifecycle::optimize(args, &ctx).await,
+        Command::Complete(args) => lifecycle::complete(args, &ctx).await,
+        Command::Abort(args) => lifecycle::abort(args, &ctx).await,
+        Command::Shadow(args) => lifecycle::shadow(args, &ctx).await,
         Command::Seed(_) | Command::Legacy(_) | Command::Relay(_) | Command::Run(_) => unreachable!("dispatched above"),
+    };
+    match result {
+        Ok(reply) => Ok(reply),
+        Err(error) => Err(Failure { phase: phase_if_readable(&ctx).await, error }),
     }
 }
 
-/// Prints a report: JSON on stdout with `--json`, text otherwise.
-pub fn emit<T: Serialize>(json: bool, report: &T, human: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
-    } else {
-        print!("{}", human(report));
-    }
-    Ok(())
+/// The phase, for the envelope of a failed command; `None` when it cannot be read quickly.
+async fn phase_if_readable(ctx: &Context) -> Option<Phase> {
+    let read = crate::state::load_from_pool(&ctx.target);
+    tokio::time::timeout(std::time::Duration::from_secs(2), read).await.ok()?.ok().map(|state| state.phase)
 }
 
-/// Runs a phase command through the runner and prints its report.
-pub async fn run_phase<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options, json: bool) -> anyhow::Result<Outcome> {
+/// Runs a phase command through the runner; its report is the reply.
+pub async fn run_phase<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options) -> anyhow::Result<Reply> {
     let report = phase::runner::run(ctx, command, options).await?;
-    emit(json, &report.to_json(), |_| report.human())?;
-    Ok(Outcome::Success)
+    Ok(Reply::done(output::phase_details(&report), report.human()).with_phase(report.phase_after).with_next_steps(report.next_steps.clone()))
 }
 
 /// A count that must be at least 1 (`--page-size 0` would never make progress).

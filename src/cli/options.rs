@@ -27,7 +27,7 @@ pub struct ForceArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Confirm {
-    /// Confirm a command that deletes data.
+    /// Confirm a command that deletes data or cannot be undone.
     #[arg(long)]
     pub yes: bool,
 }

@@ -3,7 +3,7 @@ use crate::context::Context;
 use crate::phase::command::prepare::Prepare;
 
 use super::options::{DryRun, ModeArg};
-use super::{run_phase, Outcome};
+use super::{run_phase, Reply};
 
 /// Create everything the target needs, in TimescaleDB mode or plain-PostgreSQL mode.
 ///
@@ -19,7 +19,7 @@ pub struct Args {
     pub dry_run: DryRun,
 }
 
-pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<Reply> {
     let choice = args.mode.map(ModeChoice::from).unwrap_or(ctx.settings.target.mode);
-    run_phase(ctx, &Prepare { choice }, &args.dry_run.options(), json).await
+    run_phase(ctx, &Prepare { choice }, &args.dry_run.options()).await
 }

@@ -7,7 +7,7 @@ use crate::dual_write::tail::{Tail, TailOutcome};
 use crate::legacy::LegacyKeys;
 use crate::store::writer::TargetWriter;
 
-use super::{emit, Outcome};
+use super::Reply;
 
 /// Run a relay worker on its own: drain the outbox stream into the target (several may
 /// run at once; they share the consumer group). `tsmigrate run` hosts one too.
@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 // Long: the two relay modes (outbox, --tail) with their own loops and output; each is short.
-pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
+pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<Reply> {
     let pool = crate::db::target_pool_lazy(settings)?;
     let state = crate::phase::state::load_from_pool(&pool).await?;
     let mode = state.storage_mode.ok_or_else(|| crate::phase::Refusal {
@@ -57,8 +57,7 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        emit(json, &serde_json::json!({"read": read, "inserted": inserted}), |_| format!("tail: {read} read, {inserted} inserted\n"))?;
-        return Ok(Outcome::Success);
+        return Ok(Reply::done(serde_json::json!({"read": read, "inserted": inserted}), format!("tail: {read} read, {inserted} inserted\n")));
     }
     let mut relay = Relay::new(redis, writer, keys, RelayOptions::from_settings(settings));
     if args.once {
@@ -79,10 +78,10 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
                 RelayOutcome::TargetUnavailable { error } => anyhow::bail!("target unavailable, nothing acknowledged: {error}"),
             }
         }
-        emit(json, &serde_json::json!({"entries": entries, "events": events, "inserted": inserted}), |_| {
-            format!("relay: {entries} outbox entries, {events} events, {inserted} new rows\n")
-        })?;
-        return Ok(Outcome::Success);
+        return Ok(Reply::done(
+            serde_json::json!({"entries": entries, "events": events, "inserted": inserted}),
+            format!("relay: {entries} outbox entries, {events} events, {inserted} new rows\n"),
+        ));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -90,5 +89,5 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
         let _ = stop_tx.send(true);
     });
     relay::run_until(relay, stop_rx).await?;
-    Ok(Outcome::Success)
+    Ok(Reply::done(serde_json::json!({"stopped": "signal"}), String::new()))
 }

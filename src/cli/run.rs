@@ -1,7 +1,7 @@
 use crate::config::{LogFormat, Settings};
 use crate::daemon;
 
-use super::Outcome;
+use super::Reply;
 
 /// Run the service until SIGTERM or Ctrl-C: the HTTP API (`POST /api/v1/analytics`,
 /// the read API, `/health`, `/ready`, `/metrics`), the relay worker that drains the
@@ -26,17 +26,18 @@ pub struct Args {
     pub no_jobs: bool,
 }
 
-pub async fn run(args: Args, mut settings: Settings) -> anyhow::Result<Outcome> {
+pub async fn run(args: Args, mut settings: Settings) -> anyhow::Result<Reply> {
     if let Some(bind) = args.bind {
         settings.http.bind = bind;
     }
     let listener = tokio::net::TcpListener::bind(&settings.http.bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http.bind))?;
-    let listening = format!("tsmigrate listening on http://{}", listener.local_addr()?);
+    let address = listener.local_addr()?;
+    let listening = format!("tsmigrate listening on http://{address}");
     // Always printed (whatever the log level), in the log's own format.
     match settings.log.format {
         LogFormat::Text => eprintln!("{listening}"),
         LogFormat::Json => eprintln!("{}", serde_json::json!({"timestamp": chrono::Utc::now(), "level": "INFO", "fields": {"message": listening}})),
     }
     daemon::run(settings, listener, daemon::DaemonOptions { relay: !args.no_relay, jobs: !args.no_jobs }, daemon::shutdown_signal()).await?;
-    Ok(Outcome::Success)
+    Ok(Reply::done(serde_json::json!({"listened_on": address.to_string(), "stopped": "signal"}), String::new()))
 }

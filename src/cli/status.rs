@@ -1,21 +1,40 @@
 use crate::context::Context;
 use crate::status;
 
-use super::{emit, Outcome};
+use super::output::ErrorBody;
+use super::Reply;
 
-/// Where the migration stands: phase, storage mode, TimescaleDB version, the objects
-/// present, policies and their job state, Redis and legacy counts, the target, the last
-/// validation, and the next step. With --json, the same as one JSON object.
+/// Where the migration stands, for on-call: a verdict first (healthy, lagging, blocked or
+/// failing, with the reason), then the phase, the outbox lag, both systems' counts, the
+/// last validation, job failures, the target it looks at (password redacted), long work
+/// running (backfill, validation, repair: percent, rate, ETA, from any terminal), and the
+/// next step as the gates see it. -v adds objects, policies, storage, dead letters and
+/// Redis durability; --json has everything.
 ///
-/// When Redis is unreachable, status still prints what it could read, then exits 2.
+/// When the target or Redis is unreachable, status still prints what it could read, then
+/// exits 2.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Exit non-zero unless the verdict is healthy, for cron and CI: 1 lagging, 3 blocked,
+    /// 2 failing (or a server could not be reached).
+    #[arg(long)]
+    pub check: bool,
+}
 
-pub async fn run(_args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
-    let status = status::gather(ctx).await?;
-    emit(json, &status, |s| s.human())?;
-    match status.unreachable() {
-        Some(down) => Err(anyhow::anyhow!("status is incomplete: {down}")),
-        None => Ok(Outcome::Success),
-    }
+/// `target_down`: why the target could not be connected (status still reports the rest).
+pub async fn run(args: Args, ctx: &Context, target_down: Option<String>, verbose: bool) -> anyhow::Result<Reply> {
+    let status = status::gather(ctx, target_down).await;
+    let reply = Reply::done(&status, status.human(verbose)).with_next_steps(status.next_steps.clone());
+    let reply = match status.phase {
+        Some(phase) => reply.with_phase(phase),
+        None => reply,
+    };
+    let unhealthy = || {
+        ErrorBody::new(format!("{}: {}", serde_json::to_value(status.verdict).unwrap_or_default().as_str().unwrap_or("unhealthy"), status.verdict_reason), None)
+    };
+    Ok(match status.unreachable() {
+        Some(down) => reply.failing(crate::exit::ERROR, ErrorBody::new(format!("status is incomplete: {down}"), None)),
+        None if args.check && status.verdict != status::Verdict::Healthy => reply.failing(status.verdict.exit_code(), unhealthy()),
+        None => reply,
+    })
 }

@@ -10,7 +10,8 @@ use crate::validate::run::ValidateOptions;
 use crate::validate::{Depth, Verdict};
 
 use super::options::DepthArg;
-use super::{parse_duration, parse_time, Outcome};
+use super::output::{phase_details, Envelope, ErrorBody};
+use super::{parse_duration, parse_time, Reply};
 
 /// Compare Redis and the legacy tables with the target, and say exactly what differs.
 ///
@@ -42,7 +43,8 @@ pub struct Args {
     /// Ignore events younger than this (in flight): 90s, 10m, 1h. Default: migration.settle_secs.
     #[arg(long, value_parser = parse_duration)]
     pub settle: Option<chrono::Duration>,
-    /// Report format: text, json or junit (--json means json).
+    /// Report format: text, json (the --json envelope) or junit (JUnit XML for CI; not
+    /// with --json, which is JSON on stdout).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Write the report in the chosen format to FILE; the text summary still goes to stdout.
@@ -64,7 +66,12 @@ pub enum Format {
     Junit,
 }
 
-pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcome> {
+pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply> {
+    if json && args.format == Format::Junit {
+        anyhow::bail!(
+            "--json and --format junit ask for two formats on stdout\n  next: use --format junit --output FILE together with --json, or drop one of them"
+        );
+    }
     let format = if json { Format::Json } else { args.format };
     let options = ValidateOptions {
         from: args.from,
@@ -74,23 +81,32 @@ pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Outcom
         refresh: !args.no_refresh,
         limit: args.limit,
     };
-    let report = crate::phase::runner::run(ctx, &Validate { options }, &Options::default()).await?.details;
-    let rendered = match format {
-        Format::Text => report.human(),
-        Format::Json => serde_json::to_string_pretty(&report.to_json())? + "\n",
-        Format::Junit => report.junit(),
-    };
-    match &args.output {
-        Some(path) => {
-            std::fs::write(path, &rendered).with_context(|| format!("cannot write the report to {}", path.display()))?;
-            // --json promises JSON on stdout; otherwise people get the summary.
-            let summary = if json { rendered } else { report.human() };
-            print!("{summary}");
+    let report = crate::phase::runner::run(ctx, &Validate { options }, &Options::default()).await?;
+    let mut reply = Reply::done(phase_details(&report), report.details.human()).with_phase(report.phase_after).with_next_steps(report.next_steps.clone());
+    match report.details.verdict() {
+        Verdict::Clean => {}
+        Verdict::Differences => {
+            let hint = reply.next_steps.first().map(|s| s.to_string());
+            reply = reply.failing(crate::exit::DIFFERENCES, ErrorBody::new(report.details.differences_line(), hint));
         }
-        None => print!("{rendered}"),
+        Verdict::Incomplete => {
+            let missing = report.details.could_not_run();
+            let message = missing.iter().map(|(check, reason, _)| format!("{check}: {reason}")).collect::<Vec<_>>().join("; ");
+            let hint = missing.iter().map(|(check, _, hint)| format!("{check}: {hint}")).collect::<Vec<_>>().join("; ");
+            reply =
+                reply.failing(crate::exit::ERROR, ErrorBody::new(format!("validation could not run every check, so it is not clean: {message}"), Some(hint)));
+        }
     }
-    Ok(match report.verdict() {
-        Verdict::Clean => Outcome::Success,
-        Verdict::Differences => Outcome::Differences,
-    })
+    if let Some(path) = &args.output {
+        let rendered = match format {
+            Format::Junit => report.details.junit(),
+            Format::Json => serde_json::to_string_pretty(&Envelope::of_reply("validate", &reply))? + "\n",
+            Format::Text => report.details.human(),
+        };
+        std::fs::write(path, rendered).with_context(|| format!("cannot write the report to {}", path.display()))?;
+    } else if format == Format::Junit {
+        // JUnit on stdout, where the text would have gone.
+        reply.text = report.details.junit();
+    }
+    Ok(reply)
 }

@@ -188,6 +188,10 @@ async fn scheduled_validation(ctx: &Context) -> anyhow::Result<JobOutcome> {
         crate::validate::Verdict::Differences => {
             JobOutcome::Failed(format!("validation run #{} found differences: {}", report.run_id.unwrap_or_default(), report.figures()))
         }
+        crate::validate::Verdict::Incomplete => {
+            let missing: Vec<String> = report.could_not_run().iter().map(|(check, reason, hint)| format!("{check}: {reason} (fix: {hint})")).collect();
+            JobOutcome::Failed(format!("validation run #{} could not run every check: {}", report.run_id.unwrap_or_default(), missing.join("; ")))
+        }
     })
 }
 

@@ -36,6 +36,19 @@ impl ScoreCursor {
     }
 }
 
+/// The members whose event time (the score, rounded to the millisecond) is each of
+/// `times_ms`, in one pipelined round trip: one list per time.
+pub async fn members_at(redis: &mut ConnectionManager, key: &str, times_ms: &[i64]) -> redis::RedisResult<Vec<Vec<(Vec<u8>, f64)>>> {
+    if times_ms.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut pipe = redis::pipe();
+    for t in times_ms {
+        pipe.cmd("ZRANGEBYSCORE").arg(key).arg(*t as f64 - 0.5).arg(format!("({}", *t as f64 + 0.5)).arg("WITHSCORES");
+    }
+    pipe.query_async(redis).await
+}
+
 /// Up to `limit` members from `cursor` to `until` (inclusive), oldest first, with scores.
 pub async fn read_page(redis: &mut ConnectionManager, key: &str, cursor: ScoreCursor, until: f64, limit: usize) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
     range_page(redis, key, cursor, until, limit).await

@@ -49,7 +49,18 @@ pub const DUAL_WRITE_START: Transition = Transition {
     ..moves("dual-write start", &[Prepared], DualWriting)
 };
 pub const DUAL_WRITE_STOP: Transition = moves("dual-write stop", &[DualWriting], Prepared);
-pub const BACKFILL: Transition = Transition { stays_in: &[Backfilled], ..moves("backfill", &[DualWriting], Backfilled) };
+/// Again after backfill (before the flush is retired), a backfill copies once more what Redis
+/// holds up to T: rows already there stay single, anything missing goes in.
+pub const BACKFILL: Transition = Transition { stays_in: &[Backfilled, Validated, ReadsSwitched], ..moves("backfill", &[DualWriting], Backfilled) };
+/// `repair`: fixes what the latest validation found, in any phase from dual-write on, before
+/// the migration is complete.
+pub const REPAIR: Transition = Transition {
+    command: "repair",
+    from: &[],
+    to: DualWriting,
+    stays_in: &[DualWriting, Backfilled, Validated, ReadsSwitched, FlushRetired],
+    needs: Some("repair fixes what a validation found, once dual-write is on and until the migration is complete"),
+};
 /// A repair of one window (`backfill --from --to`): once dual-write is on, any phase.
 pub const BACKFILL_WINDOW: Transition = Transition {
     command: "backfill --from --to",
@@ -119,7 +130,7 @@ impl Transition {
                 format!("the migration is in phase {current}; this step needs phase {}", expected.join(" or "))
             }
         };
-        Err(Refusal { command: self.command.to_string(), reason, next: current.next_steps().first().cloned().unwrap_or_default() })
+        Err(Refusal { command: self.command.to_string(), reason, next: current.next_steps().first().map(|s| s.to_string()).unwrap_or_default() })
     }
 }
 

@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::Phase;
-use crate::state::render_next_steps;
+use crate::state::{render_next_steps, NextStep};
 
 /// A command's own findings: its JSON shape and the text lines that show them.
 pub trait Details: Serialize {
@@ -40,7 +40,7 @@ pub struct PhaseReport<D = Value> {
     /// Risks the command noticed but that did not stop it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
-    pub next_steps: Vec<String>,
+    pub next_steps: Vec<NextStep>,
 }
 
 impl<D: Details> PhaseReport<D> {
@@ -97,7 +97,7 @@ mod tests {
             reason: None,
             details: json!({"reads_from": "target", "phase_after": "shadowed"}),
             warnings: vec![],
-            next_steps: vec!["tsmigrate retire-flush".into()],
+            next_steps: vec![NextStep::run("tsmigrate retire-flush", "")],
         }
     }
 

@@ -12,6 +12,7 @@ use super::report::{Details, PhaseReport};
 use super::state::{AuditEntry, MigrationState, PhaseGuard, StateChanges};
 use super::{Phase, Refusal, Transition};
 use crate::context::Context;
+use crate::state::NextStep;
 
 /// `--force --reason`: pass a validation/soak gate (never the phase order), audited.
 #[derive(Debug, Clone, Default)]
@@ -137,7 +138,7 @@ pub trait PhaseCommand: Send + Sync {
     }
 
     /// What the operator does next, once the report is complete.
-    fn next_steps(&self, report: &PhaseReport<Self::Details>) -> Vec<String> {
+    fn next_steps(&self, report: &PhaseReport<Self::Details>) -> Vec<NextStep> {
         default_next_steps(&self.name(), report.dry_run, report.phase_after)
     }
 
@@ -146,10 +147,23 @@ pub trait PhaseCommand: Send + Sync {
     fn settle(&self, _report: &mut PhaseReport<Self::Details>, _note: Option<&str>) {}
 }
 
+/// A command that cannot be undone runs only with `--yes`: otherwise it is refused (and
+/// audited), naming what it would do and how to look first.
+pub fn confirmed(yes: bool, command: &str, why: &str) -> Result<(), Refusal> {
+    if yes {
+        return Ok(());
+    }
+    Err(Refusal {
+        command: command.into(),
+        reason: format!("{why}; it needs confirmation"),
+        next: format!("tsmigrate {command} --dry-run   # to see what it would do, then: tsmigrate {command} --yes"),
+    })
+}
+
 /// Without `--dry-run` when it was a dry run; else what the phase asks for next.
-pub fn default_next_steps(command: &str, dry_run: bool, phase: Phase) -> Vec<String> {
+pub fn default_next_steps(command: &str, dry_run: bool, phase: Phase) -> Vec<NextStep> {
     if dry_run {
-        vec![format!("tsmigrate {command}   # without --dry-run")]
+        vec![NextStep::run(format!("tsmigrate {command}"), "the same without --dry-run")]
     } else {
         phase.next_steps()
     }

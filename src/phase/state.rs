@@ -1,8 +1,9 @@
 //! The persisted migration state, the phase lock and the audit log.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::Value;
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, PgConnection, PgPool};
 
 pub use crate::state::{load, load_from_pool, MigrationState, PHASE_LOCK_KEY};
 
@@ -15,25 +16,7 @@ const LOCK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// How long a phase command waits for the lock before refusing.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Who ran a command: `TSMIGRATE_ACTOR`, else `user@host`.
-pub fn actor() -> String {
-    if let Ok(actor) = std::env::var("TSMIGRATE_ACTOR") {
-        if !actor.is_empty() {
-            return actor;
-        }
-    }
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok().or_else(login_from_uid).unwrap_or_else(|| "unknown".into());
-    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown-host".into());
-    format!("{user}@{host}")
-}
-
-/// The login name of this process's user from /etc/passwd (cron and CI often set no USER).
-fn login_from_uid() -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() > 2 && f[2] == uid).map(|f| f[0].to_string())
-}
+pub use crate::state::actor;
 
 /// What a committed transition changes besides the phase.
 #[derive(Debug, Default, Clone)]
@@ -233,7 +216,58 @@ pub async fn record_refusal(conn: &mut PgConnection, actor: &str, command: &str,
 
 /// The latest recorded validation run (the gates' input).
 pub async fn latest_validation(conn: &mut PgConnection) -> sqlx::Result<Option<super::gates::LatestValidation>> {
-    let row: Option<(i64, DateTime<Utc>, String)> =
-        sqlx::query_as("SELECT id, finished_at, result FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1").fetch_optional(conn).await?;
-    Ok(row.map(|(id, finished_at, result)| super::gates::LatestValidation { id, finished_at, result }))
+    let row: Option<(i64, DateTime<Utc>, String, String)> =
+        sqlx::query_as("SELECT id, finished_at, result, depth FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1")
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(id, finished_at, result, depth)| super::gates::LatestValidation { id, finished_at, result, depth }))
+}
+
+/// One entry of the audit log, for `tsmigrate history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub command: String,
+    pub from_phase: Option<String>,
+    pub to_phase: Option<String>,
+    pub outcome: String,
+    pub forced: bool,
+    pub reason: Option<String>,
+    pub details: Value,
+}
+
+type AuditRow = (i64, DateTime<Utc>, String, String, Option<String>, Option<String>, String, bool, Option<String>, Value);
+
+/// The newest `limit` audit entries, newest first, and how many there are in all (none
+/// before the first prepare).
+pub async fn audit_entries(pool: &PgPool, limit: i64) -> sqlx::Result<(Vec<AuditRecord>, i64)> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('tsmigrate.audit_log') IS NOT NULL").fetch_one(pool).await?;
+    if !exists {
+        return Ok((vec![], 0));
+    }
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log").fetch_one(pool).await?;
+    let rows: Vec<AuditRow> = sqlx::query_as(
+        "SELECT id, at, actor, command, from_phase, to_phase, outcome, forced, reason, details FROM tsmigrate.audit_log ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let records = rows
+        .into_iter()
+        .map(|(id, at, actor, command, from_phase, to_phase, outcome, forced, reason, details)| AuditRecord {
+            id,
+            at,
+            actor,
+            command,
+            from_phase,
+            to_phase,
+            outcome,
+            forced,
+            reason,
+            details,
+        })
+        .collect();
+    Ok((records, total))
 }

@@ -32,9 +32,31 @@ impl HistoryReport {
     }
 }
 
+/// A legacy table the history import needs is not where the settings say.
+#[derive(Debug, thiserror::Error)]
+#[error("the legacy table {table} ({setting}) does not exist in {database}, so the history older than Redis cannot be imported\n  next: set {setting} (or LEGACY_DATABASE_URL) to where the legacy flush writes, run `tsmigrate legacy setup` to create the tables, or pass --no-history to backfill without the history")]
+pub struct MissingLegacyTable {
+    pub table: String,
+    pub setting: &'static str,
+    pub database: String,
+}
+
+/// Both legacy tables exist (checked before a backfill copies anything, so it does not
+/// fail at the very end).
+pub async fn check_legacy_tables(settings: &Settings, legacy: &PgPool) -> anyhow::Result<()> {
+    for (table, setting) in [(&settings.legacy.hourly_table, "legacy.hourly_table"), (&settings.legacy.asset_table, "legacy.asset_table")] {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(table).fetch_one(legacy).await?;
+        if !exists {
+            return Err(MissingLegacyTable { table: table.clone(), setting, database: settings.database.legacy_url().redacted() }.into());
+        }
+    }
+    Ok(())
+}
+
 /// Imports (idempotently) every legacy row older than `horizon`, and those of the hour and
 /// day holding it.
 pub async fn import(settings: &Settings, target: &PgPool, legacy: &PgPool, horizon: DateTime<Utc>) -> anyhow::Result<HistoryReport> {
+    check_legacy_tables(settings, legacy).await?;
     let tz = settings.target.timezone();
     let hour_horizon = hour_floor(horizon, tz);
     let day_horizon = local_day(horizon, tz);

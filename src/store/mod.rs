@@ -15,6 +15,7 @@ pub mod dead_letter;
 pub mod history;
 pub mod objects;
 pub mod postgres;
+pub mod progress;
 pub mod schema;
 pub mod timescaledb;
 pub mod write_error;

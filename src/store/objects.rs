@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::schema::MIGRATIONS_TABLE;
+use super::schema::HISTORY_TABLE;
 
 /// What an object is for, which decides who shows it and whether `abort` drops it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +39,12 @@ const fn object(name: &'static str, kind: &'static str, form: Form, role: Role) 
 }
 
 /// Created in both modes by `sql/control`.
-pub const CONTROL: [Object; 12] = [
+pub const CONTROL: [Object; 14] = [
     object("tsmigrate.migration_state", "control table", Form::Table, Role::Reported),
     object("tsmigrate.audit_log", "control table", Form::Table, Role::Kept),
     object("tsmigrate.checkpoints", "control table", Form::Table, Role::Reported),
     object("tsmigrate.validation_runs", "control table", Form::Table, Role::Reported),
+    object("tsmigrate.validation_findings", "control table", Form::Table, Role::Internal),
     object("tsmigrate.dead_letter", "control table", Form::Table, Role::Reported),
     object("tsmigrate.outbox_gaps", "control table", Form::Table, Role::Reported),
     object("tsmigrate.history_hourly", "history table", Form::Table, Role::Reported),
@@ -51,7 +52,8 @@ pub const CONTROL: [Object; 12] = [
     object("tsmigrate.job_runs", "control table", Form::Table, Role::Internal),
     object("tsmigrate.job_run_log", "control table", Form::Table, Role::Internal),
     object("tsmigrate.job_slots", "control table", Form::Table, Role::Internal),
-    object(MIGRATIONS_TABLE, "migrations", Form::Table, Role::Internal),
+    object("tsmigrate.progress", "control table", Form::Table, Role::Internal),
+    object(HISTORY_TABLE, "migrations", Form::Table, Role::Internal),
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,7 +95,7 @@ mod tests {
         let objects = [CONTROL.as_slice(), &[object("v", "continuous aggregate", Form::MaterializedView, Role::Reported)]].concat();
         let statements = drop_statements(&objects);
         assert!(statements[0].starts_with("DROP MATERIALIZED VIEW IF EXISTS v"), "{statements:?}");
-        assert!(statements.iter().any(|s| s.contains("tsmigrate.job_runs")) && statements.iter().any(|s| s.contains(MIGRATIONS_TABLE)), "{statements:?}");
+        assert!(statements.iter().any(|s| s.contains("tsmigrate.job_runs")) && statements.iter().any(|s| s.contains(HISTORY_TABLE)), "{statements:?}");
         assert!(!statements.iter().any(|s| s.contains("audit_log")), "{statements:?}");
     }
 }

@@ -222,12 +222,30 @@ impl TargetWriter {
     where
         F: for<'c> FnOnce(&'c mut PgConnection, &PageOutcome) -> BoxFuture<'c, anyhow::Result<()>>,
     {
+        Ok(self.commit_replacing(page, &[], source, method, alongside).await?.0)
+    }
+
+    /// [`Self::commit_page`], deleting the rows `replacing` first in the same transaction
+    /// (a repair rewrites an event the target holds in another version, or removes one that
+    /// Redis never had). Returns how the page went and how many rows were deleted.
+    pub async fn commit_replacing<F>(
+        &self,
+        page: &ParsedPage,
+        replacing: &[(Uuid, DateTime<Utc>)],
+        source: &str,
+        method: Method,
+        alongside: F,
+    ) -> anyhow::Result<(PageOutcome, u64)>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection, &PageOutcome) -> BoxFuture<'c, anyhow::Result<()>>,
+    {
         self.ensure_partitions(&page.events).await?;
         let mut tx = self.pool.begin().await?;
+        let deleted = if replacing.is_empty() { 0 } else { delete_rows(&mut tx, replacing).await? };
         let outcome = self.write_page(&mut tx, page, source, method).await?;
         alongside(&mut tx, &outcome).await?;
         tx.commit().await?;
-        Ok(outcome)
+        Ok((outcome, deleted))
     }
 
     /// Writes a page inside the caller's transaction and records its dead letters (as
@@ -432,6 +450,19 @@ async fn insert_reporting(conn: &mut PgConnection, events: &[TargetEvent]) -> sq
     .await?;
     let skipped = ids.unwrap_or_default().into_iter().zip(times.unwrap_or_default()).map(|(id, time)| (id, time.timestamp_millis())).collect();
     Ok(Inserted { rows: rows as u64, skipped })
+}
+
+/// Deletes the rows with these `(event_id, time)` keys; returns how many there were.
+async fn delete_rows(conn: &mut PgConnection, keys: &[(Uuid, DateTime<Utc>)]) -> sqlx::Result<u64> {
+    let deleted = sqlx::query(
+        "DELETE FROM analytics_events_ts e USING UNNEST($1::uuid[], $2::timestamptz[]) AS k (event_id, time)
+         WHERE e.event_id = k.event_id AND e.time = k.time",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(deleted.rows_affected())
 }
 
 type EventRow = (Uuid, DateTime<Utc>, String, String, Option<String>, Option<String>, serde_json::Value, serde_json::Value, Option<String>, Option<String>);

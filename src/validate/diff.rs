@@ -246,6 +246,10 @@ pub enum DifferenceKind {
 }
 
 impl DifferenceKind {
+    pub fn parse(s: &str) -> Option<DifferenceKind> {
+        [DifferenceKind::Missing, DifferenceKind::Extra, DifferenceKind::Different].into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DifferenceKind::Missing => "missing",
@@ -337,6 +341,23 @@ pub struct EventFindings {
     pub different: Listed<EventDifference>,
     /// Same id, different fingerprint, but equal under the tolerance rules.
     pub equivalent: u64,
+    /// Every difference, unlisted ones included: what `repair` works from.
+    pub all: Vec<FoundKey>,
+}
+
+/// Where one difference is on each side: enough for `repair` to read it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoundKey {
+    pub kind: DifferenceKind,
+    pub event_id: Uuid,
+    pub redis_time_ms: Option<i64>,
+    pub target_time_ms: Option<i64>,
+}
+
+impl From<&EventDifference> for FoundKey {
+    fn from(d: &EventDifference) -> FoundKey {
+        FoundKey { kind: d.kind, event_id: d.event_id, redis_time_ms: d.redis_time_ms, target_time_ms: d.target_time_ms }
+    }
 }
 
 impl EventFindings {
@@ -344,10 +365,14 @@ impl EventFindings {
     pub fn from_match(matched: &DigestMatch, limit: usize) -> Self {
         let mut findings = EventFindings::default();
         for d in &matched.missing {
-            findings.missing.push(EventDifference::missing(d), limit);
+            let difference = EventDifference::missing(d);
+            findings.all.push(FoundKey::from(&difference));
+            findings.missing.push(difference, limit);
         }
         for d in &matched.extra {
-            findings.extra.push(EventDifference::extra(d), limit);
+            let difference = EventDifference::extra(d);
+            findings.all.push(FoundKey::from(&difference));
+            findings.extra.push(difference, limit);
         }
         findings
     }
@@ -362,7 +387,9 @@ impl EventFindings {
         if fields.is_empty() {
             self.equivalent += 1;
         } else {
-            self.different.push(EventDifference::different(candidate, fields), limit);
+            let difference = EventDifference::different(candidate, fields);
+            self.all.push(FoundKey::from(&difference));
+            self.different.push(difference, limit);
         }
     }
 

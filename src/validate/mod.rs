@@ -57,15 +57,33 @@ impl Depth {
 pub enum Verdict {
     Clean,
     Differences,
+    /// A check could not run (a legacy table missing, nothing to compare it with): the
+    /// run is not clean, whatever the others found. Recorded as `error`.
+    Incomplete,
 }
 
 impl Verdict {
+    /// As recorded in `tsmigrate.validation_runs.result`.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Clean => "clean",
             Verdict::Differences => "differences",
+            Verdict::Incomplete => "error",
         }
     }
+}
+
+/// Whether a check ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckState {
+    Compared,
+    /// Nothing to compare, by design (the legacy flush is retired; no whole day in the window).
+    NotApplicable(String),
+    /// It should have run and could not: what is missing, and what to change.
+    CouldNotRun {
+        reason: String,
+        hint: String,
+    },
 }
 
 /// Redis events against the target's raw events.
@@ -109,20 +127,37 @@ impl EventCheck {
 /// One legacy table against its target aggregate.
 #[derive(Debug, Clone)]
 pub struct AggregateCheck<K> {
-    /// The hours (or whole days' span) compared; `None` when skipped.
+    /// The hours (or whole days' span) compared; `None` when it did not run.
     pub range: Option<(DateTime<Utc>, DateTime<Utc>)>,
     pub findings: Option<AggregateFindings<K>>,
-    /// Why the check did not run.
-    pub skipped: Option<String>,
+    pub state: CheckState,
 }
 
 impl<K> AggregateCheck<K> {
-    pub fn skipped(reason: impl Into<String>) -> Self {
-        AggregateCheck { range: None, findings: None, skipped: Some(reason.into()) }
+    pub fn compared(range: (DateTime<Utc>, DateTime<Utc>), findings: AggregateFindings<K>) -> Self {
+        AggregateCheck { range: Some(range), findings: Some(findings), state: CheckState::Compared }
+    }
+
+    pub fn not_applicable(reason: impl Into<String>) -> Self {
+        AggregateCheck { range: None, findings: None, state: CheckState::NotApplicable(reason.into()) }
+    }
+
+    pub fn could_not_run(reason: impl Into<String>, hint: impl Into<String>) -> Self {
+        AggregateCheck { range: None, findings: None, state: CheckState::CouldNotRun { reason: reason.into(), hint: hint.into() } }
     }
 
     pub fn has_differences(&self) -> bool {
         self.findings.as_ref().is_some_and(|f| f.differences.total > 0)
+    }
+
+    /// The check's status word: clean, differences, not_applicable, could_not_run.
+    pub fn status(&self) -> &'static str {
+        match (&self.state, self.has_differences()) {
+            (CheckState::NotApplicable(_), _) => "not_applicable",
+            (CheckState::CouldNotRun { .. }, _) => "could_not_run",
+            (CheckState::Compared, true) => "differences",
+            (CheckState::Compared, false) => "clean",
+        }
     }
 }
 
@@ -148,16 +183,29 @@ pub struct ValidationReport {
     pub phase_note: Option<String>,
     /// Per-stage wall time in milliseconds, for operators sizing the job.
     pub timings: BTreeMap<&'static str, u64>,
-    pub next_steps: Vec<String>,
+    pub next_steps: Vec<crate::state::NextStep>,
 }
 
 impl ValidationReport {
     pub fn verdict(&self) -> Verdict {
-        if self.events.has_differences() || self.hourly.has_differences() || self.assets.has_differences() {
+        if !self.could_not_run().is_empty() {
+            Verdict::Incomplete
+        } else if self.events.has_differences() || self.hourly.has_differences() || self.assets.has_differences() {
             Verdict::Differences
         } else {
             Verdict::Clean
         }
+    }
+
+    /// The checks that could not run: (check, reason, what to change).
+    pub fn could_not_run(&self) -> Vec<(&'static str, &str, &str)> {
+        [("legacy hourly", &self.hourly.state), ("asset popularity", &self.assets.state)]
+            .into_iter()
+            .filter_map(|(check, state)| match state {
+                CheckState::CouldNotRun { reason, hint } => Some((check, reason.as_str(), hint.as_str())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The figures stored with the run in `tsmigrate.validation_runs.figures`.
@@ -178,6 +226,7 @@ impl ValidationReport {
             "equivalent": findings.equivalent,
             "legacy_hourly": agg(self.hourly.findings.as_ref().map(|f| (f.rows_compared, f.differences.total))),
             "asset_popularity": agg(self.assets.findings.as_ref().map(|f| (f.rows_compared, f.differences.total))),
+            "could_not_run": self.could_not_run().iter().map(|(check, reason, _)| format!("{check}: {reason}")).collect::<Vec<_>>(),
             "timings_ms": self.timings,
         })
     }

@@ -13,7 +13,7 @@ use similar::TextDiff;
 use super::collect::aggregates::{AssetKey, HourlyKey};
 use super::diff::{Counts, EventDifference, EventFindings, HourDifference, Listed};
 use super::window::show_hour;
-use super::{AggregateCheck, ValidationReport, Verdict};
+use super::{AggregateCheck, CheckState, ValidationReport, Verdict};
 use crate::legacy::reader::OutOfRange;
 
 /// `2026-11-19T03:12:01.123Z`.
@@ -156,14 +156,6 @@ pub fn full_diff(report: &ValidationReport) -> String {
 
 // ---------------------------------------------------------------- text
 
-fn status_word<K>(check: &AggregateCheck<K>) -> &'static str {
-    match (&check.skipped, check.has_differences()) {
-        (Some(_), _) => "skipped",
-        (None, true) => "differences",
-        (None, false) => "clean",
-    }
-}
-
 fn push_events(o: &mut String, title: &str, listed: &Listed<EventDifference>) {
     if listed.total == 0 {
         return;
@@ -186,15 +178,19 @@ fn push_events(o: &mut String, title: &str, listed: &Listed<EventDifference>) {
 }
 
 fn push_aggregate<K: AggregateKey>(o: &mut String, check: &AggregateCheck<K>) {
-    let status = match status_word(check) {
-        "differences" => "DIFFERENCES",
-        other => other,
-    };
-    let _ = write!(o, "{}: {status}", K::TITLE);
-    if let Some(reason) = &check.skipped {
-        let _ = writeln!(o, " ({reason})");
-        return;
+    match &check.state {
+        CheckState::NotApplicable(reason) => {
+            let _ = writeln!(o, "{}: not applicable ({reason})", K::TITLE);
+            return;
+        }
+        CheckState::CouldNotRun { reason, hint } => {
+            let _ = writeln!(o, "{}: COULD NOT RUN: {reason}\n  fix: {hint}", K::TITLE);
+            return;
+        }
+        CheckState::Compared => {}
     }
+    let status = if check.has_differences() { "DIFFERENCES" } else { "clean" };
+    let _ = write!(o, "{}: {status}", K::TITLE);
     let (Some(findings), Some((from, to))) = (&check.findings, check.range) else {
         o.push('\n');
         return;
@@ -210,6 +206,7 @@ impl ValidationReport {
         let verdict = match self.verdict() {
             Verdict::Clean => "clean",
             Verdict::Differences => "DIFFERENCES",
+            Verdict::Incomplete => "COULD NOT RUN every check (not clean)",
         };
         let run = self.run_id.map(|id| format!(", run #{id}")).unwrap_or_default();
         let _ = writeln!(o, "validate: {verdict} ({} depth, storage mode {}{run}, {:.1}s)", self.depth.as_str(), self.mode, self.duration_ms as f64 / 1000.0);
@@ -282,6 +279,28 @@ impl ValidationReport {
         o
     }
 
+    /// One line saying what differs, for the envelope's error and logs.
+    pub fn differences_line(&self) -> String {
+        let e = &self.events;
+        let mut parts = Vec::new();
+        if e.has_differences() {
+            let mut part = format!("{} of {} hours differ", e.hours.total, e.hours_compared);
+            if let Some(f) = &e.findings {
+                let _ = write!(part, " ({} missing in the target, {} extra, {} different)", f.missing.total, f.extra.total, f.different.total);
+            }
+            parts.push(part);
+        }
+        for (title, differing) in [
+            (<HourlyKey as AggregateKey>::TITLE, self.hourly.findings.as_ref().map_or(0, |f| f.differences.total)),
+            (<AssetKey as AggregateKey>::TITLE, self.assets.findings.as_ref().map_or(0, |f| f.differences.total)),
+        ] {
+            if differing > 0 {
+                parts.push(format!("{title}: {differing} rows differ"));
+            }
+        }
+        format!("validation found differences: {}", parts.join("; "))
+    }
+
     pub fn to_json(&self) -> JsonReport {
         JsonReport::from(self)
     }
@@ -314,11 +333,9 @@ pub struct JsonReport {
     pub legacy_hourly: JsonAggregate,
     pub asset_popularity: JsonAggregate,
     pub refresh: Option<crate::store::aggregates::RefreshOutcome>,
-    pub phase: JsonPhase,
     pub timings_ms: BTreeMap<&'static str, u64>,
     /// The unified diff of the differing buckets (empty when clean).
     pub diff: String,
-    pub next_steps: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -329,13 +346,6 @@ pub struct JsonWindow {
     pub to_reason: String,
     pub time_zone: String,
     pub hours: usize,
-}
-
-#[derive(Debug, Serialize)]
-pub struct JsonPhase {
-    pub before: String,
-    pub after: String,
-    pub note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -391,11 +401,16 @@ pub struct JsonEvents {
 
 #[derive(Debug, Serialize)]
 pub struct JsonAggregate {
+    /// clean, differences, not_applicable or could_not_run.
     pub status: &'static str,
-    pub skipped_reason: Option<String>,
+    /// Why it did not run (not applicable, or could not).
+    pub reason: Option<String>,
+    /// What to change so that it can run.
+    pub hint: Option<String>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
-    pub rows_compared: u64,
+    /// `None` when it did not run.
+    pub rows_compared: Option<u64>,
     pub differences: JsonListed<serde_json::Value>,
 }
 
@@ -430,12 +445,18 @@ fn json_aggregate<K: AggregateKey>(check: &AggregateCheck<K>) -> JsonAggregate {
     };
     let empty = Listed::default();
     let differences = check.findings.as_ref().map_or(&empty, |f| &f.differences);
+    let (reason, hint) = match &check.state {
+        CheckState::Compared => (None, None),
+        CheckState::NotApplicable(reason) => (Some(reason.clone()), None),
+        CheckState::CouldNotRun { reason, hint } => (Some(reason.clone()), Some(hint.clone())),
+    };
     JsonAggregate {
-        status: status_word(check),
-        skipped_reason: check.skipped.clone(),
+        status: check.status(),
+        reason,
+        hint,
         from: check.range.map(|r| r.0),
         to: check.range.map(|r| r.1),
-        rows_compared: check.findings.as_ref().map_or(0, |f| f.rows_compared),
+        rows_compared: check.findings.as_ref().map(|f| f.rows_compared),
         differences: json_listed(differences, |d| {
             let mut m = d.key.wire();
             m.insert("legacy".into(), counts(&d.legacy));
@@ -484,10 +505,8 @@ impl From<&ValidationReport> for JsonReport {
             legacy_hourly: json_aggregate(&r.hourly),
             asset_popularity: json_aggregate(&r.assets),
             refresh: r.refresh.clone(),
-            phase: JsonPhase { before: r.phase_before.to_string(), after: r.phase_after.to_string(), note: r.phase_note.clone() },
             timings_ms: r.timings.clone(),
             diff: full_diff(r),
-            next_steps: r.next_steps.clone(),
         }
     }
 }
@@ -513,10 +532,19 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
+/// One test case: passed, failed (differences), errored (could not run) or skipped.
 struct Case {
-    name: String,
-    failure: Option<(String, String)>,
-    skipped: Option<String>,
+    name: &'static str,
+    outcome: CaseOutcome,
+}
+
+enum CaseOutcome {
+    Passed,
+    /// Differences: message and details.
+    Failed(String, String),
+    /// The check could not run: what is missing and what to change.
+    Error(String),
+    Skipped(String),
 }
 
 struct Suite {
@@ -525,40 +553,48 @@ struct Suite {
     out: String,
 }
 
-fn passed(name: String) -> Case {
-    Case { name, failure: None, skipped: None }
-}
-
-fn failed(name: String, message: String, body: String) -> Case {
-    Case { name, failure: Some((message, body)), skipped: None }
-}
-
+/// The events suite: always the same four cases, whatever was found (CI tools follow a
+/// case from run to run by its name).
 fn events_suite(r: &ValidationReport) -> Suite {
     let e = &r.events;
-    let title = format!("event counts{} per hour, {} hours", if r.depth == super::Depth::Events { " and hashes" } else { "" }, e.hours_compared);
     let mut cases = Vec::new();
-    if e.has_differences() {
-        let mut message = format!("{} of {} hours differ", e.hours.total, e.hours_compared);
-        if let Some(f) = &e.findings {
-            let _ = write!(message, ": {} missing in the target, {} extra in the target, {} different", f.missing.total, f.extra.total, f.different.total);
-        }
-        cases.push(failed(title, message, events_diff(r)));
+    let hours = if e.hours.total > 0 {
+        let body: String = e
+            .hours
+            .items
+            .iter()
+            .map(|h| {
+                format!(
+                    "{}: redis {} events, target {}\n",
+                    show_hour(DateTime::<Utc>::from_timestamp_millis(h.start_ms).unwrap_or_default()),
+                    h.redis.count,
+                    h.target.count
+                )
+            })
+            .collect();
+        CaseOutcome::Failed(format!("{} of {} hours differ", e.hours.total, e.hours_compared), body + &events_diff(r))
     } else {
-        cases.push(passed(title));
-    }
-    if e.has_differences() {
-        for h in &e.hours.items {
-            let hour = DateTime::<Utc>::from_timestamp_millis(h.start_ms).unwrap_or_default();
-            let end = h.start_ms + 3_600_000;
-            let mut body = String::new();
-            for d in e.findings.iter().flat_map(|f| f.missing.items.iter().chain(&f.extra.items).chain(&f.different.items)) {
-                let inside = |t: Option<i64>| t.is_some_and(|t| t >= h.start_ms && t < end);
-                if inside(d.redis_time_ms) || inside(d.target_time_ms) {
-                    let _ = writeln!(body, "{} {} {} {}", d.kind.as_str(), d.event_id, d.event_name, d.fields.join(","));
-                }
+        CaseOutcome::Passed
+    };
+    cases.push(Case { name: "event counts per hour", outcome: hours });
+    type Pick = fn(&EventFindings) -> &Listed<EventDifference>;
+    let kinds: [(&'static str, Pick, &str); 3] = [
+        ("missing events", |f| &f.missing, "in Redis, not in the target"),
+        ("extra events", |f| &f.extra, "in the target, not in Redis"),
+        ("different events", |f| &f.different, "the same event id with other content or time"),
+    ];
+    for (name, pick, meaning) in kinds {
+        let outcome = match &e.findings {
+            None if r.depth == super::Depth::Counts => CaseOutcome::Skipped("counts depth: events are not compared one by one".into()),
+            None => CaseOutcome::Passed,
+            Some(f) if pick(f).total == 0 => CaseOutcome::Passed,
+            Some(f) => {
+                let listed = pick(f);
+                let body: String = listed.items.iter().map(|d| format!("{} {} {}\n", d.event_id, d.event_name, d.fields.join(","))).collect();
+                CaseOutcome::Failed(format!("{} events {meaning}", listed.total), body)
             }
-            cases.push(failed(format!("hour {}", show_hour(hour)), format!("redis {} events, target {}", h.redis.count, h.target.count), body));
-        }
+        };
+        cases.push(Case { name, outcome });
     }
     let mut out = String::new();
     if e.dead_letter_total() > 0 {
@@ -571,44 +607,43 @@ fn events_suite(r: &ValidationReport) -> Suite {
 }
 
 fn aggregate_suite<K: AggregateKey>(check: &AggregateCheck<K>) -> Suite {
-    let mut cases = Vec::new();
-    if let Some(reason) = &check.skipped {
-        cases.push(Case { name: K::TITLE.to_string(), failure: None, skipped: Some(reason.clone()) });
-    } else if let Some(f) = &check.findings {
-        let title = format!("{}: {} rows", K::TITLE, f.rows_compared);
-        if f.differences.total > 0 {
-            cases.push(failed(title, format!("{} of {} rows differ", f.differences.total, f.rows_compared), aggregate_diff(check)));
-            for d in &f.differences.items {
-                let show = |c: &Option<Counts>| c.map_or("no row".to_string(), |c| format!("{}={} {}={}", K::COUNT, c.count, K::DISTINCT, c.distinct));
-                cases.push(failed(d.key.label(), format!("legacy {}, target {}", show(&d.legacy), show(&d.target)), String::new()));
-            }
-        } else {
-            cases.push(passed(title));
+    let outcome = match (&check.state, &check.findings) {
+        (CheckState::NotApplicable(reason), _) => CaseOutcome::Skipped(reason.clone()),
+        (CheckState::CouldNotRun { reason, hint }, _) => CaseOutcome::Error(format!("could not run: {reason}; fix: {hint}")),
+        (CheckState::Compared, Some(f)) if f.differences.total > 0 => {
+            CaseOutcome::Failed(format!("{} of {} rows differ", f.differences.total, f.rows_compared), aggregate_diff(check))
         }
-    }
-    Suite { name: K::CHECK, cases, out: String::new() }
+        (CheckState::Compared, _) => CaseOutcome::Passed,
+    };
+    Suite { name: K::CHECK, cases: vec![Case { name: K::TITLE, outcome }], out: String::new() }
 }
 
 fn junit(r: &ValidationReport) -> String {
     let suites = [events_suite(r), aggregate_suite(&r.hourly), aggregate_suite(&r.assets)];
-    let count = |f: fn(&Case) -> bool, s: &Suite| s.cases.iter().filter(|c| f(c)).count();
+    let count = |f: fn(&CaseOutcome) -> bool, s: &Suite| s.cases.iter().filter(|c| f(&c.outcome)).count();
+    let failed = |o: &CaseOutcome| matches!(o, CaseOutcome::Failed(..));
+    let errored = |o: &CaseOutcome| matches!(o, CaseOutcome::Error(_));
+    let skipped = |o: &CaseOutcome| matches!(o, CaseOutcome::Skipped(_));
     let total: usize = suites.iter().map(|s| s.cases.len()).sum();
-    let failures: usize = suites.iter().map(|s| count(|c| c.failure.is_some(), s)).sum();
-    let skipped: usize = suites.iter().map(|s| count(|c| c.skipped.is_some(), s)).sum();
+    let sum = |f: fn(&CaseOutcome) -> bool| suites.iter().map(|s| count(f, s)).sum::<usize>();
     let seconds = r.duration_ms as f64 / 1000.0;
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         x,
-        "<testsuites name=\"tsmigrate validate\" tests=\"{total}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{seconds:.3}\">"
+        "<testsuites name=\"tsmigrate validate\" tests=\"{total}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{seconds:.3}\">",
+        sum(failed),
+        sum(errored),
+        sum(skipped)
     );
     for s in &suites {
         let _ = writeln!(
             x,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" timestamp=\"{}\">",
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" timestamp=\"{}\">",
             s.name,
             s.cases.len(),
-            count(|c| c.failure.is_some(), s),
-            count(|c| c.skipped.is_some(), s),
+            count(failed, s),
+            count(errored, s),
+            count(skipped, s),
             r.started_at.to_rfc3339_opts(SecondsFormat::Secs, true)
         );
         let _ = writeln!(x, "    <properties>");
@@ -623,9 +658,10 @@ fn junit(r: &ValidationReport) -> String {
         }
         let _ = writeln!(x, "    </properties>");
         for c in &s.cases {
-            let _ = write!(x, "    <testcase classname=\"tsmigrate.validate.{}\" name=\"{}\"", s.name, xml_escape(&c.name));
-            match (&c.failure, &c.skipped) {
-                (Some((message, body)), _) => {
+            let _ = write!(x, "    <testcase classname=\"tsmigrate.validate.{}\" name=\"{}\"", s.name, xml_escape(c.name));
+            match &c.outcome {
+                CaseOutcome::Passed => x.push_str("/>\n"),
+                CaseOutcome::Failed(message, body) => {
                     let _ = writeln!(
                         x,
                         ">\n      <failure type=\"difference\" message=\"{}\">{}</failure>\n    </testcase>",
@@ -633,10 +669,12 @@ fn junit(r: &ValidationReport) -> String {
                         xml_escape(body)
                     );
                 }
-                (None, Some(reason)) => {
+                CaseOutcome::Error(message) => {
+                    let _ = writeln!(x, ">\n      <error type=\"could_not_run\" message=\"{}\"/>\n    </testcase>", xml_escape(message));
+                }
+                CaseOutcome::Skipped(reason) => {
                     let _ = writeln!(x, ">\n      <skipped message=\"{}\"/>\n    </testcase>", xml_escape(reason));
                 }
-                (None, None) => x.push_str("/>\n"),
             }
         }
         if !s.out.is_empty() {

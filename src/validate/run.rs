@@ -19,10 +19,11 @@ use crate::calendar::day_start;
 use crate::context::Context;
 use crate::event::TargetEvent;
 use crate::legacy::reader::OutOfRange;
-use crate::state::MigrationState;
+use crate::state::{MigrationState, Phase};
 use crate::store::aggregates::{self, RefreshOutcome};
+use crate::store::progress;
 use crate::store::StorageMode;
-use crate::validate::collect::aggregates::{self as agg, AssetKey, HourlyKey, LegacyCoverage};
+use crate::validate::collect::aggregates::{self as agg, AssetKey, HourlyKey, LegacyCoverage, LegacyTables};
 use crate::validate::collect::{redis as redis_side, target as target_side};
 use crate::validate::diff::{self, EventFindings, HourDifference, Listed, MinuteSummaries, Summary};
 use crate::validate::window::{self, show_hour, Window, WindowFacts};
@@ -106,7 +107,7 @@ async fn compare(
     let mut redis = ctx.redis().await?;
     let (window, out_of_range) = choose_window(ctx, &mut redis, state, options, started_at).await?;
     *window_slot = Some(window.clone());
-    let (sides, hourly, assets, refresh, mut timings) = collect(ctx, &redis, mode, &window, options, started_at).await?;
+    let (sides, hourly, assets, refresh, mut timings) = collect(ctx, &redis, mode, &window, options, started_at, state.phase).await?;
     let mut events = EventCheck { out_of_range, ..Default::default() };
     let now_ms = started_at.timestamp_millis();
     if let Some(narrowed) = compare_events(&mut events, sides, &window, ctx, &mut redis, now_ms, options.limit).await? {
@@ -178,6 +179,7 @@ async fn collect(
     window: &Window,
     options: &ValidateOptions,
     started_at: DateTime<Utc>,
+    phase: Phase,
 ) -> anyhow::Result<Collected> {
     let starts: Vec<i64> = window.hour_starts.iter().map(|h| h.timestamp_millis()).collect();
     let (from_ms, to_ms, now_ms) = (window.from.timestamp_millis(), window.to.timestamp_millis(), started_at.timestamp_millis());
@@ -187,7 +189,14 @@ async fn collect(
     let redis_collect = async {
         let clock = Instant::now();
         let side = match options.depth {
-            Depth::Events => RedisSide::Events(redis_side::summarize(redis, key, from_ms, to_ms, now_ms).await?),
+            Depth::Events => {
+                // Seen from any terminal by `tsmigrate status`.
+                let total = redis_side::count(&mut redis.clone(), key, from_ms, to_ms).await?;
+                let reporter = progress::Reporter::start(pool, "validate", "events", 0, Some(total)).await;
+                let summarized = redis_side::summarize(redis, key, from_ms, to_ms, now_ms, reporter.counter()).await;
+                reporter.finish(pool, "validate").await;
+                RedisSide::Events(summarized?)
+            }
             Depth::Counts => RedisSide::Counts(redis_side::count_hours(&mut redis.clone(), key, &starts, to_ms).await?),
         };
         anyhow::Ok((side, timed("redis", clock)))
@@ -203,9 +212,14 @@ async fn collect(
     };
     let aggregate_collect = async {
         let clock = Instant::now();
-        let legacy_pool = ctx.legacy().await?;
-        let coverage = agg::legacy_coverage(&legacy_pool, &ctx.settings.legacy).await?;
-        let checks = compare_aggregates(ctx, &legacy_pool, mode, window, coverage, options.refresh, options.limit).await?;
+        let checks = if phase >= Phase::FlushRetired {
+            let why = "the legacy flush is retired: its tables no longer follow the events";
+            (AggregateCheck::not_applicable(why), AggregateCheck::not_applicable(why), None)
+        } else {
+            let legacy_pool = ctx.legacy().await?;
+            let tables = agg::legacy_tables(&legacy_pool, &ctx.settings.legacy).await?;
+            compare_aggregates(ctx, &legacy_pool, mode, window, tables, options.refresh, options.limit).await?
+        };
         anyhow::Ok((checks, timed("aggregates", clock)))
     };
     let ((redis_side, t1), (target, dead_minutes, t2), ((hourly, assets, refresh), t3)) = tokio::try_join!(redis_collect, target_collect, aggregate_collect)?;
@@ -364,22 +378,42 @@ async fn compare_aggregates(
     legacy_pool: &PgPool,
     mode: StorageMode,
     window: &Window,
-    coverage: LegacyCoverage,
+    tables: LegacyTables,
     refresh: bool,
     limit: usize,
 ) -> anyhow::Result<AggregateChecks> {
     let (settings, pool) = (&ctx.settings, &ctx.target);
     let tz: Tz = settings.target.timezone();
     let legacy = &settings.legacy;
-    let range: Result<_, String> = match coverage {
-        LegacyCoverage::NoTable => Err(format!("the legacy table {} does not exist", legacy.hourly_table)),
-        LegacyCoverage::Empty => Err(format!("the legacy flush has written no hour into {} yet", legacy.hourly_table)),
-        LegacyCoverage::UpTo(max) => window::legacy_covered(window, Some(max), tz)
-            .ok_or_else(|| format!("the legacy flush has covered hours only up to {}, before the window", show_hour(max))),
+    let database = settings.database.legacy_url().redacted();
+    let missing_assets = || {
+        AggregateCheck::could_not_run(
+            format!("the legacy table {} does not exist in {database}", legacy.asset_table),
+            "set legacy.asset_table to the table the legacy flush writes asset popularity into, or LEGACY_DATABASE_URL to the database holding it (`tsmigrate legacy setup` creates it)",
+        )
+    };
+    let range = match tables.hourly {
+        LegacyCoverage::NoTable => Err((
+            format!("the legacy table {} does not exist in {database}", legacy.hourly_table),
+            "set legacy.hourly_table to the table the legacy flush writes, or LEGACY_DATABASE_URL to the database holding it (`tsmigrate legacy setup` creates the tables, `tsmigrate legacy flush` fills them)".to_string(),
+        )),
+        LegacyCoverage::Empty => Err((
+            format!("the legacy table {} in {database} holds no rows: the legacy flush has written nothing there", legacy.hourly_table),
+            "check that the legacy flush runs and writes this table (`tsmigrate legacy flush`, or set legacy.hourly_table to the table it fills)".to_string(),
+        )),
+        LegacyCoverage::UpTo(max) => window::legacy_covered(window, Some(max), tz).ok_or_else(|| {
+            (
+                format!("the legacy flush has covered hours only up to {}, before the window", show_hour(max)),
+                format!("check that the legacy flush runs (`tsmigrate run` hosts it until retire-flush), or validate the hours it covers: --to {}", show_hour(max)),
+            )
+        }),
     };
     let (from, to) = match range {
         Ok(range) => range,
-        Err(reason) => return Ok((AggregateCheck::skipped(reason.clone()), AggregateCheck::skipped(reason), None)),
+        Err((reason, hint)) => {
+            let assets = if tables.assets { AggregateCheck::could_not_run(reason.clone(), hint.clone()) } else { missing_assets() };
+            return Ok((AggregateCheck::could_not_run(reason, hint), assets, None));
+        }
     };
     // Plain mode has no real-time aggregation, and in TimescaleDB mode rows that arrived
     // below the watermark (backfill, late events) are invisible until refreshed: compare
@@ -394,22 +428,25 @@ async fn compare_aggregates(
         None
     };
     let (legacy_rows, target_rows) = tokio::try_join!(agg::legacy_hourly(legacy_pool, legacy, from, to), agg::target_hourly(pool, from, to))?;
-    let hourly = AggregateCheck { range: Some((from, to)), findings: Some(diff::diff_aggregates(legacy_rows, target_rows, limit)), skipped: None };
+    let hourly = AggregateCheck::compared((from, to), diff::diff_aggregates(legacy_rows, target_rows, limit));
     let days = window::whole_days(from, to, tz);
     let assets = match (days.first(), days.last()) {
+        _ if !tables.assets => missing_assets(),
         (Some(first), Some(last)) => {
             let (day_from, day_to) = (day_start(*first, tz), day_start(*last + Duration::days(1), tz));
             let (legacy_rows, target_rows) =
                 tokio::try_join!(agg::legacy_assets(legacy_pool, legacy, *first, *last), agg::target_assets(pool, day_from, day_to, tz))?;
-            AggregateCheck { range: Some((day_from, day_to)), findings: Some(diff::diff_aggregates(legacy_rows, target_rows, limit)), skipped: None }
+            AggregateCheck::compared((day_from, day_to), diff::diff_aggregates(legacy_rows, target_rows, limit))
         }
-        _ => AggregateCheck::skipped(format!("no whole day ({}) lies inside the compared hours {} .. {}", tz.name(), show_hour(from), show_hour(to))),
+        _ => AggregateCheck::not_applicable(format!("no whole day ({}) lies inside the compared hours {} .. {}", tz.name(), show_hour(from), show_hour(to))),
     };
     Ok((hourly, assets, refreshed))
 }
 
+/// Records the run, and every event-level difference it found (what `repair` works from).
 async fn record(pool: &PgPool, report: &ValidationReport) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
+    let mut tx = pool.begin().await?;
+    let id: i64 = sqlx::query_scalar(
         "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, window_from, window_to, depth, result, phase, figures, duration_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
     )
@@ -422,6 +459,23 @@ async fn record(pool: &PgPool, report: &ValidationReport) -> sqlx::Result<i64> {
     .bind(report.phase_before.as_str())
     .bind(report.figures())
     .bind(report.duration_ms as i64)
-    .fetch_one(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    let found = report.events.findings.as_ref().map(|f| f.all.as_slice()).unwrap_or_default();
+    if !found.is_empty() {
+        let time = |ms: Option<i64>| ms.and_then(DateTime::from_timestamp_millis);
+        sqlx::query(
+            "INSERT INTO tsmigrate.validation_findings (run_id, kind, event_id, redis_time, target_time)
+             SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::timestamptz[], $5::timestamptz[])",
+        )
+        .bind(id)
+        .bind(found.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>())
+        .bind(found.iter().map(|f| f.event_id).collect::<Vec<_>>())
+        .bind(found.iter().map(|f| time(f.redis_time_ms)).collect::<Vec<_>>())
+        .bind(found.iter().map(|f| time(f.target_time_ms)).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(id)
 }

@@ -21,9 +21,9 @@ async fn phase_gates_refuse_out_of_order_steps() {
     assert!(out.stderr.contains("dual-write start"), "{}", out.stderr);
     env.cli(&["dual-write", "start"]).expect_success();
     // Again while on: a repair of what Redis may have lost, never a second completion point.
-    let again = env.cli(&["dual-write", "start", "--json"]).expect_success().json();
-    assert_eq!(field(&again, "details")["dual_write"], "already on", "{again}");
-    assert_eq!(field(&again, "phase_after"), "dual_writing");
+    let again = env.cli(&["dual-write", "start", "--json"]).expect_success().details();
+    assert_eq!(field(&again, "dual_write"), "already on", "{again}");
+    assert_eq!(field(&again, "run.phase_after"), "dual_writing");
     let refused: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log WHERE outcome = 'refused'").fetch_one(&env.pool).await.unwrap();
     assert_eq!(refused, 1, "refusals after prepare are audited");
     let starts: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log WHERE command = 'dual-write start' AND outcome = 'done'")
@@ -115,16 +115,20 @@ async fn kill_and_resume(mode: Mode) {
     assert_eq!(read, pages * 100, "whole pages of 100");
     eprintln!("figures: killed at a held checkpoint after {pages} committed pages ({rows} rows); the page in flight was rolled back");
 
-    let report = env.cli(&["backfill", "--json"]).expect_success().json();
+    let report = env.cli(&["backfill", "--json"]).expect_success().details();
     assert_eq!(field(&report, "resumed"), &Value::Bool(true));
-    assert_eq!(field(&report, "phase_after"), "backfilled");
+    assert_eq!(field(&report, "run.phase_after"), "backfilled");
     assert_eq!(target_counts(&env).await, (6000, 6000), "no gap, no duplicate");
     assert_eq!(field(&report, "read").as_i64(), Some(6000));
     assert_eq!(field(&report, "inserted").as_i64(), Some(6000));
 
-    // A re-run is idempotent and says the backfill is complete.
-    let again = env.cli(&["backfill", "--json"]).expect_success().json();
-    assert_eq!(field(&again, "remaining_estimate").as_i64(), Some(0));
+    // A re-run is a second pass over what Redis holds up to T: idempotent, nothing doubled.
+    let again = env.cli(&["backfill", "--json"]).expect_success().details();
+    assert_eq!(
+        (field(&again, "read").as_i64(), field(&again, "inserted").as_i64(), field(&again, "already_present").as_i64()),
+        (Some(6000), Some(0), Some(6000))
+    );
+    assert_eq!(field(&again, "run.phase_after"), "backfilled");
     assert_eq!(target_counts(&env).await, (6000, 6000));
     let hourly: i64 = sqlx::query_scalar("SELECT coalesce(sum(event_count), 0)::bigint FROM analytics_hourly").fetch_one(&env.pool).await.unwrap();
     assert_eq!(hourly, 6000, "the aggregates were refreshed over the backfilled range");
@@ -160,7 +164,7 @@ async fn messy_data_goes_to_dead_letters(mode: Mode) {
     assert_eq!(members.len() as i64, EVENTS - not_json + garbage, "one member per generated event; identical resends collapse");
 
     prepare_and_dual_write(&env, mode);
-    let report = env.cli(&["backfill", "--json"]).expect_success().json();
+    let report = env.cli(&["backfill", "--json"]).expect_success().details();
     assert_eq!(target_counts(&env).await, (EVENTS - not_json, EVENTS - not_json), "every generated event once");
     assert_eq!(dead_letters(&env).await, garbage, "every stored non-JSON member is a dead letter");
     assert_eq!(field(&report, "read").as_i64(), Some(members.len() as i64));
@@ -194,7 +198,7 @@ async fn history_older_than_the_redis_horizon_is_imported() {
     env.cli(&["--config", path, "seed", "--events", "5000", "--days", "2", "--users", "40", "--end", "-1h"]).expect_success();
     env.cli(&["--config", path, "prepare", "--mode", "postgres"]).expect_success();
     env.cli(&["--config", path, "dual-write", "start"]).expect_success();
-    let report = env.cli(&["--config", path, "backfill", "--json"]).expect_success().json();
+    let report = env.cli(&["--config", path, "backfill", "--json"]).expect_success().details();
     let history = field(&report, "history");
     let horizon: chrono::DateTime<chrono::Utc> = serde_json::from_value(field(history, "horizon").clone()).unwrap();
     assert!(field(history, "hourly_rows").as_i64().unwrap() > 0, "{history}");
@@ -235,7 +239,7 @@ async fn history_older_than_the_redis_horizon_is_imported() {
 
     // `import-history` alone does the same, idempotently.
     sqlx::query("DELETE FROM tsmigrate.history_hourly WHERE hour = $1").bind(horizon).execute(&env.pool).await.unwrap();
-    let alone = env.cli(&["--config", path, "import-history", "--json"]).expect_success().json();
+    let alone = env.cli(&["--config", path, "import-history", "--json"]).expect_success().details();
     assert_eq!(field(&alone, "hourly_rows").as_i64(), Some(imported), "{alone}");
     let again: (i64, i64) =
         sqlx::query_as("SELECT count(*), coalesce(sum(event_count), 0)::bigint FROM tsmigrate.history_hourly").fetch_one(&env.pool).await.unwrap();

@@ -69,7 +69,7 @@ async fn timescaledb_mode_on_a_plain_prepared_target_is_refused_clearly() {
         support => assert_explains_missing_timescaledb(support, &out.stderr),
     }
     // Nothing changed.
-    let status = env.cli(&["status", "--json"]).expect_success().json();
+    let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "storage_mode"), "postgres");
     assert_eq!(field(&status, "phase"), "prepared");
 }
@@ -87,7 +87,7 @@ async fn timescaledb_mode_without_the_extension_explains_what_to_do() {
     let out = env.cli(&["prepare", "--mode", "timescaledb"]);
     out.expect_code(2);
     assert_explains_missing_timescaledb(support, &out.stderr);
-    let status = env.cli(&["status", "--json"]).expect_success().json();
+    let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "phase"), "new");
 }
 
@@ -114,7 +114,7 @@ async fn a_tsmigrate_toml_in_the_working_directory_is_read() {
     out.expect_code(2);
     assert!(out.stderr.contains("Mars/Olympus") && out.stderr.contains("IANA"), "{}", out.stderr);
     std::fs::remove_file(env.dir().join("tsmigrate.toml")).unwrap();
-    let status = env.cli(&["status", "--json"]).expect_success().json();
+    let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "phase"), "new");
 }
 
@@ -129,7 +129,7 @@ async fn environment_variables_win_over_the_same_keys_in_the_config_file() {
     );
     let path = path.to_str().unwrap();
     env.cli(&["--config", path, "seed", "--events", "25", "--days", "1", "--users", "5"]).expect_success();
-    let status = env.cli(&["--config", path, "status", "--json"]).expect_success().json();
+    let status = env.cli(&["--config", path, "status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "redis")["events"], 25, "the seed wrote under the environment's prefix: {status}");
     // Without the variable, the file's value is used (and cannot connect).
     let mut command = env.command(&["--config", path, "status"], &[]);
@@ -175,6 +175,6 @@ async fn blank_reasons_and_zero_page_sizes_are_usage_errors() {
     out.expect_code(2);
     assert!(out.stderr.contains("--to"), "{}", out.stderr);
     // Nothing reached the database: the migration was never touched.
-    let status = env.cli(&["status", "--json"]).expect_success().json();
+    let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "phase"), "new");
 }

@@ -224,7 +224,7 @@ async fn the_service_starts_without_the_target_and_sigterm_under_load_loses_noth
     // Every acknowledged event is in Redis once, and nothing that was not acknowledged.
     assert_eq!(redis_event_ids(&env).await, accepted, "Redis holds exactly the accepted events");
     // The relay finished its batch in flight; what it had not read yet waits in the outbox.
-    let drained = env.cli(&["relay", "--once", "--json"]).expect_success().json();
+    let drained = env.cli(&["relay", "--once", "--json"]).expect_success().details();
     assert_eq!(target_event_ids(&env).await, accepted, "the target holds every accepted event exactly once");
     let left: u64 = redis.xlen(env.keys().outbox).await.unwrap();
     assert_eq!(left, 0, "the outbox is drained");

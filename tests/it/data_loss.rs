@@ -9,7 +9,7 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 
 use crate::servers::{Daemon, RedisOptions, RedisServer};
-use crate::support::{field, TestEnv};
+use crate::support::{eventually, field, TestEnv};
 
 async fn post(client: &reqwest::Client, daemon: &Daemon, ids: &[String]) -> (u16, Value) {
     let now = chrono::Utc::now().timestamp_millis();
@@ -22,18 +22,6 @@ async fn post(client: &reqwest::Client, daemon: &Daemon, ids: &[String]) -> (u16
 async fn landed(env: &TestEnv, ids: &[String]) -> i64 {
     let event_ids: Vec<uuid::Uuid> = ids.iter().map(|id| tsmigrate::event::id_from_string(id)).collect();
     sqlx::query_scalar("SELECT count(*) FROM analytics_events_ts WHERE event_id = ANY($1)").bind(&event_ids).fetch_one(&env.pool).await.unwrap()
-}
-
-/// Polls `probe` until it returns `Some`, for at most `timeout`.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, timeout: Duration, mut probe: impl FnMut() -> F) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {
@@ -52,8 +40,8 @@ async fn a_redis_that_restarts_empty_keeps_dual_write_on_and_reports_the_gap() {
     prepared.expect_success();
     assert!(prepared.stdout.contains("WARNING: Redis has no persistence"), "{}", prepared.stdout);
     let started = env.cli_with_env(&["dual-write", "start", "--json"], &over);
-    let report = started.expect_success().json();
-    assert!(field(&report, "warnings")[0].as_str().unwrap().contains("no persistence"), "{report}");
+    let report = started.expect_success().details();
+    assert!(field(&report, "run.warnings")[0].as_str().unwrap().contains("no persistence"), "{report}");
 
     let daemon = Daemon::start(&env, Some(std::path::Path::new(config)), &over);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
@@ -110,38 +98,41 @@ async fn a_redis_that_restarts_empty_keeps_dual_write_on_and_reports_the_gap() {
 /// `status` shows the gap and the missing persistence; `dual-write start` repairs instead of
 /// refusing; `validate` names the repair; `backfill --from --to` closes the gap.
 async fn check_status_and_repair(env: &TestEnv, over: &[(&str, &str)]) {
-    let status = env.cli_with_env(&["status", "--json"], over).expect_success().json();
+    let envelope = env.cli_with_env(&["status", "--json"], over).expect_success().json();
+    assert_eq!(envelope["details"]["verdict"], "failing", "a possible gap: {envelope}");
+    let status = envelope["details"].clone();
     let gaps = field(&status, "outbox_gaps").as_array().unwrap().clone();
     assert_eq!(gaps.len(), 1, "{status}");
     let warnings: Vec<&str> = field(&status, "warnings").as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
     assert!(warnings.iter().any(|w| w.contains("possible gap")), "{warnings:?}");
     assert!(warnings.iter().any(|w| w.contains("no persistence")), "{warnings:?}");
-    let repair = field(&status, "next_steps")[0].as_str().unwrap().split("   #").next().unwrap().trim().to_string();
+    let repair = envelope["next_steps"][0]["command"].as_str().unwrap().to_string();
     assert!(repair.starts_with("tsmigrate backfill --from "), "{repair}");
     let text = env.cli_with_env(&["status"], over).expect_success().stdout.clone();
     assert!(text.contains("WARNING: possible gap #"), "{text}");
+    assert!(text.starts_with("verdict:    FAILING: 1 possible gap(s)"), "{text}");
 
     let private = tsmigrate::config::RedisSettings { url: tsmigrate::config::SecretUrl::new(over[0].1), ..env.settings.redis.clone() };
     let mut redis = tsmigrate::connect::redis(&private, tsmigrate::connect::RedisTimeouts::from_settings(&private)).await.unwrap();
     let _: () = redis.del(env.keys().dual_write_flag).await.unwrap();
-    let started = env.cli_with_env(&["dual-write", "start", "--json"], over).expect_success().json();
-    assert_eq!(field(&started, "phase_after"), "dual_writing");
-    assert_eq!(field(&started, "details")["flag_set"], true, "{started}");
+    let started = env.cli_with_env(&["dual-write", "start", "--json"], over).expect_success().details();
+    assert_eq!(field(&started, "run.phase_after"), "dual_writing");
+    assert_eq!(field(&started, "flag_set"), true, "{started}");
     let flag: Option<String> = redis.get(env.keys().dual_write_flag).await.unwrap();
     assert_eq!(flag.as_deref(), Some("1"));
 
     // Validation needs whole past hours both systems hold: seed some into the (emptied) Redis
     // and backfill them.
-    env.cli_with_env(&["seed", "--events", "300", "--days", "1", "--users", "20", "--seed", "5", "--end", "-2h"], over).expect_success();
+    env.cli_with_env(&["seed", "--events", "300", "--days", "1", "--users", "20", "--seed", "5", "--end", "-2h", "--yes"], over).expect_success();
     env.cli_with_env(&["backfill", "--no-history"], over).expect_success();
     let validated = env.cli_with_env(&["validate", "--json"], over);
     assert!(validated.code == 0 || validated.code == 1, "{}\n{}", validated.stdout, validated.stderr);
-    let advice = validated.json()["next_steps"][0].as_str().unwrap_or_default().to_string();
+    let advice = validated.json()["next_steps"][0]["command"].as_str().unwrap_or_default().to_string();
     assert!(advice.starts_with("tsmigrate backfill --from"), "validate names the repair: {advice}");
 
     let args: Vec<&str> = repair.split_whitespace().skip(1).chain(["--json"]).collect();
-    let repaired = env.cli_with_env(&args, over).expect_success().json();
+    let repaired = env.cli_with_env(&args, over).expect_success().details();
     assert_eq!(field(&repaired, "gaps_repaired"), 1, "{repaired}");
-    let status = env.cli_with_env(&["status", "--json"], over).expect_success().json();
+    let status = env.cli_with_env(&["status", "--json"], over).expect_success().details();
     assert_eq!(field(&status, "outbox_gaps"), &Value::Array(vec![]), "{status}");
 }

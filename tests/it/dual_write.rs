@@ -281,8 +281,8 @@ async fn dual_write_stop_undoes_start() {
     let (status, body) = post(&router(&env).await, &batch(2, 0), None).await;
     assert_eq!((status, body["dual_write"].clone()), (StatusCode::ACCEPTED, Value::Bool(true)));
 
-    let stopped = env.cli(&["dual-write", "stop", "--json"]).expect_success().json();
-    assert_eq!((stopped["phase_before"].as_str(), stopped["phase_after"].as_str()), (Some("dual_writing"), Some("prepared")));
+    let stopped = env.cli(&["dual-write", "stop", "--json"]).expect_success().details();
+    assert_eq!((stopped["run"]["phase_before"].as_str(), stopped["run"]["phase_after"].as_str()), (Some("dual_writing"), Some("prepared")));
     let (phase, point): (String, Option<chrono::DateTime<chrono::Utc>>) =
         sqlx::query_as("SELECT phase, completion_point FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();
     assert_eq!((phase.as_str(), point), ("prepared", None), "the completion point is forgotten");

@@ -64,7 +64,7 @@ async fn the_target_rows_carry_the_pinned_ids() {
     }
     env.cli(&["legacy", "setup"]).expect_success(); // the backfill imports the legacy history too
     prepare_and_dual_write(&env, Mode::Postgres);
-    let report = env.cli(&["backfill", "--json"]).expect_success().json();
+    let report = env.cli(&["backfill", "--json"]).expect_success().details();
     assert_eq!(field(&report, "inserted"), &Value::from(MEMBERS.len()));
     let stored: Vec<String> = sqlx::query_scalar("SELECT event_id::text FROM analytics_events_ts ORDER BY time").fetch_all(&env.pool).await.unwrap();
     assert_eq!(stored, MEMBERS.iter().map(|(_, id)| id.to_string()).collect::<Vec<_>>());

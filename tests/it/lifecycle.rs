@@ -25,7 +25,7 @@ async fn set_phase(env: &TestEnv, phase: &str) {
 }
 
 fn phase(env: &TestEnv) -> String {
-    env.cli(&["status", "--json"]).expect_success().json()["phase"].as_str().unwrap().to_string()
+    env.cli(&["status", "--json"]).expect_success().details()["phase"].as_str().unwrap().to_string()
 }
 
 /// Seeded, prepared, dual-writing and backfilled.
@@ -67,17 +67,17 @@ async fn cutover_needs_a_fresh_clean_validation_unless_forced_with_a_reason() {
     assert!(env.cli(&["cutover"]).stderr.contains("found differences"));
     env.cli(&["cutover", "--force"]).expect_code(2); // --force needs --reason (a usage error)
 
-    let dry = env.cli(&["cutover", "--dry-run", "--force", "--reason", "checked by hand", "--json"]).expect_success().json();
-    assert_eq!(field(&dry, "dry_run"), &Value::Bool(true));
+    let dry = env.cli(&["cutover", "--dry-run", "--force", "--reason", "checked by hand", "--json"]).expect_success().details();
+    assert_eq!(field(&dry, "run.dry_run"), &Value::Bool(true));
     assert_eq!(phase(&env), "validated");
-    let done = env.cli(&["cutover", "--force", "--reason", "checked by hand", "--json"]).expect_success().json();
-    assert_eq!(field(&done, "phase_after"), "reads_switched");
-    assert_eq!(field(&done, "forced"), &Value::Bool(true));
+    let done = env.cli(&["cutover", "--force", "--reason", "checked by hand", "--json"]).expect_success().details();
+    assert_eq!(field(&done, "run.phase_after"), "reads_switched");
+    assert_eq!(field(&done, "run.forced"), &Value::Bool(true));
     let (forced, reason): (bool, Option<String>) =
         sqlx::query_as("SELECT forced, reason FROM tsmigrate.audit_log WHERE command = 'cutover' AND outcome = 'done'").fetch_one(&env.pool).await.unwrap();
     assert!(forced);
     assert_eq!(reason.as_deref(), Some("checked by hand"));
-    let status = env.cli(&["status", "--json"]).expect_success().json();
+    let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "read_source"), "target");
 }
 
@@ -105,9 +105,9 @@ async fn retire_then_reverse_restores_legacy_reads_and_the_flush() {
     out.expect_code(3);
     assert!(out.stderr.contains("retired"), "{}", out.stderr);
 
-    let reversed = env.cli(&["reverse", "--json"]).expect_success().json();
-    assert_eq!(field(&reversed, "phase_after"), "validated");
-    let status = env.cli(&["status", "--json"]).expect_success().json();
+    let reversed = env.cli(&["reverse", "--json"]).expect_success().details();
+    assert_eq!(field(&reversed, "run.phase_after"), "validated");
+    let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "read_source"), "legacy");
     let retired: Option<String> = redis.get(env.keys().flush_retired).await.unwrap();
     assert_eq!(retired, None);
@@ -122,12 +122,14 @@ async fn optimize_and_complete_finish_the_migration() {
     record_validation(&env, "clean", 0).await;
     env.cli(&["cutover"]).expect_success();
     env.cli(&["retire-flush", "--force", "--reason", "test"]).expect_success();
-    let report = env.cli(&["optimize", "--json"]).expect_success().json();
+    let report = env.cli(&["optimize", "--json"]).expect_success().details();
     assert_eq!(field(&report, "mode"), "postgres");
     assert!(field(&report, "chunks").as_i64().unwrap() >= 3, "{report}");
     assert!(field(&report, "asset_popularity_rows").as_i64().unwrap() > 0, "{report}");
     assert_eq!(field(&report, "retention")["raw_days"], 90);
-    env.cli(&["complete"]).expect_success();
+    env.cli(&["complete"]).expect_code(3);
+    assert_eq!(phase(&env), "flush_retired", "complete needs --yes");
+    env.cli(&["complete", "--yes"]).expect_success();
     assert_eq!(phase(&env), "completed");
     let mut redis = env.redis().await;
     let ttl: i64 = redis.ttl(env.keys().events).await.unwrap();
@@ -147,7 +149,7 @@ async fn optimize_reports_the_compression_ratio_in_timescaledb_mode() {
     env.cli(&["--config", config, "dual-write", "start"]).expect_success();
     env.cli(&["--config", config, "backfill"]).expect_success();
     set_phase(&env, "flush_retired").await;
-    let report = env.cli(&["--config", config, "optimize", "--compress-now", "--json"]).expect_success().json();
+    let report = env.cli(&["--config", config, "optimize", "--compress-now", "--json"]).expect_success().details();
     assert!(field(&report, "compressed_now").as_i64().unwrap() >= 1, "{report}");
     let ratio = field(&report, "compression_ratio").as_f64().expect("a ratio once chunks are compressed");
     assert!(ratio > 1.0, "{report}");
@@ -161,11 +163,11 @@ async fn abort_removes_what_prepare_created_and_keeps_the_audit_log() {
     let out = env.cli(&["abort"]);
     out.expect_code(3);
     assert!(out.stderr.contains("--yes"), "{}", out.stderr);
-    let dry = env.cli(&["abort", "--dry-run", "--json"]).expect_success().json();
-    assert!(field(&dry, "details")["drops"].as_array().unwrap().len() >= 4);
+    let dry = env.cli(&["abort", "--dry-run", "--json"]).expect_success().details();
+    assert!(field(&dry, "drops").as_array().unwrap().len() >= 4);
     env.cli(&["abort", "--yes"]).expect_success();
 
-    for relation in ["analytics_events_ts", "analytics_hourly", "tsmigrate.migration_state", "tsmigrate.dead_letter", "_sqlx_migrations"] {
+    for relation in ["analytics_events_ts", "analytics_hourly", "tsmigrate.migration_state", "tsmigrate.dead_letter", "tsmigrate.schema_history"] {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(relation).fetch_one(&env.pool).await.unwrap();
         assert!(!exists, "{relation} should be gone");
     }
@@ -189,11 +191,11 @@ async fn reverse_right_after_cutover_sends_reads_back_and_cutover_can_follow_aga
     set_phase(&env, "validated").await;
     record_validation(&env, "clean", 0).await;
     env.cli(&["cutover"]).expect_success();
-    assert_eq!(field(&env.cli(&["status", "--json"]).expect_success().json(), "read_source"), "target");
+    assert_eq!(field(&env.cli(&["status", "--json"]).expect_success().details(), "read_source"), "target");
 
-    let reversed = env.cli(&["reverse", "--json"]).expect_success().json();
-    assert_eq!((field(&reversed, "phase_before"), field(&reversed, "phase_after")), (&Value::from("reads_switched"), &Value::from("validated")));
-    let status = env.cli(&["status", "--json"]).expect_success().json();
+    let reversed = env.cli(&["reverse", "--json"]).expect_success().details();
+    assert_eq!((field(&reversed, "run.phase_before"), field(&reversed, "run.phase_after")), (&Value::from("reads_switched"), &Value::from("validated")));
+    let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!((field(&status, "phase"), field(&status, "read_source")), (&Value::from("validated"), &Value::from("legacy")));
     let (switched_at, source): (Option<chrono::DateTime<chrono::Utc>>, String) =
         sqlx::query_as("SELECT reads_switched_at, read_source FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();

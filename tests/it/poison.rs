@@ -289,7 +289,7 @@ async fn backfill_sets_poison_aside(mode: Mode) {
     schema::ensure(&env.pool, &env.settings.legacy).await.unwrap();
     prepare_and_dual_write(&env, mode);
 
-    let report = env.cli(&["backfill", "--json"]).expect_success().json();
+    let report = env.cli(&["backfill", "--json"]).expect_success().details();
     assert_eq!(target_counts(&env).await, (21, 21), "the 20 events and one version of b-dup");
     let counted = ["read", "inserted", "already_present", "dead_letters"].map(|k| field(&report, k).as_i64().unwrap());
     assert_eq!(counted, [24, 21, 0, 3], "24 members read between -inf and +inf (exclusive): {report}");
@@ -319,7 +319,7 @@ async fn backfill_sets_poison_aside(mode: Mode) {
     for (m, at) in [(member("r-1", "click", json!({})), late), (repair_nul.clone(), late + 1), (member("r-2", "click", json!({})), late + 2)] {
         let _: () = redis.zadd(&keys.events, m, at).await.unwrap();
     }
-    let repaired = env.cli(&["backfill", "--from", "-5m", "--to", "-0s", "--json"]).expect_success().json();
+    let repaired = env.cli(&["backfill", "--from", "-5m", "--to", "-0s", "--json"]).expect_success().details();
     assert_eq!(["inserted", "dead_letters"].map(|k| field(&repaired, k).as_i64().unwrap()), [2, 1], "{repaired}");
     let all = letters(&env).await;
     let repaired_letter = all.iter().find(|l| l.0 == "repair").expect("a dead letter from the repair");
@@ -347,7 +347,7 @@ async fn validate_reports_out_of_range(mode: Mode) -> Value {
     env.cli(&["backfill"]).expect_success();
     let mut counts = None;
     for depth in ["counts", "events"] {
-        let report = env.cli(&["validate", "--depth", depth, "--json"]).expect_success().json();
+        let report = env.cli(&["validate", "--depth", depth, "--json"]).expect_success().details();
         assert_eq!(field(&report, "result"), "clean", "out-of-range members are reported, not differences: {report}");
         let out_of_range = field(field(&report, "events"), "out_of_range");
         assert_out_of_range(out_of_range);

@@ -15,7 +15,7 @@ async fn prepare_postgres_creates_every_object_and_moves_to_prepared() {
     out.expect_success();
     assert!(out.stdout.contains("phase: new -> prepared"), "{}", out.stdout);
 
-    let status = env.cli(&["status", "--json"]).expect_success().json();
+    let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "phase"), "prepared");
     assert_eq!(field(&status, "storage_mode"), "postgres");
     let objects = field(&status, "objects").as_array().expect("objects is an array");
@@ -42,7 +42,7 @@ async fn prepare_postgres_creates_every_object_and_moves_to_prepared() {
 async fn prepare_again_changes_nothing_and_says_so() {
     let env = TestEnv::new().await;
     env.cli(&["prepare", "--mode", "postgres"]).expect_success();
-    let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&env.pool).await.unwrap();
+    let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.schema_history").fetch_one(&env.pool).await.unwrap();
 
     let again = env.cli(&["prepare", "--mode", "postgres"]);
     again.expect_success();
@@ -50,15 +50,15 @@ async fn prepare_again_changes_nothing_and_says_so() {
     assert!(again.stdout.contains("phase: prepared (unchanged)"), "{}", again.stdout);
 
     // Auto mode on a prepared target keeps the prepared mode.
-    let report = env.cli(&["prepare", "--json"]).expect_success().json();
+    let report = env.cli(&["prepare", "--json"]).expect_success().details();
     assert_eq!(field(&report, "changed"), &Value::Bool(false));
     assert_eq!(field(&report, "applied"), &Value::Array(vec![]));
     assert_eq!(field(&report, "mode"), "postgres");
-    assert_eq!(field(&report, "phase_before"), "prepared");
-    assert_eq!(field(&report, "phase_after"), "prepared");
+    assert_eq!(field(&report, "run.phase_before"), "prepared");
+    assert_eq!(field(&report, "run.phase_after"), "prepared");
     assert_eq!(field(&report, "already_applied").as_array().unwrap().len() as i64, migrations);
 
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&env.pool).await.unwrap();
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.schema_history").fetch_one(&env.pool).await.unwrap();
     assert_eq!(after, migrations);
 }
 
@@ -71,8 +71,8 @@ async fn prepare_dry_run_prints_the_sql_and_changes_nothing() {
     assert!(out.stdout.contains("CREATE TABLE analytics_events_ts"), "{}", out.stdout);
     assert!(out.stdout.contains("nothing was changed"), "{}", out.stdout);
 
-    let json = env.cli(&["prepare", "--dry-run", "--json"]).expect_success().json();
-    assert_eq!(field(&json, "dry_run"), &Value::Bool(true));
+    let json = env.cli(&["prepare", "--dry-run", "--json"]).expect_success().details();
+    assert_eq!(field(&json, "run.dry_run"), &Value::Bool(true));
     assert_eq!(field(&json, "changed"), &Value::Bool(false));
     let planned = field(&json, "sql").as_array().expect("dry run lists the SQL");
     assert!(!planned.is_empty());
@@ -80,8 +80,8 @@ async fn prepare_dry_run_prints_the_sql_and_changes_nothing() {
 
     assert!(!relation_exists(&env, "analytics_events_ts").await);
     assert!(!relation_exists(&env, "tsmigrate.migration_state").await);
-    assert!(!relation_exists(&env, "_sqlx_migrations").await);
-    let status = env.cli(&["status", "--json"]).expect_success().json();
+    assert!(!relation_exists(&env, "tsmigrate.schema_history").await);
+    let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "phase"), "new");
     assert_eq!(field(&status, "storage_mode"), &Value::Null);
     assert!(field(&status, "objects").as_array().unwrap().iter().all(|o| o["present"] == Value::Bool(false)));
@@ -107,7 +107,7 @@ async fn a_migration_changed_after_prepare_is_refused() {
     out.expect_code(2);
     assert!(out.stderr.contains("migration 202") && out.stderr.contains("was changed after it was applied"), "{}", out.stderr);
     // A recorded checksum that does not match the SQL is refused the same way.
-    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 1").execute(&env.pool).await.unwrap();
+    sqlx::query("UPDATE tsmigrate.schema_history SET checksum = '\\x00' WHERE version = 1").execute(&env.pool).await.unwrap();
     let out = env.cli(&["prepare", "--mode", "postgres"]);
     out.expect_code(2);
     assert!(out.stderr.contains("migration 1 ") && out.stderr.contains("was changed after it was applied"), "{}", out.stderr);
@@ -139,7 +139,7 @@ async fn abort_drops_every_object_prepare_created_in_both_modes() {
         env.cli(&["prepare", "--mode", mode]).expect_success();
         let created = created_objects(&env).await;
         let listed: Vec<String> =
-            env.cli(&["abort", "--dry-run", "--json"]).expect_success().json()["details"]["drops"].as_array().unwrap().iter().map(|d| d.to_string()).collect();
+            env.cli(&["abort", "--dry-run", "--json"]).expect_success().details()["drops"].as_array().unwrap().iter().map(|d| d.to_string()).collect();
         for object in created.iter().filter(|o| *o != "tsmigrate.audit_log") {
             assert!(
                 listed.iter().any(|d| d.contains(&format!(" {object} ")) || d.ends_with(&format!(" {object}\""))),

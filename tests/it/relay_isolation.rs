@@ -107,7 +107,7 @@ async fn ingest_and_cached_reads_never_wait_behind_the_relays_blocking_read() {
         ("validated", &["validate"]),
         ("reads_switched", &["cutover"]),
         ("flush_retired", &["retire-flush", "--force", "--reason", "relay isolation test"]),
-        ("completed", &["complete"]),
+        ("completed", &["complete", "--yes"]),
     ];
     let mut dual_written = Vec::new();
     for (phase, command) in steps {

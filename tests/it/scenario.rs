@@ -28,7 +28,7 @@ pub fn seed(env: &TestEnv, events: u64, messy: bool) -> Value {
     if messy {
         args.push("--messy");
     }
-    env.cli(&args).expect_success().json()
+    env.cli(&args).expect_success().details()
 }
 
 /// prepare (in `mode`) and dual-write start.

@@ -95,12 +95,33 @@ impl CliOutput {
         self.expect_code(0)
     }
 
-    /// Stdout as JSON (for `--json` runs).
+    /// Stdout of a `--json` run: exactly one JSON document, valid against the envelope
+    /// schema (`schemas/envelope.schema.json`), whose `exit_code` is the process's.
     #[track_caller]
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr))
+        let envelope: Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e})\n--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr));
+        let problems: Vec<String> = envelope_schema().iter_errors(&envelope).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        assert!(problems.is_empty(), "stdout does not follow the envelope schema:\n{}\n--- stdout ---\n{}", problems.join("\n"), self.stdout);
+        assert_eq!(envelope["exit_code"].as_i64(), Some(self.code as i64), "the envelope's exit_code is the process's: {}", self.stdout);
+        envelope
     }
+
+    /// The `details` of a `--json` run's envelope (see [`Self::json`]).
+    #[track_caller]
+    pub fn details(&self) -> Value {
+        self.json()["details"].clone()
+    }
+}
+
+/// The shipped envelope schema, compiled once.
+pub fn envelope_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/envelope.schema.json")).expect("read the envelope schema");
+        let schema: Value = serde_json::from_str(&text).expect("the envelope schema is JSON");
+        jsonschema::options().should_validate_formats(true).build(&schema).expect("the envelope schema compiles")
+    })
 }
 
 impl TestEnv {
@@ -401,8 +422,22 @@ macro_rules! require_timescaledb_or_skip {
     };
 }
 
-/// `obj[key]`, panicking with the whole object when it is missing.
+/// `obj[key]` (a dotted path: `run.phase_after`), panicking with the whole object when it is missing.
 #[track_caller]
 pub fn field<'a>(obj: &'a Value, key: &str) -> &'a Value {
-    obj.get(key).unwrap_or_else(|| panic!("missing key {key:?} in {}", serde_json::to_string_pretty(obj).unwrap()))
+    key.split('.')
+        .try_fold(obj, |value, part| value.get(part))
+        .unwrap_or_else(|| panic!("missing key {key:?} in {}", serde_json::to_string_pretty(obj).unwrap()))
+}
+
+/// Polls `probe` until it returns `Some`, for at most `timeout` (no sleeps as synchronisation).
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, timeout: std::time::Duration, mut probe: impl FnMut() -> F) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -82,10 +82,12 @@ async fn prepare_timescaledb_builds_hypertable_aggregates_and_policies() {
     }
 
     // status --json shows the mode, every object and the policies with their config.
-    let status = env.cli(&["status", "--json"]).expect_success().json();
+    let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "storage_mode"), "timescaledb");
     assert_eq!(field(&status, "phase"), "prepared");
-    assert!(field(&status, "timescaledb")["installed"].is_string(), "{status}");
+    assert!(field(&status, "target.timescaledb.installed").is_string(), "{status}");
+    let jobs = field(&status, "jobs").as_array().unwrap();
+    assert!(jobs.iter().filter(|j| j["runs_in"] == "timescaledb").count() >= 8, "the policy jobs are watched: {jobs:?}");
     let objects = field(&status, "objects").as_array().unwrap();
     assert!(objects.iter().all(|o| o["present"] == Value::Bool(true)), "{objects:?}");
     assert!(objects.iter().any(|o| o["name"] == "analytics_events_ts" && o["kind"] == "hypertable"));
@@ -104,7 +106,7 @@ async fn prepare_timescaledb_twice_is_a_no_op() {
     let env = TestEnv::new().await;
     require_timescaledb_or_skip!(env);
     env.cli(&["prepare", "--mode", "timescaledb"]).expect_success();
-    let report = env.cli(&["prepare", "--mode", "timescaledb", "--json"]).expect_success().json();
+    let report = env.cli(&["prepare", "--mode", "timescaledb", "--json"]).expect_success().details();
     assert_eq!(field(&report, "changed"), &Value::Bool(false));
     assert_eq!(field(&report, "applied"), &Value::Array(vec![]));
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM timescaledb_information.jobs WHERE job_id >= 1000").fetch_one(&env.pool).await.unwrap();
@@ -115,7 +117,7 @@ async fn prepare_timescaledb_twice_is_a_no_op() {
 async fn auto_mode_picks_timescaledb_when_the_server_has_it() {
     let env = TestEnv::new().await;
     require_timescaledb_or_skip!(env);
-    let report = env.cli(&["prepare", "--json"]).expect_success().json();
+    let report = env.cli(&["prepare", "--json"]).expect_success().details();
     assert_eq!(field(&report, "mode"), "timescaledb");
     // A target prepared in TimescaleDB mode cannot be switched to plain mode in place.
     let out = env.cli(&["prepare", "--mode", "postgres"]);

@@ -66,7 +66,7 @@ async fn sslmode_require_encrypts_what_tsmigrate_connects_and_the_cli_works_over
 
     let cli_env = [("DATABASE_URL", require.expose())];
     env.cli_with_env(&["prepare", "--mode", "postgres"], &cli_env).expect_success();
-    let status = env.cli_with_env(&["status", "--json"], &cli_env).expect_success().json();
+    let status = env.cli_with_env(&["status", "--json"], &cli_env).expect_success().details();
     assert_eq!(status["storage_mode"], json!("postgres"), "{status}");
 }
 
@@ -168,7 +168,7 @@ async fn ingest_and_relay_run_over_rediss_with_a_private_ca() {
     // They went to the TLS server, not to the shared one.
     let mut private = env.redis().await;
     assert_eq!(private.zcard::<_, usize>(env.keys().events).await.unwrap(), posted.len());
-    let out = env.cli(&["relay", "--once", "--json"]).expect_success().json();
+    let out = env.cli(&["relay", "--once", "--json"]).expect_success().details();
     assert_eq!(out["inserted"], json!(0), "nothing left in the outbox: {out}");
     let shared_settings = tsmigrate::config::RedisSettings { url: crate::support::redis_url(), ..Default::default() };
     let mut shared = connect::redis(&shared_settings, within(TIMEOUT)).await.unwrap();

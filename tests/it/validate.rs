@@ -141,9 +141,10 @@ async fn clean_systems_validate_clean_and_move_the_phase_to_validated() {
     // Another phase command holds the lock: the validation still runs and is clean, but says the phase did not move.
     let mut holder = env.pool.acquire().await.unwrap();
     sqlx::query("SELECT pg_advisory_lock(hashtext('tsmigrate.phase'))").execute(&mut *holder).await.unwrap();
-    let report = env.cli(&["validate", "--json"]).expect_success().json();
+    let report = env.cli(&["validate", "--json"]).expect_success().details();
     assert_eq!(field(&report, "result"), "clean");
-    assert!(field(field(&report, "phase"), "note").as_str().unwrap().contains("not moved"), "{report}");
+    assert!(field(&report, "run.warnings")[0].as_str().unwrap().contains("not moved"), "{report}");
+    assert_eq!(field(&report, "run.phase_after"), "backfilled");
     assert_eq!(phase(&env.pool).await, "backfilled");
     sqlx::query("SELECT pg_advisory_unlock(hashtext('tsmigrate.phase'))").execute(&mut *holder).await.unwrap();
     drop(holder);
@@ -184,7 +185,7 @@ async fn injected_differences_are_found_and_reported_exactly() {
     out.expect_code(1);
     assert!(out.stdout.contains("validate: DIFFERENCES"), "the text summary goes to stdout: {}", out.stdout);
 
-    let report = env.cli(&["validate", "--json"]).expect_code(1).json();
+    let report = env.cli(&["validate", "--json"]).expect_code(1).details();
     assert_eq!(field(&report, "result"), "differences");
     assert_eq!(found(&report), injected);
     let events = field(&report, "events");
@@ -213,7 +214,8 @@ async fn injected_differences_are_found_and_reported_exactly() {
         assert!(lines.iter().any(|l| l.starts_with("+  ") && l.contains(id.as_str())), "{diff}");
     }
 
-    // JUnit: valid XML, one failing testcase for the events check and one per differing hour.
+    // JUnit: valid XML with the same test cases in every run (one per check), the events
+    // check failing with what it found, the aggregate checks as they came out.
     let xml = std::fs::read_to_string(&junit_path).unwrap();
     let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("JUnit file is not XML: {e}\n{xml}"));
     let root = doc.root_element();
@@ -221,18 +223,27 @@ async fn injected_differences_are_found_and_reported_exactly() {
     let suites: Vec<_> = root.children().filter(|n| n.has_tag_name("testsuite")).collect();
     let names: Vec<&str> = suites.iter().map(|s| s.attribute("name").unwrap()).collect();
     assert_eq!(names, vec!["events", "legacy_hourly", "asset_popularity"]);
-    let events_suite = suites[0];
-    let cases: Vec<_> = events_suite.children().filter(|n| n.has_tag_name("testcase")).collect();
-    let hours_differing = field(field(events, "hours_differing"), "total").as_u64().unwrap() as usize;
-    assert_eq!(cases.len(), 1 + hours_differing);
-    assert!(cases.iter().all(|c| c.children().any(|n| n.has_tag_name("failure"))));
-    assert_eq!(events_suite.attribute("failures"), Some(cases.len().to_string().as_str()));
-    let summary = cases[0].children().find(|n| n.has_tag_name("failure")).unwrap();
-    assert!(summary.attribute("message").unwrap().contains("2 missing in the target, 2 extra in the target, 3 different"), "{xml}");
+    let case_names = |suite: &roxmltree::Node| -> Vec<String> {
+        suite.children().filter(|n| n.has_tag_name("testcase")).map(|c| c.attribute("name").unwrap().to_string()).collect()
+    };
+    assert_eq!(case_names(&suites[0]), ["event counts per hour", "missing events", "extra events", "different events"]);
+    assert_eq!(case_names(&suites[1]), ["legacy hourly table vs analytics_hourly"]);
+    assert_eq!(case_names(&suites[2]), ["legacy asset popularity vs analytics_asset_popularity_ts"]);
+    let failure = |suite: &roxmltree::Node, case: &str| -> String {
+        let node = suite.children().find(|n| n.attribute("name") == Some(case)).unwrap_or_else(|| panic!("no case {case}"));
+        node.children().find(|n| n.has_tag_name("failure")).map(|f| f.attribute("message").unwrap().to_string()).unwrap_or_default()
+    };
+    let hours_differing = field(field(events, "hours_differing"), "total").as_u64().unwrap();
+    assert_eq!(failure(&suites[0], "event counts per hour"), format!("{hours_differing} of {} hours differ", field(events, "hours_compared")));
+    assert_eq!(failure(&suites[0], "missing events"), "2 events in Redis, not in the target");
+    assert_eq!(failure(&suites[0], "extra events"), "2 events in the target, not in Redis");
+    assert_eq!(failure(&suites[0], "different events"), "3 events the same event id with other content or time");
+    assert_eq!(suites[0].attribute("failures"), Some("4"));
     assert_eq!(root.attribute("failures").unwrap().parse::<usize>().unwrap(), root.descendants().filter(|n| n.has_tag_name("failure")).count());
+    assert_eq!(root.attribute("tests"), Some("6"), "one case per check, whatever was found");
 
     // Counts depth: only count differences (an altered event keeps the count), no event lists.
-    let counts = env.cli(&["validate", "--depth", "counts", "--json"]).expect_code(1).json();
+    let counts = env.cli(&["validate", "--depth", "counts", "--json"]).expect_code(1).details();
     assert_eq!(field(field(&counts, "events"), "missing"), &Value::Null);
     assert_eq!(field(field(field(&counts, "events"), "hours_differing"), "total").as_u64(), Some(4), "hours 4, 8, 12 and 13 differ in their counts");
 
@@ -253,7 +264,7 @@ async fn both_storage_modes_report_the_same_differences_timescaledb() {
     migrate(&ts, "timescaledb", end);
     let (a, b) = (inject(&plain.pool).await, inject(&ts.pool).await);
     assert_eq!(a, b, "the same seed and picks inject the same differences");
-    let reports: Vec<Value> = [&plain, &ts].iter().map(|env| env.cli(&["validate", "--json"]).expect_code(1).json()).collect();
+    let reports: Vec<Value> = [&plain, &ts].iter().map(|env| env.cli(&["validate", "--json"]).expect_code(1).details()).collect();
     assert_eq!(found(&reports[0]), a);
     assert_eq!(found(&reports[1]), a);
     for key in ["redis_events", "target_events", "dead_letters", "hours_compared", "hours_differing"] {

@@ -6,8 +6,9 @@ use serde_json::{json, Value};
 
 use crate::context::Context;
 use crate::phase::report::PhaseReport;
-use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
-use crate::phase::{Refusal, Transition, ABORT};
+use crate::phase::runner::{confirmed, Applied, Commit, PhaseCommand, Run};
+use crate::phase::{Transition, ABORT};
+use crate::state::NextStep;
 use crate::store::objects::drop_statements;
 use crate::store::StorageMode;
 
@@ -35,14 +36,7 @@ impl PhaseCommand for Abort {
         if run.dry_run {
             return Ok(Applied::new(details, Commit::Nothing));
         }
-        if !self.confirmed {
-            return Err(Refusal {
-                command: "abort".into(),
-                reason: "abort drops the target tables and every migrated row; it needs confirmation".into(),
-                next: "tsmigrate abort --dry-run   # to see what would be dropped, then: tsmigrate abort --yes".into(),
-            }
-            .into());
-        }
+        confirmed(self.confirmed, "abort", "abort drops the target tables and every migrated row")?;
         // Ingest stops feeding the outbox first, so nothing lands in a table about to vanish.
         let mut redis = ctx.redis().await?;
         redis::cmd("DEL").arg(&keys.dual_write_flag).arg(&keys.outbox).query_async::<()>(&mut redis).await?;
@@ -50,9 +44,9 @@ impl PhaseCommand for Abort {
         Ok(Applied::new(details, Commit::Done))
     }
 
-    fn next_steps(&self, report: &PhaseReport) -> Vec<String> {
+    fn next_steps(&self, report: &PhaseReport) -> Vec<NextStep> {
         if report.dry_run {
-            vec!["tsmigrate abort --yes".into()]
+            vec![NextStep::run("tsmigrate abort --yes", "drop what is listed above")]
         } else {
             report.phase_after.next_steps()
         }

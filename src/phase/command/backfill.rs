@@ -4,6 +4,8 @@
 //! ended: no gap, no duplicate. Then it refreshes the aggregates over the backfilled range
 //! and imports the legacy history older than the Redis horizon.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -24,6 +26,7 @@ use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::checkpoint;
 use crate::store::dead_letter::{self, DeadLetterCount, DeadLetterExample};
 use crate::store::history::{self, HistoryReport};
+use crate::store::progress;
 use crate::store::writer::{Method, PageOutcome, ParsedPage, TargetWriter};
 use crate::store::{StorageMode, Store};
 
@@ -101,12 +104,18 @@ impl PhaseCommand for Backfill {
         let mode = run.state.storage_mode.ok_or_else(|| anyhow::anyhow!("storage mode missing from the migration state"))?;
         let mut redis = ctx.redis().await?;
         let until = (completion_point.timestamp_millis() + MAX_FUTURE_MS + 60_000) as f64;
+        // A finished backfill run again is a new pass over what Redis holds up to T: rows
+        // already there stay single, anything missing (found by a validation) goes in.
         let saved: Option<BackfillPosition> = checkpoint::load(&mut *ctx.target.acquire().await?, CHECKPOINT).await?;
+        let saved = saved.filter(|p| !p.finished);
         let resumed = saved.as_ref().is_some_and(|p| p.pages > 0);
         let mut position = saved.unwrap_or_else(|| BackfillPosition::start(until));
         let remaining = remaining(&mut redis, &ctx.keys.events, &position).await?;
         let out_of_range = reader::out_of_range(&mut redis, &ctx.keys.events, Utc::now().timestamp_millis(), OUT_OF_RANGE_EXAMPLES).await?;
         let mut details = BackfillDetails::new(run.dry_run, completion_point, &position, resumed, remaining, out_of_range);
+        if self.import_history {
+            history::check_legacy_tables(&ctx.settings, &ctx.legacy().await?).await?;
+        }
         if run.dry_run {
             return Ok(Applied::new(details, Commit::Nothing));
         }
@@ -129,15 +138,20 @@ impl Backfill {
     /// Copies from the saved position to its end, each page with its checkpoint.
     async fn copy(&self, ctx: &Context, mode: StorageMode, redis: ConnectionManager, position: &mut BackfillPosition, remaining: u64) -> anyhow::Result<()> {
         let writer = TargetWriter::new(ctx.target.clone(), mode);
+        // Seen from any terminal by `tsmigrate status`.
+        let reporter = progress::Reporter::start(&ctx.target, CHECKPOINT, "events", position.read, Some(position.read + remaining)).await;
         let mut sink = BackfillSink {
             position,
             progress: Progress::new("backfill", remaining, self.quiet),
+            reported: reporter.counter(),
             started: Instant::now(),
             done_this_run: 0,
             max_rate: self.max_rate.filter(|r| *r > 0),
         };
         let (cursor, until) = (sink.position.cursor, sink.position.until);
-        copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink).await?;
+        let copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink).await;
+        reporter.finish(&ctx.target, CHECKPOINT).await;
+        copied?;
         sink.progress.finish();
         sink.position.finished = true;
         checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &*sink.position).await
@@ -242,6 +256,8 @@ impl BackfillDetails {
 struct BackfillSink<'a> {
     position: &'a mut BackfillPosition,
     progress: Progress,
+    /// Events read so far, all runs (what `status` shows).
+    reported: Arc<AtomicU64>,
     started: Instant,
     done_this_run: u64,
     max_rate: Option<u64>,
@@ -256,6 +272,7 @@ impl PageSink for BackfillSink<'_> {
     fn committed(&mut self, page: &Page) -> Option<Duration> {
         self.done_this_run += page.read as u64;
         self.progress.set(self.done_this_run);
+        self.reported.store(self.position.read, Ordering::Relaxed);
         let rate = self.max_rate?;
         Duration::from_secs_f64(self.done_this_run as f64 / rate as f64).checked_sub(self.started.elapsed())
     }

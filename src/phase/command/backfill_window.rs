@@ -17,6 +17,7 @@ use crate::legacy::reader::ScoreCursor;
 use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, BACKFILL_WINDOW};
+use crate::state::NextStep;
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::writer::{PageOutcome, TargetWriter};
 
@@ -66,8 +67,8 @@ impl PhaseCommand for BackfillWindow {
         Ok(Applied { audit, ..Applied::new(details, Commit::Stay) })
     }
 
-    fn next_steps(&self, _report: &PhaseReport<WindowDetails>) -> Vec<String> {
-        vec!["tsmigrate validate           # compare the window again".into()]
+    fn next_steps(&self, _report: &PhaseReport<WindowDetails>) -> Vec<NextStep> {
+        vec![NextStep::run("tsmigrate validate", "compare the window again")]
     }
 }
 

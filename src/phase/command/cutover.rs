@@ -1,11 +1,11 @@
 //! `tsmigrate cutover`: reads come from the target (validated → reads_switched).
 //! Gate: the latest validation is clean and fresher than `migration.validation_freshness_hours`.
 
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use serde_json::{json, Value};
 
 use crate::context::Context;
-use crate::phase::gates::cutover_gate;
+use crate::phase::gates::{cutover_gate, GateRules};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::{latest_validation, StateChanges};
 use crate::phase::{Transition, CUTOVER};
@@ -21,8 +21,7 @@ impl PhaseCommand for Cutover {
 
     async fn gate(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Result<Value, String>> {
         let latest = latest_validation(run.guard()?.conn()).await?;
-        let freshness = Duration::hours(i64::from(ctx.settings.migration.validation_freshness_hours));
-        Ok(cutover_gate(latest.as_ref(), Utc::now(), freshness))
+        Ok(cutover_gate(latest.as_ref(), Utc::now(), &GateRules::from_settings(&ctx.settings.migration)))
     }
 
     async fn apply(&self, _ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<Value>> {

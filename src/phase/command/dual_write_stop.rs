@@ -9,6 +9,7 @@ use crate::phase::report::PhaseReport;
 use crate::phase::runner::{default_next_steps, Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::StateChanges;
 use crate::phase::{Transition, DUAL_WRITE_STOP};
+use crate::state::NextStep;
 
 pub struct DualWriteStop;
 
@@ -32,10 +33,10 @@ impl PhaseCommand for DualWriteStop {
         Ok(Applied { audit: json!({"previous_completion_point": previous}), ..Applied::new(details, Commit::Move(changes)) })
     }
 
-    fn next_steps(&self, report: &PhaseReport) -> Vec<String> {
+    fn next_steps(&self, report: &PhaseReport) -> Vec<NextStep> {
         if report.dry_run {
             return default_next_steps(&self.name(), true, report.phase_after);
         }
-        vec!["the relay keeps draining what is already in the outbox".into(), "tsmigrate dual-write start   # when ready to try again".into()]
+        vec![NextStep::note("the relay keeps draining what is already in the outbox"), NextStep::run("tsmigrate dual-write start", "when ready to try again")]
     }
 }

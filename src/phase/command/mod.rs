@@ -10,6 +10,7 @@
 //! | `backfill --from --to` | [`backfill_window`] |
 //! | `import-history` | [`import_history`] |
 //! | `validate` | [`validate`] |
+//! | `repair` | [`repair`] |
 //! | `cutover` | [`cutover`] |
 //! | `reverse` | [`reverse`] |
 //! | `retire-flush` | [`retire_flush`] |
@@ -28,6 +29,7 @@ pub mod dual_write_stop;
 pub mod import_history;
 pub mod optimize;
 pub mod prepare;
+pub mod repair;
 pub mod retire_flush;
 pub mod reverse;
 pub mod shadow;

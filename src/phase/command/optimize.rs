@@ -10,6 +10,7 @@ use crate::context::Context;
 use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Phase, Transition, OPTIMIZE};
+use crate::state::NextStep;
 use crate::store::{aggregates, StorageFigures, StorageMode, ASSET_VIEW};
 
 pub struct Optimize {
@@ -62,9 +63,9 @@ impl PhaseCommand for Optimize {
         Ok(Applied::new(details, Commit::Stay))
     }
 
-    fn next_steps(&self, report: &PhaseReport<OptimizeDetails>) -> Vec<String> {
+    fn next_steps(&self, report: &PhaseReport<OptimizeDetails>) -> Vec<NextStep> {
         match report.phase_after {
-            Phase::FlushRetired => vec!["tsmigrate complete".into()],
+            Phase::FlushRetired => vec![NextStep::run("tsmigrate complete --yes", "end the migration; the legacy keys get an expiry")],
             phase => phase.next_steps(),
         }
     }

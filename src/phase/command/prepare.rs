@@ -10,6 +10,7 @@ use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{default_next_steps, Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::{MigrationState, StateChanges};
 use crate::phase::{Transition, PREPARE};
+use crate::state::NextStep;
 use crate::store::capability::{Capabilities, ModeError};
 use crate::store::schema::{self, PlannedMigration};
 use crate::store::{ObjectStatus, StorageMode};
@@ -32,6 +33,9 @@ pub struct PrepareDetails {
     /// Migrations applied by this run (or that would be, with --dry-run).
     pub applied: Vec<MigrationSummary>,
     pub already_applied: Vec<i64>,
+    /// Versions whose history an earlier tsmigrate kept in `_sqlx_migrations`, moved (or,
+    /// with --dry-run, to be moved) into `tsmigrate.schema_history`.
+    pub history_moved: Vec<i64>,
     /// The SQL that would run (dry run only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sql: Option<Vec<PlannedMigration>>,
@@ -52,25 +56,34 @@ impl PhaseCommand for Prepare {
         let store = ctx.store(mode);
         let plan = schema::plan(&ctx.target, mode, &ctx.settings.target).await?;
         let applied: Vec<MigrationSummary> = plan.pending.iter().map(|m| MigrationSummary { version: m.version, description: m.description.clone() }).collect();
-        let mut details = PrepareDetails { mode, capabilities, applied, already_applied: plan.applied, sql: None, changed: false, objects: vec![] };
+        let mut details = PrepareDetails {
+            mode,
+            capabilities,
+            applied,
+            already_applied: plan.applied,
+            history_moved: plan.adopted.clone(),
+            sql: None,
+            changed: false,
+            objects: vec![],
+        };
         let warnings = crate::dual_write::durability::warnings_for(ctx).await;
         if run.dry_run {
             details.sql = Some(plan.pending);
             details.objects = crate::store::object_status(&*store).await?;
             return Ok(Applied { warnings, ..Applied::new(details, Commit::Nothing) });
         }
-        schema::apply(&ctx.target, mode, &ctx.settings.target).await?;
+        schema::apply(&ctx.target, mode, &ctx.settings.target, &crate::phase::state::actor()).await?;
         store.after_prepare(&ctx.settings.target).await?;
-        details.changed = !details.applied.is_empty() || run.moves();
+        details.changed = !details.applied.is_empty() || !details.history_moved.is_empty() || run.moves();
         details.objects = crate::store::object_status(&*store).await?;
         let audit = json!({ "mode": mode, "applied": details.applied.iter().map(|m| m.version).collect::<Vec<_>>() });
         let changes = StateChanges { storage_mode: Some(mode), ..Default::default() };
         Ok(Applied { audit, warnings, ..Applied::new(details, Commit::Move(changes)) })
     }
 
-    fn next_steps(&self, report: &PhaseReport<PrepareDetails>) -> Vec<String> {
+    fn next_steps(&self, report: &PhaseReport<PrepareDetails>) -> Vec<NextStep> {
         if report.dry_run {
-            return vec![format!("tsmigrate prepare --mode {}   # apply what is listed above", report.details.mode)];
+            return vec![NextStep::run(format!("tsmigrate prepare --mode {}", report.details.mode), "apply what is listed above")];
         }
         default_next_steps(&self.name(), false, report.phase_after)
     }
@@ -100,6 +113,13 @@ impl Details for PrepareDetails {
             (None, None) => "TimescaleDB not available".into(),
         };
         let mut out = format!("storage mode: {} (PostgreSQL {}, {ts})\n", self.mode, caps.server_version);
+        if !self.history_moved.is_empty() {
+            let verb = if self.sql.is_some() { "would move" } else { "moved" };
+            out.push_str(&format!(
+                "{verb} tsmigrate's history of {} migration(s) from _sqlx_migrations to tsmigrate.schema_history (the application's rows stay)\n",
+                self.history_moved.len()
+            ));
+        }
         match &self.sql {
             Some(_) if self.applied.is_empty() => out.push_str("nothing to apply; the target is already prepared\n"),
             Some(sql) => {

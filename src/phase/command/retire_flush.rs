@@ -6,7 +6,7 @@ use chrono::{Duration, Utc};
 use serde_json::{json, Value};
 
 use crate::context::Context;
-use crate::phase::gates::retire_gate;
+use crate::phase::gates::{retire_gate, GateRules};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::{latest_validation, StateChanges};
 use crate::phase::{Transition, RETIRE_FLUSH};
@@ -31,7 +31,8 @@ impl PhaseCommand for RetireFlush {
 
     async fn gate(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Result<Value, String>> {
         let latest = latest_validation(run.guard()?.conn()).await?;
-        Ok(retire_gate(&run.state, latest.as_ref(), Utc::now(), self.soak(ctx)))
+        let rules = GateRules { soak: self.soak(ctx), ..GateRules::from_settings(&ctx.settings.migration) };
+        Ok(retire_gate(&run.state, latest.as_ref(), Utc::now(), &rules))
     }
 
     async fn apply(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<Value>> {

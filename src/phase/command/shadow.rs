@@ -7,6 +7,7 @@ use crate::context::Context;
 use crate::phase::report::PhaseReport;
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, SHADOW};
+use crate::state::NextStep;
 
 pub struct Shadow {
     pub on: bool,
@@ -33,7 +34,7 @@ impl PhaseCommand for Shadow {
         Ok(Applied { audit: json!({"shadow": self.on}), ..Applied::new(details, Commit::Stay) })
     }
 
-    fn next_steps(&self, report: &PhaseReport) -> Vec<String> {
+    fn next_steps(&self, report: &PhaseReport) -> Vec<NextStep> {
         report.phase_after.next_steps()
     }
 }

@@ -11,6 +11,7 @@ use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, Locking, PhaseCommand, Run};
 use crate::phase::state::StateChanges;
 use crate::phase::{Transition, VALIDATE};
+use crate::state::NextStep;
 use crate::validate::run::ValidateOptions;
 use crate::validate::{Depth, ValidationReport, Verdict};
 
@@ -33,7 +34,7 @@ impl PhaseCommand for Validate {
         let mut report = crate::validate::run::run(ctx, &run.state, &self.options).await?;
         // A recorded gap explains missing events better than anything the diff can say.
         let open = gaps::open(&ctx.target).await?;
-        report.next_steps = open.iter().map(|g| format!("{}   # {}", g.repair_command(), g.describe())).collect();
+        report.next_steps = open.iter().map(|g| NextStep::run(g.repair_command(), g.describe())).collect();
         let audit =
             serde_json::json!({"validation_run": report.run_id, "window_from": report.window.from, "window_to": report.window.to, "depth": report.depth});
         // Only a clean run after backfill moves the phase; every run is in validation_runs already.
@@ -44,7 +45,7 @@ impl PhaseCommand for Validate {
         Ok(Applied { audit, commit, ..Applied::new(report, Commit::Nothing) })
     }
 
-    fn next_steps(&self, report: &PhaseReport<ValidationReport>) -> Vec<String> {
+    fn next_steps(&self, report: &PhaseReport<ValidationReport>) -> Vec<NextStep> {
         let details = &report.details;
         let mut steps = details.next_steps.clone();
         steps.extend(verdict_steps(details));
@@ -60,22 +61,53 @@ impl PhaseCommand for Validate {
     }
 }
 
-fn verdict_steps(report: &ValidationReport) -> Vec<String> {
+fn verdict_steps(report: &ValidationReport) -> Vec<NextStep> {
     match report.verdict() {
-        Verdict::Clean if report.phase_note.is_some() => vec!["tsmigrate validate           # again, to move the phase to validated".into()],
+        Verdict::Clean if report.phase_note.is_some() => vec![NextStep::run("tsmigrate validate", "again, to move the phase to validated")],
         Verdict::Clean => report.phase_after.next_steps(),
-        Verdict::Differences => {
-            let mut steps = Vec::new();
-            if report.depth == Depth::Counts && report.events.has_differences() {
-                steps.push("tsmigrate validate --depth events   # list the differing events".into());
-            }
-            if report.events.findings.as_ref().is_some_and(|f| f.missing.total > 0) {
-                steps.push("missing events: check the relay (tsmigrate status); events from before dual-write: tsmigrate backfill (idempotent)".into());
-            }
-            steps.push("fix the cause of the differences above, then: tsmigrate validate".into());
-            steps
-        }
+        Verdict::Differences => difference_steps(report),
+        Verdict::Incomplete => report
+            .could_not_run()
+            .iter()
+            .map(|(check, _, hint)| NextStep::note(format!("{check} check: {hint}")))
+            .chain([NextStep::run("tsmigrate validate", "then validate again")])
+            .collect(),
     }
+}
+
+/// The command that fixes each kind of difference found, then validating again.
+fn difference_steps(report: &ValidationReport) -> Vec<NextStep> {
+    let mut steps = Vec::new();
+    if report.depth == Depth::Counts && report.events.has_differences() {
+        steps.push(NextStep::run("tsmigrate validate --depth events", "counts differ: list the differing events, which repair then fixes"));
+    }
+    let (missing, extra, different) = report.events.findings.as_ref().map_or((0, 0, 0), |f| (f.missing.total, f.extra.total, f.different.total));
+    if missing + different > 0 || report.hourly.has_differences() || report.assets.has_differences() {
+        let mut what = Vec::new();
+        if missing > 0 {
+            what.push(format!("copies the {missing} missing event(s) from Redis"));
+        }
+        if different > 0 {
+            what.push(format!("rewrites the {different} differing event(s) from Redis"));
+        }
+        if report.hourly.has_differences() || report.assets.has_differences() {
+            what.push("refreshes the target aggregates over the window".into());
+        }
+        steps.push(NextStep::run("tsmigrate repair", what.join("; ")));
+    }
+    if extra > 0 {
+        steps.push(NextStep::run(
+            "tsmigrate repair --delete-extra",
+            format!("deletes the {extra} event(s) only the target holds (find out why they are there first)"),
+        ));
+    }
+    if missing > 0 {
+        steps.push(NextStep::note(
+            "many missing events at the newest end: the relay may be behind (tsmigrate status), or a gap needs `tsmigrate backfill --from --to`",
+        ));
+    }
+    steps.push(NextStep::run("tsmigrate validate", "after the repair, compare again"));
+    steps
 }
 
 impl Details for ValidationReport {

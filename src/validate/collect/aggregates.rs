@@ -26,6 +26,14 @@ pub struct AssetKey {
     pub asset_type: String,
 }
 
+/// What the legacy database holds for the aggregate checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyTables {
+    pub hourly: LegacyCoverage,
+    /// Whether the asset popularity table exists.
+    pub assets: bool,
+}
+
 /// How far the legacy flush got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LegacyCoverage {
@@ -37,13 +45,14 @@ pub enum LegacyCoverage {
     UpTo(DateTime<Utc>),
 }
 
-pub async fn legacy_coverage(pool: &PgPool, legacy: &LegacySettings) -> anyhow::Result<LegacyCoverage> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&legacy.hourly_table).fetch_one(pool).await?;
-    if !exists {
-        return Ok(LegacyCoverage::NoTable);
+pub async fn legacy_tables(pool: &PgPool, legacy: &LegacySettings) -> anyhow::Result<LegacyTables> {
+    let exists = |table: &str| sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL").bind(table.to_string()).fetch_one(pool);
+    let (hourly, assets) = tokio::try_join!(exists(&legacy.hourly_table), exists(&legacy.asset_table))?;
+    if !hourly {
+        return Ok(LegacyTables { hourly: LegacyCoverage::NoTable, assets });
     }
     let max: Option<DateTime<Utc>> = sqlx::query_scalar(&sql::legacy(sql::LEGACY_MAX_HOUR, legacy)).fetch_one(pool).await?;
-    Ok(max.map_or(LegacyCoverage::Empty, LegacyCoverage::UpTo))
+    Ok(LegacyTables { hourly: max.map_or(LegacyCoverage::Empty, LegacyCoverage::UpTo), assets })
 }
 
 type HourlyRow = (DateTime<Utc>, String, String, i64, i64);

@@ -4,6 +4,8 @@
 //! page is read. Nothing but per-minute summaries is kept.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 
@@ -43,22 +45,29 @@ impl RedisEvents {
     }
 }
 
+/// Members scored in `[from_ms, to_ms)` (what [`summarize`] will read).
+pub async fn count(redis: &mut ConnectionManager, key: &str, from_ms: i64, to_ms: i64) -> redis::RedisResult<u64> {
+    let (low, high) = score_bounds(from_ms, to_ms);
+    redis::cmd("ZCOUNT").arg(key).arg(low).arg(format!("({high}")).query_async(redis).await
+}
+
 /// The score range holding the events whose time (the score rounded to the millisecond,
 /// as `from_member` does) lies in `[from_ms, to_ms)`.
 fn score_bounds(from_ms: i64, to_ms: i64) -> (f64, f64) {
     (from_ms as f64 - 0.5, to_ms as f64 - 0.5)
 }
 
-/// Count and hash per minute of every valid event in `[from_ms, to_ms)`.
-#[tracing::instrument(skip(redis), err)]
-pub async fn summarize(redis: &ConnectionManager, key: &str, from_ms: i64, to_ms: i64, now_ms: i64) -> anyhow::Result<RedisEvents> {
+/// Count and hash per minute of every valid event in `[from_ms, to_ms)`; `read` counts the
+/// members read so far (progress).
+#[tracing::instrument(skip(redis, read), err)]
+pub async fn summarize(redis: &ConnectionManager, key: &str, from_ms: i64, to_ms: i64, now_ms: i64, read: Arc<AtomicU64>) -> anyhow::Result<RedisEvents> {
     let minutes = (to_ms - from_ms).div_euclid(MINUTE_MS);
     let step = (minutes / READERS).max(1) * MINUTE_MS;
     let mut parts = Vec::new();
     let mut start = from_ms;
     while start < to_ms {
         let end = if parts.len() as i64 + 1 >= READERS { to_ms } else { (start + step).min(to_ms) };
-        parts.push(summarize_part(redis.clone(), key.to_string(), start, end, now_ms));
+        parts.push(summarize_part(redis.clone(), key.to_string(), start, end, now_ms, read.clone()));
         start = end;
     }
     let mut total = RedisEvents::default();
@@ -68,7 +77,7 @@ pub async fn summarize(redis: &ConnectionManager, key: &str, from_ms: i64, to_ms
     Ok(total)
 }
 
-async fn summarize_part(mut redis: ConnectionManager, key: String, from_ms: i64, to_ms: i64, now_ms: i64) -> anyhow::Result<RedisEvents> {
+async fn summarize_part(mut redis: ConnectionManager, key: String, from_ms: i64, to_ms: i64, now_ms: i64, read: Arc<AtomicU64>) -> anyhow::Result<RedisEvents> {
     let (low, high) = score_bounds(from_ms, to_ms);
     let mut cursor = ScoreCursor::at(low);
     let mut pending = VecDeque::new();
@@ -77,6 +86,7 @@ async fn summarize_part(mut redis: ConnectionManager, key: String, from_ms: i64,
         let page = read_page_before(&mut redis, &key, cursor, high, PAGE).await?;
         let last = page.len() < PAGE;
         cursor = cursor.after(&page);
+        read.fetch_add(page.len() as u64, Ordering::Relaxed);
         if !page.is_empty() {
             pending.push_back(tokio::task::spawn_blocking(move || summarize_page(page, now_ms)));
         }
