@@ -32,14 +32,22 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     Err(format!("{s:?} is not a time: use RFC 3339 (2025-01-31T12:00:00Z), a date (2025-01-31), now, or -6h / -2d"))
 }
 
-/// A duration as people write it, rounded to its largest unit: `45s`, `12m`, `5h`, `3d`.
+/// A duration as people write it, in its two largest units (rounded down): `45s`, `12m`,
+/// `5h`, `21h59m`, `3d4h`.
 pub fn show(d: chrono::Duration) -> String {
     let s = d.num_seconds().max(0);
+    let two = |big: i64, big_unit: &str, small: i64, small_unit: &str| {
+        if small == 0 {
+            format!("{big}{big_unit}")
+        } else {
+            format!("{big}{big_unit}{small}{small_unit}")
+        }
+    };
     match s {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
+        s if s < 172_800 => two(s / 3600, "h", s % 3600 / 60, "m"),
+        s => two(s / 86_400, "d", s % 86_400 / 3600, "h"),
     }
 }
 
@@ -116,6 +124,11 @@ mod tests {
         assert!(parse_time("2025-01-31").is_ok());
         assert!(parse_time("-6h").unwrap() < Utc::now());
         assert!(parse_time("tomorrow").unwrap_err().contains("RFC 3339"));
+        let show_secs = |s: i64| show(chrono::Duration::seconds(s));
+        assert_eq!(
+            [show_secs(45), show_secs(600), show_secs(5 * 3600), show_secs(22 * 3600 - 60), show_secs(3 * 86_400 + 4 * 3600)],
+            ["45s", "10m", "5h", "21h59m", "3d4h"]
+        );
     }
 
     #[test]

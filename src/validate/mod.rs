@@ -181,6 +181,8 @@ pub struct ValidationReport {
     pub phase_after: Phase,
     /// Why the phase did not move although it could have (lock held...).
     pub phase_note: Option<String>,
+    /// What the run noticed besides its findings (a counts-depth run that opens no gate).
+    pub warnings: Vec<String>,
     /// Per-stage wall time in milliseconds, for operators sizing the job.
     pub timings: BTreeMap<&'static str, u64>,
     pub next_steps: Vec<crate::state::NextStep>,

@@ -275,6 +275,9 @@ impl ValidationReport {
         if let Some(note) = &self.phase_note {
             let _ = writeln!(o, "  {note}");
         }
+        for warning in &self.warnings {
+            let _ = writeln!(o, "WARNING: {warning}");
+        }
         o.push_str(&crate::state::render_next_steps(&self.next_steps));
         o
     }
@@ -471,7 +474,10 @@ impl From<&ValidationReport> for JsonReport {
         let e = &r.events;
         let kinds = |pick: fn(&EventFindings) -> &Listed<EventDifference>| e.findings.as_ref().map(|f| json_listed(pick(f), json_event));
         JsonReport {
-            result: r.verdict().as_str(),
+            result: match r.verdict() {
+                Verdict::Incomplete => "incomplete",
+                verdict => verdict.as_str(),
+            },
             run_id: r.run_id,
             depth: r.depth.as_str(),
             storage_mode: r.mode.to_string(),

@@ -128,6 +128,7 @@ async fn compare(
         phase_before: state.phase,
         phase_after: state.phase,
         phase_note: None,
+        warnings: vec![],
         timings,
         next_steps: vec![],
     })

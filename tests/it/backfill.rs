@@ -54,24 +54,6 @@ async fn hold_backfill_after(env: &TestEnv, pages: i64) -> sqlx::Transaction<'st
     }
 }
 
-/// Waits until a backend of the backfill waits for the lock on its checkpoint row.
-async fn wait_until_blocked_on_checkpoint(env: &TestEnv) {
-    let started = Instant::now();
-    loop {
-        let blocked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tsmigrate' AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        if blocked > 0 {
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "the backfill never reached its next checkpoint");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// No tsmigrate backend is left on the test database (a killed process's backends end
 /// once they notice the closed connection).
 async fn wait_until_no_tsmigrate_backend(env: &TestEnv) {
@@ -99,7 +81,7 @@ async fn kill_and_resume(mode: Mode) {
     // The child is stopped in the middle of a page (rows copied, checkpoint not committed)
     // and killed there: no timing decides where it dies.
     let checkpoint_lock = hold_backfill_after(&env, 5).await;
-    wait_until_blocked_on_checkpoint(&env).await;
+    env.wait_until_tsmigrate_waits_for_a_lock("the backfill's next checkpoint").await;
     child.child().kill().unwrap(); // SIGKILL: no chance to clean up
     child.child().wait().unwrap();
     checkpoint_lock.rollback().await.unwrap();

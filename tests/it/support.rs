@@ -238,6 +238,25 @@ impl TestEnv {
         }
     }
 
+    /// Waits until a backend of a `tsmigrate` process waits for a lock another test
+    /// transaction holds (a process stopped at a known point, to be killed there).
+    pub async fn wait_until_tsmigrate_waits_for_a_lock(&self, what: &str) {
+        let query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tsmigrate' AND wait_event_type = 'Lock'";
+        eventually(what, Duration::from_secs(60), || async {
+            let blocked: i64 = sqlx::query_scalar(query).fetch_one(&self.pool).await.unwrap();
+            (blocked > 0).then_some(())
+        })
+        .await
+    }
+
+    /// Runs `sql` on the maintenance database (a second database a test creates and drops itself).
+    pub async fn admin_sql(&self, sql: &str) {
+        let admin = admin_database_url();
+        let mut conn = PgConnection::connect(admin.expose()).await.expect("connect to the maintenance database");
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = conn.close().await;
+    }
+
     /// Drops the database and deletes the Redis keys now (drop does the same, best effort).
     pub async fn cleanup(mut self) {
         self.pool.close().await;

@@ -16,12 +16,12 @@ use tsmigrate::validate::fingerprint::{jsonb_text, Fingerprinter};
 use crate::support::{field, TestEnv};
 
 /// The seeded traffic ends here (the same for every env of a test, so both modes see the same events).
-fn seed_end() -> DateTime<Utc> {
+pub fn seed_end() -> DateTime<Utc> {
     Utc::now().duration_trunc(Duration::hours(1)).unwrap() - Duration::hours(1)
 }
 
 /// Seeds a day of messy traffic (legacy flush included), prepares `mode`, starts dual-write, backfills.
-fn migrate(env: &TestEnv, mode: &str, end: DateTime<Utc>) {
+pub fn migrate(env: &TestEnv, mode: &str, end: DateTime<Utc>) {
     let end = end.to_rfc3339();
     env.cli(&["seed", "--events", "3000", "--days", "1", "--users", "60", "--messy", "--end", &end]).expect_success();
     env.cli(&["prepare", "--mode", mode]).expect_success();
@@ -43,11 +43,11 @@ async fn phase(pool: &PgPool) -> String {
 
 /// What was injected, by kind.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Injected {
-    missing: BTreeSet<String>,
-    extra: BTreeSet<String>,
+pub struct Injected {
+    pub missing: BTreeSet<String>,
+    pub extra: BTreeSet<String>,
     /// id -> the fields that differ.
-    different: Vec<(String, Vec<String>)>,
+    pub different: Vec<(String, Vec<String>)>,
 }
 
 /// Rows of one hour well inside the window (`hour` hours after the first event's hour), in a
@@ -71,7 +71,7 @@ async fn pick(pool: &PgPool, hour: i32, count: i64) -> Vec<String> {
 
 /// Deletes 2 target rows (hour 4), inserts 2 extra (hour 8), alters 2 (properties; user_id), shifts 1
 /// from hour 12 to hour 13: four hours differ in their counts.
-async fn inject(pool: &PgPool) -> Injected {
+pub async fn inject(pool: &PgPool) -> Injected {
     let mut injected = Injected::default();
     for id in pick(pool, 4, 2).await {
         sqlx::query("DELETE FROM analytics_events_ts WHERE event_id = $1::uuid").bind(&id).execute(pool).await.unwrap();

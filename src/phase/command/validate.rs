@@ -37,12 +37,23 @@ impl PhaseCommand for Validate {
         report.next_steps = open.iter().map(|g| NextStep::run(g.repair_command(), g.describe())).collect();
         let audit =
             serde_json::json!({"validation_run": report.run_id, "window_from": report.window.from, "window_to": report.window.to, "depth": report.depth});
-        // Only a clean run after backfill moves the phase; every run is in validation_runs already.
+        // Only a clean run after backfill moves the phase, and one at counts depth (it cannot
+        // see an altered event) only where the settings allow it; every run is in
+        // validation_runs already.
+        let shallow = report.depth == Depth::Counts && !ctx.settings.migration.counts_depth_opens_gates;
+        let mut warnings = vec![];
         let commit = match report.verdict() {
+            Verdict::Clean if run.moves() && shallow => {
+                warnings.push(format!(
+                    "a validation at counts depth does not open the cutover gate (migration.counts_depth_opens_gates is false): the phase stays {}",
+                    run.state.phase
+                ));
+                Commit::Nothing
+            }
             Verdict::Clean if run.moves() => Commit::Move(StateChanges::default()),
             _ => Commit::Nothing,
         };
-        Ok(Applied { audit, commit, ..Applied::new(report, Commit::Nothing) })
+        Ok(Applied { audit, commit, warnings, ..Applied::new(report, Commit::Nothing) })
     }
 
     fn next_steps(&self, report: &PhaseReport<ValidationReport>) -> Vec<NextStep> {
@@ -55,6 +66,7 @@ impl PhaseCommand for Validate {
     fn settle(&self, report: &mut PhaseReport<ValidationReport>, note: Option<&str>) {
         report.details.phase_after = report.phase_after;
         report.details.phase_note = note.map(str::to_string);
+        report.details.warnings = report.warnings.iter().filter(|w| Some(w.as_str()) != note).cloned().collect();
         if !report.next_steps.is_empty() {
             report.details.next_steps = report.next_steps.clone();
         }
@@ -64,6 +76,9 @@ impl PhaseCommand for Validate {
 fn verdict_steps(report: &ValidationReport) -> Vec<NextStep> {
     match report.verdict() {
         Verdict::Clean if report.phase_note.is_some() => vec![NextStep::run("tsmigrate validate", "again, to move the phase to validated")],
+        Verdict::Clean if report.depth == Depth::Counts && report.phase_after == crate::state::Phase::Backfilled => {
+            vec![NextStep::run("tsmigrate validate --depth events", "a validation that compares every event opens the cutover gate")]
+        }
         Verdict::Clean => report.phase_after.next_steps(),
         Verdict::Differences => difference_steps(report),
         Verdict::Incomplete => report
