@@ -41,6 +41,10 @@ pub struct PhaseReport<D = Value> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     pub next_steps: Vec<NextStep>,
+    /// What the gates say comes next from where the command left the migration (see
+    /// `gates::outlook`); the default next steps.
+    #[serde(skip)]
+    pub gated_next: Vec<NextStep>,
 }
 
 impl<D: Details> PhaseReport<D> {
@@ -98,6 +102,7 @@ mod tests {
             details: json!({"reads_from": "target", "phase_after": "shadowed"}),
             warnings: vec![],
             next_steps: vec![NextStep::run("tsmigrate retire-flush", "")],
+            gated_next: vec![],
         }
     }
 

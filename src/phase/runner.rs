@@ -139,7 +139,7 @@ pub trait PhaseCommand: Send + Sync {
 
     /// What the operator does next, once the report is complete.
     fn next_steps(&self, report: &PhaseReport<Self::Details>) -> Vec<NextStep> {
-        default_next_steps(&self.name(), report.dry_run, report.phase_after)
+        default_next_steps(&self.name(), report)
     }
 
     /// Brings the details up to date with what the runner did (a command whose details
@@ -160,12 +160,27 @@ pub fn confirmed(yes: bool, command: &str, why: &str) -> Result<(), Refusal> {
     })
 }
 
-/// Without `--dry-run` when it was a dry run; else what the phase asks for next.
-pub fn default_next_steps(command: &str, dry_run: bool, phase: Phase) -> Vec<NextStep> {
-    if dry_run {
+/// Without `--dry-run` when it was a dry run; else what the gates say comes next.
+pub fn default_next_steps<D>(command: &str, report: &PhaseReport<D>) -> Vec<NextStep> {
+    if report.dry_run {
         vec![NextStep::run(format!("tsmigrate {command}"), "the same without --dry-run")]
     } else {
-        phase.next_steps()
+        report.gated_next.clone()
+    }
+}
+
+/// The next steps from where the migration is now, as the gates see them; the phase's own
+/// when the state or the latest validation cannot be read.
+async fn gated_next_steps(ctx: &Context, phase: Phase) -> Vec<NextStep> {
+    let read = async {
+        let mut conn = ctx.target.acquire().await?;
+        let state = crate::state::load(&mut conn).await?;
+        let latest = if state.phase > Phase::New { super::state::latest_validation(&mut conn).await? } else { None };
+        anyhow::Ok(super::gates::outlook(&state, latest.as_ref(), chrono::Utc::now(), &super::gates::GateRules::from_settings(&ctx.settings.migration)))
+    };
+    match read.await {
+        Ok(outlook) => outlook.next_steps,
+        Err(_) => phase.next_steps(),
     }
 }
 
@@ -205,6 +220,7 @@ async fn steps<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options, r
         details: applied.details,
         warnings: applied.warnings,
         next_steps: vec![],
+        gated_next: vec![],
     };
     let mut note = None;
     if !options.dry_run {
@@ -218,6 +234,7 @@ async fn steps<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options, r
         }
     }
     report.warnings.extend(note.clone());
+    report.gated_next = gated_next_steps(ctx, report.phase_after).await;
     // Settled before the next steps (they may read the details) and after (the details
     // may repeat them).
     command.settle(&mut report, note.as_deref());

@@ -48,7 +48,7 @@ impl PhaseCommand for Abort {
         if report.dry_run {
             vec![NextStep::run("tsmigrate abort --yes", "drop what is listed above")]
         } else {
-            report.phase_after.next_steps()
+            report.gated_next.clone()
         }
     }
 }

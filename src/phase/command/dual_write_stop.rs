@@ -35,7 +35,7 @@ impl PhaseCommand for DualWriteStop {
 
     fn next_steps(&self, report: &PhaseReport) -> Vec<NextStep> {
         if report.dry_run {
-            return default_next_steps(&self.name(), true, report.phase_after);
+            return default_next_steps(&self.name(), report);
         }
         vec![NextStep::note("the relay keeps draining what is already in the outbox"), NextStep::run("tsmigrate dual-write start", "when ready to try again")]
     }

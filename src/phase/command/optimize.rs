@@ -66,7 +66,7 @@ impl PhaseCommand for Optimize {
     fn next_steps(&self, report: &PhaseReport<OptimizeDetails>) -> Vec<NextStep> {
         match report.phase_after {
             Phase::FlushRetired => vec![NextStep::run("tsmigrate complete --yes", "end the migration; the legacy keys get an expiry")],
-            phase => phase.next_steps(),
+            _ => report.gated_next.clone(),
         }
     }
 }

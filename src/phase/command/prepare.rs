@@ -85,7 +85,7 @@ impl PhaseCommand for Prepare {
         if report.dry_run {
             return vec![NextStep::run(format!("tsmigrate prepare --mode {}", report.details.mode), "apply what is listed above")];
         }
-        default_next_steps(&self.name(), false, report.phase_after)
+        default_next_steps(&self.name(), report)
     }
 }
 

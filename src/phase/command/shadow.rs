@@ -35,6 +35,6 @@ impl PhaseCommand for Shadow {
     }
 
     fn next_steps(&self, report: &PhaseReport) -> Vec<NextStep> {
-        report.phase_after.next_steps()
+        report.gated_next.clone()
     }
 }

@@ -59,7 +59,7 @@ impl PhaseCommand for Validate {
     fn next_steps(&self, report: &PhaseReport<ValidationReport>) -> Vec<NextStep> {
         let details = &report.details;
         let mut steps = details.next_steps.clone();
-        steps.extend(verdict_steps(details));
+        steps.extend(verdict_steps(details, &report.gated_next));
         steps
     }
 
@@ -73,13 +73,14 @@ impl PhaseCommand for Validate {
     }
 }
 
-fn verdict_steps(report: &ValidationReport) -> Vec<NextStep> {
+/// What to do after this run: for a clean one, what the gates say comes next.
+fn verdict_steps(report: &ValidationReport, gated_next: &[NextStep]) -> Vec<NextStep> {
     match report.verdict() {
         Verdict::Clean if report.phase_note.is_some() => vec![NextStep::run("tsmigrate validate", "again, to move the phase to validated")],
         Verdict::Clean if report.depth == Depth::Counts && report.phase_after == crate::state::Phase::Backfilled => {
             vec![NextStep::run("tsmigrate validate --depth events", "a validation that compares every event opens the cutover gate")]
         }
-        Verdict::Clean => report.phase_after.next_steps(),
+        Verdict::Clean => gated_next.to_vec(),
         Verdict::Differences => difference_steps(report),
         Verdict::Incomplete => report
             .could_not_run()
