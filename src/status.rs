@@ -48,12 +48,20 @@ impl Verdict {
         }
     }
 
-    fn word(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Healthy => "healthy",
-            Verdict::Lagging => "LAGGING",
-            Verdict::Blocked => "BLOCKED",
-            Verdict::Failing => "FAILING",
+            Verdict::Lagging => "lagging",
+            Verdict::Blocked => "blocked",
+            Verdict::Failing => "failing",
+        }
+    }
+
+    /// As the text shows it: loud unless healthy.
+    fn word(self) -> String {
+        match self {
+            Verdict::Healthy => self.as_str().to_string(),
+            other => other.as_str().to_uppercase(),
         }
     }
 }

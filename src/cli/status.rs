@@ -29,9 +29,7 @@ pub async fn run(args: Args, ctx: &Context, target_down: Option<String>, verbose
         Some(phase) => reply.with_phase(phase),
         None => reply,
     };
-    let unhealthy = || {
-        ErrorBody::new(format!("{}: {}", serde_json::to_value(status.verdict).unwrap_or_default().as_str().unwrap_or("unhealthy"), status.verdict_reason), None)
-    };
+    let unhealthy = || ErrorBody::new(format!("{}: {}", status.verdict.as_str(), status.verdict_reason), None);
     Ok(match status.unreachable() {
         Some(down) => reply.failing(crate::exit::ERROR, ErrorBody::new(format!("status is incomplete: {down}"), None)),
         None if args.check && status.verdict != status::Verdict::Healthy => reply.failing(status.verdict.exit_code(), unhealthy()),
