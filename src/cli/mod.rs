@@ -12,6 +12,7 @@ pub mod relay;
 pub mod run;
 pub mod seed;
 pub mod status;
+pub mod user_sets;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -95,6 +96,9 @@ pub enum Command {
     Shadow(lifecycle::ShadowArgs),
     /// Run the service: HTTP API, relay worker and scheduled jobs.
     Run(run::Args),
+    /// The user sets that count unique users exactly (build them now, rebuild a range).
+    #[command(subcommand, name = "user-sets")]
+    UserSets(user_sets::Command),
 }
 
 /// How a command ended, for the exit code.
@@ -131,6 +135,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Complete(args) => lifecycle::complete(args, &ctx, json).await,
         Command::Abort(args) => lifecycle::abort(args, &ctx, json).await,
         Command::Shadow(args) => lifecycle::shadow(args, &ctx, json).await,
+        Command::UserSets(cmd) => user_sets::run(cmd, &ctx, json).await,
         Command::Seed(_) | Command::Legacy(_) | Command::Relay(_) | Command::Run(_) => unreachable!("dispatched above"),
     }
 }

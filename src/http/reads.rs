@@ -175,6 +175,7 @@ pub fn context(state: &AppState, now: DateTime<Utc>) -> ReadContext {
         legacy: state.legacy.clone(),
         now,
         target_horizon: state.target_horizon.clone(),
+        route: reads::Route::Sets,
     }
 }
 

@@ -27,6 +27,7 @@
 
 pub mod cache;
 pub mod legacy;
+pub mod sets;
 pub mod shadow;
 pub mod target;
 
@@ -354,6 +355,17 @@ pub enum Answer {
     Intervals(Intervals),
 }
 
+/// How the target answers what involves unique users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Route {
+    /// The user sets, raw rows where they do not answer (what the API serves).
+    #[default]
+    Sets,
+    /// Raw rows and the aggregates only: the route before user sets, kept to check the sets
+    /// against and to measure them by.
+    RawRows,
+}
+
 /// What a read needs: connections and the request's minute.
 #[derive(Clone)]
 pub struct ReadContext {
@@ -367,6 +379,7 @@ pub struct ReadContext {
     pub now: DateTime<Utc>,
     /// The target's raw horizon, shared between requests.
     pub target_horizon: Arc<HorizonCache>,
+    pub route: Route,
 }
 
 impl ReadContext {
@@ -468,6 +481,11 @@ impl ReadSource {
 
     /// Totals over `range`; unique users too when `users` (comparison does not need them).
     async fn summary(self, ctx: &ReadContext, range: TimeRange, users: bool) -> Result<Summary, ReadError> {
+        if self == ReadSource::Target {
+            if let Some(summary) = target::summary_beyond_raw(ctx, range, users).await? {
+                return Ok(summary);
+            }
+        }
         let tz = ctx.tz();
         let split = Split::new(range, self.horizon(ctx).await?.map(|h| hour_floor(h, tz)), tz);
         let history = match split.history {
@@ -722,10 +740,7 @@ pub fn popular_of(history: Vec<DayAssetRow>, current: Vec<DayAssetRow>) -> Vec<A
 
 /// `t` rounded down to the minute: relative windows and cache keys use it, so requests in
 /// the same minute share answers.
-pub fn minute_floor(t: DateTime<Utc>) -> DateTime<Utc> {
-    let ms = t.timestamp_millis();
-    Utc.timestamp_millis_opt(ms - ms.rem_euclid(60_000)).single().expect("minute in range")
-}
+pub use crate::calendar::minute_floor;
 
 /// A time as the wire shows it: RFC 3339, UTC, fractions only when present.
 pub fn wire_time(t: DateTime<Utc>) -> String {

@@ -231,7 +231,8 @@ impl TargetWriter {
     }
 
     /// Writes a page inside the caller's transaction and records its dead letters (as
-    /// `source`) in the same transaction: the rows that can be stored go in, the others
+    /// `source`) and the minutes it touched (their user sets are stale until rebuilt) in the
+    /// same transaction: the rows that can be stored go in, the others
     /// become dead letters, and the page is done either way. Returns an error only when
     /// the write should be retried as a whole ([`WriteErrorKind::Connection`]).
     pub async fn write_page(&self, conn: &mut PgConnection, page: &ParsedPage, source: &str, method: Method) -> sqlx::Result<PageOutcome> {
@@ -257,6 +258,7 @@ impl TargetWriter {
         }
         let conflicting = letters.len() - refused.len();
         let recorded = dead_letter::record(conn, source, &page.dead).await? + dead_letter::record(conn, source, &letters).await?;
+        super::user_sets::mark(conn, &page.events).await?;
         if recorded > 0 {
             metrics::counter!("tsmigrate_dead_letters_total", "source" => source.to_string()).increment(recorded);
         }
