@@ -32,4 +32,5 @@ mod servers;
 mod status;
 mod timescaledb;
 mod tls;
+mod user_sets;
 mod validate;

@@ -3,9 +3,10 @@
 //! lock), each bucket's work in a transaction of its own.
 //!
 //! A run consumes the marks of closed minutes and rebuilds them (dropping the hour and day
-//! above), builds every closed minute from the oldest raw event on that has no set yet
-//! (quiet ones too: an empty set says "no events", a missing one "not built"), then every
-//! closed hour whose 60 minutes are built and unmarked, then every closed day likewise.
+//! above), builds every closed minute from the oldest raw event to the newest that has no
+//! set yet (quiet ones too: an empty set says "no events", a missing one "not built"),
+//! then every closed hour whose 60 minutes are built and unmarked, then every closed day
+//! likewise.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -86,27 +87,36 @@ async fn run(pool: &PgPool, options: BuildOptions, now: DateTime<Utc>) -> sqlx::
     let tz = options.tz;
     let mut outcome = BuildOutcome { expired: expire(pool, options, now).await?, ..BuildOutcome::default() };
     let settled = minute_floor(now - SETTLE);
-    let oldest: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT min(time) FROM analytics_events_ts").fetch_one(pool).await?;
-    let Some(start) = oldest.map(|t| hour_floor(t.max(raw_kept_from(options, now)), tz)).filter(|s| *s < settled) else {
+    // From the oldest raw row to the newest: hours after it hold nothing yet, and a late
+    // write into one marks it.
+    let (oldest, newest): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT min(time), max(time) FROM analytics_events_ts").fetch_one(pool).await?;
+    let (Some(oldest), Some(newest)) = (oldest, newest) else {
         return Ok(outcome);
     };
+    let start = hour_floor(oldest.max(raw_kept_from(options, now)), tz);
+    let until = settled.min(next_hour(newest, tz));
+    if start >= until {
+        return Ok(outcome);
+    }
     let marked: Vec<DateTime<Utc>> = sqlx::query_scalar("SELECT minute FROM tsmigrate.user_set_marks WHERE minute >= $1 AND minute < $2 ORDER BY 1")
         .bind(start)
-        .bind(settled)
+        .bind(until)
         .fetch_all(pool)
         .await?;
-    let mut hours: BTreeSet<DateTime<Utc>> = missing(pool, Span::Hour, &Span::Hour.starts(start, settled, tz)).await?.into_iter().collect();
+    let mut hours: BTreeSet<DateTime<Utc>> = missing(pool, Span::Hour, &Span::Hour.starts(start, until, tz)).await?.into_iter().collect();
     hours.extend(marked.iter().map(|m| hour_floor(*m, tz)));
-    hours.insert(hour_floor(settled, tz).max(start));
+    // The hour `until` falls in: its closed minutes.
+    hours.insert(hour_floor(until, tz));
     let marked: HashSet<DateTime<Utc>> = marked.into_iter().collect();
     for hour in hours {
-        outcome.minutes += build_minutes(pool, hour, settled, &marked, tz).await?;
-        if next_hour(hour, tz) <= settled {
+        outcome.minutes += build_minutes(pool, hour, until, &marked, tz).await?;
+        if next_hour(hour, tz) <= until {
             outcome.hours += u64::from(build_above(pool, Span::Hour, hour, tz).await?);
         }
     }
     let first_day = day_start(local_day(start, tz), tz);
-    for day in missing(pool, Span::Day, &Span::Day.starts(first_day, settled, tz)).await? {
+    for day in missing(pool, Span::Day, &Span::Day.starts(first_day, until, tz)).await? {
         outcome.days += u64::from(build_above(pool, Span::Day, day, tz).await?);
     }
     Ok(outcome)
@@ -143,10 +153,10 @@ async fn missing(pool: &PgPool, span: Span, buckets: &[DateTime<Utc>]) -> sqlx::
 
 type MinuteRow = (DateTime<Utc>, String, String, Option<String>, Option<i64>, i64);
 
-/// Builds the closed minutes of `hour` that have no set or are marked: consumes their marks,
-/// reads their raw rows, and drops the hour and day above them, in one transaction.
-async fn build_minutes(pool: &PgPool, hour: DateTime<Utc>, settled: DateTime<Utc>, marked: &HashSet<DateTime<Utc>>, tz: Tz) -> sqlx::Result<u64> {
-    let until = next_hour(hour, tz).min(settled);
+/// Builds the minutes of `hour` before `until` that have no set or are marked: consumes
+/// their marks, reads their raw rows, and drops the hour and day above them, in one transaction.
+async fn build_minutes(pool: &PgPool, hour: DateTime<Utc>, until: DateTime<Utc>, marked: &HashSet<DateTime<Utc>>, tz: Tz) -> sqlx::Result<u64> {
+    let until = next_hour(hour, tz).min(until);
     let built: HashSet<DateTime<Utc>> = sqlx::query_scalar("SELECT bucket FROM tsmigrate.user_sets WHERE span = 'minute' AND bucket >= $1 AND bucket < $2")
         .bind(hour)
         .bind(until)
