@@ -11,6 +11,7 @@ use crate::dual_write::gaps::{self, OutboxGap};
 use crate::state::{self, render_next_steps, Phase};
 use crate::store::capability::Capabilities;
 use crate::store::dead_letter::{self, DeadLetterCount};
+use crate::store::user_sets::{self, report::UserSetsStatus};
 use crate::store::{self, ObjectStatus, Policy, StorageMode, Store};
 
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +28,8 @@ pub struct Status {
     pub legacy: LegacyStatus,
     pub target: TargetStatus,
     pub last_validation: Option<ValidationSummary>,
+    /// The user sets reads count unique users with (`None` before prepare).
+    pub user_sets: Option<UserSetsStatus>,
     /// Possible losses in dual-write not repaired yet (Redis lost the outbox).
     pub outbox_gaps: Vec<OutboxGap>,
     /// What needs attention: possible gaps, a Redis that cannot keep the outbox.
@@ -108,6 +111,8 @@ pub async fn gather(ctx: &Context) -> anyhow::Result<Status> {
     let policies = if prepared { store.policies().await? } else { vec![] };
     let target = if prepared { target_status(&*store).await? } else { TargetStatus::default() };
     let last_validation = if prepared { last_validation(pool).await? } else { None };
+    // A target prepared by an older tsmigrate has no sets until `prepare` runs again.
+    let user_sets = if prepared { user_sets::report::status(pool, Utc::now()).await.ok() } else { None };
     let redis = redis_status(ctx).await;
     let legacy = legacy_status(ctx).await;
     let outbox_gaps = if prepared { gaps::open(pool).await? } else { vec![] };
@@ -132,6 +137,7 @@ pub async fn gather(ctx: &Context) -> anyhow::Result<Status> {
         legacy,
         target,
         last_validation,
+        user_sets,
         outbox_gaps,
         warnings,
         next_steps,
@@ -265,6 +271,7 @@ impl Status {
         o.push_str(&self.legacy.text());
         if self.phase > Phase::New {
             o.push_str(&self.target.text());
+            o.push_str(&self.user_sets.as_ref().map(user_sets_text).unwrap_or_else(|| "user sets:      not set up (run `tsmigrate prepare`)\n".into()));
         }
         for warning in &self.warnings {
             o.push_str(&format!("WARNING: {warning}\n"));
@@ -381,6 +388,21 @@ impl TargetStatus {
         o.push('\n');
         o
     }
+}
+
+fn user_sets_text(s: &UserSetsStatus) -> String {
+    format!(
+        "user sets:      {} days, {} hours, {} minutes built through {} (lag {}); stale: {} minutes marked, {} hours / {} days differ from the aggregates; {} per day\n",
+        s.days,
+        s.hours,
+        s.minutes,
+        opt(&s.built_through),
+        s.lag_seconds.map(humanize_secs).unwrap_or_else(|| "-".into()),
+        s.marked_minutes,
+        s.hours_differing,
+        s.days_differing,
+        s.bytes_per_day.map(|b| format!("{:.0} KiB", b as f64 / 1024.0)).unwrap_or_else(|| "-".into())
+    )
 }
 
 fn humanize_secs(secs: i64) -> String {

@@ -738,8 +738,8 @@ pub fn popular_of(history: Vec<DayAssetRow>, current: Vec<DayAssetRow>) -> Vec<A
     rows
 }
 
-/// `t` rounded down to the minute: relative windows and cache keys use it, so requests in
-/// the same minute share answers.
+/// `t` rounded down to the minute, the settle boundary: relative windows end there and
+/// cache keys use it, so requests in the same minute share answers.
 pub use crate::calendar::minute_floor;
 
 /// A time as the wire shows it: RFC 3339, UTC, fractions only when present.

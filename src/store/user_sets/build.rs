@@ -87,15 +87,16 @@ async fn run(pool: &PgPool, options: BuildOptions, now: DateTime<Utc>) -> sqlx::
     let tz = options.tz;
     let mut outcome = BuildOutcome { expired: expire(pool, options, now).await?, ..BuildOutcome::default() };
     let settled = minute_floor(now - SETTLE);
-    // From the oldest raw row to the newest: hours after it hold nothing yet, and a late
-    // write into one marks it.
+    // From the oldest raw row to now while it is recent (a quiet stretch is built as empty
+    // sets, so reads of it need no raw rows); older data only up to its newest row, and a
+    // late write after it marks its minute.
     let (oldest, newest): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
         sqlx::query_as("SELECT min(time), max(time) FROM analytics_events_ts").fetch_one(pool).await?;
     let (Some(oldest), Some(newest)) = (oldest, newest) else {
         return Ok(outcome);
     };
     let start = hour_floor(oldest.max(raw_kept_from(options, now)), tz);
-    let until = settled.min(next_hour(newest, tz));
+    let until = if newest >= settled - Duration::days(1) { settled } else { next_hour(newest, tz) };
     if start >= until {
         return Ok(outcome);
     }
