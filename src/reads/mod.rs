@@ -20,7 +20,12 @@
 //!
 //! Unique users: exact (distinct over raw) when no history row contributed to the answer;
 //! otherwise the sum of hourly uniques per (hour, event_name, category) — an upper bound —
-//! and the answer says `unique_users_exact: false`. Both sources apply the same rule.
+//! and the answer says `unique_users_exact: false`. Both sources apply the same rule. The
+//! target counts exactly from user sets ([`sets`]: bitmaps per minute, hour and day, raw rows
+//! only where a set is missing or stale), with the same answer as raw rows
+//! ([`Route::RawRows`], kept to check and measure against) and at a cost that follows the
+//! number of buckets, not of events; they also keep a summary exact where retention has
+//! dropped the raw rows.
 //!
 //! Members that are not valid events count nowhere, on either side (on the target they are
 //! dead letters). Invariant: this module and its primitives only read; they never write.
