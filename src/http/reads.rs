@@ -203,15 +203,17 @@ async fn fetch(state: &AppState, ctx: &ReadContext, source: ReadSource, request:
         Some(body) => (body, true),
         None => {
             let mut body = render(&source.answer(ctx, request).await?);
-            // as_of: the settle boundary the question was resolved against; fresh_until: how
-            // long the cache may serve this answer to the same question.
-            let fresh_until = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0) + chrono::Duration::seconds(ttl as i64);
+            // as_of: the settle boundary the question was resolved against; fresh_until: until
+            // when the cache serves this answer (the same for both sources, so shadow reads
+            // compare it too).
+            let fresh_until = ctx.now + chrono::Duration::seconds(ttl as i64);
             if let Some(obj) = body.as_object_mut() {
                 obj.insert("as_of".into(), Value::String(reads::wire_time(ctx.now)));
                 obj.insert("fresh_until".into(), Value::String(reads::wire_time(fresh_until)));
             }
-            if ttl > 0 {
-                cache::put(&mut redis, &key, &body, ttl).await;
+            let left = (fresh_until - Utc::now()).num_seconds();
+            if left > 0 {
+                cache::put(&mut redis, &key, &body, left as u64).await;
             }
             (body, false)
         }
