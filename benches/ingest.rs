@@ -13,8 +13,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
@@ -138,37 +138,6 @@ fn redis_pid(redis: &mut redis::Connection) -> u32 {
     info.lines().find_map(|l| l.strip_prefix("process_id:")).and_then(|p| p.trim().parse().ok()).expect("process_id in INFO server")
 }
 
-/// Polls until `done` or `limit`; returns how long it took, or `None` on timeout.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if done() {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
-}
-
-fn start_daemon(env: &BenchEnv, port: u16, extra: &[&str]) -> Child {
-    let bind = format!("127.0.0.1:{port}");
-    let mut args = vec!["run", "--bind", &bind];
-    args.extend_from_slice(extra);
-    let server = env.command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start tsmigrate run");
-    let healthy = wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get_ok(port, "/health"));
-    assert!(healthy.is_some(), "tsmigrate run did not become healthy");
-    server
-}
-
-fn http_get_ok(port: u16, path: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes());
-    let mut reply = String::new();
-    let _ = stream.read_to_string(&mut reply);
-    reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
-}
-
 /// The relay has joined the consumer group (and so waits in its blocking read when idle).
 fn relay_reading(redis: &mut redis::Connection, env: &BenchEnv) -> bool {
     let consumers: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
@@ -177,11 +146,6 @@ fn relay_reading(redis: &mut redis::Connection, env: &BenchEnv) -> bool {
         .arg(&env.settings.redis.outbox_group)
         .query(redis);
     matches!(consumers, Ok(redis::Value::Array(ref c)) if !c.is_empty())
-}
-
-fn stop(mut server: Child) {
-    let _ = Command::new("kill").arg(server.id().to_string()).status();
-    let _ = server.wait();
 }
 
 /// A fixed rate below saturation, where legacy and dual-write carry the same load, so their
@@ -232,7 +196,7 @@ fn main() {
     let mode = *storage_modes().last().expect("a storage mode");
     let env = BenchEnv::new("ingest");
     env.run(&["prepare", "--mode", mode]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let port = free_port();
     let server = start_daemon(&env, port, &[]);
     let daemon = server.id();
     let mut redis = redis::Client::open(base_redis()).expect("redis").get_connection().expect("redis conn");

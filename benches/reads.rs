@@ -1,32 +1,41 @@
-//! Read API latency: `GET /api/v1/analytics/summary` over the last 30 days, from each read
-//! source, cold (cache disabled: every request computes) and warm (the same window again,
-//! answered from the Redis cache), over HTTP against an in-process server.
+//! Read API latency as users run it: the real `tsmigrate run` with its defaults (HTTP,
+//! relay and jobs in process; the `user_sets` job builds the sets) driven from outside over
+//! HTTP, cache off (`--config` with `http.cache_ttl_secs = 0`, so every request computes its
+//! answer), after cutover (reads from the target). For 1 000 000 and 10 000 000 events over
+//! 30 days from 50 000 users: p50/p99 of the 30-day summary, the 30-day comparison (both
+//! periods) and 30 days of popular asset types. The raw-row route (the answers before user
+//! sets: aggregates and raw rows) is not something the API offers, so it is measured through
+//! the library (`reads::Route::RawRows`) against the same database in the same run, and
+//! its answers are checked to equal the sets' field for field.
 //!
-//! Target: `TSMIGRATE_BENCH_EVENTS` (default 10 000 000) events over 30 days loaded with
-//! SQL straight into `analytics_events_ts` (the write path is not what is measured here),
-//! aggregates refreshed, and in TimescaleDB mode the chunks older than 7 days moved to the
-//! columnstore, as the policy would have done. Legacy: Redis holds its cap of newest events
-//! (100 000, written through the legacy write path), and the legacy hourly table holds the
-//! 30 days before (built from the same rows, as the flush worker would have).
+//! Events are loaded with SQL straight into `analytics_events_ts` (the write path is not
+//! what is measured here), aggregates refreshed, chunks older than 7 days in the
+//! columnstore as the policy would have done. Also reported: the set build time per day
+//! of events (`tsmigrate user-sets build`, timed), the sets' bytes per day, the daemon's
+//! peak memory.
 //!
-//! `cargo bench --bench reads` (TSMIGRATE_BENCH_EVENTS=1000000 for a quick run;
-//! TSMIGRATE_BENCH_COLD_SAMPLES / TSMIGRATE_BENCH_WARM_SAMPLES change the sample counts).
+//! `./scripts/bench.sh reads` or `cargo bench --bench reads`. TSMIGRATE_BENCH_EVENTS=N
+//! measures one size instead of both; TSMIGRATE_BENCH_SAMPLES (default 200) and
+//! TSMIGRATE_BENCH_RAW_SAMPLES (default 3) set the sample counts.
 
 #[path = "support/mod.rs"]
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use support::*;
-use tsmigrate::http::AppState;
+use tsmigrate::reads::{self, HorizonCache, ReadContext, ReadSource, Request, Route};
 
 const DAYS: i64 = 30;
-const USERS: i64 = 20_000;
-const LEGACY_CAP: u64 = 100_000;
+const USERS: i64 = 50_000;
 const CHUNK_ROWS: i64 = 1_000_000;
+/// Requests per endpoint before measuring: every pooled connection has prepared its
+/// statements (a long-running daemon's steady state).
+const WARMUP: usize = 150;
 
 /// `n` events spread evenly over the `DAYS` days before `end`, with the seed's event mix.
 async fn load_target(pool: &PgPool, n: i64, end: DateTime<Utc>) {
@@ -69,50 +78,10 @@ async fn load_target(pool: &PgPool, n: i64, end: DateTime<Utc>) {
     println!();
 }
 
-struct Measured {
-    latencies: Vec<Duration>,
-    last: Value,
-}
-
-async fn measure_requests(client: &reqwest::Client, url: &str, samples: usize) -> Measured {
-    let mut latencies = Vec::with_capacity(samples);
-    let mut last = Value::Null;
-    for _ in 0..samples {
-        let started = Instant::now();
-        let response = client.get(url).send().await.expect("request");
-        let status = response.status();
-        let text = response.text().await.expect("body");
-        latencies.push(started.elapsed());
-        assert!(status.is_success(), "{url}: {status} {text}");
-        last = serde_json::from_str(&text).expect("json");
-    }
-    latencies.sort();
-    Measured { latencies, last }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// Serves `state` on a free port; returns the base URL.
-async fn serve(state: AppState) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(tsmigrate::http::serve(listener, state, std::future::pending()));
-    format!("http://127.0.0.1:{port}")
-}
-
-struct Setup {
-    env: BenchEnv,
-    cold: String,
-    warm: String,
-    window: String,
-}
-
-async fn setup(mode: &str, events: i64, with_legacy: bool) -> Setup {
-    let mut env = BenchEnv::new("reads");
-    env.settings.redis.event_cap = LEGACY_CAP;
-    println!("[{mode}] preparing {}", env.name);
+/// The target with `events` loaded, its aggregates refreshed, old chunks compressed.
+async fn loaded(mode: &str, events: i64) -> (BenchEnv, PgPool) {
+    let env = BenchEnv::new("reads");
+    println!("[{mode}, {events} events] preparing {}", env.name);
     env.run(&["prepare", "--mode", mode]);
     let pool = tsmigrate::db::target_pool(&env.settings).await.expect("pool");
     let end = Utc::now();
@@ -126,121 +95,183 @@ async fn setup(mode: &str, events: i64, with_legacy: bool) -> Setup {
     }
     let started = Instant::now();
     load_target(&pool, events, end).await;
-    println!("[{mode}] loaded in {:.0}s; refreshing aggregates", started.elapsed().as_secs_f64());
-    let started = Instant::now();
     let storage = tsmigrate::store::StorageMode::parse(mode).expect("mode");
-    tsmigrate::store::aggregates::refresh(
-        &*tsmigrate::store::open(storage, pool.clone()),
-        end - chrono::Duration::days(DAYS + 1),
-        end + chrono::Duration::hours(1),
-        chrono_tz::Tz::UTC,
-        90,
-    )
-    .await
-    .expect("refresh");
-    println!("[{mode}] aggregates refreshed in {:.0}s", started.elapsed().as_secs_f64());
-    if mode == "timescaledb" {
-        let started = Instant::now();
-        let compressed: i64 =
-            sqlx::query_scalar("SELECT count(compress_chunk(c, true)) FROM show_chunks('analytics_events_ts', older_than => INTERVAL '7 days') c")
-                .fetch_one(&pool)
-                .await
-                .expect("compress");
-        println!("[{mode}] {compressed} chunks older than 7 days moved to the columnstore in {:.0}s", started.elapsed().as_secs_f64());
-    }
+    let store = tsmigrate::store::open(storage, pool.clone());
+    tsmigrate::store::aggregates::refresh(&*store, end - chrono::Duration::days(DAYS + 1), end, chrono_tz::Tz::UTC, 90).await.expect("refresh");
+    let compressed = store.compress_older_than(7).await.expect("compress");
     sqlx::query("ANALYZE").execute(&pool).await.expect("analyze");
+    println!("[{mode}] loaded, aggregates refreshed, {compressed} chunks compressed in {:.0}s", started.elapsed().as_secs_f64());
+    env.psql("UPDATE tsmigrate.migration_state SET read_source = 'target'");
+    (env, pool)
+}
 
-    if with_legacy {
-        // The legacy side: the newest 100 000 events in Redis through the legacy write path, and
-        // the hourly table for the hours before the Redis horizon, as the flush worker left them.
-        tsmigrate::legacy::schema::ensure(&pool, &env.settings.legacy).await.expect("legacy tables");
-        let mut redis = tsmigrate::db::redis(&env.settings).await.expect("redis");
-        let options = tsmigrate::legacy::seed::SeedOptions { events: LEGACY_CAP, days: 1, users: USERS as u32, seed: 3, messy: false, end, flush: false };
-        tsmigrate::legacy::seed::run(&mut redis, &pool, &env.settings, options, |_| {}).await.expect("seed redis");
-        let keys = tsmigrate::legacy::LegacyKeys::from_settings(&env.settings);
-        let horizon = tsmigrate::legacy::reader::redis_horizon(&mut redis, &keys).await.expect("horizon").expect("redis holds events");
-        let rows = sqlx::query(
-            "INSERT INTO analytics_events (hour, event_name, category, event_count, unique_users)
-             SELECT bucket, event_name, category, event_count, unique_users FROM analytics_hourly WHERE bucket <= $1",
-        )
-        .bind(tsmigrate::calendar::hour_floor(horizon, chrono_tz::Tz::UTC))
-        .execute(&pool)
-        .await
-        .expect("legacy hourly table")
-        .rows_affected();
-        println!("[{mode}] legacy: {LEGACY_CAP} events in Redis (horizon {horizon}), {rows} hourly rows before it");
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn p(&self, p: f64) -> String {
+        ms(percentile(&self.0, p))
     }
-
-    let mut cold_settings = env.settings.clone();
-    cold_settings.http.cache_ttl_secs = 0;
-    let redis = tsmigrate::db::redis(&env.settings).await.expect("redis");
-    let cold = serve(AppState::new(cold_settings, redis.clone(), Some(pool.clone()), Some(pool.clone()))).await;
-    let warm = serve(AppState::new(env.settings.clone(), redis, Some(pool.clone()), Some(pool))).await;
-    let now = tsmigrate::reads::minute_floor(Utc::now());
-    let window = format!("from={}&to={}", tsmigrate::reads::wire_time(now - chrono::Duration::days(DAYS)), tsmigrate::reads::wire_time(now));
-    Setup { env, cold, warm, window }
 }
 
-async fn set_source(env: &BenchEnv, source: &str) {
-    env.psql(&format!("UPDATE tsmigrate.migration_state SET read_source = '{source}'"));
-    // The server re-reads the migration state once a second.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn row(mode: &str, source: &str, what: &str, m: &Measured) -> Vec<String> {
-    vec![
-        mode.to_string(),
-        source.to_string(),
-        what.to_string(),
-        m.latencies.len().to_string(),
-        ms(percentile(&m.latencies, 0.50)),
-        ms(percentile(&m.latencies, 0.99)),
-        ms(*m.latencies.last().unwrap_or(&Duration::ZERO)),
-        m.last["total_events"].as_i64().or(m.last["current"].as_i64()).map(|n| n.to_string()).unwrap_or_default(),
-        m.last["unique_users_exact"].as_bool().map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
-    ]
+async fn over_http(client: &reqwest::Client, url: &str, samples: usize) -> (Latencies, Value) {
+    let mut latencies = Vec::with_capacity(samples);
+    let mut last = Value::Null;
+    for _ in 0..samples {
+        let started = Instant::now();
+        let response = client.get(url).send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        latencies.push(started.elapsed());
+        assert!(status.is_success(), "{url}: {status} {text}");
+        last = serde_json::from_str(&text).expect("json");
+    }
+    assert_eq!(last["cached"], false, "cold means computed: {last}");
+    latencies.sort();
+    (Latencies(latencies), last)
+}
+
+async fn in_process(ctx: &ReadContext, request: &Request, samples: usize) -> (Latencies, reads::Answer) {
+    let mut latencies = Vec::with_capacity(samples);
+    let mut last = None;
+    for _ in 0..samples {
+        let started = Instant::now();
+        last = Some(ReadSource::Target.answer(ctx, request).await.expect("raw-row answer"));
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    (Latencies(latencies), last.expect("at least one sample"))
+}
+
+async fn context(env: &BenchEnv, pool: &PgPool, now: DateTime<Utc>, route: Route) -> ReadContext {
+    ReadContext {
+        settings: Arc::new(env.settings.clone()),
+        keys: Arc::new(tsmigrate::legacy::LegacyKeys::from_settings(&env.settings)),
+        redis: tsmigrate::db::redis(&env.settings).await.expect("redis"),
+        target: Some(pool.clone()),
+        legacy: Some(pool.clone()),
+        now,
+        target_horizon: Arc::new(HorizonCache::default()),
+        route,
+    }
+}
+
+/// One size: its table rows, the summary p99 over HTTP, and the report lines.
+struct SizeMeasured {
+    rows: Vec<Vec<String>>,
+    summary_p99: Duration,
+    notes: Vec<String>,
+}
+
+// Long: one run end to end (load, build, serve, measure both routes, check them equal),
+// kept in one place so the order of what is measured stays visible.
+async fn measure_size(mode: &str, events: i64, samples: usize, raw_samples: usize) -> SizeMeasured {
+    let (env, pool) = loaded(mode, events).await;
+    let build = support::measure(env.command(&["user-sets", "build", "--json"]));
+    let built: Value = serde_json::from_str(&build.stdout).expect("build report");
+    let status = tsmigrate::store::user_sets::report::status(&pool, Utc::now()).await.expect("status");
+    let config = std::env::temp_dir().join(format!("{}.toml", env.name));
+    std::fs::write(&config, "[http]\ncache_ttl_secs = 0\n").expect("config");
+    let port = free_port();
+    let daemon = start_daemon(&env, port, &["--config", config.to_str().expect("path")]);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/api/v1/analytics");
+    let now = reads::minute_floor(Utc::now());
+    let window = reads::TimeRange { from: now - chrono::Duration::days(DAYS), to: now };
+    let urls = [
+        ("summary 30d", format!("{base}/summary?from={}&to={}", reads::wire_time(window.from), reads::wire_time(window.to))),
+        ("comparison 30d vs the 30d before", format!("{base}/comparison?period=30d")),
+        ("popular-asset-types 30d", format!("{base}/popular-asset-types?days=30")),
+    ];
+    let mut rows = Vec::new();
+    let mut summary_p99 = Duration::ZERO;
+    let mut http_answers = Vec::new();
+    for (name, url) in &urls {
+        over_http(&client, url, WARMUP).await;
+        let (latencies, answer) = over_http(&client, url, samples).await;
+        if *name == "summary 30d" {
+            summary_p99 = percentile(&latencies.0, 0.99);
+        }
+        rows.push(vec![
+            events.to_string(),
+            name.to_string(),
+            "user sets (HTTP, tsmigrate run)".into(),
+            samples.to_string(),
+            latencies.p(0.5),
+            latencies.p(0.99),
+        ]);
+        http_answers.push(answer);
+    }
+    let peak = peak_rss_kib(daemon.id()).unwrap_or(0);
+    stop(daemon);
+    let requests =
+        [Request::Summary(window), Request::comparison(chrono::Duration::days(DAYS), now).expect("period"), Request::popular(30, now).expect("days")];
+    let (by_sets, by_rows) = (context(&env, &pool, now, Route::Sets).await, context(&env, &pool, now, Route::RawRows).await);
+    let mut identical = true;
+    for ((name, _), request) in urls.iter().zip(&requests) {
+        let (latencies, raw_answer) = in_process(&by_rows, request, raw_samples).await;
+        identical &= ReadSource::Target.answer(&by_sets, request).await.expect("sets answer") == raw_answer;
+        rows.push(vec![
+            events.to_string(),
+            name.to_string(),
+            "raw rows (library, same run)".into(),
+            raw_samples.to_string(),
+            latencies.p(0.5),
+            latencies.p(0.99),
+        ]);
+    }
+    let days = built["built"]["days"].as_f64().unwrap_or(0.0).max(1.0);
+    let notes = vec![
+        format!(
+            "{events} events: sets built in {:.1}s = {:.2}s per day of events ({} minutes, {} hours, {} days; peak RSS of the build {}); {} per day of events in sets",
+            build.wall.as_secs_f64(),
+            build.wall.as_secs_f64() / days,
+            built["built"]["minutes"],
+            built["built"]["hours"],
+            built["built"]["days"],
+            mib(build.peak_rss_kib),
+            status.bytes_per_day.map(|b| format!("{:.0} KiB", b as f64 / 1024.0)).unwrap_or_else(|| "-".into())
+        ),
+        format!("{events} events: daemon peak RSS {}; sets and raw-row answers identical field for field: {identical}", mib(peak)),
+        format!("{events} events: HTTP answers: summary {} users exact={}", http_answers[0]["unique_users"], http_answers[0]["unique_users_exact"]),
+    ];
+    drop(pool);
+    let _ = std::fs::remove_file(config);
+    SizeMeasured { rows, summary_p99, notes }
 }
 
 fn main() {
-    let events = bench_events(10_000_000) as i64;
-    let cold_samples = env_number("TSMIGRATE_BENCH_COLD_SAMPLES", 20);
-    let warm_samples = env_number("TSMIGRATE_BENCH_WARM_SAMPLES", 1_000);
+    drop_leftovers("reads");
+    let sizes: Vec<i64> = match std::env::var("TSMIGRATE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()) {
+        Some(n) => vec![n],
+        None => vec![1_000_000, 10_000_000],
+    };
+    let samples = env_number("TSMIGRATE_BENCH_SAMPLES", 200);
+    let raw_samples = env_number("TSMIGRATE_BENCH_RAW_SAMPLES", 3);
+    let mode = *storage_modes().last().expect("a storage mode");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let modes = storage_modes();
-    let mut rows = Vec::new();
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        for (i, mode) in modes.iter().enumerate() {
-            // The legacy side does not depend on the target's mode: measured once.
-            let with_legacy = i == 0;
-            let s = setup(mode, events, with_legacy).await;
-            let summary = |base: &str| format!("{base}/api/v1/analytics/summary?{}", s.window);
-            let comparison = |base: &str| format!("{base}/api/v1/analytics/comparison?period=30d");
-            set_source(&s.env, "target").await;
-            let cold = measure_requests(&client, &summary(&s.cold), cold_samples).await;
-            rows.push(row(mode, "target", "summary 30d, cold (no cache)", &cold));
-            measure_requests(&client, &summary(&s.warm), 1).await;
-            let warm = measure_requests(&client, &summary(&s.warm), warm_samples).await;
-            assert_eq!(warm.last["cached"], true);
-            rows.push(row(mode, "target", "summary 30d, warm (cached)", &warm));
-            let counts = measure_requests(&client, &comparison(&s.cold), cold_samples).await;
-            rows.push(row(mode, "target", "comparison 30d vs 30d, cold (counts only)", &counts));
-            if with_legacy {
-                set_source(&s.env, "legacy").await;
-                let cold = measure_requests(&client, &summary(&s.cold), cold_samples).await;
-                rows.push(row("-", "legacy", "summary 30d, cold (no cache)", &cold));
-                measure_requests(&client, &summary(&s.warm), 1).await;
-                let warm = measure_requests(&client, &summary(&s.warm), warm_samples).await;
-                assert_eq!(warm.last["cached"], true);
-                rows.push(row("-", "legacy", "summary 30d, warm (cached)", &warm));
-            }
+    let measured: Vec<SizeMeasured> = runtime.block_on(async {
+        let mut out = Vec::new();
+        for events in &sizes {
+            out.push(measure_size(mode, *events, samples, raw_samples).await);
         }
+        out
     });
+    let rows: Vec<Vec<String>> = measured.iter().flat_map(|m| m.rows.clone()).collect();
     print_table(
-        &format!("Read API latency over HTTP, {events} events over {DAYS} days (target: p99 < 10 ms from TimescaleDB)"),
-        &["mode", "source", "request", "samples", "p50", "p99", "max", "events", "users exact"],
+        &format!("Read API, cold (cache off), {mode} target, {DAYS} days, {USERS} users (target: summary p99 < 10 ms at 10M events; 10M within 1.5x of 1M)"),
+        &["events", "request", "route", "samples", "p50", "p99"],
         &rows,
     );
-    println!("warm = the same window again after one request filled the cache. cold = cache disabled: every request computes its answer.");
-    println!("target summary = hourly aggregate for whole settled hours + raw for partial/recent hours + exact distinct users over raw (the dominant cost).");
+    for m in &measured {
+        for note in &m.notes {
+            println!("{note}");
+        }
+    }
+    if let [small, large] = &measured[..] {
+        println!("summary p99, 10M / 1M: {:.2}x", large.summary_p99.as_secs_f64() / small.summary_p99.as_secs_f64().max(1e-9));
+    }
 }

@@ -45,6 +45,28 @@ pub fn hour_ceil(t: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
     }
 }
 
+/// Start of the minute containing `t`. Every zone in use is offset from UTC by whole
+/// minutes, so minutes nest in the hours and days of any bucket time zone.
+pub fn minute_floor(t: DateTime<Utc>) -> DateTime<Utc> {
+    let ms = t.timestamp_millis();
+    Utc.timestamp_millis_opt(ms - ms.rem_euclid(60_000)).single().expect("minute in range")
+}
+
+/// `t` when it starts a minute, else the start of the next minute.
+pub fn minute_ceil(t: DateTime<Utc>) -> DateTime<Utc> {
+    let floor = minute_floor(t);
+    if floor == t {
+        t
+    } else {
+        floor + Duration::minutes(1)
+    }
+}
+
+/// The start of the local day after the one holding `t` (days last 23, 24 or 25 hours across DST).
+pub fn next_day(t: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+    day_start(local_day(t, tz) + Duration::days(1), tz)
+}
+
 /// The hour the worker flushes by default: the last closed one.
 pub fn last_closed_hour(now: DateTime<Utc>, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
     let end = hour_floor(now, tz);

@@ -5,16 +5,16 @@
 //! - [`config`]     settings from a TOML file and the environment; secrets redacted.
 //! - [`connect`], [`db`] connecting to PostgreSQL and Redis with errors that say what to do.
 //! - [`context`]    settings, pools and Redis built once at the edge and handed down.
-//! - [`calendar`]   hours and days in the bucket time zone; [`duration`] durations as people write them.
+//! - [`calendar`]   minutes, hours and days in the bucket time zone; [`duration`] durations as people write them.
 //! - [`event`]      the event in each shape (incoming, Redis member, target row) and its identity.
 //! - [`legacy`]     the legacy system: Redis layout, writer, hourly flush worker, traffic generator.
-//! - [`store`]      the target in its storage mode (one `Store` per mode): migrations, writer, aggregates, dead letters.
+//! - [`store`]      the target in its storage mode (one `Store` per mode): migrations, writer, aggregates, dead letters, user sets.
 //! - [`state`]      the persisted migration state (phase, storage mode, read source); read by every layer.
 //! - [`phase`]      the state machine, gates, audit log, the runner and one file per phase command.
 //! - [`status`]     where the migration stands (`tsmigrate status`, `GET /admin/status`).
 //! - [`dual_write`] the outbox stream, relay and tail.
 //! - [`validate`]   comparing Redis and the legacy tables with the target (pure diff core, collectors, reports).
-//! - [`reads`]      the read API's answers from the legacy path or the target, cache, shadow compare.
+//! - [`reads`]      the read API's answers from the legacy path or the target (unique users from user sets), cache, shadow compare.
 //! - [`http`]       the HTTP API (ingest, reads, health, metrics).
 //! - [`schedule`]   the scheduled jobs by name and default schedule.
 //! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.

@@ -18,10 +18,12 @@ pub enum JobName {
     TimescaledbJobHealth,
     /// After completion: the legacy Redis keys get their expiry.
     LegacyKeyExpiry,
+    /// Build the user sets of closed minutes, hours and days (and rebuild marked ones).
+    UserSets,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 7] = [
+    pub const ALL: [JobName; 8] = [
         JobName::LegacyFlush,
         JobName::Validation,
         JobName::RollupRefresh,
@@ -29,6 +31,7 @@ impl JobName {
         JobName::RawRetention,
         JobName::TimescaledbJobHealth,
         JobName::LegacyKeyExpiry,
+        JobName::UserSets,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl JobName {
             JobName::RawRetention => "raw_retention",
             JobName::TimescaledbJobHealth => "timescaledb_job_health",
             JobName::LegacyKeyExpiry => "legacy_key_expiry",
+            JobName::UserSets => "user_sets",
         }
     }
 
@@ -53,6 +57,8 @@ impl JobName {
             JobName::RawRetention => "0 30 3 * * *",
             JobName::TimescaledbJobHealth => "0 */5 * * * *",
             JobName::LegacyKeyExpiry => "0 40 * * * *",
+            // Often: reads answer the minutes not built yet from raw rows.
+            JobName::UserSets => "*/15 * * * * *",
         }
     }
 }

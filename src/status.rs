@@ -18,6 +18,7 @@ use crate::state::{self, render_next_steps, MigrationState, NextStep, Phase};
 use crate::store::capability::Capabilities;
 use crate::store::dead_letter::{self, DeadLetterCount};
 use crate::store::progress::{self, TaskProgress};
+use crate::store::user_sets::{self, report::UserSetsStatus};
 use crate::store::{self, ObjectStatus, Policy, StorageMode, Store};
 
 /// An outbox whose oldest entry is older than this means the relay is not keeping up.
@@ -87,6 +88,9 @@ pub struct Status {
     pub jobs: Option<Vec<JobHealth>>,
     /// Long work not finished: running, or stalled (its process died).
     pub running: Vec<TaskProgress>,
+    /// The user sets reads count unique users with (`None` before prepare, or on a target
+    /// prepared by a tsmigrate without them until `prepare` runs again).
+    pub user_sets: Option<UserSetsStatus>,
     pub objects: Vec<ObjectStatus>,
     pub policies: Vec<Policy>,
     /// Possible losses in dual-write not repaired yet (Redis lost the outbox).
@@ -212,6 +216,7 @@ impl Status {
             soak_ends_at: None,
             jobs: None,
             running: vec![],
+            user_sets: None,
             objects: vec![],
             policies: vec![],
             outbox_gaps: vec![],
@@ -254,8 +259,16 @@ async fn read_target(ctx: &Context, status: &mut Status, now: DateTime<Utc>) -> 
 async fn prepared_figures(ctx: &Context, state: &MigrationState, status: &mut Status) -> anyhow::Result<Option<LatestValidation>> {
     let pool = &ctx.target;
     let store = ctx.store(state.storage_mode.unwrap_or(StorageMode::Postgres));
-    let (policies, target, last_validation, gaps, running, jobs) =
-        tokio::join!(store.policies(), target_figures(&*store), last_validation(pool), gaps::open(pool), progress::unfinished(pool), job_health(pool, &*store));
+    let (policies, target, last_validation, gaps, running, jobs, sets) = tokio::join!(
+        store.policies(),
+        target_figures(&*store),
+        last_validation(pool),
+        gaps::open(pool),
+        progress::unfinished(pool),
+        job_health(pool, &*store),
+        user_sets::report::status(pool, Utc::now())
+    );
+    status.user_sets = sets.ok();
     status.policies = policies.unwrap_or_default();
     let url = std::mem::take(&mut status.target.url);
     status.target =
@@ -471,6 +484,22 @@ fn verdict(s: &Status, now: DateTime<Utc>) -> (Verdict, String) {
     }
 }
 
+fn user_sets_text(s: &UserSetsStatus) -> String {
+    let show = |secs: i64| crate::duration::show(chrono::Duration::seconds(secs));
+    format!(
+        "{} days, {} hours, {} minutes built through {} (lag {}); stale: {} minutes marked, {} hours / {} days differ from the aggregates; {} per day",
+        s.days,
+        s.hours,
+        s.minutes,
+        time(&s.built_through),
+        s.lag_seconds.map(show).unwrap_or_else(|| "-".into()),
+        s.marked_minutes,
+        s.hours_differing,
+        s.days_differing,
+        s.bytes_per_day.map(|b| format!("{:.0} KiB", b as f64 / 1024.0)).unwrap_or_else(|| "-".into())
+    )
+}
+
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_string()
 }
@@ -514,6 +543,12 @@ impl Status {
         o.push_str(&format!("jobs:       {}\n", self.jobs_text()));
         for task in &self.running {
             o.push_str(&format!("running:    {}\n", task.line(Utc::now())));
+        }
+        if self.phase.is_some_and(|p| p > Phase::New) {
+            o.push_str(&format!(
+                "user sets:  {}\n",
+                self.user_sets.as_ref().map(user_sets_text).unwrap_or_else(|| "not set up (run `tsmigrate prepare`)".into())
+            ));
         }
         if verbose {
             o.push_str(&self.details_text());
@@ -671,6 +706,7 @@ mod tests {
             soak_ends_at: None,
             jobs: Some(vec![]),
             running: vec![],
+            user_sets: None,
             objects: vec![],
             policies: vec![],
             outbox_gaps: vec![],

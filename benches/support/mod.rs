@@ -1,5 +1,6 @@
 //! Shared by the benchmarks: an isolated database and Redis prefix, child processes with
-//! their peak memory, percentiles, and table printing.
+//! their peak memory, the real `tsmigrate run` started and stopped from outside, HTTP
+//! polling, percentiles, and table printing.
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
@@ -205,4 +206,48 @@ pub fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
 
 pub fn mib(kib: u64) -> String {
     format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+/// Polls until `done` or `limit`; returns how long it took, or `None` on timeout.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// A free port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
+}
+
+/// Starts the real `tsmigrate run <extra>` with its defaults (relay and jobs in process) on
+/// `port`, and waits until it answers `/health`.
+pub fn start_daemon(env: &BenchEnv, port: u16, extra: &[&str]) -> Child {
+    let bind = format!("127.0.0.1:{port}");
+    let mut args = vec!["run", "--bind", &bind];
+    args.extend_from_slice(extra);
+    let server = env.command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start tsmigrate run");
+    let healthy = wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get_ok(port, "/health"));
+    assert!(healthy.is_some(), "tsmigrate run did not become healthy");
+    server
+}
+
+pub fn http_get_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes());
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+}
+
+/// SIGTERM, then waits for the daemon to exit.
+pub fn stop(mut server: Child) {
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
 }

@@ -15,6 +15,7 @@ pub mod repair;
 pub mod run;
 pub mod seed;
 pub mod status;
+pub mod user_sets;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -105,6 +106,9 @@ pub enum Command {
     Shadow(lifecycle::ShadowArgs),
     /// Run the service: HTTP API, relay worker and scheduled jobs.
     Run(run::Args),
+    /// The user sets that count unique users exactly (build them now, rebuild a range).
+    #[command(subcommand, name = "user-sets")]
+    UserSets(user_sets::Command),
 }
 
 impl Command {
@@ -132,6 +136,7 @@ impl Command {
             Command::Abort(_) => "abort",
             Command::Shadow(_) => "shadow",
             Command::Run(_) => "run",
+            Command::UserSets(user_sets::Command::Build(_)) => "user-sets build",
         }
     }
 }
@@ -186,6 +191,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         Command::Complete(args) => lifecycle::complete(args, &ctx).await,
         Command::Abort(args) => lifecycle::abort(args, &ctx).await,
         Command::Shadow(args) => lifecycle::shadow(args, &ctx).await,
+        Command::UserSets(cmd) => user_sets::run(cmd, &ctx).await,
         Command::Seed(_) | Command::Legacy(_) | Command::Relay(_) | Command::Run(_) => unreachable!("dispatched above"),
     };
     match result {

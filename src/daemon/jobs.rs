@@ -12,6 +12,7 @@ use crate::legacy::flush;
 use crate::phase::command::validate::Validate;
 use crate::phase::Options;
 use crate::state::{self, Phase};
+use crate::store::user_sets::{self, build::BuildOptions};
 use crate::store::{aggregates, Store};
 
 pub use crate::schedule::JobName;
@@ -152,10 +153,20 @@ async fn upkeep(ctx: &Context, job: JobName, store: &dyn Store, phase: Phase) ->
             let set = crate::legacy::expire_keys(&mut ctx.redis_bulk().await?, &ctx.keys, ctx.settings.migration.legacy_key_expiry_days).await?;
             Ok(JobOutcome::Done(json!({"expiries_set": set})))
         }
+        JobName::UserSets => user_sets(ctx).await,
         JobName::Validation if phase < Phase::Backfilled => Ok(JobOutcome::Skipped("nothing to validate before backfill".into())),
         JobName::Validation => scheduled_validation(ctx).await,
         JobName::LegacyFlush => unreachable!("handled by execute"),
     }
+}
+
+/// Builds the user sets of the buckets closed since the last run, and rebuilds the marked ones.
+async fn user_sets(ctx: &Context) -> anyhow::Result<JobOutcome> {
+    let options = BuildOptions::from_settings(&ctx.settings.target, false);
+    Ok(match user_sets::build::build(&ctx.target, options, Utc::now()).await? {
+        Some(built) => JobOutcome::Done(json!(built)),
+        None => JobOutcome::Skipped("another build of the user sets is running".into()),
+    })
 }
 
 /// Are the database's own background jobs failing?

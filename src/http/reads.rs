@@ -64,16 +64,18 @@ type ReadResult = Result<Json<Value>, ApiError>;
 /// Total events, unique users, events by type and category over `[from, to)`.
 pub async fn summary(State(state): State<AppState>, query: Result<Query<RangeParams>, QueryRejection>) -> ReadResult {
     let Query(p) = query.map_err(bad_query)?;
-    let range = parse_range(p.from, p.to)?;
-    serve(&state, Request::Summary(range), request_minute()).await
+    let now = request_minute();
+    let range = parse_range(p.from, p.to, now)?;
+    serve(&state, Request::Summary(range), now).await
 }
 
 /// Rows per (hour, event_name, category) over `[from, to)`, optionally filtered.
 pub async fn hourly(State(state): State<AppState>, query: Result<Query<HourlyParams>, QueryRejection>) -> ReadResult {
     let Query(p) = query.map_err(bad_query)?;
-    let range = parse_range(p.from, p.to)?;
+    let now = request_minute();
+    let range = parse_range(p.from, p.to, now)?;
     let filter = EventFilter { event_name: non_empty("event_name", p.event_name)?, category: non_empty("category", p.category)? };
-    serve(&state, Request::Hourly { range, filter }, request_minute()).await
+    serve(&state, Request::Hourly { range, filter }, now).await
 }
 
 /// Asset types by generations over the last `days` days, like the legacy function.
@@ -115,16 +117,27 @@ fn bad_query(rejection: QueryRejection) -> ApiError {
     ApiError::BadRequest(format!("invalid query string: {}", rejection.body_text()))
 }
 
-fn parse_range(from: Option<String>, to: Option<String>) -> Result<TimeRange, ApiError> {
-    TimeRange::checked(parse_instant("from", from)?, parse_instant("to", to)?).map_err(ApiError::BadRequest)
+fn parse_range(from: Option<String>, to: Option<String>, now: DateTime<Utc>) -> Result<TimeRange, ApiError> {
+    TimeRange::checked(parse_instant("from", from, now)?, parse_instant("to", to, now)?).map_err(ApiError::BadRequest)
 }
 
-/// RFC 3339 / ISO 8601 text, epoch milliseconds, or a date (midnight UTC).
-fn parse_instant(name: &str, value: Option<String>) -> Result<DateTime<Utc>, ApiError> {
-    let help = "an RFC 3339 time like 2025-01-31T00:00:00Z (encode + as %2B), epoch milliseconds, or a date like 2025-01-31";
+/// RFC 3339 / ISO 8601 text, epoch milliseconds, a date (midnight UTC), or relative to the
+/// request's minute: `now`, `-30d`.
+fn parse_instant(name: &str, value: Option<String>, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    let help = "an RFC 3339 time like 2025-01-31T00:00:00Z (encode + as %2B), epoch milliseconds, a date like 2025-01-31, now, or -30d";
     let Some(text) = value.filter(|v| !v.trim().is_empty()) else {
         return Err(ApiError::BadRequest(format!("{name} is required: {help}")));
     };
+    match text.trim() {
+        "now" => return Ok(now),
+        // A duration needs a unit, so negative epoch milliseconds are not taken for one.
+        relative if relative.starts_with('-') => {
+            if let Ok(span) = crate::duration::parse_duration(&relative[1..]) {
+                return Ok(now - span);
+            }
+        }
+        _ => {}
+    }
     let parse = |s: &str| {
         crate::event::parse_timestamp(&Value::String(s.to_string()))
             .or_else(|| NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc()))
@@ -175,6 +188,7 @@ pub fn context(state: &AppState, now: DateTime<Utc>) -> ReadContext {
         legacy: state.legacy.clone(),
         now,
         target_horizon: state.target_horizon.clone(),
+        route: reads::Route::Sets,
     }
 }
 
@@ -188,9 +202,18 @@ async fn fetch(state: &AppState, ctx: &ReadContext, source: ReadSource, request:
     let (body, hit) = match cached {
         Some(body) => (body, true),
         None => {
-            let body = render(&source.answer(ctx, request).await?);
-            if ttl > 0 {
-                cache::put(&mut redis, &key, &body, ttl).await;
+            let mut body = render(&source.answer(ctx, request).await?);
+            // as_of: the settle boundary the question was resolved against; fresh_until: until
+            // when the cache serves this answer (the same for both sources, so shadow reads
+            // compare it too).
+            let fresh_until = ctx.now + chrono::Duration::seconds(ttl as i64);
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("as_of".into(), Value::String(reads::wire_time(ctx.now)));
+                obj.insert("fresh_until".into(), Value::String(reads::wire_time(fresh_until)));
+            }
+            let left = (fresh_until - Utc::now()).num_seconds();
+            if left > 0 {
+                cache::put(&mut redis, &key, &body, left as u64).await;
             }
             (body, false)
         }

@@ -20,13 +20,19 @@
 //!
 //! Unique users: exact (distinct over raw) when no history row contributed to the answer;
 //! otherwise the sum of hourly uniques per (hour, event_name, category) — an upper bound —
-//! and the answer says `unique_users_exact: false`. Both sources apply the same rule.
+//! and the answer says `unique_users_exact: false`. Both sources apply the same rule. The
+//! target counts exactly from user sets ([`sets`]: bitmaps per minute, hour and day, raw rows
+//! only where a set is missing or stale), with the same answer as raw rows
+//! ([`Route::RawRows`], kept to check and measure against) and at a cost that follows the
+//! number of buckets, not of events; they also keep a summary exact where retention has
+//! dropped the raw rows.
 //!
 //! Members that are not valid events count nowhere, on either side (on the target they are
 //! dead letters). Invariant: this module and its primitives only read; they never write.
 
 pub mod cache;
 pub mod legacy;
+pub mod sets;
 pub mod shadow;
 pub mod target;
 
@@ -354,6 +360,17 @@ pub enum Answer {
     Intervals(Intervals),
 }
 
+/// How the target answers what involves unique users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Route {
+    /// The user sets, raw rows where they do not answer (what the API serves).
+    #[default]
+    Sets,
+    /// Raw rows and the aggregates only: the route before user sets, kept to check the sets
+    /// against and to measure them by.
+    RawRows,
+}
+
 /// What a read needs: connections and the request's minute.
 #[derive(Clone)]
 pub struct ReadContext {
@@ -367,6 +384,7 @@ pub struct ReadContext {
     pub now: DateTime<Utc>,
     /// The target's raw horizon, shared between requests.
     pub target_horizon: Arc<HorizonCache>,
+    pub route: Route,
 }
 
 impl ReadContext {
@@ -468,6 +486,11 @@ impl ReadSource {
 
     /// Totals over `range`; unique users too when `users` (comparison does not need them).
     async fn summary(self, ctx: &ReadContext, range: TimeRange, users: bool) -> Result<Summary, ReadError> {
+        if self == ReadSource::Target {
+            if let Some(summary) = target::summary_beyond_raw(ctx, range, users).await? {
+                return Ok(summary);
+            }
+        }
         let tz = ctx.tz();
         let split = Split::new(range, self.horizon(ctx).await?.map(|h| hour_floor(h, tz)), tz);
         let history = match split.history {
@@ -720,12 +743,9 @@ pub fn popular_of(history: Vec<DayAssetRow>, current: Vec<DayAssetRow>) -> Vec<A
     rows
 }
 
-/// `t` rounded down to the minute: relative windows and cache keys use it, so requests in
-/// the same minute share answers.
-pub fn minute_floor(t: DateTime<Utc>) -> DateTime<Utc> {
-    let ms = t.timestamp_millis();
-    Utc.timestamp_millis_opt(ms - ms.rem_euclid(60_000)).single().expect("minute in range")
-}
+/// `t` rounded down to the minute, the settle boundary: relative windows end there and
+/// cache keys use it, so requests in the same minute share answers.
+pub use crate::calendar::minute_floor;
 
 /// A time as the wire shows it: RFC 3339, UTC, fractions only when present.
 pub fn wire_time(t: DateTime<Utc>) -> String {

@@ -5,18 +5,20 @@
 //! The same SQL serves both storage modes: the aggregates have the same names and columns
 //! (continuous aggregates with real-time aggregation, or tool-maintained tables).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use futures::future::try_join_all;
 use sqlx::PgPool;
 
 use super::{
-    bin_start, hours_nest, merge_max, popular_of, AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, Pieces, RawSummary, ReadContext, ReadError,
-    TimeRange, UserCount,
+    bin_start, hours_nest, merge_max, popular_of, sets, summarize, AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, Pieces, RawSummary, ReadContext,
+    ReadError, Route, Summary, TimeRange, UserCount,
 };
-use crate::calendar::{day_start, hour_floor, local_day};
+use crate::calendar::{day_start, hour_floor, local_day, next_hour};
 use crate::legacy::flush::UNKNOWN_ASSET_TYPE;
+use crate::store::user_sets::{AssetTally, Parts, Tally};
+use crate::store::{DAILY_VIEW, HOURLY_VIEW};
 
 type HourTuple = (DateTime<Utc>, String, String, i64, i64);
 
@@ -73,6 +75,20 @@ async fn aggregate_hours(pool: &PgPool, range: TimeRange, filter: &EventFilter) 
     Ok(hour_rows(rows))
 }
 
+/// The aggregate's event count per bucket of `range` (hourly, or daily when `daily`), to
+/// tell a user set built from other events than the aggregate shows.
+pub async fn aggregate_event_counts(ctx: &ReadContext, daily: bool, range: TimeRange) -> Result<HashMap<DateTime<Utc>, i64>, ReadError> {
+    let view = if daily { DAILY_VIEW } else { HOURLY_VIEW };
+    let rows: Vec<(DateTime<Utc>, i64)> =
+        sqlx::query_as(&format!("SELECT bucket, sum(event_count)::bigint FROM {view} WHERE bucket >= $1 AND bucket < $2 GROUP BY 1"))
+            .bind(range.from)
+            .bind(range.to)
+            .fetch_all(ctx.target_pool()?)
+            .await
+            .map_err(pg)?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Raw events of `range` grouped per hour (cut in the bucket time zone, like the aggregates).
 async fn raw_table_hours(ctx: &ReadContext, range: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
     let rows: Vec<HourTuple> = sqlx::query_as(
@@ -124,10 +140,16 @@ async fn raw_table_totals(ctx: &ReadContext, range: TimeRange) -> Result<Vec<Gro
     Ok(rows.into_iter().map(|(event_name, category, event_count)| GroupTotal { event_name, category, event_count, hourly_unique_users: 0 }).collect())
 }
 
-/// Totals from the aggregate for whole settled hours, raw for the rest, and the users
-/// `count` asks for (exact distinct users come from raw over the whole range) — all
+/// Totals and the users `count` asks for. From the user sets (raw rows where they do not
+/// answer); on the raw-row route, and for hourly sums, from the aggregate for whole settled
+/// hours, raw for the rest (exact distinct users from raw over the whole range), all
 /// concurrently.
 pub async fn raw_summary(ctx: &ReadContext, range: TimeRange, count: UserCount) -> Result<RawSummary, ReadError> {
+    if ctx.route == Route::Sets && count != UserCount::HourlySum {
+        let users = count == UserCount::Distinct;
+        let total = sets::tally(ctx, range, Parts { groups: true, users, assets: false }).await?.total();
+        return Ok(RawSummary { totals: totals(&total), distinct_users: users.then_some(total.users.len() as i64) });
+    }
     let pool = ctx.target_pool()?;
     let pieces = Pieces::new(range, ctx.now, ctx.tz());
     let aggregate = async {
@@ -222,70 +244,174 @@ pub async fn raw_buckets(ctx: &ReadContext, range: TimeRange, bucket_ms: i64) ->
 /// Popular asset types over the last `days` days (today included), as the legacy function
 /// answers: daily rows summed per type. The legacy function only sees flushed hours, so
 /// today counts the closed hours only. Days older than the raw start come from the
-/// imported history; the horizon day takes the larger of history and aggregate.
-// Long: three sources (history, aggregate, today's hours) merged per day in one place, so
-// the merge rule stays visible; `reads` keeps its shape (see ARCHITECTURE.md).
+/// imported history; the horizon day takes the larger of history and the target's rows.
+/// From the horizon day on, the user sets answer (the raw-row route: the daily aggregate
+/// for past days, raw rows for today's hours).
 pub async fn popular(ctx: &ReadContext, days: u32) -> Result<Vec<AssetRow>, ReadError> {
-    let pool = ctx.target_pool()?;
     let tz = ctx.tz();
     let today = local_day(ctx.now, tz);
     let first = today - Duration::days(i64::from(days) - 1);
     let horizon_day = horizon(ctx).await?.map(|h| local_day(h, tz));
-    let history_last = horizon_day.map_or(today, |d| d.min(today));
-    let history = async {
-        let rows: Vec<(NaiveDate, String, i64, i64)> =
-            sqlx::query_as("SELECT day, asset_type, generation_count, unique_creators FROM tsmigrate.history_asset_popularity WHERE day >= $1 AND day <= $2")
-                .bind(first)
-                .bind(history_last)
-                .fetch_all(pool)
-                .await
-                .map_err(pg)?;
-        Ok::<_, ReadError>(
-            rows.into_iter()
-                .map(|(day, asset_type, generation_count, unique_creators)| DayAssetRow { day, asset_type, generation_count, unique_creators })
-                .collect::<Vec<_>>(),
-        )
+    let history = history_days(ctx, first, horizon_day.map_or(today, |d| d.min(today)));
+    let current = async {
+        match horizon_day {
+            Some(horizon_day) if ctx.route == Route::Sets && horizon_day <= today => {
+                let from = horizon_day.max(first);
+                let (mut older, recent) = tokio::try_join!(aggregate_days(ctx, first, from), days_from_sets(ctx, from))?;
+                older.extend(recent);
+                Ok(older)
+            }
+            _ => {
+                let (mut older, today_rows) = tokio::try_join!(aggregate_days(ctx, first, today), today_closed_raw(ctx, today))?;
+                older.extend(today_rows);
+                Ok::<_, ReadError>(older)
+            }
+        }
     };
-    let aggregate = async {
-        let rows: Vec<(DateTime<Utc>, String, i64, i64)> = sqlx::query_as(
-            "SELECT bucket, COALESCE(asset_type, $3), generation_count, unique_creators FROM analytics_asset_popularity_ts
-             WHERE bucket >= $1 AND bucket < $2",
-        )
-        .bind(day_start(first, tz))
-        .bind(day_start(today, tz))
-        .bind(UNKNOWN_ASSET_TYPE)
-        .fetch_all(pool)
-        .await
-        .map_err(pg)?;
-        Ok::<_, ReadError>(
-            rows.into_iter()
-                .map(|(bucket, asset_type, generation_count, unique_creators)| DayAssetRow {
-                    day: local_day(bucket, tz),
-                    asset_type,
-                    generation_count,
-                    unique_creators,
-                })
-                .collect::<Vec<_>>(),
-        )
-    };
-    let today_closed = async {
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT COALESCE(properties->>'asset_type', $3), count(*), count(DISTINCT user_id) FROM analytics_events_ts
-             WHERE event_name = 'asset_generated' AND time >= $1 AND time < $2 GROUP BY 1",
-        )
-        .bind(day_start(today, tz))
-        .bind(hour_floor(ctx.now, tz))
-        .bind(UNKNOWN_ASSET_TYPE)
-        .fetch_all(pool)
-        .await
-        .map_err(pg)?;
-        Ok::<_, ReadError>(
-            rows.into_iter()
-                .map(|(asset_type, generation_count, unique_creators)| DayAssetRow { day: today, asset_type, generation_count, unique_creators })
-                .collect::<Vec<_>>(),
-        )
-    };
-    let (history, mut current, today_rows) = tokio::try_join!(history, aggregate, today_closed)?;
-    current.extend(today_rows);
+    let (history, current) = tokio::try_join!(history, current)?;
     Ok(popular_of(history, current))
+}
+
+async fn history_days(ctx: &ReadContext, first: NaiveDate, last: NaiveDate) -> Result<Vec<DayAssetRow>, ReadError> {
+    let rows: Vec<(NaiveDate, String, i64, i64)> =
+        sqlx::query_as("SELECT day, asset_type, generation_count, unique_creators FROM tsmigrate.history_asset_popularity WHERE day >= $1 AND day <= $2")
+            .bind(first)
+            .bind(last)
+            .fetch_all(ctx.target_pool()?)
+            .await
+            .map_err(pg)?;
+    Ok(rows
+        .into_iter()
+        .map(|(day, asset_type, generation_count, unique_creators)| DayAssetRow { day, asset_type, generation_count, unique_creators })
+        .collect())
+}
+
+/// The daily asset aggregate's rows for the days `[first, until)`.
+async fn aggregate_days(ctx: &ReadContext, first: NaiveDate, until: NaiveDate) -> Result<Vec<DayAssetRow>, ReadError> {
+    let tz = ctx.tz();
+    let rows: Vec<(DateTime<Utc>, String, i64, i64)> = sqlx::query_as(
+        "SELECT bucket, COALESCE(asset_type, $3), generation_count, unique_creators FROM analytics_asset_popularity_ts
+         WHERE bucket >= $1 AND bucket < $2",
+    )
+    .bind(day_start(first, tz))
+    .bind(day_start(until, tz))
+    .bind(UNKNOWN_ASSET_TYPE)
+    .fetch_all(ctx.target_pool()?)
+    .await
+    .map_err(pg)?;
+    Ok(rows
+        .into_iter()
+        .map(|(bucket, asset_type, generation_count, unique_creators)| DayAssetRow {
+            day: local_day(bucket, tz),
+            asset_type,
+            generation_count,
+            unique_creators,
+        })
+        .collect())
+}
+
+/// Today's closed hours, from raw rows.
+async fn today_closed_raw(ctx: &ReadContext, today: NaiveDate) -> Result<Vec<DayAssetRow>, ReadError> {
+    let tz = ctx.tz();
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT COALESCE(properties->>'asset_type', $3), count(*), count(DISTINCT user_id) FROM analytics_events_ts
+         WHERE event_name = 'asset_generated' AND time >= $1 AND time < $2 GROUP BY 1",
+    )
+    .bind(day_start(today, tz))
+    .bind(hour_floor(ctx.now, tz))
+    .bind(UNKNOWN_ASSET_TYPE)
+    .fetch_all(ctx.target_pool()?)
+    .await
+    .map_err(pg)?;
+    Ok(rows
+        .into_iter()
+        .map(|(asset_type, generation_count, unique_creators)| DayAssetRow { day: today, asset_type, generation_count, unique_creators })
+        .collect())
+}
+
+/// The days from `first` on (today's closed hours included) from the user sets: per day and
+/// asset type as the daily aggregate has them (a missing type and "unknown" apart, summed by
+/// `popular_of`), today's per type as the raw rows' `COALESCE` groups them.
+async fn days_from_sets(ctx: &ReadContext, first: NaiveDate) -> Result<Vec<DayAssetRow>, ReadError> {
+    let tz = ctx.tz();
+    let today = local_day(ctx.now, tz);
+    let Some(range) = TimeRange::new(day_start(first, tz), hour_floor(ctx.now, tz)) else {
+        return Ok(vec![]);
+    };
+    let tallied = sets::tally(ctx, range, Parts { assets: true, ..Parts::default() }).await?;
+    let mut days: BTreeMap<NaiveDate, Vec<Tally>> = BTreeMap::new();
+    for (start, tally) in tallied.pieces {
+        days.entry(local_day(start, tz)).or_default().push(tally);
+    }
+    let mut rows = Vec::new();
+    for (day, mut pieces) in days {
+        // A whole day's set carries its creators' count; pieces of a day union.
+        let mut tally = pieces.pop().unwrap_or_default();
+        for piece in &pieces {
+            tally.merge(piece);
+        }
+        let named = |t: &Option<String>| t.clone().unwrap_or_else(|| UNKNOWN_ASSET_TYPE.to_string());
+        if day < today {
+            rows.extend(tally.assets.iter().map(|(t, a)| DayAssetRow {
+                day,
+                asset_type: named(t),
+                generation_count: a.generations,
+                unique_creators: a.unique_creators(),
+            }));
+            continue;
+        }
+        let mut by_name: BTreeMap<String, AssetTally> = BTreeMap::new();
+        for (t, a) in &tally.assets {
+            let mine = by_name.entry(named(t)).or_default();
+            mine.generations += a.generations;
+            mine.creators.union(&a.creators);
+        }
+        rows.extend(by_name.into_iter().map(|(asset_type, a)| DayAssetRow {
+            day,
+            asset_type,
+            generation_count: a.generations,
+            unique_creators: a.unique_creators(),
+        }));
+    }
+    Ok(rows)
+}
+
+/// Per-group totals of a tally.
+fn totals(tally: &Tally) -> Vec<GroupTotal> {
+    tally
+        .groups
+        .iter()
+        .map(|((event_name, category), n)| GroupTotal { event_name: event_name.clone(), category: category.clone(), event_count: *n, hourly_unique_users: 0 })
+        .collect()
+}
+
+/// A summary reaching before the oldest raw row, exact from the user sets that outlive raw
+/// retention: when every bucket there has a fresh set and no imported history does (the
+/// legacy-covered hours answer as the legacy side does). `None`: answer the usual way.
+pub async fn summary_beyond_raw(ctx: &ReadContext, range: TimeRange, users: bool) -> Result<Option<Summary>, ReadError> {
+    let tz = ctx.tz();
+    let Some(raw_start) = horizon(ctx).await? else {
+        return Ok(None);
+    };
+    if ctx.route != Route::Sets || range.from >= hour_floor(raw_start, tz) {
+        return Ok(None);
+    }
+    let (oldest_set, history): (Option<DateTime<Utc>>, bool) = sqlx::query_as(
+        "SELECT (SELECT min(bucket) FROM tsmigrate.user_sets WHERE span = 'hour'),
+                EXISTS (SELECT 1 FROM tsmigrate.history_hourly WHERE hour >= $1 AND hour < $2)",
+    )
+    .bind(hour_floor(range.from, tz))
+    .bind(next_hour(raw_start, tz))
+    .fetch_one(ctx.target_pool()?)
+    .await
+    .map_err(pg)?;
+    if history || oldest_set.is_none_or(|oldest| oldest > range.from) {
+        return Ok(None);
+    }
+    let tallied = sets::tally(ctx, range, Parts { groups: true, users, assets: false }).await?;
+    if tallied.raw.iter().any(|r| r.from < raw_start) {
+        return Ok(None);
+    }
+    let total = tallied.total();
+    Ok(Some(summarize(range, &totals(&total), users.then_some(total.users.len() as i64))))
 }

@@ -1,6 +1,6 @@
 //! The store: the target database in its storage mode. Capability detection, schema
 //! (versioned migrations in `sql/`), the idempotent event writer, aggregate refresh,
-//! partitions (plain mode), dead letters, checkpoints, history tables.
+//! partitions (plain mode), dead letters, checkpoints, history tables, user sets.
 //!
 //! Everything above this module is the same code in both storage modes. Every statement
 //! that differs between TimescaleDB and plain PostgreSQL is behind the [`Store`] trait,
@@ -18,6 +18,7 @@ pub mod postgres;
 pub mod progress;
 pub mod schema;
 pub mod timescaledb;
+pub mod user_sets;
 pub mod write_error;
 pub mod writer;
 

@@ -39,7 +39,7 @@ const fn object(name: &'static str, kind: &'static str, form: Form, role: Role) 
 }
 
 /// Created in both modes by `sql/control`.
-pub const CONTROL: [Object; 14] = [
+pub const CONTROL: [Object; 17] = [
     object("tsmigrate.migration_state", "control table", Form::Table, Role::Reported),
     object("tsmigrate.audit_log", "control table", Form::Table, Role::Kept),
     object("tsmigrate.checkpoints", "control table", Form::Table, Role::Reported),
@@ -49,6 +49,9 @@ pub const CONTROL: [Object; 14] = [
     object("tsmigrate.outbox_gaps", "control table", Form::Table, Role::Reported),
     object("tsmigrate.history_hourly", "history table", Form::Table, Role::Reported),
     object("tsmigrate.history_asset_popularity", "history table", Form::Table, Role::Reported),
+    object("tsmigrate.user_sets", "user sets", Form::Table, Role::Reported),
+    object("tsmigrate.user_ordinals", "user dictionary", Form::Table, Role::Reported),
+    object("tsmigrate.user_set_marks", "control table", Form::Table, Role::Internal),
     object("tsmigrate.job_runs", "control table", Form::Table, Role::Internal),
     object("tsmigrate.job_run_log", "control table", Form::Table, Role::Internal),
     object("tsmigrate.job_slots", "control table", Form::Table, Role::Internal),

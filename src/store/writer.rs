@@ -242,6 +242,8 @@ impl TargetWriter {
         self.ensure_partitions(&page.events).await?;
         let mut tx = self.pool.begin().await?;
         let deleted = if replacing.is_empty() { 0 } else { delete_rows(&mut tx, replacing).await? };
+        // The user sets of the minutes those rows were in no longer hold.
+        super::user_sets::mark_times(&mut tx, replacing.iter().map(|(_, time)| *time)).await?;
         let outcome = self.write_page(&mut tx, page, source, method).await?;
         alongside(&mut tx, &outcome).await?;
         tx.commit().await?;
@@ -249,7 +251,8 @@ impl TargetWriter {
     }
 
     /// Writes a page inside the caller's transaction and records its dead letters (as
-    /// `source`) in the same transaction: the rows that can be stored go in, the others
+    /// `source`) and the minutes it touched (their user sets are stale until rebuilt) in the
+    /// same transaction: the rows that can be stored go in, the others
     /// become dead letters, and the page is done either way. Returns an error only when
     /// the write should be retried as a whole ([`WriteErrorKind::Connection`]).
     pub async fn write_page(&self, conn: &mut PgConnection, page: &ParsedPage, source: &str, method: Method) -> sqlx::Result<PageOutcome> {
@@ -275,6 +278,7 @@ impl TargetWriter {
         }
         let conflicting = letters.len() - refused.len();
         let recorded = dead_letter::record(conn, source, &page.dead).await? + dead_letter::record(conn, source, &letters).await?;
+        super::user_sets::mark(conn, &page.events).await?;
         if recorded > 0 {
             metrics::counter!("tsmigrate_dead_letters_total", "source" => source.to_string()).increment(recorded);
         }

@@ -33,4 +33,5 @@ mod servers;
 mod status;
 mod timescaledb;
 mod tls;
+mod user_sets;
 pub mod validate;

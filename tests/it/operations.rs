@@ -60,8 +60,19 @@ async fn repair_fixes_exactly_what_the_validation_found_then_validation_is_clean
     let left = env.cli(&["validate", "--json"]).expect_code(1).details();
     let events = field(&left, "events");
     assert_eq!((events["missing"]["total"].as_u64(), events["extra"]["total"].as_u64(), events["different"]["total"].as_u64()), (Some(0), Some(2), Some(0)));
+    let extra_minutes: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT DISTINCT date_trunc('minute', target_time) FROM tsmigrate.validation_findings WHERE kind = 'extra' AND run_id = (SELECT max(run_id) FROM tsmigrate.validation_findings)",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM tsmigrate.user_set_marks").execute(&env.pool).await.unwrap();
     let deleted = env.cli(&["repair", "--delete-extra", "--json"]).expect_success().details();
     assert_eq!(counts(&deleted), (0, 0, 2, 0, 0), "{deleted}");
+    let marked: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT minute FROM tsmigrate.user_set_marks WHERE minute = ANY($1)").bind(&extra_minutes).fetch_all(&env.pool).await.unwrap();
+    assert!(!extra_minutes.is_empty());
+    assert_eq!(marked.len(), extra_minutes.len(), "the user sets of the deleted rows' minutes are stale until rebuilt");
     let clean = env.cli(&["validate", "--json"]).expect_success().details();
     assert_eq!(field(&clean, "result"), "clean");
     assert_eq!(phase(&env).await, "validated");

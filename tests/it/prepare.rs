@@ -19,8 +19,8 @@ async fn prepare_postgres_creates_every_object_and_moves_to_prepared() {
     assert_eq!(field(&status, "phase"), "prepared");
     assert_eq!(field(&status, "storage_mode"), "postgres");
     let objects = field(&status, "objects").as_array().expect("objects is an array");
-    // 8 control/history tables + the events table + 3 aggregates.
-    assert_eq!(objects.len(), 12, "{objects:?}");
+    // 8 control/history tables + 2 user-set tables + the events table + 3 aggregates.
+    assert_eq!(objects.len(), 14, "{objects:?}");
     for object in objects {
         assert_eq!(field(object, "present"), &Value::Bool(true), "{object}");
     }
