@@ -36,7 +36,8 @@ fn main() {
         source.run(&["prepare", "--mode", mode]);
         source.run(&["dual-write", "start"]);
         let backfill = measure(source.command(&["backfill", "--no-history", "--json"]));
-        let report: serde_json::Value = serde_json::from_str(&backfill.stdout).expect("backfill json");
+        let envelope: serde_json::Value = serde_json::from_str(&backfill.stdout).expect("backfill json");
+        let report = &envelope["details"];
         let copied = report["read"].as_u64().unwrap_or(0);
         let copy_phase_rate = report["events_per_second"].as_f64().unwrap_or(0.0);
         let wall_rate = copied as f64 / backfill.wall.as_secs_f64();

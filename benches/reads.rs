@@ -171,7 +171,8 @@ struct SizeMeasured {
 async fn measure_size(mode: &str, events: i64, samples: usize, raw_samples: usize) -> SizeMeasured {
     let (env, pool) = loaded(mode, events).await;
     let build = support::measure(env.command(&["user-sets", "build", "--json"]));
-    let built: Value = serde_json::from_str(&build.stdout).expect("build report");
+    let envelope: Value = serde_json::from_str(&build.stdout).expect("build report");
+    let built = &envelope["details"];
     let status = tsmigrate::store::user_sets::report::status(&pool, Utc::now()).await.expect("status");
     let config = std::env::temp_dir().join(format!("{}.toml", env.name));
     std::fs::write(&config, "[http]\ncache_ttl_secs = 0\n").expect("config");

@@ -25,7 +25,9 @@ struct Run {
 
 fn validate(env: &BenchEnv) -> Run {
     let (measured, status) = measure_any(env.command(&["validate", "--json"]));
-    let report = serde_json::from_str(&measured.stdout).unwrap_or_else(|e| panic!("validate printed no JSON report ({e}): {}", measured.stdout));
+    let envelope: serde_json::Value =
+        serde_json::from_str(&measured.stdout).unwrap_or_else(|e| panic!("validate printed no JSON report ({e}): {}", measured.stdout));
+    let report = envelope["details"].clone();
     Run { wall: measured.wall, code: status.code().unwrap_or(-1), peak_rss_kib: measured.peak_rss_kib, report }
 }
 
