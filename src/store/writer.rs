@@ -222,12 +222,12 @@ impl TargetWriter {
     where
         F: for<'c> FnOnce(&'c mut PgConnection, &PageOutcome) -> BoxFuture<'c, anyhow::Result<()>>,
     {
-        Ok(self.commit_replacing(page, &[], source, method, alongside).await?.0)
+        self.commit_replacing(page, &[], source, method, alongside).await
     }
 
     /// [`Self::commit_page`], deleting the rows `replacing` first in the same transaction
     /// (a repair rewrites an event the target holds in another version, or removes one that
-    /// Redis never had). Returns how the page went and how many rows were deleted.
+    /// Redis never had).
     pub async fn commit_replacing<F>(
         &self,
         page: &ParsedPage,
@@ -235,19 +235,21 @@ impl TargetWriter {
         source: &str,
         method: Method,
         alongside: F,
-    ) -> anyhow::Result<(PageOutcome, u64)>
+    ) -> anyhow::Result<PageOutcome>
     where
         F: for<'c> FnOnce(&'c mut PgConnection, &PageOutcome) -> BoxFuture<'c, anyhow::Result<()>>,
     {
         self.ensure_partitions(&page.events).await?;
         let mut tx = self.pool.begin().await?;
-        let deleted = if replacing.is_empty() { 0 } else { delete_rows(&mut tx, replacing).await? };
+        if !replacing.is_empty() {
+            delete_rows(&mut tx, replacing).await?;
+        }
         // The user sets of the minutes those rows were in no longer hold.
         super::user_sets::mark_times(&mut tx, replacing.iter().map(|(_, time)| *time)).await?;
         let outcome = self.write_page(&mut tx, page, source, method).await?;
         alongside(&mut tx, &outcome).await?;
         tx.commit().await?;
-        Ok((outcome, deleted))
+        Ok(outcome)
     }
 
     /// Writes a page inside the caller's transaction and records its dead letters (as
@@ -456,9 +458,9 @@ async fn insert_reporting(conn: &mut PgConnection, events: &[TargetEvent]) -> sq
     Ok(Inserted { rows: rows as u64, skipped })
 }
 
-/// Deletes the rows with these `(event_id, time)` keys; returns how many there were.
-async fn delete_rows(conn: &mut PgConnection, keys: &[(Uuid, DateTime<Utc>)]) -> sqlx::Result<u64> {
-    let deleted = sqlx::query(
+/// Deletes the rows with these `(event_id, time)` keys (those that are there).
+async fn delete_rows(conn: &mut PgConnection, keys: &[(Uuid, DateTime<Utc>)]) -> sqlx::Result<()> {
+    sqlx::query(
         "DELETE FROM analytics_events_ts e USING UNNEST($1::uuid[], $2::timestamptz[]) AS k (event_id, time)
          WHERE e.event_id = k.event_id AND e.time = k.time",
     )
@@ -466,7 +468,7 @@ async fn delete_rows(conn: &mut PgConnection, keys: &[(Uuid, DateTime<Utc>)]) ->
     .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
     .execute(conn)
     .await?;
-    Ok(deleted.rows_affected())
+    Ok(())
 }
 
 type EventRow = (Uuid, DateTime<Utc>, String, String, Option<String>, Option<String>, serde_json::Value, serde_json::Value, Option<String>, Option<String>);

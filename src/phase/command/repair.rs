@@ -217,23 +217,23 @@ impl Repair {
                 next.last_ms = Some(next.last_ms.map_or(ms, |m| m.max(ms)));
             }
             next.finished = next.done >= findings.len();
+            // Extras with --delete-extra: removed now (or already gone, which is as good).
+            next.counts.deleted += (plan.replacing.len() as u64).saturating_sub(plan.rewrites);
             if dry_run {
                 next.counts.copied += plan.missing_found;
                 next.counts.rewritten += plan.rewrites;
-                next.counts.deleted += (plan.replacing.len() as u64).saturating_sub(plan.rewrites);
                 *position = next;
                 continue;
             }
             let (mut saved, checkpoint_name) = (next.clone(), name.to_string());
             let (rewrites, missing_found) = (plan.rewrites, plan.missing_found);
-            let (outcome, deleted) = writer
+            let outcome = writer
                 .commit_replacing(&plan.page, &plan.replacing, "repair", Method::Insert, move |tx, outcome| {
                     saved.counts.add_written(&plan_counts(outcome.inserted, rewrites, missing_found), outcome.dead_letters_recorded);
                     Box::pin(async move { checkpoint::save(tx, &checkpoint_name, &saved).await })
                 })
                 .await?;
             next.counts.add_written(&plan_counts(outcome.inserted, plan.rewrites, plan.missing_found), outcome.dead_letters_recorded);
-            next.counts.deleted += deleted.saturating_sub(plan.rewrites);
             *position = next;
             if let Some(reporter) = reporter {
                 reporter.set(position.done as u64);
