@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             if json {
                 Envelope::of_reply(command, &reply).print();
             } else {
-                print!("{}", reply.text);
+                tsmigrate::cli::output::to_stdout(&reply.text);
             }
             if let Some(error) = reply.error.as_ref().filter(|_| reply.exit_code == exit::ERROR) {
                 eprintln!("error: {}", error.message);

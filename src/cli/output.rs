@@ -139,8 +139,17 @@ impl Envelope {
     }
 
     pub fn print(&self) {
-        println!("{}", serde_json::to_string_pretty(self).unwrap_or_else(|e| json!({"error": e.to_string()}).to_string()));
+        let text = serde_json::to_string_pretty(self).unwrap_or_else(|e| json!({"error": e.to_string()}).to_string());
+        to_stdout(&(text + "\n"));
     }
+}
+
+/// Writes to stdout; a reader that went away (`tsmigrate status | head`) is not an error
+/// worth a panic: the rest of the output has nowhere to go.
+pub fn to_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// A phase command's details: what the command reports, and under `run` what the runner

@@ -447,3 +447,18 @@ async fn during_the_soak_status_says_when_it_ends() {
     let why = first["why"].as_str().unwrap();
     assert!(why.contains("soak period to end at") && (why.contains("(in 21h5") || why.contains("(in 22h)")), "{first}");
 }
+
+#[tokio::test]
+async fn output_into_a_closed_pipe_is_not_a_panic() {
+    let env = TestEnv::new().await;
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    // `tsmigrate history | head -0`: the reader is gone before the command writes.
+    let mut command = env.command(&["history"], &[]);
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
