@@ -121,6 +121,15 @@ fn login_from_uid() -> Option<String> {
     passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() > 2 && f[2] == uid).map(|f| f[0].to_string())
 }
 
+/// Errors end their text with `\n  next: <what to do>`:
+/// `"what failed\n  next: what to do"` → ("what failed", Some("what to do")).
+pub fn split_hint(text: &str) -> (String, Option<String>) {
+    match text.split_once("\n  next: ") {
+        Some((message, hint)) => (message.trim().to_string(), Some(hint.trim().to_string())),
+        None => (text.trim().to_string(), None),
+    }
+}
+
 /// The "next:" block every report ends with (phase commands, status, validation).
 pub fn render_next_steps(steps: &[NextStep]) -> String {
     let mut o = String::from("next:\n");

@@ -88,6 +88,9 @@ pub struct Status {
     pub jobs: Option<Vec<JobHealth>>,
     /// Long work not finished: running, or stalled (its process died).
     pub running: Vec<TaskProgress>,
+    /// Migrations of this tsmigrate the prepared target has not applied (an upgrade waiting
+    /// for `prepare`); `None` when not prepared or not readable.
+    pub migrations_pending: Option<Vec<i64>>,
     /// The user sets reads count unique users with (`None` before prepare, or on a target
     /// prepared by a tsmigrate without them until `prepare` runs again).
     pub user_sets: Option<UserSetsStatus>,
@@ -188,11 +191,16 @@ pub async fn gather(ctx: &Context, target_down: Option<String>) -> Status {
     status.lag_seconds = redis.lag;
     status.redis = redis.status;
     status.legacy = legacy;
-    if let Some(error) = target_down {
-        status.target.error = Some(error);
-    } else if let Err(e) = read_target(ctx, &mut status, now).await {
+    let unreadable = match target_down {
+        Some(error) => Some(error),
+        None => read_target(ctx, &mut status, now).await.err().map(|e| format!("{e:#}")),
+    };
+    if let Some(error) = unreadable {
+        // The message is the reason; its advice is the next step.
+        let (message, hint) = state::split_hint(&error);
         status.target.reachable = false;
-        status.target.error = Some(first_line(&format!("{e:#}")));
+        status.target.error = Some(first_line(&message));
+        status.next_steps = hint.map(NextStep::note).into_iter().collect();
     }
     status.warnings.extend(status.redis.durability.iter().flat_map(|d| d.warnings.clone()));
     (status.verdict, status.verdict_reason) = verdict(&status, now);
@@ -216,6 +224,7 @@ impl Status {
             soak_ends_at: None,
             jobs: None,
             running: vec![],
+            migrations_pending: None,
             user_sets: None,
             objects: vec![],
             policies: vec![],
@@ -247,6 +256,10 @@ async fn read_target(ctx: &Context, status: &mut Status, now: DateTime<Utc>) -> 
         status.objects = store::object_status(&*ctx.store(mode)).await?;
     }
     let latest = if state.phase > Phase::New { prepared_figures(ctx, &state, status).await? } else { None };
+    if let (Some(mode), true) = (state.storage_mode, state.phase > Phase::New) {
+        let plan = crate::store::schema::plan(pool, mode, &ctx.settings.target).await;
+        status.migrations_pending = plan.ok().map(|p| p.pending.iter().map(|m| m.version).collect());
+    }
     let outlook = gates::outlook(&state, latest.as_ref(), now, &GateRules::from_settings(&ctx.settings.migration));
     status.soak_ends_at = outlook.soak_ends_at;
     status.next_steps = status.outbox_gaps.iter().map(|g| NextStep::run(g.repair_command(), format!("repair possible gap #{}", g.id))).collect();
@@ -445,6 +458,15 @@ fn verdict(s: &Status, now: DateTime<Utc>) -> (Verdict, String) {
         return (Verdict::Failing, format!("{} possible gap(s) in dual-write not repaired: {}", s.outbox_gaps.len(), gap.describe()));
     }
     let failing: Vec<&JobHealth> = s.jobs.iter().flatten().filter(|j| j.failing).collect();
+    if let Some(pending) = s.migrations_pending.as_ref().filter(|p| !p.is_empty()) {
+        return (
+            Verdict::Failing,
+            format!(
+                "this target lacks {} of this tsmigrate's migrations ({pending:?}): writes fail until `tsmigrate prepare` applies them (only what is missing)",
+                pending.len()
+            ),
+        );
+    }
     if let Some(job) = failing.first() {
         return (Verdict::Failing, format!("{} job(s) failing, first {} ({}): {}", failing.len(), job.name, job.runs_in, opt(&job.last_error)));
     }
@@ -525,12 +547,14 @@ impl Status {
     /// The text for people: the verdict and what on-call needs, then with `verbose` the rest.
     pub fn human(&self, verbose: bool) -> String {
         let mut o = format!("verdict:    {}: {}\n", self.verdict.word(), self.verdict_reason);
-        o.push_str(&format!(
-            "phase:      {} (storage mode {}, reads from {})\n",
-            opt(&self.phase),
-            self.storage_mode.map(|m| m.to_string()).unwrap_or_else(|| "not prepared".into()),
-            opt(&self.read_source)
-        ));
+        match self.phase {
+            Some(phase) => o.push_str(&format!(
+                "phase:      {phase} (storage mode {}, reads from {})\n",
+                self.storage_mode.map(|m| m.to_string()).unwrap_or_else(|| "not prepared".into()),
+                opt(&self.read_source)
+            )),
+            None => o.push_str("phase:      unknown (the target could not be read)\n"),
+        }
         o.push_str(&format!("target:     {} ({})\n", self.target.url, self.server_text()));
         o.push_str(&self.lag_text());
         o.push_str(&format!(
@@ -706,6 +730,7 @@ mod tests {
             soak_ends_at: None,
             jobs: Some(vec![]),
             running: vec![],
+            migrations_pending: Some(vec![]),
             user_sets: None,
             objects: vec![],
             policies: vec![],

@@ -77,13 +77,7 @@ impl ErrorBody {
     }
 }
 
-/// `"what failed\n  next: what to do"` → ("what failed", Some("what to do")).
-pub fn split_hint(text: &str) -> (String, Option<String>) {
-    match text.split_once("\n  next: ") {
-        Some((message, hint)) => (message.trim().to_string(), Some(hint.trim().to_string())),
-        None => (text.trim().to_string(), None),
-    }
-}
+pub use crate::state::split_hint;
 
 /// A hint that names a command, as a next step (`tsmigrate cutover   # why`).
 fn hint_step(hint: &str) -> Option<NextStep> {

@@ -462,3 +462,18 @@ async fn output_into_a_closed_pipe_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_target_missing_migrations_of_this_version_fails_status_until_prepare() {
+    let env = TestEnv::new().await;
+    env.cli(&["legacy", "setup"]).expect_success();
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    // As if prepared by a tsmigrate that did not have migration 5 yet.
+    sqlx::query("DELETE FROM tsmigrate.schema_history WHERE version = 5").execute(&env.pool).await.unwrap();
+    let status = env.cli(&["status", "--check", "--json"]).expect_code(2).details();
+    assert_eq!(field(&status, "migrations_pending"), &serde_json::json!([5]));
+    assert!(field(&status, "verdict_reason").as_str().unwrap().contains("`tsmigrate prepare`"), "{status}");
+    let prepared = env.cli(&["prepare", "--json"]).expect_success().details();
+    assert_eq!(field(&prepared, "applied")[0]["version"], 5);
+    env.cli(&["status", "--check"]).expect_success();
+}
