@@ -44,6 +44,9 @@ fn main() -> ExitCode {
             }
             if let Some(error) = reply.error.as_ref().filter(|_| reply.exit_code == exit::ERROR) {
                 eprintln!("error: {}", error.message);
+                if let Some(hint) = &error.hint {
+                    eprintln!("  next: {hint}");
+                }
             }
             ExitCode::from(reply.exit_code)
         }

@@ -113,6 +113,8 @@ pub struct TargetStatus {
     pub url: String,
     pub reachable: bool,
     pub error: Option<String>,
+    /// What to do about `error`.
+    pub hint: Option<String>,
     pub server_version: Option<String>,
     pub timescaledb: Option<TimescaleInfo>,
     pub events: Option<i64>,
@@ -200,7 +202,8 @@ pub async fn gather(ctx: &Context, target_down: Option<String>) -> Status {
         let (message, hint) = state::split_hint(&error);
         status.target.reachable = false;
         status.target.error = Some(first_line(&message));
-        status.next_steps = hint.map(NextStep::note).into_iter().collect();
+        status.next_steps = hint.iter().cloned().map(NextStep::note).collect();
+        status.target.hint = hint;
     }
     status.warnings.extend(status.redis.durability.iter().flat_map(|d| d.warnings.clone()));
     (status.verdict, status.verdict_reason) = verdict(&status, now);
@@ -535,13 +538,14 @@ fn time(t: &Option<DateTime<Utc>>) -> String {
 }
 
 impl Status {
-    /// What could not be reached (everything else is still reported); `None` when all was.
-    /// The legacy tables are not counted: they may not exist yet, and status says so.
-    pub fn unreachable(&self) -> Option<String> {
+    /// What could not be reached, and what to do about it (everything else is still
+    /// reported); `None` when all was. The legacy tables are not counted: they may not exist
+    /// yet, and status says so.
+    pub fn unreachable(&self) -> Option<(String, Option<String>)> {
         if !self.target.reachable {
-            return Some(format!("the target database is unreachable: {}", opt(&self.target.error)));
+            return Some((format!("the target database is unreachable: {}", opt(&self.target.error)), self.target.hint.clone()));
         }
-        (!self.redis.reachable).then(|| format!("Redis is unreachable: {}", opt(&self.redis.error)))
+        (!self.redis.reachable).then(|| (format!("Redis is unreachable: {}", opt(&self.redis.error)), None))
     }
 
     /// The text for people: the verdict and what on-call needs, then with `verbose` the rest.

@@ -31,7 +31,7 @@ pub async fn run(args: Args, ctx: &Context, target_down: Option<String>, verbose
     };
     let unhealthy = || ErrorBody::new(format!("{}: {}", status.verdict.as_str(), status.verdict_reason), None);
     Ok(match status.unreachable() {
-        Some(down) => reply.failing(crate::exit::ERROR, ErrorBody::new(format!("status is incomplete: {down}"), None)),
+        Some((down, hint)) => reply.failing(crate::exit::ERROR, ErrorBody::new(format!("status is incomplete: {down}"), hint)),
         None if args.check && status.verdict != status::Verdict::Healthy => reply.failing(status.verdict.exit_code(), unhealthy()),
         None => reply,
     })

@@ -223,7 +223,7 @@ async fn admin_status(State(state): State<AppState>, headers: axum::http::Header
     let down = status.unreachable();
     let mut body = serde_json::to_value(status).map_err(|e| error::ApiError::Unexpected(e.into()))?;
     Ok(match down {
-        Some(down) => {
+        Some((down, _)) => {
             body["error"] = json!(down);
             body["retry"] = json!(true);
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()

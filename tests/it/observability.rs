@@ -79,9 +79,12 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_described_and_the
         format!("/api/v1/analytics/summary?from={}&to={}", tsmigrate::reads::wire_time(end - chrono::Duration::hours(6)), tsmigrate::reads::wire_time(end));
     assert_eq!(service.get(&summary, None).await.0, 200);
     let s = &service;
-    eventually(s, "relayed the batch and read the phase", move || async move {
+    // One refresh of the server-side gauges reads the phase first and Redis last: wait for both.
+    eventually(s, "relayed the batch and read the phase and Redis", move || async move {
         let text = s.metrics().await;
-        metric(&text, "tsmigrate_relay_events_total") == Some(3.0) && metric(&text, r#"tsmigrate_phase{phase="dual_writing"}"#) == Some(1.0)
+        metric(&text, "tsmigrate_relay_events_total") == Some(3.0)
+            && metric(&text, r#"tsmigrate_phase{phase="dual_writing"}"#) == Some(1.0)
+            && metric(&text, "tsmigrate_redis_memory_used_bytes").is_some_and(|b| b > 0.0)
     })
     .await;
     let text = service.metrics().await;
