@@ -78,6 +78,11 @@ pub trait Store: Send + Sync {
     /// The objects `prepare` creates in this mode (control tables included); `status`
     /// reports them and `abort` drops them.
     fn objects(&self) -> Vec<Object>;
+    /// What `abort` runs before its drops, so no background job works on a table being
+    /// dropped (TimescaleDB: deleting the policy jobs of these objects). Nothing by default.
+    fn before_drop(&self) -> Vec<String> {
+        vec![]
+    }
     /// Refines presence checks by name: a table of the right name that is not what
     /// prepare built (a plain table where a hypertable belongs) is not present.
     async fn verify(&self, objects: &mut [ObjectStatus]) -> sqlx::Result<()>;

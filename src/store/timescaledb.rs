@@ -35,6 +35,15 @@ impl Store for TimescaleStore {
         &self.pool
     }
 
+    fn before_drop(&self) -> Vec<String> {
+        // Only the jobs on tsmigrate's own objects: the application may have policies of its own.
+        vec![format!(
+            "SELECT delete_job(j.job_id) FROM timescaledb_information.jobs j
+             LEFT JOIN timescaledb_information.continuous_aggregates c ON c.materialization_hypertable_name = j.hypertable_name
+             WHERE j.job_id >= 1000 AND coalesce(c.view_name::text, j.hypertable_name::text) IN ('{EVENTS_TABLE}', '{HOURLY_VIEW}', '{DAILY_VIEW}', '{ASSET_VIEW}')"
+        )]
+    }
+
     fn objects(&self) -> Vec<Object> {
         let mut list = objects::CONTROL.to_vec();
         list.push(Object { name: EVENTS_TABLE, kind: HYPERTABLE, form: Form::Table, role: Role::Reported });

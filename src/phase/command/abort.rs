@@ -26,7 +26,8 @@ impl PhaseCommand for Abort {
 
     async fn apply(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<Value>> {
         let mode = run.state.storage_mode.unwrap_or(StorageMode::Postgres);
-        let statements = drop_statements(&ctx.store(mode).objects());
+        let store = ctx.store(mode);
+        let statements: Vec<String> = store.before_drop().into_iter().chain(drop_statements(&store.objects())).collect();
         let keys = &ctx.keys;
         let details = json!({
             "drops": statements,
@@ -54,8 +55,30 @@ impl PhaseCommand for Abort {
 }
 
 /// The drops and the audit entry in one transaction: the state table goes with them, so
-/// this is the one move that does not go through `PhaseGuard::commit`.
+/// this is the one move that does not go through `PhaseGuard::commit`. A catalog row that a
+/// background job changed meanwhile ("tuple concurrently deleted") makes the transaction
+/// roll back whole; it is tried again a few times.
 async fn drop_everything(run: &mut Run, statements: &[String], details: &Value) -> anyhow::Result<()> {
+    const TRIES: u32 = 3;
+    let mut tried = 1;
+    loop {
+        match drop_once(run, statements, details).await {
+            Err(e) if tried < TRIES && concurrent_catalog_change(&e) => {
+                tracing::info!(error = %e, "a background job changed the catalog while abort dropped; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500 * u64::from(tried))).await;
+                tried += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn concurrent_catalog_change(e: &anyhow::Error) -> bool {
+    let code = e.downcast_ref::<sqlx::Error>().and_then(|e| e.as_database_error()).and_then(|d| d.code()).map(|c| c.to_string());
+    matches!(code.as_deref(), Some("XX000" | "40P01" | "40001"))
+}
+
+async fn drop_once(run: &mut Run, statements: &[String], details: &Value) -> anyhow::Result<()> {
     let from = run.state.phase;
     let guard = run.guard()?;
     let actor = guard.actor().to_string();
