@@ -93,9 +93,11 @@ async fn validation_against_a_legacy_table_that_does_not_cover_the_window_could_
 
 #[tokio::test]
 async fn backfill_max_rate_is_respected() {
-    const EVENTS: u64 = 600;
-    const PAGE: u64 = 50;
-    const RATE: u64 = 200;
+    // Unthrottled, a few hundred events take well under a second here: the bound below is
+    // several times that, so a rate that is not applied shows.
+    const EVENTS: u64 = 400;
+    const PAGE: u64 = 25;
+    const RATE: u64 = 100;
     let env = TestEnv::new().await;
     crate::scenario::seed(&env, EVENTS, false);
     prepare_and_dual_write(&env, Mode::Postgres);
@@ -251,22 +253,25 @@ async fn several_relays_share_the_consumer_group_and_lose_or_double_nothing() {
     env.cleanup().await;
 }
 
-/// The log lines of `tsmigrate run --log-format <flag>` started with `TSMIGRATE_LOG_FORMAT=<setting>`,
-/// each as JSON or not (it logs that it listens, whatever the level).
-fn log_lines_as_json(env: &TestEnv, flag: &str, setting: &str) -> Vec<bool> {
-    let daemon = crate::servers::Daemon::start_with(env, None, &["--no-relay", "--no-jobs", "--log-format", flag], &[("TSMIGRATE_LOG_FORMAT", setting)]);
-    let logs = daemon.logs();
+/// The log lines of `tsmigrate run -v --log-format <flag>` started with
+/// `TSMIGRATE_LOG_FORMAT=<setting>`, each as JSON or not: its first lines, up to the one
+/// tracing writes when it takes the jobs lease.
+async fn log_lines_as_json(env: &TestEnv, flag: &str, setting: &str) -> Vec<bool> {
+    let daemon = crate::servers::Daemon::start_with(env, None, &["-v", "--no-relay", "--log-format", flag], &[("TSMIGRATE_LOG_FORMAT", setting)]);
+    let logs = eventually("a log line about the jobs lease", Duration::from_secs(60), || async {
+        let logs = daemon.logs();
+        logs.contains("jobs lease").then_some(logs)
+    })
+    .await;
     drop(daemon);
-    let lines: Vec<bool> = logs.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str::<Value>(l).is_ok()).collect();
-    assert!(!lines.is_empty(), "tsmigrate run logged nothing");
-    lines
+    logs.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str::<Value>(l).is_ok()).collect()
 }
 
 #[tokio::test]
 async fn the_log_format_flag_wins_over_the_environment() {
     let env = TestEnv::new().await;
     env.cli(&["prepare", "--mode", "postgres"]).expect_success();
-    assert!(log_lines_as_json(&env, "text", "json").iter().all(|json| !json), "--log-format text wins over TSMIGRATE_LOG_FORMAT=json");
-    assert!(log_lines_as_json(&env, "json", "text").iter().all(|json| *json), "--log-format json wins over TSMIGRATE_LOG_FORMAT=text");
+    assert!(log_lines_as_json(&env, "text", "json").await.iter().all(|json| !json), "--log-format text wins over TSMIGRATE_LOG_FORMAT=json");
+    assert!(log_lines_as_json(&env, "json", "text").await.iter().all(|json| *json), "--log-format json wins over TSMIGRATE_LOG_FORMAT=text");
     env.cleanup().await;
 }
