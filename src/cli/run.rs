@@ -32,12 +32,17 @@ pub async fn run(args: Args, mut settings: Settings) -> anyhow::Result<Reply> {
     }
     let listener = tokio::net::TcpListener::bind(&settings.http.bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http.bind))?;
     let address = listener.local_addr()?;
+    // The signal handlers are installed when the shutdown future is first polled: poll it
+    // once before saying it listens, so a SIGTERM from then on is a clean shutdown rather
+    // than the signal's default action (the process killed, exit by signal).
+    let mut shutdown = Box::pin(daemon::shutdown_signal());
+    let _ = futures::FutureExt::now_or_never(&mut shutdown);
     let listening = format!("tsmigrate listening on http://{address}");
     // Always printed (whatever the log level), in the log's own format.
     match settings.log.format {
         LogFormat::Text => eprintln!("{listening}"),
         LogFormat::Json => eprintln!("{}", serde_json::json!({"timestamp": chrono::Utc::now(), "level": "INFO", "fields": {"message": listening}})),
     }
-    daemon::run(settings, listener, daemon::DaemonOptions { relay: !args.no_relay, jobs: !args.no_jobs }, daemon::shutdown_signal()).await?;
+    daemon::run(settings, listener, daemon::DaemonOptions { relay: !args.no_relay, jobs: !args.no_jobs }, shutdown).await?;
     Ok(Reply::done(serde_json::json!({"listened_on": address.to_string(), "stopped": "signal"}), String::new()))
 }

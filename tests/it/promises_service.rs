@@ -173,3 +173,13 @@ async fn a_resend_window_of_zero_turns_first_seen_stamping_off() {
     let remembered = scan_keys(&mut redis, &format!("{}:", env.keys().first_seen)).await.unwrap();
     assert!(remembered.is_empty(), "no first-seen key is written: {remembered:?}");
 }
+
+#[tokio::test]
+async fn sigterm_as_soon_as_it_listens_is_a_clean_shutdown() {
+    let env = TestEnv::new().await;
+    // The moment it says it listens, a SIGTERM is handled: no request is lost to the
+    // signal's default action, and the exit is the clean one.
+    let daemon = crate::servers::Daemon::start_with(&env, None, &["--no-relay", "--no-jobs"], &[]);
+    let logs = daemon.logs();
+    assert_eq!(daemon.stop(), 0, "{logs}");
+}
