@@ -404,8 +404,11 @@ async fn compare_aggregates(
         )),
         LegacyCoverage::UpTo(max) => window::legacy_covered(window, Some(max), tz).ok_or_else(|| {
             (
-                format!("the legacy flush has covered hours only up to {}, before the window", show_hour(max)),
-                format!("check that the legacy flush runs (`tsmigrate run` hosts it until retire-flush), or validate the hours it covers: --to {}", show_hour(max)),
+                format!("the legacy table {} in {database} covers hours only up to {}, before the window", legacy.hourly_table, show_hour(max)),
+                format!(
+                    "check that the legacy flush runs (`tsmigrate run` hosts it until retire-flush) and writes this table (legacy.hourly_table, LEGACY_DATABASE_URL), or validate the hours it covers: --to {}",
+                    show_hour(max)
+                ),
             )
         }),
     };

@@ -66,7 +66,8 @@ async fn validation_after_retire_flush_says_the_legacy_checks_are_not_applicable
 }
 
 /// Validates with the legacy tables as `break_legacy` left them: exit 2, recorded as
-/// `error`, the phase does not move, and the message says `expected`.
+/// `error`, the phase does not move, and the output says `expected`, naming the table, the
+/// database and the setting to fix.
 async fn could_not_run(break_legacy: &str, expected: &str) {
     let env = TestEnv::new().await;
     migrate(&env, "postgres", seed_end());
@@ -74,6 +75,9 @@ async fn could_not_run(break_legacy: &str, expected: &str) {
     let envelope = env.cli(&["validate", "--json"]).expect_code(2).json();
     let message = envelope["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains(expected), "{envelope}");
+    assert!(message.contains("analytics_events") && message.contains(&env.db_name), "the table and the database: {message}");
+    let hint = envelope["error"]["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("legacy.hourly_table"), "the setting: {hint}");
     assert_eq!(field(&envelope, "details.legacy_hourly.status"), "could_not_run", "{envelope}");
     assert_eq!(latest_validation(&env).await, "error");
     assert_eq!(phase(&env).await, "backfilled", "a run that could not check everything moves no phase");
@@ -82,13 +86,13 @@ async fn could_not_run(break_legacy: &str, expected: &str) {
 
 #[tokio::test]
 async fn validation_against_an_empty_legacy_table_could_not_run() {
-    could_not_run("DELETE FROM analytics_events", "legacy table analytics_events in").await;
+    could_not_run("DELETE FROM analytics_events", "holds no rows").await;
 }
 
 #[tokio::test]
 async fn validation_against_a_legacy_table_that_does_not_cover_the_window_could_not_run() {
     // The flush's rows moved to days before the first event: it covered nothing of the window.
-    could_not_run("UPDATE analytics_events SET hour = hour - interval '10 days'", "the legacy flush has covered hours only up to").await;
+    could_not_run("UPDATE analytics_events SET hour = hour - interval '10 days'", "covers hours only up to").await;
 }
 
 #[tokio::test]
