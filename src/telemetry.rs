@@ -79,7 +79,12 @@ pub const METRICS: &[Metric] = &[
     m("tsmigrate_redis_memory_max_bytes", G, Some(Unit::Bytes), "Redis maxmemory (0: no limit)."),
     m("tsmigrate_read_seconds", H, Some(Unit::Seconds), "Duration of one read API answer, by source and endpoint."),
     m("tsmigrate_read_cache_errors_total", C, None, "Read cache operations that failed (the answer was computed without the cache)."),
-    m("tsmigrate_http_read_timeouts_total", C, None, "Read API requests answered 503 because they took longer than http.read_timeout_secs."),
+    m(
+        "tsmigrate_http_read_timeouts_total",
+        C,
+        None,
+        "Requests answered 503 because no answer was ready within http.request_timeout_secs (a server behind the endpoint slow or hung).",
+    ),
     m("tsmigrate_shadow_comparisons_total", C, None, "Shadow reads compared with the answer served, by endpoint."),
     m("tsmigrate_shadow_mismatches_total", C, None, "Shadow reads whose answer differed from the one served, by endpoint."),
     m("tsmigrate_shadow_skipped_total", C, None, "Shadow reads skipped (too many in flight), by endpoint."),

@@ -8,11 +8,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tsmigrate::http::{self, AppState};
+
+use crate::daemon_process::{metric, Service};
 
 use crate::support::{ChildGuard, TestEnv};
 
@@ -69,30 +70,25 @@ fn redis_addr(env: &TestEnv) -> SocketAddr {
     format!("{host}:{}", url.port().unwrap_or(6379)).parse().expect("a numeric Redis host in the test URL")
 }
 
-async fn post(router: &axum::Router, body: &str) -> (u16, Value) {
-    let (status, reply) = crate::dual_write::post(router, body, None).await;
-    (status.as_u16(), reply)
-}
-
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_not_answered_within_the_request_timeout_gets_503() {
-    let mut env = TestEnv::with_settings(|s| {
-        s.http.request_timeout_secs = 1;
-        // Far longer than the request deadline: the answer below must come from that deadline.
-        s.redis.response_timeout_ms = 60_000;
-    })
-    .await;
+    let env = TestEnv::new().await;
+    // Redis's own deadline far longer than the request's: the answer below must come from the latter.
+    env.write_file("tsmigrate.toml", "[http]\nrequest_timeout_secs = 1\n[redis]\nresponse_timeout_ms = 60000\n");
     let freezer = Freezer::start(redis_addr(&env)).await;
-    env.settings.redis.url = tsmigrate::config::SecretUrl::new(format!("redis://{}", freezer.addr));
-    let router = http::app(AppState::new(env.settings.clone(), env.redis().await, None, None));
+    let through = format!("redis://{}", freezer.addr);
+    let service = Service::start(&env, &["--no-relay", "--no-jobs"], &[("REDIS_URL", &through)]).await;
     let (body, _) = crate::daemon_process::batch(3);
-    assert_eq!(post(&router, &body).await.0, 202, "answered while Redis answers");
+    assert_eq!(service.ingest(&body, None).await.0, 202, "answered while Redis answers");
+    let counted = |text: &str| metric(text, "tsmigrate_http_read_timeouts_total");
+    assert_eq!(counted(&service.metrics().await), Some(0.0));
 
     freezer.freeze();
-    let (status, reply) = tokio::time::timeout(Duration::from_secs(30), post(&router, &body)).await.expect("the request has a deadline");
+    let (status, reply) = tokio::time::timeout(Duration::from_secs(30), service.ingest(&body, None)).await.expect("the request has a deadline");
     assert_eq!(status, 503, "{reply}");
     let message = reply["error"].as_str().unwrap_or_default();
     assert!(message.contains("no answer within 1s"), "the request deadline answered, not Redis's: {reply}");
+    assert_eq!(counted(&service.metrics().await), Some(1.0), "counted as an answer given up for time");
 }
 
 #[tokio::test]
