@@ -239,6 +239,69 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// The options that take a time, by name: each must accept a relative time (`-6h`) as
+    /// its own argument, which clap reads as an unknown flag unless the option allows it.
+    const TIME_OPTIONS: [&str; 3] = ["from", "to", "end"];
+
+    #[test]
+    fn every_time_option_accepts_a_relative_time_as_a_separate_argument() {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if TIME_OPTIONS.contains(&arg.get_id().as_str()) {
+                    assert!(arg.is_allow_hyphen_values_set(), "{path} --{} takes a time but would refuse -6h", arg.get_id());
+                    found.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut found = vec![];
+        walk(&Cli::command(), "tsmigrate", &mut found);
+        for expected in ["validate --from", "validate --to", "user-sets build --from", "backfill --to", "legacy flush --from", "seed --end"] {
+            assert!(found.iter().any(|f| f.ends_with(expected)), "{expected} not found among {found:?}");
+        }
+    }
+
+    fn parses(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(line.split_whitespace())
+    }
+
+    #[test]
+    fn validate_takes_relative_times_as_separate_arguments() {
+        let cli = parses("tsmigrate validate --from -6h --to -1h").expect("parses");
+        let Command::Validate(args) = cli.command else { panic!("not validate") };
+        let (from, to) = (args.from.expect("from"), args.to.expect("to"));
+        assert_eq!((to - from).num_hours(), 5, "{from} .. {to}");
+        assert!(chrono::Utc::now() - from >= chrono::Duration::hours(6));
+    }
+
+    #[test]
+    fn user_sets_build_takes_relative_times_as_separate_arguments() {
+        let cli = parses("tsmigrate user-sets build --from -2d --to now").expect("parses");
+        let Command::UserSets(user_sets::Command::Build(args)) = cli.command else { panic!("not user-sets build") };
+        assert_eq!((args.to.expect("to") - args.from.expect("from")).num_days(), 2);
+    }
+
+    #[test]
+    fn backfill_legacy_flush_and_seed_take_relative_times_as_separate_arguments() {
+        let Command::Backfill(args) = parses("tsmigrate backfill --from -6h --to -1h").expect("parses").command else { panic!("not backfill") };
+        assert_eq!((args.to.expect("to") - args.from.expect("from")).num_hours(), 5);
+        let Command::Legacy(legacy::Command::Flush(args)) = parses("tsmigrate legacy flush --from -3h --to -1h").expect("parses").command else {
+            panic!("not legacy flush")
+        };
+        assert_eq!((args.to.expect("to") - args.from.expect("from")).num_hours(), 2);
+        let Command::Seed(args) = parses("tsmigrate seed --end -2h").expect("parses").command else { panic!("not seed") };
+        assert!(chrono::Utc::now() - args.end.expect("end") >= chrono::Duration::hours(2));
+    }
+
+    #[test]
+    fn a_time_option_given_no_time_says_what_a_time_is() {
+        let error = parses("tsmigrate validate --to --from").expect_err("--to is not a time").to_string();
+        assert!(error.contains("is not a time"), "{error}");
+    }
+
     #[test]
     fn counts_and_reasons_must_say_something() {
         assert_eq!(positive("5"), Ok(5));

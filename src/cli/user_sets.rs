@@ -19,10 +19,10 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
     /// Rebuild from this time (RFC 3339, a date, or relative like -2d).
-    #[arg(long, value_parser = parse_time, requires = "to")]
+    #[arg(long, value_parser = parse_time, requires = "to", allow_hyphen_values = true)]
     pub from: Option<chrono::DateTime<Utc>>,
     /// Rebuild until this time (exclusive; `now` works).
-    #[arg(long, value_parser = parse_time, requires = "from")]
+    #[arg(long, value_parser = parse_time, requires = "from", allow_hyphen_values = true)]
     pub to: Option<chrono::DateTime<Utc>>,
 }
 
