@@ -166,6 +166,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         command => command,
     };
     let verbose = cli.global.verbose > 0;
+    let long_work = matches!(command, Command::Backfill(_) | Command::ImportHistory(_) | Command::Validate(_) | Command::Repair(_) | Command::UserSets(_));
     let (ctx, target_down) = match (Context::connect(settings.clone()).await, &command) {
         (Ok(ctx), _) => (ctx, None),
         // Status reports what it can read, the target being down included.
@@ -175,6 +176,9 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         ),
         (Err(e), _) => return Err(anyhow::Error::from(e).into()),
     };
+    // Long work stops at a page boundary on the first SIGINT/SIGTERM; the others keep the
+    // default (they end at once).
+    let ctx = if long_work { ctx.with_interrupt(listen_for_interrupts(command.name(), json)?) } else { ctx };
     let result = match command {
         Command::Prepare(args) => prepare::run(args, &ctx).await,
         Command::Status(args) => status::run(args, &ctx, target_down, verbose).await,
@@ -198,6 +202,21 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         Ok(reply) => Ok(reply),
         Err(error) => Err(Failure { phase: phase_if_readable(&ctx).await, error }),
     }
+}
+
+/// The first SIGINT/SIGTERM asks `command` to stop at its next page boundary; a second
+/// ends the process at once (exit 130; with `--json`, its envelope).
+fn listen_for_interrupts(command: &'static str, json: bool) -> anyhow::Result<crate::stop::Interrupt> {
+    let at_once = move |signal: &'static str| {
+        let message = format!("{command} was interrupted twice ({signal}) and ended at once, in the middle of a page; that page was not committed");
+        let hint = format!("tsmigrate {command}   # resumes after the last committed page");
+        eprintln!("error: {message}\n  next: {hint}");
+        if json {
+            output::Envelope::of_error(command, crate::exit::INTERRUPTED, output::ErrorBody::new(message, Some(hint)), None).print();
+        }
+        std::process::exit(i32::from(crate::exit::INTERRUPTED));
+    };
+    crate::stop::listen(at_once).map_err(|e| anyhow::anyhow!("cannot listen for SIGINT/SIGTERM: {e}"))
 }
 
 /// The phase, for the envelope of a failed command; `None` when it cannot be read quickly.

@@ -31,6 +31,7 @@ mod scenario;
 mod seed;
 mod servers;
 mod status;
+mod stop;
 mod timescaledb;
 mod tls;
 mod user_sets;
