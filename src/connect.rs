@@ -80,18 +80,20 @@ fn pg_options(url: &SecretUrl) -> Result<PgConnectOptions, ConnectError> {
 
 /// A pool on `url`; fails fast (within the acquire timeout) when the server is unreachable.
 pub async fn pg_pool(url: &SecretUrl, limits: PgLimits) -> Result<PgPool, ConnectError> {
-    let options = pg_options(url)?;
-    let timeout = limits.acquire_timeout;
     // One direct attempt first: a pool retries until its timeout and then reports only
     // "timed out", hiding the cause (connection refused, authentication failed...).
+    let _ = pg_connection(url, limits.acquire_timeout).await?.close().await;
+    limits.pool_options().connect_with(pg_options(url)?).await.map_err(|e| pg_error(url, e))
+}
+
+/// One connection of its own, outside any pool (a session advisory lock lives and dies
+/// with its connection), with the pools' options and errors; gives up after `timeout`.
+pub async fn pg_connection(url: &SecretUrl, timeout: Duration) -> Result<PgConnection, ConnectError> {
+    let options = pg_options(url)?;
     match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-        }
-        Ok(Err(e)) => return Err(pg_error(url, e)),
-        Err(_) => return Err(ConnectError::Postgres { url: url.redacted(), reason: format!("no answer within {}s", timeout.as_secs()) }),
+        Ok(connected) => connected.map_err(|e| pg_error(url, e)),
+        Err(_) => Err(ConnectError::Postgres { url: url.redacted(), reason: format!("no answer within {}s", timeout.as_secs()) }),
     }
-    limits.pool_options().connect_with(options).await.map_err(|e| pg_error(url, e))
 }
 
 fn pg_error(url: &SecretUrl, e: sqlx::Error) -> ConnectError {

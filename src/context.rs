@@ -29,6 +29,9 @@ pub struct Context {
     redis: Arc<OnceCell<ConnectionManager>>,
     /// A connection of its own, with a patient deadline, for large single reads.
     redis_bulk: Arc<OnceCell<ConnectionManager>>,
+    /// Asked by SIGINT/SIGTERM in a CLI command: long work stops at its next page boundary.
+    /// Never asked in `tsmigrate run` (its shutdown is a parameter of its workers).
+    pub interrupt: crate::stop::Interrupt,
 }
 
 impl Context {
@@ -51,7 +54,13 @@ impl Context {
             legacy: Arc::new(legacy),
             redis: Arc::new(OnceCell::new()),
             redis_bulk: Arc::new(OnceCell::new()),
+            interrupt: crate::stop::Interrupt::default(),
         }
+    }
+
+    /// Long work stops at a page boundary once `interrupt` is asked.
+    pub fn with_interrupt(self, interrupt: crate::stop::Interrupt) -> Context {
+        Context { interrupt, ..self }
     }
 
     /// Uses `legacy` for the legacy tables.

@@ -21,7 +21,9 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         return Ok(now);
     }
     if let Some(rel) = s.strip_prefix('-') {
-        return parse_duration(rel).map(|d| now - d);
+        // `--from --to x` hands `--to` to --from (it takes values starting with '-'): say
+        // what a time is, not what a duration is.
+        return parse_duration(rel).map(|d| now - d).map_err(|e| if rel.starts_with('-') { not_a_time(s) } else { e });
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
@@ -29,7 +31,11 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    Err(format!("{s:?} is not a time: use RFC 3339 (2025-01-31T12:00:00Z), a date (2025-01-31), now, or -6h / -2d"))
+    Err(not_a_time(s))
+}
+
+fn not_a_time(s: &str) -> String {
+    format!("{s:?} is not a time: use RFC 3339 (2025-01-31T12:00:00Z), a date (2025-01-31), now, or -6h / -2d")
 }
 
 /// A duration as people write it, in its two largest units (rounded down): `45s`, `12m`,

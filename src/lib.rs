@@ -19,7 +19,7 @@
 //! - [`schedule`]   the scheduled jobs by name and default schedule.
 //! - [`daemon`]     the long-running `tsmigrate run` process and its jobs.
 //! - [`cli`]        the command line, one module per subcommand.
-//! - [`progress`]   progress reporting for long work.
+//! - [`progress`]   progress reporting for long work; [`stop`] how it stops early (interrupt, lost lock) at a page boundary.
 //! - [`remembered`] a server-read value trusted for a while (flags, read source, horizon).
 //! - [`telemetry`]  the Prometheus recorder behind `/metrics`.
 
@@ -42,6 +42,7 @@ pub mod remembered;
 pub mod schedule;
 pub mod state;
 pub mod status;
+pub mod stop;
 pub mod store;
 pub mod telemetry;
 pub mod validate;
@@ -55,11 +56,15 @@ pub mod exit {
     pub const ERROR: u8 = 2;
     /// Refused: a phase gate, or another phase command holds the lock.
     pub const REFUSED: u8 = 3;
+    /// Interrupted (SIGINT/SIGTERM) and stopped at a page boundary; a re-run resumes.
+    pub const INTERRUPTED: u8 = crate::stop::INTERRUPTED_EXIT;
 }
 
 /// The exit code for an error that ended a command.
 pub fn exit_code_for(error: &anyhow::Error) -> u8 {
-    if error.downcast_ref::<phase::Refusal>().is_some() || error.downcast_ref::<phase::state::LockHeld>().is_some() {
+    if let Some(stopped) = error.downcast_ref::<stop::Stopped>() {
+        stopped.exit_code()
+    } else if error.downcast_ref::<phase::Refusal>().is_some() || error.downcast_ref::<phase::state::LockHeld>().is_some() {
         exit::REFUSED
     } else {
         exit::ERROR

@@ -57,7 +57,12 @@ fn main() -> ExitCode {
             }
             let code = tsmigrate::exit_code_for(&error);
             if json {
-                Envelope::of_error(command, code, ErrorBody::of(&error), phase).print();
+                let mut envelope = Envelope::of_error(command, code, ErrorBody::of(&error), phase);
+                // Where the work stopped, for a script that resumes it.
+                if let Some(stopped) = error.downcast_ref::<tsmigrate::stop::Stopped>() {
+                    envelope.details = stopped.details();
+                }
+                envelope.print();
             }
             ExitCode::from(code)
         }

@@ -86,7 +86,8 @@ pub struct Status {
     pub soak_ends_at: Option<DateTime<Utc>>,
     /// tsmigrate's scheduled jobs and TimescaleDB's policy jobs; `None` when they could not be read.
     pub jobs: Option<Vec<JobHealth>>,
-    /// Long work not finished: running, or stalled (its process died).
+    /// Long work not finished: running, or stopped early (not running: interrupted, its
+    /// process or connection died).
     pub running: Vec<TaskProgress>,
     /// Migrations of this tsmigrate the prepared target has not applied (an upgrade waiting
     /// for `prepare`); `None` when not prepared or not readable.
@@ -450,7 +451,7 @@ async fn legacy_status(ctx: &Context) -> LegacyStatus {
 }
 
 /// The verdict and its reason, worst first. Pure.
-fn verdict(s: &Status, now: DateTime<Utc>) -> (Verdict, String) {
+fn verdict(s: &Status, _now: DateTime<Utc>) -> (Verdict, String) {
     if !s.target.reachable {
         return (Verdict::Failing, format!("the target database is unreachable: {}", opt(&s.target.error)));
     }
@@ -473,16 +474,18 @@ fn verdict(s: &Status, now: DateTime<Utc>) -> (Verdict, String) {
     if let Some(job) = failing.first() {
         return (Verdict::Failing, format!("{} job(s) failing, first {} ({}): {}", failing.len(), job.name, job.runs_in, opt(&job.last_error)));
     }
-    if let Some(stalled) = s.running.iter().find(|t| t.stalled(now)) {
+    // Known at once from the lock the run holds while it works, not from a heartbeat's age.
+    if let Some(stopped) = s.running.iter().find(|t| t.stopped()) {
         return (
             Verdict::Blocked,
             format!(
-                "{} stopped at {} of {} {} and nothing has moved since {}; run it again to resume",
-                stalled.task,
-                stalled.done,
-                opt(&stalled.total),
-                stalled.unit,
-                stalled.updated_at
+                "{} stopped at {} of {} {} and is not running (interrupted, or its process or connection died at {}); `{}` resumes it",
+                stopped.task,
+                stopped.done,
+                opt(&stopped.total),
+                stopped.unit,
+                stopped.updated_at,
+                stopped.resume_command()
             ),
         );
     }

@@ -166,6 +166,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         command => command,
     };
     let verbose = cli.global.verbose > 0;
+    let long_work = matches!(command, Command::Backfill(_) | Command::ImportHistory(_) | Command::Validate(_) | Command::Repair(_) | Command::UserSets(_));
     let (ctx, target_down) = match (Context::connect(settings.clone()).await, &command) {
         (Ok(ctx), _) => (ctx, None),
         // Status reports what it can read, the target being down included.
@@ -175,6 +176,9 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         ),
         (Err(e), _) => return Err(anyhow::Error::from(e).into()),
     };
+    // Long work stops at a page boundary on the first SIGINT/SIGTERM; the others keep the
+    // default (they end at once).
+    let ctx = if long_work { ctx.with_interrupt(listen_for_interrupts(command.name(), json)?) } else { ctx };
     let result = match command {
         Command::Prepare(args) => prepare::run(args, &ctx).await,
         Command::Status(args) => status::run(args, &ctx, target_down, verbose).await,
@@ -198,6 +202,21 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         Ok(reply) => Ok(reply),
         Err(error) => Err(Failure { phase: phase_if_readable(&ctx).await, error }),
     }
+}
+
+/// The first SIGINT/SIGTERM asks `command` to stop at its next page boundary; a second
+/// ends the process at once (exit 130; with `--json`, its envelope).
+fn listen_for_interrupts(command: &'static str, json: bool) -> anyhow::Result<crate::stop::Interrupt> {
+    let at_once = move |signal: &'static str| {
+        let message = format!("{command} was interrupted twice ({signal}) and ended at once, in the middle of a page; that page was not committed");
+        let hint = format!("tsmigrate {command}   # resumes after the last committed page");
+        eprintln!("error: {message}\n  next: {hint}");
+        if json {
+            output::Envelope::of_error(command, crate::exit::INTERRUPTED, output::ErrorBody::new(message, Some(hint)), None).print();
+        }
+        std::process::exit(i32::from(crate::exit::INTERRUPTED));
+    };
+    crate::stop::listen(at_once).map_err(|e| anyhow::anyhow!("cannot listen for SIGINT/SIGTERM: {e}"))
 }
 
 /// The phase, for the envelope of a failed command; `None` when it cannot be read quickly.
@@ -237,6 +256,69 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// The options that take a time, by name: each must accept a relative time (`-6h`) as
+    /// its own argument, which clap reads as an unknown flag unless the option allows it.
+    const TIME_OPTIONS: [&str; 3] = ["from", "to", "end"];
+
+    #[test]
+    fn every_time_option_accepts_a_relative_time_as_a_separate_argument() {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if TIME_OPTIONS.contains(&arg.get_id().as_str()) {
+                    assert!(arg.is_allow_hyphen_values_set(), "{path} --{} takes a time but would refuse -6h", arg.get_id());
+                    found.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut found = vec![];
+        walk(&Cli::command(), "tsmigrate", &mut found);
+        for expected in ["validate --from", "validate --to", "user-sets build --from", "backfill --to", "legacy flush --from", "seed --end"] {
+            assert!(found.iter().any(|f| f.ends_with(expected)), "{expected} not found among {found:?}");
+        }
+    }
+
+    fn parses(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(line.split_whitespace())
+    }
+
+    #[test]
+    fn validate_takes_relative_times_as_separate_arguments() {
+        let cli = parses("tsmigrate validate --from -6h --to -1h").expect("parses");
+        let Command::Validate(args) = cli.command else { panic!("not validate") };
+        let (from, to) = (args.from.expect("from"), args.to.expect("to"));
+        assert_eq!((to - from).num_hours(), 5, "{from} .. {to}");
+        assert!(chrono::Utc::now() - from >= chrono::Duration::hours(6));
+    }
+
+    #[test]
+    fn user_sets_build_takes_relative_times_as_separate_arguments() {
+        let cli = parses("tsmigrate user-sets build --from -2d --to now").expect("parses");
+        let Command::UserSets(user_sets::Command::Build(args)) = cli.command else { panic!("not user-sets build") };
+        assert_eq!((args.to.expect("to") - args.from.expect("from")).num_days(), 2);
+    }
+
+    #[test]
+    fn backfill_legacy_flush_and_seed_take_relative_times_as_separate_arguments() {
+        let Command::Backfill(args) = parses("tsmigrate backfill --from -6h --to -1h").expect("parses").command else { panic!("not backfill") };
+        assert_eq!((args.to.expect("to") - args.from.expect("from")).num_hours(), 5);
+        let Command::Legacy(legacy::Command::Flush(args)) = parses("tsmigrate legacy flush --from -3h --to -1h").expect("parses").command else {
+            panic!("not legacy flush")
+        };
+        assert_eq!((args.to.expect("to") - args.from.expect("from")).num_hours(), 2);
+        let Command::Seed(args) = parses("tsmigrate seed --end -2h").expect("parses").command else { panic!("not seed") };
+        assert!(chrono::Utc::now() - args.end.expect("end") >= chrono::Duration::hours(2));
+    }
+
+    #[test]
+    fn a_time_option_given_no_time_says_what_a_time_is() {
+        let error = parses("tsmigrate validate --to --from").expect_err("--to is not a time").to_string();
+        assert!(error.contains("is not a time"), "{error}");
     }
 
     #[test]

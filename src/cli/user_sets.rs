@@ -19,10 +19,10 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
     /// Rebuild from this time (RFC 3339, a date, or relative like -2d).
-    #[arg(long, value_parser = parse_time, requires = "to")]
+    #[arg(long, value_parser = parse_time, requires = "to", allow_hyphen_values = true)]
     pub from: Option<chrono::DateTime<Utc>>,
     /// Rebuild until this time (exclusive; `now` works).
-    #[arg(long, value_parser = parse_time, requires = "from")]
+    #[arg(long, value_parser = parse_time, requires = "from", allow_hyphen_values = true)]
     pub to: Option<chrono::DateTime<Utc>>,
 }
 
@@ -34,7 +34,18 @@ pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<Reply> {
         _ => 0,
     };
     let options = BuildOptions::from_settings(&ctx.settings.target, true);
-    let built = build::build(&ctx.target, options, Utc::now()).await?.unwrap_or_default();
+    // Each batch of buckets commits with the marks it consumed: stopping between (or
+    // rolling back the one in hand) leaves the rest marked for the next build.
+    let built = tokio::select! {
+        built = build::build(&ctx.target, options, Utc::now()) => built?.unwrap_or_default(),
+        signal = ctx.interrupt.wait() => return Err(crate::stop::Stopped {
+            command: "user-sets build".into(),
+            why: crate::stop::Why::Interrupted(signal),
+            at: "between batches of buckets (the minutes not built yet stay marked)".into(),
+            resume: "tsmigrate user-sets build".into(),
+        }
+        .into()),
+    };
     let report = serde_json::json!({ "marked_minutes": marked, "built": built });
     let text = format!(
         "user sets built: {} minutes, {} hours, {} days ({} minutes marked for rebuild, {} expired rows removed)\n",

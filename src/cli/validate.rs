@@ -32,10 +32,10 @@ use super::{parse_duration, parse_time, Reply};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Start of the window (RFC 3339, a date, or -6h); clamped into what both systems cover.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = parse_time, allow_hyphen_values = true)]
     pub from: Option<DateTime<Utc>>,
     /// End of the window (exclusive); clamped to now minus the settle lag.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = parse_time, allow_hyphen_values = true)]
     pub to: Option<DateTime<Utc>>,
     /// counts: counts per hour only (cheap); events: counts and hashes, narrowed to the differing events.
     #[arg(long, value_enum, default_value_t = DepthArg::Events)]

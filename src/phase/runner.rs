@@ -13,6 +13,7 @@ use super::state::{AuditEntry, MigrationState, PhaseGuard, StateChanges};
 use super::{Phase, Refusal, Transition};
 use crate::context::Context;
 use crate::state::NextStep;
+use crate::stop::{Boundary, Stopped, Why};
 
 /// `--force --reason`: pass a validation/soak gate (never the phase order), audited.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +90,8 @@ pub struct Run {
     pub dry_run: bool,
     /// The gate's evidence (or, forced, why it failed), for the details.
     pub gate: Value,
+    /// What long work asks at each page boundary (interrupted? lock still held?).
+    pub boundary: Boundary,
     guard: Option<PhaseGuard>,
 }
 
@@ -117,6 +120,13 @@ pub trait PhaseCommand: Send + Sync {
 
     fn locking(&self) -> Locking {
         Locking::Whole
+    }
+
+    /// Whether `apply` stops at its own page boundaries when interrupted (and confirms the
+    /// lock before each page commits). Otherwise an interrupt abandons `apply` where it
+    /// waits — its open transaction rolls back — and the command commits nothing.
+    fn stops_at_pages(&self) -> bool {
+        false
     }
 
     /// A gate past the phase order: evidence it may run, or why not (refused unless forced).
@@ -191,7 +201,9 @@ pub async fn run<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options)
         Locking::Whole => Some(PhaseGuard::acquire(&ctx.settings.database.url, &command.name()).await?),
         Locking::AtCommit => None,
     };
-    let mut run = Run { state: crate::state::load_from_pool(&ctx.target).await?, phase_after: Phase::New, dry_run: options.dry_run, gate: Value::Null, guard };
+    let boundary = Boundary::new(ctx.interrupt.clone(), guard.as_ref().map(PhaseGuard::pid));
+    let mut run =
+        Run { state: crate::state::load_from_pool(&ctx.target).await?, phase_after: Phase::New, dry_run: options.dry_run, gate: Value::Null, boundary, guard };
     if let Some(guard) = run.guard.as_mut() {
         // Under the lock, the state is what the lock's connection reads.
         run.state = guard.state().await?;
@@ -201,6 +213,11 @@ pub async fn run<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options)
         if let Some(refusal) = error.downcast_ref::<Refusal>() {
             audit_refusal(ctx, &mut run, &command.name(), refusal, options).await;
         }
+        if let Some(stopped) = error.downcast_ref::<Stopped>() {
+            if let Err(e) = super::state::record_stop(&ctx.target, &command.name(), run.state.phase, stopped).await {
+                tracing::warn!(error = %format!("{e:#}"), command = command.name(), "could not record the stop in the audit log");
+            }
+        }
     }
     outcome
 }
@@ -209,7 +226,19 @@ async fn steps<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options, r
     run.phase_after = command.transition().check(run.state.phase)?;
     let gate = command.gate(ctx, run).await?;
     run.gate = pass_gate(command, gate, &options.force)?;
-    let applied = command.apply(ctx, run).await?;
+    let applied = match command.stops_at_pages() {
+        true => command.apply(ctx, run).await?,
+        false => tokio::select! {
+            applied = command.apply(ctx, run) => applied?,
+            signal = ctx.interrupt.wait() => return Err(Stopped {
+                command: command.name(),
+                why: Why::Interrupted(signal),
+                at: "before it committed anything (what it had started was rolled back)".into(),
+                resume: format!("tsmigrate {}", command.name()),
+            }
+            .into()),
+        },
+    };
     let mut report = PhaseReport {
         command: command.name(),
         dry_run: options.dry_run,

@@ -38,10 +38,15 @@ pub struct AuditEntry {
 }
 
 /// Held for the whole of a phase command: a dedicated connection with the phase advisory
-/// lock. The lock dies with the connection, so a crashed command never leaves it behind.
+/// lock. The lock dies with the connection, so a crashed command never leaves it behind;
+/// and a command whose connection died (a server restart) must not carry on as if it still
+/// held it: its pages confirm the lock by this connection's backend pid
+/// ([`crate::stop::Boundary::confirm_lock`]).
 pub struct PhaseGuard {
     conn: PgConnection,
     actor: String,
+    /// The lock connection's backend pid.
+    pid: i32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +59,8 @@ impl PhaseGuard {
     /// Takes the migration lock for `command`. When another command holds it, the refusal
     /// is audited (once the control tables exist) like a gate's, and [`LockHeld`] returned.
     pub async fn acquire(url: &SecretUrl, command: &str) -> anyhow::Result<PhaseGuard> {
-        let mut conn = match tokio::time::timeout(LOCK_CONNECT_TIMEOUT, PgConnection::connect(url.expose())).await {
-            Ok(connected) => connected.map_err(|e| anyhow::anyhow!("cannot open the lock connection to {}: {}", url.redacted(), e))?,
-            Err(_) => anyhow::bail!(
-                "cannot open the lock connection to {}: no answer within {}s\n  next: check that the server is running and reachable",
-                url.redacted(),
-                LOCK_CONNECT_TIMEOUT.as_secs()
-            ),
-        };
+        let mut conn = crate::connect::pg_connection(url, LOCK_CONNECT_TIMEOUT).await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
         // A command that just finished may still hold the lock for a moment while its
         // backend exits, so wait briefly before calling the lock held.
         let deadline = std::time::Instant::now() + LOCK_PATIENCE;
@@ -82,13 +81,13 @@ impl PhaseGuard {
             .await?;
             let held = LockHeld { holder: holder.unwrap_or_default() };
             // Not holding the lock: this guard only writes the audit entry, then is dropped.
-            let unlocked = PhaseGuard { conn, actor: actor() };
+            let unlocked = PhaseGuard { conn, actor: actor(), pid };
             if let Err(e) = unlocked.audit_lock_refusal(command, &held).await {
                 tracing::warn!(error = %format!("{e:#}"), command, "cannot audit the refusal of a held migration lock");
             }
             return Err(held.into());
         }
-        Ok(PhaseGuard { conn, actor: actor() })
+        Ok(PhaseGuard { conn, actor: actor(), pid })
     }
 
     async fn audit_lock_refusal(mut self, command: &str, held: &LockHeld) -> anyhow::Result<()> {
@@ -110,6 +109,11 @@ impl PhaseGuard {
 
     pub fn actor(&self) -> &str {
         &self.actor
+    }
+
+    /// The backend pid of the connection holding the lock (what `pg_locks` names).
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     pub async fn state(&mut self) -> anyhow::Result<MigrationState> {
@@ -210,6 +214,27 @@ pub async fn record_refusal(conn: &mut PgConnection, actor: &str, command: &str,
     .bind(&refusal.reason)
     .bind(details)
     .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a command that stopped early at a page boundary (interrupted, or its lock
+/// connection lost): on a connection of the pool, since the lock's may be the one lost.
+pub async fn record_stop(pool: &PgPool, command: &str, phase: Phase, stopped: &crate::stop::Stopped) -> anyhow::Result<()> {
+    if phase == Phase::New {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, reason, details)
+         VALUES ($1, $2, $3, $3, $4, $5, $6)",
+    )
+    .bind(actor())
+    .bind(command)
+    .bind(phase.as_str())
+    .bind(stopped.outcome())
+    .bind(crate::state::split_hint(&stopped.to_string()).0)
+    .bind(stopped.details())
+    .execute(pool)
     .await?;
     Ok(())
 }

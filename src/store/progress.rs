@@ -1,7 +1,11 @@
 //! Long work (backfill, validation, repair) writes how far it got into `tsmigrate.progress`
 //! about once a second, so `tsmigrate status` shows it from any terminal: done of total,
-//! rate and ETA. A run that died leaves its row unfinished; status calls it stalled once
-//! nothing has moved for a while. Reporting is best effort: it never fails the work.
+//! rate and ETA. Whether a run is still running is not guessed from how old its row is:
+//! the run holds an advisory lock named after its task on a connection of its own while it
+//! works, so the lock's holder in `pg_locks` says at once whether it runs. A run that
+//! stopped early (interrupted, its lock lost, its process killed) leaves its row unfinished
+//! and holds no lock: status says it is not running and how to resume. Reporting is best
+//! effort: it never fails the work.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,12 +13,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 /// How often a reporter writes its count.
 const EVERY: Duration = Duration::from_secs(1);
-/// A run whose count has not been written for this long is shown as stalled.
-pub const STALLED_AFTER: chrono::Duration = chrono::Duration::seconds(60);
+/// A running run whose count has not moved for this long is shown as stalled.
+pub const STALLED_AFTER: chrono::Duration = chrono::Duration::seconds(15);
+
+/// The advisory lock a running task holds: `hashtext` of this plus the task's name.
+const RUNNING_LOCK_PREFIX: &str = "tsmigrate.progress:";
 
 /// One run's progress as stored.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -23,49 +30,86 @@ pub struct TaskProgress {
     pub actor: String,
     pub unit: String,
     pub started_at: DateTime<Utc>,
+    /// When the count last moved.
     pub updated_at: DateTime<Utc>,
     pub done: i64,
     /// Done by earlier runs this one resumed from (not part of its rate).
     pub done_at_start: i64,
     pub total: Option<i64>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// A connection of the run holds its task's lock: it is still working. An unfinished
+    /// run that is not running stopped early (interrupted, lock lost, killed).
+    pub running: bool,
 }
 
 impl TaskProgress {
+    /// Done of total, never past 100 (the total is an estimate that events arriving in
+    /// range can pass).
     pub fn percent(&self) -> Option<f64> {
-        self.total.filter(|t| *t > 0).map(|t| (self.done as f64 / t as f64 * 100.0).min(100.0))
+        self.total.filter(|t| *t > 0).map(|t| crate::progress::percent(self.done.max(0) as u64, t as u64))
     }
 
-    /// Units per second over this run.
-    pub fn rate(&self) -> Option<f64> {
-        let seconds = (self.updated_at - self.started_at).num_milliseconds() as f64 / 1000.0;
+    /// The total, or what is done when that is more (the estimate was passed).
+    fn total_shown(&self) -> Option<i64> {
+        self.total.map(|t| t.max(self.done))
+    }
+
+    /// Units per second this run, up to `now` while it runs (so the rate falls during a
+    /// stall instead of keeping the pace of its last write), up to its last write otherwise.
+    pub fn rate(&self, now: DateTime<Utc>) -> Option<f64> {
+        let until = if self.running { now.max(self.updated_at) } else { self.updated_at };
+        let seconds = (until - self.started_at).num_milliseconds() as f64 / 1000.0;
         (seconds > 0.0).then(|| (self.done - self.done_at_start) as f64 / seconds)
     }
 
     /// Seconds left at this run's rate.
-    pub fn eta_seconds(&self) -> Option<f64> {
+    pub fn eta_seconds(&self, now: DateTime<Utc>) -> Option<f64> {
         let left = self.total? - self.done;
-        self.rate().filter(|r| *r > 0.0).map(|r| left.max(0) as f64 / r)
+        self.rate(now).filter(|r| *r > 0.0).map(|r| left.max(0) as f64 / r)
     }
 
+    /// Unfinished and no longer running: it stopped early; a re-run resumes.
+    pub fn stopped(&self) -> bool {
+        self.finished_at.is_none() && !self.running
+    }
+
+    /// Running, but its count has not moved for [`STALLED_AFTER`].
     pub fn stalled(&self, now: DateTime<Utc>) -> bool {
-        self.finished_at.is_none() && now - self.updated_at > STALLED_AFTER
+        self.running && self.finished_at.is_none() && now - self.updated_at > STALLED_AFTER
+    }
+
+    /// The command that resumes (or repeats) the task.
+    pub fn resume_command(&self) -> String {
+        format!("tsmigrate {}", self.task)
     }
 
     /// One line for people: `backfill: 45% (27000 of 60000 events), 9800 events/s, ETA 3s`.
     pub fn line(&self, now: DateTime<Utc>) -> String {
-        let of = self.total.map(|t| format!(" of {t}")).unwrap_or_default();
+        let of = self.total_shown().map(|t| format!(" of {t}")).unwrap_or_default();
         let mut line = format!("{}: {}{} {}", self.task, self.done, of, self.unit);
         if let Some(p) = self.percent() {
             line = format!("{}: {p:.0}% ({}{} {})", self.task, self.done, of, self.unit);
         }
-        if self.stalled(now) {
-            return format!("{line}; STALLED: nothing written since {} (interrupted? run it again to resume)", self.updated_at.format("%Y-%m-%d %H:%M:%S UTC"));
+        let at = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+        if self.stopped() {
+            return format!(
+                "{line}; NOT RUNNING: stopped at {} (interrupted, or its process or connection died); `{}` resumes it",
+                at(self.updated_at),
+                self.resume_command()
+            );
         }
-        if let Some(rate) = self.rate() {
+        if self.stalled(now) {
+            return format!(
+                "{line}; STALLED: still running, nothing done since {} ({}, since {})",
+                at(self.updated_at),
+                self.actor,
+                self.started_at.format("%H:%M:%S UTC")
+            );
+        }
+        if let Some(rate) = self.rate(now) {
             line.push_str(&format!(", {rate:.0} {}/s", self.unit));
         }
-        if let Some(eta) = self.eta_seconds() {
+        if let Some(eta) = self.eta_seconds(now) {
             line.push_str(&format!(", ETA {}", crate::duration::show(chrono::Duration::seconds(eta.ceil() as i64))));
         }
         line.push_str(&format!(" ({}, since {})", self.actor, self.started_at.format("%H:%M:%S UTC")));
@@ -73,23 +117,27 @@ impl TaskProgress {
     }
 }
 
-type Row = (String, String, String, DateTime<Utc>, DateTime<Utc>, i64, i64, Option<i64>, Option<DateTime<Utc>>);
+type Row = (String, String, String, DateTime<Utc>, DateTime<Utc>, i64, i64, Option<i64>, Option<DateTime<Utc>>, bool);
 
-/// The runs not finished (running, or stalled).
+/// The runs not finished: running, or stopped early.
 pub async fn unfinished(pool: &PgPool) -> sqlx::Result<Vec<TaskProgress>> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('tsmigrate.progress') IS NOT NULL").fetch_one(pool).await?;
     if !exists {
         return Ok(vec![]);
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT task, actor, unit, started_at, updated_at, done, done_at_start, total, finished_at
-         FROM tsmigrate.progress WHERE finished_at IS NULL ORDER BY started_at",
+        "SELECT p.task, p.actor, p.unit, p.started_at, p.updated_at, p.done, p.done_at_start, p.total, p.finished_at,
+                EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                        WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()
+                          AND l.objid = hashtext($1 || p.task)::oid)
+         FROM tsmigrate.progress p WHERE p.finished_at IS NULL ORDER BY p.started_at",
     )
+    .bind(RUNNING_LOCK_PREFIX)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(task, actor, unit, started_at, updated_at, done, done_at_start, total, finished_at)| TaskProgress {
+        .map(|(task, actor, unit, started_at, updated_at, done, done_at_start, total, finished_at, running)| TaskProgress {
             task,
             actor,
             unit,
@@ -99,49 +147,43 @@ pub async fn unfinished(pool: &PgPool) -> sqlx::Result<Vec<TaskProgress>> {
             done_at_start,
             total,
             finished_at,
+            running,
         })
         .collect())
 }
 
-/// Writes one run's count every second until finished. Cheap to update: an atomic.
+/// Writes one run's count every second until it ends. Cheap to update: an atomic. Holds
+/// the task's lock on a connection of its own while the run lasts (what says it runs).
 pub struct Reporter {
     done: Arc<AtomicU64>,
     stop: tokio::sync::watch::Sender<bool>,
-    writer: tokio::task::JoinHandle<()>,
+    /// Hands the connection back when stopped (`None`: there was none to be had).
+    writer: tokio::task::JoinHandle<Option<PgConnection>>,
 }
 
 impl Reporter {
     /// Starts the run's row (`done` already done by earlier runs, `total` when known).
     pub async fn start(pool: &PgPool, task: &str, unit: &str, done: u64, total: Option<u64>) -> Reporter {
-        let actor = crate::state::actor();
-        let started = sqlx::query(
-            "INSERT INTO tsmigrate.progress (task, actor, unit, started_at, updated_at, done, done_at_start, total, finished_at)
-             VALUES ($1, $2, $3, now(), now(), $4, $4, $5, NULL)
-             ON CONFLICT (task) DO UPDATE SET actor = $2, unit = $3, started_at = now(), updated_at = now(), done = $4,
-                 done_at_start = $4, total = $5, finished_at = NULL",
-        )
-        .bind(task)
-        .bind(&actor)
-        .bind(unit)
-        .bind(done as i64)
-        .bind(total.map(|t| t as i64))
-        .execute(pool)
-        .await;
-        if let Err(e) = started {
-            tracing::debug!(error = %e, task, "cannot record progress (status will not show it)");
-        }
+        let conn = match begin(pool, task, unit, done, total).await {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                tracing::debug!(error = %e, task, "cannot record progress (status will not show it)");
+                None
+            }
+        };
         let counter = Arc::new(AtomicU64::new(done));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let (pool, task_name, count) = (pool.clone(), task.to_string(), counter.clone());
+        let (task_name, count) = (task.to_string(), counter.clone());
         let writer = tokio::spawn(async move {
-            let mut written = u64::MAX;
+            let mut conn = conn?;
+            let mut written = done;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(EVERY) => {},
-                    _ = stopped.changed() => return,
+                    _ = stopped.changed() => return Some(conn),
                 }
                 let now = count.load(Ordering::Relaxed);
-                if now != written && write(&pool, &task_name, now, false).await.is_ok() {
+                if now != written && write(&mut conn, &task_name, now, false).await.is_ok() {
                     written = now;
                 }
             }
@@ -159,17 +201,54 @@ impl Reporter {
     }
 
     /// Writes the final count and marks the run finished (also after a failure: the work
-    /// stopped, nothing is running).
-    pub async fn finish(self, pool: &PgPool, task: &str) {
+    /// ended; a re-run starts it again).
+    pub async fn finish(self, _pool: &PgPool, task: &str) {
+        self.close(task, true).await
+    }
+
+    /// Ends the run as `outcome` says: a run that stopped early at a page boundary
+    /// ([`crate::stop::Stopped`]) stays unfinished (status: not running, resume with…),
+    /// any other end is finished.
+    pub async fn end<T>(self, pool: &PgPool, task: &str, outcome: &anyhow::Result<T>) {
+        match outcome {
+            Err(e) if e.is::<crate::stop::Stopped>() => self.close(task, false).await,
+            _ => self.finish(pool, task).await,
+        }
+    }
+
+    /// Writes the final count and lets go of the task's lock (closing its connection).
+    async fn close(self, task: &str, finished: bool) {
         let _ = self.stop.send(true);
-        let _ = self.writer.await;
-        if let Err(e) = write(pool, task, self.done.load(Ordering::Relaxed), true).await {
+        let Ok(Some(mut conn)) = self.writer.await else { return };
+        if let Err(e) = write(&mut conn, task, self.done.load(Ordering::Relaxed), finished).await {
             tracing::debug!(error = %e, task, "cannot record the end of the run's progress");
         }
+        let _ = conn.close().await;
     }
 }
 
-async fn write(pool: &PgPool, task: &str, done: u64, finished: bool) -> sqlx::Result<()> {
+/// The run's row and its running lock, on a connection taken out of the pool for the run.
+async fn begin(pool: &PgPool, task: &str, unit: &str, done: u64, total: Option<u64>) -> sqlx::Result<PgConnection> {
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::query(
+        "INSERT INTO tsmigrate.progress (task, actor, unit, started_at, updated_at, done, done_at_start, total, finished_at)
+         VALUES ($1, $2, $3, now(), now(), $4, $4, $5, NULL)
+         ON CONFLICT (task) DO UPDATE SET actor = $2, unit = $3, started_at = now(), updated_at = now(), done = $4,
+             done_at_start = $4, total = $5, finished_at = NULL",
+    )
+    .bind(task)
+    .bind(crate::state::actor())
+    .bind(unit)
+    .bind(done as i64)
+    .bind(total.map(|t| t as i64))
+    .execute(&mut conn)
+    .await?;
+    // Not waited for: a second run of the same task (two validations) shows as running anyway.
+    sqlx::query("SELECT pg_try_advisory_lock(hashtext($1 || $2))").bind(RUNNING_LOCK_PREFIX).bind(task).execute(&mut conn).await?;
+    Ok(conn)
+}
+
+async fn write(conn: &mut PgConnection, task: &str, done: u64, finished: bool) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE tsmigrate.progress SET done = $2, updated_at = now(), finished_at = CASE WHEN $3 THEN now() ELSE finished_at END
          WHERE task = $1",
@@ -177,7 +256,7 @@ async fn write(pool: &PgPool, task: &str, done: u64, finished: bool) -> sqlx::Re
     .bind(task)
     .bind(done as i64)
     .bind(finished)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -186,10 +265,9 @@ async fn write(pool: &PgPool, task: &str, done: u64, finished: bool) -> sqlx::Re
 mod tests {
     use super::*;
 
-    #[test]
-    fn percent_rate_and_eta_come_from_this_runs_counts() {
+    fn sample(running: bool) -> TaskProgress {
         let start = Utc::now() - chrono::Duration::seconds(10);
-        let p = TaskProgress {
+        TaskProgress {
             task: "backfill".into(),
             actor: "ops@host".into(),
             unit: "events".into(),
@@ -199,11 +277,45 @@ mod tests {
             done_at_start: 1_000,
             total: Some(11_000),
             finished_at: None,
-        };
+            running,
+        }
+    }
+
+    #[test]
+    fn percent_rate_and_eta_come_from_this_runs_counts() {
+        let p = sample(true);
         assert_eq!(p.percent().map(|p| p.round()), Some(55.0));
-        assert_eq!(p.rate(), Some(500.0), "resumed work is not this run's");
-        assert_eq!(p.eta_seconds(), Some(10.0));
+        assert_eq!(p.rate(p.updated_at), Some(500.0), "resumed work is not this run's");
+        assert_eq!(p.eta_seconds(p.updated_at), Some(10.0));
         assert!(p.line(p.updated_at).starts_with("backfill: 55% (6000 of 11000 events), 500 events/s, ETA 10s"), "{}", p.line(p.updated_at));
-        assert!(p.line(p.updated_at + chrono::Duration::minutes(5)).contains("STALLED"));
+    }
+
+    #[test]
+    fn a_stall_lowers_the_rate_then_shows_as_stalled_while_it_still_runs() {
+        let p = sample(true);
+        let later = p.updated_at + chrono::Duration::seconds(10);
+        assert_eq!(p.rate(later), Some(250.0), "the rate falls while nothing moves, not the last pace kept");
+        assert!(!p.stalled(later) && !p.stopped());
+        let stalled = p.updated_at + chrono::Duration::seconds(20);
+        assert!(p.stalled(stalled));
+        let line = p.line(stalled);
+        assert!(line.contains("STALLED: still running") && !line.contains("ETA"), "{line}");
+    }
+
+    #[test]
+    fn an_unfinished_run_that_holds_no_lock_is_not_running_at_once() {
+        let p = sample(false);
+        assert!(p.stopped());
+        let line = p.line(p.updated_at);
+        assert!(line.contains("NOT RUNNING") && line.contains("`tsmigrate backfill` resumes it"), "{line}");
+    }
+
+    #[test]
+    fn passing_the_estimated_total_shows_100_percent_of_what_was_done() {
+        let p = TaskProgress { done: 12_390, total: Some(10_000), ..sample(true) };
+        assert_eq!(p.percent(), Some(100.0));
+        let line = p.line(p.updated_at);
+        assert!(line.starts_with("backfill: 100% (12390 of 12390 events)"), "{line}");
+        assert_eq!(p.eta_seconds(p.updated_at), Some(0.0));
     }
 }

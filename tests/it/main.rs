@@ -35,6 +35,7 @@ mod scenario;
 mod seed;
 mod servers;
 mod status;
+mod stop;
 mod timescaledb;
 mod tls;
 mod user_sets;

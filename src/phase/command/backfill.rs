@@ -21,7 +21,8 @@ use crate::phase::report::Details;
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::StateChanges;
 use crate::phase::{Refusal, Transition, BACKFILL};
-use crate::progress::Progress;
+use crate::progress::{Progress, RateLimit};
+use crate::stop::{Boundary, Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::checkpoint;
 use crate::store::dead_letter::{self, DeadLetterCount, DeadLetterExample};
@@ -91,6 +92,10 @@ pub struct BackfillDetails {
 impl PhaseCommand for Backfill {
     type Details = BackfillDetails;
 
+    fn stops_at_pages(&self) -> bool {
+        true
+    }
+
     fn transition(&self) -> &'static Transition {
         &BACKFILL
     }
@@ -123,7 +128,7 @@ impl PhaseCommand for Backfill {
         let started = Instant::now();
         let read_before = position.read;
         if !position.finished {
-            self.copy(ctx, mode, redis.clone(), &mut position, remaining).await?;
+            self.copy(ctx, mode, redis.clone(), &mut position, remaining, &run.boundary).await?;
         }
         details.seconds = started.elapsed().as_secs_f64();
         details.events_per_second = (position.read - read_before) as f64 / details.seconds.max(1e-9);
@@ -136,21 +141,29 @@ impl PhaseCommand for Backfill {
 
 impl Backfill {
     /// Copies from the saved position to its end, each page with its checkpoint.
-    async fn copy(&self, ctx: &Context, mode: StorageMode, redis: ConnectionManager, position: &mut BackfillPosition, remaining: u64) -> anyhow::Result<()> {
+    async fn copy(
+        &self,
+        ctx: &Context,
+        mode: StorageMode,
+        redis: ConnectionManager,
+        position: &mut BackfillPosition,
+        remaining: u64,
+        boundary: &Boundary,
+    ) -> anyhow::Result<()> {
         let writer = TargetWriter::new(ctx.target.clone(), mode);
         // Seen from any terminal by `tsmigrate status`.
         let reporter = progress::Reporter::start(&ctx.target, CHECKPOINT, "events", position.read, Some(position.read + remaining)).await;
         let mut sink = BackfillSink {
+            total: position.read + remaining,
             position,
             progress: Progress::new("backfill", remaining, self.quiet),
             reported: reporter.counter(),
-            started: Instant::now(),
             done_this_run: 0,
-            max_rate: self.max_rate.filter(|r| *r > 0),
+            limit: self.max_rate.filter(|r| *r > 0).map(|rate| RateLimit::new(rate, Instant::now())),
         };
         let (cursor, until) = (sink.position.cursor, sink.position.until);
-        let copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink).await;
-        reporter.finish(&ctx.target, CHECKPOINT).await;
+        let copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink, boundary).await;
+        reporter.end(&ctx.target, CHECKPOINT, &copied).await;
         copied?;
         sink.progress.finish();
         sink.position.finished = true;
@@ -255,12 +268,13 @@ impl BackfillDetails {
 /// Where each committed page goes: counts, checkpoint, progress, pace.
 struct BackfillSink<'a> {
     position: &'a mut BackfillPosition,
+    /// About how many events the whole backfill reads (all runs).
+    total: u64,
     progress: Progress,
     /// Events read so far, all runs (what `status` shows).
     reported: Arc<AtomicU64>,
-    started: Instant,
     done_this_run: u64,
-    max_rate: Option<u64>,
+    limit: Option<RateLimit>,
 }
 
 impl PageSink for BackfillSink<'_> {
@@ -269,12 +283,30 @@ impl PageSink for BackfillSink<'_> {
         serde_json::to_value(&*self.position).ok().map(|position| (CHECKPOINT, position))
     }
 
-    fn committed(&mut self, page: &Page) -> Option<Duration> {
+    fn committed(&mut self, page: &Page, now: Instant) -> Option<Duration> {
         self.done_this_run += page.read as u64;
         self.progress.set(self.done_this_run);
         self.reported.store(self.position.read, Ordering::Relaxed);
-        let rate = self.max_rate?;
-        Duration::from_secs_f64(self.done_this_run as f64 / rate as f64).checked_sub(self.started.elapsed())
+        self.limit.as_mut()?.after(page.read as u64, now)
+    }
+
+    fn stopped(&self, why: Why) -> Stopped {
+        let p = &*self.position;
+        Stopped {
+            command: "backfill".into(),
+            why,
+            at: format!(
+                "after {} pages ({} of about {} events read{})",
+                p.pages,
+                p.read,
+                self.total.max(p.read),
+                DateTime::from_timestamp_millis(p.cursor.score as i64)
+                    .filter(|_| p.pages > 0)
+                    .map(|t| format!(", through events scored {t}"))
+                    .unwrap_or_default()
+            ),
+            resume: "tsmigrate backfill".into(),
+        }
     }
 }
 
@@ -289,8 +321,10 @@ pub(super) struct Page {
 pub(super) trait PageSink: Send {
     /// Inside the page's transaction, after its rows: a checkpoint (name, position) to save with them.
     fn written(&mut self, page: &Page, outcome: &PageOutcome) -> Option<(&'static str, Value)>;
-    /// After the commit: how long to wait before the next page (a rate limit).
-    fn committed(&mut self, page: &Page) -> Option<Duration>;
+    /// After the commit (at `now`): how long to wait before the next page (a rate limit).
+    fn committed(&mut self, page: &Page, now: Instant) -> Option<Duration>;
+    /// The copy stopped early at a page boundary: where, and how to resume.
+    fn stopped(&self, why: Why) -> Stopped;
 }
 
 /// Copies the members scored in `[cursor, until]` through the write sequence
@@ -305,24 +339,37 @@ pub(super) async fn copy_pages(
     page_size: usize,
     source: &'static str,
     sink: &mut impl PageSink,
+    boundary: &Boundary,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<Page>>(2);
     let reader = tokio::spawn(read_pages(redis, key, cursor, until, page_size, tx));
-    while let Some(page) = rx.recv().await {
+    loop {
+        // A page boundary: everything before is committed with its checkpoint.
+        boundary.between_pages().map_err(|why| sink.stopped(why))?;
+        let Some(page) = rx.recv().await else { break };
         let page = page?;
-        writer
+        let committed = writer
             .commit_page(&page.parsed, source, Method::Copy, |conn, outcome| {
                 let saved = sink.written(&page, outcome);
+                let boundary = boundary.clone();
                 Box::pin(async move {
+                    // Last before the commit: a page never commits once the lock is gone.
+                    boundary.confirm_lock(conn).await?;
                     match saved {
                         Some((name, position)) => checkpoint::save(conn, name, &position).await,
                         None => Ok(()),
                     }
                 })
             })
-            .await?;
-        if let Some(wait) = sink.committed(&page) {
-            tokio::time::sleep(wait).await;
+            .await;
+        if let Err(error) = committed {
+            if boundary.lost_lock(writer.pool(), &error).await {
+                return Err(sink.stopped(Why::LockLost).into());
+            }
+            return Err(error);
+        }
+        if let Some(wait) = sink.committed(&page, Instant::now()) {
+            boundary.pause(wait).await;
         }
     }
     reader.await?

@@ -4,7 +4,7 @@
 //! rows already present stay single, events the target cannot store become dead letters.
 //! Needs no phase change; the gaps the window covers are marked repaired.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -18,6 +18,7 @@ use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, BACKFILL_WINDOW};
 use crate::state::NextStep;
+use crate::stop::{Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::writer::{PageOutcome, TargetWriter};
 
@@ -43,6 +44,10 @@ pub struct WindowDetails {
 impl PhaseCommand for BackfillWindow {
     type Details = WindowDetails;
 
+    fn stops_at_pages(&self) -> bool {
+        true
+    }
+
     fn transition(&self) -> &'static Transition {
         &BACKFILL_WINDOW
     }
@@ -56,7 +61,8 @@ impl PhaseCommand for BackfillWindow {
         if !run.dry_run {
             let writer = TargetWriter::new(ctx.target.clone(), mode);
             let (cursor, until) = (ScoreCursor::at(self.from.timestamp_millis() as f64), self.to.timestamp_millis() as f64);
-            copy_pages(&writer, ctx.redis().await?, ctx.keys.events.clone(), cursor, until, self.page_size, "repair", &mut details).await?;
+            let redis = ctx.redis().await?;
+            copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "repair", &mut details, &run.boundary).await?;
             if details.read > 0 {
                 let t = &ctx.settings.target;
                 details.refresh = Some(aggregates::refresh(&*ctx.store(mode), self.from, self.to, t.timezone(), t.raw_retention_days).await?);
@@ -81,8 +87,19 @@ impl PageSink for WindowDetails {
         None
     }
 
-    fn committed(&mut self, _page: &Page) -> Option<Duration> {
+    fn committed(&mut self, _page: &Page, _now: Instant) -> Option<Duration> {
         None
+    }
+
+    fn stopped(&self, why: Why) -> Stopped {
+        let show = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
+        Stopped {
+            command: "backfill --from --to".into(),
+            why,
+            at: format!("after {} events of the window (no recorded gap was closed)", self.read),
+            // The window is copied again from its start: what is in stays single.
+            resume: format!("tsmigrate backfill --from {} --to {}", show(self.from), show(self.to)),
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, REPAIR};
 use crate::state::NextStep;
+use crate::stop::{Boundary, Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::writer::{Method, ParsedPage, TargetWriter};
 use crate::store::{checkpoint, progress};
@@ -114,6 +115,10 @@ pub struct RepairDetails {
 impl PhaseCommand for Repair {
     type Details = RepairDetails;
 
+    fn stops_at_pages(&self) -> bool {
+        true
+    }
+
     fn transition(&self) -> &'static Transition {
         &REPAIR
     }
@@ -162,9 +167,9 @@ impl PhaseCommand for Repair {
             true => None,
             false => Some(progress::Reporter::start(&ctx.target, "repair", "differences", position.done as u64, Some(findings.len() as u64)).await),
         };
-        let worked = self.work(ctx, &writer, &findings, &name, &mut position, &mut details, run.dry_run, reporter.as_ref()).await;
+        let worked = self.work(ctx, &writer, &findings, &name, &mut position, &mut details, run.dry_run, reporter.as_ref(), &run.boundary).await;
         if let Some(reporter) = reporter {
-            reporter.finish(&ctx.target, "repair").await;
+            reporter.end(&ctx.target, "repair", &worked).await;
         }
         worked?;
         details.counts = position.counts.clone();
@@ -200,10 +205,13 @@ impl Repair {
         details: &mut RepairDetails,
         dry_run: bool,
         reporter: Option<&progress::Reporter>,
+        boundary: &Boundary,
     ) -> anyhow::Result<()> {
         let mut redis = ctx.redis().await?;
         let now_ms = Utc::now().timestamp_millis();
         for batch in findings[position.done.min(findings.len())..].chunks(BATCH) {
+            // A batch boundary: every batch before is committed with its checkpoint.
+            boundary.between_pages().map_err(|why| self.stopped(why, position, findings.len()))?;
             let versions = redis_versions(&mut redis, &ctx.keys.events, batch, now_ms).await?;
             let plan = self.plan(batch, &versions, now_ms);
             details.gone_examples.extend(plan.gone.iter().take(GONE_EXAMPLES.saturating_sub(details.gone_examples.len())).cloned());
@@ -227,12 +235,22 @@ impl Repair {
             }
             let (mut saved, checkpoint_name) = (next.clone(), name.to_string());
             let (rewrites, missing_found) = (plan.rewrites, plan.missing_found);
-            let outcome = writer
+            let lock = boundary.clone();
+            let committed = writer
                 .commit_replacing(&plan.page, &plan.replacing, "repair", Method::Insert, move |tx, outcome| {
                     saved.counts.add_written(&plan_counts(outcome.inserted, rewrites, missing_found), outcome.dead_letters_recorded);
-                    Box::pin(async move { checkpoint::save(tx, &checkpoint_name, &saved).await })
+                    Box::pin(async move {
+                        // Last before the commit: a batch never commits once the lock is gone.
+                        lock.confirm_lock(tx).await?;
+                        checkpoint::save(tx, &checkpoint_name, &saved).await
+                    })
                 })
-                .await?;
+                .await;
+            let outcome = match committed {
+                Ok(outcome) => outcome,
+                Err(error) if boundary.lost_lock(writer.pool(), &error).await => return Err(self.stopped(Why::LockLost, position, findings.len()).into()),
+                Err(error) => return Err(error),
+            };
             next.counts.add_written(&plan_counts(outcome.inserted, plan.rewrites, plan.missing_found), outcome.dead_letters_recorded);
             *position = next;
             if let Some(reporter) = reporter {
@@ -244,6 +262,16 @@ impl Repair {
             checkpoint::save(&mut *ctx.target.acquire().await?, name, &*position).await?;
         }
         Ok(())
+    }
+
+    /// Stopped early after the findings `position` has done.
+    fn stopped(&self, why: Why, position: &Position, findings: usize) -> Stopped {
+        Stopped {
+            command: "repair".into(),
+            why,
+            at: format!("after {} of {findings} differences", position.done),
+            resume: format!("tsmigrate repair{}", if self.delete_extra { " --delete-extra" } else { "" }),
+        }
     }
 
     /// What one batch writes: the Redis versions of missing and different events, the rows

@@ -1,0 +1,154 @@
+//! Long work stops cleanly at a page boundary: interrupted (SIGINT: exit 130, audited,
+//! `status` knows at once that it is not running, a re-run resumes) or having lost the
+//! connection that holds its migration lock (exit 2, it says so and does not carry on
+//! unlocked; another run takes the lock and finishes) — with no gap and no duplicate.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::scenario::{prepare_and_dual_write, seed, target_counts, Mode};
+use crate::support::{eventually, field, ChildGuard, CliOutput, TestEnv};
+
+const EVENTS: i64 = 4000;
+
+/// A backfill of `EVENTS` in pages of 100 at 400 events/s (about ten seconds), as a process.
+fn start_backfill(env: &TestEnv) -> ChildGuard {
+    let mut command = env.clean_command(&["backfill", "--page-size", "100", "--max-rate", "400", "--json"], &[]);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    ChildGuard::spawn(command)
+}
+
+/// Pages the backfill's checkpoint says are committed.
+async fn committed_pages(env: &TestEnv) -> i64 {
+    sqlx::query_scalar("SELECT coalesce((SELECT (position->>'pages')::bigint FROM tsmigrate.checkpoints WHERE name = 'backfill'), 0)")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+async fn wait_for_pages(env: &TestEnv, pages: i64) {
+    eventually("the backfill to commit its first pages", Duration::from_secs(60), || async { (committed_pages(env).await >= pages).then_some(()) }).await
+}
+
+/// Waits for the process to end; its exit code and output.
+async fn exited(child: &mut ChildGuard) -> CliOutput {
+    let code = eventually("the backfill to end", Duration::from_secs(60), || {
+        let status = child.child().try_wait().expect("wait for the backfill");
+        async move { status.map(|s| s.code().unwrap_or(-1)) }
+    })
+    .await;
+    let read = |pipe: Option<&mut dyn std::io::Read>| {
+        let mut text = String::new();
+        if let Some(pipe) = pipe {
+            pipe.read_to_string(&mut text).expect("read the backfill's output");
+        }
+        text
+    };
+    let stdout = read(child.child().stdout.as_mut().map(|p| p as &mut dyn std::io::Read));
+    let stderr = read(child.child().stderr.as_mut().map(|p| p as &mut dyn std::io::Read));
+    CliOutput { code, stdout, stderr }
+}
+
+/// The newest audit entry of the backfill: (outcome, details).
+async fn last_backfill_audit(env: &TestEnv) -> (String, Value) {
+    sqlx::query_as("SELECT outcome, details FROM tsmigrate.audit_log WHERE command = 'backfill' ORDER BY id DESC LIMIT 1").fetch_one(&env.pool).await.unwrap()
+}
+
+/// The backfill's row in `status --json`'s long work.
+fn backfill_progress(status: &Value) -> Value {
+    field(status, "running").as_array().unwrap().iter().find(|t| t["task"] == "backfill").cloned().unwrap_or(Value::Null)
+}
+
+/// The re-run resumes from the checkpoint and finishes with every event exactly once.
+fn resume_and_finish(env: &TestEnv) -> Value {
+    let report = env.cli(&["backfill", "--json"]).expect_success().details();
+    assert_eq!(field(&report, "resumed"), &Value::Bool(true), "{report}");
+    assert_eq!(field(&report, "run.phase_after"), "backfilled");
+    assert_eq!((field(&report, "read").as_i64(), field(&report, "inserted").as_i64()), (Some(EVENTS), Some(EVENTS)), "{report}");
+    report
+}
+
+#[tokio::test]
+async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_resumes() {
+    let env = TestEnv::new().await;
+    seed(&env, EVENTS as u64, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let mut child = start_backfill(&env);
+    wait_for_pages(&env, 3).await;
+    let running = backfill_progress(&env.cli(&["status", "--json"]).expect_success().details());
+    assert_eq!(running["running"], Value::Bool(true), "while it works, status sees the run's lock held: {running}");
+
+    let pid = child.child().id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let out = exited(&mut child).await;
+    out.expect_code(130);
+    let envelope = out.json();
+    assert_eq!(field(&envelope, "details.stopped"), "interrupted", "{envelope}");
+    assert_eq!(field(&envelope, "details.signal"), "SIGINT");
+    assert!(field(&envelope, "error.message").as_str().unwrap().contains("interrupted (SIGINT) and stopped at a page boundary after"), "{envelope}");
+    assert_eq!(envelope["next_steps"][0]["command"], "tsmigrate backfill", "{envelope}");
+    assert!(out.stderr.contains("next: tsmigrate backfill"), "{}", out.stderr);
+
+    // Whole pages only: the checkpoint covers exactly the rows committed.
+    let (rows, distinct) = target_counts(&env).await;
+    let pages = committed_pages(&env).await;
+    assert!(pages >= 3 && rows < EVENTS, "stopped part-way: {rows} rows in {pages} pages");
+    assert_eq!((rows, distinct), (pages * 100, pages * 100), "no partial page, no duplicate");
+
+    let (outcome, details) = last_backfill_audit(&env).await;
+    assert_eq!((outcome.as_str(), details["signal"].as_str()), ("interrupted", Some("SIGINT")), "{details}");
+
+    // At once, with no heartbeat to age: the run holds no lock, so it is not running.
+    let status = env.cli(&["status", "--json"]).expect_success().details();
+    let stopped = backfill_progress(&status);
+    assert_eq!((stopped["running"].as_bool(), stopped["done"].as_i64()), (Some(false), Some(rows)), "{status}");
+    assert_eq!(field(&status, "verdict"), "blocked", "{status}");
+    assert!(field(&status, "verdict_reason").as_str().unwrap().contains("`tsmigrate backfill` resumes it"), "{status}");
+    env.cli(&["status", "--check"]).expect_code(3);
+
+    resume_and_finish(&env);
+    assert_eq!(target_counts(&env).await, (EVENTS, EVENTS), "no gap, no duplicate");
+    let status = env.cli(&["status", "--json"]).expect_success().details();
+    assert_eq!(backfill_progress(&status), Value::Null, "the finished run is not listed: {status}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_lock_and_finishes() {
+    let env = TestEnv::new().await;
+    seed(&env, EVENTS as u64, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let mut child = start_backfill(&env);
+    wait_for_pages(&env, 3).await;
+    // The lock connection, as PostgreSQL sees it: the holder of the migration lock.
+    let holder: i32 = sqlx::query_scalar(
+        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+         WHERE l.locktype = 'advisory' AND l.objid = hashtext('tsmigrate.phase')::oid AND l.granted AND d.datname = current_database()",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(holder).fetch_one(&env.pool).await.unwrap();
+    assert!(terminated);
+    let pages_when_lost = committed_pages(&env).await;
+
+    let out = exited(&mut child).await;
+    out.expect_code(2);
+    let envelope = out.json();
+    assert_eq!(field(&envelope, "details.stopped"), "lock_lost", "{envelope}");
+    assert!(out.stderr.contains("the connection holding the migration lock was lost"), "{}", out.stderr);
+    assert!(out.stderr.contains("does not carry on unlocked") && out.stderr.contains("next: tsmigrate backfill"), "{}", out.stderr);
+    // A page that confirmed the lock before it was lost may still commit; none after it.
+    let pages = committed_pages(&env).await;
+    assert!(pages <= pages_when_lost + 1, "it carried on unlocked: {pages_when_lost} pages when the lock was lost, {pages} at the end");
+    let (rows, distinct) = target_counts(&env).await;
+    assert_eq!((rows, distinct), (pages * 100, pages * 100), "whole pages with their checkpoint, no duplicate");
+    assert_eq!(last_backfill_audit(&env).await.0, "lock_lost");
+
+    // The lock is free again: another backfill takes it and finishes from the checkpoint.
+    resume_and_finish(&env);
+    assert_eq!(target_counts(&env).await, (EVENTS, EVENTS), "no gap, no duplicate");
+    env.cleanup().await;
+}
