@@ -80,12 +80,17 @@ impl Lease {
         held.unwrap_or(false)
     }
 
-    fn set(&self, backend: Option<i32>) {
+    /// Records whether this replica holds the lease. `stopping`: it is let go on purpose
+    /// (shutdown), which is news for the operator only as information, not as a warning.
+    fn set(&self, backend: Option<i32>, stopping: bool) {
         let was = self.leader.swap(backend.is_some(), Ordering::SeqCst);
         self.backend.store(backend.unwrap_or(0), Ordering::SeqCst);
         metrics::gauge!("tsmigrate_leader").set(f64::from(u8::from(backend.is_some())));
         match (was, backend.is_some()) {
             (false, true) => tracing::info!(replica = %self.replica, "this replica holds the jobs lease and runs the scheduled jobs"),
+            (true, false) if stopping => {
+                tracing::info!(replica = %self.replica, "this replica released the jobs lease on shutdown; another replica may take it over")
+            }
             (true, false) => tracing::warn!(replica = %self.replica, "this replica lost the jobs lease; another replica runs the scheduled jobs"),
             _ => {}
         }
@@ -101,13 +106,17 @@ impl Lease {
             if let Err(e) = self.hold_once(&url, &mut stop).await {
                 tracing::debug!(error = %format!("{e:#}"), "jobs lease connection failed; trying again");
             }
-            self.set(None);
+            // Let go because the process stops: released, not lost.
+            if *stop.borrow() {
+                break;
+            }
+            self.set(None, false);
             tokio::select! {
                 _ = tokio::time::sleep(self.retry) => {},
                 _ = stop.changed() => {},
             }
         }
-        self.set(None);
+        self.set(None, true);
     }
 
     /// One lease connection: try the lock, then check the connection, every `retry`.
@@ -127,7 +136,7 @@ impl Lease {
                 }
             };
             match tokio::time::timeout(deadline, step).await {
-                Ok(Ok(true)) if !self.is_leader() => self.set(Some(backend)),
+                Ok(Ok(true)) if !self.is_leader() => self.set(Some(backend), false),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => anyhow::bail!("the lease connection did not answer within {deadline:?}"),

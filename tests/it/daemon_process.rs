@@ -53,6 +53,12 @@ impl Service {
         tokio::task::spawn_blocking(move || daemon.stop()).await.expect("wait for tsmigrate run")
     }
 
+    /// SIGTERM: the exit code and everything the process logged, to its last line.
+    pub async fn terminate_and_read_log(&mut self) -> (i32, String) {
+        let daemon = self.daemon.take().expect("the service is running");
+        tokio::task::spawn_blocking(move || daemon.stop_and_read_log()).await.expect("wait for tsmigrate run")
+    }
+
     /// GET `path`: (status, body); status 0 when the request failed.
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let mut request = self.http.get(format!("http://{}{path}", self.addr));
@@ -235,6 +241,23 @@ async fn the_service_starts_without_the_target_and_sigterm_under_load_loses_noth
         field(&drained, "inserted")
     );
     drop(proxy);
+}
+
+/// A sole replica that stops lets the jobs lease go on purpose: its log says so, and does
+/// not warn of a lost lease (which would send an operator looking for another replica).
+#[tokio::test]
+async fn a_clean_shutdown_releases_the_jobs_lease_without_warning_of_a_loss() {
+    let env = TestEnv::new().await;
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let mut service = Service::start(&env, &[], &[("RUST_LOG", "info")]).await;
+    let s = &service;
+    eventually(s, "took the jobs lease", move || async move { s.log().contains("holds the jobs lease") }).await;
+
+    let (code, log) = service.terminate_and_read_log().await;
+    assert_eq!(code, 0, "tsmigrate run exits 0 on SIGTERM\n--- its stderr ---\n{log}");
+    assert!(log.contains("released the jobs lease on shutdown"), "the release is logged\n--- its stderr ---\n{log}");
+    assert!(!log.contains("lost the jobs lease"), "a clean shutdown is not a lost lease\n--- its stderr ---\n{log}");
+    assert!(!log.contains("WARN"), "a clean shutdown of a sole replica warns of nothing\n--- its stderr ---\n{log}");
 }
 
 #[tokio::test]

@@ -216,6 +216,8 @@ pub struct Daemon {
     pub addr: std::net::SocketAddr,
     child: Child,
     logs: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The thread reading the log; it ends when the process has closed its stderr.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -240,7 +242,7 @@ impl Daemon {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
         // Reads the log until the process ends, so the pipe never fills up.
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
                 // Plain, or inside a JSON log line (`--log-format json`).
                 if let Some((_, rest)) = line.split_once("tsmigrate listening on http://") {
@@ -258,7 +260,7 @@ impl Daemon {
                 panic!("tsmigrate run did not start listening:\n{}", logs.lock().unwrap());
             }
         };
-        Daemon { addr, child, logs }
+        Daemon { addr, child, logs, reader: Some(reader) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -276,8 +278,22 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, waits for a graceful exit, and returns the exit code with everything the
+    /// process logged, to its last line.
+    pub fn stop_and_read_log(mut self) -> (i32, String) {
+        let code = self.terminate();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (code, self.logs())
+    }
+
     /// SIGTERM, then waits for a graceful exit; returns the exit code.
     pub fn stop(mut self) -> i32 {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> i32 {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
