@@ -5,6 +5,7 @@
 //! - [`config`]     settings from a TOML file and the environment; secrets redacted.
 //! - [`connect`], [`db`] connecting to PostgreSQL and Redis with errors that say what to do.
 //! - [`context`]    settings, pools and Redis built once at the edge and handed down.
+//! - [`identity`]   which migration a target and a Redis belong to; a mismatched pair is refused.
 //! - [`calendar`]   minutes, hours and days in the bucket time zone; [`duration`] durations as people write them.
 //! - [`event`]      the event in each shape (incoming, Redis member, target row) and its identity.
 //! - [`legacy`]     the legacy system: Redis layout, writer, hourly flush worker, traffic generator.
@@ -34,6 +35,7 @@ pub mod dual_write;
 pub mod duration;
 pub mod event;
 pub mod http;
+pub mod identity;
 pub mod legacy;
 pub mod phase;
 pub mod progress;
@@ -54,7 +56,8 @@ pub mod exit {
     pub const DIFFERENCES: u8 = 1;
     /// Could not run: bad input or configuration, unreachable server, unexpected error.
     pub const ERROR: u8 = 2;
-    /// Refused: a phase gate, or another phase command holds the lock.
+    /// Refused: a phase gate, another phase command holds the lock, or the target and Redis
+    /// belong to different migrations.
     pub const REFUSED: u8 = 3;
     /// Interrupted (SIGINT/SIGTERM) and stopped at a page boundary; a re-run resumes.
     pub const INTERRUPTED: u8 = crate::stop::INTERRUPTED_EXIT;
@@ -64,7 +67,10 @@ pub mod exit {
 pub fn exit_code_for(error: &anyhow::Error) -> u8 {
     if let Some(stopped) = error.downcast_ref::<stop::Stopped>() {
         stopped.exit_code()
-    } else if error.downcast_ref::<phase::Refusal>().is_some() || error.downcast_ref::<phase::state::LockHeld>().is_some() {
+    } else if error.downcast_ref::<phase::Refusal>().is_some()
+        || error.downcast_ref::<phase::state::LockHeld>().is_some()
+        || error.downcast_ref::<identity::Mismatch>().is_some()
+    {
         exit::REFUSED
     } else {
         exit::ERROR

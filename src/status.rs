@@ -99,6 +99,11 @@ pub struct Status {
     pub policies: Vec<Policy>,
     /// Possible losses in dual-write not repaired yet (Redis lost the outbox).
     pub outbox_gaps: Vec<OutboxGap>,
+    /// Whether the target and Redis belong to the same migration; `None` when they could not
+    /// be compared (a server unreachable).
+    pub identity: Option<crate::identity::Outcome>,
+    /// The target and Redis belong to different migrations: the figures above mix two.
+    pub identity_mismatch: Option<crate::identity::Mismatch>,
     /// What needs attention besides the verdict: possible gaps, a Redis that cannot keep the outbox.
     pub warnings: Vec<String>,
     /// Why the next move is held by a gate only work opens (see `gates::Outlook`).
@@ -207,6 +212,19 @@ pub async fn gather(ctx: &Context, target_down: Option<String>) -> Status {
         status.target.hint = hint;
     }
     status.warnings.extend(status.redis.durability.iter().flat_map(|d| d.warnings.clone()));
+    if status.target.reachable && status.redis.reachable {
+        match crate::identity::verify(ctx).await {
+            Ok(outcome) => {
+                status.warnings.extend(outcome.warning(&ctx.keys));
+                status.identity = Some(outcome);
+            }
+            Err(mismatch) => {
+                // Nothing else applies until the pair is one migration's.
+                status.next_steps = state::split_hint(&mismatch.to_string()).1.into_iter().map(NextStep::note).collect();
+                status.identity_mismatch = Some(mismatch);
+            }
+        }
+    }
     (status.verdict, status.verdict_reason) = verdict(&status, now);
     status
 }
@@ -233,6 +251,8 @@ impl Status {
             objects: vec![],
             policies: vec![],
             outbox_gaps: vec![],
+            identity: None,
+            identity_mismatch: None,
             warnings: vec![],
             blocked: None,
             next_steps: vec![],
@@ -457,6 +477,9 @@ fn verdict(s: &Status, _now: DateTime<Utc>) -> (Verdict, String) {
     }
     if !s.redis.reachable {
         return (Verdict::Failing, format!("Redis is unreachable: {}", opt(&s.redis.error)));
+    }
+    if let Some(mismatch) = &s.identity_mismatch {
+        return (Verdict::Failing, state::split_hint(&mismatch.to_string()).0);
     }
     if let Some(gap) = s.outbox_gaps.first() {
         return (Verdict::Failing, format!("{} possible gap(s) in dual-write not repaired: {}", s.outbox_gaps.len(), gap.describe()));
@@ -742,6 +765,8 @@ mod tests {
             objects: vec![],
             policies: vec![],
             outbox_gaps: vec![],
+            identity: None,
+            identity_mismatch: None,
             warnings: vec![],
             blocked: None,
             next_steps: vec![],

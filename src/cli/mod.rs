@@ -35,7 +35,8 @@ pub use output::Reply;
 /// `tsmigrate status` always says where you are and what to run next.
 ///
 /// Exit codes: 0 success; 1 validation found differences; 2 could not run (bad input,
-/// unreachable server, error); 3 refused by a phase gate or the migration lock.
+/// unreachable server, error); 3 refused by a phase gate, the migration lock, or a target
+/// and Redis of different migrations.
 #[derive(Debug, Parser)]
 #[command(name = "tsmigrate", version, propagate_version = true)]
 pub struct Cli {
@@ -176,6 +177,15 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         ),
         (Err(e), _) => return Err(anyhow::Error::from(e).into()),
     };
+    // Once per command, before it does anything: a target and a Redis of different
+    // migrations are never used together. Status reports a mismatch as its verdict instead,
+    // and the commands that use only the target skip it.
+    if !matches!(command, Command::Status(_) | Command::History(_) | Command::UserSets(_)) {
+        match crate::identity::verify(&ctx).await {
+            Ok(outcome) => tracing::debug!(?outcome, "migration identity"),
+            Err(mismatch) => return Err(Failure { phase: phase_if_readable(&ctx).await, error: mismatch.into() }),
+        }
+    }
     // Long work stops at a page boundary on the first SIGINT/SIGTERM; the others keep the
     // default (they end at once).
     let ctx = if long_work { ctx.with_interrupt(listen_for_interrupts(command.name(), json)?) } else { ctx };

@@ -36,6 +36,7 @@ pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<Reply> {
     })?;
     let redis = crate::db::relay_redis(settings).await?;
     let keys = Arc::new(LegacyKeys::from_settings(settings));
+    crate::identity::verify_with(&pool, &mut redis.clone(), &keys, &settings.database.url.redacted(), &settings.redis.url.redacted()).await?;
     let writer = Arc::new(TargetWriter::new(pool, mode));
     if args.tail {
         let start = state.completion_point.unwrap_or_else(chrono::Utc::now).timestamp_millis() as f64;

@@ -46,6 +46,11 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
     }
     let mut redis = crate::db::redis(settings).await?;
     let legacy = crate::db::legacy_pool(settings).await?;
+    // Seeding writes the legacy system only, but into the Redis of the target's migration:
+    // refused when they differ. A target that cannot be reached is not needed here.
+    let keys = crate::legacy::LegacyKeys::from_settings(settings);
+    let target = crate::db::target_pool_lazy(settings)?;
+    crate::identity::verify_with(&target, &mut redis, &keys, &settings.database.url.redacted(), &settings.redis.url.redacted()).await?;
     if !args.confirm.yes {
         refuse_live_data(&mut redis, settings).await?;
     }

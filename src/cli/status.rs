@@ -11,8 +11,8 @@ use super::Reply;
 /// next step as the gates see it. -v adds objects, policies, storage, dead letters and
 /// Redis durability; --json has everything.
 ///
-/// When the target or Redis is unreachable, status still prints what it could read, then
-/// exits 2.
+/// When the target or Redis is unreachable, or they belong to different migrations, status
+/// still prints what it could read, then exits 2.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Exit non-zero unless the verdict is healthy, for cron and CI: 1 lagging, 3 blocked,
@@ -30,6 +30,10 @@ pub async fn run(args: Args, ctx: &Context, target_down: Option<String>, verbose
         None => reply,
     };
     let unhealthy = || ErrorBody::new(format!("{}: {}", status.verdict.as_str(), status.verdict_reason), None);
+    if let Some(mismatch) = &status.identity_mismatch {
+        let (message, hint) = crate::state::split_hint(&mismatch.to_string());
+        return Ok(reply.failing(crate::exit::ERROR, ErrorBody::new(message, hint)));
+    }
     Ok(match status.unreachable() {
         Some((down, hint)) => reply.failing(crate::exit::ERROR, ErrorBody::new(format!("status is incomplete: {down}"), hint)),
         None if args.check && status.verdict != status::Verdict::Healthy => reply.failing(status.verdict.exit_code(), unhealthy()),

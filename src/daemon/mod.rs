@@ -18,6 +18,7 @@ use crate::context::Context;
 use crate::dual_write::flag;
 use crate::dual_write::relay::{self, Relay, RelayOptions};
 use crate::http::{self, AppState};
+use crate::identity;
 use crate::legacy::LegacyKeys;
 use crate::store::writer::TargetWriter;
 
@@ -43,6 +44,11 @@ pub async fn run(
     crate::telemetry::metrics_handle();
     let redis = crate::db::redis(&settings).await?;
     let target = crate::db::target_pool_lazy(&settings)?;
+    // Before serving anything: a target and a Redis of different migrations are not served
+    // together. (A target down now is compared by the periodic check once it is back.)
+    let identity = Identity::of(&settings, target.clone(), redis.clone());
+    identity.check().await?;
+    let identity_every = Duration::from_secs(settings.migration.dual_write_check_secs);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
     let relay_thread = if options.relay { Some(spawn_relay_thread(settings.clone(), stop_rx.clone())?) } else { None };
@@ -71,8 +77,17 @@ pub async fn run(
     workers.push(tokio::spawn(observe::run(sources, observe::EVERY, stop_rx.clone())));
     let state = AppState::new(settings, redis, Some(target), Some(legacy));
     workers.push(tokio::spawn(keep_dual_write_flag(state.clone(), stop_rx.clone())));
+    let (mismatch_tx, mut mismatch_rx) = tokio::sync::mpsc::channel(1);
+    workers.push(tokio::spawn(identity.keep(identity_every, mismatch_tx, stop_rx.clone())));
+    let stopped_for = Arc::new(std::sync::Mutex::new(None));
+    let stopped = stopped_for.clone();
     let http_shutdown = async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            Some(mismatch) = mismatch_rx.recv() => {
+                *stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(mismatch);
+            }
+        }
         let _ = stop_tx.send(true);
     };
     http::serve(listener, state, http_shutdown).await?;
@@ -86,7 +101,56 @@ pub async fn run(
         // The relay finishes the batch in flight (committed and acknowledged, or left pending).
         let _ = relay.await;
     }
-    Ok(())
+    let mismatch = stopped_for.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match mismatch {
+        Some(mismatch) => Err(mismatch.into()),
+        None => Ok(()),
+    }
+}
+
+/// The daemon's target and Redis, compared at start and then as often as the dual-write flag
+/// is checked: a Redis replaced under a running daemon (another migration's, or one that
+/// lost the id) is noticed within that interval.
+struct Identity {
+    target: sqlx::PgPool,
+    redis: redis::aio::ConnectionManager,
+    keys: LegacyKeys,
+    target_url: String,
+    redis_url: String,
+}
+
+impl Identity {
+    fn of(settings: &Settings, target: sqlx::PgPool, redis: redis::aio::ConnectionManager) -> Identity {
+        Identity {
+            target,
+            redis,
+            keys: LegacyKeys::from_settings(settings),
+            target_url: settings.database.url.redacted(),
+            redis_url: settings.redis.url.redacted(),
+        }
+    }
+
+    async fn check(&self) -> Result<identity::Outcome, identity::Mismatch> {
+        let outcome = identity::verify_with(&self.target, &mut self.redis.clone(), &self.keys, &self.target_url, &self.redis_url).await?;
+        tracing::debug!(?outcome, "migration identity");
+        Ok(outcome)
+    }
+
+    /// Stops the daemon (through `mismatch`) when the pair stops being one migration's:
+    /// serving on would relay one migration's events into another's target.
+    async fn keep(self, every: Duration, mismatch: tokio::sync::mpsc::Sender<identity::Mismatch>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {},
+                _ = stop.changed() => return,
+            }
+            if let Err(found) = self.check().await {
+                tracing::error!("{}; stopping", crate::state::split_hint(&found.to_string()).0);
+                let _ = mismatch.send(found).await;
+                return;
+            }
+        }
+    }
 }
 
 /// Runs the relay on a thread of its own, with its own runtime, Redis connection and

@@ -40,6 +40,10 @@ pub struct LegacyKeys {
     pub cache_prefix: String,
     /// `{first_seen}:{event_id}`: when ingest first accepted an event without a timestamp.
     pub first_seen: String,
+    /// `{events}:migration_id`: the id of the migration this Redis belongs to (the target
+    /// holds the same in `tsmigrate.migration_state`). Named after the events key so that
+    /// one hash tag in `redis.events_key` puts both in the same Redis Cluster slot.
+    pub migration_id: String,
 }
 
 impl LegacyKeys {
@@ -55,6 +59,7 @@ impl LegacyKeys {
             dual_write_flag: r.key(&format!("{}:dual_write", r.outbox_stream)),
             cache_prefix: r.key(&r.cache_prefix),
             first_seen: r.key(&r.first_seen_key),
+            migration_id: r.key(&format!("{}:migration_id", r.events_key)),
         }
     }
 }

@@ -31,7 +31,7 @@ impl PhaseCommand for Abort {
         let keys = &ctx.keys;
         let details = json!({
             "drops": statements,
-            "redis_keys_deleted": [&keys.dual_write_flag, &keys.outbox],
+            "redis_keys_deleted": [&keys.dual_write_flag, &keys.outbox, &keys.migration_id],
             "kept": ["tsmigrate.audit_log", "the legacy Redis keys and tables"],
         });
         if run.dry_run {
@@ -39,8 +39,9 @@ impl PhaseCommand for Abort {
         }
         confirmed(self.confirmed, "abort", "abort drops the target tables and every migrated row")?;
         // Ingest stops feeding the outbox first, so nothing lands in a table about to vanish.
+        // The identity goes with the migration: a new prepare makes a new one.
         let mut redis = ctx.redis().await?;
-        redis::cmd("DEL").arg(&keys.dual_write_flag).arg(&keys.outbox).query_async::<()>(&mut redis).await?;
+        redis::cmd("DEL").arg(&keys.dual_write_flag).arg(&keys.outbox).arg(&keys.migration_id).query_async::<()>(&mut redis).await?;
         drop_everything(run, &statements, &details).await?;
         Ok(Applied::new(details, Commit::Done))
     }

@@ -81,6 +81,12 @@ impl PhaseCommand for Prepare {
         Ok(Applied { audit, warnings, ..Applied::new(details, Commit::Move(changes)) })
     }
 
+    /// The new migration's identity, made and written to Redis now rather than by the next command.
+    async fn after_commit(&self, ctx: &Context) -> anyhow::Result<()> {
+        crate::identity::verify(ctx).await?;
+        Ok(())
+    }
+
     fn next_steps(&self, report: &PhaseReport<PrepareDetails>) -> Vec<NextStep> {
         if report.dry_run {
             return vec![NextStep::run(format!("tsmigrate prepare --mode {}", report.details.mode), "apply what is listed above")];
