@@ -74,7 +74,7 @@ fn typed_command(args: &[std::ffi::OsString]) -> String {
     let words: Vec<String> = args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).take_while(|a| !a.starts_with('-')).take(2).collect();
     match words.as_slice() {
         [] => "tsmigrate".into(),
-        [group, sub] if ["dual-write", "legacy"].contains(&group.as_str()) => format!("{group} {sub}"),
+        [group, sub] if ["dual-write", "legacy", "config", "user-sets"].contains(&group.as_str()) => format!("{group} {sub}"),
         [first, ..] => first.clone(),
     }
 }
@@ -87,6 +87,9 @@ fn usage_message(e: &clap::Error) -> String {
 }
 
 async fn run(cli: Cli, settings: Result<Settings, ConfigError>) -> Result<Reply, Failure> {
+    if cli.command.takes_settings_as_loaded() {
+        return cli::dispatch_without_settings(cli, settings).await;
+    }
     let mut settings = settings.map_err(anyhow::Error::from)?;
     settings.validate().map_err(anyhow::Error::from)?;
     if let Some(format) = cli.global.log_format.map(LogFormat::from) {

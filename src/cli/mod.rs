@@ -2,6 +2,8 @@
 //! Doc comments are the `--help` text.
 
 pub mod backfill;
+pub mod completions;
+pub mod config;
 pub mod dual_write;
 pub mod history;
 pub mod import_history;
@@ -110,6 +112,13 @@ pub enum Command {
     /// The user sets that count unique users exactly (build them now, rebuild a range).
     #[command(subcommand, name = "user-sets")]
     UserSets(user_sets::Command),
+    /// The settings in force and where each came from; check them (without connecting, or --connect).
+    #[command(subcommand)]
+    Config(config::Command),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page, or write one per command with --dir.
+    Man(completions::ManArgs),
 }
 
 impl Command {
@@ -138,7 +147,16 @@ impl Command {
             Command::Shadow(_) => "shadow",
             Command::Run(_) => "run",
             Command::UserSets(user_sets::Command::Build(_)) => "user-sets build",
+            Command::Config(cmd) => cmd.name(),
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
         }
+    }
+
+    /// Commands that work on the settings as loaded, valid or not, or need none at all
+    /// (completions, the manual): [`dispatch_without_settings`] runs them.
+    pub fn takes_settings_as_loaded(&self) -> bool {
+        matches!(self, Command::Config(_) | Command::Completions(_) | Command::Man(_))
     }
 }
 
@@ -153,6 +171,18 @@ impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Failure {
         Failure { error, phase: None }
     }
+}
+
+/// Runs a command for which [`Command::takes_settings_as_loaded`] holds: `settings` is what
+/// `Settings::load` returned, not validated (showing and checking bad settings is the point).
+pub async fn dispatch_without_settings(cli: Cli, settings: Result<Settings, crate::config::ConfigError>) -> Result<Reply, Failure> {
+    let flag = cli.global.log_format.is_some();
+    Ok(match cli.command {
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args)?,
+        Command::Config(cmd) => config::run(cmd, cli.global.config.as_deref(), settings, flag).await?,
+        other => unreachable!("{} needs valid settings", other.name()),
+    })
 }
 
 /// Runs a parsed command line with loaded settings. Commands that work on the target
@@ -191,7 +221,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     let ctx = if long_work { ctx.with_interrupt(listen_for_interrupts(command.name(), json)?) } else { ctx };
     let result = match command {
         Command::Prepare(args) => prepare::run(args, &ctx).await,
-        Command::Status(args) => status::run(args, &ctx, target_down, verbose).await,
+        Command::Status(args) => status::run(args, &ctx, target_down, verbose, json).await,
         Command::History(args) => history::run(args, &ctx).await,
         Command::DualWrite(cmd) => dual_write::run(cmd, &ctx).await,
         Command::Backfill(args) => backfill::run(args, &ctx, json).await,
@@ -207,6 +237,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         Command::Shadow(args) => lifecycle::shadow(args, &ctx).await,
         Command::UserSets(cmd) => user_sets::run(cmd, &ctx).await,
         Command::Seed(_) | Command::Legacy(_) | Command::Relay(_) | Command::Run(_) => unreachable!("dispatched above"),
+        Command::Config(_) | Command::Completions(_) | Command::Man(_) => unreachable!("dispatch_without_settings runs these"),
     };
     match result {
         Ok(reply) => Ok(reply),

@@ -19,10 +19,18 @@ pub struct Args {
     /// 2 failing (or a server could not be reached).
     #[arg(long)]
     pub check: bool,
+    /// Redraw the view every INTERVAL (default 2s) until Ctrl-C. On a terminal the screen is
+    /// cleared between views; in a pipe or a file each view follows the last, without escape
+    /// codes. Not with --json or --check (poll `status --json` instead).
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = crate::duration::parse_duration)]
+    pub watch: Option<chrono::Duration>,
 }
 
 /// `target_down`: why the target could not be connected (status still reports the rest).
-pub async fn run(args: Args, ctx: &Context, target_down: Option<String>, verbose: bool) -> anyhow::Result<Reply> {
+pub async fn run(args: Args, ctx: &Context, target_down: Option<String>, verbose: bool, json: bool) -> anyhow::Result<Reply> {
+    if let Some(every) = args.watch {
+        return watch(ctx, target_down, verbose, every, json || args.check).await;
+    }
     let status = status::gather(ctx, target_down).await;
     let reply = Reply::done(&status, status.human(verbose)).with_next_steps(status.next_steps.clone());
     let reply = match status.phase {
@@ -39,4 +47,32 @@ pub async fn run(args: Args, ctx: &Context, target_down: Option<String>, verbose
         None if args.check && status.verdict != status::Verdict::Healthy => reply.failing(status.verdict.exit_code(), unhealthy()),
         None => reply,
     })
+}
+
+/// `status --watch`: the text view again and again until Ctrl-C. It prints as it goes (a
+/// view nobody sees until the end would be no view), so its reply holds nothing more to print.
+async fn watch(ctx: &Context, target_down: Option<String>, verbose: bool, every: chrono::Duration, machine: bool) -> anyhow::Result<Reply> {
+    use std::io::IsTerminal;
+    if machine {
+        anyhow::bail!("status --watch redraws a view for people; it cannot be combined with --json or --check\n  next: run tsmigrate status --json (or --check) from a loop instead");
+    }
+    let every = every.to_std().unwrap_or_default().max(std::time::Duration::from_millis(100));
+    let terminal = std::io::stdout().is_terminal();
+    let mut target_down = target_down;
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let status = status::gather(ctx, target_down.take()).await;
+        let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
+        let header =
+            format!("tsmigrate status at {now}, every {} (Ctrl-C to stop)\n", crate::duration::show(chrono::Duration::from_std(every).unwrap_or_default()));
+        // Clear and home only on a terminal; a pipe or a file gets plain views one after another.
+        let frame = if terminal { format!("\x1b[2J\x1b[H{header}{}", status.human(verbose)) } else { format!("{header}{}\n", status.human(verbose)) };
+        super::output::to_stdout(&frame);
+        tokio::select! {
+            _ = &mut stop => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+    Ok(Reply::done(serde_json::json!({ "watched": true }), String::new()))
 }

@@ -10,6 +10,7 @@ pub mod support;
 
 mod architecture;
 mod backfill;
+mod cli_tools;
 mod config_errors;
 mod daemon;
 mod daemon_process;
