@@ -13,11 +13,17 @@ use crate::support::{eventually, field, ChildGuard, CliOutput, TestEnv};
 
 const EVENTS: i64 = 4000;
 
-/// A backfill of `EVENTS` in pages of 100 at 400 events/s (about ten seconds), as a process.
-fn start_backfill(env: &TestEnv) -> ChildGuard {
+/// A backfill of `EVENTS` in pages of 100 at 400 events/s (about ten seconds), as a
+/// process, once it has committed its first pages.
+async fn backfill_under_way() -> (TestEnv, ChildGuard) {
+    let env = TestEnv::new().await;
+    seed(&env, EVENTS as u64, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
     let mut command = env.clean_command(&["backfill", "--page-size", "100", "--max-rate", "400", "--json"], &[]);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    ChildGuard::spawn(command)
+    let child = ChildGuard::spawn(command);
+    eventually("the backfill to commit its first pages", Duration::from_secs(60), || async { (committed_pages(&env).await >= 3).then_some(()) }).await;
+    (env, child)
 }
 
 /// Pages the backfill's checkpoint says are committed.
@@ -26,10 +32,6 @@ async fn committed_pages(env: &TestEnv) -> i64 {
         .fetch_one(&env.pool)
         .await
         .unwrap()
-}
-
-async fn wait_for_pages(env: &TestEnv, pages: i64) {
-    eventually("the backfill to commit its first pages", Duration::from_secs(60), || async { (committed_pages(env).await >= pages).then_some(()) }).await
 }
 
 /// Waits for the process to end; its exit code and output.
@@ -72,11 +74,7 @@ fn resume_and_finish(env: &TestEnv) -> Value {
 
 #[tokio::test]
 async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_resumes() {
-    let env = TestEnv::new().await;
-    seed(&env, EVENTS as u64, false);
-    prepare_and_dual_write(&env, Mode::Postgres);
-    let mut child = start_backfill(&env);
-    wait_for_pages(&env, 3).await;
+    let (env, mut child) = backfill_under_way().await;
     let running = backfill_progress(&env.cli(&["status", "--json"]).expect_success().details());
     assert_eq!(running["running"], Value::Bool(true), "while it works, status sees the run's lock held: {running}");
 
@@ -117,11 +115,7 @@ async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_re
 
 #[tokio::test]
 async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_lock_and_finishes() {
-    let env = TestEnv::new().await;
-    seed(&env, EVENTS as u64, false);
-    prepare_and_dual_write(&env, Mode::Postgres);
-    let mut child = start_backfill(&env);
-    wait_for_pages(&env, 3).await;
+    let (env, mut child) = backfill_under_way().await;
     // The lock connection, as PostgreSQL sees it: the holder of the migration lock.
     let holder: i32 = sqlx::query_scalar(
         "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
