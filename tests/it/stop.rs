@@ -146,3 +146,129 @@ async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_l
     assert_eq!(target_counts(&env).await, (EVENTS, EVENTS), "no gap, no duplicate");
     env.cleanup().await;
 }
+
+/// `events` seeded and backfilled.
+async fn backfilled(events: u64) -> TestEnv {
+    let env = TestEnv::new().await;
+    seed(&env, events, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    env.cli(&["backfill"]).expect_success();
+    env
+}
+
+/// Relative times as separate arguments (`--from -6h`) reach every command that takes a
+/// time, not only backfill: the window they name is the one used.
+#[tokio::test]
+async fn validate_and_user_sets_build_take_relative_times_as_separate_arguments() {
+    let env = backfilled(400).await;
+    let now = chrono::Utc::now();
+    let report = env.cli(&["validate", "--from", "-6h", "--to", "-3h", "--json"]).expect_success().details();
+    let from: chrono::DateTime<chrono::Utc> = field(&report, "window.from").as_str().unwrap().parse().unwrap();
+    let to: chrono::DateTime<chrono::Utc> = field(&report, "window.to").as_str().unwrap().parse().unwrap();
+    // Rounded down to whole hours.
+    assert!(from > now - chrono::Duration::hours(7) && from <= now - chrono::Duration::hours(6), "{from}");
+    assert!(to > now - chrono::Duration::hours(4) && to <= now - chrono::Duration::hours(3), "{to}");
+
+    let built = env.cli(&["user-sets", "build", "--from", "-2d", "--to", "now", "--json"]).expect_success().details();
+    assert!(field(&built, "marked_minutes").as_u64().unwrap() > 0, "the range was marked for rebuild: {built}");
+    env.cleanup().await;
+}
+
+/// Repair stops between its batches too: interrupted while its second batch waits to
+/// commit, that batch commits with its checkpoint, the next never starts, and the re-run
+/// resumes after it.
+#[tokio::test]
+async fn an_interrupted_repair_stops_after_the_batch_in_hand_and_a_rerun_resumes() {
+    let env = backfilled(EVENTS as u64).await;
+    sqlx::query("DELETE FROM analytics_events_ts").execute(&env.pool).await.unwrap();
+    env.cli(&["validate", "--no-refresh"]).expect_code(1);
+    let missing: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.validation_findings WHERE kind = 'missing'").fetch_one(&env.pool).await.unwrap();
+    assert!(missing > 2000, "more than two batches of 1000 to repair: {missing}");
+
+    let mut command = env.clean_command(&["repair", "--json"], &[]);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = ChildGuard::spawn(command);
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let pipe = child.child().stderr.take().expect("the repair's stderr");
+    std::thread::spawn({
+        let stderr = stderr.clone();
+        move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                stderr.lock().unwrap().push_str(&(line + "\n"));
+            }
+        }
+    });
+    // Stopped with its second batch written but not committed: its checkpoint waits for
+    // the row this transaction holds.
+    let checkpoint = eventually("the repair's first batch", Duration::from_secs(60), || async {
+        let mut tx = env.pool.begin().await.unwrap();
+        let done: Option<i64> = sqlx::query_scalar("SELECT (position->>'done')::bigint FROM tsmigrate.checkpoints WHERE name LIKE 'repair:%' FOR UPDATE")
+            .fetch_optional(&mut *tx)
+            .await
+            .unwrap();
+        match done {
+            Some(1000) => Some(tx),
+            other => {
+                assert!(other.is_none(), "held after the first batch, not {other:?}");
+                tx.rollback().await.unwrap();
+                None
+            }
+        }
+    })
+    .await;
+    env.wait_until_tsmigrate_waits_for_a_lock("the repair's second checkpoint").await;
+    let pid = child.child().id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    // The interrupt is noted (it says so) before the batch in hand may commit.
+    eventually("the interrupt to be noted", Duration::from_secs(30), || {
+        let noted = stderr.lock().unwrap().contains("stopping at the next page boundary");
+        async move { noted.then_some(()) }
+    })
+    .await;
+    checkpoint.rollback().await.unwrap();
+    let out = exited(&mut child).await;
+    assert_eq!(out.code, 130, "{}\n{}", out.stdout, stderr.lock().unwrap());
+    assert_eq!(field(&out.json(), "details.stopped_at"), format!("after 2000 of {missing} differences").as_str());
+    let done: i64 =
+        sqlx::query_scalar("SELECT (position->>'done')::bigint FROM tsmigrate.checkpoints WHERE name LIKE 'repair:%'").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(done, 2000, "the batch in hand committed, the next never started");
+    let (outcome,): (String,) =
+        sqlx::query_as("SELECT outcome FROM tsmigrate.audit_log WHERE command = 'repair' ORDER BY id DESC LIMIT 1").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(outcome, "interrupted");
+
+    let report = env.cli(&["repair", "--json"]).expect_success().details();
+    assert_eq!(field(&report, "resumed_after").as_i64(), Some(2000), "{report}");
+    assert_eq!(field(&report, "counts.copied").as_i64(), Some(missing), "every missing event copied once over both runs: {report}");
+    assert_eq!(target_counts(&env).await, (missing, missing), "no gap, no duplicate");
+    env.cleanup().await;
+}
+
+/// A validation, which only reads until it records its run, is abandoned where it waits:
+/// nothing recorded, nothing moved, exit 130, audited.
+#[tokio::test]
+async fn an_interrupted_validation_records_nothing_and_exits_130() {
+    let env = backfilled(400).await;
+    // Held at the very end, where it records its run.
+    let mut hold = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tsmigrate.validation_runs IN EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
+    let mut command = env.clean_command(&["validate", "--json"], &[]);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = ChildGuard::spawn(command);
+    env.wait_until_tsmigrate_waits_for_a_lock("the validation's record of its run").await;
+    let pid = child.child().id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let out = exited(&mut child).await;
+    hold.rollback().await.unwrap();
+    out.expect_code(130);
+    assert_eq!(field(&out.json(), "details.stopped"), "interrupted");
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.validation_runs").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(runs, 0, "the interrupted run was not recorded");
+    let (outcome, phase): (String, String) =
+        sqlx::query_as("SELECT outcome, to_phase FROM tsmigrate.audit_log WHERE command = 'validate' ORDER BY id DESC LIMIT 1")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!((outcome.as_str(), phase.as_str()), ("interrupted", "backfilled"), "audited, the phase not moved");
+    env.cleanup().await;
+}
