@@ -3,7 +3,9 @@
 //! connection that holds its migration lock (exit 2, it says so and does not carry on
 //! unlocked; another run takes the lock and finishes) — with no gap and no duplicate.
 
+use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,17 +15,75 @@ use crate::support::{eventually, field, ChildGuard, CliOutput, TestEnv};
 
 const EVENTS: i64 = 4000;
 
+/// A tsmigrate command running as a process: stdout kept for the end, stderr read as it
+/// comes (to see when it noted an interrupt).
+struct Running {
+    child: ChildGuard,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn start(env: &TestEnv, args: &[&str]) -> Running {
+        let mut command = env.clean_command(args, &[]);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = ChildGuard::spawn(command);
+        let pipe = child.child().stderr.take().expect("the command's stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Running { child, stderr }
+    }
+
+    fn interrupt(&mut self) {
+        let pid = self.child.child().id().to_string();
+        assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    }
+
+    /// Waits until it said it will stop at the next page boundary.
+    async fn noted_the_interrupt(&self) {
+        eventually("the interrupt to be noted", Duration::from_secs(30), || {
+            let noted = self.stderr.lock().unwrap().contains("stopping at the next page boundary");
+            async move { noted.then_some(()) }
+        })
+        .await
+    }
+
+    /// Waits for the process to end; its exit code and output.
+    async fn exited(&mut self) -> CliOutput {
+        let child = &mut self.child;
+        let code = eventually("the command to end", Duration::from_secs(60), || {
+            let status = child.child().try_wait().expect("wait for the command");
+            async move { status.map(|s| s.code().unwrap_or(-1)) }
+        })
+        .await;
+        let mut stdout = String::new();
+        if let Some(pipe) = child.child().stdout.as_mut() {
+            pipe.read_to_string(&mut stdout).expect("read the command's output");
+        }
+        // The reader thread ends with the pipe; what it read by then is all there is.
+        let stderr = eventually("the command's stderr to close", Duration::from_secs(10), || {
+            let done = Arc::strong_count(&self.stderr) == 1;
+            let text = self.stderr.lock().unwrap().clone();
+            async move { done.then_some(text) }
+        })
+        .await;
+        CliOutput { code, stdout, stderr }
+    }
+}
+
 /// A backfill of `EVENTS` in pages of 100 at 400 events/s (about ten seconds), as a
 /// process, once it has committed its first pages.
-async fn backfill_under_way() -> (TestEnv, ChildGuard) {
+async fn backfill_under_way() -> (TestEnv, Running) {
     let env = TestEnv::new().await;
     seed(&env, EVENTS as u64, false);
     prepare_and_dual_write(&env, Mode::Postgres);
-    let mut command = env.clean_command(&["backfill", "--page-size", "100", "--max-rate", "400", "--json"], &[]);
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = ChildGuard::spawn(command);
+    let running = Running::start(&env, &["backfill", "--page-size", "100", "--max-rate", "400", "--json"]);
     eventually("the backfill to commit its first pages", Duration::from_secs(60), || async { (committed_pages(&env).await >= 3).then_some(()) }).await;
-    (env, child)
+    (env, running)
 }
 
 /// Pages the backfill's checkpoint says are committed.
@@ -34,23 +94,11 @@ async fn committed_pages(env: &TestEnv) -> i64 {
         .unwrap()
 }
 
-/// Waits for the process to end; its exit code and output.
-async fn exited(child: &mut ChildGuard) -> CliOutput {
-    let code = eventually("the backfill to end", Duration::from_secs(60), || {
-        let status = child.child().try_wait().expect("wait for the backfill");
-        async move { status.map(|s| s.code().unwrap_or(-1)) }
-    })
-    .await;
-    let read = |pipe: Option<&mut dyn std::io::Read>| {
-        let mut text = String::new();
-        if let Some(pipe) = pipe {
-            pipe.read_to_string(&mut text).expect("read the backfill's output");
-        }
-        text
-    };
-    let stdout = read(child.child().stdout.as_mut().map(|p| p as &mut dyn std::io::Read));
-    let stderr = read(child.child().stderr.as_mut().map(|p| p as &mut dyn std::io::Read));
-    CliOutput { code, stdout, stderr }
+/// Holds every checkpoint write back (the page or batch in hand then waits to commit).
+async fn hold_checkpoints(env: &TestEnv) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut hold = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tsmigrate.checkpoints IN SHARE MODE").execute(&mut *hold).await.unwrap();
+    hold
 }
 
 /// The newest audit entry of the backfill: (outcome, details).
@@ -74,13 +122,12 @@ fn resume_and_finish(env: &TestEnv) -> Value {
 
 #[tokio::test]
 async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_resumes() {
-    let (env, mut child) = backfill_under_way().await;
+    let (env, mut backfill) = backfill_under_way().await;
     let running = backfill_progress(&env.cli(&["status", "--json"]).expect_success().details());
     assert_eq!(running["running"], Value::Bool(true), "while it works, status sees the run's lock held: {running}");
 
-    let pid = child.child().id().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    let out = exited(&mut child).await;
+    backfill.interrupt();
+    let out = backfill.exited().await;
     out.expect_code(130);
     let envelope = out.json();
     assert_eq!(field(&envelope, "details.stopped"), "interrupted", "{envelope}");
@@ -115,7 +162,7 @@ async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_re
 
 #[tokio::test]
 async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_lock_and_finishes() {
-    let (env, mut child) = backfill_under_way().await;
+    let (env, mut backfill) = backfill_under_way().await;
     // The lock connection, as PostgreSQL sees it: the holder of the migration lock.
     let holder: i32 = sqlx::query_scalar(
         "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
@@ -128,7 +175,7 @@ async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_l
     assert!(terminated);
     let pages_when_lost = committed_pages(&env).await;
 
-    let out = exited(&mut child).await;
+    let out = backfill.exited().await;
     out.expect_code(2);
     let envelope = out.json();
     assert_eq!(field(&envelope, "details.stopped"), "lock_lost", "{envelope}");
@@ -174,7 +221,7 @@ async fn validate_and_user_sets_build_take_relative_times_as_separate_arguments(
     env.cleanup().await;
 }
 
-/// Repair stops between its batches too: interrupted while its second batch waits to
+/// Repair stops between its batches too: interrupted while its first batch waits to
 /// commit, that batch commits with its checkpoint, the next never starts, and the re-run
 /// resumes after it.
 #[tokio::test]
@@ -183,64 +230,60 @@ async fn an_interrupted_repair_stops_after_the_batch_in_hand_and_a_rerun_resumes
     sqlx::query("DELETE FROM analytics_events_ts").execute(&env.pool).await.unwrap();
     env.cli(&["validate", "--no-refresh"]).expect_code(1);
     let missing: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.validation_findings WHERE kind = 'missing'").fetch_one(&env.pool).await.unwrap();
-    assert!(missing > 2000, "more than two batches of 1000 to repair: {missing}");
+    assert!(missing > 1000, "more than one batch of 1000 to repair: {missing}");
 
-    let mut command = env.clean_command(&["repair", "--json"], &[]);
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn(command);
-    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let pipe = child.child().stderr.take().expect("the repair's stderr");
-    std::thread::spawn({
-        let stderr = stderr.clone();
-        move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                stderr.lock().unwrap().push_str(&(line + "\n"));
-            }
-        }
-    });
-    // Stopped with its second batch written but not committed: its checkpoint waits for
-    // the row this transaction holds.
-    let checkpoint = eventually("the repair's first batch", Duration::from_secs(60), || async {
-        let mut tx = env.pool.begin().await.unwrap();
-        let done: Option<i64> = sqlx::query_scalar("SELECT (position->>'done')::bigint FROM tsmigrate.checkpoints WHERE name LIKE 'repair:%' FOR UPDATE")
-            .fetch_optional(&mut *tx)
-            .await
-            .unwrap();
-        match done {
-            Some(1000) => Some(tx),
-            other => {
-                assert!(other.is_none(), "held after the first batch, not {other:?}");
-                tx.rollback().await.unwrap();
-                None
-            }
-        }
-    })
-    .await;
-    env.wait_until_tsmigrate_waits_for_a_lock("the repair's second checkpoint").await;
-    let pid = child.child().id().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    // The interrupt is noted (it says so) before the batch in hand may commit.
-    eventually("the interrupt to be noted", Duration::from_secs(30), || {
-        let noted = stderr.lock().unwrap().contains("stopping at the next page boundary");
-        async move { noted.then_some(()) }
-    })
-    .await;
-    checkpoint.rollback().await.unwrap();
-    let out = exited(&mut child).await;
-    assert_eq!(out.code, 130, "{}\n{}", out.stdout, stderr.lock().unwrap());
-    assert_eq!(field(&out.json(), "details.stopped_at"), format!("after 2000 of {missing} differences").as_str());
+    let hold = hold_checkpoints(&env).await;
+    let mut repair = Running::start(&env, &["repair", "--json"]);
+    env.wait_until_tsmigrate_waits_for_a_lock("the repair's first checkpoint").await;
+    repair.interrupt();
+    // Noted before the batch in hand may commit.
+    repair.noted_the_interrupt().await;
+    hold.rollback().await.unwrap();
+    let out = repair.exited().await;
+    out.expect_code(130);
+    assert_eq!(field(&out.json(), "details.stopped_at"), format!("after 1000 of {missing} differences").as_str());
     let done: i64 =
         sqlx::query_scalar("SELECT (position->>'done')::bigint FROM tsmigrate.checkpoints WHERE name LIKE 'repair:%'").fetch_one(&env.pool).await.unwrap();
-    assert_eq!(done, 2000, "the batch in hand committed, the next never started");
+    assert_eq!(done, 1000, "the batch in hand committed, the next never started");
+    assert_eq!(target_counts(&env).await, (1000, 1000));
     let (outcome,): (String,) =
         sqlx::query_as("SELECT outcome FROM tsmigrate.audit_log WHERE command = 'repair' ORDER BY id DESC LIMIT 1").fetch_one(&env.pool).await.unwrap();
     assert_eq!(outcome, "interrupted");
 
     let report = env.cli(&["repair", "--json"]).expect_success().details();
-    assert_eq!(field(&report, "resumed_after").as_i64(), Some(2000), "{report}");
+    assert_eq!(field(&report, "resumed_after").as_i64(), Some(1000), "{report}");
     assert_eq!(field(&report, "counts.copied").as_i64(), Some(missing), "every missing event copied once over both runs: {report}");
     assert_eq!(target_counts(&env).await, (missing, missing), "no gap, no duplicate");
+    env.cleanup().await;
+}
+
+/// A second interrupt ends the command at once, even with a page waiting to commit: that
+/// page rolls back, the envelope says so, and nothing half-done remains.
+#[tokio::test]
+async fn a_second_interrupt_ends_at_once_and_the_page_in_flight_rolls_back() {
+    let env = TestEnv::new().await;
+    seed(&env, 400, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let hold = hold_checkpoints(&env).await;
+    let mut backfill = Running::start(&env, &["backfill", "--page-size", "100", "--json"]);
+    env.wait_until_tsmigrate_waits_for_a_lock("the backfill's first checkpoint").await;
+    backfill.interrupt();
+    backfill.noted_the_interrupt().await;
+    backfill.interrupt();
+    let out = backfill.exited().await;
+    out.expect_code(130);
+    assert!(field(&out.json(), "error.message").as_str().unwrap().contains("interrupted twice (SIGINT) and ended at once"), "{}", out.stdout);
+    hold.rollback().await.unwrap();
+    eventually("the ended backfill's backends to go", Duration::from_secs(60), || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tsmigrate'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    assert_eq!(target_counts(&env).await, (0, 0), "the page in flight rolled back with its checkpoint");
+    assert_eq!(committed_pages(&env).await, 0);
     env.cleanup().await;
 }
 
@@ -252,13 +295,10 @@ async fn an_interrupted_validation_records_nothing_and_exits_130() {
     // Held at the very end, where it records its run.
     let mut hold = env.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE tsmigrate.validation_runs IN EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
-    let mut command = env.clean_command(&["validate", "--json"], &[]);
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn(command);
+    let mut validate = Running::start(&env, &["validate", "--json"]);
     env.wait_until_tsmigrate_waits_for_a_lock("the validation's record of its run").await;
-    let pid = child.child().id().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    let out = exited(&mut child).await;
+    validate.interrupt();
+    let out = validate.exited().await;
     hold.rollback().await.unwrap();
     out.expect_code(130);
     assert_eq!(field(&out.json(), "details.stopped"), "interrupted");
