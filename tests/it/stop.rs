@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::fault::{pg_addr, Outage};
 use crate::scenario::{prepare_and_dual_write, seed, target_counts, Mode};
 use crate::support::{eventually, field, ChildGuard, CliOutput, TestEnv};
 
@@ -24,7 +25,11 @@ struct Running {
 
 impl Running {
     fn start(env: &TestEnv, args: &[&str]) -> Running {
-        let mut command = env.clean_command(args, &[]);
+        Running::start_with(env, args, &[])
+    }
+
+    fn start_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Running {
+        let mut command = env.clean_command(args, vars);
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = ChildGuard::spawn(command);
         let pipe = child.child().stderr.take().expect("the command's stderr");
@@ -190,6 +195,45 @@ async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_l
 
     // The lock is free again: another backfill takes it and finishes from the checkpoint.
     resume_and_finish(&env);
+    assert_eq!(target_counts(&env).await, (EVENTS, EVENTS), "no gap, no duplicate");
+    env.cleanup().await;
+}
+
+/// The issue as operators met it: PostgreSQL goes away under a running backfill and comes
+/// back (every connection of the backfill cut at once, as a restart does), a second backfill
+/// takes the free lock, and the first must not carry on beside it advancing the same
+/// checkpoint: it stops at its next page, exit 2, and the second finishes alone.
+#[tokio::test]
+async fn a_backfill_whose_server_connections_are_cut_stops_while_a_second_one_takes_the_lock() {
+    let env = TestEnv::new().await;
+    seed(&env, EVENTS as u64, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let proxy = Outage::start(pg_addr(env.settings.database.url.expose())).await;
+    let through_proxy = proxy.url_through(env.settings.database.url.expose());
+    let mut first = Running::start_with(&env, &["backfill", "--page-size", "100", "--max-rate", "400", "--json"], &[("DATABASE_URL", &through_proxy)]);
+    eventually("the backfill to commit its first pages", Duration::from_secs(60), || async { (committed_pages(&env).await >= 3).then_some(()) }).await;
+    proxy.take_down();
+    // The server lets go of the lock once it sees the lock connection closed.
+    eventually("the migration lock to be free", Duration::from_secs(30), || async {
+        let held: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('tsmigrate.phase')::oid AND granted)")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        (!held).then_some(())
+    })
+    .await;
+    // Back, as after a restart: the first one's pool can connect again.
+    proxy.bring_back().await;
+    let mut second = Running::start(&env, &["backfill", "--json"]);
+
+    let out = first.exited().await;
+    out.expect_code(2);
+    assert!(out.stderr.contains("the connection holding the migration lock was lost") && out.stderr.contains("next: tsmigrate backfill"), "{}", out.stderr);
+    let report = second.exited().await;
+    report.expect_success();
+    let report = report.details();
+    assert_eq!((field(&report, "read").as_i64(), field(&report, "inserted").as_i64()), (Some(EVENTS), Some(EVENTS)), "{report}");
     assert_eq!(target_counts(&env).await, (EVENTS, EVENTS), "no gap, no duplicate");
     env.cleanup().await;
 }
