@@ -44,8 +44,13 @@ impl Running {
     }
 
     fn interrupt(&mut self) {
+        self.signal("-INT");
+    }
+
+    /// Sends `signal` (`-TERM`) to the process.
+    fn signal(&mut self, signal: &str) {
         let pid = self.child.child().id().to_string();
-        assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
     }
 
     /// Waits until it said it will stop at the next page boundary.
@@ -332,20 +337,22 @@ async fn a_second_interrupt_ends_at_once_and_the_page_in_flight_rolls_back() {
 }
 
 /// A validation, which only reads until it records its run, is abandoned where it waits:
-/// nothing recorded, nothing moved, exit 130, audited.
+/// nothing recorded, nothing moved, exit 130, audited. SIGTERM (a supervisor stopping it)
+/// is an interrupt like Ctrl-C.
 #[tokio::test]
-async fn an_interrupted_validation_records_nothing_and_exits_130() {
+async fn a_validation_stopped_with_sigterm_records_nothing_and_exits_130() {
     let env = backfilled(400).await;
     // Held at the very end, where it records its run.
     let mut hold = env.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE tsmigrate.validation_runs IN EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
     let mut validate = Running::start(&env, &["validate", "--json"]);
     env.wait_until_tsmigrate_waits_for_a_lock("the validation's record of its run").await;
-    validate.interrupt();
+    validate.signal("-TERM");
     let out = validate.exited().await;
     hold.rollback().await.unwrap();
     out.expect_code(130);
-    assert_eq!(field(&out.json(), "details.stopped"), "interrupted");
+    let envelope = out.json();
+    assert_eq!((field(&envelope, "details.stopped"), field(&envelope, "details.signal")), (&Value::from("interrupted"), &Value::from("SIGTERM")), "{envelope}");
     let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.validation_runs").fetch_one(&env.pool).await.unwrap();
     assert_eq!(runs, 0, "the interrupted run was not recorded");
     let (outcome, phase): (String, String) =
