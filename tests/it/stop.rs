@@ -104,6 +104,17 @@ async fn committed_pages(env: &TestEnv) -> i64 {
         .unwrap()
 }
 
+/// The backend holding this test database's migration lock (other tests hold their own).
+async fn migration_lock_holder(env: &TestEnv) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+         WHERE l.locktype = 'advisory' AND l.objid = hashtext('tsmigrate.phase')::oid AND l.granted AND d.datname = current_database()",
+    )
+    .fetch_optional(&env.pool)
+    .await
+    .unwrap()
+}
+
 /// Holds every checkpoint write back (the page or batch in hand then waits to commit).
 async fn hold_checkpoints(env: &TestEnv) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut hold = env.pool.begin().await.unwrap();
@@ -174,13 +185,7 @@ async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_re
 async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_lock_and_finishes() {
     let (env, mut backfill) = backfill_under_way().await;
     // The lock connection, as PostgreSQL sees it: the holder of the migration lock.
-    let holder: i32 = sqlx::query_scalar(
-        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-         WHERE l.locktype = 'advisory' AND l.objid = hashtext('tsmigrate.phase')::oid AND l.granted AND d.datname = current_database()",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let holder = migration_lock_holder(&env).await.expect("the backfill holds the migration lock");
     let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(holder).fetch_one(&env.pool).await.unwrap();
     assert!(terminated);
     let pages_when_lost = committed_pages(&env).await;
@@ -219,15 +224,7 @@ async fn a_backfill_whose_server_connections_are_cut_stops_while_a_second_one_ta
     eventually("the backfill to commit its first pages", Duration::from_secs(60), || async { (committed_pages(&env).await >= 3).then_some(()) }).await;
     proxy.take_down();
     // The server lets go of the lock once it sees the lock connection closed.
-    eventually("the migration lock to be free", Duration::from_secs(30), || async {
-        let held: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('tsmigrate.phase')::oid AND granted)")
-                .fetch_one(&env.pool)
-                .await
-                .unwrap();
-        (!held).then_some(())
-    })
-    .await;
+    eventually("the migration lock to be free", Duration::from_secs(30), || async { (migration_lock_holder(&env).await.is_none()).then_some(()) }).await;
     // Back, as after a restart: the first one's pool can connect again.
     proxy.bring_back().await;
     let mut second = Running::start(&env, &["backfill", "--json"]);
