@@ -208,14 +208,20 @@ pub struct LockLost;
 
 /// Whether backend `pid` holds the migration lock in this database.
 pub async fn holds_migration_lock(conn: &mut PgConnection, pid: i32) -> sqlx::Result<bool> {
+    holds_advisory_lock(conn, PHASE_LOCK_KEY, pid).await
+}
+
+/// Whether backend `pid` holds the session advisory lock `hashtext(key)` in this database:
+/// what PostgreSQL says, not what the holder believes (its connection may be gone).
+pub async fn holds_advisory_lock<'e>(executor: impl sqlx::PgExecutor<'e>, key: &str, pid: i32) -> sqlx::Result<bool> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
                         WHERE l.locktype = 'advisory' AND l.objid = hashtext($1)::oid AND l.pid = $2 AND l.granted
                           AND d.datname = current_database())",
     )
-    .bind(PHASE_LOCK_KEY)
+    .bind(key)
     .bind(pid)
-    .fetch_one(conn)
+    .fetch_one(executor)
     .await
 }
 

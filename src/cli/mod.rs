@@ -37,8 +37,9 @@ pub use output::Reply;
 /// `tsmigrate status` always says where you are and what to run next.
 ///
 /// Exit codes: 0 success; 1 validation found differences; 2 could not run (bad input,
-/// unreachable server, error); 3 refused by a phase gate, the migration lock, or a target
-/// and Redis of different migrations.
+/// unreachable server, error, the migration lock lost); 3 refused by a phase gate, the
+/// migration lock, or a target and Redis of different migrations; 130 interrupted (long work
+/// stops at a page boundary; run it again to resume).
 #[derive(Debug, Parser)]
 #[command(name = "tsmigrate", version, propagate_version = true)]
 pub struct Cli {

@@ -26,8 +26,9 @@ use super::{parse_duration, parse_time, Reply};
 /// analytics_asset_popularity_ts, over the hours the legacy flush has covered (refreshed
 /// first, unless --no-refresh).
 ///
-/// Exit codes: 0 clean; 1 differences; 2 could not run; 3 refused (phase new or prepared).
-/// Every run is recorded in tsmigrate.validation_runs; a clean run in phase backfilled
+/// Exit codes: 0 clean; 1 differences; 2 could not run; 3 refused (phase new or prepared);
+/// 130 interrupted (nothing recorded; run it again).
+/// Every run that ends is recorded in tsmigrate.validation_runs; a clean run in phase backfilled
 /// moves it to validated. Runs in any phase from dual_writing on.
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -68,16 +68,7 @@ impl Lease {
         if backend == 0 {
             return true;
         }
-        let held: sqlx::Result<bool> = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-                            WHERE l.locktype = 'advisory' AND l.objid = hashtext($1)::oid AND l.pid = $2 AND l.granted
-                              AND d.datname = current_database())",
-        )
-        .bind(JOBS_LOCK_KEY)
-        .bind(backend)
-        .fetch_one(pool)
-        .await;
-        held.unwrap_or(false)
+        crate::stop::holds_advisory_lock(pool, JOBS_LOCK_KEY, backend).await.unwrap_or(false)
     }
 
     /// Records whether this replica holds the lease. `stopping`: it is let go on purpose

@@ -296,15 +296,21 @@ async fn commit<C: PhaseCommand>(ctx: &Context, command: &C, run: &mut Run, comm
     }
     let moves = run.moves();
     let guard = run.guard()?;
-    match commit {
-        Commit::Move(changes) if moves => {
-            guard.commit(command.transition(), from, changes, audit).await?;
-            Ok(Ok(command.transition().to))
+    let committed = match commit {
+        Commit::Move(changes) if moves => guard.commit(command.transition(), from, changes, audit).await.map(|()| command.transition().to),
+        _ => guard.audit_noop(&command.name(), from, audit.details).await.map(|()| from),
+    };
+    match committed {
+        Ok(phase) => Ok(Ok(phase)),
+        // The lock connection died after the work: say so, not only the driver's error.
+        Err(error) if run.boundary.lost_lock(&ctx.target, &error).await => Err(Stopped {
+            command: command.name(),
+            why: Why::LockLost,
+            at: "after its work, before it could record it and move the phase".into(),
+            resume: format!("tsmigrate {}", command.name()),
         }
-        _ => {
-            guard.audit_noop(&command.name(), from, audit.details).await?;
-            Ok(Ok(from))
-        }
+        .into()),
+        Err(error) => Err(error),
     }
 }
 

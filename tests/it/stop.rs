@@ -3,21 +3,97 @@
 //! connection that holds its migration lock (exit 2, it says so and does not carry on
 //! unlocked; another run takes the lock and finishes) — with no gap and no duplicate.
 
+use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::fault::{pg_addr, Outage};
 use crate::scenario::{prepare_and_dual_write, seed, target_counts, Mode};
 use crate::support::{eventually, field, ChildGuard, CliOutput, TestEnv};
 
 const EVENTS: i64 = 4000;
 
-/// A backfill of `EVENTS` in pages of 100 at 400 events/s (about ten seconds), as a process.
-fn start_backfill(env: &TestEnv) -> ChildGuard {
-    let mut command = env.clean_command(&["backfill", "--page-size", "100", "--max-rate", "400", "--json"], &[]);
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    ChildGuard::spawn(command)
+/// A tsmigrate command running as a process: stdout kept for the end, stderr read as it
+/// comes (to see when it noted an interrupt).
+struct Running {
+    child: ChildGuard,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn start(env: &TestEnv, args: &[&str]) -> Running {
+        Running::start_with(env, args, &[])
+    }
+
+    fn start_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Running {
+        let mut command = env.clean_command(args, vars);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = ChildGuard::spawn(command);
+        let pipe = child.child().stderr.take().expect("the command's stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Running { child, stderr }
+    }
+
+    fn interrupt(&mut self) {
+        self.signal("-INT");
+    }
+
+    /// Sends `signal` (`-TERM`) to the process.
+    fn signal(&mut self, signal: &str) {
+        let pid = self.child.child().id().to_string();
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
+    /// Waits until it said it will stop at the next page boundary.
+    async fn noted_the_interrupt(&self) {
+        eventually("the interrupt to be noted", Duration::from_secs(30), || {
+            let noted = self.stderr.lock().unwrap().contains("stopping at the next page boundary");
+            async move { noted.then_some(()) }
+        })
+        .await
+    }
+
+    /// Waits for the process to end; its exit code and output.
+    async fn exited(&mut self) -> CliOutput {
+        let child = &mut self.child;
+        let code = eventually("the command to end", Duration::from_secs(60), || {
+            let status = child.child().try_wait().expect("wait for the command");
+            async move { status.map(|s| s.code().unwrap_or(-1)) }
+        })
+        .await;
+        let mut stdout = String::new();
+        if let Some(pipe) = child.child().stdout.as_mut() {
+            pipe.read_to_string(&mut stdout).expect("read the command's output");
+        }
+        // The reader thread ends with the pipe; what it read by then is all there is.
+        let stderr = eventually("the command's stderr to close", Duration::from_secs(10), || {
+            let done = Arc::strong_count(&self.stderr) == 1;
+            let text = self.stderr.lock().unwrap().clone();
+            async move { done.then_some(text) }
+        })
+        .await;
+        CliOutput { code, stdout, stderr }
+    }
+}
+
+/// A backfill of `EVENTS` in pages of 100 at 400 events/s (about ten seconds), as a
+/// process, once it has committed its first pages.
+async fn backfill_under_way() -> (TestEnv, Running) {
+    let env = TestEnv::new().await;
+    seed(&env, EVENTS as u64, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let running = Running::start(&env, &["backfill", "--page-size", "100", "--max-rate", "400", "--json"]);
+    eventually("the backfill to commit its first pages", Duration::from_secs(60), || async { (committed_pages(&env).await >= 3).then_some(()) }).await;
+    (env, running)
 }
 
 /// Pages the backfill's checkpoint says are committed.
@@ -28,27 +104,22 @@ async fn committed_pages(env: &TestEnv) -> i64 {
         .unwrap()
 }
 
-async fn wait_for_pages(env: &TestEnv, pages: i64) {
-    eventually("the backfill to commit its first pages", Duration::from_secs(60), || async { (committed_pages(env).await >= pages).then_some(()) }).await
+/// The backend holding this test database's migration lock (other tests hold their own).
+async fn migration_lock_holder(env: &TestEnv) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+         WHERE l.locktype = 'advisory' AND l.objid = hashtext('tsmigrate.phase')::oid AND l.granted AND d.datname = current_database()",
+    )
+    .fetch_optional(&env.pool)
+    .await
+    .unwrap()
 }
 
-/// Waits for the process to end; its exit code and output.
-async fn exited(child: &mut ChildGuard) -> CliOutput {
-    let code = eventually("the backfill to end", Duration::from_secs(60), || {
-        let status = child.child().try_wait().expect("wait for the backfill");
-        async move { status.map(|s| s.code().unwrap_or(-1)) }
-    })
-    .await;
-    let read = |pipe: Option<&mut dyn std::io::Read>| {
-        let mut text = String::new();
-        if let Some(pipe) = pipe {
-            pipe.read_to_string(&mut text).expect("read the backfill's output");
-        }
-        text
-    };
-    let stdout = read(child.child().stdout.as_mut().map(|p| p as &mut dyn std::io::Read));
-    let stderr = read(child.child().stderr.as_mut().map(|p| p as &mut dyn std::io::Read));
-    CliOutput { code, stdout, stderr }
+/// Holds every checkpoint write back (the page or batch in hand then waits to commit).
+async fn hold_checkpoints(env: &TestEnv) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut hold = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tsmigrate.checkpoints IN SHARE MODE").execute(&mut *hold).await.unwrap();
+    hold
 }
 
 /// The newest audit entry of the backfill: (outcome, details).
@@ -72,17 +143,12 @@ fn resume_and_finish(env: &TestEnv) -> Value {
 
 #[tokio::test]
 async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_resumes() {
-    let env = TestEnv::new().await;
-    seed(&env, EVENTS as u64, false);
-    prepare_and_dual_write(&env, Mode::Postgres);
-    let mut child = start_backfill(&env);
-    wait_for_pages(&env, 3).await;
+    let (env, mut backfill) = backfill_under_way().await;
     let running = backfill_progress(&env.cli(&["status", "--json"]).expect_success().details());
     assert_eq!(running["running"], Value::Bool(true), "while it works, status sees the run's lock held: {running}");
 
-    let pid = child.child().id().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    let out = exited(&mut child).await;
+    backfill.interrupt();
+    let out = backfill.exited().await;
     out.expect_code(130);
     let envelope = out.json();
     assert_eq!(field(&envelope, "details.stopped"), "interrupted", "{envelope}");
@@ -117,24 +183,14 @@ async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_re
 
 #[tokio::test]
 async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_lock_and_finishes() {
-    let env = TestEnv::new().await;
-    seed(&env, EVENTS as u64, false);
-    prepare_and_dual_write(&env, Mode::Postgres);
-    let mut child = start_backfill(&env);
-    wait_for_pages(&env, 3).await;
+    let (env, mut backfill) = backfill_under_way().await;
     // The lock connection, as PostgreSQL sees it: the holder of the migration lock.
-    let holder: i32 = sqlx::query_scalar(
-        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-         WHERE l.locktype = 'advisory' AND l.objid = hashtext('tsmigrate.phase')::oid AND l.granted AND d.datname = current_database()",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let holder = migration_lock_holder(&env).await.expect("the backfill holds the migration lock");
     let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(holder).fetch_one(&env.pool).await.unwrap();
     assert!(terminated);
     let pages_when_lost = committed_pages(&env).await;
 
-    let out = exited(&mut child).await;
+    let out = backfill.exited().await;
     out.expect_code(2);
     let envelope = out.json();
     assert_eq!(field(&envelope, "details.stopped"), "lock_lost", "{envelope}");
@@ -150,5 +206,157 @@ async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_l
     // The lock is free again: another backfill takes it and finishes from the checkpoint.
     resume_and_finish(&env);
     assert_eq!(target_counts(&env).await, (EVENTS, EVENTS), "no gap, no duplicate");
+    env.cleanup().await;
+}
+
+/// The issue as operators met it: PostgreSQL goes away under a running backfill and comes
+/// back (every connection of the backfill cut at once, as a restart does), a second backfill
+/// takes the free lock, and the first must not carry on beside it advancing the same
+/// checkpoint: it stops at its next page, exit 2, and the second finishes alone.
+#[tokio::test]
+async fn a_backfill_whose_server_connections_are_cut_stops_while_a_second_one_takes_the_lock() {
+    let env = TestEnv::new().await;
+    seed(&env, EVENTS as u64, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let proxy = Outage::start(pg_addr(env.settings.database.url.expose())).await;
+    let through_proxy = proxy.url_through(env.settings.database.url.expose());
+    let mut first = Running::start_with(&env, &["backfill", "--page-size", "100", "--max-rate", "400", "--json"], &[("DATABASE_URL", &through_proxy)]);
+    eventually("the backfill to commit its first pages", Duration::from_secs(60), || async { (committed_pages(&env).await >= 3).then_some(()) }).await;
+    proxy.take_down();
+    // The server lets go of the lock once it sees the lock connection closed.
+    eventually("the migration lock to be free", Duration::from_secs(30), || async { (migration_lock_holder(&env).await.is_none()).then_some(()) }).await;
+    // Back, as after a restart: the first one's pool can connect again.
+    proxy.bring_back().await;
+    let mut second = Running::start(&env, &["backfill", "--json"]);
+
+    let out = first.exited().await;
+    out.expect_code(2);
+    assert!(out.stderr.contains("the connection holding the migration lock was lost") && out.stderr.contains("next: tsmigrate backfill"), "{}", out.stderr);
+    let report = second.exited().await;
+    report.expect_success();
+    let report = report.details();
+    assert_eq!((field(&report, "read").as_i64(), field(&report, "inserted").as_i64()), (Some(EVENTS), Some(EVENTS)), "{report}");
+    assert_eq!(target_counts(&env).await, (EVENTS, EVENTS), "no gap, no duplicate");
+    env.cleanup().await;
+}
+
+/// `events` seeded and backfilled.
+async fn backfilled(events: u64) -> TestEnv {
+    let env = TestEnv::new().await;
+    seed(&env, events, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    env.cli(&["backfill"]).expect_success();
+    env
+}
+
+/// Relative times as separate arguments (`--from -6h`) reach every command that takes a
+/// time, not only backfill: the window they name is the one used.
+#[tokio::test]
+async fn validate_and_user_sets_build_take_relative_times_as_separate_arguments() {
+    let env = backfilled(400).await;
+    let now = chrono::Utc::now();
+    let report = env.cli(&["validate", "--from", "-6h", "--to", "-3h", "--json"]).expect_success().details();
+    let from: chrono::DateTime<chrono::Utc> = field(&report, "window.from").as_str().unwrap().parse().unwrap();
+    let to: chrono::DateTime<chrono::Utc> = field(&report, "window.to").as_str().unwrap().parse().unwrap();
+    // Rounded down to whole hours.
+    assert!(from > now - chrono::Duration::hours(7) && from <= now - chrono::Duration::hours(6), "{from}");
+    assert!(to > now - chrono::Duration::hours(4) && to <= now - chrono::Duration::hours(3), "{to}");
+
+    let built = env.cli(&["user-sets", "build", "--from", "-2d", "--to", "now", "--json"]).expect_success().details();
+    assert!(field(&built, "marked_minutes").as_u64().unwrap() > 0, "the range was marked for rebuild: {built}");
+    env.cleanup().await;
+}
+
+/// Repair stops between its batches too: interrupted while its first batch waits to
+/// commit, that batch commits with its checkpoint, the next never starts, and the re-run
+/// resumes after it.
+#[tokio::test]
+async fn an_interrupted_repair_stops_after_the_batch_in_hand_and_a_rerun_resumes() {
+    let env = backfilled(EVENTS as u64).await;
+    sqlx::query("DELETE FROM analytics_events_ts").execute(&env.pool).await.unwrap();
+    env.cli(&["validate", "--no-refresh"]).expect_code(1);
+    let missing: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.validation_findings WHERE kind = 'missing'").fetch_one(&env.pool).await.unwrap();
+    assert!(missing > 1000, "more than one batch of 1000 to repair: {missing}");
+
+    let hold = hold_checkpoints(&env).await;
+    let mut repair = Running::start(&env, &["repair", "--json"]);
+    env.wait_until_tsmigrate_waits_for_a_lock("the repair's first checkpoint").await;
+    repair.interrupt();
+    // Noted before the batch in hand may commit.
+    repair.noted_the_interrupt().await;
+    hold.rollback().await.unwrap();
+    let out = repair.exited().await;
+    out.expect_code(130);
+    assert_eq!(field(&out.json(), "details.stopped_at"), format!("after 1000 of {missing} differences").as_str());
+    let done: i64 =
+        sqlx::query_scalar("SELECT (position->>'done')::bigint FROM tsmigrate.checkpoints WHERE name LIKE 'repair:%'").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(done, 1000, "the batch in hand committed, the next never started");
+    assert_eq!(target_counts(&env).await, (1000, 1000));
+    let (outcome,): (String,) =
+        sqlx::query_as("SELECT outcome FROM tsmigrate.audit_log WHERE command = 'repair' ORDER BY id DESC LIMIT 1").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(outcome, "interrupted");
+
+    let report = env.cli(&["repair", "--json"]).expect_success().details();
+    assert_eq!(field(&report, "resumed_after").as_i64(), Some(1000), "{report}");
+    assert_eq!(field(&report, "counts.copied").as_i64(), Some(missing), "every missing event copied once over both runs: {report}");
+    assert_eq!(target_counts(&env).await, (missing, missing), "no gap, no duplicate");
+    env.cleanup().await;
+}
+
+/// A second interrupt ends the command at once, even with a page waiting to commit: that
+/// page rolls back, the envelope says so, and nothing half-done remains.
+#[tokio::test]
+async fn a_second_interrupt_ends_at_once_and_the_page_in_flight_rolls_back() {
+    let env = TestEnv::new().await;
+    seed(&env, 400, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let hold = hold_checkpoints(&env).await;
+    let mut backfill = Running::start(&env, &["backfill", "--page-size", "100", "--json"]);
+    env.wait_until_tsmigrate_waits_for_a_lock("the backfill's first checkpoint").await;
+    backfill.interrupt();
+    backfill.noted_the_interrupt().await;
+    backfill.interrupt();
+    let out = backfill.exited().await;
+    out.expect_code(130);
+    assert!(field(&out.json(), "error.message").as_str().unwrap().contains("interrupted twice (SIGINT) and ended at once"), "{}", out.stdout);
+    hold.rollback().await.unwrap();
+    eventually("the ended backfill's backends to go", Duration::from_secs(60), || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tsmigrate'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    assert_eq!(target_counts(&env).await, (0, 0), "the page in flight rolled back with its checkpoint");
+    assert_eq!(committed_pages(&env).await, 0);
+    env.cleanup().await;
+}
+
+/// A validation, which only reads until it records its run, is abandoned where it waits:
+/// nothing recorded, nothing moved, exit 130, audited. SIGTERM (a supervisor stopping it)
+/// is an interrupt like Ctrl-C.
+#[tokio::test]
+async fn a_validation_stopped_with_sigterm_records_nothing_and_exits_130() {
+    let env = backfilled(400).await;
+    // Held at the very end, where it records its run.
+    let mut hold = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tsmigrate.validation_runs IN EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
+    let mut validate = Running::start(&env, &["validate", "--json"]);
+    env.wait_until_tsmigrate_waits_for_a_lock("the validation's record of its run").await;
+    validate.signal("-TERM");
+    let out = validate.exited().await;
+    hold.rollback().await.unwrap();
+    out.expect_code(130);
+    let envelope = out.json();
+    assert_eq!((field(&envelope, "details.stopped"), field(&envelope, "details.signal")), (&Value::from("interrupted"), &Value::from("SIGTERM")), "{envelope}");
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.validation_runs").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(runs, 0, "the interrupted run was not recorded");
+    let (outcome, phase): (String, String) =
+        sqlx::query_as("SELECT outcome, to_phase FROM tsmigrate.audit_log WHERE command = 'validate' ORDER BY id DESC LIMIT 1")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!((outcome.as_str(), phase.as_str()), ("interrupted", "backfilled"), "audited, the phase not moved");
     env.cleanup().await;
 }
