@@ -182,7 +182,11 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     if !matches!(command, Command::Status(_) | Command::History(_) | Command::UserSets(_)) {
         match crate::identity::verify(&ctx).await {
             Ok(outcome) => tracing::debug!(?outcome, "migration identity"),
-            Err(mismatch) => return Err(Failure { phase: phase_if_readable(&ctx).await, error: mismatch.into() }),
+            Err(mismatch) => {
+                let phase = phase_if_readable(&ctx).await;
+                audit_mismatch(&ctx, command.name(), phase, &mismatch).await;
+                return Err(Failure { phase, error: mismatch.into() });
+            }
         }
     }
     let result = match command {
@@ -207,6 +211,22 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     match result {
         Ok(reply) => Ok(reply),
         Err(error) => Err(Failure { phase: phase_if_readable(&ctx).await, error }),
+    }
+}
+
+/// A refusal is audited like every other: the target's audit log then shows who ran which
+/// command with another migration's Redis. Best effort: the refusal stands either way.
+async fn audit_mismatch(ctx: &Context, command: &str, phase: Option<Phase>, mismatch: &crate::identity::Mismatch) {
+    let Some(phase) = phase else { return };
+    let (reason, next) = output::split_hint(&mismatch.to_string());
+    let refusal = phase::Refusal { command: command.into(), reason, next: next.unwrap_or_default() };
+    let details = serde_json::json!({ "target_migration_id": mismatch.target, "redis_migration_id": mismatch.redis, "redis_key": mismatch.key });
+    let recorded = async {
+        let mut conn = ctx.target.acquire().await?;
+        crate::phase::state::record_refusal(&mut conn, &crate::state::actor(), command, phase, &refusal, details).await
+    };
+    if let Err(e) = recorded.await {
+        tracing::debug!(error = %format!("{e:#}"), "could not audit the refusal");
     }
 }
 
