@@ -706,6 +706,14 @@ impl Status {
         if let Some(t) = self.completion_point {
             o.push_str(&format!("completion point: {t}\n"));
         }
+        use crate::identity::Outcome;
+        match &self.identity {
+            Some(Outcome::Matched { id } | Outcome::Published { id } | Outcome::Restored { id }) => {
+                o.push_str(&format!("migration id: {id} (the target and Redis agree)\n"))
+            }
+            Some(Outcome::Unchecked { reason }) => o.push_str(&format!("migration id: not compared ({reason})\n")),
+            Some(Outcome::NotPrepared) | None => {}
+        }
         if !self.objects.is_empty() {
             o.push_str("objects:\n");
             for obj in &self.objects {

@@ -32,6 +32,9 @@ async fn prepare_gives_the_migration_one_id_in_both_systems_and_abort_removes_it
     let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "identity.state"), "matched");
     assert_eq!(field(&status, "identity.id"), id.to_string().as_str());
+    let verbose = env.cli(&["status", "-v"]);
+    verbose.expect_success();
+    assert!(verbose.stdout.contains(&format!("migration id: {id} (the target and Redis agree)")), "{}", verbose.stdout);
 
     env.cli(&["abort", "--yes"]).expect_success();
     assert_eq!(redis_id(&env).await, None, "abort removes the identity with the migration");
