@@ -101,6 +101,7 @@ impl SecretUrl {
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.iter().fold(message.to_string(), |m, secret| m.replace(secret.as_str(), "***"))
     }
+
     /// The database name of a PostgreSQL URL, if any.
     pub fn database_name(&self) -> Option<String> {
         let url = url::Url::parse(&self.0).ok()?;
