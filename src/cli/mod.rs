@@ -179,9 +179,13 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     // Once per command, before it does anything: a target and a Redis of different
     // migrations are never used together. Status reports a mismatch as its verdict instead,
     // and the commands that use only the target skip it.
+    let mut identity_warning = None;
     if !matches!(command, Command::Status(_) | Command::History(_) | Command::UserSets(_)) {
         match crate::identity::verify(&ctx).await {
-            Ok(outcome) => tracing::debug!(?outcome, "migration identity"),
+            Ok(outcome) => {
+                tracing::debug!(?outcome, "migration identity");
+                identity_warning = outcome.warning(&ctx.keys);
+            }
             Err(mismatch) => {
                 let phase = phase_if_readable(&ctx).await;
                 audit_mismatch(&ctx, command.name(), phase, &mismatch).await;
@@ -209,7 +213,13 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         Command::Seed(_) | Command::Legacy(_) | Command::Relay(_) | Command::Run(_) => unreachable!("dispatched above"),
     };
     match result {
-        Ok(reply) => Ok(reply),
+        // A phase command's JSON carries it with its own warnings (the log has it as text).
+        Ok(mut reply) => {
+            if let (Some(warning), Some(warnings)) = (identity_warning, reply.details.pointer_mut("/run/warnings").and_then(|w| w.as_array_mut())) {
+                warnings.push(warning.into());
+            }
+            Ok(reply)
+        }
         Err(error) => Err(Failure { phase: phase_if_readable(&ctx).await, error }),
     }
 }

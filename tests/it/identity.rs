@@ -152,6 +152,10 @@ async fn a_redis_that_lost_the_id_gets_it_back_with_a_warning() {
     out.expect_success();
     assert!(out.stderr.contains("lost this migration's identity") && out.stderr.contains(&id.to_string()), "{}", out.stderr);
     assert_eq!(redis_id(&env).await, Some(id.to_string()));
+    let _: () = redis.del(&env.keys().migration_id).await.unwrap();
+    let report = env.cli(&["dual-write", "start", "--json"]).expect_success().details();
+    let warnings = field(&report, "run.warnings").as_array().unwrap();
+    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("lost this migration's identity")), "{report}");
     env.cleanup().await;
 }
 
