@@ -43,9 +43,21 @@ impl SecretUrl {
     /// The URL with any password replaced by `***`.
     pub fn redacted(&self) -> String {
         match url::Url::parse(&self.0) {
+            // `postgres:/user:pw@host/db` parses, as a path: everything after the scheme may be a secret.
+            Ok(url) if !self.has_authority() => format!("{}:<hidden: not a {}://host URL>", url.scheme(), url.scheme()),
             Ok(mut url) => {
                 if url.password().is_some() {
                     let _ = url.set_password(Some("***"));
+                }
+                if url.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+                    let pairs: Vec<(String, String)> = url
+                        .query_pairs()
+                        .map(|(k, v)| {
+                            let v = if is_secret_param(&k) { "***".to_string() } else { v.into_owned() };
+                            (k.into_owned(), v)
+                        })
+                        .collect();
+                    url.query_pairs_mut().clear().extend_pairs(pairs);
                 }
                 url.to_string()
             }
@@ -53,6 +65,43 @@ impl SecretUrl {
             Err(_) => "<unparseable url>".to_string(),
         }
     }
+
+    /// Whether the URL is `scheme://…` (an authority, possibly empty for a socket path).
+    pub fn has_authority(&self) -> bool {
+        self.0.split_once(':').is_some_and(|(_, rest)| rest.starts_with("//"))
+    }
+
+    /// `message` with every secret of this URL hidden: its password (as written and
+    /// decoded), secret query parameters, and all of it when it is not a `scheme://` URL.
+    /// For driver messages, which sometimes echo what they were given.
+    pub fn scrub(&self, message: &str) -> String {
+        let mut secrets: Vec<String> = Vec::new();
+        match url::Url::parse(&self.0) {
+            Ok(url) if self.has_authority() => {
+                if let Some(password) = url.password().filter(|p| !p.is_empty()) {
+                    secrets.push(password.to_string());
+                    if let Ok(decoded) = percent_decode(password) {
+                        secrets.push(decoded);
+                    }
+                }
+                secrets.extend(url.query_pairs().filter(|(k, _)| is_secret_param(k)).map(|(_, v)| v.into_owned()));
+                // As written too (percent-encoded), which is how a driver may echo it.
+                let raw = url.query().unwrap_or_default().split('&').filter_map(|pair| pair.split_once('='));
+                secrets.extend(raw.filter(|(k, _)| is_secret_param(k)).map(|(_, v)| v.to_string()));
+            }
+            _ => {
+                secrets.push(self.0.clone());
+                if let Some((_, rest)) = self.0.split_once(':') {
+                    secrets.push(rest.to_string());
+                }
+            }
+        }
+        secrets.retain(|s| !s.is_empty());
+        // Longest first, so a secret that contains another is hidden whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.iter().fold(message.to_string(), |m, secret| m.replace(secret.as_str(), "***"))
+    }
+
     /// The database name of a PostgreSQL URL, if any.
     pub fn database_name(&self) -> Option<String> {
         let url = url::Url::parse(&self.0).ok()?;
@@ -69,6 +118,30 @@ impl SecretUrl {
             Err(_) => self.clone(),
         }
     }
+}
+
+/// Query parameters that carry a password (libpq's `password`, redis's `password`/`pass`).
+fn is_secret_param(name: &str) -> bool {
+    matches!(name.to_ascii_lowercase().as_str(), "password" | "pass" | "passwd" | "sslpassword")
+}
+
+fn percent_decode(s: &str) -> Result<String, std::str::Utf8Error> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&out).map(str::to_string)
 }
 
 impl fmt::Debug for SecretUrl {
@@ -382,6 +455,10 @@ pub struct HttpSettings {
     pub bind: String,
     /// Bearer token required by ingest and admin endpoints when set. Env: `TSMIGRATE_API_TOKEN`.
     pub api_token: Option<SecretToken>,
+    /// `TSMIGRATE_API_TOKEN` was set to nothing, for `validate` to refuse (an empty token
+    /// must not quietly mean "no authentication").
+    #[serde(skip)]
+    pub api_token_env_empty: bool,
     /// Read-API cache TTL in seconds.
     #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub cache_ttl_secs: u64,
@@ -397,7 +474,7 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { bind: "127.0.0.1:8080".into(), api_token: None, cache_ttl_secs: 60, read_timeout_secs: 10, request_timeout_secs: 30 }
+        Self { bind: "127.0.0.1:8080".into(), api_token: None, api_token_env_empty: false, cache_ttl_secs: 60, read_timeout_secs: 10, request_timeout_secs: 30 }
     }
 }
 
@@ -478,8 +555,10 @@ impl Settings {
         Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
     }
 
+    /// Parse errors are scrubbed of secrets: the parser quotes the offending line, which may
+    /// be a URL with a password or the API token.
     pub fn from_toml(text: &str) -> Result<Settings, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e| scrub_toml_error(&e.to_string()))
     }
 
     /// Environment overrides; `lookup` is injected so tests need not touch the process environment.
@@ -502,8 +581,12 @@ impl Settings {
         if let Some(v) = lookup("TSMIGRATE_REDIS_TLS_INSECURE") {
             self.redis.tls_insecure = matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on");
         }
-        if let Some(v) = lookup("TSMIGRATE_API_TOKEN").filter(|v| !v.is_empty()) {
-            self.http.api_token = Some(SecretToken::new(v));
+        if let Some(v) = lookup("TSMIGRATE_API_TOKEN") {
+            if v.trim().is_empty() {
+                self.http.api_token_env_empty = true;
+            } else {
+                self.http.api_token = Some(SecretToken::new(v));
+            }
         }
         if let Some(v) = lookup("TSMIGRATE_BIND") {
             self.http.bind = v;
@@ -529,6 +612,28 @@ impl Settings {
             check_pg_tls(what, url, &mut problems);
         }
         check_url("redis.url (REDIS_URL)", &self.redis.url, &["redis", "rediss", "redis+unix", "unix"], &mut problems);
+        if self.database.max_connections == 0 {
+            problems.push("database.max_connections must be at least 1 (each command needs a connection)".into());
+        }
+        if self.http.api_token_env_empty {
+            problems.push(
+                "TSMIGRATE_API_TOKEN is set but empty: set it to the token clients send, or unset it (and http.api_token) to run without authentication".into(),
+            );
+        }
+        if self.http.api_token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+            problems.push("http.api_token is empty: set the token clients send, or remove the setting to run without authentication".into());
+        }
+        for job in crate::schedule::JobName::ALL {
+            let (what, when) = match self.jobs.schedules.get(job.as_str()) {
+                Some(when) => (format!("jobs.schedules.{}", job.as_str()), when.as_str()),
+                None => (format!("the default schedule of job {}", job.as_str()), job.schedule()),
+            };
+            if let Err(e) = crate::schedule::parse_cron(when) {
+                problems.push(format!(
+                    "{what} {when:?} is not a cron expression with seconds ({e}); for example \"0 5 * * * *\" (second minute hour day month weekday)"
+                ));
+            }
+        }
         check_redis_tls(&self.redis, &mut problems);
         if self.target.bucket_timezone.parse::<Tz>().is_err() {
             problems
@@ -585,6 +690,9 @@ impl Settings {
         for (what, value) in [
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
+            ("database.connect_timeout_secs", self.database.connect_timeout_secs),
+            ("ingest.max_event_bytes", self.ingest.max_event_bytes as u64),
+            ("ingest.max_body_bytes", self.ingest.max_body_bytes as u64),
             ("http.read_timeout_secs", self.http.read_timeout_secs),
             ("http.request_timeout_secs", self.http.request_timeout_secs),
             ("migration.dual_write_check_secs", self.migration.dual_write_check_secs),
@@ -619,11 +727,77 @@ pub const MAX_RELAY_BLOCK_MS: u64 = 60_000;
 pub const MAX_RELAY_LINGER_MS: u64 = 10_000;
 
 fn check_url(what: &str, url: &SecretUrl, schemes: &[&str], problems: &mut Vec<String>) {
-    match url::Url::parse(url.expose()) {
-        Ok(parsed) if schemes.contains(&parsed.scheme()) => {}
-        Ok(parsed) => problems.push(format!("{what} has scheme {:?}; expected one of {}", parsed.scheme(), schemes.join(", "))),
-        Err(e) => problems.push(format!("{what} is not a valid URL ({e}): {}", url.redacted())),
+    let parsed = match url::Url::parse(url.expose()) {
+        Ok(parsed) if schemes.contains(&parsed.scheme()) => parsed,
+        Ok(parsed) => return problems.push(format!("{what} has scheme {:?}; expected one of {}", parsed.scheme(), schemes.join(", "))),
+        Err(e) => return problems.push(format!("{what} is not a valid URL ({e}): {}", url.redacted())),
+    };
+    let scheme = parsed.scheme();
+    let socket = matches!(scheme, "unix" | "redis+unix");
+    let example = match scheme {
+        "postgres" | "postgresql" => format!("{scheme}://user:password@host:5432/database"),
+        "unix" | "redis+unix" => format!("{scheme}:///path/to/redis.sock"),
+        _ => format!("{scheme}://:password@host:6379"),
+    };
+    // A socket directory may stand in for the host (`postgres:///db?host=/run/postgresql`).
+    let host_param = parsed.query_pairs().any(|(k, v)| k == "host" && !v.is_empty());
+    let has_host = parsed.host_str().is_some_and(|h| !h.is_empty()) || host_param;
+    if !url.has_authority() || (!socket && !has_host) {
+        // Without a host, drivers fall back to a local default server and read the rest as a
+        // database name: the typo would connect somewhere else.
+        problems.push(format!("{what} has no host (shown as {}): write it as {example}", url.redacted()));
+    } else if socket && parsed.path().trim_matches('/').is_empty() {
+        problems.push(format!("{what} names no socket path: write it as {example}"));
     }
+}
+
+/// A TOML error quotes the line it is about; the value of a setting that may be secret (a
+/// URL, a token, a password) is hidden there, and so is the password of any URL.
+fn scrub_toml_error(message: &str) -> String {
+    message
+        .lines()
+        .map(|line| {
+            // The quoted source lines look like `12 | url = "postgres://…"`.
+            let quoted = line.split_once('|').filter(|(number, _)| !number.trim().is_empty() && number.trim().chars().all(|c| c.is_ascii_digit()));
+            let line = match quoted {
+                Some((number, source)) => match source.split_once('=') {
+                    Some((key, _)) if is_secret_key(key) => format!("{number}|{key}= <hidden: the value may be a secret>"),
+                    _ => line.to_string(),
+                },
+                None => line.to_string(),
+            };
+            hide_url_passwords(&line)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let key = key.trim().trim_matches('"').trim_matches('\'').to_ascii_lowercase();
+    key.ends_with("url") || ["token", "password", "secret"].iter().any(|s| key.contains(s))
+}
+
+/// `scheme://user:password@` → `scheme://user:***@` anywhere in `text`.
+fn hide_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = after.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '/').unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@').and_then(|a| authority[..a].find(':').map(|c| (c, a))) {
+            Some((colon, at)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The PostgreSQL TLS options of `url`: a known `sslmode` and an `sslrootcert` that exists.
@@ -741,10 +915,12 @@ mod tests {
         assert_eq!(s.http.api_token.as_ref().map(SecretToken::expose), Some("env-token"));
         assert_eq!(s.http.bind, "127.0.0.1:2222");
 
-        // An empty token variable does not switch authentication off.
+        // An empty token variable does not switch authentication off: it is refused.
         let mut s = Settings::from_toml(file).unwrap();
         s.apply_env(|name| (name == "TSMIGRATE_API_TOKEN").then(String::new));
         assert_eq!(s.http.api_token.as_ref().map(SecretToken::expose), Some("file-token"));
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("TSMIGRATE_API_TOKEN is set but empty") && err.contains("unset it"), "{err}");
     }
 
     #[test]
@@ -799,6 +975,64 @@ mod tests {
         assert!(!s.redis.tls_insecure);
         s.apply_env(|name| (name == "TSMIGRATE_REDIS_TLS_INSECURE").then(|| "1".into()));
         assert!(s.redis.tls_insecure);
+    }
+
+    #[test]
+    fn a_url_without_a_host_is_refused_and_its_password_never_shown() {
+        for (variable, typo) in [
+            ("DATABASE_URL", "postgres:/root:PW-1@db.example/analytics"),
+            ("LEGACY_DATABASE_URL", "postgresql:root:PW-1@db.example/legacy"),
+            ("REDIS_URL", "redis:/:PW-1@cache.example:6379"),
+        ] {
+            let mut s = Settings::default();
+            s.apply_env(|name| (name == variable).then(|| typo.to_string()));
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("({variable}) has no host")) && err.contains("://"), "{err}");
+            assert!(!err.contains("PW-1") && !err.contains("root"), "{err}");
+            let url = SecretUrl::new(typo);
+            assert!(!url.redacted().contains("PW-1"), "{}", url.redacted());
+            assert_eq!(url.scrub(&format!("database \"{typo}\" does not exist")), "database \"***\" does not exist");
+        }
+        // A socket directory in place of the host is a host.
+        let mut s = Settings::default();
+        s.database.url = SecretUrl::new("postgres:///analytics?host=/var/run/postgresql");
+        s.validate().unwrap();
+        // A password given as a parameter is hidden like one in the authority.
+        let url = SecretUrl::new("postgres://app@db.example/x?password=p%40ss&sslmode=require");
+        assert!(!url.redacted().contains("p%40ss") && url.redacted().contains("sslmode=require"), "{}", url.redacted());
+        assert_eq!(url.scrub("rejected p@ss and p%40ss"), "rejected *** and ***");
+        let url = SecretUrl::new("postgres://app:p%40ss@db.example/x");
+        assert_eq!(url.scrub("password p@ss"), "password ***");
+    }
+
+    #[test]
+    fn a_config_file_error_does_not_quote_secrets() {
+        let text = "[database]\nurl = \"postgres://user:PW-2@db.example/x\nmax_connections = 2\n";
+        let err = Settings::from_toml(text).unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("PW-2"), "{err}");
+        let text = "[http]\napi_token = 12x\n";
+        let err = Settings::from_toml(text).unwrap_err();
+        assert!(!err.contains("12x"), "{err}");
+        // Lines without secrets are still quoted.
+        let err = Settings::from_toml("[redis]\nevent_cap = \"many\"\n").unwrap_err();
+        assert!(err.contains("event_cap"), "{err}");
+        assert_eq!(hide_url_passwords("at redis://:pw@h:1 and postgres://u:p@h/db"), "at redis://:***@h:1 and postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn zero_connections_an_invalid_cron_and_an_empty_token_are_refused_up_front() {
+        Settings::default().validate().expect("every default, every default schedule included, is valid");
+        let mut s = Settings::from_toml("[database]\nmax_connections = 0\n[jobs.schedules]\nvalidation = \"every hour\"\n[http]\napi_token = \"\"\n").unwrap();
+        s.ingest.max_body_bytes = 0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("database.max_connections must be at least 1"), "{err}");
+        assert!(err.contains("jobs.schedules.validation \"every hour\" is not a cron expression"), "{err}");
+        assert!(err.contains("http.api_token is empty"), "{err}");
+        assert!(err.contains("ingest.max_body_bytes must be at least 1"), "{err}");
+        // Five fields (no seconds) is the classic mistake.
+        let s = Settings::from_toml("[jobs.schedules]\nlegacy_flush = \"5 * * * *\"\n").unwrap();
+        assert!(s.validate().unwrap_err().to_string().contains("jobs.schedules.legacy_flush"));
     }
 
     #[test]

@@ -20,12 +20,13 @@ use crate::config::{DatabaseSettings, RedisSettings, SecretUrl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot connect to PostgreSQL at {url}: {reason}\n  next: check that the server is running and the URL is right (scripts/services.sh starts a local one)")]
-    Postgres { url: String, reason: String },
-    #[error("database {name:?} does not exist on {url}\n  next: create it, for example: createdb -h <host> -U <user> {name}")]
-    NoDatabase { url: String, name: String },
-    #[error("cannot connect to Redis at {url}: {reason}\n  next: check that Redis is running and REDIS_URL is right (scripts/services.sh starts a local one)")]
-    Redis { url: String, reason: String },
+    /// `next` is the advice for the cause ([`Cause`]).
+    #[error("cannot connect to PostgreSQL at {url}: {reason}\n  next: {next}")]
+    Postgres { url: String, reason: String, next: String },
+    #[error("database {name:?} does not exist on {url}\n  next: create it ({command}), or correct the database name in the URL")]
+    NoDatabase { url: String, name: String, command: String },
+    #[error("cannot connect to Redis at {url}: {reason}\n  next: {next}")]
+    Redis { url: String, reason: String, next: String },
     #[error("TLS to PostgreSQL at {url} failed: {reason}\n  next: {next}")]
     PostgresTls { url: String, reason: String, next: String },
     #[error("TLS to Redis at {url} failed: {reason}\n  next: {next}")]
@@ -71,8 +72,11 @@ impl PgLimits {
 }
 
 fn pg_options(url: &SecretUrl) -> Result<PgConnectOptions, ConnectError> {
-    let options: PgConnectOptions =
-        url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres { url: url.redacted(), reason: scrub(&e.to_string(), url) })?;
+    let options: PgConnectOptions = url.expose().parse().map_err(|e: sqlx::Error| ConnectError::Postgres {
+        url: url.redacted(),
+        reason: scrub(&e.to_string(), url),
+        next: "correct the URL: postgres://user:password@host:5432/database".into(),
+    })?;
     // Statements that scan a window of events (validation hashing, aggregate refreshes,
     // backfill pages) take seconds by design; sqlx's default warns after one second.
     Ok(options.application_name("tsmigrate").log_slow_statements(log::LevelFilter::Warn, SLOW_STATEMENT))
@@ -92,7 +96,11 @@ pub async fn pg_connection(url: &SecretUrl, timeout: Duration) -> Result<PgConne
     let options = pg_options(url)?;
     match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
         Ok(connected) => connected.map_err(|e| pg_error(url, e)),
-        Err(_) => Err(ConnectError::Postgres { url: url.redacted(), reason: format!("no answer within {}s", timeout.as_secs()) }),
+        Err(_) => Err(ConnectError::Postgres {
+            url: url.redacted(),
+            reason: format!("no answer within {}s", timeout.as_secs()),
+            next: pg_advice(Cause::Timeout, url),
+        }),
     }
 }
 
@@ -100,12 +108,153 @@ fn pg_error(url: &SecretUrl, e: sqlx::Error) -> ConnectError {
     if let Some(next) = pg_tls_advice(url, &e) {
         return ConnectError::PostgresTls { url: url.redacted(), reason: scrub(&e.to_string(), url), next };
     }
+    match pg_cause(&e) {
+        Cause::NoDatabase => {
+            let name = url.database_name().unwrap_or_default();
+            let parts = UrlParts::of(url);
+            let command = format!("createdb -h {} -p {} -U {} {name}", parts.host, parts.port.unwrap_or(5432), parts.user.as_deref().unwrap_or("postgres"));
+            ConnectError::NoDatabase { url: url.redacted(), name, command }
+        }
+        cause => ConnectError::Postgres { url: url.redacted(), reason: scrub(&e.to_string(), url), next: pg_advice(cause, url) },
+    }
+}
+
+/// Why a connection failed, in the terms an operator acts on (TLS failures: [`TlsFailure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Nothing listens there (connection refused).
+    Refused,
+    /// No answer in time: a wrong address, a firewall that drops, a hung server.
+    Timeout,
+    /// The host name does not resolve.
+    UnknownHost,
+    /// The server refused the credentials.
+    Authentication,
+    /// PostgreSQL: the role does not exist.
+    NoRole,
+    /// PostgreSQL: pg_hba.conf has no entry for this user, host and database.
+    NotAllowed,
+    /// PostgreSQL: the database does not exist.
+    NoDatabase,
+    Other,
+}
+
+/// The cause of a PostgreSQL connection error. Pure.
+pub fn pg_cause(e: &sqlx::Error) -> Cause {
     if let Some(db) = e.as_database_error() {
-        if db.code().as_deref() == Some("3D000") {
-            return ConnectError::NoDatabase { url: url.redacted(), name: url.database_name().unwrap_or_default() };
+        match db.code().as_deref() {
+            Some("28P01") => return Cause::Authentication,
+            // "role \"x\" does not exist" and "no pg_hba.conf entry ..." share the code.
+            Some("28000") if db.message().contains("does not exist") => return Cause::NoRole,
+            Some("28000") => return Cause::NotAllowed,
+            Some("3D000") => return Cause::NoDatabase,
+            _ => {}
         }
     }
-    ConnectError::Postgres { url: url.redacted(), reason: scrub(&e.to_string(), url) }
+    if matches!(e, sqlx::Error::PoolTimedOut) {
+        return Cause::Timeout;
+    }
+    io_cause(e)
+}
+
+/// The cause of a Redis connection error. Pure.
+pub fn redis_cause(e: &redis::RedisError) -> Cause {
+    let text = e.to_string();
+    // WRONGPASS: wrong user or password; NOAUTH: the server wants one and none was given.
+    let refused_credentials = ["WRONGPASS", "NOAUTH", "invalid password", "without any password configured"];
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || refused_credentials.iter().any(|words| text.contains(words)) {
+        return Cause::Authentication;
+    }
+    if e.is_timeout() {
+        return Cause::Timeout;
+    }
+    io_cause(e)
+}
+
+/// Refused, timed out or an unknown host, from the I/O error somewhere in `e`'s chain.
+fn io_cause(e: &(dyn std::error::Error + 'static)) -> Cause {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return Cause::Refused,
+                std::io::ErrorKind::TimedOut => return Cause::Timeout,
+                _ => {}
+            }
+        }
+        // getaddrinfo's words (glibc, musl, macOS); the I/O error kind says nothing specific.
+        let text = err.to_string();
+        if ["failed to lookup address", "Name or service not known", "nodename nor servname", "Temporary failure in name resolution", "No address associated"]
+            .iter()
+            .any(|words| text.contains(words))
+        {
+            return Cause::UnknownHost;
+        }
+        next = err.source();
+    }
+    Cause::Other
+}
+
+/// Host, port and user of a URL, for advice (never the password).
+struct UrlParts {
+    host: String,
+    port: Option<u16>,
+    user: Option<String>,
+}
+
+impl UrlParts {
+    fn of(url: &SecretUrl) -> UrlParts {
+        let parsed = url::Url::parse(url.expose()).ok();
+        let host = parsed.as_ref().and_then(|u| u.host_str().map(str::to_string)).filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into());
+        let user = parsed.as_ref().map(|u| u.username().to_string()).filter(|u| !u.is_empty());
+        UrlParts { host, port: parsed.as_ref().and_then(|u| u.port()), user }
+    }
+
+    fn address(&self, default_port: u16) -> String {
+        format!("{}:{}", self.host, self.port.unwrap_or(default_port))
+    }
+}
+
+/// What to do about a PostgreSQL connection that failed for `cause`.
+fn pg_advice(cause: Cause, url: &SecretUrl) -> String {
+    let parts = UrlParts::of(url);
+    let address = parts.address(5432);
+    let user = parts.user.clone().unwrap_or_else(|| "the connecting user".into());
+    match cause {
+        Cause::Refused => format!("nothing accepts connections at {address}: start PostgreSQL there (scripts/services.sh starts a local one), or correct the host and port in the URL"),
+        Cause::Timeout => format!("no answer from {address}: check the host and port in the URL, and that no firewall or security group drops the connection"),
+        Cause::UnknownHost => format!("the host name {:?} does not resolve: correct the host in the URL", parts.host),
+        Cause::Authentication => format!(
+            "the server refused user {user:?} with this password: check the user and password in the URL (percent-encode @ : / in a password)"
+        ),
+        Cause::NoRole => format!(
+            "there is no role {user:?} on {address}: put an existing user in the URL, or create the role: createuser -h {} -U postgres --pwprompt {user}",
+            parts.host
+        ),
+        Cause::NotAllowed => format!(
+            "the server's pg_hba.conf does not let {user:?} connect from here to this database: use a user it allows, add an entry on the server, or add sslmode=require if it accepts only TLS"
+        ),
+        Cause::NoDatabase => format!("create the database on {address} (createdb), or correct its name in the URL"),
+        Cause::Other => "check that the server is running and the URL is right (scripts/services.sh starts a local one)".into(),
+    }
+}
+
+/// What to do about a Redis connection that failed for `cause`.
+fn redis_advice(cause: Cause, url: &SecretUrl) -> String {
+    let address = UrlParts::of(url).address(6379);
+    match cause {
+        Cause::Refused => format!(
+            "nothing accepts connections at {address}: start Redis there (scripts/services.sh starts a local one), or correct the host and port in REDIS_URL"
+        ),
+        Cause::Timeout => {
+            format!("no answer from {address}: check the host and port in REDIS_URL, and that no firewall or security group drops the connection")
+        }
+        Cause::UnknownHost => format!("the host name in REDIS_URL ({address}) does not resolve: correct it"),
+        Cause::Authentication => "Redis refused the credentials: put the right user and password in REDIS_URL (redis://user:password@host:6379, or \
+             redis://:password@host:6379 without ACL users; a server without a password refuses one too: drop it from the URL)"
+            .into(),
+        _ => "check that Redis is running and REDIS_URL is right (scripts/services.sh starts a local one)".into(),
+    }
 }
 
 /// A pool that connects on first use: for workers that must start while the target is down.
@@ -118,7 +267,7 @@ pub fn pg_pool_lazy(url: &SecretUrl, limits: PgLimits) -> Result<PgPool, Connect
 pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, ConnectError> {
     install_crypto_provider();
     let url = &settings.url;
-    let err = |e: redis::RedisError| ConnectError::Redis { url: url.redacted(), reason: scrub(&e.to_string(), url) };
+    let err = |e: redis::RedisError| ConnectError::Redis { url: url.redacted(), reason: scrub(&e.to_string(), url), next: redis_advice(Cause::Other, url) };
     let mut target = url.expose().to_string();
     if settings.tls_insecure {
         if let Ok(mut parsed) = url::Url::parse(&target) {
@@ -193,7 +342,7 @@ pub async fn redis(settings: &RedisSettings, timeouts: RedisTimeouts) -> Result<
     let url = &settings.url;
     let err = |e: redis::RedisError| redis_error(settings, e);
     let client = redis_client(settings)?;
-    let no_answer = || ConnectError::Redis { url: url.redacted(), reason: no_answer(url, timeouts.connect) };
+    let no_answer = || ConnectError::Redis { url: url.redacted(), reason: no_answer(url, timeouts.connect), next: redis_advice(Cause::Timeout, url) };
     // One direct attempt first, for the real cause (the manager would report a timeout).
     match tokio::time::timeout(timeouts.connect, client.get_multiplexed_async_connection()).await {
         Ok(Ok(_)) => {}
@@ -217,8 +366,9 @@ fn redis_error(settings: &RedisSettings, e: redis::RedisError) -> ConnectError {
         None if e.is_connection_dropped() && is_tls_url(url) == Some(false) => ConnectError::Redis {
             url: url.redacted(),
             reason: format!("{reason} (a server that requires TLS drops plaintext clients: if this one does, use a rediss:// URL)"),
+            next: redis_advice(redis_cause(&e), url),
         },
-        None => ConnectError::Redis { url: url.redacted(), reason },
+        None => ConnectError::Redis { url: url.redacted(), reason, next: redis_advice(redis_cause(&e), url) },
     }
 }
 
@@ -310,10 +460,7 @@ fn pg_tls_advice(url: &SecretUrl, e: &sqlx::Error) -> Option<String> {
 
 /// Drivers sometimes echo the URL back; never let a password through.
 fn scrub(message: &str, url: &SecretUrl) -> String {
-    match url::Url::parse(url.expose()).ok().and_then(|u| u.password().map(str::to_string)) {
-        Some(password) if !password.is_empty() => message.replace(&password, "***"),
-        _ => message.to_string(),
-    }
+    url.scrub(message)
 }
 
 #[cfg(test)]
@@ -354,6 +501,45 @@ mod tests {
         let no_tls = sqlx::Error::Tls("server does not support TLS".into());
         assert!(pg_tls_advice(&url, &no_tls).unwrap().contains("enable ssl on the server"));
         assert_eq!(pg_tls_advice(&url, &sqlx::Error::PoolTimedOut), None);
+    }
+
+    #[test]
+    fn connection_failures_are_told_apart_by_cause() {
+        use std::io::{Error, ErrorKind};
+        let pg = |e: Error| pg_cause(&sqlx::Error::Io(e));
+        assert_eq!(pg(Error::from(ErrorKind::ConnectionRefused)), Cause::Refused);
+        assert_eq!(pg(Error::from(ErrorKind::TimedOut)), Cause::Timeout);
+        assert_eq!(pg(Error::other("failed to lookup address information: Name or service not known")), Cause::UnknownHost);
+        assert_eq!(pg(Error::other("something else")), Cause::Other);
+        assert_eq!(pg_cause(&sqlx::Error::PoolTimedOut), Cause::Timeout);
+        let redis = |e: redis::RedisError| redis_cause(&e);
+        assert_eq!(redis(Error::from(ErrorKind::ConnectionRefused).into()), Cause::Refused);
+        assert_eq!(redis((redis::ErrorKind::AuthenticationFailed, "invalid username-password pair").into()), Cause::Authentication);
+        assert_eq!(redis((redis::ErrorKind::ResponseError, "WRONGPASS invalid username-password pair or user is disabled.").into()), Cause::Authentication);
+        assert_eq!(redis((redis::ErrorKind::ResponseError, "NOAUTH Authentication required.").into()), Cause::Authentication);
+        assert_eq!(redis(Error::other("failed to lookup address information: Name or service not known").into()), Cause::UnknownHost);
+    }
+
+    #[test]
+    fn the_advice_fits_the_cause() {
+        let url = SecretUrl::new("postgres://app:pw@db.example:5433/analytics");
+        let advice = |cause| pg_advice(cause, &url);
+        assert!(advice(Cause::Refused).contains("db.example:5433") && advice(Cause::Refused).contains("scripts/services.sh"), "{}", advice(Cause::Refused));
+        assert!(advice(Cause::Timeout).contains("firewall"), "{}", advice(Cause::Timeout));
+        assert!(advice(Cause::UnknownHost).contains("\"db.example\" does not resolve"), "{}", advice(Cause::UnknownHost));
+        assert!(advice(Cause::NoRole).contains("createuser -h db.example -U postgres --pwprompt app"), "{}", advice(Cause::NoRole));
+        assert!(advice(Cause::Authentication).contains("user \"app\"") && advice(Cause::Authentication).contains("password"));
+        assert!(advice(Cause::NotAllowed).contains("pg_hba.conf"));
+        // Starting a server fixes neither a missing role nor a wrong password, nor DNS.
+        for cause in [Cause::NoRole, Cause::Authentication, Cause::NotAllowed, Cause::UnknownHost, Cause::NoDatabase] {
+            assert!(!advice(cause).contains("services.sh"), "{cause:?}: {}", advice(cause));
+        }
+        for cause in [Cause::Refused, Cause::Timeout, Cause::Authentication, Cause::UnknownHost, Cause::Other] {
+            let advice = redis_advice(cause, &SecretUrl::new("redis://:pw@cache.example:6380"));
+            assert!(advice.contains("REDIS_URL") && !advice.contains("tsmigrate prepare") && !advice.contains("pw@"), "{cause:?}: {advice}");
+        }
+        assert!(redis_advice(Cause::Refused, &SecretUrl::new("redis://cache.example:6380")).contains("start Redis there"));
+        assert!(redis_advice(Cause::Authentication, &SecretUrl::new("redis://cache.example")).contains("password"));
     }
 
     /// ARCHITECTURE.md: every Redis client is built by `redis_client`, so TLS settings reach all.

@@ -62,3 +62,9 @@ impl JobName {
         }
     }
 }
+
+/// Parses a cron expression the way the daemon's scheduler does (six fields, seconds first;
+/// day of month and weekday must both match), so settings are checked before anything runs.
+pub fn parse_cron(when: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Required).dom_and_dow(true).build().parse(when)
+}

@@ -146,6 +146,8 @@ pub struct TimescaleInfo {
 pub struct RedisStatus {
     pub reachable: bool,
     pub error: Option<String>,
+    /// What to do about `error` (by its cause: start Redis, fix the credentials...).
+    pub hint: Option<String>,
     pub events: Option<u64>,
     pub oldest_event: Option<DateTime<Utc>>,
     pub newest_event: Option<DateTime<Utc>>,
@@ -210,6 +212,19 @@ pub async fn gather(ctx: &Context, target_down: Option<String>) -> Status {
         status.target.error = Some(first_line(&message));
         status.next_steps = hint.iter().cloned().map(NextStep::note).collect();
         status.target.hint = hint;
+        if ctx.settings.database.legacy_url.is_none() {
+            // The same database, the same failure: said once, about DATABASE_URL.
+            status.legacy = LegacyStatus {
+                reachable: false,
+                error: Some("not read: the legacy tables are in the target database (LEGACY_DATABASE_URL is not set), which is unreachable".into()),
+                ..Default::default()
+            };
+        }
+    }
+    if !status.redis.reachable {
+        // A Redis that is down comes before any phase step: advice for its cause, first.
+        status.next_steps.retain(|step| step.command.is_none());
+        status.next_steps.splice(0..0, status.redis.hint.iter().cloned().map(NextStep::note));
     }
     status.warnings.extend(status.redis.durability.iter().flat_map(|d| d.warnings.clone()));
     if status.target.reachable && status.redis.reachable {
@@ -430,6 +445,7 @@ async fn redis_status(ctx: &Context) -> RedisSide {
         let status = RedisStatus {
             reachable: true,
             error: None,
+            hint: None,
             events: Some(events),
             oldest_event: oldest.first().and_then(|(_, s)| DateTime::from_timestamp_millis(*s as i64)),
             newest_event: newest.first().and_then(|(_, s)| DateTime::from_timestamp_millis(*s as i64)),
@@ -442,7 +458,10 @@ async fn redis_status(ctx: &Context) -> RedisSide {
         Ok(RedisSide { status, lag: Some(lag.oldest_age_seconds.unwrap_or(0.0)) })
     }
     .await;
-    result.unwrap_or_else(|e| RedisSide { status: RedisStatus { reachable: false, error: Some(first_line(&e.to_string())), ..Default::default() }, lag: None })
+    result.unwrap_or_else(|e| {
+        let (message, hint) = state::split_hint(&e.to_string());
+        RedisSide { status: RedisStatus { reachable: false, error: Some(first_line(&message)), hint, ..Default::default() }, lag: None }
+    })
 }
 
 async fn legacy_status(ctx: &Context) -> LegacyStatus {
@@ -458,7 +477,8 @@ async fn legacy_status(ctx: &Context) -> LegacyStatus {
     .await;
     result.unwrap_or_else(|e| {
         let message = first_line(&e.to_string());
-        let error = if message.contains("does not exist") {
+        let missing_table = e.downcast_ref::<sqlx::Error>().and_then(|e| e.as_database_error()).and_then(|d| d.code()).is_some_and(|c| c == "42P01");
+        let error = if missing_table {
             format!(
                 "{message} in {} (run `tsmigrate legacy setup`, or point LEGACY_DATABASE_URL / legacy.hourly_table at the legacy tables)",
                 settings.database.legacy_url().redacted()
@@ -571,7 +591,7 @@ impl Status {
         if !self.target.reachable {
             return Some((format!("the target database is unreachable: {}", opt(&self.target.error)), self.target.hint.clone()));
         }
-        (!self.redis.reachable).then(|| (format!("Redis is unreachable: {}", opt(&self.redis.error)), None))
+        (!self.redis.reachable).then(|| (format!("Redis is unreachable: {}", opt(&self.redis.error)), self.redis.hint.clone()))
     }
 
     /// The text for people: the verdict and what on-call needs, then with `verbose` the rest.
@@ -688,6 +708,14 @@ impl Status {
         let mut o = String::new();
         if let Some(t) = self.completion_point {
             o.push_str(&format!("completion point: {t}\n"));
+        }
+        use crate::identity::Outcome;
+        match &self.identity {
+            Some(Outcome::Matched { id } | Outcome::Published { id } | Outcome::Restored { id }) => {
+                o.push_str(&format!("migration id: {id} (the target and Redis agree)\n"))
+            }
+            Some(Outcome::Unchecked { reason }) => o.push_str(&format!("migration id: not compared ({reason})\n")),
+            Some(Outcome::NotPrepared) | None => {}
         }
         if !self.objects.is_empty() {
             o.push_str("objects:\n");

@@ -211,10 +211,18 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     // Once per command, before it does anything: a target and a Redis of different
     // migrations are never used together. Status reports a mismatch as its verdict instead,
     // and the commands that use only the target skip it.
+    let mut identity_warning = None;
     if !matches!(command, Command::Status(_) | Command::History(_) | Command::UserSets(_)) {
         match crate::identity::verify(&ctx).await {
-            Ok(outcome) => tracing::debug!(?outcome, "migration identity"),
-            Err(mismatch) => return Err(Failure { phase: phase_if_readable(&ctx).await, error: mismatch.into() }),
+            Ok(outcome) => {
+                tracing::debug!(?outcome, "migration identity");
+                identity_warning = outcome.warning(&ctx.keys);
+            }
+            Err(mismatch) => {
+                let phase = phase_if_readable(&ctx).await;
+                audit_mismatch(&ctx, command.name(), phase, &mismatch).await;
+                return Err(Failure { phase, error: mismatch.into() });
+            }
         }
     }
     // Long work stops at a page boundary on the first SIGINT/SIGTERM; the others keep the
@@ -241,7 +249,13 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         Command::Config(_) | Command::Completions(_) | Command::Man(_) => unreachable!("dispatch_without_settings runs these"),
     };
     match result {
-        Ok(reply) => Ok(reply),
+        // A phase command's JSON carries it with its own warnings (the log has it as text).
+        Ok(mut reply) => {
+            if let (Some(warning), Some(warnings)) = (identity_warning, reply.details.pointer_mut("/run/warnings").and_then(|w| w.as_array_mut())) {
+                warnings.push(warning.into());
+            }
+            Ok(reply)
+        }
         Err(error) => Err(Failure { phase: phase_if_readable(&ctx).await, error }),
     }
 }
@@ -259,6 +273,22 @@ fn listen_for_interrupts(command: &'static str, json: bool) -> anyhow::Result<cr
         std::process::exit(i32::from(crate::exit::INTERRUPTED));
     };
     crate::stop::listen(at_once).map_err(|e| anyhow::anyhow!("cannot listen for SIGINT/SIGTERM: {e}"))
+}
+
+/// A refusal is audited like every other: the target's audit log then shows who ran which
+/// command with another migration's Redis. Best effort: the refusal stands either way.
+async fn audit_mismatch(ctx: &Context, command: &str, phase: Option<Phase>, mismatch: &crate::identity::Mismatch) {
+    let Some(phase) = phase else { return };
+    let (reason, next) = output::split_hint(&mismatch.to_string());
+    let refusal = phase::Refusal { command: command.into(), reason, next: next.unwrap_or_default() };
+    let details = serde_json::json!({ "target_migration_id": mismatch.target, "redis_migration_id": mismatch.redis, "redis_key": mismatch.key });
+    let recorded = async {
+        let mut conn = ctx.target.acquire().await?;
+        crate::phase::state::record_refusal(&mut conn, &crate::state::actor(), command, phase, &refusal, details).await
+    };
+    if let Err(e) = recorded.await {
+        tracing::debug!(error = %format!("{e:#}"), "could not audit the refusal");
+    }
 }
 
 /// The phase, for the envelope of a failed command; `None` when it cannot be read quickly.

@@ -19,6 +19,9 @@ pub enum ApiError {
     BadEvents { message: String, rejected: Vec<RejectedEvent> },
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// The body is not declared as what the endpoint reads (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -31,6 +34,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, serde_json::json!({"error": m})),
             ApiError::BadEvents { message, rejected } => (StatusCode::BAD_REQUEST, serde_json::json!({"error": message, "accepted": 0, "rejected": rejected})),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, serde_json::json!({"error": self.to_string()})),
+            ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, serde_json::json!({"error": m})),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": m, "retry": true})),
             ApiError::Unexpected(e) => {
                 tracing::error!(error = %format!("{e:#}"), "unexpected error");

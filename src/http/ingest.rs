@@ -58,6 +58,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Only a body declared as JSON is read: a browser sends a cross-site form post (a "simple"
+/// request, no preflight) only as `text/plain`, `multipart/form-data` or
+/// `application/x-www-form-urlencoded`, so requiring `application/json` keeps other sites'
+/// pages from writing events when no token is set.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers.get(axum::http::header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("<not text>"));
+    let essence = declared.map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some("application/json") => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "the body must be sent as Content-Type: application/json (got {})",
+            declared.map(|v| format!("{v:?}")).unwrap_or_else(|| "none".into())
+        ))),
+    }
+}
+
 /// A validated batch.
 #[derive(Debug)]
 pub struct ParsedBatch {
@@ -77,13 +93,19 @@ pub fn parse_batch(body: &[u8], max_batch: usize, limits: IngestLimits) -> Resul
         return Err(ApiError::BadRequest(format!("batch has {} events; the limit is {max_batch} per request", batch.events.len())));
     }
     let now = Utc::now();
+    let duplicates = duplicate_keys(body);
     let mut accepted = Vec::with_capacity(batch.events.len());
     let mut stamped = Vec::new();
     let mut rejected = Vec::new();
     for (index, value) in batch.events.into_iter().enumerate() {
-        let result = serde_json::from_value::<IncomingEvent>(value)
-            .map_err(|e| vec![format!("not an event object: {e}")])
-            .and_then(|event| event.validate(now, limits).map(|accepted| (stamped_id(&event), accepted)));
+        // A JSON parser keeps one of two values under the same key (serde_json the last,
+        // others the first): which one the tracker meant is not known, so neither is stored.
+        let duplicate = duplicates.get(index).cloned().flatten().map(|key| vec![format!("the key {key:?} appears more than once; send each key once")]);
+        let result = match duplicate {
+            Some(problems) => Err(problems),
+            None => serde_json::from_value::<IncomingEvent>(value).map_err(|e| vec![format!("not an event object: {e}")]),
+        }
+        .and_then(|event| event.validate(now, limits).map(|accepted| (stamped_id(&event), accepted)));
         match result {
             Ok((id, event)) => {
                 stamped.extend(id.map(|id| (accepted.len(), id)));
@@ -99,6 +121,72 @@ pub fn parse_batch(body: &[u8], max_batch: usize, limits: IngestLimits) -> Resul
         });
     }
     Ok(ParsedBatch { events: accepted, stamped })
+}
+
+/// For each event of a batch body, the first key that appears twice in one of its objects
+/// (nested ones included); empty when the body is not a batch (that is reported elsewhere).
+fn duplicate_keys(body: &[u8]) -> Vec<Option<String>> {
+    #[derive(Deserialize)]
+    struct Events {
+        events: Vec<FirstDuplicate>,
+    }
+    serde_json::from_slice::<Events>(body).map(|b| b.events.into_iter().map(|d| d.0).collect()).unwrap_or_default()
+}
+
+/// Walks a JSON value and keeps the first key found twice in one object.
+struct FirstDuplicate(Option<String>);
+
+impl<'de> Deserialize<'de> for FirstDuplicate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FirstDuplicateVisitor)
+    }
+}
+
+struct FirstDuplicateVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FirstDuplicateVisitor {
+    type Value = FirstDuplicate;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<FirstDuplicate, E> {
+        Ok(FirstDuplicate(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<FirstDuplicate, E> {
+        Ok(FirstDuplicate(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<FirstDuplicate, E> {
+        Ok(FirstDuplicate(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<FirstDuplicate, E> {
+        Ok(FirstDuplicate(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<FirstDuplicate, E> {
+        Ok(FirstDuplicate(None))
+    }
+    fn visit_unit<E>(self) -> Result<FirstDuplicate, E> {
+        Ok(FirstDuplicate(None))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FirstDuplicate, A::Error> {
+        let mut first = None;
+        while let Some(FirstDuplicate(found)) = seq.next_element()? {
+            first = first.or(found);
+        }
+        Ok(FirstDuplicate(first))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FirstDuplicate, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut first = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let FirstDuplicate(inner) = map.next_value()?;
+            if !seen.insert(key.clone()) {
+                first = first.or(Some(key));
+            }
+            first = first.or(inner);
+        }
+        Ok(FirstDuplicate(first))
+    }
 }
 
 /// The event id of an event that `validate` stamped with the arrival time.
@@ -132,6 +220,7 @@ pub async fn reuse_first_times(redis: &mut ConnectionManager, prefix: &str, wind
 
 pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
     authorize(&state, &headers)?;
+    require_json(&headers)?;
     let limits = IngestLimits { max_event_bytes: state.settings.ingest.max_event_bytes, ..Default::default() };
     let mut batch = parse_batch(&body, state.settings.ingest.max_batch, limits)?;
     let window = Duration::from_secs(state.settings.ingest.resend_window_secs);

@@ -14,7 +14,13 @@ use crate::support::{eventually, field, TestEnv};
 async fn post(client: &reqwest::Client, daemon: &Daemon, ids: &[String]) -> (u16, Value) {
     let now = chrono::Utc::now().timestamp_millis();
     let events: Vec<Value> = ids.iter().map(|id| json!({"id": id, "event_name": "signup", "category": "account", "timestamp": now})).collect();
-    let reply = client.post(daemon.url("/api/v1/analytics")).body(json!({ "events": events }).to_string()).send().await.unwrap();
+    let reply = client
+        .post(daemon.url("/api/v1/analytics"))
+        .header("content-type", "application/json")
+        .body(json!({ "events": events }).to_string())
+        .send()
+        .await
+        .unwrap();
     let status = reply.status().as_u16();
     (status, serde_json::from_str(&reply.text().await.unwrap_or_default()).unwrap_or_default())
 }

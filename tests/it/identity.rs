@@ -32,6 +32,9 @@ async fn prepare_gives_the_migration_one_id_in_both_systems_and_abort_removes_it
     let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "identity.state"), "matched");
     assert_eq!(field(&status, "identity.id"), id.to_string().as_str());
+    let verbose = env.cli(&["status", "-v"]);
+    verbose.expect_success();
+    assert!(verbose.stdout.contains(&format!("migration id: {id} (the target and Redis agree)")), "{}", verbose.stdout);
 
     env.cli(&["abort", "--yes"]).expect_success();
     assert_eq!(redis_id(&env).await, None, "abort removes the identity with the migration");
@@ -59,6 +62,7 @@ async fn a_mismatched_pair_is_refused_by_every_command_that_uses_both() {
         &["dual-write", "stop", "--json"],
         &["cutover", "--json"],
         &["seed", "--events", "10", "--yes", "--json"],
+        &["relay", "--once", "--json"],
         &["prepare", "--json"],
     ];
     for args in commands {
@@ -70,8 +74,8 @@ async fn a_mismatched_pair_is_refused_by_every_command_that_uses_both() {
         assert!(message.contains(&our_id.to_string()) && message.contains(&their_id.to_string()), "{args:?} names both ids: {message}");
         let hint = envelope["error"]["hint"].as_str().unwrap_or_default();
         assert!(hint.contains("DATABASE_URL") && hint.contains("REDIS_URL") && hint.contains("TSMIGRATE_REDIS_PREFIX"), "{args:?}: {hint}");
-        // Seed works without a target, so its envelope does not read the phase.
-        if args[0] != "seed" {
+        // Seed and relay are not phase commands: their envelopes do not read the phase.
+        if !["seed", "relay"].contains(&args[0]) {
             assert_eq!(envelope["phase"], "dual_writing", "{args:?}");
         }
         assert!(out.stderr.contains("different migrations"), "{args:?}: {}", out.stderr);
@@ -83,6 +87,14 @@ async fn a_mismatched_pair_is_refused_by_every_command_that_uses_both() {
     assert_eq!(events, 0, "seed wrote nothing into the other migration's Redis");
     assert_eq!(redis_id(&theirs).await, Some(their_id.to_string()));
     assert_eq!(redis_id(&ours).await, Some(our_id.to_string()));
+    // Audited like any refusal, in the target's log (seed works without the target's state).
+    let audited: Vec<String> = sqlx::query_scalar("SELECT command FROM tsmigrate.audit_log WHERE outcome = 'refused' AND reason LIKE '%different migrations%'")
+        .fetch_all(&ours.pool)
+        .await
+        .unwrap();
+    for command in ["backfill", "validate", "repair", "dual-write stop", "cutover", "prepare"] {
+        assert!(audited.iter().any(|c| c == command), "{command} not in {audited:?}");
+    }
 
     // Status reports the pair as failing rather than refusing to look.
     let out = ours.cli_with_env(&["status", "--json"], &env);
@@ -140,6 +152,10 @@ async fn a_redis_that_lost_the_id_gets_it_back_with_a_warning() {
     out.expect_success();
     assert!(out.stderr.contains("lost this migration's identity") && out.stderr.contains(&id.to_string()), "{}", out.stderr);
     assert_eq!(redis_id(&env).await, Some(id.to_string()));
+    let _: () = redis.del(&env.keys().migration_id).await.unwrap();
+    let report = env.cli(&["dual-write", "start", "--json"]).expect_success().details();
+    let warnings = field(&report, "run.warnings").as_array().unwrap();
+    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("lost this migration's identity")), "{report}");
     env.cleanup().await;
 }
 
@@ -158,5 +174,32 @@ async fn a_migration_prepared_before_identities_gets_one_on_first_contact() {
     assert_eq!(redis_id(&env).await, Some(id.to_string()));
     let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "identity.state"), "matched");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_running_service_stops_when_its_redis_turns_out_to_be_another_migrations() {
+    use std::time::Duration;
+    let env = TestEnv::new().await;
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    let id = target_id(&env).await.unwrap();
+    let config = env.write_file("often.toml", "[migration]\ndual_write_check_secs = 1\n");
+    let daemon = crate::servers::Daemon::start_with(&env, Some(&config), &["--no-jobs", "--no-relay"], &[]);
+    let client = reqwest::Client::new();
+    // It serves: the comparison at start found one migration.
+    crate::support::eventually("the service answers", Duration::from_secs(30), || async {
+        client.get(daemon.url("/health")).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())
+    })
+    .await;
+    let other = Uuid::new_v4();
+    let _: () = env.redis().await.set(&env.keys().migration_id, other.to_string()).await.unwrap();
+    crate::support::eventually("the service stops", Duration::from_secs(30), || async { client.get(daemon.url("/health")).send().await.err().map(|_| ()) })
+        .await;
+    crate::support::eventually("the reason in its log", Duration::from_secs(10), || async {
+        let logs = daemon.logs();
+        (logs.contains("different migrations") && logs.contains(&id.to_string()) && logs.contains(&other.to_string())).then_some(())
+    })
+    .await;
+    assert_eq!(daemon.stop(), 3, "a mismatch found while running ends the service as a refusal");
     env.cleanup().await;
 }

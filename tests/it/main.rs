@@ -20,6 +20,7 @@ mod event_ids;
 mod fault;
 mod identity;
 mod ingest_unavailable;
+mod input;
 mod legacy;
 mod lifecycle;
 mod observability;

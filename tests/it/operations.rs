@@ -361,7 +361,7 @@ async fn every_command_prints_one_envelope_with_json_success_or_failure() {
     // The database down.
     let out = env.cli_with_env(&["prepare", "--json"], &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")]);
     let down = out.expect_code(2).json();
-    assert!(down["error"]["hint"].as_str().unwrap().contains("check that the server is running"), "{down}");
+    assert!(down["error"]["hint"].as_str().unwrap().contains("nothing accepts connections at 127.0.0.1:1: start PostgreSQL there"), "{down}");
     // Successes.
     expect(&["legacy", "setup", "--json"], 0, "legacy setup");
     expect(&["seed", "--events", "200", "--days", "1", "--json"], 0, "seed");

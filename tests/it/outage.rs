@@ -304,7 +304,8 @@ async fn half_sent_requests_are_cut_off_after_the_read_timeout() {
 
     // The server still serves complete requests.
     let body = json!({"events": [{"event_name": "click", "category": "ui"}]}).to_string();
-    let reply = reqwest::Client::new().post(format!("http://{addr}/api/v1/analytics")).body(body).send().await.unwrap();
+    let reply =
+        reqwest::Client::new().post(format!("http://{addr}/api/v1/analytics")).header("content-type", "application/json").body(body).send().await.unwrap();
     assert_eq!(reply.status().as_u16(), 202);
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server).await.expect("stops promptly").unwrap().unwrap();
