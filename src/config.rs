@@ -258,6 +258,18 @@ pub struct DatabaseSettings {
     /// in seconds; 0 = no limit. Generous: validation and aggregate refreshes scan by design.
     #[serde(deserialize_with = "crate::duration::secs::deserialize")]
     pub statement_timeout_secs: u64,
+    /// libpq's `PGSSLMODE` / `PGSSLROOTCERT`, which the driver reads for a URL that does not
+    /// set `sslmode` / `sslrootcert`: kept for `validate` to check like the URL's own, since
+    /// the driver ignores a mode it does not know (falling back to `prefer`, unverified).
+    #[serde(skip)]
+    pub tls_env: PgTlsEnv,
+}
+
+/// The PostgreSQL TLS variables of the environment (see [`DatabaseSettings::tls_env`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PgTlsEnv {
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<String>,
 }
 
 impl Default for DatabaseSettings {
@@ -268,6 +280,7 @@ impl Default for DatabaseSettings {
             max_connections: 8,
             connect_timeout_secs: 5,
             statement_timeout_secs: 600,
+            tls_env: PgTlsEnv::default(),
         }
     }
 }
@@ -569,6 +582,7 @@ impl Settings {
         if let Some(v) = lookup("LEGACY_DATABASE_URL") {
             self.database.legacy_url = Some(SecretUrl::new(v));
         }
+        self.database.tls_env = PgTlsEnv { sslmode: lookup("PGSSLMODE"), sslrootcert: lookup("PGSSLROOTCERT") };
         if let Some(v) = lookup("REDIS_URL") {
             self.redis.url = SecretUrl::new(v);
         }
@@ -609,7 +623,7 @@ impl Settings {
             check_url(what, url, &["postgres", "postgresql"], &mut problems);
         }
         for (what, url) in [("database.url (DATABASE_URL)", &self.database.url), ("database.legacy_url (LEGACY_DATABASE_URL)", self.database.legacy_url())] {
-            check_pg_tls(what, url, &mut problems);
+            check_pg_tls(what, url, &self.database.tls_env, &mut problems);
         }
         check_url("redis.url (REDIS_URL)", &self.redis.url, &["redis", "rediss", "redis+unix", "unix"], &mut problems);
         if self.database.max_connections == 0 {
@@ -800,9 +814,19 @@ fn hide_url_passwords(text: &str) -> String {
     out
 }
 
-/// The PostgreSQL TLS options of `url`: a known `sslmode` and an `sslrootcert` that exists.
-fn check_pg_tls(what: &str, url: &SecretUrl, problems: &mut Vec<String>) {
+/// The PostgreSQL TLS options of `url`: a known `sslmode` and an `sslrootcert` that exists,
+/// from the URL or, where it sets none, from `PGSSLMODE` / `PGSSLROOTCERT`.
+fn check_pg_tls(what: &str, url: &SecretUrl, env: &PgTlsEnv, problems: &mut Vec<String>) {
     let Ok(parsed) = url::Url::parse(url.expose()) else { return };
+    let sets = |keys: &[&str]| parsed.query_pairs().any(|(key, _)| keys.contains(&key.as_ref()));
+    if let Some(mode) = env.sslmode.as_deref().filter(|_| !sets(&["sslmode", "ssl-mode"])) {
+        if !PG_SSL_MODES.contains(&mode) {
+            problems.push(format!("PGSSLMODE={mode:?} (used because {what} sets no sslmode) is not one of {}", PG_SSL_MODES.join(", ")));
+        }
+    }
+    if let Some(root) = env.sslrootcert.as_deref().filter(|_| !sets(&["sslrootcert", "ssl-root-cert", "ssl-ca"])) {
+        check_file(&format!("PGSSLROOTCERT (used because {what} sets no sslrootcert)"), root, Path::new(root), problems);
+    }
     for (key, value) in parsed.query_pairs() {
         match key.as_ref() {
             "sslmode" | "ssl-mode" if !PG_SSL_MODES.contains(&value.as_ref()) => {
@@ -960,6 +984,25 @@ mod tests {
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("not a rediss:// URL"), "{err}");
         assert!(err.contains("both set"), "{err}");
+    }
+
+    #[test]
+    fn pgsslmode_and_pgsslrootcert_are_checked_where_the_url_sets_neither() {
+        let mut s = Settings::default();
+        s.apply_env(|name| match name {
+            "PGSSLMODE" => Some("verify-ful".into()),
+            "PGSSLROOTCERT" => Some("/nonexistent/ca.pem".into()),
+            _ => None,
+        });
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("PGSSLMODE=\"verify-ful\"") && err.contains("verify-full"), "{err}");
+        assert!(err.contains("PGSSLROOTCERT") && err.contains("/nonexistent/ca.pem"), "{err}");
+        // Where the URL sets both, the variables are not used, so not checked.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not checked beyond existing").unwrap();
+        s.database.url = SecretUrl::new(format!("postgres://u@db.example/x?sslmode=require&sslrootcert={}", ca.display()));
+        s.validate().unwrap();
     }
 
     #[test]

@@ -6,7 +6,8 @@
 pub enum JobName {
     /// The legacy hourly flush, until it is retired.
     LegacyFlush,
-    /// Hourly consistency validation (counts depth), once the target is backfilled.
+    /// Hourly consistency validation at events depth (what `tsmigrate validate` runs by
+    /// default, so a clean run opens the gates as the command does), once the target is backfilled.
     Validation,
     /// Plain mode: recompute the recent hours of the rollup tables.
     RollupRefresh,

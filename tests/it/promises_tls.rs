@@ -146,5 +146,13 @@ async fn pgsslmode_pgsslrootcert_and_a_client_certificate_from_sslcert_and_sslke
     assert!(no_cert.stderr.contains("certificate"), "{}", no_cert.stderr);
     // The URL's own sslmode wins over PGSSLMODE.
     status(&[("PGSSLMODE", "disable")], &server.url(&format!("{with_cert}&sslmode=require"))).expect_success();
+    // A mode the driver does not know would be ignored by it (prefer: unverified), and a
+    // missing CA file would fail as if the server were down: both are refused before connecting.
+    let unknown = status(&[("PGSSLMODE", "verify-ful")], &url);
+    unknown.expect_code(2);
+    assert!(unknown.stderr.contains("PGSSLMODE=\"verify-ful\""), "{}", unknown.stderr);
+    let missing = status(&[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", "/nonexistent/ca.pem")], &url);
+    missing.expect_code(2);
+    assert!(missing.stderr.contains("PGSSLROOTCERT") && missing.stderr.contains("/nonexistent/ca.pem"), "{}", missing.stderr);
     env.cleanup().await;
 }
