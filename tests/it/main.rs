@@ -17,6 +17,7 @@ mod data_loss;
 pub mod dual_write;
 mod event_ids;
 mod fault;
+mod fault_matrix;
 mod ingest_unavailable;
 mod legacy;
 mod lifecycle;

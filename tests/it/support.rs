@@ -132,10 +132,16 @@ impl TestEnv {
 
     /// Like `new`, with settings adjusted by `adjust` (database and Redis are filled in after).
     pub async fn with_settings(adjust: impl FnOnce(&mut Settings)) -> TestEnv {
+        Self::on_server(admin_database_url(), adjust).await
+    }
+
+    /// Like `with_settings`, with the database on the server of `admin` (a maintenance
+    /// database URL: a private server a test restarts). Drop cleans up the default server
+    /// only: a private server goes with its own directory.
+    pub async fn on_server(admin: SecretUrl, adjust: impl FnOnce(&mut Settings)) -> TestEnv {
         let hex = random_hex();
         let db_name = format!("tsm_t_{hex}");
         let prefix = format!("tsmt:{hex}:");
-        let admin = admin_database_url();
         let mut conn = PgConnection::connect(admin.expose())
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL at {admin} ({e}); run scripts/services.sh or set TSMIGRATE_TEST_DATABASE_URL"));
