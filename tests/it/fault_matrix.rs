@@ -265,6 +265,8 @@ struct Rig {
     /// Event ids answered "nothing was written": none may be anywhere.
     not_written: Mutex<Vec<String>>,
     batches: std::sync::atomic::AtomicU64,
+    /// Events sent to ingest or written for the relay, whatever the answer.
+    sent: std::sync::atomic::AtomicU64,
     /// `tsmigrate_relay_errors_total` when the last baseline attempt of the relay ended.
     relay_errors_mark: Mutex<f64>,
     /// Two replicas' jobs leases, held through the proxy (started by the lease path).
@@ -304,6 +306,7 @@ impl Rig {
             accepted: Mutex::new(Vec::new()),
             not_written: Mutex::new(Vec::new()),
             batches: Default::default(),
+            sent: Default::default(),
             relay_errors_mark: Mutex::new(0.0),
             leases: Mutex::new(None),
         }
@@ -419,6 +422,7 @@ impl Rig {
 
     fn new_batch(&self, tag: &str) -> (Vec<String>, Vec<Value>) {
         let n = self.batches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.sent.fetch_add(BATCH as u64, std::sync::atomic::Ordering::SeqCst);
         let now = chrono::Utc::now().timestamp_millis();
         let ids: Vec<String> = (0..BATCH).map(|i| format!("fm-{tag}-{n}-{i}")).collect();
         let events = ids.iter().map(|id| json!({"id": id, "event_name": "matrix", "category": "fault", "timestamp": now})).collect();
@@ -774,7 +778,8 @@ async fn run_fault(fault: &'static FaultDef, paths: Vec<&'static PathDef>) -> Ve
         fault: fault.label(),
         path: "(data)",
         during: format!(
-            "accepted {} landed {} lost {} doubled {}; answered not-written {} written anyway {}",
+            "sent {} accepted {} landed {} lost {} doubled {}; answered not-written {} written anyway {}",
+            rig.sent.load(std::sync::atomic::Ordering::SeqCst),
             accepted.len(),
             landed,
             accepted.len() as i64 - landed,
