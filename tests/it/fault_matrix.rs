@@ -199,9 +199,9 @@ const PATHS: &[PathDef] = &[
     PathDef { name: "backfill", servers: BOTH, attempt: |rig, cell, stage| Box::pin(backfill(rig, cell, stage)) },
     PathDef { name: "validate", servers: BOTH, attempt: |rig, cell, _| Box::pin(cli_attempt(rig, cell, &["validate", "--json"])) },
     PathDef { name: "repair", servers: BOTH, attempt: |rig, cell, _| Box::pin(cli_attempt(rig, cell, &["repair", "--json"])) },
-    // The user-set builder is the scheduled job that reads and writes the most; run as the
-    // daemon's scheduler would, once.
-    PathDef { name: "jobs", servers: BOTH, attempt: |rig, cell, _| Box::pin(cli_attempt(rig, cell, &["user-sets", "build", "--json"])) },
+    // The user-set builder is the scheduled job that reads and writes the most (the target
+    // only); run as the daemon's scheduler would, once.
+    PathDef { name: "jobs", servers: &[Server::Postgres], attempt: |rig, cell, _| Box::pin(cli_attempt(rig, cell, &["user-sets", "build", "--json"])) },
     PathDef { name: "lease", servers: &[Server::Postgres], attempt: |rig, cell, _| Box::pin(lease(rig, cell)) },
 ];
 
