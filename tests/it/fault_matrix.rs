@@ -7,14 +7,17 @@
 //! * an answer comes within its deadline while the fault lasts (no hang);
 //! * the path works again within a bounded time of the fault clearing (the seconds it took are
 //!   measured and printed; only the generous bound is asserted);
-//! * `/ready` says 503 while ingest cannot write.
+//! * `/ready` says 503 while ingest cannot write; `tsmigrate_relay_errors_total` grows while
+//!   the relay cannot deliver; two replicas' jobs leases are never both confirmed.
 //!
 //! Data-driven: [`FAULTS`] × [`PATHS`]. A new path joins by one entry in [`PATHS`] (an async
 //! "attempt" that says what it did, pushing any broken promise into the cell); a new fault by
 //! one entry in [`FAULTS`]. Each fault gets one rig (a private `redis-server` behind a fault
 //! proxy, the target behind another, `tsmigrate run` as a process, short deadlines), and the
 //! paths take their turn in it: attempt (baseline), fault, attempt, clear, attempt until it
-//! works again. Cells in [`KNOWN_FAILING`] are left out unless `TSMIGRATE_FAULT_MATRIX_ALL=1`.
+//! works again (a service that did not is started afresh for the next path). Cells in
+//! [`KNOWN_FAILING`] run and show in the table but fail the test only with
+//! `TSMIGRATE_FAULT_MATRIX_ALL=1`.
 //!
 //! The table is printed; `TSMIGRATE_FAULT_MATRIX_OUT=<file>` also writes it as markdown, from
 //! which `scripts/fault-matrix.sh` regenerates README's reliability table.
@@ -660,7 +663,7 @@ async fn status(rig: &Rig, cell: &Cell, stage: Stage) -> Attempt {
         return Attempt::Refused("hung".into());
     };
     if out.code == 0 && stage == Stage::During {
-        let fault = current_fault(rig);
+        let fault = current_fault();
         if fault.is_some_and(|f| f.blinds_new_connections() || f.loses_writes()) {
             cell.problem(format!("status said healthy (exit 0) during {}", fault.unwrap().label()));
         }
@@ -696,7 +699,8 @@ tokio::task_local! {
     static CURRENT_FAULT: &'static FaultDef;
 }
 
-fn current_fault(_rig: &Rig) -> Option<&'static FaultDef> {
+/// The fault in force while a cell's "during" attempt runs (set by `run_fault`).
+fn current_fault() -> Option<&'static FaultDef> {
     CURRENT_FAULT.try_with(|f| *f).ok()
 }
 
