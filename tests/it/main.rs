@@ -18,6 +18,7 @@ mod data_loss;
 pub mod dual_write;
 mod event_ids;
 mod fault;
+mod fault_matrix;
 mod identity;
 mod ingest_unavailable;
 mod input;

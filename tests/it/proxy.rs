@@ -11,6 +11,7 @@
 //! * [`Fault::BlackholeNew`]: new connections are accepted but never connected upstream and
 //!   nothing is forwarded; open ones pass.
 //! * [`Fault::Blackhole`]: both of the above.
+//! * [`FaultProxy::abandon_held`]: the held connections are never healed (a NAT that forgot them).
 //! * [`Fault::Latency`]: every chunk, in each direction, is delayed.
 //! * [`Fault::Bandwidth`]: each direction is limited to so many bytes per second.
 //!
@@ -64,6 +65,8 @@ struct Conn {
     held: watch::Sender<bool>,
     /// Set once: reset the connection (RST both sides).
     reset: watch::Sender<bool>,
+    /// Held for good: no later fault heals it (see [`FaultProxy::abandon_held`]).
+    abandoned: AtomicBool,
 }
 
 struct Shared {
@@ -144,11 +147,22 @@ impl FaultProxy {
             }),
             // Every other fault heals a blackhole: the held bytes flow on, late, as after a
             // partition heals (which is how a timed-out write still lands).
-            _ => conns.iter().for_each(|c| {
+            _ => conns.iter().filter(|c| !c.abandoned.load(Ordering::SeqCst)).for_each(|c| {
                 c.held.send_replace(false);
             }),
         }
         self.shared.fault.send_replace(fault);
+    }
+
+    /// The connections held now stay held for good, open and silent, whatever the fault
+    /// becomes: a NAT or load balancer that forgot them never brings them back. Only the
+    /// client closing them (or a reset) ends them.
+    pub fn abandon_held(&self) {
+        for conn in self.shared.conns.lock().unwrap().iter() {
+            if *conn.held.borrow() {
+                conn.abandoned.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     /// The fault now in force.
@@ -246,7 +260,11 @@ async fn handle(shared: Arc<Shared>, client: TcpStream) {
             let _ = client.set_zero_linger();
             return;
         }
-        let conn = Arc::new(Conn { held: watch::channel(matches!(initial, Fault::BlackholeNew | Fault::Blackhole)).0, reset: watch::channel(false).0 });
+        let conn = Arc::new(Conn {
+            held: watch::channel(matches!(initial, Fault::BlackholeNew | Fault::Blackhole)).0,
+            reset: watch::channel(false).0,
+            abandoned: AtomicBool::new(false),
+        });
         conns.push(conn.clone());
         conn
     };
@@ -437,6 +455,16 @@ mod tests {
         // Healed: what was written into the blackhole arrives, late.
         proxy.set(Fault::Pass);
         assert_eq!(read_exact_within(&mut old, 5).await, b"lost?");
+
+        // Abandoned: held for good, though the proxy passes again.
+        proxy.set(Fault::BlackholeExisting);
+        proxy.abandon_held();
+        proxy.set(Fault::Pass);
+        old.write_all(b"gone").await.unwrap();
+        new.write_all(b"gone").await.unwrap();
+        assert!(silent(&mut old).await && silent(&mut new).await, "abandoned connections never come back");
+        let mut newer = TcpStream::connect(proxy.addr).await.unwrap();
+        assert_eq!(echo(&mut newer, b"fresh").await.unwrap(), b"fresh", "new connections pass");
     }
 
     #[tokio::test]

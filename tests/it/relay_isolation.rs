@@ -63,10 +63,11 @@ async fn wait_for_relay_reading(env: &TestEnv) {
     panic!("the relay never started reading the outbox");
 }
 
-/// Times a few ingest requests and a read answered twice (the second from the cache).
-/// Returns the ids of the events it ingested.
+/// A few ingest requests and a read answered twice (the second from the cache), each awaited
+/// for half the relay's read wait at most: a request queued behind that read could not be
+/// answered in time. Times are printed, not asserted. Returns the ids of the events it ingested.
 async fn requests_do_not_wait_for_the_relay(addr: std::net::SocketAddr, phase: &str) -> Vec<String> {
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder().timeout(RELAY_BLOCK / 2).build().unwrap();
     let now = chrono::Utc::now();
     let summary = format!(
         "http://{addr}/api/v1/analytics/summary?from={}&to={}",
@@ -79,18 +80,25 @@ async fn requests_do_not_wait_for_the_relay(addr: std::net::SocketAddr, phase: &
         let body = json!({"events": [{"id": id, "event_name": "page_view", "category": "navigation", "user_id": "u1"}]});
         ids.push(id);
         let started = Instant::now();
-        let response =
-            client.post(format!("http://{addr}/api/v1/analytics")).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
-        let took = started.elapsed();
+        let response = client
+            .post(format!("http://{addr}/api/v1/analytics"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{phase}: ingest request {attempt} not answered, as if queued behind the relay's {RELAY_BLOCK:?} read: {e}"));
+        println!("{phase}: ingest request {attempt} answered in {:?}", started.elapsed());
         assert_eq!(response.status().as_u16(), 202, "{phase}: ingest");
-        assert!(took < RELAY_BLOCK / 4, "{phase}: ingest request {attempt} took {took:?}, as if queued behind the relay's {RELAY_BLOCK:?} read");
     }
     for pass in ["uncached", "cached"] {
         let started = Instant::now();
-        let response = client.get(&summary).send().await.unwrap();
-        let took = started.elapsed();
+        let response = client
+            .get(&summary)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{phase}: {pass} summary not answered, as if queued behind the relay's {RELAY_BLOCK:?} read: {e}"));
+        println!("{phase}: {pass} summary answered in {:?}", started.elapsed());
         assert_eq!(response.status().as_u16(), 200, "{phase}: {pass} summary: {}", response.text().await.unwrap_or_default());
-        assert!(took < RELAY_BLOCK / 4, "{phase}: {pass} summary took {took:?}, as if queued behind the relay's {RELAY_BLOCK:?} read");
     }
     ids
 }

@@ -27,11 +27,17 @@ pub struct TestCa {
 impl TestCa {
     /// Makes the CA and the server certificate (RSA 2048, valid one day) with `openssl`.
     pub fn generate() -> TestCa {
+        Self::generate_for("DNS:localhost, IP:127.0.0.1")
+    }
+
+    /// Like [`Self::generate`], the server certificate naming `subject_alt_names` only
+    /// (`DNS:localhost`: a name check by IP address fails).
+    pub fn generate_for(subject_alt_names: &str) -> TestCa {
         let dir = tempfile::tempdir().expect("create a directory for the test CA");
         let path = |name: &str| dir.path().join(name);
         let (ca_key, ca_cert, key, csr, cert, ext) =
             (path("ca.key"), path("ca.pem"), path("server.key"), path("server.csr"), path("server.pem"), path("server.ext"));
-        std::fs::write(&ext, "subjectAltName = DNS:localhost, IP:127.0.0.1\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n").unwrap();
+        std::fs::write(&ext, format!("subjectAltName = {subject_alt_names}\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n")).unwrap();
         let s = |p: &PathBuf| p.to_str().expect("temporary paths are UTF-8").to_string();
         let days = ["-days", "1"];
         openssl(&[
