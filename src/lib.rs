@@ -22,6 +22,7 @@
 //! - [`progress`]   progress reporting for long work.
 //! - [`remembered`] a server-read value trusted for a while (flags, read source, horizon).
 //! - [`telemetry`]  the Prometheus recorder behind `/metrics`.
+//! - [`human`]      how counts, rates, sizes, times and quantities are written for people.
 
 pub mod calendar;
 pub mod cli;
@@ -34,6 +35,7 @@ pub mod dual_write;
 pub mod duration;
 pub mod event;
 pub mod http;
+pub mod human;
 pub mod legacy;
 pub mod phase;
 pub mod progress;

@@ -51,16 +51,33 @@ fn main() -> ExitCode {
             ExitCode::from(reply.exit_code)
         }
         Err(Failure { error, phase }) => {
-            eprintln!("error: {error}");
-            for cause in error.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            print_error(&error);
             let code = tsmigrate::exit_code_for(&error);
             if json {
                 Envelope::of_error(command, code, ErrorBody::of(&error), phase).print();
             }
             ExitCode::from(code)
         }
+    }
+}
+
+/// The error, each cause that says something the message did not (a message often already
+/// quotes its cause), and each distinct `next:` once, last.
+fn print_error(error: &anyhow::Error) {
+    let mut shown = String::new();
+    let mut hints: Vec<String> = Vec::new();
+    for (i, cause) in error.chain().enumerate() {
+        let (message, hint) = tsmigrate::state::split_hint(&cause.to_string());
+        if i == 0 {
+            eprintln!("error: {message}");
+        } else if !shown.contains(&message) {
+            eprintln!("  caused by: {message}");
+        }
+        shown.push_str(&message);
+        hints.extend(hint.filter(|h| !hints.contains(h)));
+    }
+    for hint in hints {
+        eprintln!("  next: {hint}");
     }
 }
 
@@ -100,7 +117,9 @@ fn init_tracing(verbose: u8, format: LogFormat) {
         _ => "debug,sqlx=info,hyper=info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // The target (the module path: tsmigrate::dual_write::relay, tsmigrate::daemon::jobs…) names
+    // the component each line comes from.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true);
     match format {
         // Colour codes are for a terminal; in a file or a log pipeline they are noise.
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

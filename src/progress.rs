@@ -57,7 +57,7 @@ impl Progress {
         let rate = done as f64 / secs;
         let eta = if rate > 0.0 && self.total > done { format!("{:.0}s", (self.total - done) as f64 / rate) } else { "-".into() };
         let pct = if self.total > 0 { 100.0 * done as f64 / self.total as f64 } else { 100.0 };
-        format!("{}: {done}/{} ({pct:.1}%) {rate:.0}/s eta {eta}", self.label, self.total)
+        format!("{}: {}/{} ({pct:.1}%) {} eta {eta}", self.label, crate::human::count(done), crate::human::count(self.total), crate::human::rate(rate, ""))
     }
 
     pub fn finish(&self) {

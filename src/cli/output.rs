@@ -36,7 +36,7 @@ impl Reply {
     }
 
     pub fn with_next_steps(self, next_steps: Vec<NextStep>) -> Reply {
-        Reply { next_steps, ..self }
+        Reply { next_steps: crate::state::dedupe_next_steps(next_steps), ..self }
     }
 
     /// Ends with `exit_code` for the reason given (the details still say all it found).
@@ -184,6 +184,28 @@ mod tests {
         assert!(!envelope.ok);
         let plain = Envelope::of_error("status", 2, ErrorBody::new("down", Some("check the server".into())), None);
         assert!(plain.next_steps.is_empty(), "advice that is not a command stays in the hint");
+    }
+
+    #[test]
+    fn a_step_given_twice_is_shown_once_with_both_reasons() {
+        let steps = vec![
+            NextStep::run("tsmigrate repair", "copy the missing events"),
+            NextStep::run("tsmigrate repair --delete-extra", "delete the extra ones"),
+            NextStep::run("tsmigrate repair", "rewrite the different ones"),
+            NextStep::run("tsmigrate repair", "copy the missing events"),
+            NextStep::note("wait for the relay"),
+            NextStep::note("wait for the relay"),
+        ];
+        let reply = Reply::done(json!({}), String::new()).with_next_steps(steps.clone());
+        assert_eq!(
+            reply.next_steps,
+            vec![
+                NextStep::run("tsmigrate repair", "copy the missing events; rewrite the different ones"),
+                NextStep::run("tsmigrate repair --delete-extra", "delete the extra ones"),
+                NextStep::note("wait for the relay"),
+            ]
+        );
+        assert_eq!(crate::state::render_next_steps(&steps).matches("tsmigrate repair ").count(), 1 + 1, "repair once, --delete-extra once");
     }
 
     #[test]

@@ -52,18 +52,19 @@ impl TaskProgress {
         self.finished_at.is_none() && now - self.updated_at > STALLED_AFTER
     }
 
-    /// One line for people: `backfill: 45% (27000 of 60000 events), 9800 events/s, ETA 3s`.
+    /// One line for people: `backfill: 45% (27,000 of 60,000 events), 9,800 events/s, ETA 3s`.
     pub fn line(&self, now: DateTime<Utc>) -> String {
-        let of = self.total.map(|t| format!(" of {t}")).unwrap_or_default();
-        let mut line = format!("{}: {}{} {}", self.task, self.done, of, self.unit);
+        let of = self.total.map(|t| format!(" of {}", crate::human::count(t))).unwrap_or_default();
+        let done = crate::human::count(self.done);
+        let mut line = format!("{}: {done}{of} {}", self.task, self.unit);
         if let Some(p) = self.percent() {
-            line = format!("{}: {p:.0}% ({}{} {})", self.task, self.done, of, self.unit);
+            line = format!("{}: {p:.0}% ({done}{of} {})", self.task, self.unit);
         }
         if self.stalled(now) {
-            return format!("{line}; STALLED: nothing written since {} (interrupted? run it again to resume)", self.updated_at.format("%Y-%m-%d %H:%M:%S UTC"));
+            return format!("{line}; STALLED: nothing written since {} (interrupted? run it again to resume)", crate::human::utc(self.updated_at));
         }
         if let Some(rate) = self.rate() {
-            line.push_str(&format!(", {rate:.0} {}/s", self.unit));
+            line.push_str(&format!(", {}", crate::human::rate(rate, &self.unit)));
         }
         if let Some(eta) = self.eta_seconds() {
             line.push_str(&format!(", ETA {}", crate::duration::show(chrono::Duration::seconds(eta.ceil() as i64))));
@@ -203,7 +204,7 @@ mod tests {
         assert_eq!(p.percent().map(|p| p.round()), Some(55.0));
         assert_eq!(p.rate(), Some(500.0), "resumed work is not this run's");
         assert_eq!(p.eta_seconds(), Some(10.0));
-        assert!(p.line(p.updated_at).starts_with("backfill: 55% (6000 of 11000 events), 500 events/s, ETA 10s"), "{}", p.line(p.updated_at));
+        assert!(p.line(p.updated_at).starts_with("backfill: 55% (6,000 of 11,000 events), 500 events/s, ETA 10s"), "{}", p.line(p.updated_at));
         assert!(p.line(p.updated_at + chrono::Duration::minutes(5)).contains("STALLED"));
     }
 }
