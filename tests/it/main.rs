@@ -28,6 +28,7 @@ mod poison;
 mod prepare;
 mod reads;
 mod relay_isolation;
+mod runbooks;
 mod scenario;
 mod seed;
 mod servers;
