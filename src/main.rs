@@ -64,20 +64,8 @@ fn main() -> ExitCode {
 /// The error, each cause that says something the message did not (a message often already
 /// quotes its cause), and each distinct `next:` once, last.
 fn print_error(error: &anyhow::Error) {
-    let mut shown = String::new();
-    let mut hints: Vec<String> = Vec::new();
-    for (i, cause) in error.chain().enumerate() {
-        let (message, hint) = tsmigrate::state::split_hint(&cause.to_string());
-        if i == 0 {
-            eprintln!("error: {message}");
-        } else if !shown.contains(&message) {
-            eprintln!("  caused by: {message}");
-        }
-        shown.push_str(&message);
-        hints.extend(hint.filter(|h| !hints.contains(h)));
-    }
-    for hint in hints {
-        eprintln!("  next: {hint}");
+    for line in tsmigrate::cli::output::error_lines(error) {
+        eprintln!("{line}");
     }
 }
 

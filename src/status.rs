@@ -619,7 +619,7 @@ impl Status {
 
     fn redis_events_text(&self) -> String {
         match self.redis.events {
-            Some(n) => format!("{n} ({} .. {})", time(&self.redis.oldest_event), time(&self.redis.newest_event)),
+            Some(n) => format!("{} ({} .. {})", crate::human::count(n), time(&self.redis.oldest_event), time(&self.redis.newest_event)),
             None => "unknown".into(),
         }
     }
@@ -630,7 +630,7 @@ impl Status {
         let dead: i64 = self.target.dead_letters.iter().flatten().map(|d| d.count).sum();
         let dead = if dead > 0 { format!(", + {} not events (dead letters)", plural(dead, "member")) } else { String::new() };
         match self.target.events {
-            Some(n) => format!("{n} ({} .. {}){dead}", time(&self.target.oldest_event), time(&self.target.newest_event)),
+            Some(n) => format!("{} ({} .. {}){dead}", crate::human::count(n), time(&self.target.oldest_event), time(&self.target.newest_event)),
             None => "unknown".into(),
         }
     }

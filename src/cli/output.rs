@@ -79,6 +79,26 @@ impl ErrorBody {
 
 pub use crate::state::split_hint;
 
+/// An error as text for stderr: the message, each cause that says something the lines before
+/// did not (a message often already quotes its cause), and each distinct `next:` once, last.
+pub fn error_lines(error: &anyhow::Error) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut shown = String::new();
+    let mut hints: Vec<String> = Vec::new();
+    for (i, cause) in error.chain().enumerate() {
+        let (message, hint) = split_hint(&cause.to_string());
+        if i == 0 {
+            lines.push(format!("error: {message}"));
+        } else if !shown.contains(&message) {
+            lines.push(format!("  caused by: {message}"));
+        }
+        shown.push_str(&message);
+        hints.extend(hint.filter(|h| !hints.contains(h)));
+    }
+    lines.extend(hints.into_iter().map(|h| format!("  next: {h}")));
+    lines
+}
+
 /// A hint that names a command, as a next step (`tsmigrate cutover   # why`).
 fn hint_step(hint: &str) -> Option<NextStep> {
     let (command, why) = match hint.split_once('#') {
@@ -206,6 +226,17 @@ mod tests {
             ]
         );
         assert_eq!(crate::state::render_next_steps(&steps).matches("tsmigrate repair ").count(), 1 + 1, "repair once, --delete-extra once");
+    }
+
+    #[test]
+    fn a_cause_the_message_already_quotes_and_a_repeated_fix_are_printed_once() {
+        let error = anyhow::anyhow!("connection refused\n  next: start the server")
+            .context("cannot connect to PostgreSQL at db: connection refused\n  next: start the server")
+            .context("status is incomplete");
+        assert_eq!(
+            error_lines(&error),
+            vec!["error: status is incomplete", "  caused by: cannot connect to PostgreSQL at db: connection refused", "  next: start the server"]
+        );
     }
 
     #[test]

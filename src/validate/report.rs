@@ -226,8 +226,8 @@ impl ValidationReport {
         let _ = writeln!(
             o,
             "events: redis {}, target {}; {} of {} hours differ{}",
-            e.redis_events,
-            e.target_events,
+            crate::human::count(e.redis_events),
+            crate::human::count(e.target_events),
             e.hours.total,
             e.hours_compared,
             if self.depth == super::Depth::Counts { " (counts only)" } else { "" }
