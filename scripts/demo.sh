@@ -8,7 +8,8 @@
 # steps below in order. Each step prints a header and the command it runs.
 #
 # Overrides: DEMO_DATABASE (tsmigrate_demo), DEMO_REDIS_PREFIX (demo:), DEMO_EVENTS (50000),
-# DEMO_PG_URL (postgres://postgres@127.0.0.1:5432), REDIS_URL (redis://127.0.0.1:6379).
+# DEMO_PG_URL (postgres://postgres@127.0.0.1:5432), REDIS_URL (redis://127.0.0.1:6379),
+# DEMO_PORT (18080), DEMO_PROFILE (release; `debug` uses a debug build).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,7 +25,8 @@ export TSMIGRATE_REDIS_PREFIX="$DEMO_REDIS_PREFIX"
 unset TSMIGRATE_CONFIG LEGACY_DATABASE_URL
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "$target_dir" == /* ]] || target_dir="$PWD/$target_dir"
-TSMIGRATE="$target_dir/release/tsmigrate"
+DEMO_PROFILE="${DEMO_PROFILE:-release}"
+TSMIGRATE="$target_dir/$DEMO_PROFILE/tsmigrate"
 
 step_number=0
 # step "<title>" <command...>: prints a header, the command, then runs it.
@@ -53,12 +55,18 @@ reset_demo_data() {
 
 # --- setup ----------------------------------------------------------------------------------
 step "Start PostgreSQL and Redis" bash scripts/services.sh
-step "Build tsmigrate (release)" cargo build --release --locked
+if [[ "$DEMO_PROFILE" == release ]]; then
+    step "Build tsmigrate (release)" cargo build --release --locked
+else
+    step "Build tsmigrate ($DEMO_PROFILE)" cargo build --locked
+fi
 step "Fresh demo database and Redis prefix" reset_demo_data
 
 # --- the legacy system ---------------------------------------------------------------------
-step "Seed a week of legacy traffic (Redis + the hourly flush into the legacy tables)" \
-    tsmigrate seed --events "$DEMO_EVENTS" --days 7 --users 800 --messy
+# Ten days, so that some of the data is older than the columnstore's 7 days and
+# `optimize --compress-now` has chunks to compress (in TimescaleDB mode).
+step "Seed ten days of legacy traffic (Redis + the hourly flush into the legacy tables)" \
+    tsmigrate seed --events "$DEMO_EVENTS" --days 10 --users 800 --messy
 
 # --- the migration, phase by phase, with live traffic ---------------------------------------
 DEMO_PORT="${DEMO_PORT:-18080}"
@@ -135,6 +143,20 @@ expect_exit() {
     [[ "$code" == "$want" ]] || { echo "expected exit $want, got $code" >&2; return 1; }
 }
 
+# The read API re-reads the read source every second: wait (bounded) until it answers from
+# the expected source, then show the answer.
+read_summary_from() {
+    local want="$1" answer=""
+    for _ in $(seq 1 50); do
+        answer=$(read_summary)
+        [[ "$answer" == *"\"source\": \"$want\""* ]] && { echo "$answer"; return 0; }
+        sleep 0.2
+    done
+    echo "$answer"
+    echo "the read API still answers from another source than $want" >&2
+    return 1
+}
+
 read_summary() {
     local from to
     from=$(date -u -d '-6 days' +%Y-%m-%dT00:00:00Z)
@@ -160,19 +182,26 @@ step "Validate again: the differences are found, event by event (exit 1)" \
 step "What the repair would do" tsmigrate repair --delete-extra --dry-run
 step "Repair exactly what the validation found, from Redis" tsmigrate repair --delete-extra
 step "Validate: clean again" tsmigrate validate --depth events
-step "Reads still come from the legacy path" read_summary
+step "Reads still come from the legacy path" read_summary_from legacy
 step "Cut reads over to the target" tsmigrate cutover
-step "The same question, answered by the target" read_summary
+step "The same question, answered by the target (once the service has seen the switch)" read_summary_from target
 step "Validate again after the switch (the retire gate needs it)" \
     tsmigrate validate --depth events
 step "Retire the legacy hourly flush (demo: soak shortened to 0s; recorded in the audit log)" \
     tsmigrate retire-flush --soak 0s
-step "Optimize: retention, asset popularity, columnstore report" \
+step "Optimize: retention, asset popularity, columnstore report (plain PostgreSQL: nothing to compress, and it says so)" \
     tsmigrate optimize --compress-now
+# The service's user_sets job catches up every 15 s; building now shows the final state
+# without waiting for it (what the backfill marked is rebuilt).
+step "Build whatever user sets the service's job (every 15 s) has not built yet" tsmigrate user-sets build
+step "Complete the migration (the legacy keys get an expiry; no way back, hence --yes)" \
+    tsmigrate complete --yes
 step "Where the migration stands" tsmigrate status
 
 echo
-echo "Demo finished: reads come from the target and the legacy flush is retired."
+echo "Demo finished: the migration is complete; reads come from the target, the legacy flush is retired"
+echo "and the legacy Redis keys expire. Redis holds more members than the target has rows: the"
+echo "difference is the members that are not events (dead letters, counted in the status line)."
 echo "Explore it with:"
 echo "  DATABASE_URL=$DATABASE_URL TSMIGRATE_REDIS_PREFIX=$TSMIGRATE_REDIS_PREFIX $TSMIGRATE status"
 echo "  psql $DATABASE_URL -c 'SELECT at, actor, command, from_phase, to_phase, outcome FROM tsmigrate.audit_log ORDER BY id'"

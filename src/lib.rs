@@ -23,6 +23,7 @@
 //! - [`progress`]   progress reporting for long work; [`stop`] how it stops early (interrupt, lost lock) at a page boundary.
 //! - [`remembered`] a server-read value trusted for a while (flags, read source, horizon).
 //! - [`telemetry`]  the Prometheus recorder behind `/metrics`.
+//! - [`human`]      how counts, rates, sizes, times and quantities are written for people.
 
 pub mod calendar;
 pub mod cli;
@@ -35,6 +36,7 @@ pub mod dual_write;
 pub mod duration;
 pub mod event;
 pub mod http;
+pub mod human;
 pub mod identity;
 pub mod legacy;
 pub mod phase;

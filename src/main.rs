@@ -51,10 +51,7 @@ fn main() -> ExitCode {
             ExitCode::from(reply.exit_code)
         }
         Err(Failure { error, phase }) => {
-            eprintln!("error: {error}");
-            for cause in error.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            print_error(&error);
             let code = tsmigrate::exit_code_for(&error);
             if json {
                 let mut envelope = Envelope::of_error(command, code, ErrorBody::of(&error), phase);
@@ -66,6 +63,14 @@ fn main() -> ExitCode {
             }
             ExitCode::from(code)
         }
+    }
+}
+
+/// The error, each cause that says something the message did not (a message often already
+/// quotes its cause), and each distinct `next:` once, last.
+fn print_error(error: &anyhow::Error) {
+    for line in tsmigrate::cli::output::error_lines(error) {
+        eprintln!("{line}");
     }
 }
 
@@ -105,7 +110,9 @@ fn init_tracing(verbose: u8, format: LogFormat) {
         _ => "debug,sqlx=info,hyper=info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // The target (the module path: tsmigrate::dual_write::relay, tsmigrate::daemon::jobs…) names
+    // the component each line comes from.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true);
     match format {
         // Colour codes are for a terminal; in a file or a log pipeline they are noise.
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

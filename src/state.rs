@@ -130,10 +130,27 @@ pub fn split_hint(text: &str) -> (String, Option<String>) {
     }
 }
 
+/// Each command once, in the order first given; the reasons of a command given several times
+/// are joined (`repair` for missing, different and aggregate differences is one step), and an
+/// instruction that is not a command is kept once.
+pub fn dedupe_next_steps(steps: Vec<NextStep>) -> Vec<NextStep> {
+    let mut out: Vec<NextStep> = Vec::with_capacity(steps.len());
+    for step in steps {
+        match out.iter_mut().find(|s| s.command == step.command && (s.command.is_some() || s.why == step.why)) {
+            Some(same) if !same.why.split("; ").any(|w| w == step.why) && !step.why.is_empty() => {
+                same.why = if same.why.is_empty() { step.why } else { format!("{}; {}", same.why, step.why) };
+            }
+            Some(_) => {}
+            None => out.push(step),
+        }
+    }
+    out
+}
+
 /// The "next:" block every report ends with (phase commands, status, validation).
 pub fn render_next_steps(steps: &[NextStep]) -> String {
     let mut o = String::from("next:\n");
-    for step in steps {
+    for step in &dedupe_next_steps(steps.to_vec()) {
         o.push_str(&format!("  {step}\n"));
     }
     o

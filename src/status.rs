@@ -13,6 +13,7 @@ use sqlx::PgPool;
 use crate::context::Context;
 use crate::dual_write::durability::{self, OutboxDurability};
 use crate::dual_write::gaps::{self, OutboxGap};
+use crate::human::plural;
 use crate::phase::gates::{self, GateRules, LatestValidation};
 use crate::state::{self, render_next_steps, MigrationState, NextStep, Phase};
 use crate::store::capability::Capabilities;
@@ -558,16 +559,16 @@ fn verdict(s: &Status, _now: DateTime<Utc>) -> (Verdict, String) {
 fn user_sets_text(s: &UserSetsStatus) -> String {
     let show = |secs: i64| crate::duration::show(chrono::Duration::seconds(secs));
     format!(
-        "{} days, {} hours, {} minutes built through {} (lag {}); stale: {} minutes marked, {} hours / {} days differ from the aggregates; {} per day",
-        s.days,
-        s.hours,
-        s.minutes,
+        "{}, {}, {} built through {} (lag {}); stale: {} marked, {} / {} differ from the aggregates; {} per day",
+        plural(s.days, "day"),
+        plural(s.hours, "hour"),
+        plural(s.minutes, "minute"),
         time(&s.built_through),
         s.lag_seconds.map(show).unwrap_or_else(|| "-".into()),
-        s.marked_minutes,
-        s.hours_differing,
-        s.days_differing,
-        s.bytes_per_day.map(|b| format!("{:.0} KiB", b as f64 / 1024.0)).unwrap_or_else(|| "-".into())
+        plural(s.marked_minutes, "minute"),
+        plural(s.hours_differing, "hour"),
+        plural(s.days_differing, "day"),
+        s.bytes_per_day.map(crate::human::bytes_i64).unwrap_or_else(|| "-".into())
     )
 }
 
@@ -664,14 +665,18 @@ impl Status {
 
     fn redis_events_text(&self) -> String {
         match self.redis.events {
-            Some(n) => format!("{n} ({} .. {})", time(&self.redis.oldest_event), time(&self.redis.newest_event)),
+            Some(n) => format!("{} ({} .. {})", crate::human::count(n), time(&self.redis.oldest_event), time(&self.redis.newest_event)),
             None => "unknown".into(),
         }
     }
 
     fn target_events_text(&self) -> String {
+        // Redis members that are not events never become rows: the count says so, or the two
+        // systems' figures would differ unexplained.
+        let dead: i64 = self.target.dead_letters.iter().flatten().map(|d| d.count).sum();
+        let dead = if dead > 0 { format!(", + {} not events (dead letters)", plural(dead, "member")) } else { String::new() };
         match self.target.events {
-            Some(n) => format!("{n} ({} .. {})", time(&self.target.oldest_event), time(&self.target.newest_event)),
+            Some(n) => format!("{} ({} .. {}){dead}", crate::human::count(n), time(&self.target.oldest_event), time(&self.target.newest_event)),
             None => "unknown".into(),
         }
     }
@@ -707,7 +712,7 @@ impl Status {
     fn details_text(&self) -> String {
         let mut o = String::new();
         if let Some(t) = self.completion_point {
-            o.push_str(&format!("completion point: {t}\n"));
+            o.push_str(&format!("completion point: {}\n", crate::human::utc(t)));
         }
         use crate::identity::Outcome;
         match &self.identity {
@@ -727,10 +732,15 @@ impl Status {
             o.push_str("policies / jobs:\n");
             for p in &self.policies {
                 o.push_str(&format!(
-                    "  {:<44} on {:<30} every {:<10} last: {} ({}) failures: {}  {}\n",
+                    "  {:<44} on {:<30} {:<16} last: {} ({}) failures: {}  {}\n",
                     p.name,
                     p.target,
-                    p.schedule,
+                    // Schedules read "every 5 minutes" or "hourly"; an interval alone gets "every".
+                    if p.schedule.starts_with("every") || !p.schedule.starts_with(|c: char| c.is_ascii_digit()) {
+                        p.schedule.clone()
+                    } else {
+                        format!("every {}", p.schedule)
+                    },
                     opt(&p.last_status),
                     time(&p.last_run_at),
                     p.failures,
@@ -743,7 +753,7 @@ impl Status {
             "storage:    {} hourly rows, {} chunks/partitions, {}",
             opt(&t.hourly_rows),
             opt(&t.chunks),
-            t.total_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1_048_576.0)).unwrap_or_else(|| "-".into())
+            t.total_bytes.map(crate::human::bytes_i64).unwrap_or_else(|| "-".into())
         ));
         if let Some(ratio) = t.compression_ratio {
             o.push_str(&format!(", compression {ratio:.1}x ({} chunks compressed)", opt(&t.compressed_chunks)));
@@ -759,8 +769,8 @@ impl Status {
                 "redis:      aof {}, rdb save {:?}, memory {} of {} ({})\n",
                 opt(&d.aof),
                 d.rdb_save.as_deref().unwrap_or("-"),
-                opt(&d.used_memory),
-                d.maxmemory.map(|m| if m == 0 { "no limit".to_string() } else { m.to_string() }).unwrap_or_else(|| "-".into()),
+                d.used_memory.map(crate::human::bytes).unwrap_or_else(|| "-".into()),
+                d.maxmemory.map(|m| if m == 0 { "no limit".to_string() } else { crate::human::bytes(m) }).unwrap_or_else(|| "-".into()),
                 d.maxmemory_policy.as_deref().unwrap_or("-")
             ));
         }

@@ -36,7 +36,7 @@ impl Reply {
     }
 
     pub fn with_next_steps(self, next_steps: Vec<NextStep>) -> Reply {
-        Reply { next_steps, ..self }
+        Reply { next_steps: crate::state::dedupe_next_steps(next_steps), ..self }
     }
 
     /// Ends with `exit_code` for the reason given (the details still say all it found).
@@ -78,6 +78,26 @@ impl ErrorBody {
 }
 
 pub use crate::state::split_hint;
+
+/// An error as text for stderr: the message, each cause that says something the lines before
+/// did not (a message often already quotes its cause), and each distinct `next:` once, last.
+pub fn error_lines(error: &anyhow::Error) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut shown = String::new();
+    let mut hints: Vec<String> = Vec::new();
+    for (i, cause) in error.chain().enumerate() {
+        let (message, hint) = split_hint(&cause.to_string());
+        if i == 0 {
+            lines.push(format!("error: {message}"));
+        } else if !shown.contains(&message) {
+            lines.push(format!("  caused by: {message}"));
+        }
+        shown.push_str(&message);
+        hints.extend(hint.filter(|h| !hints.contains(h)));
+    }
+    lines.extend(hints.into_iter().map(|h| format!("  next: {h}")));
+    lines
+}
 
 /// A hint that names a command, as a next step (`tsmigrate cutover   # why`).
 fn hint_step(hint: &str) -> Option<NextStep> {
@@ -184,6 +204,39 @@ mod tests {
         assert!(!envelope.ok);
         let plain = Envelope::of_error("status", 2, ErrorBody::new("down", Some("check the server".into())), None);
         assert!(plain.next_steps.is_empty(), "advice that is not a command stays in the hint");
+    }
+
+    #[test]
+    fn a_step_given_twice_is_shown_once_with_both_reasons() {
+        let steps = vec![
+            NextStep::run("tsmigrate repair", "copy the missing events"),
+            NextStep::run("tsmigrate repair --delete-extra", "delete the extra ones"),
+            NextStep::run("tsmigrate repair", "rewrite the different ones"),
+            NextStep::run("tsmigrate repair", "copy the missing events"),
+            NextStep::note("wait for the relay"),
+            NextStep::note("wait for the relay"),
+        ];
+        let reply = Reply::done(json!({}), String::new()).with_next_steps(steps.clone());
+        assert_eq!(
+            reply.next_steps,
+            vec![
+                NextStep::run("tsmigrate repair", "copy the missing events; rewrite the different ones"),
+                NextStep::run("tsmigrate repair --delete-extra", "delete the extra ones"),
+                NextStep::note("wait for the relay"),
+            ]
+        );
+        assert_eq!(crate::state::render_next_steps(&steps).matches("tsmigrate repair ").count(), 1 + 1, "repair once, --delete-extra once");
+    }
+
+    #[test]
+    fn a_cause_the_message_already_quotes_and_a_repeated_fix_are_printed_once() {
+        let error = anyhow::anyhow!("connection refused\n  next: start the server")
+            .context("cannot connect to PostgreSQL at db: connection refused\n  next: start the server")
+            .context("status is incomplete");
+        assert_eq!(
+            error_lines(&error),
+            vec!["error: status is incomplete", "  caused by: cannot connect to PostgreSQL at db: connection refused", "  next: start the server"]
+        );
     }
 
     #[test]

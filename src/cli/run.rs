@@ -41,7 +41,10 @@ pub async fn run(args: Args, mut settings: Settings) -> anyhow::Result<Reply> {
     // Always printed (whatever the log level), in the log's own format.
     match settings.log.format {
         LogFormat::Text => eprintln!("{listening}"),
-        LogFormat::Json => eprintln!("{}", serde_json::json!({"timestamp": chrono::Utc::now(), "level": "INFO", "fields": {"message": listening}})),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({"timestamp": chrono::Utc::now(), "level": "INFO", "fields": {"message": listening}, "target": "tsmigrate::cli::run"})
+        ),
     }
     daemon::run(settings, listener, daemon::DaemonOptions { relay: !args.no_relay, jobs: !args.no_jobs }, shutdown).await?;
     Ok(Reply::done(serde_json::json!({"listened_on": address.to_string(), "stopped": "signal"}), String::new()))

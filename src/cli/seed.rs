@@ -69,17 +69,17 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
     progress.finish();
     let o = &outcome;
     let text = format!(
-            "seeded {} events in {} batches ({} .. {})\n  messy: {} without id, {} epoch timestamps, {} not JSON, {} identical resends, {} late\n  legacy flush: {} hours\n",
+            "seeded {} events in {} batches ({} .. {})\n  messy: {} without id, {} epoch timestamps, {} not JSON, {} identical resends, {} late\n  legacy flush: {}\n",
             o.events_generated,
             o.batches,
-            o.from.map(|t| t.to_rfc3339()).unwrap_or_default(),
-            o.to.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            o.from.map(crate::human::utc).unwrap_or_default(),
+            o.to.map(crate::human::utc).unwrap_or_default(),
             o.without_id,
             o.epoch_timestamps,
             o.not_json,
             o.identical_resends,
             o.late,
-            o.hours_flushed
+            crate::human::plural(o.hours_flushed as u64, "hour")
         );
     let next = vec![crate::state::NextStep::run("tsmigrate prepare", "create the target")];
     Ok(Reply::done(&outcome, text + &crate::state::render_next_steps(&next)).with_next_steps(next))

@@ -1,3 +1,4 @@
+use crate::human::plural;
 use chrono::Utc;
 
 use crate::context::Context;
@@ -48,8 +49,12 @@ pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<Reply> {
     };
     let report = serde_json::json!({ "marked_minutes": marked, "built": built });
     let text = format!(
-        "user sets built: {} minutes, {} hours, {} days ({} minutes marked for rebuild, {} expired rows removed)\n",
-        built.minutes, built.hours, built.days, marked, built.expired
+        "user sets built: {}, {}, {} ({} marked for rebuild, {} expired rows removed)\n",
+        plural(built.minutes, "minute"),
+        plural(built.hours, "hour"),
+        plural(built.days, "day"),
+        plural(marked, "minute"),
+        built.expired
     );
     Ok(Reply::done(report, text))
 }

@@ -60,11 +60,11 @@ pub fn warnings(facts: &OutboxDurability) -> Vec<String> {
         let ratio = used as f64 / max as f64;
         if ratio > MEMORY_WARN_RATIO {
             out.push(format!(
-                "Redis uses {:.0}% of maxmemory ({} of {} bytes): the outbox grows while the target is down and may not fit; \
+                "Redis uses {:.0}% of maxmemory ({} of {}): the outbox grows while the target is down and may not fit; \
                  raise maxmemory (runbooks/02-dual-write-backfill.md has the headroom formula)",
                 ratio * 100.0,
-                used,
-                max
+                crate::human::bytes(used),
+                crate::human::bytes(max)
             ));
         }
         if facts.maxmemory_policy.as_deref().is_some_and(|p| p.starts_with("allkeys")) {

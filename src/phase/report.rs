@@ -18,7 +18,11 @@ impl Details for Value {
         let Value::Object(map) = self else { return String::new() };
         map.iter()
             .map(|(key, value)| match value {
-                Value::String(s) => format!("  {key}: {s}\n"),
+                // A time as people read it (seconds, UTC), not the wire's nanoseconds.
+                Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+                    Ok(t) => format!("  {key}: {}\n", crate::human::utc(t.to_utc())),
+                    Err(_) => format!("  {key}: {s}\n"),
+                },
                 other => format!("  {key}: {other}\n"),
             })
             .collect()

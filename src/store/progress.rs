@@ -83,31 +83,31 @@ impl TaskProgress {
         format!("tsmigrate {}", self.task)
     }
 
-    /// One line for people: `backfill: 45% (27000 of 60000 events), 9800 events/s, ETA 3s`.
+    /// One line for people: `backfill: 45% (27,000 of 60,000 events), 9,800 events/s, ETA 3s`.
     pub fn line(&self, now: DateTime<Utc>) -> String {
-        let of = self.total_shown().map(|t| format!(" of {t}")).unwrap_or_default();
-        let mut line = format!("{}: {}{} {}", self.task, self.done, of, self.unit);
+        let of = self.total_shown().map(|t| format!(" of {}", crate::human::count(t))).unwrap_or_default();
+        let done = crate::human::count(self.done);
+        let mut line = format!("{}: {done}{of} {}", self.task, self.unit);
         if let Some(p) = self.percent() {
-            line = format!("{}: {p:.0}% ({}{} {})", self.task, self.done, of, self.unit);
+            line = format!("{}: {p:.0}% ({done}{of} {})", self.task, self.unit);
         }
-        let at = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
         if self.stopped() {
             return format!(
                 "{line}; NOT RUNNING: stopped at {} (interrupted, or its process or connection died); `{}` resumes it",
-                at(self.updated_at),
+                crate::human::utc(self.updated_at),
                 self.resume_command()
             );
         }
         if self.stalled(now) {
             return format!(
                 "{line}; STALLED: still running, nothing done since {} ({}, since {})",
-                at(self.updated_at),
+                crate::human::utc(self.updated_at),
                 self.actor,
                 self.started_at.format("%H:%M:%S UTC")
             );
         }
         if let Some(rate) = self.rate(now) {
-            line.push_str(&format!(", {rate:.0} {}/s", self.unit));
+            line.push_str(&format!(", {}", crate::human::rate(rate, &self.unit)));
         }
         if let Some(eta) = self.eta_seconds(now) {
             line.push_str(&format!(", ETA {}", crate::duration::show(chrono::Duration::seconds(eta.ceil() as i64))));
@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(p.percent().map(|p| p.round()), Some(55.0));
         assert_eq!(p.rate(p.updated_at), Some(500.0), "resumed work is not this run's");
         assert_eq!(p.eta_seconds(p.updated_at), Some(10.0));
-        assert!(p.line(p.updated_at).starts_with("backfill: 55% (6000 of 11000 events), 500 events/s, ETA 10s"), "{}", p.line(p.updated_at));
+        assert!(p.line(p.updated_at).starts_with("backfill: 55% (6,000 of 11,000 events), 500 events/s, ETA 10s"), "{}", p.line(p.updated_at));
     }
 
     #[test]
@@ -315,7 +315,7 @@ mod tests {
         let p = TaskProgress { done: 12_390, total: Some(10_000), ..sample(true) };
         assert_eq!(p.percent(), Some(100.0));
         let line = p.line(p.updated_at);
-        assert!(line.starts_with("backfill: 100% (12390 of 12390 events)"), "{line}");
+        assert!(line.starts_with("backfill: 100% (12,390 of 12,390 events)"), "{line}");
         assert_eq!(p.eta_seconds(p.updated_at), Some(0.0));
     }
 }

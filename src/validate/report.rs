@@ -211,7 +211,14 @@ impl ValidationReport {
         let run = self.run_id.map(|id| format!(", run #{id}")).unwrap_or_default();
         let _ = writeln!(o, "validate: {verdict} ({} depth, storage mode {}{run}, {:.1}s)", self.depth.as_str(), self.mode, self.duration_ms as f64 / 1000.0);
         let w = &self.window;
-        let _ = writeln!(o, "window: {} .. {} ({} hours, cut in {})", show_hour(w.from), show_hour(w.to), w.hour_starts.len(), w.time_zone);
+        let _ = writeln!(
+            o,
+            "window: {} .. {} ({}, cut in {})",
+            show_hour(w.from),
+            show_hour(w.to),
+            crate::human::plural(w.hour_starts.len() as u64, "hour"),
+            w.time_zone
+        );
         let _ = writeln!(o, "  from {}: {}", show_hour(w.from), w.from_reason);
         let _ = writeln!(o, "  to   {}: {}", show_hour(w.to), w.to_reason);
 
@@ -219,8 +226,8 @@ impl ValidationReport {
         let _ = writeln!(
             o,
             "events: redis {}, target {}; {} of {} hours differ{}",
-            e.redis_events,
-            e.target_events,
+            crate::human::count(e.redis_events),
+            crate::human::count(e.target_events),
             e.hours.total,
             e.hours_compared,
             if self.depth == super::Depth::Counts { " (counts only)" } else { "" }

@@ -36,6 +36,7 @@ mod promises_tls;
 pub mod proxy;
 mod reads;
 mod relay_isolation;
+mod runbooks;
 mod scenario;
 mod seed;
 pub mod servers;

@@ -128,13 +128,17 @@ async fn logs_to_a_pipe_have_no_colour_codes_and_json_logs_are_one_object_per_li
     let text = logging_daemon(&env, &[]).logs();
     assert!(!text.contains('\u{1b}'), "a log written to a pipe carries no ANSI escape codes:\n{text:?}");
     assert!(text.lines().any(|l| l.contains("INFO") && l.contains("jobs lease")), "{text}");
+    // Every log line names the component it comes from (the module path) after its level.
+    let leveled = text.lines().filter(|l| [" INFO ", " WARN ", " ERROR "].iter().any(|level| l.contains(level)));
+    assert!(leveled.clone().all(|l| l.split_whitespace().nth(2).is_some_and(|t| t.ends_with(':') && t.contains("::"))), "{text}");
+    assert!(leveled.clone().any(|l| l.contains("tsmigrate::daemon::leader: ") && l.contains("jobs lease")), "{text}");
 
     let json = logging_daemon(&env, &["--log-format", "json"]).logs();
     let lines: Vec<Value> = json
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("a --log-format json line that is not JSON ({e}): {line:?}\n{json}")))
         .collect();
-    assert!(lines.iter().all(|l| l["level"].is_string() && l["fields"]["message"].is_string()), "{json}");
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["fields"]["message"].is_string() && l["target"].is_string()), "{json}");
     assert!(lines.iter().any(|l| l["fields"]["message"].as_str().unwrap().contains("jobs lease")), "{json}");
 
     // The setting does the same, and a bad value is refused with a clear message.

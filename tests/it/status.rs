@@ -236,7 +236,7 @@ async fn long_work_is_visible_from_any_terminal_and_a_dead_run_shows_as_not_runn
     .await;
     assert_eq!((running["task"].as_str(), running["total"].as_i64(), running["running"].as_bool()), (Some("backfill"), Some(1000), Some(true)), "{running}");
     let text = env.cli(&["status"]).expect_success().stdout.clone();
-    assert!(text.contains("running:    backfill: 45% (450 of 1000 events)"), "{text}");
+    assert!(text.contains("running:    backfill: 45% (450 of 1,000 events)"), "{text}");
     reporter.finish(&env.pool, "backfill").await;
     let finished = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&finished, "running"), &Value::Array(vec![]), "a finished run is not running");

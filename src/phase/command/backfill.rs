@@ -416,9 +416,9 @@ impl Details for BackfillDetails {
         if self.dry_run {
             o.push_str(&format!(
                 "would copy about {} events scored up to {} (completion point {}){}\n",
-                self.remaining_estimate,
-                self.upper_bound,
-                self.completion_point,
+                crate::human::count(self.remaining_estimate),
+                crate::human::utc(self.upper_bound),
+                crate::human::utc(self.completion_point),
                 if self.resumed { ", resuming from the saved checkpoint" } else { "" }
             ));
         } else {
@@ -434,15 +434,15 @@ impl Details for BackfillDetails {
 impl BackfillDetails {
     fn copied_text(&self) -> String {
         let mut o = format!(
-            "backfill: {} events read, {} inserted, {} already present, {} dead letters, {} pages{}\n",
+            "backfill: {} events read, {} inserted, {} already present, {} dead letters, {}{}\n",
             self.read,
             self.inserted,
             self.already_present,
             self.dead_letters,
-            self.pages,
+            crate::human::plural(self.pages, "page"),
             if self.resumed { " (resumed from checkpoint)" } else { "" }
         );
-        o.push_str(&format!("this run: {:.1}s, {:.0} events/s\n", self.seconds, self.events_per_second));
+        o.push_str(&format!("this run: {:.1}s, {}\n", self.seconds, crate::human::rate(self.events_per_second, "events")));
         if !self.dead_letter_reasons.is_empty() {
             let parts: Vec<String> = self.dead_letter_reasons.iter().map(|d| format!("{} {}", d.count, d.reason_code)).collect();
             o.push_str(&format!("dead letters by reason: {} (see tsmigrate.dead_letter)\n", parts.join(", ")));

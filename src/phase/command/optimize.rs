@@ -25,6 +25,8 @@ pub struct OptimizeDetails {
     #[serde(flatten)]
     pub storage: StorageFigures,
     pub compressed_now: i64,
+    /// `--compress-now` was given (what it did is `compressed_now`, or why it could not).
+    pub compress_now_requested: bool,
     pub dropped_partitions: i32,
     pub asset_popularity_rows: i64,
 }
@@ -59,7 +61,8 @@ impl PhaseCommand for Optimize {
             "daily_days": t.daily_retention_days,
             "columnstore_after_days": t.columnstore_after_days,
         });
-        let details = OptimizeDetails { mode, retention, storage, compressed_now, dropped_partitions, asset_popularity_rows };
+        let compress_now_requested = self.compress_now;
+        let details = OptimizeDetails { mode, retention, storage, compressed_now, compress_now_requested, dropped_partitions, asset_popularity_rows };
         Ok(Applied::new(details, Commit::Stay))
     }
 
@@ -84,19 +87,32 @@ impl Details for OptimizeDetails {
                     self.compressed_now
                 ));
                 match (s.bytes_before_compression, s.bytes_after_compression, s.compression_ratio) {
-                    (Some(b), Some(a), Some(r)) => o.push_str(&format!("compression: {:.1} MiB -> {:.1} MiB ({r:.1}x)\n", mib(b), mib(a))),
-                    _ => o.push_str("compression: no chunk is old enough yet (or run with --compress-now)\n"),
+                    (Some(b), Some(a), Some(r)) => {
+                        o.push_str(&format!("compression: {} -> {} ({r:.1}x)\n", crate::human::bytes_i64(b), crate::human::bytes_i64(a)))
+                    }
+                    // Only chunks older than columnstore_after_days are eligible, --compress-now included.
+                    _ if self.compress_now_requested => o.push_str(&format!(
+                        "compression: none yet: no chunk is older than {} (target.columnstore_after_days), so --compress-now had nothing to compress\n",
+                        crate::human::plural(self.retention["columnstore_after_days"].as_i64().unwrap_or(0), "day")
+                    )),
+                    _ => o.push_str(&format!(
+                        "compression: none yet: chunks older than {} are compressed by the columnstore policy (or now with --compress-now)\n",
+                        crate::human::plural(self.retention["columnstore_after_days"].as_i64().unwrap_or(0), "day")
+                    )),
                 }
             }
             StorageMode::Postgres => {
                 o.push_str(&format!("partitions: {} ({} dropped by raw retention); plain PostgreSQL has no columnstore\n", s.chunks, self.dropped_partitions));
+                if self.compress_now_requested {
+                    o.push_str("--compress-now: skipped: plain PostgreSQL has no columnstore, so there is nothing to compress\n");
+                }
             }
         }
-        o.push_str(&format!("raw storage: {:.1} MiB; asset popularity rows: {}\n", mib(s.total_bytes), self.asset_popularity_rows));
+        o.push_str(&format!(
+            "raw storage: {}; asset popularity rows: {}\n",
+            crate::human::bytes_i64(s.total_bytes),
+            crate::human::count(self.asset_popularity_rows)
+        ));
         o
     }
-}
-
-pub fn mib(bytes: i64) -> f64 {
-    bytes as f64 / 1_048_576.0
 }
