@@ -294,7 +294,11 @@ async fn prepared_figures(ctx: &Context, state: &MigrationState, status: &mut St
     status.warnings.extend(status.outbox_gaps.iter().map(|g| format!("{}; repair: {}", g.describe(), g.repair_command())));
     status.running = running?;
     status.jobs = jobs.ok();
-    Ok(status.last_validation.as_ref().map(|v| LatestValidation { id: v.id, finished_at: v.finished_at, result: v.result.clone(), depth: v.depth.clone() }))
+    // The gates read the run as the phase commands do, coverage included.
+    match &status.last_validation {
+        Some(_) => Ok(crate::phase::state::latest_validation(&mut *pool.acquire().await?).await?),
+        None => Ok(None),
+    }
 }
 
 /// What the target holds; a figure it cannot read (a table not there yet) stays `None`.

@@ -174,6 +174,61 @@ async fn clean_systems_validate_clean_and_move_the_phase_to_validated() {
     env.cleanup().await;
 }
 
+/// A clean run over a few hours says what it left unchecked and opens no gate: events
+/// missing elsewhere keep cutover refused, naming the range still unchecked; only a clean
+/// run over the whole migrated range moves the phase and opens the cutover gate.
+#[tokio::test]
+async fn a_narrow_clean_validation_opens_no_gate_and_names_what_is_unchecked() {
+    let env = TestEnv::new().await;
+    migrate(&env, "postgres", seed_end());
+    // Missing from the target, about a day ago: far outside the hours validated below.
+    let deleted = pick(&env.pool, 2, 30).await;
+    for id in &deleted {
+        sqlx::query("DELETE FROM analytics_events_ts WHERE event_id = $1::uuid").bind(id).execute(&env.pool).await.unwrap();
+    }
+
+    let narrow = env.cli(&["validate", "--from=-5h", "--to=-3h", "--json"]).expect_success().details();
+    assert_eq!(field(&narrow, "result"), "clean", "{narrow}");
+    let window = field(&narrow, "window");
+    assert_eq!(field(window, "whole_range"), false, "{window}");
+    let unchecked = field(window, "unchecked").as_array().unwrap().clone();
+    assert!(!unchecked.is_empty(), "{window}");
+    assert_eq!(field(window, "range.from"), field(&unchecked[0], "from"), "the older hours are unchecked: {window}");
+    let warnings = field(&narrow, "run.warnings").to_string();
+    assert!(warnings.contains("opens no gate") && warnings.contains("still unchecked"), "{narrow}");
+    assert_eq!(field(&narrow, "run.phase_after"), "backfilled", "a narrow run moves no phase");
+    assert_eq!(phase(&env.pool).await, "backfilled");
+    let text = env.cli(&["validate", "--from=-5h", "--to=-3h"]);
+    text.expect_success();
+    assert!(text.stdout.contains("coverage: PART of the migrated range") && text.stdout.contains("this run opens no gate"), "{}", text.stdout);
+    let recorded: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT range_from, range_to FROM tsmigrate.validation_runs ORDER BY id DESC LIMIT 1").fetch_one(&env.pool).await.unwrap();
+    assert!(recorded.0.is_some() && recorded.1.is_some(), "the run records the range it had to cover: {recorded:?}");
+
+    // Cutover is refused, and says what is still unchecked and how to check it.
+    let refused = env.cli(&["cutover", "--json"]);
+    refused.expect_code(3);
+    let envelope = refused.json();
+    let first_unchecked: DateTime<Utc> = field(&unchecked[0], "from").as_str().unwrap().parse().unwrap();
+    let hint = field(&envelope, "error.hint").as_str().unwrap().to_string();
+    assert!(hint.contains("unchecked") && hint.contains(&first_unchecked.format("%Y-%m-%dT%H:%MZ").to_string()), "{envelope}");
+    assert_eq!(field(&envelope, "next_steps")[0]["command"], "tsmigrate validate", "{envelope}");
+    let status = env.cli(&["status", "--json"]).json();
+    assert_eq!(field(&status, "next_steps")[0]["command"], "tsmigrate validate", "{status}");
+
+    // The whole range finds what is missing; repaired and validated whole, the gate opens.
+    let whole = env.cli(&["validate", "--json"]);
+    whole.expect_code(1);
+    assert_eq!(field(&whole.details(), "window.whole_range"), true);
+    assert_eq!(field(&whole.details(), "events.missing.total"), deleted.len() as u64);
+    env.cli(&["repair"]).expect_success();
+    let clean = env.cli(&["validate", "--json"]).expect_success().details();
+    assert_eq!(field(&clean, "run.phase_after"), "validated", "{clean}");
+    env.cli(&["cutover", "--json"]).expect_success();
+    assert_eq!(phase(&env.pool).await, "reads_switched");
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn injected_differences_are_found_and_reported_exactly() {
     let env = TestEnv::new().await;
