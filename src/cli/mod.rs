@@ -3,6 +3,7 @@
 
 pub mod backfill;
 pub mod dual_write;
+pub mod findings;
 pub mod history;
 pub mod import_history;
 pub mod legacy;
@@ -86,6 +87,8 @@ pub enum Command {
     ImportHistory(import_history::Args),
     /// Compare Redis and the legacy tables with the target; exit 0 clean, 1 differences, 2 a check could not run.
     Validate(validate::Args),
+    /// The differences a validation run recorded, event by event (text, JSON or CSV).
+    Findings(findings::Args),
     /// Fix exactly what the latest validation found, from Redis (extra events only with --delete-extra).
     Repair(repair::Args),
     /// Run a relay worker alone (outbox stream, or --tail the sorted set).
@@ -126,6 +129,7 @@ impl Command {
             Command::Backfill(_) => "backfill",
             Command::ImportHistory(_) => "import-history",
             Command::Validate(_) => "validate",
+            Command::Findings(_) => "findings",
             Command::Repair(_) => "repair",
             Command::Relay(_) => "relay",
             Command::Cutover(_) => "cutover",
@@ -183,6 +187,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         Command::Backfill(args) => backfill::run(args, &ctx, json).await,
         Command::ImportHistory(args) => import_history::run(args, &ctx).await,
         Command::Validate(args) => validate::run(args, &ctx, json).await,
+        Command::Findings(args) => findings::run(args, &ctx, json).await,
         Command::Repair(args) => repair::run(args, &ctx).await,
         Command::Cutover(args) => lifecycle::cutover(args, &ctx).await,
         Command::Reverse(args) => lifecycle::reverse(args, &ctx).await,

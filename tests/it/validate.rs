@@ -307,6 +307,76 @@ async fn injected_differences_are_found_and_reported_exactly() {
     env.cleanup().await;
 }
 
+/// `tsmigrate findings` shows what a run recorded: every finding, by kind, as text, the JSON
+/// envelope and CSV; the latest run unless `--run` names another; clear errors otherwise.
+#[tokio::test]
+async fn findings_show_what_a_run_recorded_as_text_json_and_csv() {
+    let env = TestEnv::new().await;
+    migrate(&env, "postgres", seed_end());
+    let none = env.cli(&["findings", "--json"]);
+    none.expect_code(2);
+    assert!(field(&none.json(), "error.message").as_str().unwrap().contains("no validation run is recorded yet"), "{}", none.stdout);
+    assert_eq!(none.json()["next_steps"][0]["command"], "tsmigrate validate");
+
+    let injected = inject(&env.pool).await;
+    let run_id = field(&env.cli(&["validate", "--json"]).expect_code(1).details(), "run_id").as_i64().unwrap();
+    let ids_of = |details: &Value, kind: &str| -> BTreeSet<String> {
+        field(details, "findings").as_array().unwrap().iter().filter(|f| f["kind"] == kind).map(|f| f["event_id"].as_str().unwrap().to_string()).collect()
+    };
+
+    let all = env.cli(&["findings", "--json"]).expect_success().details();
+    assert_eq!(field(&all, "run.id"), run_id);
+    assert_eq!(field(&all, "run.result"), "differences");
+    assert_eq!(field(&all, "total"), 7, "2 missing, 2 extra, 3 different: {all}");
+    assert_eq!(ids_of(&all, "missing"), injected.missing);
+    assert_eq!(ids_of(&all, "extra"), injected.extra);
+    assert_eq!(ids_of(&all, "different"), injected.different.iter().map(|(id, _)| id.clone()).collect::<BTreeSet<_>>());
+
+    let missing = env.cli(&["findings", "--kind", "missing", "--json"]).expect_success().details();
+    assert_eq!(field(&missing, "kinds"), &json!(["missing"]));
+    assert_eq!(ids_of(&missing, "missing"), injected.missing);
+    assert_eq!(field(&missing, "total"), 2, "only the kind asked for: {missing}");
+    let two = env.cli(&["findings", "--kind", "extra,different", "--run", &run_id.to_string(), "--json"]).expect_success().details();
+    assert_eq!(field(&two, "total"), 5, "{two}");
+    let json_format = env.cli(&["findings", "--format", "json"]).expect_success().json();
+    assert_eq!(field(&json_format, "details.total"), 7, "--format json prints the envelope");
+
+    let csv = env.cli(&["findings", "--kind", "extra", "--format", "csv"]);
+    csv.expect_success();
+    let lines: Vec<&str> = csv.stdout.lines().collect();
+    assert_eq!(lines[0], "run_id,kind,event_id,redis_time,target_time");
+    assert_eq!(lines.len(), 3, "a header and one line per extra event:\n{}", csv.stdout);
+    for line in &lines[1..] {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), 5, "{line}");
+        assert_eq!((cells[0], cells[1]), (run_id.to_string().as_str(), "extra"));
+        assert!(injected.extra.contains(cells[2]), "{line}");
+        assert_eq!(cells[3], "", "an extra event is not in Redis: {line}");
+        assert!(cells[4].parse::<DateTime<Utc>>().is_ok(), "{line}");
+    }
+
+    let text = env.cli(&["findings"]);
+    text.expect_success();
+    assert!(text.stdout.contains(&format!("validation run #{run_id} (differences, events depth")), "{}", text.stdout);
+    assert!(injected.missing.iter().all(|id| text.stdout.contains(id.as_str())), "{}", text.stdout);
+
+    // A later clean run is the default; the earlier one is still there by number.
+    env.cli(&["repair", "--delete-extra"]).expect_success();
+    env.cli(&["validate"]).expect_success();
+    let latest = env.cli(&["findings", "--json"]).expect_success().details();
+    assert_eq!(field(&latest, "total"), 0, "{latest}");
+    assert_ne!(field(&latest, "run.id"), run_id);
+    assert_eq!(field(&env.cli(&["findings", "--run", &run_id.to_string(), "--json"]).expect_success().details(), "total"), 7);
+
+    let unknown = env.cli(&["findings", "--run", "999999", "--json"]);
+    unknown.expect_code(2);
+    assert!(field(&unknown.json(), "error.message").as_str().unwrap().contains("there is no validation run #999999; the latest is #"), "{}", unknown.stdout);
+    let both = env.cli(&["findings", "--format", "csv", "--json"]);
+    both.expect_code(2);
+    assert!(both.json()["error"]["message"].as_str().unwrap().contains("two formats"));
+    env.cleanup().await;
+}
+
 /// The TimescaleDB half of "both modes agree"; the plain half, against the injected
 /// differences themselves, is `injected_differences_are_found_and_reported_exactly`.
 #[tokio::test]
