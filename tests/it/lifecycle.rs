@@ -327,3 +327,18 @@ async fn every_refusal_points_to_what_the_gates_accept() {
     assert_eq!(command, None);
     assert!(hint.contains("runbooks/08-after-complete.md"), "{hint}");
 }
+
+/// A typo is not answered with the one command that cannot be undone.
+#[tokio::test]
+async fn a_mistyped_command_is_never_pointed_at_complete() {
+    let env = TestEnv::new().await;
+    for typo in ["complet", "compelte", "completes"] {
+        let out = env.cli(&[typo]);
+        out.expect_code(2);
+        assert!(out.stderr.contains(&format!("unrecognized subcommand '{typo}'")), "{}", out.stderr);
+        assert!(!out.stderr.contains("'complete'"), "{typo}: {}", out.stderr);
+    }
+    // Other suggestions stay.
+    let out = env.cli(&["cutovr"]);
+    assert!(out.stderr.contains("'cutover'"), "{}", out.stderr);
+}

@@ -69,6 +69,15 @@ async fn pick(pool: &PgPool, hour: i32, count: i64) -> Vec<String> {
     ids
 }
 
+/// Deletes `count` target rows of `hour` (as [`pick`] counts hours); returns their ids.
+async fn delete_picked(pool: &PgPool, hour: i32, count: i64) -> Vec<String> {
+    let ids = pick(pool, hour, count).await;
+    for id in &ids {
+        sqlx::query("DELETE FROM analytics_events_ts WHERE event_id = $1::uuid").bind(id).execute(pool).await.unwrap();
+    }
+    ids
+}
+
 /// Deletes 2 target rows (hour 4), inserts 2 extra (hour 8), alters 2 (properties; user_id), shifts 1
 /// from hour 12 to hour 13: four hours differ in their counts.
 pub async fn inject(pool: &PgPool) -> Injected {
@@ -182,10 +191,7 @@ async fn a_narrow_clean_validation_opens_no_gate_and_names_what_is_unchecked() {
     let env = TestEnv::new().await;
     migrate(&env, "postgres", seed_end());
     // Missing from the target, about a day ago: far outside the hours validated below.
-    let deleted = pick(&env.pool, 2, 30).await;
-    for id in &deleted {
-        sqlx::query("DELETE FROM analytics_events_ts WHERE event_id = $1::uuid").bind(id).execute(&env.pool).await.unwrap();
-    }
+    let deleted = delete_picked(&env.pool, 2, 30).await;
 
     let narrow = env.cli(&["validate", "--from=-5h", "--to=-3h", "--json"]).expect_success().details();
     assert_eq!(field(&narrow, "result"), "clean", "{narrow}");
@@ -304,6 +310,37 @@ async fn injected_differences_are_found_and_reported_exactly() {
 
     let results: Vec<String> = sqlx::query_scalar("SELECT result FROM tsmigrate.validation_runs ORDER BY id").fetch_all(&env.pool).await.unwrap();
     assert_eq!(results, vec!["differences"; 3]);
+    env.cleanup().await;
+}
+
+/// The hourly validation job of `tsmigrate run` validates the whole migrated range: its run
+/// is recorded with that range, a dirty one fails the job, and a clean one moves the phase
+/// and opens the cutover gate as `tsmigrate validate` does.
+#[tokio::test]
+async fn the_hourly_validation_job_covers_the_whole_range_and_opens_the_gate() {
+    use std::sync::Arc;
+    use tsmigrate::daemon::jobs::{run_job, JobContext, JobName, JobOutcome};
+    let env = TestEnv::new().await;
+    migrate(&env, "postgres", seed_end());
+    delete_picked(&env.pool, 2, 3).await;
+    let ctx = JobContext {
+        ctx: tsmigrate::context::Context::with_target(Arc::new(env.settings.clone()), env.pool.clone())
+            .with_legacy(env.pool.clone())
+            .with_redis(env.redis().await),
+        lease: tsmigrate::daemon::leader::Lease::sole(),
+    };
+    let dirty = run_job(&ctx, JobName::Validation).await;
+    assert!(matches!(&dirty, JobOutcome::Failed(why) if why.contains("found differences")), "{dirty:?}");
+    env.cli(&["repair"]).expect_success();
+    let JobOutcome::Done(figures) = run_job(&ctx, JobName::Validation).await else { panic!("the repaired systems validate clean") };
+    assert_eq!(figures["whole_range"], true, "{figures}");
+    let whole: bool = sqlx::query_scalar("SELECT window_from <= range_from AND window_to >= range_to FROM tsmigrate.validation_runs ORDER BY id DESC LIMIT 1")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(whole, "the job's run is recorded as covering the whole range");
+    assert_eq!(phase(&env.pool).await, "validated");
+    env.cli(&["cutover"]).expect_success();
     env.cleanup().await;
 }
 
