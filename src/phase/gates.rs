@@ -142,7 +142,8 @@ pub fn outlook(state: &MigrationState, latest: Option<&LatestValidation>, now: D
                 Outlook::blocked(format!("the latest validation (#{}) found differences", v.id), repair_steps(v))
             }
             Some(v) if v.verdict == Verdict::Incomplete => Outlook::blocked(format!("the latest validation (#{}) could not run", v.id), revalidate_steps()),
-            // Validating the rest is the next step anyway: not blocked.
+            // Validating deeper or the rest is the next step anyway: not blocked.
+            Some(v) if v.clean() && rules.too_shallow(v).is_some() => Outlook::open(events_depth_steps()),
             Some(v) if v.clean() && v.narrow().is_some() => Outlook::open(whole_range_steps(v)),
             _ => Outlook::open(phase_steps(state.phase)),
         },
@@ -217,12 +218,14 @@ fn reads_switched(state: &MigrationState, latest: Option<&LatestValidation>, now
 fn fixes(latest: Option<&LatestValidation>, rules: &GateRules) -> Vec<NextStep> {
     match latest {
         Some(v) if v.verdict == Verdict::Differences => repair_steps(v),
-        Some(v) if v.clean() && rules.too_shallow(v).is_some() => {
-            vec![NextStep::run("tsmigrate validate --depth events", "a validation that compares every event opens the gate")]
-        }
+        Some(v) if v.clean() && rules.too_shallow(v).is_some() => events_depth_steps(),
         Some(v) if v.clean() && v.narrow().is_some() => whole_range_steps(v),
         _ => revalidate_steps(),
     }
+}
+
+fn events_depth_steps() -> Vec<NextStep> {
+    vec![NextStep::run("tsmigrate validate --depth events", "a validation that compares every event opens the gate")]
 }
 
 /// After a clean run over part of the migrated range: the whole range, in one run.

@@ -90,9 +90,6 @@ impl PhaseCommand for Validate {
 fn verdict_steps(report: &ValidationReport, gated_next: &[NextStep]) -> Vec<NextStep> {
     match report.verdict() {
         Verdict::Clean if report.phase_note.is_some() => vec![NextStep::run("tsmigrate validate", "again, to move the phase to validated")],
-        Verdict::Clean if report.depth == Depth::Counts && report.phase_after == crate::state::Phase::Backfilled => {
-            vec![NextStep::run("tsmigrate validate --depth events", "a validation that compares every event opens the cutover gate")]
-        }
         Verdict::Clean => gated_next.to_vec(),
         Verdict::Differences => difference_steps(report),
         Verdict::Incomplete => report
