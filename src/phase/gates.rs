@@ -171,7 +171,8 @@ fn phase_steps(phase: Phase) -> Vec<NextStep> {
         Phase::ReadsSwitched => vec![NextStep::run("tsmigrate retire-flush", "stop the legacy hourly flush worker")],
         Phase::FlushRetired => vec![
             NextStep::run("tsmigrate optimize", "retention, compression report"),
-            NextStep::run("tsmigrate complete --yes", "end the migration (irreversible: `tsmigrate complete --dry-run` shows what it does)"),
+            // Never the irreversible command itself: its dry run, whose next step is `--yes`.
+            NextStep::run("tsmigrate complete --dry-run", "see what ending the migration does (it cannot be undone), then run it with --yes"),
         ],
         Phase::Completed => vec![NextStep::note(
             "nothing: the migration is complete and reads can no longer be switched back by tsmigrate; \

@@ -320,7 +320,7 @@ async fn every_refusal_points_to_what_the_gates_accept() {
     assert!(command.starts_with("tsmigrate complete --dry-run"), "{command}");
     assert_ne!(follow(&env, &command), 3);
     let optimized = env.cli(&["optimize", "--json"]).expect_success().json();
-    assert_eq!(optimized["next_steps"][0]["command"], "tsmigrate complete --yes", "not optimize again: {optimized}");
+    assert_eq!(optimized["next_steps"][0]["command"], "tsmigrate complete --dry-run", "not optimize again, nor the irreversible step itself: {optimized}");
 
     env.cli(&["complete", "--yes"]).expect_success();
     let (command, hint) = advice(&env.cli(&["reverse", "--json"]));
