@@ -12,21 +12,7 @@ use crate::validate::window::show_hour;
 use super::output::Envelope;
 use super::Reply;
 
-/// Show the events a validation run found missing in the target, extra in it, or
-/// different (every one it found, not only those `validate` listed): what `repair` fixes.
-///
-/// Default: the latest run. Every run that compared events records its findings in
-/// tsmigrate.validation_findings; a run at counts depth records none (it sees hours, not
-/// events: `tsmigrate validate --depth events` lists them).
-///
-/// Formats: text (a table), json (the --json envelope, findings under details.findings),
-/// csv (one header line, then one line per finding: run_id,kind,event_id,redis_time,target_time;
-/// an empty time means the event is not on that side).
-///
-/// Examples:
-///   tsmigrate findings
-///   tsmigrate findings --run 12 --kind missing --format csv > missing.csv
-///   tsmigrate findings --kind extra,different --json
+/// `tsmigrate findings` (its help is the command's doc comment in `cli::Command`).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The validation run (its id, as `validate` and `status` show it). Default: the latest.

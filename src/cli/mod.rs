@@ -88,6 +88,19 @@ pub enum Command {
     /// Compare Redis and the legacy tables with the target; exit 0 clean, 1 differences, 2 a check could not run.
     Validate(validate::Args),
     /// The differences a validation run recorded, event by event (text, JSON or CSV).
+    ///
+    /// Every event a validation run found missing in the target, extra in it, or different
+    /// (all of them, not only those `validate` listed): what `repair` fixes. Default: the
+    /// latest run. A run at counts depth records none (it sees hours, not events:
+    /// `tsmigrate validate --depth events` lists them).
+    ///
+    /// csv: a header line, then one line per finding: run_id,kind,event_id,redis_time,target_time
+    /// (an empty time: the event is not on that side). json: the --json envelope, the findings
+    /// under details.findings.
+    ///
+    /// Examples: `tsmigrate findings`;
+    /// `tsmigrate findings --run 12 --kind missing --format csv > missing.csv`;
+    /// `tsmigrate findings --kind extra,different --json`.
     Findings(findings::Args),
     /// Fix exactly what the latest validation found, from Redis (extra events only with --delete-extra).
     Repair(repair::Args),
