@@ -221,6 +221,9 @@ async fn a_narrow_clean_validation_opens_no_gate_and_names_what_is_unchecked() {
     assert_eq!(field(&envelope, "next_steps")[0]["command"], "tsmigrate validate", "{envelope}");
     let status = env.cli(&["status", "--json"]).json();
     assert_eq!(field(&status, "next_steps")[0]["command"], "tsmigrate validate", "{status}");
+    assert_eq!(field(&status, "details.last_validation.whole_range"), false, "{status}");
+    let status_text = env.cli(&["status"]).stdout;
+    assert!(status_text.contains("over part of the migrated range only"), "{status_text}");
 
     // The whole range finds what is missing; repaired and validated whole, the gate opens.
     let whole = env.cli(&["validate", "--json"]);
