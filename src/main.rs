@@ -11,7 +11,7 @@ use tsmigrate::exit;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli = match Cli::try_parse_from(&args) {
+    let cli = match Cli::try_parse_from(&args).map_err(no_irreversible_tip) {
         Ok(cli) => cli,
         // --json promises one JSON document, a usage error included (not --help or --version).
         Err(e) if e.use_stderr() && args.iter().any(|a| a == "--json") => {
@@ -72,6 +72,29 @@ fn print_error(error: &anyhow::Error) {
     for line in tsmigrate::cli::output::error_lines(error) {
         eprintln!("{line}");
     }
+}
+
+/// A mistyped command is never answered with "a similar subcommand exists: 'complete'": that
+/// command cannot be undone, and a typo of another (`completions`, `complet`) is no reason to
+/// point anyone at it. The rest of clap's message stays.
+fn no_irreversible_tip(e: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let suggests_complete = match e.get(ContextKind::SuggestedSubcommand) {
+        Some(ContextValue::String(s)) => s == "complete",
+        Some(ContextValue::Strings(all)) => all.iter().any(|s| s == "complete"),
+        _ => false,
+    };
+    if e.kind() != ErrorKind::InvalidSubcommand || !suggests_complete {
+        return e;
+    }
+    let mut plain = clap::Error::new(ErrorKind::InvalidSubcommand).with_cmd(&<Cli as clap::CommandFactory>::command());
+    for (kind, value) in e.context() {
+        if kind != ContextKind::SuggestedSubcommand {
+            plain.insert(kind, value.clone());
+        }
+    }
+    plain.insert(ContextKind::Suggested, ContextValue::StyledStrs(vec!["`tsmigrate --help` lists the commands".into()]));
+    plain
 }
 
 /// The subcommand words of a command line clap refused (`dual-write start`), for the envelope.

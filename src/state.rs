@@ -48,28 +48,6 @@ impl Phase {
     pub fn dual_write_active(self) -> bool {
         self >= Phase::DualWriting
     }
-
-    /// What an operator does next from here.
-    pub fn next_steps(self) -> Vec<NextStep> {
-        match self {
-            Phase::New => vec![NextStep::run("tsmigrate prepare", "create the target schema (add --dry-run to see the SQL first)")],
-            Phase::Prepared => vec![NextStep::run("tsmigrate dual-write start", "new events go to Redis and the target from now on")],
-            Phase::DualWriting => vec![
-                NextStep::run("tsmigrate run", "keep the relay running so dual-written events reach the target"),
-                NextStep::run("tsmigrate backfill", "copy the events Redis already holds"),
-            ],
-            Phase::Backfilled => vec![NextStep::run("tsmigrate validate", "compare Redis and the target; clean opens the cutover gate")],
-            Phase::Validated => vec![NextStep::run("tsmigrate cutover", "serve reads from the target (reversible with `tsmigrate reverse`)")],
-            Phase::ReadsSwitched => vec![
-                NextStep::note("wait for the soak period, then validate again"),
-                NextStep::run("tsmigrate retire-flush", "stop the legacy hourly flush worker"),
-            ],
-            Phase::FlushRetired => {
-                vec![NextStep::run("tsmigrate optimize", "retention, compression report"), NextStep::run("tsmigrate complete --yes", "end the migration")]
-            }
-            Phase::Completed => vec![NextStep::note("nothing: the migration is complete")],
-        }
-    }
 }
 
 /// One thing the operator can do next: a command to run (none for an instruction that is
@@ -238,7 +216,6 @@ mod tests {
     fn phases_round_trip_and_are_ordered() {
         for p in Phase::ALL {
             assert_eq!(Phase::parse(p.as_str()), Some(p));
-            assert!(!p.next_steps().is_empty());
         }
         assert!(Phase::New < Phase::Completed);
         assert!(Phase::Validated.dual_write_active());

@@ -179,6 +179,9 @@ pub struct ValidationSummary {
     pub depth: String,
     pub window_from: Option<DateTime<Utc>>,
     pub window_to: Option<DateTime<Utc>>,
+    /// Whether it compared the whole migrated range (only such a run opens a gate); `None`
+    /// when that was not recorded.
+    pub whole_range: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -331,7 +334,11 @@ async fn prepared_figures(ctx: &Context, state: &MigrationState, status: &mut St
     status.warnings.extend(status.outbox_gaps.iter().map(|g| format!("{}; repair: {}", g.describe(), g.repair_command())));
     status.running = running?;
     status.jobs = jobs.ok();
-    Ok(status.last_validation.as_ref().map(|v| LatestValidation { id: v.id, finished_at: v.finished_at, result: v.result.clone(), depth: v.depth.clone() }))
+    // The gates read the run as the phase commands do, coverage included.
+    match &status.last_validation {
+        Some(_) => Ok(crate::phase::state::latest_validation(&mut *pool.acquire().await?).await?),
+        None => Ok(None),
+    }
 }
 
 /// What the target holds; a figure it cannot read (a table not there yet) stays `None`.
@@ -358,15 +365,16 @@ async fn target_figures(store: &dyn Store) -> TargetStatus {
     status
 }
 
-type ValidationRow = (i64, DateTime<Utc>, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+type ValidationRow = (i64, DateTime<Utc>, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<bool>);
 
 async fn last_validation(pool: &PgPool) -> anyhow::Result<Option<ValidationSummary>> {
     let row: Option<ValidationRow> = sqlx::query_as(
-        "SELECT id, finished_at, result, depth, window_from, window_to FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1",
+        "SELECT id, finished_at, result, depth, window_from, window_to, window_from <= range_from AND window_to >= range_to
+         FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1",
     )
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(id, finished_at, result, depth, window_from, window_to)| ValidationSummary {
+    Ok(row.map(|(id, finished_at, result, depth, window_from, window_to, whole_range)| ValidationSummary {
         id,
         finished_at,
         age_seconds: (Utc::now() - finished_at).num_seconds(),
@@ -374,6 +382,7 @@ async fn last_validation(pool: &PgPool) -> anyhow::Result<Option<ValidationSumma
         depth,
         window_from,
         window_to,
+        whole_range,
     }))
 }
 
@@ -690,7 +699,14 @@ impl Status {
 
     fn validation_text(&self) -> String {
         match &self.last_validation {
-            Some(v) => format!("#{} {} at {} depth, {} ago", v.id, v.result, v.depth, crate::duration::show(chrono::Duration::seconds(v.age_seconds))),
+            Some(v) => format!(
+                "#{} {} at {} depth, {} ago{}",
+                v.id,
+                v.result,
+                v.depth,
+                crate::duration::show(chrono::Duration::seconds(v.age_seconds)),
+                if v.whole_range == Some(false) { ", over part of the migrated range only" } else { "" }
+            ),
             None if self.phase.is_some_and(|p| p > Phase::New) => "none yet".into(),
             None => "-".into(),
         }

@@ -5,6 +5,7 @@ pub mod backfill;
 pub mod completions;
 pub mod config;
 pub mod dual_write;
+pub mod findings;
 pub mod history;
 pub mod import_history;
 pub mod legacy;
@@ -90,6 +91,21 @@ pub enum Command {
     ImportHistory(import_history::Args),
     /// Compare Redis and the legacy tables with the target; exit 0 clean, 1 differences, 2 a check could not run.
     Validate(validate::Args),
+    /// The differences a validation run recorded, event by event (text, JSON or CSV).
+    ///
+    /// Every event a validation run found missing in the target, extra in it, or different
+    /// (all of them, not only those `validate` listed): what `repair` fixes. Default: the
+    /// latest run. A run at counts depth records none (it sees hours, not events:
+    /// `tsmigrate validate --depth events` lists them).
+    ///
+    /// csv: a header line, then one line per finding: run_id,kind,event_id,redis_time,target_time
+    /// (an empty time: the event is not on that side). json: the --json envelope, the findings
+    /// under details.findings.
+    ///
+    /// Examples: `tsmigrate findings`;
+    /// `tsmigrate findings --run 12 --kind missing --format csv > missing.csv`;
+    /// `tsmigrate findings --kind extra,different --json`.
+    Findings(findings::Args),
     /// Fix exactly what the latest validation found, from Redis (extra events only with --delete-extra).
     Repair(repair::Args),
     /// Run a relay worker alone (outbox stream, or --tail the sorted set).
@@ -137,6 +153,7 @@ impl Command {
             Command::Backfill(_) => "backfill",
             Command::ImportHistory(_) => "import-history",
             Command::Validate(_) => "validate",
+            Command::Findings(_) => "findings",
             Command::Repair(_) => "repair",
             Command::Relay(_) => "relay",
             Command::Cutover(_) => "cutover",
@@ -236,6 +253,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
         Command::Backfill(args) => backfill::run(args, &ctx, json).await,
         Command::ImportHistory(args) => import_history::run(args, &ctx).await,
         Command::Validate(args) => validate::run(args, &ctx, json).await,
+        Command::Findings(args) => findings::run(args, &ctx, json).await,
         Command::Repair(args) => repair::run(args, &ctx).await,
         Command::Cutover(args) => lifecycle::cutover(args, &ctx).await,
         Command::Reverse(args) => lifecycle::reverse(args, &ctx).await,

@@ -1,26 +1,45 @@
 //! The gates past the phase order, pure: given what the validation runs and the state
 //! say, may the command run — and so, what is the next step? Tested without a database.
-//! `status` and every report take their "next:" from [`next_steps`], so what they advise is
-//! what the gates will let through.
+//! This is the one place advice comes from: `status`, every report ([`outlook`]) and every
+//! refusal ([`after_refusal`]) take their "next:" from here, so what they advise is what the
+//! gates will let through.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
 use crate::state::{MigrationState, NextStep, Phase};
+use crate::validate::window::Coverage;
+use crate::validate::{Depth, Verdict};
 
+/// A recorded validation run, as the gates read it.
 #[derive(Debug, Clone)]
 pub struct LatestValidation {
     pub id: i64,
     pub finished_at: DateTime<Utc>,
-    /// `clean`, `differences` or `error` (could not run).
-    pub result: String,
-    /// `events` or `counts`.
-    pub depth: String,
+    pub verdict: Verdict,
+    pub depth: Depth,
+    /// What it compared of the whole migrated range; `None` when that was not recorded (a
+    /// run that failed before choosing its window, or one recorded by an earlier tsmigrate).
+    pub coverage: Option<Coverage>,
+    /// Events only the target holds that it found (what `repair --delete-extra` deletes).
+    pub extra: u64,
 }
 
 impl LatestValidation {
     fn clean(&self) -> bool {
-        self.result == "clean"
+        self.verdict == Verdict::Clean
+    }
+
+    /// Why this run cannot open a gate because of what it compared; `None` when it compared
+    /// the whole migrated range.
+    fn narrow(&self) -> Option<String> {
+        match &self.coverage {
+            None => Some(format!(
+                "the latest validation (#{}) has no record of what it covered of the migrated range (recorded by an earlier tsmigrate), so it opens no gate",
+                self.id
+            )),
+            Some(coverage) => coverage.narrow_because().map(|why| format!("the latest validation (#{}) opens no gate: {why}", self.id)),
+        }
     }
 }
 
@@ -46,7 +65,7 @@ impl GateRules {
 
     /// Why `v` cannot open a gate although it is clean; `None` when it can.
     fn too_shallow(&self, v: &LatestValidation) -> Option<String> {
-        (v.depth == "counts" && !self.counts_depth_opens_gates).then(|| {
+        (v.depth == Depth::Counts && !self.counts_depth_opens_gates).then(|| {
             format!(
                 "the latest validation (#{}) ran at counts depth, which cannot see an altered event; \
                  gates open only after an events-depth validation (or set migration.counts_depth_opens_gates = true)",
@@ -56,21 +75,22 @@ impl GateRules {
     }
 }
 
-/// The cutover gate: the latest validation is clean, deep enough, and fresher than
-/// `rules.freshness`. Pure.
+/// The cutover gate: the latest validation is clean, deep enough, covers the whole migrated
+/// range, and is fresher than `rules.freshness`. Pure.
 pub fn cutover_gate(latest: Option<&LatestValidation>, now: DateTime<Utc>, rules: &GateRules) -> Result<serde_json::Value, String> {
     match latest {
         None => Err("no validation has run yet".into()),
-        Some(v) if v.result == "error" => Err(format!("the latest validation (#{}, {}) could not run", v.id, v.finished_at)),
-        Some(v) if !v.clean() => Err(format!("the latest validation (#{}, {}) found {}", v.id, v.finished_at, v.result)),
+        Some(v) if v.verdict == Verdict::Incomplete => Err(format!("the latest validation (#{}, {}) could not run", v.id, v.finished_at)),
+        Some(v) if !v.clean() => Err(format!("the latest validation (#{}, {}) found {}", v.id, v.finished_at, v.verdict.as_str())),
         Some(v) if rules.too_shallow(v).is_some() => Err(rules.too_shallow(v).unwrap_or_default()),
+        Some(v) if v.narrow().is_some() => Err(v.narrow().unwrap_or_default()),
         Some(v) if now - v.finished_at > rules.freshness => Err(format!(
             "the latest clean validation (#{}) finished {} ago; the gate needs one from the last {}",
             v.id,
             humanize(now - v.finished_at),
             humanize(rules.freshness)
         )),
-        Some(v) => Ok(json!({"validation": v.id, "validated_at": v.finished_at, "depth": v.depth})),
+        Some(v) => Ok(json!({"validation": v.id, "validated_at": v.finished_at, "depth": v.depth, "range": v.coverage.map(|c| c.range)})),
     }
 }
 
@@ -84,11 +104,11 @@ pub fn retire_gate(state: &MigrationState, latest: Option<&LatestValidation>, no
     match latest {
         Some(v) if v.finished_at <= switched => Err("no validation has run since reads were switched".into()),
         None => Err("no validation has run since reads were switched".into()),
-        Some(v) if v.result == "error" => Err(format!("the latest validation since the switch (#{}) could not run", v.id)),
-        Some(v) if !v.clean() => Err(format!("the latest validation since the switch (#{}) found {}", v.id, v.result)),
-        Some(v) => match rules.too_shallow(v) {
+        Some(v) if v.verdict == Verdict::Incomplete => Err(format!("the latest validation since the switch (#{}) could not run", v.id)),
+        Some(v) if !v.clean() => Err(format!("the latest validation since the switch (#{}) found {}", v.id, v.verdict.as_str())),
+        Some(v) => match rules.too_shallow(v).or_else(|| v.narrow()) {
             Some(why) => Err(why),
-            None => Ok(json!({"validation": v.id, "reads_switched_at": switched, "depth": v.depth})),
+            None => Ok(json!({"validation": v.id, "reads_switched_at": switched, "depth": v.depth, "range": v.coverage.map(|c| c.range)})),
         },
     }
 }
@@ -118,26 +138,68 @@ impl Outlook {
 pub fn outlook(state: &MigrationState, latest: Option<&LatestValidation>, now: DateTime<Utc>, rules: &GateRules) -> Outlook {
     match state.phase {
         Phase::Backfilled => match latest {
-            Some(v) if v.result == "differences" && v.finished_at >= backfilled_at(state) => {
-                Outlook::blocked(format!("the latest validation (#{}) found differences", v.id), repair_steps())
+            Some(v) if v.verdict == Verdict::Differences && v.finished_at >= backfilled_at(state) => {
+                Outlook::blocked(format!("the latest validation (#{}) found differences", v.id), repair_steps(v))
             }
-            Some(v) if v.result == "error" => Outlook::blocked(format!("the latest validation (#{}) could not run", v.id), revalidate_steps()),
-            _ => Outlook::open(state.phase.next_steps()),
+            Some(v) if v.verdict == Verdict::Incomplete => Outlook::blocked(format!("the latest validation (#{}) could not run", v.id), revalidate_steps()),
+            // Validating deeper or the rest is the next step anyway: not blocked.
+            Some(v) if v.clean() && rules.too_shallow(v).is_some() => Outlook::open(events_depth_steps()),
+            Some(v) if v.clean() && v.narrow().is_some() => Outlook::open(whole_range_steps(v)),
+            _ => Outlook::open(phase_steps(state.phase)),
         },
         Phase::Validated => match cutover_gate(latest, now, rules) {
-            Ok(_) => Outlook::open(state.phase.next_steps()),
+            Ok(_) => Outlook::open(phase_steps(state.phase)),
             Err(why) => Outlook::blocked(format!("cutover gate closed: {why}"), fixes(latest, rules)),
         },
         Phase::ReadsSwitched => reads_switched(state, latest, now, rules),
-        phase => Outlook::open(phase.next_steps()),
+        phase => Outlook::open(phase_steps(phase)),
     }
+}
+
+/// What an operator does next from a phase when nothing holds the migration back. Every
+/// first step is a command the phase order accepts in that phase (tested below).
+fn phase_steps(phase: Phase) -> Vec<NextStep> {
+    match phase {
+        Phase::New => vec![NextStep::run("tsmigrate prepare", "create the target schema (add --dry-run to see the SQL first)")],
+        Phase::Prepared => vec![NextStep::run("tsmigrate dual-write start", "new events go to Redis and the target from now on")],
+        Phase::DualWriting => vec![
+            NextStep::run("tsmigrate backfill", "copy the events Redis already holds"),
+            NextStep::run("tsmigrate run", "keep the relay running so dual-written events reach the target"),
+        ],
+        Phase::Backfilled => vec![NextStep::run("tsmigrate validate", "compare Redis and the target; a clean run over the whole range opens the cutover gate")],
+        Phase::Validated => vec![NextStep::run("tsmigrate cutover", "serve reads from the target (reversible with `tsmigrate reverse`)")],
+        Phase::ReadsSwitched => vec![NextStep::run("tsmigrate retire-flush", "stop the legacy hourly flush worker")],
+        Phase::FlushRetired => vec![
+            NextStep::run("tsmigrate optimize", "retention, compression report"),
+            // Never the irreversible command itself: its dry run, whose next step is `--yes`.
+            NextStep::run("tsmigrate complete --dry-run", "see what ending the migration does (it cannot be undone), then run it with --yes"),
+        ],
+        Phase::Completed => vec![NextStep::note(
+            "nothing: the migration is complete and reads can no longer be switched back by tsmigrate; \
+             if the target must be left in an emergency, follow runbooks/08-after-complete.md",
+        )],
+    }
+}
+
+/// What a refusal points to: the first step the gates advise from where the migration
+/// stands — for a refused `repair`, the validation that lists what it fixes. `outlook` is
+/// computed with the refused command's own rules (`retire-flush --soak`).
+pub fn after_refusal(command: &str, gate_refused: bool, outlook: &Outlook) -> NextStep {
+    if gate_refused && command == super::REPAIR.command {
+        return NextStep::run("tsmigrate validate --depth events", "list the differences, which repair then fixes");
+    }
+    outlook.next_steps.first().cloned().unwrap_or_else(|| NextStep::note("nothing to do"))
 }
 
 fn reads_switched(state: &MigrationState, latest: Option<&LatestValidation>, now: DateTime<Utc>, rules: &GateRules) -> Outlook {
     let soak_ends_at = state.reads_switched_at.map(|at| at + rules.soak);
     if let Some(ends) = soak_ends_at.filter(|ends| now < *ends) {
         let steps = vec![
-            NextStep::note(format!("wait for the soak period to end at {} (in {})", ends.format("%Y-%m-%d %H:%M UTC"), humanize(ends - now))),
+            NextStep::note(format!(
+                "wait for the soak period to end at {} (in {}); `tsmigrate retire-flush --soak DURATION` asks for a shorter one",
+                ends.format("%Y-%m-%d %H:%M UTC"),
+                humanize(ends - now)
+            )),
             NextStep::run("tsmigrate validate", "after the soak: a clean validation since the switch opens the retire gate"),
             NextStep::run("tsmigrate retire-flush", "then stop the legacy hourly flush"),
         ];
@@ -156,19 +218,43 @@ fn reads_switched(state: &MigrationState, latest: Option<&LatestValidation>, now
 /// What opens a gate that the latest validation keeps closed.
 fn fixes(latest: Option<&LatestValidation>, rules: &GateRules) -> Vec<NextStep> {
     match latest {
-        Some(v) if v.result == "differences" => repair_steps(),
-        Some(v) if v.result == "clean" && rules.too_shallow(v).is_some() => {
-            vec![NextStep::run("tsmigrate validate --depth events", "a validation that compares every event opens the gate")]
-        }
+        Some(v) if v.verdict == Verdict::Differences => repair_steps(v),
+        Some(v) if v.clean() && rules.too_shallow(v).is_some() => events_depth_steps(),
+        Some(v) if v.clean() && v.narrow().is_some() => whole_range_steps(v),
         _ => revalidate_steps(),
     }
 }
 
-fn repair_steps() -> Vec<NextStep> {
-    vec![
-        NextStep::run("tsmigrate repair", "fix exactly what the latest validation found (--dry-run first to see it)"),
-        NextStep::run("tsmigrate validate", "then compare again"),
-    ]
+fn events_depth_steps() -> Vec<NextStep> {
+    vec![NextStep::run("tsmigrate validate --depth events", "a validation that compares every event opens the gate")]
+}
+
+/// After a clean run over part of the migrated range: the whole range, in one run.
+fn whole_range_steps(v: &LatestValidation) -> Vec<NextStep> {
+    let left = match &v.coverage {
+        Some(coverage) => format!("run #{} left {} unchecked", v.id, coverage.show_unchecked()),
+        None => format!("run #{} did not record what it covered", v.id),
+    };
+    vec![NextStep::run("tsmigrate validate", format!("compare the whole migrated range (no --from/--to) to open the gate; {left}"))]
+}
+
+fn repair_steps(v: &LatestValidation) -> Vec<NextStep> {
+    // At counts depth a run lists no events: repair would have nothing to work from.
+    if v.depth == Depth::Counts {
+        return vec![
+            NextStep::run("tsmigrate validate --depth events", "counts differ: list the differing events, which repair then fixes"),
+            NextStep::run("tsmigrate repair", "then fix what it found"),
+        ];
+    }
+    let mut steps = vec![NextStep::run("tsmigrate repair", "fix exactly what the latest validation found (--dry-run first to see it)")];
+    if v.extra > 0 {
+        steps.push(NextStep::run(
+            "tsmigrate repair --delete-extra",
+            format!("also delete the {} event(s) only the target holds, if they should go (find out why they are there first)", v.extra),
+        ));
+    }
+    steps.push(NextStep::run("tsmigrate validate", "then compare again"));
+    steps
 }
 
 fn revalidate_steps() -> Vec<NextStep> {
@@ -187,8 +273,28 @@ use crate::duration::show as humanize;
 mod tests {
     use super::*;
 
+    use crate::validate::window::Span;
+
+    /// The whole migrated range of these tests: the last four days.
+    fn range(now: DateTime<Utc>) -> Span {
+        Span { from: now - Duration::days(4), to: now - Duration::hours(1) }
+    }
+
     fn run(id: i64, ago_h: i64, result: &str, now: DateTime<Utc>) -> LatestValidation {
-        LatestValidation { id, finished_at: now - Duration::hours(ago_h), result: result.into(), depth: "events".into() }
+        LatestValidation {
+            id,
+            finished_at: now - Duration::hours(ago_h),
+            verdict: Verdict::parse(result).unwrap(),
+            depth: Depth::Events,
+            coverage: Some(Coverage { compared: range(now), range: range(now) }),
+            extra: 0,
+        }
+    }
+
+    /// A clean run over a few hours of the range only.
+    fn narrow(id: i64, now: DateTime<Utc>) -> LatestValidation {
+        let compared = Span { from: now - Duration::hours(5), to: now - Duration::hours(3) };
+        LatestValidation { coverage: Some(Coverage { compared, range: range(now) }), ..run(id, 1, "clean", now) }
     }
 
     fn rules() -> GateRules {
@@ -203,9 +309,30 @@ mod tests {
         assert!(cutover_gate(Some(&run(1, 1, "error", now)), now, &rules()).unwrap_err().contains("could not run"));
         assert!(cutover_gate(Some(&run(2, 30, "clean", now)), now, &rules()).unwrap_err().contains("30h ago"));
         assert!(cutover_gate(Some(&run(3, 2, "clean", now)), now, &rules()).is_ok());
-        let counts = LatestValidation { depth: "counts".into(), ..run(4, 1, "clean", now) };
+        let counts = LatestValidation { depth: Depth::Counts, ..run(4, 1, "clean", now) };
         assert!(cutover_gate(Some(&counts), now, &rules()).unwrap_err().contains("counts depth"));
         assert!(cutover_gate(Some(&counts), now, &GateRules { counts_depth_opens_gates: true, ..rules() }).is_ok());
+    }
+
+    #[test]
+    fn only_a_validation_of_the_whole_range_opens_a_gate() {
+        let now = Utc::now();
+        let why = cutover_gate(Some(&narrow(5, now)), now, &rules()).unwrap_err();
+        assert!(why.contains("(#5) opens no gate") && why.contains("still unchecked"), "{why}");
+        let unrecorded = LatestValidation { coverage: None, ..run(6, 1, "clean", now) };
+        assert!(cutover_gate(Some(&unrecorded), now, &rules()).unwrap_err().contains("no record of what it covered"));
+        let mut state = MigrationState::new_migration();
+        state.reads_switched_at = Some(now - Duration::hours(30));
+        assert!(retire_gate(&state, Some(&narrow(7, now)), now, &rules()).unwrap_err().contains("still unchecked"));
+
+        state.phase = Phase::Backfilled;
+        let next = outlook(&state, Some(&narrow(8, now)), now, &rules());
+        assert_eq!(commands(&next), ["tsmigrate validate"]);
+        assert!(next.next_steps[0].why.contains("whole migrated range") && next.next_steps[0].why.contains("unchecked"), "{next:?}");
+        state.phase = Phase::Validated;
+        let next = outlook(&state, Some(&narrow(9, now)), now, &rules());
+        assert!(next.blocked.as_deref().unwrap().contains("still unchecked"), "{next:?}");
+        assert_eq!(commands(&next), ["tsmigrate validate"]);
     }
 
     #[test]
@@ -238,13 +365,92 @@ mod tests {
         assert_eq!(commands(&super::outlook(&state, Some(&clean), now, &rules())), ["tsmigrate cutover"]);
         let stale = run(9, 30, "clean", now);
         assert_eq!(commands(&super::outlook(&state, Some(&stale), now, &rules())), ["tsmigrate validate"]);
-        let shallow = LatestValidation { depth: "counts".into(), ..clean.clone() };
+        let shallow = LatestValidation { depth: Depth::Counts, ..clean.clone() };
         assert_eq!(commands(&super::outlook(&state, Some(&shallow), now, &rules())), ["tsmigrate validate --depth events"]);
 
         state.phase = Phase::Backfilled;
         assert_eq!(commands(&super::outlook(&state, Some(&dirty), now, &rules())), ["tsmigrate repair", "tsmigrate validate"]);
         let before_backfill = run(6, 9, "differences", now);
         assert_eq!(commands(&super::outlook(&state, Some(&before_backfill), now, &rules())), ["tsmigrate validate"], "older news");
+    }
+
+    /// Whether the gates accept `step` now: its command passes the phase order and its gate
+    /// (as far as a pure function can tell: repair needs a validation that listed events),
+    /// or it is a note saying what to wait for or where the way on is written.
+    fn accepted(step: &NextStep, state: &MigrationState, latest: Option<&LatestValidation>, now: DateTime<Utc>) -> Result<(), String> {
+        let Some(line) = &step.command else {
+            return (step.why.contains("wait") || step.why.contains("runbooks/"))
+                .then_some(())
+                .ok_or(format!("a note that says neither what to wait for nor where to read on: {step}"));
+        };
+        let transition = crate::phase::transition_of(line).ok_or(format!("{line:?} is not a phase command"))?;
+        transition.check(state.phase).map_err(|r| r.to_string())?;
+        match transition.command {
+            "cutover" => cutover_gate(latest, now, &rules()).map(drop),
+            "retire-flush" => retire_gate(state, latest, now, &rules()).map(drop),
+            "repair" if !latest.is_some_and(|v| v.verdict == Verdict::Differences && v.depth == Depth::Events) => {
+                Err(format!("repair after {latest:?} has nothing listed to repair"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    #[test]
+    fn every_refusal_points_to_a_step_the_gates_accept() {
+        let now = Utc::now();
+        let counts_dirty = LatestValidation { depth: Depth::Counts, ..run(5, 1, "differences", now) };
+        let counts_clean = LatestValidation { depth: Depth::Counts, ..run(6, 1, "clean", now) };
+        let with_extra = LatestValidation { extra: 3, ..run(7, 1, "differences", now) };
+        let latests = [
+            None,
+            Some(run(1, 1, "clean", now)),
+            Some(run(2, 1, "differences", now)),
+            Some(run(3, 1, "error", now)),
+            Some(narrow(4, now)),
+            Some(counts_dirty),
+            Some(counts_clean),
+            Some(with_extra),
+            Some(run(8, 30, "clean", now)),
+        ];
+        let mut walked = 0;
+        for phase in Phase::ALL {
+            for latest in latests.iter().map(Option::as_ref) {
+                // In the soak and after it.
+                for switched_ago in [2, 40] {
+                    let mut state = MigrationState::new_migration();
+                    state.phase = phase;
+                    state.updated_at = Some(now - Duration::hours(5));
+                    state.reads_switched_at = (phase >= Phase::ReadsSwitched).then(|| now - Duration::hours(switched_ago));
+                    let outlook = outlook(&state, latest, now, &rules());
+                    let mut refused: Vec<(&str, bool)> = crate::phase::ALL.iter().filter(|t| t.check(phase).is_err()).map(|t| (t.command, false)).collect();
+                    if phase == Phase::Validated && cutover_gate(latest, now, &rules()).is_err() {
+                        refused.push(("cutover", true));
+                    }
+                    if phase == Phase::ReadsSwitched && retire_gate(&state, latest, now, &rules()).is_err() {
+                        refused.push(("retire-flush", true));
+                    }
+                    if crate::phase::REPAIR.check(phase).is_ok() && !latest.is_some_and(|v| v.depth == Depth::Events) {
+                        refused.push(("repair", true));
+                    }
+                    for (command, by_gate) in refused {
+                        let step = after_refusal(command, by_gate, &outlook);
+                        if let Err(why) = accepted(&step, &state, latest, now) {
+                            panic!("{command} refused in {phase} (by its gate: {by_gate}) after {latest:?}: next `{step}` is not accepted: {why}");
+                        }
+                        walked += 1;
+                    }
+                }
+            }
+        }
+        assert!(walked > 300, "walked {walked} refusals");
+    }
+
+    #[test]
+    fn the_way_on_after_complete_is_the_runbook() {
+        let mut state = MigrationState::new_migration();
+        state.phase = Phase::Completed;
+        let step = after_refusal("reverse", false, &outlook(&state, None, Utc::now(), &rules()));
+        assert!(step.command.is_none() && step.why.contains("runbooks/08-after-complete.md"), "{step}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::future::Future;
 
 use serde_json::{json, Value};
 
+use super::gates::{GateRules, Outlook};
 use super::report::{Details, PhaseReport};
 use super::state::{AuditEntry, MigrationState, PhaseGuard, StateChanges};
 use super::{Phase, Refusal, Transition};
@@ -118,6 +119,9 @@ pub trait PhaseCommand: Send + Sync {
         self.transition().command.to_string()
     }
 
+    /// Whether `--force --reason` may pass its gate (the validation and soak gates).
+    const FORCEABLE: bool = false;
+
     fn locking(&self) -> Locking {
         Locking::Whole
     }
@@ -134,9 +138,10 @@ pub trait PhaseCommand: Send + Sync {
         async { Ok(Ok(Value::Null)) }
     }
 
-    /// What to do instead when the gate refuses.
-    fn gate_next(&self) -> String {
-        "tsmigrate validate   # or pass --force --reason \"...\" to proceed anyway (audited)".into()
+    /// The rules its gate applies (`retire-flush --soak` asks for another soak period); the
+    /// advice after a refusal is computed with them.
+    fn gate_rules(&self, ctx: &Context) -> GateRules {
+        GateRules::from_settings(&ctx.settings.migration)
     }
 
     /// The command's own work; with `run.dry_run`, only what it would do.
@@ -147,9 +152,15 @@ pub trait PhaseCommand: Send + Sync {
         async { Ok(()) }
     }
 
+    /// The command line that does what a dry run showed (with what it needs to run for
+    /// real, like `--yes`).
+    fn command_line(&self, _report: &PhaseReport<Self::Details>) -> String {
+        format!("tsmigrate {}", self.name())
+    }
+
     /// What the operator does next, once the report is complete.
     fn next_steps(&self, report: &PhaseReport<Self::Details>) -> Vec<NextStep> {
-        default_next_steps(&self.name(), report)
+        default_next_steps(self, report)
     }
 
     /// Brings the details up to date with what the runner did (a command whose details
@@ -170,28 +181,60 @@ pub fn confirmed(yes: bool, command: &str, why: &str) -> Result<(), Refusal> {
     })
 }
 
-/// Without `--dry-run` when it was a dry run; else what the gates say comes next.
-pub fn default_next_steps<D>(command: &str, report: &PhaseReport<D>) -> Vec<NextStep> {
+/// After a dry run, the command line that does it; else what the gates say comes next,
+/// without the command that just ran (it is done).
+pub fn default_next_steps<C: PhaseCommand + ?Sized>(command: &C, report: &PhaseReport<C::Details>) -> Vec<NextStep> {
     if report.dry_run {
-        vec![NextStep::run(format!("tsmigrate {command}"), "the same without --dry-run")]
-    } else {
+        return vec![NextStep::run(command.command_line(report), "do what is listed above (the same without --dry-run)")];
+    }
+    let done = command.transition().command;
+    let steps: Vec<NextStep> =
+        report.gated_next.iter().filter(|s| s.command.as_deref().and_then(super::transition_of).map(|t| t.command) != Some(done)).cloned().collect();
+    if steps.is_empty() {
         report.gated_next.clone()
+    } else {
+        steps
     }
 }
 
-/// The next steps from where the migration is now, as the gates see them; the phase's own
-/// when the state or the latest validation cannot be read.
-async fn gated_next_steps(ctx: &Context, phase: Phase) -> Vec<NextStep> {
-    let read = async {
-        let mut conn = ctx.target.acquire().await?;
-        let state = crate::state::load(&mut conn).await?;
-        let latest = if state.phase > Phase::New { super::state::latest_validation(&mut conn).await? } else { None };
-        anyhow::Ok(super::gates::outlook(&state, latest.as_ref(), chrono::Utc::now(), &super::gates::GateRules::from_settings(&ctx.settings.migration)))
-    };
+/// Where the migration can go from here as the gates see it, read on `conn`.
+async fn read_outlook(conn: &mut sqlx::PgConnection, rules: &GateRules) -> anyhow::Result<Outlook> {
+    let state = crate::state::load(conn).await?;
+    let latest = if state.phase > Phase::New { super::state::latest_validation(conn).await? } else { None };
+    Ok(super::gates::outlook(&state, latest.as_ref(), chrono::Utc::now(), rules))
+}
+
+/// The next steps from where the migration is now, as the gates see them; `status` when the
+/// state or the latest validation cannot be read.
+async fn gated_next_steps(ctx: &Context) -> Vec<NextStep> {
+    let read = async { read_outlook(&mut *ctx.target.acquire().await?, &GateRules::from_settings(&ctx.settings.migration)).await };
     match read.await {
         Ok(outlook) => outlook.next_steps,
-        Err(_) => phase.next_steps(),
+        Err(_) => vec![unknown_step()],
     }
+}
+
+fn unknown_step() -> NextStep {
+    NextStep::run("tsmigrate status", "see where the migration stands (it could not be read just now)")
+}
+
+/// A refusal with what to do instead, from the gates: the first step they advise from where
+/// the migration stands (read on the lock's connection when the command holds it).
+async fn advised<C: PhaseCommand>(ctx: &Context, command: &C, run: &mut Run, mut refusal: Refusal, gate_refused: bool) -> Refusal {
+    let rules = command.gate_rules(ctx);
+    let outlook = match run.guard.as_mut() {
+        Some(guard) => read_outlook(guard.conn(), &rules).await,
+        None => match ctx.target.acquire().await {
+            Ok(mut conn) => read_outlook(&mut conn, &rules).await,
+            Err(e) => Err(e.into()),
+        },
+    };
+    let step = match outlook {
+        Ok(outlook) => super::gates::after_refusal(command.transition().command, gate_refused, &outlook),
+        Err(_) => unknown_step(),
+    };
+    refusal.next = step.to_string();
+    refusal
 }
 
 /// Runs `command`: lock, phase check, gate, apply, commit, report. Every refusal on the
@@ -223,9 +266,15 @@ pub async fn run<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options)
 }
 
 async fn steps<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options, run: &mut Run) -> anyhow::Result<PhaseReport<C::Details>> {
-    run.phase_after = command.transition().check(run.state.phase)?;
+    run.phase_after = match command.transition().check(run.state.phase) {
+        Ok(phase) => phase,
+        Err(refusal) => return Err(advised(ctx, command, run, refusal, false).await.into()),
+    };
     let gate = command.gate(ctx, run).await?;
-    run.gate = pass_gate(command, gate, &options.force)?;
+    run.gate = match pass_gate(command, gate, &options.force) {
+        Ok(evidence) => evidence,
+        Err(refusal) => return Err(advised(ctx, command, run, refusal, true).await.into()),
+    };
     let applied = match command.stops_at_pages() {
         true => command.apply(ctx, run).await?,
         false => tokio::select! {
@@ -263,7 +312,7 @@ async fn steps<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options, r
         }
     }
     report.warnings.extend(note.clone());
-    report.gated_next = gated_next_steps(ctx, report.phase_after).await;
+    report.gated_next = gated_next_steps(ctx).await;
     // Settled before the next steps (they may read the details) and after (the details
     // may repeat them).
     command.settle(&mut report, note.as_deref());
@@ -276,7 +325,11 @@ fn pass_gate<C: PhaseCommand>(command: &C, gate: Result<Value, String>, force: &
     match gate {
         Ok(evidence) => Ok(evidence),
         Err(why) if force.forced() => Ok(json!({"gate_failed": why})),
-        Err(why) => Err(Refusal { command: command.name(), reason: why, next: command.gate_next() }),
+        Err(why) => Err(Refusal {
+            command: command.name(),
+            reason: if C::FORCEABLE { format!("{why} (`--force --reason \"...\"` passes this gate; audited)") } else { why },
+            next: String::new(),
+        }),
     }
 }
 

@@ -239,13 +239,28 @@ pub async fn record_stop(pool: &PgPool, command: &str, phase: Phase, stopped: &c
     Ok(())
 }
 
-/// The latest recorded validation run (the gates' input).
-pub async fn latest_validation(conn: &mut PgConnection) -> sqlx::Result<Option<super::gates::LatestValidation>> {
-    let row: Option<(i64, DateTime<Utc>, String, String)> =
-        sqlx::query_as("SELECT id, finished_at, result, depth FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1")
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.map(|(id, finished_at, result, depth)| super::gates::LatestValidation { id, finished_at, result, depth }))
+type ValidationRunRow = (i64, DateTime<Utc>, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, i64);
+
+/// The latest recorded validation run (the gates' input), with what it covered.
+pub async fn latest_validation(conn: &mut PgConnection) -> anyhow::Result<Option<super::gates::LatestValidation>> {
+    use crate::validate::window::{Coverage, Span};
+    let row: Option<ValidationRunRow> = sqlx::query_as(
+        "SELECT id, finished_at, result, depth, window_from, window_to, range_from, range_to, COALESCE((figures->>'extra')::bigint, 0)
+         FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    let Some((id, finished_at, result, depth, window_from, window_to, range_from, range_to, extra)) = row else { return Ok(None) };
+    let span = |from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>| Some(Span { from: from?, to: to? });
+    let coverage = span(window_from, window_to).zip(span(range_from, range_to)).map(|(compared, range)| Coverage { compared, range });
+    Ok(Some(super::gates::LatestValidation {
+        id,
+        finished_at,
+        verdict: crate::validate::Verdict::parse(&result).ok_or_else(|| anyhow::anyhow!("unknown result {result:?} of validation run #{id}"))?,
+        depth: crate::validate::Depth::parse(&depth).ok_or_else(|| anyhow::anyhow!("unknown depth {depth:?} of validation run #{id}"))?,
+        coverage,
+        extra: extra.max(0) as u64,
+    }))
 }
 
 /// One entry of the audit log, for `tsmigrate history`.

@@ -6,6 +6,7 @@
 //! * [`collect`]     the collectors, one per system; the only I/O here.
 //! * [`report`]      renderers: text with a unified diff, JSON, JUnit XML.
 //! * [`run`]         one run: collectors → diff core → report, recorded in `tsmigrate.validation_runs`.
+//! * [`findings`]    the event-level differences runs recorded (what repair fixes, `tsmigrate findings` shows).
 //!
 //! The phase command around a run (phase check, moving `backfilled → validated`) is
 //! `crate::phase::command::validate`. The rules (what is compared, tolerance, exit codes) are
@@ -13,6 +14,7 @@
 
 pub mod collect;
 pub mod diff;
+pub mod findings;
 pub mod fingerprint;
 pub mod report;
 pub mod run;
@@ -49,6 +51,11 @@ impl Depth {
             Depth::Events => "events",
         }
     }
+
+    /// As recorded in `tsmigrate.validation_runs.depth`.
+    pub fn parse(s: &str) -> Option<Depth> {
+        [Depth::Counts, Depth::Events].into_iter().find(|d| d.as_str() == s)
+    }
 }
 
 /// How a run ended.
@@ -70,6 +77,11 @@ impl Verdict {
             Verdict::Differences => "differences",
             Verdict::Incomplete => "error",
         }
+    }
+
+    /// As recorded in `tsmigrate.validation_runs.result`.
+    pub fn parse(s: &str) -> Option<Verdict> {
+        [Verdict::Clean, Verdict::Differences, Verdict::Incomplete].into_iter().find(|v| v.as_str() == s)
     }
 }
 
@@ -221,6 +233,7 @@ impl ValidationReport {
             "dead_letters": self.events.dead_letter_total(),
             "out_of_range": self.events.out_of_range.total(),
             "hours_compared": self.events.hours_compared,
+            "whole_range": self.window.coverage().whole(),
             "hours_differing": self.events.hours.total,
             "missing": findings.missing.total,
             "extra": findings.extra.total,

@@ -12,7 +12,7 @@ use similar::TextDiff;
 
 use super::collect::aggregates::{AssetKey, HourlyKey};
 use super::diff::{Counts, EventDifference, EventFindings, HourDifference, Listed};
-use super::window::show_hour;
+use super::window::{show_hour, Span};
 use super::{AggregateCheck, CheckState, ValidationReport, Verdict};
 use crate::legacy::reader::OutOfRange;
 
@@ -221,6 +221,14 @@ impl ValidationReport {
         );
         let _ = writeln!(o, "  from {}: {}", show_hour(w.from), w.from_reason);
         let _ = writeln!(o, "  to   {}: {}", show_hour(w.to), w.to_reason);
+        match w.coverage().narrow_because() {
+            None => {
+                let _ = writeln!(o, "coverage: the whole migrated range {}", w.range);
+            }
+            Some(why) => {
+                let _ = writeln!(o, "coverage: PART of the migrated range: {why}; this run opens no gate");
+            }
+        }
 
         let e = &self.events;
         let _ = writeln!(
@@ -356,6 +364,12 @@ pub struct JsonWindow {
     pub to_reason: String,
     pub time_zone: String,
     pub hours: usize,
+    /// The whole migrated range when the run started: what a run must cover to open a gate.
+    pub range: Span,
+    /// Whether this run covered all of `range` (only such a run opens a gate).
+    pub whole_range: bool,
+    /// The parts of `range` this run did not compare.
+    pub unchecked: Vec<Span>,
 }
 
 #[derive(Debug, Serialize)]
@@ -498,6 +512,9 @@ impl From<&ValidationReport> for JsonReport {
                 to_reason: r.window.to_reason.clone(),
                 time_zone: r.window.time_zone.clone(),
                 hours: r.window.hour_starts.len(),
+                range: r.window.range,
+                whole_range: r.window.coverage().whole(),
+                unchecked: r.window.coverage().unchecked(),
             },
             events: JsonEvents {
                 status: if e.has_differences() { "differences" } else { "clean" },

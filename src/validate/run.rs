@@ -81,8 +81,8 @@ struct FailedRun<'a> {
 
 async fn record_failed(pool: &PgPool, run: &FailedRun<'_>, error: &anyhow::Error) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, window_from, window_to, depth, result, phase, figures, duration_ms)
-         VALUES ($1, now(), $2, $3, $4, 'error', $5, $6, $7)",
+        "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, window_from, window_to, range_from, range_to, depth, result, phase, figures, duration_ms)
+         VALUES ($1, now(), $2, $3, $8, $9, $4, 'error', $5, $6, $7)",
     )
     .bind(run.started_at)
     .bind(run.window.map(|w| w.from))
@@ -91,6 +91,8 @@ async fn record_failed(pool: &PgPool, run: &FailedRun<'_>, error: &anyhow::Error
     .bind(run.phase.as_str())
     .bind(json!({"error": format!("{error:#}")}))
     .bind(run.duration.as_millis() as i64)
+    .bind(run.window.map(|w| w.range.from))
+    .bind(run.window.map(|w| w.range.to))
     .execute(pool)
     .await?;
     Ok(())
@@ -145,6 +147,7 @@ async fn choose_window(
     let settings = &ctx.settings;
     let events_key = &ctx.keys.events;
     let oldest = crate::legacy::reader::redis_horizon(redis, &ctx.keys).await?;
+    let target_oldest = target_side::oldest(&ctx.target).await?;
     let members: u64 = redis::cmd("ZCARD").arg(events_key).query_async(redis).await?;
     let out_of_range = crate::legacy::reader::out_of_range(redis, events_key, started_at.timestamp_millis(), OUT_OF_RANGE_EXAMPLES).await?;
     let facts = WindowFacts {
@@ -154,6 +157,7 @@ async fn choose_window(
         phase: state.phase,
         completion_point: state.completion_point,
         redis_oldest: oldest,
+        target_oldest,
         redis_members: members,
         redis_cap: settings.redis.event_cap,
         raw_retention_days: settings.target.raw_retention_days,
@@ -451,8 +455,8 @@ async fn compare_aggregates(
 async fn record(pool: &PgPool, report: &ValidationReport) -> sqlx::Result<i64> {
     let mut tx = pool.begin().await?;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, window_from, window_to, depth, result, phase, figures, duration_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, window_from, window_to, range_from, range_to, depth, result, phase, figures, duration_ms)
+         VALUES ($1, $2, $3, $4, $10, $11, $5, $6, $7, $8, $9) RETURNING id",
     )
     .bind(report.started_at)
     .bind(report.finished_at)
@@ -463,6 +467,8 @@ async fn record(pool: &PgPool, report: &ValidationReport) -> sqlx::Result<i64> {
     .bind(report.phase_before.as_str())
     .bind(report.figures())
     .bind(report.duration_ms as i64)
+    .bind(report.window.range.from)
+    .bind(report.window.range.to)
     .fetch_one(&mut *tx)
     .await?;
     let found = report.events.findings.as_ref().map(|f| f.all.as_slice()).unwrap_or_default();

@@ -21,6 +21,8 @@ pub struct WindowFacts {
     pub completion_point: Option<DateTime<Utc>>,
     /// The oldest event time Redis holds, if any.
     pub redis_oldest: Option<DateTime<Utc>>,
+    /// The oldest event time the target holds, if any.
+    pub target_oldest: Option<DateTime<Utc>>,
     pub redis_members: u64,
     pub redis_cap: u64,
     pub raw_retention_days: u32,
@@ -39,6 +41,61 @@ pub struct Window {
     /// Start of every hour in the window (hours cut in `time_zone`).
     #[serde(skip)]
     pub hour_starts: Vec<DateTime<Utc>>,
+    /// The whole migrated range when the window was chosen: what a run must compare to open
+    /// a gate (the window without --from/--to).
+    pub range: Span,
+}
+
+/// `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Span {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} .. {}", show_hour(self.from), show_hour(self.to))
+    }
+}
+
+/// What a run compared, against the whole migrated range it had to compare to open a gate.
+/// Recorded with the run (`validation_runs.window_*`, `range_*`), so the gates decide from
+/// what was compared, not from what was asked for. Pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coverage {
+    pub compared: Span,
+    pub range: Span,
+}
+
+impl Coverage {
+    /// The parts of the range the run did not compare (before and after its window).
+    pub fn unchecked(&self) -> Vec<Span> {
+        let (c, r) = (self.compared, self.range);
+        let mut gaps = Vec::new();
+        if c.from > r.from {
+            gaps.push(Span { from: r.from, to: c.from.min(r.to) });
+        }
+        if c.to < r.to {
+            gaps.push(Span { from: c.to.max(r.from), to: r.to });
+        }
+        gaps
+    }
+
+    /// Whether the run compared the whole migrated range (and so may open a gate).
+    pub fn whole(&self) -> bool {
+        self.unchecked().is_empty()
+    }
+
+    /// `2026-11-19T03:00Z .. 2026-11-20T05:00Z and 2026-11-21T00:00Z .. 2026-11-22T00:00Z`.
+    pub fn show_unchecked(&self) -> String {
+        self.unchecked().iter().map(Span::to_string).collect::<Vec<_>>().join(" and ")
+    }
+
+    /// Why a run this narrow opens no gate; `None` for a run over the whole range.
+    pub fn narrow_because(&self) -> Option<String> {
+        (!self.whole()).then(|| format!("it compared {} of the migrated range {}; still unchecked: {}", self.compared, self.range, self.show_unchecked()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,16 +127,26 @@ pub fn show_duration(d: Duration) -> String {
 pub fn choose(facts: &WindowFacts, events_key: &str) -> Result<Window, WindowError> {
     let tz = facts.tz;
     let oldest = facts.redis_oldest.ok_or_else(|| WindowError::NoEvents { key: events_key.to_string() })?;
-    let (mut from, mut from_reason) = if facts.redis_members >= facts.redis_cap {
-        (
+    let target_older = facts.target_oldest.filter(|t| *t < oldest && facts.phase >= Phase::Backfilled);
+    let (mut from, mut from_reason) = match target_older {
+        _ if facts.redis_members >= facts.redis_cap => (
             next_hour(hour_floor(oldest, tz), tz),
             format!("first whole hour after the oldest event Redis holds ({}; older ones were trimmed by the cap of {})", oldest.to_rfc3339(), facts.redis_cap),
-        )
-    } else {
-        (
+        ),
+        // Nothing was trimmed, so Redis should hold whatever older events the target has.
+        Some(target_oldest) => (
+            hour_floor(target_oldest, tz),
+            format!(
+                "hour of the oldest event the target holds ({}; Redis, below its cap of {}, holds none before {})",
+                target_oldest.to_rfc3339(),
+                facts.redis_cap,
+                oldest.to_rfc3339()
+            ),
+        ),
+        None => (
             hour_floor(oldest, tz),
             format!("hour of the oldest event Redis holds ({} members, below the cap of {}: nothing was trimmed)", facts.redis_members, facts.redis_cap),
-        )
+        ),
     };
     let mut later = |candidate: DateTime<Utc>, reason: String| {
         if candidate > from {
@@ -102,6 +169,7 @@ pub fn choose(facts: &WindowFacts, events_key: &str) -> Result<Window, WindowErr
 
     let mut to = hour_floor(facts.now - facts.settle, tz);
     let mut to_reason = format!("now minus settle {}, rounded down to the hour", show_duration(facts.settle));
+    let range = Span { from, to };
 
     if let Some(requested) = facts.requested_from {
         let hour = hour_floor(requested, tz);
@@ -130,7 +198,14 @@ pub fn choose(facts: &WindowFacts, events_key: &str) -> Result<Window, WindowErr
         hour_starts.push(hour);
         hour = next_hour(hour, tz);
     }
-    Ok(Window { from, to, from_reason, to_reason, time_zone: tz.name().to_string(), hour_starts })
+    Ok(Window { from, to, from_reason, to_reason, time_zone: tz.name().to_string(), hour_starts, range })
+}
+
+impl Window {
+    /// What this window compares of the whole migrated range.
+    pub fn coverage(&self) -> Coverage {
+        Coverage { compared: Span { from: self.from, to: self.to }, range: self.range }
+    }
 }
 
 /// The part of the window the legacy flush has covered: hours up to and including
@@ -171,6 +246,7 @@ mod tests {
             phase: Phase::Backfilled,
             completion_point: Some(t(21, 12, 0)),
             redis_oldest: Some(t(19, 2, 17)),
+            target_oldest: Some(t(19, 2, 17)),
             redis_members: 100_000,
             redis_cap: 100_000,
             raw_retention_days: 90,
@@ -199,6 +275,38 @@ mod tests {
         let w = choose(&f, "k").unwrap();
         assert_eq!(w.from, t(21, 13, 0));
         assert!(w.from_reason.contains("dual-write started"), "{}", w.from_reason);
+    }
+
+    #[test]
+    fn an_untrimmed_redis_is_compared_from_the_oldest_event_either_system_holds() {
+        let mut f = facts();
+        f.redis_members = 10;
+        f.target_oldest = Some(t(18, 5, 40));
+        let w = choose(&f, "k").unwrap();
+        assert_eq!(w.from, t(18, 5, 0));
+        assert!(w.from_reason.contains("oldest event the target holds"), "{}", w.from_reason);
+        // Trimmed, the target's older events cannot be compared with Redis.
+        f.redis_members = f.redis_cap;
+        assert_eq!(choose(&f, "k").unwrap().from, t(19, 3, 0));
+    }
+
+    #[test]
+    fn a_window_narrower_than_the_range_says_what_it_left_unchecked() {
+        let mut f = facts();
+        let whole = choose(&f, "k").unwrap();
+        assert!(whole.coverage().whole(), "{:?}", whole.coverage());
+        assert_eq!(whole.range, Span { from: t(19, 3, 0), to: t(22, 0, 0) });
+        f.requested_from = Some(t(20, 5, 0));
+        f.requested_to = Some(t(21, 3, 0));
+        let narrow = choose(&f, "k").unwrap().coverage();
+        assert!(!narrow.whole());
+        assert_eq!(narrow.range, whole.range, "the range does not depend on what was asked for");
+        assert_eq!(narrow.show_unchecked(), "2026-11-19T03:00Z .. 2026-11-20T05:00Z and 2026-11-21T03:00Z .. 2026-11-22T00:00Z");
+        assert!(narrow.narrow_because().unwrap().contains("still unchecked"));
+        // Asking for more than the range is clamped to it: whole.
+        f.requested_from = Some(t(1, 0, 0));
+        f.requested_to = None;
+        assert!(choose(&f, "k").unwrap().coverage().whole());
     }
 
     #[test]

@@ -60,7 +60,23 @@ fn layers_import_only_downwards() {
     let below_phase = |p: &str| {
         under(
             p,
-            &["store", "legacy", "validate", "dual_write", "reads", "state", "stop", "calendar", "duration", "context", "event", "config", "connect", "db", "identity"],
+            &[
+                "store",
+                "legacy",
+                "validate",
+                "dual_write",
+                "reads",
+                "state",
+                "stop",
+                "calendar",
+                "duration",
+                "context",
+                "event",
+                "config",
+                "connect",
+                "db",
+                "identity",
+            ],
         )
     };
     let found = violations(&files, below_phase, &["crate::phase", "crate::status"]);

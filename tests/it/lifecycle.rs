@@ -7,11 +7,13 @@ use serde_json::Value;
 use crate::scenario::{prepare_and_dual_write, seed, target_counts, Mode};
 use crate::support::{field, TestEnv};
 
-/// Records a validation run as `tsmigrate validate` does (result, finished `hours_ago`).
+/// Records a validation run as `tsmigrate validate` does (result, finished `hours_ago`),
+/// over the whole migrated range of its time (the last two days).
 async fn record_validation(env: &TestEnv, result: &str, hours_ago: i64) {
     sqlx::query(
-        "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, depth, result, duration_ms)
-         VALUES (now() - make_interval(hours => $2::int), now() - make_interval(hours => $2::int), 'events', $1, 5)",
+        "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, window_from, window_to, range_from, range_to, depth, result, duration_ms)
+         SELECT at, at, at - interval '2 days', at, at - interval '2 days', at, 'events', $1, 5
+         FROM (SELECT now() - make_interval(hours => $2::int) AS at) t",
     )
     .bind(result)
     .bind(hours_ago as i32)
@@ -270,4 +272,82 @@ async fn a_held_migration_lock_refuses_phase_commands_with_exit_3_and_audits_the
     let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock(hashtext('tsmigrate.phase'))").fetch_one(&mut holder).await.unwrap();
     env.cli(&["cutover"]).expect_success();
     assert_eq!(phase(&env), "reads_switched");
+}
+
+/// Runs a suggested command line as a check of what the gates say now: with `--dry-run`
+/// (validate, which only reads, without), so nothing changes. Returns its exit code.
+fn follow(env: &TestEnv, command_line: &str) -> i32 {
+    let mut args: Vec<&str> = command_line.strip_prefix("tsmigrate ").unwrap_or_else(|| panic!("not a tsmigrate command: {command_line}")).split(' ').collect();
+    if args[0] != "validate" && !args.contains(&"--dry-run") {
+        args.push("--dry-run");
+    }
+    env.cli(&args).code
+}
+
+/// The refusal's advice, from the envelope: its first next step when it is a command, else
+/// the hint (a note).
+fn advice(out: &crate::support::CliOutput) -> (Option<String>, String) {
+    out.expect_code(3);
+    let envelope = out.json();
+    let command = envelope["next_steps"][0]["command"].as_str().map(str::to_string);
+    (command, envelope["error"]["hint"].as_str().unwrap_or_default().to_string())
+}
+
+/// Each refusal says what fixes it, and what it names is accepted at that moment: a dirty
+/// validation points to repair (not validate), the soak to when it ends (and --soak), a
+/// missing --yes to the dry run, complete's dry run to `complete --yes`, and `reverse` after
+/// complete to the runbook's emergency path.
+#[tokio::test]
+async fn every_refusal_points_to_what_the_gates_accept() {
+    let env = TestEnv::new().await;
+    backfilled(&env, Mode::Postgres).await;
+
+    set_phase(&env, "validated").await;
+    record_validation(&env, "differences", 1).await;
+    let (command, hint) = advice(&env.cli(&["cutover", "--json"]));
+    assert_eq!(command.as_deref(), Some("tsmigrate repair"), "{hint}");
+    assert_ne!(follow(&env, "tsmigrate repair"), 3);
+    let (command, _) = advice(&env.cli(&["retire-flush", "--json"]));
+    assert_eq!(command.as_deref(), Some("tsmigrate repair"), "the phase order refuses, the gates still say repair first");
+
+    record_validation(&env, "clean", 0).await;
+    env.cli(&["cutover"]).expect_success();
+    let (command, hint) = advice(&env.cli(&["retire-flush", "--json"]));
+    assert_eq!(command, None, "waiting is not a command: {hint}");
+    assert!(hint.contains("wait for the soak period to end at") && hint.contains("--soak"), "{hint}");
+    let (command, hint) = advice(&env.cli(&["complete", "--json"]));
+    assert!(command.is_none() && hint.contains("wait for the soak period"), "the phase order refuses; the way on is the soak: {hint}");
+    let (command, _) = advice(&env.cli(&["retire-flush", "--soak", "0s", "--json"]));
+    assert_eq!(command.as_deref(), Some("tsmigrate validate"), "with the soak asked for, the gate waits for a validation since the switch");
+
+    env.cli(&["retire-flush", "--force", "--reason", "test"]).expect_success();
+    let dry = env.cli(&["complete", "--dry-run", "--json"]).expect_success().json();
+    assert_eq!(dry["next_steps"][0]["command"], "tsmigrate complete --yes", "{dry}");
+    assert_ne!(follow(&env, "tsmigrate complete --yes"), 3);
+    let (command, hint) = advice(&env.cli(&["complete", "--json"]));
+    let command = command.unwrap_or_else(|| panic!("a command to look first: {hint}"));
+    assert!(command.starts_with("tsmigrate complete --dry-run"), "{command}");
+    assert_ne!(follow(&env, &command), 3);
+    let optimized = env.cli(&["optimize", "--json"]).expect_success().json();
+    assert_eq!(optimized["next_steps"][0]["command"], "tsmigrate complete --dry-run", "not optimize again, nor the irreversible step itself: {optimized}");
+
+    env.cli(&["complete", "--yes"]).expect_success();
+    let (command, hint) = advice(&env.cli(&["reverse", "--json"]));
+    assert_eq!(command, None);
+    assert!(hint.contains("runbooks/08-after-complete.md"), "{hint}");
+}
+
+/// A typo is not answered with the one command that cannot be undone.
+#[tokio::test]
+async fn a_mistyped_command_is_never_pointed_at_complete() {
+    let env = TestEnv::new().await;
+    for typo in ["complet", "compelte", "completes"] {
+        let out = env.cli(&[typo]);
+        out.expect_code(2);
+        assert!(out.stderr.contains(&format!("unrecognized subcommand '{typo}'")), "{}", out.stderr);
+        assert!(!out.stderr.contains("'complete'"), "{typo}: {}", out.stderr);
+    }
+    // Other suggestions stay.
+    let out = env.cli(&["cutovr"]);
+    assert!(out.stderr.contains("'cutover'"), "{}", out.stderr);
 }

@@ -69,6 +69,15 @@ async fn pick(pool: &PgPool, hour: i32, count: i64) -> Vec<String> {
     ids
 }
 
+/// Deletes `count` target rows of `hour` (as [`pick`] counts hours); returns their ids.
+async fn delete_picked(pool: &PgPool, hour: i32, count: i64) -> Vec<String> {
+    let ids = pick(pool, hour, count).await;
+    for id in &ids {
+        sqlx::query("DELETE FROM analytics_events_ts WHERE event_id = $1::uuid").bind(id).execute(pool).await.unwrap();
+    }
+    ids
+}
+
 /// Deletes 2 target rows (hour 4), inserts 2 extra (hour 8), alters 2 (properties; user_id), shifts 1
 /// from hour 12 to hour 13: four hours differ in their counts.
 pub async fn inject(pool: &PgPool) -> Injected {
@@ -174,6 +183,61 @@ async fn clean_systems_validate_clean_and_move_the_phase_to_validated() {
     env.cleanup().await;
 }
 
+/// A clean run over a few hours says what it left unchecked and opens no gate: events
+/// missing elsewhere keep cutover refused, naming the range still unchecked; only a clean
+/// run over the whole migrated range moves the phase and opens the cutover gate.
+#[tokio::test]
+async fn a_narrow_clean_validation_opens_no_gate_and_names_what_is_unchecked() {
+    let env = TestEnv::new().await;
+    migrate(&env, "postgres", seed_end());
+    // Missing from the target, about a day ago: far outside the hours validated below.
+    let deleted = delete_picked(&env.pool, 2, 30).await;
+
+    let narrow = env.cli(&["validate", "--from=-5h", "--to=-3h", "--json"]).expect_success().details();
+    assert_eq!(field(&narrow, "result"), "clean", "{narrow}");
+    let window = field(&narrow, "window");
+    assert_eq!(field(window, "whole_range"), false, "{window}");
+    let unchecked = field(window, "unchecked").as_array().unwrap().clone();
+    assert!(!unchecked.is_empty(), "{window}");
+    assert_eq!(field(window, "range.from"), field(&unchecked[0], "from"), "the older hours are unchecked: {window}");
+    let warnings = field(&narrow, "run.warnings").to_string();
+    assert!(warnings.contains("opens no gate") && warnings.contains("still unchecked"), "{narrow}");
+    assert_eq!(field(&narrow, "run.phase_after"), "backfilled", "a narrow run moves no phase");
+    assert_eq!(phase(&env.pool).await, "backfilled");
+    let text = env.cli(&["validate", "--from=-5h", "--to=-3h"]);
+    text.expect_success();
+    assert!(text.stdout.contains("coverage: PART of the migrated range") && text.stdout.contains("this run opens no gate"), "{}", text.stdout);
+    let recorded: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT range_from, range_to FROM tsmigrate.validation_runs ORDER BY id DESC LIMIT 1").fetch_one(&env.pool).await.unwrap();
+    assert!(recorded.0.is_some() && recorded.1.is_some(), "the run records the range it had to cover: {recorded:?}");
+
+    // Cutover is refused, and says what is still unchecked and how to check it.
+    let refused = env.cli(&["cutover", "--json"]);
+    refused.expect_code(3);
+    let envelope = refused.json();
+    let first_unchecked: DateTime<Utc> = field(&unchecked[0], "from").as_str().unwrap().parse().unwrap();
+    let hint = field(&envelope, "error.hint").as_str().unwrap().to_string();
+    assert!(hint.contains("unchecked") && hint.contains(&first_unchecked.format("%Y-%m-%dT%H:%MZ").to_string()), "{envelope}");
+    assert_eq!(field(&envelope, "next_steps")[0]["command"], "tsmigrate validate", "{envelope}");
+    let status = env.cli(&["status", "--json"]).json();
+    assert_eq!(field(&status, "next_steps")[0]["command"], "tsmigrate validate", "{status}");
+    assert_eq!(field(&status, "details.last_validation.whole_range"), false, "{status}");
+    let status_text = env.cli(&["status"]).stdout;
+    assert!(status_text.contains("over part of the migrated range only"), "{status_text}");
+
+    // The whole range finds what is missing; repaired and validated whole, the gate opens.
+    let whole = env.cli(&["validate", "--json"]);
+    whole.expect_code(1);
+    assert_eq!(field(&whole.details(), "window.whole_range"), true);
+    assert_eq!(field(&whole.details(), "events.missing.total"), deleted.len() as u64);
+    env.cli(&["repair"]).expect_success();
+    let clean = env.cli(&["validate", "--json"]).expect_success().details();
+    assert_eq!(field(&clean, "run.phase_after"), "validated", "{clean}");
+    env.cli(&["cutover", "--json"]).expect_success();
+    assert_eq!(phase(&env.pool).await, "reads_switched");
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn injected_differences_are_found_and_reported_exactly() {
     let env = TestEnv::new().await;
@@ -249,6 +313,107 @@ async fn injected_differences_are_found_and_reported_exactly() {
 
     let results: Vec<String> = sqlx::query_scalar("SELECT result FROM tsmigrate.validation_runs ORDER BY id").fetch_all(&env.pool).await.unwrap();
     assert_eq!(results, vec!["differences"; 3]);
+    env.cleanup().await;
+}
+
+/// The hourly validation job of `tsmigrate run` validates the whole migrated range: its run
+/// is recorded with that range, a dirty one fails the job, and a clean one moves the phase
+/// and opens the cutover gate as `tsmigrate validate` does.
+#[tokio::test]
+async fn the_hourly_validation_job_covers_the_whole_range_and_opens_the_gate() {
+    use std::sync::Arc;
+    use tsmigrate::daemon::jobs::{run_job, JobContext, JobName, JobOutcome};
+    let env = TestEnv::new().await;
+    migrate(&env, "postgres", seed_end());
+    delete_picked(&env.pool, 2, 3).await;
+    let ctx = JobContext {
+        ctx: tsmigrate::context::Context::with_target(Arc::new(env.settings.clone()), env.pool.clone())
+            .with_legacy(env.pool.clone())
+            .with_redis(env.redis().await),
+        lease: tsmigrate::daemon::leader::Lease::sole(),
+    };
+    let dirty = run_job(&ctx, JobName::Validation).await;
+    assert!(matches!(&dirty, JobOutcome::Failed(why) if why.contains("found differences")), "{dirty:?}");
+    env.cli(&["repair"]).expect_success();
+    let JobOutcome::Done(figures) = run_job(&ctx, JobName::Validation).await else { panic!("the repaired systems validate clean") };
+    assert_eq!(figures["whole_range"], true, "{figures}");
+    let whole: bool = sqlx::query_scalar("SELECT window_from <= range_from AND window_to >= range_to FROM tsmigrate.validation_runs ORDER BY id DESC LIMIT 1")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(whole, "the job's run is recorded as covering the whole range");
+    assert_eq!(phase(&env.pool).await, "validated");
+    env.cli(&["cutover"]).expect_success();
+    env.cleanup().await;
+}
+
+/// `tsmigrate findings` shows what a run recorded: every finding, by kind, as text, the JSON
+/// envelope and CSV; the latest run unless `--run` names another; clear errors otherwise.
+#[tokio::test]
+async fn findings_show_what_a_run_recorded_as_text_json_and_csv() {
+    let env = TestEnv::new().await;
+    migrate(&env, "postgres", seed_end());
+    let none = env.cli(&["findings", "--json"]);
+    none.expect_code(2);
+    assert!(field(&none.json(), "error.message").as_str().unwrap().contains("no validation run is recorded yet"), "{}", none.stdout);
+    assert_eq!(none.json()["next_steps"][0]["command"], "tsmigrate validate");
+
+    let injected = inject(&env.pool).await;
+    let run_id = field(&env.cli(&["validate", "--json"]).expect_code(1).details(), "run_id").as_i64().unwrap();
+    let ids_of = |details: &Value, kind: &str| -> BTreeSet<String> {
+        field(details, "findings").as_array().unwrap().iter().filter(|f| f["kind"] == kind).map(|f| f["event_id"].as_str().unwrap().to_string()).collect()
+    };
+
+    let all = env.cli(&["findings", "--json"]).expect_success().details();
+    assert_eq!(field(&all, "run.id"), run_id);
+    assert_eq!(field(&all, "run.result"), "differences");
+    assert_eq!(field(&all, "total"), 7, "2 missing, 2 extra, 3 different: {all}");
+    assert_eq!(ids_of(&all, "missing"), injected.missing);
+    assert_eq!(ids_of(&all, "extra"), injected.extra);
+    assert_eq!(ids_of(&all, "different"), injected.different.iter().map(|(id, _)| id.clone()).collect::<BTreeSet<_>>());
+
+    let missing = env.cli(&["findings", "--kind", "missing", "--json"]).expect_success().details();
+    assert_eq!(field(&missing, "kinds"), &json!(["missing"]));
+    assert_eq!(ids_of(&missing, "missing"), injected.missing);
+    assert_eq!(field(&missing, "total"), 2, "only the kind asked for: {missing}");
+    let two = env.cli(&["findings", "--kind", "extra,different", "--run", &run_id.to_string(), "--json"]).expect_success().details();
+    assert_eq!(field(&two, "total"), 5, "{two}");
+    let json_format = env.cli(&["findings", "--format", "json"]).expect_success().json();
+    assert_eq!(field(&json_format, "details.total"), 7, "--format json prints the envelope");
+
+    let csv = env.cli(&["findings", "--kind", "extra", "--format", "csv"]);
+    csv.expect_success();
+    let lines: Vec<&str> = csv.stdout.lines().collect();
+    assert_eq!(lines[0], "run_id,kind,event_id,redis_time,target_time");
+    assert_eq!(lines.len(), 3, "a header and one line per extra event:\n{}", csv.stdout);
+    for line in &lines[1..] {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), 5, "{line}");
+        assert_eq!((cells[0], cells[1]), (run_id.to_string().as_str(), "extra"));
+        assert!(injected.extra.contains(cells[2]), "{line}");
+        assert_eq!(cells[3], "", "an extra event is not in Redis: {line}");
+        assert!(cells[4].parse::<DateTime<Utc>>().is_ok(), "{line}");
+    }
+
+    let text = env.cli(&["findings"]);
+    text.expect_success();
+    assert!(text.stdout.contains(&format!("validation run #{run_id} (differences, events depth")), "{}", text.stdout);
+    assert!(injected.missing.iter().all(|id| text.stdout.contains(id.as_str())), "{}", text.stdout);
+
+    // A later clean run is the default; the earlier one is still there by number.
+    env.cli(&["repair", "--delete-extra"]).expect_success();
+    env.cli(&["validate"]).expect_success();
+    let latest = env.cli(&["findings", "--json"]).expect_success().details();
+    assert_eq!(field(&latest, "total"), 0, "{latest}");
+    assert_ne!(field(&latest, "run.id"), run_id);
+    assert_eq!(field(&env.cli(&["findings", "--run", &run_id.to_string(), "--json"]).expect_success().details(), "total"), 7);
+
+    let unknown = env.cli(&["findings", "--run", "999999", "--json"]);
+    unknown.expect_code(2);
+    assert!(field(&unknown.json(), "error.message").as_str().unwrap().contains("there is no validation run #999999; the latest is #"), "{}", unknown.stdout);
+    let both = env.cli(&["findings", "--format", "csv", "--json"]);
+    both.expect_code(2);
+    assert!(both.json()["error"]["message"].as_str().unwrap().contains("two formats"));
     env.cleanup().await;
 }
 

@@ -8,7 +8,6 @@ use crate::context::Context;
 use crate::phase::report::PhaseReport;
 use crate::phase::runner::{confirmed, Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, ABORT};
-use crate::state::NextStep;
 use crate::store::objects::drop_statements;
 use crate::store::StorageMode;
 
@@ -46,12 +45,8 @@ impl PhaseCommand for Abort {
         Ok(Applied::new(details, Commit::Done))
     }
 
-    fn next_steps(&self, report: &PhaseReport) -> Vec<NextStep> {
-        if report.dry_run {
-            vec![NextStep::run("tsmigrate abort --yes", "drop what is listed above")]
-        } else {
-            report.gated_next.clone()
-        }
+    fn command_line(&self, _report: &PhaseReport) -> String {
+        "tsmigrate abort --yes".into()
     }
 }
 

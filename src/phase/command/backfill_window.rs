@@ -14,10 +14,9 @@ use super::backfill::{copy_pages, Page, PageSink};
 use crate::context::Context;
 use crate::dual_write::gaps;
 use crate::legacy::reader::ScoreCursor;
-use crate::phase::report::{Details, PhaseReport};
+use crate::phase::report::Details;
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, BACKFILL_WINDOW};
-use crate::state::NextStep;
 use crate::stop::{Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::writer::{PageOutcome, TargetWriter};
@@ -71,10 +70,6 @@ impl PhaseCommand for BackfillWindow {
         }
         let audit = json!({"from": self.from, "to": self.to, "read": details.read, "inserted": details.inserted, "gaps_repaired": details.gaps_repaired});
         Ok(Applied { audit, ..Applied::new(details, Commit::Stay) })
-    }
-
-    fn next_steps(&self, _report: &PhaseReport<WindowDetails>) -> Vec<NextStep> {
-        vec![NextStep::run("tsmigrate validate", "compare the window again")]
     }
 }
 

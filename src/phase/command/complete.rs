@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::context::Context;
+use crate::phase::report::PhaseReport;
 use crate::phase::runner::{confirmed, Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::StateChanges;
 use crate::phase::{Transition, COMPLETE};
@@ -30,6 +31,10 @@ impl PhaseCommand for Complete {
             confirmed(self.confirmed, "complete", "complete ends the migration: the legacy Redis keys get an expiry and reads can no longer be reversed")?;
         }
         Ok(Applied::new(details, Commit::Move(StateChanges::default())))
+    }
+
+    fn command_line(&self, _report: &PhaseReport) -> String {
+        "tsmigrate complete --yes".into()
     }
 
     async fn after_commit(&self, ctx: &Context) -> anyhow::Result<()> {

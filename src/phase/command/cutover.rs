@@ -19,6 +19,8 @@ impl PhaseCommand for Cutover {
         &CUTOVER
     }
 
+    const FORCEABLE: bool = true;
+
     async fn gate(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Result<Value, String>> {
         let latest = latest_validation(run.guard()?.conn()).await?;
         Ok(cutover_gate(latest.as_ref(), Utc::now(), &GateRules::from_settings(&ctx.settings.migration)))

@@ -5,11 +5,9 @@ use serde_json::{json, Value};
 
 use crate::context::Context;
 use crate::dual_write::flag;
-use crate::phase::report::PhaseReport;
-use crate::phase::runner::{default_next_steps, Applied, Commit, PhaseCommand, Run};
+use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::StateChanges;
 use crate::phase::{Transition, DUAL_WRITE_STOP};
-use crate::state::NextStep;
 
 pub struct DualWriteStop;
 
@@ -31,12 +29,5 @@ impl PhaseCommand for DualWriteStop {
         }
         let changes = StateChanges { completion_point: Some(None), ..Default::default() };
         Ok(Applied { audit: json!({"previous_completion_point": previous}), ..Applied::new(details, Commit::Move(changes)) })
-    }
-
-    fn next_steps(&self, report: &PhaseReport) -> Vec<NextStep> {
-        if report.dry_run {
-            return default_next_steps(&self.name(), report);
-        }
-        vec![NextStep::note("the relay keeps draining what is already in the outbox"), NextStep::run("tsmigrate dual-write start", "when ready to try again")]
     }
 }

@@ -7,10 +7,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::context::Context;
-use crate::phase::report::{Details, PhaseReport};
+use crate::phase::report::Details;
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
-use crate::phase::{Phase, Transition, OPTIMIZE};
-use crate::state::NextStep;
+use crate::phase::{Transition, OPTIMIZE};
 use crate::store::{aggregates, StorageFigures, StorageMode, ASSET_VIEW};
 
 pub struct Optimize {
@@ -64,13 +63,6 @@ impl PhaseCommand for Optimize {
         let compress_now_requested = self.compress_now;
         let details = OptimizeDetails { mode, retention, storage, compressed_now, compress_now_requested, dropped_partitions, asset_popularity_rows };
         Ok(Applied::new(details, Commit::Stay))
-    }
-
-    fn next_steps(&self, report: &PhaseReport<OptimizeDetails>) -> Vec<NextStep> {
-        match report.phase_after {
-            Phase::FlushRetired => vec![NextStep::run("tsmigrate complete --yes", "end the migration; the legacy keys get an expiry")],
-            _ => report.gated_next.clone(),
-        }
     }
 }
 

@@ -7,10 +7,9 @@ use serde_json::json;
 use crate::config::ModeChoice;
 use crate::context::Context;
 use crate::phase::report::{Details, PhaseReport};
-use crate::phase::runner::{default_next_steps, Applied, Commit, PhaseCommand, Run};
+use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::{MigrationState, StateChanges};
 use crate::phase::{Transition, PREPARE};
-use crate::state::NextStep;
 use crate::store::capability::{Capabilities, ModeError};
 use crate::store::schema::{self, PlannedMigration};
 use crate::store::{ObjectStatus, StorageMode};
@@ -87,11 +86,8 @@ impl PhaseCommand for Prepare {
         Ok(())
     }
 
-    fn next_steps(&self, report: &PhaseReport<PrepareDetails>) -> Vec<NextStep> {
-        if report.dry_run {
-            return vec![NextStep::run(format!("tsmigrate prepare --mode {}", report.details.mode), "apply what is listed above")];
-        }
-        default_next_steps(&self.name(), report)
+    fn command_line(&self, report: &PhaseReport<PrepareDetails>) -> String {
+        format!("tsmigrate prepare --mode {}", report.details.mode)
     }
 }
 

@@ -24,12 +24,12 @@ use crate::legacy::reader::members_at;
 use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, REPAIR};
-use crate::state::NextStep;
 use crate::stop::{Boundary, Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::writer::{Method, ParsedPage, TargetWriter};
 use crate::store::{checkpoint, progress};
 use crate::validate::diff::DifferenceKind;
+use crate::validate::findings::{recorded, Finding};
 
 /// Findings per transaction (each reads their Redis versions in one round trip).
 const BATCH: usize = 1_000;
@@ -39,15 +39,6 @@ const GONE_EXAMPLES: usize = 10;
 pub struct Repair {
     /// Delete the events only the target holds (without it they are counted and kept).
     pub delete_extra: bool,
-}
-
-/// One difference the validation run recorded.
-#[derive(Debug, Clone, Copy)]
-struct Finding {
-    kind: DifferenceKind,
-    event_id: Uuid,
-    redis_time: Option<DateTime<Utc>>,
-    target_time: Option<DateTime<Utc>>,
 }
 
 /// The validation run repaired.
@@ -136,13 +127,9 @@ impl PhaseCommand for Repair {
         Ok(Ok(json!({"validation_run": latest.id, "result": latest.result, "findings": findings})))
     }
 
-    fn gate_next(&self) -> String {
-        "tsmigrate validate --depth events   # list the differences, then: tsmigrate repair".into()
-    }
-
     async fn apply(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<RepairDetails>> {
         let target = latest_run(&ctx.target).await?.ok_or_else(|| anyhow::anyhow!("no validation run to repair"))?;
-        let findings = findings(&ctx.target, target.id).await?;
+        let findings = recorded(&ctx.target, target.id, &[]).await?;
         let name = format!("repair:{}", target.id);
         let saved: Option<Position> = checkpoint::load(&mut *ctx.target.acquire().await?, &name).await?;
         let mut position = saved.unwrap_or_default();
@@ -180,15 +167,8 @@ impl PhaseCommand for Repair {
         Ok(Applied { audit, ..Applied::new(details, Commit::Stay) })
     }
 
-    fn next_steps(&self, report: &PhaseReport<RepairDetails>) -> Vec<NextStep> {
-        if report.dry_run {
-            return vec![NextStep::run(format!("tsmigrate repair{}", if self.delete_extra { " --delete-extra" } else { "" }), "do what is listed above")];
-        }
-        let mut steps = vec![NextStep::run("tsmigrate validate", "compare again: a clean run opens the gates")];
-        if report.details.counts.kept_extra > 0 {
-            steps.push(NextStep::run("tsmigrate repair --delete-extra", "if the events only the target holds should go"));
-        }
-        steps
+    fn command_line(&self, _report: &PhaseReport<RepairDetails>) -> String {
+        format!("tsmigrate repair{}", if self.delete_extra { " --delete-extra" } else { "" })
     }
 }
 
@@ -359,25 +339,6 @@ async fn latest_run(pool: &sqlx::PgPool) -> anyhow::Result<Option<RunToRepair>> 
         let differing = |check: &str| figures[check]["differences"].as_u64().unwrap_or(0) > 0;
         RunToRepair { id, result, window: from.zip(to), aggregates_differ: differing("legacy_hourly") || differing("asset_popularity") }
     }))
-}
-
-type FindingRow = (String, Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-
-/// The run's findings in a fixed order (a resumed repair picks up after the same ones).
-async fn findings(pool: &sqlx::PgPool, run: i64) -> anyhow::Result<Vec<Finding>> {
-    let rows: Vec<FindingRow> = sqlx::query_as(
-        "SELECT kind, event_id, redis_time, target_time FROM tsmigrate.validation_findings WHERE run_id = $1
-         ORDER BY kind, event_id, redis_time NULLS FIRST, target_time NULLS FIRST",
-    )
-    .bind(run)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|(kind, event_id, redis_time, target_time)| {
-            let kind = DifferenceKind::parse(&kind).ok_or_else(|| anyhow::anyhow!("unknown kind of difference {kind:?} in tsmigrate.validation_findings"))?;
-            Ok(Finding { kind, event_id, redis_time, target_time })
-        })
-        .collect()
 }
 
 fn found_by_kind(findings: &[Finding]) -> HashMap<&'static str, u64> {

@@ -29,10 +29,15 @@ impl PhaseCommand for RetireFlush {
         &RETIRE_FLUSH
     }
 
+    const FORCEABLE: bool = true;
+
+    fn gate_rules(&self, ctx: &Context) -> GateRules {
+        GateRules { soak: self.soak(ctx), ..GateRules::from_settings(&ctx.settings.migration) }
+    }
+
     async fn gate(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Result<Value, String>> {
         let latest = latest_validation(run.guard()?.conn()).await?;
-        let rules = GateRules { soak: self.soak(ctx), ..GateRules::from_settings(&ctx.settings.migration) };
-        Ok(retire_gate(&run.state, latest.as_ref(), Utc::now(), &rules))
+        Ok(retire_gate(&run.state, latest.as_ref(), Utc::now(), &self.gate_rules(ctx)))
     }
 
     async fn apply(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<Value>> {

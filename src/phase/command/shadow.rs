@@ -7,7 +7,6 @@ use crate::context::Context;
 use crate::phase::report::PhaseReport;
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, SHADOW};
-use crate::state::NextStep;
 
 pub struct Shadow {
     pub on: bool,
@@ -34,7 +33,7 @@ impl PhaseCommand for Shadow {
         Ok(Applied { audit: json!({"shadow": self.on}), ..Applied::new(details, Commit::Stay) })
     }
 
-    fn next_steps(&self, report: &PhaseReport) -> Vec<NextStep> {
-        report.gated_next.clone()
+    fn command_line(&self, _report: &PhaseReport) -> String {
+        format!("tsmigrate shadow {}", if self.on { "on" } else { "off" })
     }
 }

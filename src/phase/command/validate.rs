@@ -1,5 +1,7 @@
 //! `tsmigrate validate`: one validation run (`crate::validate::run`), recorded in
-//! `tsmigrate.validation_runs`; a clean run after backfill moves `backfilled → validated`.
+//! `tsmigrate.validation_runs` with what it covered; a clean run over the whole migrated
+//! range after backfill moves `backfilled → validated`. A narrower one moves nothing and
+//! says which range is still unchecked.
 //!
 //! Runs in any phase from `dual_writing` on (before backfill it is informational: the
 //! window starts at the completion point). The phase lock is taken only at the end, to
@@ -35,13 +37,23 @@ impl PhaseCommand for Validate {
         // A recorded gap explains missing events better than anything the diff can say.
         let open = gaps::open(&ctx.target).await?;
         report.next_steps = open.iter().map(|g| NextStep::run(g.repair_command(), g.describe())).collect();
-        let audit =
-            serde_json::json!({"validation_run": report.run_id, "window_from": report.window.from, "window_to": report.window.to, "depth": report.depth});
+        let audit = serde_json::json!({
+            "validation_run": report.run_id,
+            "window_from": report.window.from,
+            "window_to": report.window.to,
+            "range": report.window.range,
+            "depth": report.depth,
+        });
         // Only a clean run after backfill moves the phase, and one at counts depth (it cannot
         // see an altered event) only where the settings allow it; every run is in
         // validation_runs already.
         let shallow = report.depth == Depth::Counts && !ctx.settings.migration.counts_depth_opens_gates;
+        let coverage = report.window.coverage();
         let mut warnings = vec![];
+        // Said of every narrow run, clean or not, in any phase: it opens no gate.
+        if let Some(why) = coverage.narrow_because() {
+            warnings.push(format!("this validation opens no gate: {why}; run `tsmigrate validate` without --from/--to to compare the whole range"));
+        }
         let commit = match report.verdict() {
             Verdict::Clean if run.moves() && shallow => {
                 warnings.push(format!(
@@ -50,6 +62,7 @@ impl PhaseCommand for Validate {
                 ));
                 Commit::Nothing
             }
+            Verdict::Clean if run.moves() && !coverage.whole() => Commit::Nothing,
             Verdict::Clean if run.moves() => Commit::Move(StateChanges::default()),
             _ => Commit::Nothing,
         };
@@ -77,9 +90,6 @@ impl PhaseCommand for Validate {
 fn verdict_steps(report: &ValidationReport, gated_next: &[NextStep]) -> Vec<NextStep> {
     match report.verdict() {
         Verdict::Clean if report.phase_note.is_some() => vec![NextStep::run("tsmigrate validate", "again, to move the phase to validated")],
-        Verdict::Clean if report.depth == Depth::Counts && report.phase_after == crate::state::Phase::Backfilled => {
-            vec![NextStep::run("tsmigrate validate --depth events", "a validation that compares every event opens the cutover gate")]
-        }
         Verdict::Clean => gated_next.to_vec(),
         Verdict::Differences => difference_steps(report),
         Verdict::Incomplete => report

@@ -55,6 +55,11 @@ pub async fn summarize(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, co
     Ok(total)
 }
 
+/// The oldest event time the target holds (`None` when it holds none).
+pub async fn oldest(pool: &PgPool) -> anyhow::Result<Option<DateTime<Utc>>> {
+    Ok(sqlx::query_scalar("SELECT min(time) FROM analytics_events_ts").fetch_one(pool).await?)
+}
+
 /// Dead letters recorded per minute of `[from_ms, to_ms)` (for `--depth counts`).
 pub async fn dead_letter_minutes(pool: &PgPool, from_ms: i64, to_ms: i64) -> anyhow::Result<HashMap<i64, u64>> {
     let rows: Vec<(i64, i64)> = sqlx::query_as(sql::DEAD_LETTER_MINUTES).bind(from_ms as f64).bind(to_ms as f64).fetch_all(pool).await?;
