@@ -877,3 +877,57 @@ fn fault_matrix() {
         .collect();
     assert!(failing.is_empty(), "cells that break a promise:\n{failing:#?}");
 }
+
+/// The migration lock across a PostgreSQL restart: `backfill` holds the phase lock on a
+/// session that the restart ends. It must stop at its next page boundary (non-zero exit,
+/// resumable) rather than carry on unlocked while a second `backfill` takes the lock; either
+/// way nothing may be lost or doubled, and a final run completes the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the phase lock does not survive a PostgreSQL restart yet: the backfill carries on unlocked to the end (enable with the fix)"]
+async fn a_backfill_that_lost_its_lock_to_a_postgres_restart_stops() {
+    let pg = tokio::task::block_in_place(|| PgServer::start(PgOptions::default()));
+    let env = TestEnv::on_server(SecretUrl::new(pg.url("postgres")), |_| {}).await;
+    const EVENTS: i64 = 3000;
+    tokio::task::block_in_place(|| {
+        env.cli(&["seed", "--events", &EVENTS.to_string(), "--days", "1", "--users", "20", "--seed", "3", "--end", "-2h"]).expect_success();
+        env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+        env.cli(&["dual-write", "start"]).expect_success();
+    });
+    // Slow enough to be copying when the server restarts: 100 events a second, 50 a page.
+    let mut first = crate::support::ChildGuard::spawn({
+        let mut command = env.command(&["backfill", "--page-size", "50", "--max-rate", "100", "--no-history", "--json"], &[]);
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        command
+    });
+    crate::support::eventually("the first backfill copying", Duration::from_secs(60), || async {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_events_ts").fetch_one(&env.pool).await.unwrap_or(0);
+        (rows > 0).then_some(())
+    })
+    .await;
+    let (before, _) = crate::scenario::target_counts(&env).await;
+    tokio::task::block_in_place(|| pg.restart());
+    let restarted = Instant::now();
+    // Its lock died with its session: it stops at its next page boundary, before anyone else
+    // can take the lock and copy the same pages (it would otherwise copy for 30 s more).
+    let first_exit = crate::support::eventually("the first backfill to stop", Duration::from_secs(60), || {
+        let code = first.child().try_wait().unwrap().map(|s| s.code().unwrap_or(-1));
+        async move { code }
+    })
+    .await;
+    let (rows, distinct) = crate::scenario::target_counts(&env).await;
+    println!(
+        "lock across a restart: the first backfill exited {first_exit} {:.1} s after the restart; {before} rows before it, {rows} rows for {distinct} events after",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert_ne!(first_exit, 0, "the backfill that lost its lock stopped (non-zero, resumable)");
+    // The page in flight when the server went down, and at most the one after: not the
+    // thousands that remained (copied unlocked, while another backfill could take the lock).
+    assert!(rows - before <= 2 * 50, "the backfill that lost its lock copied {} more events instead of stopping at a page boundary", rows - before);
+    assert_eq!(rows, distinct, "no event doubled");
+    // Resumable: the next run completes the copy.
+    tokio::task::block_in_place(|| env.cli(&["backfill", "--page-size", "50", "--no-history"])).expect_success();
+    let (rows, distinct) = crate::scenario::target_counts(&env).await;
+    let mut redis = env.redis().await;
+    let held: i64 = redis::AsyncCommands::zcard(&mut redis, env.keys().events).await.unwrap();
+    assert_eq!((rows, distinct), (held, held), "every event Redis holds copied once");
+}
