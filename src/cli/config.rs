@@ -281,6 +281,8 @@ fn show_text(file: &FileChoice, shown: &[Shown]) -> String {
     let width = shown.iter().map(|s| s.key.len()).max().unwrap_or(0);
     for s in shown {
         let value = match &s.value {
+            // An unset legacy database is the target's (DatabaseSettings::legacy_url).
+            Value::Null if s.key == "database.legacy_url" => "(unset: the target database)".to_string(),
             Value::Null => "(unset)".to_string(),
             Value::String(v) => format!("{v:?}"),
             other => other.to_string(),
