@@ -21,6 +21,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Unavailable(String),
+    /// A write whose outcome is unknown (sent, no answer): 503 with `"outcome": "unknown"`.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error("internal error")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -32,6 +35,7 @@ impl IntoResponse for ApiError {
             ApiError::BadEvents { message, rejected } => (StatusCode::BAD_REQUEST, serde_json::json!({"error": message, "accepted": 0, "rejected": rejected})),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, serde_json::json!({"error": self.to_string()})),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": m, "retry": true})),
+            ApiError::OutcomeUnknown(m) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": m, "retry": true, "outcome": "unknown"})),
             ApiError::Unexpected(e) => {
                 tracing::error!(error = %format!("{e:#}"), "unexpected error");
                 (StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "internal error"}))

@@ -26,6 +26,7 @@ mod outage;
 mod poison;
 mod prepare;
 mod reads;
+mod redis_faults;
 mod relay_isolation;
 mod scenario;
 mod seed;

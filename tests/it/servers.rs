@@ -120,6 +120,14 @@ impl RedisServer {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the server: SIGSTOP is a server that hangs with
+    /// its connections open (the kernel still accepts new ones into the backlog).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the private redis-server runs").id();
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILL, like a crash: no shutdown save, connections cut.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
