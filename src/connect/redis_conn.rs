@@ -14,9 +14,9 @@
 //!
 //! Whether a failed command may have run matters to ingest (a 503 says "nothing was written"
 //! only when that is known): [`RedisConn::pinned`] hands out the current connection first, so a
-//! caller that could not get one knows nothing was sent; a server error reply (OOM, EXECABORT)
-//! means the command was refused; a timeout or a broken connection after sending leaves the
-//! outcome unknown ([`Outcome::of`]).
+//! caller that could not get one knows nothing was sent; a refusal before anything ran (OOM,
+//! EXECABORT) means nothing was written; a timeout, a broken connection after sending, or an
+//! error from inside `EXEC` leaves the outcome unknown ([`Outcome::of`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -193,23 +193,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// For a write (a `MULTI … EXEC` included). Only refusals that come before anything runs
+    /// count as "not written": no connection, `EXECABORT` (a command refused while queued),
+    /// OOM, a read-only replica, a server still loading. Any other error reply may come from
+    /// inside `EXEC`, whose other commands did run, and a reply that could not be parsed came
+    /// after the command ran: unknown.
     pub fn of(e: &RedisError) -> Outcome {
-        if is_not_connected(e) {
-            return Outcome::NotWritten;
-        }
-        match e.kind() {
-            // The server answered (OOM, EXECABORT, WRONGTYPE, READONLY…): the command ran not.
-            ErrorKind::ResponseError
-            | ErrorKind::ExecAbortError
-            | ErrorKind::ExtensionError
-            | ErrorKind::ReadOnly
-            | ErrorKind::TypeError
-            | ErrorKind::NoScriptError
-            | ErrorKind::BusyLoadingError
-            | ErrorKind::TryAgain
-            | ErrorKind::MasterDown
-            | ErrorKind::AuthenticationFailed => Outcome::NotWritten,
-            _ => Outcome::Unknown,
+        let refused_before_running = is_not_connected(e)
+            || is_out_of_memory(e)
+            || matches!(e.kind(), ErrorKind::ExecAbortError | ErrorKind::ReadOnly | ErrorKind::BusyLoadingError | ErrorKind::MasterDown);
+        if refused_before_running {
+            Outcome::NotWritten
+        } else {
+            Outcome::Unknown
         }
     }
 }
@@ -300,5 +296,24 @@ impl ConnectionLike for RedisConn {
 
     fn get_db(&self) -> i64 {
         self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_before_anything_ran_count_as_not_written() {
+        let io = |kind| RedisError::from(std::io::Error::from(kind));
+        assert_eq!(Outcome::of(&not_connected("connection refused")), Outcome::NotWritten);
+        assert_eq!(Outcome::of(&RedisError::from((ErrorKind::ExecAbortError, "EXECABORT"))), Outcome::NotWritten);
+        let oom = RedisError::from((ErrorKind::ResponseError, "OOM command not allowed when used memory > 'maxmemory'."));
+        assert_eq!(Outcome::of(&oom), Outcome::NotWritten);
+        assert_eq!(Outcome::of(&io(std::io::ErrorKind::TimedOut)), Outcome::Unknown, "sent, no answer");
+        assert_eq!(Outcome::of(&io(std::io::ErrorKind::BrokenPipe)), Outcome::Unknown, "the connection broke after sending");
+        let inside_exec = RedisError::from((ErrorKind::ResponseError, "WRONGTYPE Operation against a key holding the wrong kind of value"));
+        assert_eq!(Outcome::of(&inside_exec), Outcome::Unknown, "the other commands of the EXEC ran");
+        assert!(is_not_connected(&not_connected("x")) && !is_not_connected(&io(std::io::ErrorKind::ConnectionRefused)));
     }
 }

@@ -122,6 +122,12 @@ async fn a_stopped_redis_gets_answers_within_the_deadline_and_a_resent_batch_lan
     let why: Value = serde_json::from_str(&why).unwrap();
     assert_eq!((why["redis"].clone(), why["target"].clone()), (json!(false), json!(true)), "{why}");
     assert!(why["reasons"][0].as_str().is_some_and(|r| r.starts_with("Redis d")), "the reason names Redis: {why}");
+    // `status` from another terminal: failing, naming Redis (it cannot connect in time).
+    let status = env.cli_with_env(&["status", "--check", "--json"], &over);
+    status.expect_code(2);
+    let verdict = status.json()["details"].clone();
+    assert_eq!(verdict["verdict"], "failing", "{verdict}");
+    assert!(verdict["verdict_reason"].as_str().unwrap().starts_with("Redis is unreachable"), "{verdict}");
     let timeouts = eventually("the timeouts in the metrics", Duration::from_secs(15), || async {
         let text = get(&client, &daemon, "/metrics").await?.1;
         let shared = metric(&text, r#"tsmigrate_redis_command_timeouts_total{connection="shared"}"#)?;
