@@ -457,6 +457,9 @@ fn verdict(s: &Status, now: DateTime<Utc>) -> (Verdict, String) {
     if !s.redis.reachable {
         return (Verdict::Failing, format!("Redis is unreachable: {}", opt(&s.redis.error)));
     }
+    if let Some(why) = s.redis.durability.as_ref().and_then(|d| d.refusing_writes_reason()) {
+        return (Verdict::Failing, why);
+    }
     if let Some(gap) = s.outbox_gaps.first() {
         return (Verdict::Failing, format!("{} possible gap(s) in dual-write not repaired: {}", s.outbox_gaps.len(), gap.describe()));
     }

@@ -43,6 +43,19 @@ pub fn evicts_any_key(policy: Option<&str>, maxmemory: Option<u64>) -> bool {
 }
 
 impl OutboxDurability {
+    /// Why Redis refuses writes, when it is at `maxmemory` and will not evict: every ingest
+    /// batch gets OOM (503, nothing written) until memory is freed or the limit raised.
+    pub fn refusing_writes_reason(&self) -> Option<String> {
+        let (used, max) = (self.used_memory?, self.maxmemory.filter(|m| *m > 0)?);
+        (used >= max && !self.evicting).then(|| {
+            format!(
+                "Redis is at maxmemory ({used} of {max} bytes, maxmemory-policy {}): it refuses writes, so ingest answers 503 to every batch; \
+                 raise maxmemory or free memory (the outbox shrinks as the relay catches up)",
+                self.maxmemory_policy.as_deref().unwrap_or("?")
+            )
+        })
+    }
+
     /// Why dual-write must not rely on this Redis, when it evicts.
     pub fn evicting_reason(&self) -> Option<String> {
         self.evicting.then(|| {
@@ -167,6 +180,9 @@ mod tests {
         assert!(facts(true, "", 1, 100, "allkeys-lfu").evicting);
         assert!(!facts(true, "", 1, 0, "allkeys-lru").evicting, "no maxmemory: never full, never evicts");
         assert!(!facts(true, "", 1, 100, "volatile-lru").evicting, "volatile-* evicts only keys with an expiry");
+        assert!(facts(true, "", 100, 100, "noeviction").refusing_writes_reason().unwrap().contains("refuses writes"));
+        assert_eq!(facts(true, "", 99, 100, "noeviction").refusing_writes_reason(), None);
+        assert_eq!(facts(true, "", 100, 0, "noeviction").refusing_writes_reason(), None, "no limit");
         let evicted = warnings(&OutboxDurability { evicted_keys: Some(7), ..facts(true, "", 1, 0, "noeviction") });
         assert!(evicted[0].contains("evicted 7 key(s)"), "{evicted:?}");
         let unknown = warnings(&OutboxDurability { rdb_save: None, ..facts(false, "", 1, 0, "noeviction") });

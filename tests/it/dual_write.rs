@@ -214,7 +214,18 @@ async fn entries_of_a_dead_relay_are_claimed_by_another() {
     dead.ensure_group().await.unwrap();
     assert!(matches!(dead.step().await.unwrap(), RelayOutcome::TargetUnavailable { .. }));
     drop(dead);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The survivor claims entries idle for 20 ms: wait until the dead relay's entry is.
+    let (outbox, group) = (env.keys().outbox, env.settings.redis.outbox_group.clone());
+    let watcher = env.redis().await;
+    crate::support::eventually("the dead relay's entry idle past the claim time", Duration::from_secs(10), || {
+        let (outbox, group, mut redis) = (outbox.clone(), group.clone(), watcher.clone());
+        async move {
+            let idle: Vec<redis::Value> =
+                redis::cmd("XPENDING").arg(&outbox).arg(&group).arg("IDLE").arg(20).arg("-").arg("+").arg(10).query_async(&mut redis).await.unwrap();
+            (idle.len() == 1).then_some(())
+        }
+    })
+    .await;
     let mut survivor = relay_for(&env, env.redis().await, env.pool.clone(), StorageMode::Postgres, Duration::from_millis(20));
     assert_eq!(drain(&mut survivor).await, 15);
     assert_eq!(target_counts(&env).await, (15, 15));
@@ -225,9 +236,11 @@ async fn identical_members_are_stored_once_in_both_systems() {
     let env = TestEnv::new().await;
     prepare_and_dual_write(&env, Mode::Postgres);
     let router = router(&env).await;
-    let with_id = r#"{"events":[{"id":"evt-1","event_name":"click","category":"ui","timestamp":1763700000000}]}"#;
-    let without_id = r#"{"events":[{"event_name":"search","category":"discovery","user_id":"u1","timestamp":1763700000500}]}"#;
-    for body in [with_id, with_id, without_id, without_id] {
+    // Timestamps of now: ingest's rules on an event's age apply whenever the test runs.
+    let now = chrono::Utc::now().timestamp_millis();
+    let with_id = format!(r#"{{"events":[{{"id":"evt-1","event_name":"click","category":"ui","timestamp":{now}}}]}}"#);
+    let without_id = format!(r#"{{"events":[{{"event_name":"search","category":"discovery","user_id":"u1","timestamp":{}}}]}}"#, now + 500);
+    for body in [&with_id, &with_id, &without_id, &without_id] {
         assert_eq!(post(&router, body, None).await.0, StatusCode::ACCEPTED);
     }
     let mut redis = env.redis().await;

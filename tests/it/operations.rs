@@ -433,10 +433,13 @@ async fn during_the_soak_status_says_when_it_ends() {
     let env = TestEnv::new().await;
     env.cli(&["legacy", "setup"]).expect_success();
     env.cli(&["prepare", "--mode", "postgres"]).expect_success();
-    sqlx::query("UPDATE tsmigrate.migration_state SET phase = 'reads_switched', read_source = 'target', reads_switched_at = now() - interval '2 hours'")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    // 2 h 30 min into a 24 h soak: 21 h 30 min remain, far from an hour boundary however long the test takes.
+    sqlx::query(
+        "UPDATE tsmigrate.migration_state SET phase = 'reads_switched', read_source = 'target', reads_switched_at = now() - interval '2 hours 30 minutes'",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
     let envelope = env.cli(&["status", "--check", "--json"]).expect_success().json();
     let status = field(&envelope, "details");
     assert_eq!(field(status, "verdict"), "healthy", "waiting is not blocked: {status}");
@@ -445,7 +448,12 @@ async fn during_the_soak_status_says_when_it_ends() {
     let first = &envelope["next_steps"][0];
     assert_eq!(first["command"], Value::Null);
     let why = first["why"].as_str().unwrap();
-    assert!(why.contains("soak period to end at") && (why.contains("(in 21h5") || why.contains("(in 22h)")), "{first}");
+    assert!(why.contains("soak period to end at") && why.contains("(in 21h"), "{first}");
+    let ends: chrono::DateTime<chrono::Utc> = field(status, "soak_ends_at").as_str().unwrap().parse().expect("soak_ends_at is a time");
+    let switched: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT reads_switched_at FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();
+    // Within a second: the status prints whole seconds, the database keeps microseconds.
+    assert!((ends - (switched + chrono::Duration::hours(24))).num_seconds().abs() <= 1, "the soak ends 24 h after the switch: {ends} vs {switched}");
 }
 
 #[tokio::test]

@@ -366,7 +366,7 @@ async fn validate_reports_out_of_range(mode: Mode) -> Value {
 async fn validate_reports_members_no_path_reads_in_both_modes() {
     let plain = validate_reports_out_of_range(Mode::Postgres).await;
     let probe = TestEnv::new().await;
-    if crate::support::ts_tier(&probe).await {
+    if crate::support::ts_tier_half(&probe, "the TimescaleDB half").await {
         assert_eq!(plain, validate_reports_out_of_range(Mode::Timescaledb).await, "both modes report the same");
     }
 }

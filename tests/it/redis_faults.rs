@@ -106,12 +106,12 @@ async fn dual_writing_with_a_first_batch(env: &TestEnv, over: &[(&str, &str)], n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_redis_gets_answers_within_the_deadline_and_a_resent_batch_lands_once() {
     let env = TestEnv::new().await;
-    let redis = RedisServer::start(RedisOptions::default());
+    let mut redis = RedisServer::start(RedisOptions::default());
     let url = redis.url();
     let over = [("REDIS_URL", url.as_str())];
     let (daemon, client) = dual_writing_with_a_first_batch(&env, &over, "stopa").await;
 
-    redis.signal("STOP");
+    redis.pause();
     // While it hangs: the request is answered (503) within the deadline, saying what it knows.
     let (_, second) = batch("stopb", 10);
     let (status, refused) = post(&client, &daemon, &second).await.expect("answered within twice the command deadline while Redis hangs");
@@ -136,7 +136,7 @@ async fn a_stopped_redis_gets_answers_within_the_deadline_and_a_resent_batch_lan
     })
     .await;
 
-    redis.signal("CONT");
+    redis.resume();
     let resumed = Instant::now();
     // What the 503 said is what happened: "nothing was written" means none of it reached
     // Redis; "unknown" may have, now that the server reads what was sent before it stopped.
@@ -322,6 +322,11 @@ async fn a_redis_out_of_memory_is_not_ready_and_ingest_says_nothing_was_written(
     assert!(says_nothing_written(&reply), "{reply}");
     let stored: u64 = redis.zcard(env.keys().events).await.unwrap();
     assert_eq!(stored, 0, "and nothing was");
+    let url = server.url();
+    let status = env.cli_with_env(&["status", "--check", "--json"], &[("REDIS_URL", url.as_str())]);
+    status.expect_code(2);
+    let reason = status.json()["details"]["verdict_reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("refuses writes"), "status names the full Redis: {reason}");
 
     let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query_async(&mut redis).await.unwrap();
     assert_eq!(call(ready()).await.0, 200);

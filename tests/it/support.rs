@@ -132,10 +132,16 @@ impl TestEnv {
 
     /// Like `new`, with settings adjusted by `adjust` (database and Redis are filled in after).
     pub async fn with_settings(adjust: impl FnOnce(&mut Settings)) -> TestEnv {
+        Self::on_server(admin_database_url(), adjust).await
+    }
+
+    /// Like `with_settings`, with the database on the server of `admin` (a maintenance
+    /// database URL: a private server a test restarts). Drop cleans up the default server
+    /// only: a private server goes with its own directory.
+    pub async fn on_server(admin: SecretUrl, adjust: impl FnOnce(&mut Settings)) -> TestEnv {
         let hex = random_hex();
         let db_name = format!("tsm_t_{hex}");
         let prefix = format!("tsmt:{hex}:");
-        let admin = admin_database_url();
         let mut conn = PgConnection::connect(admin.expose())
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL at {admin} ({e}); run scripts/services.sh or set TSMIGRATE_TEST_DATABASE_URL"));
@@ -403,6 +409,16 @@ pub async fn timescaledb_available(pool: &PgPool) -> bool {
 /// unavailable it says so loudly on stderr and returns false — unless
 /// `TSMIGRATE_REQUIRE_TIMESCALEDB=1`, which turns the skip into a failure.
 pub async fn ts_tier(env: &TestEnv) -> bool {
+    ts_tier_for(env, None).await
+}
+
+/// Like [`ts_tier`], for a test whose plain-PostgreSQL half has run (or runs) anyway: the
+/// notice and the skip log say that only `half` was skipped.
+pub async fn ts_tier_half(env: &TestEnv, half: &str) -> bool {
+    ts_tier_for(env, Some(half)).await
+}
+
+async fn ts_tier_for(env: &TestEnv, half: Option<&str>) -> bool {
     if timescaledb_available(&env.pool).await {
         return true;
     }
@@ -413,9 +429,23 @@ pub async fn ts_tier(env: &TestEnv) -> bool {
              (the timescaledb package must be installed and in shared_preload_libraries): {test}"
         );
     }
-    eprintln!("TIMESCALEDB TIER SKIPPED: {test}: extension not available");
+    let test = match half {
+        Some(half) => format!("{test} ({half} only; the plain-PostgreSQL half ran)"),
+        None => test,
+    };
+    notice(&format!("TIMESCALEDB TIER SKIPPED: {test}: extension not available"));
     record_tier_skip(&test);
     false
+}
+
+/// One line on the process's own stderr, which the test harness does not capture (it
+/// captures `eprintln!`): a skip must show in a plain `cargo test` too.
+pub fn notice(line: &str) {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 2 is open for the whole process; ManuallyDrop keeps it open after the write.
+    let mut stderr = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(2) });
+    let _ = stderr.write_all(format!("{line}\n").as_bytes());
 }
 
 /// Appends `test` to the file `$TSMIGRATE_TIER_SKIP_LOG` names (scripts/test.sh sets it and

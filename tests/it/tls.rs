@@ -1,6 +1,6 @@
-//! TLS to both servers: PostgreSQL `sslmode` / `sslrootcert` against the shared server
-//! (which runs with `ssl = on`), and `rediss://` against a private TLS `redis-server` whose
-//! certificate a throwaway CA signed.
+//! TLS to both servers: PostgreSQL `sslmode` / `sslrootcert` against a private cluster with
+//! `ssl = on`, and `rediss://` against a private TLS `redis-server`, each with a certificate a
+//! throwaway CA signed (nothing relies on the host's certificates).
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use tsmigrate::connect::{self, ConnectError, PgLimits, RedisTimeouts};
 use tsmigrate::daemon::{self, DaemonOptions};
 
 use crate::scenario::{prepare_and_dual_write, Mode};
-use crate::servers::{RedisOptions, RedisServer, TestCa};
+use crate::servers::{PgOptions, PgServer, RedisOptions, RedisServer, TestCa};
 use crate::support::TestEnv;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,20 +39,18 @@ async fn encrypted(pool: &PgPool) -> bool {
     sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(pool).await.expect("query pg_stat_ssl")
 }
 
-/// These tests need the shared server to offer TLS; a server without it is a broken test
-/// setup, not a reason to skip.
-async fn assert_server_offers_tls(env: &TestEnv) {
-    let ssl: String = sqlx::query_scalar("SHOW ssl").fetch_one(&env.pool).await.unwrap();
-    assert_eq!(
-        ssl, "on",
-        "the test PostgreSQL runs with ssl = off; the TLS tests need ssl = on (Debian's default cluster has it, with the snakeoil certificate)"
-    );
+/// A private PostgreSQL with `ssl = on` and a certificate `ca` signed for `localhost` only
+/// (nothing of the host's own certificates is relied on), and a TestEnv on it.
+async fn tls_postgres(ca: &TestCa) -> (PgServer, TestEnv) {
+    let server = tokio::task::block_in_place(|| PgServer::start(PgOptions { tls: Some(ca.server_tls()) }));
+    let env = TestEnv::on_server(SecretUrl::new(server.url("postgres")), |_| {}).await;
+    (server, env)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslmode_require_encrypts_what_tsmigrate_connects_and_the_cli_works_over_it() {
-    let env = TestEnv::new().await;
-    assert_server_offers_tls(&env).await;
+    let ca = TestCa::generate_for("DNS:localhost");
+    let (_server, env) = tls_postgres(&ca).await;
     let require = with_query(&env.settings.database.url, &[("sslmode", "require")]);
     let pool = connect::pg_pool(&require, pg(2)).await.unwrap();
     assert!(encrypted(&pool).await, "sslmode=require must give an encrypted session");
@@ -65,20 +63,22 @@ async fn sslmode_require_encrypts_what_tsmigrate_connects_and_the_cli_works_over
     plain.close().await;
 
     let cli_env = [("DATABASE_URL", require.expose())];
-    env.cli_with_env(&["prepare", "--mode", "postgres"], &cli_env).expect_success();
-    let status = env.cli_with_env(&["status", "--json"], &cli_env).expect_success().details();
-    assert_eq!(status["storage_mode"], json!("postgres"), "{status}");
+    tokio::task::block_in_place(|| {
+        env.cli_with_env(&["prepare", "--mode", "postgres"], &cli_env).expect_success();
+        let status = env.cli_with_env(&["status", "--json"], &cli_env).expect_success().details();
+        assert_eq!(status["storage_mode"], json!("postgres"), "{status}");
+    });
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_checks_the_server_certificate_and_says_how_to_fix_a_failure() {
-    let env = TestEnv::new().await;
-    assert_server_offers_tls(&env).await;
+    let ca = TestCa::generate_for("DNS:localhost");
+    let (_server, env) = tls_postgres(&ca).await;
     let unknown_ca = TestCa::generate();
-    let ca = unknown_ca.ca_cert.to_str().unwrap();
+    let unknown = unknown_ca.ca_cert.to_str().unwrap();
     for url in [
-        with_query(&env.settings.database.url, &[("sslmode", "verify-full"), ("sslrootcert", ca)]),
-        // No CA file: the compiled-in public roots do not cover a self-signed server either.
+        with_query(&env.settings.database.url, &[("sslmode", "verify-full"), ("sslrootcert", unknown)]),
+        // No CA file: the compiled-in public roots do not cover a private CA either.
         with_query(&env.settings.database.url, &[("sslmode", "verify-full")]),
     ] {
         let err = connect::pg_pool(&url, pg(1)).await.unwrap_err();
@@ -86,28 +86,24 @@ async fn verify_full_checks_the_server_certificate_and_says_how_to_fix_a_failure
         let message = err.to_string();
         assert!(message.contains("not signed by a trusted CA") && message.contains("sslrootcert=") && message.contains("sslmode=require"), "{message}");
 
-        let out = env.cli_with_env(&["status"], &[("DATABASE_URL", url.expose())]);
+        let out = tokio::task::block_in_place(|| env.cli_with_env(&["status"], &[("DATABASE_URL", url.expose())]));
         out.expect_code(2);
-        assert!(out.stderr.contains("TLS to PostgreSQL") && out.stderr.contains("sslrootcert="), "{}", out.stderr);
-        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+        assert!(out.stderr.contains("TLS to PostgreSQL") && out.stderr.contains("sslrootcert=") && !out.stderr.contains("panicked"), "{}", out.stderr);
     }
 
-    // The server's own certificate as the CA: Debian's snakeoil certificate is self-signed
-    // for "localhost", so verify-full passes when the URL says localhost.
-    let cert: String = sqlx::query_scalar("SHOW ssl_cert_file").fetch_one(&env.pool).await.unwrap();
+    // The CA that signed the server's certificate, for "localhost": verify-full passes when the URL says localhost.
+    let trusted = ca.ca_cert.to_str().unwrap();
     let mut localhost = url::Url::parse(env.settings.database.url.expose()).unwrap();
     localhost.set_host(Some("localhost")).unwrap();
-    let verified = with_query(&SecretUrl::new(localhost.to_string()), &[("sslmode", "verify-full"), ("sslrootcert", &cert)]);
-    let pool = connect::pg_pool(&verified, pg(1))
-        .await
-        .unwrap_or_else(|e| panic!("verify-full with the server's own certificate {cert} (expected: self-signed for localhost, as Debian makes it): {e}"));
+    let verified = with_query(&SecretUrl::new(localhost.to_string()), &[("sslmode", "verify-full"), ("sslrootcert", trusted)]);
+    let pool = connect::pg_pool(&verified, pg(1)).await.unwrap_or_else(|e| panic!("verify-full with the server's CA, by the name its certificate gives: {e}"));
     assert!(encrypted(&pool).await);
     pool.close().await;
 
     // The same certificate on 127.0.0.1 does not match the name. sqlx 0.8 checks the name in
     // verify-ca too (launchbadge/sqlx#3793), which README states; when this assertion fails,
     // sqlx has fixed it: update README's TLS section and the advice in connect.rs.
-    let by_ip = with_query(&env.settings.database.url, &[("sslmode", "verify-ca"), ("sslrootcert", &cert)]);
+    let by_ip = with_query(&env.settings.database.url, &[("sslmode", "verify-ca"), ("sslrootcert", trusted)]);
     let err = connect::pg_pool(&by_ip, pg(1)).await.unwrap_err().to_string();
     assert!(err.contains("does not name host \"127.0.0.1\""), "{err}");
 }
