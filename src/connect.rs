@@ -10,13 +10,15 @@ use std::path::Path;
 use std::sync::Once;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection, PgConnection, PgPool};
 
 use crate::config::{DatabaseSettings, RedisSettings, SecretUrl};
+
+mod redis_conn;
+pub use redis_conn::{is_not_connected, is_out_of_memory, Outcome, Pinned, RedisConn, RedisRole};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -311,7 +313,8 @@ fn install_crypto_provider() {
 pub struct RedisTimeouts {
     /// Each connection attempt, the first and every reconnection.
     pub connect: Duration,
-    /// A command without an answer after this fails (the connection stays).
+    /// A command without an answer after this fails, and its connection is replaced; the
+    /// wait for a connection counts in it.
     pub response: Duration,
 }
 
@@ -327,34 +330,29 @@ impl RedisTimeouts {
     }
 }
 
-/// A reconnecting Redis connection with deadlines on every command and connection attempt.
+/// A Redis connection with deadlines on every command and connection attempt, replaced when
+/// it misses one ([`RedisConn`]).
 ///
-/// While the server is down every command fails at once (and triggers one new connection
-/// attempt), so callers answer 503 quickly and the first command after the server's return
-/// reconnects. The manager's own retries are off on purpose: they sleep between attempts
-/// (at least a second, then growing to a minute), and every command issued meanwhile waits
-/// on them — a blip of a few seconds became minutes of hung requests.
+/// While the server is down every command fails at once (nothing retries or sleeps: a
+/// blip of a few seconds must not become minutes of hung requests), and the first command
+/// after the server's return connects. A command that gets no answer in time drops its
+/// connection: a socket that a NAT or load balancer silently dropped never reports an error.
 ///
 /// Clones share one multiplexed connection: a command that holds it (a blocking read)
 /// delays every other clone, so such commands need a connection of their own, with
 /// [`RedisTimeouts::blocking`] deadlines.
-pub async fn redis(settings: &RedisSettings, timeouts: RedisTimeouts) -> Result<ConnectionManager, ConnectError> {
+pub async fn redis(settings: &RedisSettings, timeouts: RedisTimeouts) -> Result<RedisConn, ConnectError> {
+    redis_as(settings, timeouts, RedisRole::Shared).await
+}
+
+/// [`redis`] for one of the process's own connections (`role` labels its metrics).
+pub async fn redis_as(settings: &RedisSettings, timeouts: RedisTimeouts, role: RedisRole) -> Result<RedisConn, ConnectError> {
     let url = &settings.url;
-    let err = |e: redis::RedisError| redis_error(settings, e);
     let client = redis_client(settings)?;
-    let no_answer = || ConnectError::Redis { url: url.redacted(), reason: no_answer(url, timeouts.connect), next: redis_advice(Cause::Timeout, url) };
-    // One direct attempt first, for the real cause (the manager would report a timeout).
-    match tokio::time::timeout(timeouts.connect, client.get_multiplexed_async_connection()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(err(e)),
-        Err(_) => return Err(no_answer()),
-    }
-    let config =
-        redis::aio::ConnectionManagerConfig::new().set_connection_timeout(timeouts.connect).set_response_timeout(timeouts.response).set_number_of_retries(0);
-    tokio::time::timeout(timeouts.connect + Duration::from_secs(1), ConnectionManager::new_with_config(client, config))
-        .await
-        .map_err(|_| no_answer())?
-        .map_err(err)
+    RedisConn::connect(client, timeouts, role).await.map_err(|e| match e.is_timeout() {
+        true => ConnectError::Redis { url: url.redacted(), reason: no_answer(url, timeouts.connect), next: redis_advice(Cause::Timeout, url) },
+        false => redis_error(settings, e),
+    })
 }
 
 fn redis_error(settings: &RedisSettings, e: redis::RedisError) -> ConnectError {

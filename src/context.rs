@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::connect::RedisConn;
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
 
@@ -26,9 +26,9 @@ pub struct Context {
     /// another; connected on first use, so commands that never read it never need it.
     legacy: Arc<OnceCell<PgPool>>,
     /// The shared, multiplexed connection for short commands (never block on it).
-    redis: Arc<OnceCell<ConnectionManager>>,
+    redis: Arc<OnceCell<RedisConn>>,
     /// A connection of its own, with a patient deadline, for large single reads.
-    redis_bulk: Arc<OnceCell<ConnectionManager>>,
+    redis_bulk: Arc<OnceCell<RedisConn>>,
     /// Asked by SIGINT/SIGTERM in a CLI command: long work stops at its next page boundary.
     /// Never asked in `tsmigrate run` (its shutdown is a parameter of its workers).
     pub interrupt: crate::stop::Interrupt,
@@ -69,12 +69,12 @@ impl Context {
     }
 
     /// Uses `redis` as the shared connection.
-    pub fn with_redis(self, redis: ConnectionManager) -> Context {
+    pub fn with_redis(self, redis: RedisConn) -> Context {
         Context { redis: Arc::new(OnceCell::new_with(Some(redis))), ..self }
     }
 
     /// Uses `redis` for large reads too (a connection that is already a dedicated one).
-    pub fn with_bulk_redis(self, redis: ConnectionManager) -> Context {
+    pub fn with_bulk_redis(self, redis: RedisConn) -> Context {
         Context { redis_bulk: Arc::new(OnceCell::new_with(Some(redis))), ..self }
     }
 
@@ -82,11 +82,11 @@ impl Context {
         self.legacy.get_or_try_init(|| crate::db::legacy_pool(&self.settings)).await.cloned()
     }
 
-    pub async fn redis(&self) -> Result<ConnectionManager, ConnectError> {
+    pub async fn redis(&self) -> Result<RedisConn, ConnectError> {
         self.redis.get_or_try_init(|| crate::db::redis(&self.settings)).await.cloned()
     }
 
-    pub async fn redis_bulk(&self) -> Result<ConnectionManager, ConnectError> {
+    pub async fn redis_bulk(&self) -> Result<RedisConn, ConnectError> {
         self.redis_bulk.get_or_try_init(|| crate::db::redis_bulk(&self.settings)).await.cloned()
     }
 

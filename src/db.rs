@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::config::Settings;
-use crate::connect::{self, ConnectError, PgLimits, RedisTimeouts};
+use crate::connect::{self, ConnectError, PgLimits, RedisConn, RedisRole, RedisTimeouts};
 
 /// Redis commands of background work that reads a lot at once (the legacy flush reads an
 /// hour and a half of events in one command) may take this long.
@@ -32,20 +31,20 @@ pub fn legacy_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {
 
 /// The shared, multiplexed Redis connection for requests and short commands (clone it
 /// freely; never block on it): `redis.response_timeout_ms` per command.
-pub async fn redis(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
-    connect::redis(&settings.redis, RedisTimeouts::from_settings(&settings.redis)).await
+pub async fn redis(settings: &Settings) -> Result<RedisConn, ConnectError> {
+    connect::redis_as(&settings.redis, RedisTimeouts::from_settings(&settings.redis), RedisRole::Shared).await
 }
 
 /// Redis for background work with large single reads (the legacy flush): a connection of
 /// its own (a long read would hold up every request queued behind it) and a longer deadline.
-pub async fn redis_bulk(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
+pub async fn redis_bulk(settings: &Settings) -> Result<RedisConn, ConnectError> {
     let timeouts = RedisTimeouts { response: BULK_RESPONSE_TIMEOUT.max(settings.redis.response_timeout()), ..RedisTimeouts::from_settings(&settings.redis) };
-    connect::redis(&settings.redis, timeouts).await
+    connect::redis_as(&settings.redis, timeouts, RedisRole::Bulk).await
 }
 
 /// A Redis connection for the relay alone: its `XREADGROUP … BLOCK` holds the connection
 /// while it waits, which on the shared connection would delay every ingest request.
-pub async fn relay_redis(settings: &Settings) -> Result<ConnectionManager, ConnectError> {
+pub async fn relay_redis(settings: &Settings) -> Result<RedisConn, ConnectError> {
     let block = Duration::from_millis(settings.redis.relay_block_ms);
-    connect::redis(&settings.redis, RedisTimeouts::from_settings(&settings.redis).blocking(block)).await
+    connect::redis_as(&settings.redis, RedisTimeouts::from_settings(&settings.redis).blocking(block), RedisRole::Relay).await
 }

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::connect::RedisConn;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -116,7 +116,7 @@ pub async fn verify(ctx: &Context) -> Result<Outcome, Mismatch> {
 }
 
 /// [`verify`] on given connections (the daemon's, a relay's).
-pub async fn verify_with(target: &PgPool, redis: &mut ConnectionManager, keys: &LegacyKeys, target_url: &str, redis_url: &str) -> Result<Outcome, Mismatch> {
+pub async fn verify_with(target: &PgPool, redis: &mut RedisConn, keys: &LegacyKeys, target_url: &str, redis_url: &str) -> Result<Outcome, Mismatch> {
     match tokio::time::timeout(CHECK_DEADLINE, compare(target, redis, keys, target_url, redis_url)).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => Ok(Outcome::Unchecked { reason: first_line(&format!("{e:#}")) }),
@@ -124,13 +124,7 @@ pub async fn verify_with(target: &PgPool, redis: &mut ConnectionManager, keys: &
     }
 }
 
-async fn compare(
-    target: &PgPool,
-    redis: &mut ConnectionManager,
-    keys: &LegacyKeys,
-    target_url: &str,
-    redis_url: &str,
-) -> anyhow::Result<Result<Outcome, Mismatch>> {
+async fn compare(target: &PgPool, redis: &mut RedisConn, keys: &LegacyKeys, target_url: &str, redis_url: &str) -> anyhow::Result<Result<Outcome, Mismatch>> {
     let held: Option<String> = redis::cmd("GET").arg(&keys.migration_id).query_async(redis).await?;
     let mismatch = |target: Option<Uuid>, redis: String| Mismatch {
         target,

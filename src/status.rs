@@ -511,8 +511,16 @@ fn verdict(s: &Status, _now: DateTime<Utc>) -> (Verdict, String) {
     if let Some(mismatch) = &s.identity_mismatch {
         return (Verdict::Failing, state::split_hint(&mismatch.to_string()).0);
     }
+    if let Some(why) = s.redis.durability.as_ref().and_then(|d| d.refusing_writes_reason()) {
+        return (Verdict::Failing, why);
+    }
     if let Some(gap) = s.outbox_gaps.first() {
         return (Verdict::Failing, format!("{} possible gap(s) in dual-write not repaired: {}", s.outbox_gaps.len(), gap.describe()));
+    }
+    // Evicting is a loss waiting to happen while the outbox holds events the target has not.
+    let evicting = s.redis.durability.as_ref().and_then(|d| d.evicting_reason());
+    if let Some(why) = evicting.filter(|_| s.phase.is_some_and(Phase::dual_write_active)) {
+        return (Verdict::Failing, why);
     }
     let failing: Vec<&JobHealth> = s.jobs.iter().flatten().filter(|j| j.failing).collect();
     if let Some(pending) = s.migrations_pending.as_ref().filter(|p| !p.is_empty()) {

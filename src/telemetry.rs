@@ -56,12 +56,35 @@ pub const METRICS: &[Metric] = &[
     m("tsmigrate_outbox_entries", G, None, "Entries in the outbox stream not yet relayed to the target."),
     m("tsmigrate_outbox_lag_seconds", G, Some(Unit::Seconds), "Age of the oldest outbox entry not yet relayed (0 when empty)."),
     m("tsmigrate_relay_events_total", C, None, "Outbox entries written to the target and acknowledged by this process's relay."),
-    m("tsmigrate_relay_errors_total", C, None, "Relay batches that failed, by kind: data (rows the target refuses) or connection (retried)."),
+    m(
+        "tsmigrate_relay_errors_total",
+        C,
+        None,
+        "Relay steps that failed, by kind: data (rows the target refuses), connection (the target; retried) or redis (reading or acknowledging the outbox; retried).",
+    ),
+    m(
+        "tsmigrate_redis_command_timeouts_total",
+        C,
+        None,
+        "Redis commands that got no answer within their deadline, by connection (shared, relay, bulk); each discards its connection.",
+    ),
+    m(
+        "tsmigrate_redis_connections_replaced_total",
+        C,
+        None,
+        "Redis connections discarded after a missed deadline or a broken socket, by connection; the next command opens a new one.",
+    ),
+    m(
+        "tsmigrate_ingest_unknown_outcomes_total",
+        C,
+        None,
+        "Ingest batches answered 503 whose write was sent but not confirmed (outcome unknown; a retry with the same ids is safe).",
+    ),
     m(
         "tsmigrate_outbox_gaps_total",
         C,
         None,
-        "Times the relay found its consumer group missing while dual-writing (a possible gap, see tsmigrate.outbox_gaps).",
+        "Possible gaps recorded while dual-writing: the relay found its consumer group missing, or Redis evicted keys (see tsmigrate.outbox_gaps).",
     ),
     m("tsmigrate_dead_letters_total", C, None, "Dead letters this process stored, by the path that found them."),
     m("tsmigrate_dead_letter_rows", G, None, "Rows in tsmigrate.dead_letter, by reason code (all processes, all paths)."),
@@ -77,6 +100,8 @@ pub const METRICS: &[Metric] = &[
     m("tsmigrate_redis_persistence_enabled", G, None, "1 when the Redis holding the outbox persists it (AOF or RDB snapshots), 0 when it does not."),
     m("tsmigrate_redis_memory_used_bytes", G, Some(Unit::Bytes), "Redis used_memory."),
     m("tsmigrate_redis_memory_max_bytes", G, Some(Unit::Bytes), "Redis maxmemory (0: no limit)."),
+    m("tsmigrate_redis_evicting", G, None, "1 when the Redis holding the outbox evicts keys without an expiry when full (allkeys-* policy and a maxmemory)."),
+    m("tsmigrate_redis_evicted_keys", G, None, "Redis INFO stats evicted_keys: keys evicted since the server started (growth during dual-write is a recorded possible loss)."),
     m("tsmigrate_read_seconds", H, Some(Unit::Seconds), "Duration of one read API answer, by source and endpoint."),
     m("tsmigrate_read_cache_errors_total", C, None, "Read cache operations that failed (the answer was computed without the cache)."),
     m(
@@ -97,7 +122,7 @@ pub const METRICS: &[Metric] = &[
 const READ_SOURCES: [&str; 2] = ["legacy", "target"];
 const ENDPOINTS: [&str; 5] = ["summary", "hourly", "popular-asset-types", "comparison", "intervals"];
 const DEAD_LETTER_SOURCES: [&str; 4] = ["backfill", "relay", "tail", "repair"];
-pub const RELAY_ERROR_KINDS: [&str; 2] = ["data", "connection"];
+pub const RELAY_ERROR_KINDS: [&str; 3] = ["data", "connection", "redis"];
 pub const DEAD_LETTER_REASONS: [&str; 9] =
     ["not_utf8", "not_json", "not_object", "missing_field", "wrong_type", "bad_score", "unstorable", "rejected_by_target", "conflicting_content"];
 const JOB_STATUSES: [&str; 3] = ["success", "skipped", "failed"];
@@ -149,6 +174,7 @@ fn register_all() {
         "tsmigrate_http_read_timeouts_total",
         "tsmigrate_dual_write_flag_missing_total",
         "tsmigrate_dual_write_flag_restored_total",
+        "tsmigrate_ingest_unknown_outcomes_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -157,6 +183,10 @@ fn register_all() {
     }
     for kind in RELAY_ERROR_KINDS {
         metrics::counter!("tsmigrate_relay_errors_total", "kind" => kind).increment(0);
+    }
+    for connection in crate::connect::RedisRole::ALL {
+        metrics::counter!("tsmigrate_redis_command_timeouts_total", "connection" => connection.as_str()).increment(0);
+        metrics::counter!("tsmigrate_redis_connections_replaced_total", "connection" => connection.as_str()).increment(0);
     }
     for source in DEAD_LETTER_SOURCES {
         metrics::counter!("tsmigrate_dead_letters_total", "source" => source).increment(0);

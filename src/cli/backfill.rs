@@ -4,7 +4,7 @@ use crate::phase::command::backfill_window::BackfillWindow;
 use crate::phase::Options;
 
 use super::options::DryRun;
-use super::{parse_time, positive, run_phase, Reply};
+use super::{parse_time, positive, reason, run_phase, Reply};
 
 /// Copy the events Redis held before the completion point into the target
 /// (dual_writing → backfilled). Refused unless dual-write is active.
@@ -36,12 +36,16 @@ pub struct Args {
     /// Repair a window: ... up to this time (inclusive).
     #[arg(long, value_parser = parse_time, requires = "from", allow_hyphen_values = true)]
     pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --from --to: close the recorded gaps in the window that Redis holds no events of,
+    /// accepting their events as lost; the reason is recorded in the audit log.
+    #[arg(long, value_name = "REASON", requires = "from", value_parser = reason)]
+    pub accept_loss: Option<String>,
 }
 
 pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply> {
     let page_size = args.page_size.unwrap_or(ctx.settings.migration.backfill_page_size);
     if let (Some(from), Some(to)) = (args.from, args.to) {
-        return run_phase(ctx, &BackfillWindow { from, to, page_size }, &Options::default()).await;
+        return run_phase(ctx, &BackfillWindow { from, to, page_size, accept_loss: args.accept_loss }, &Options::default()).await;
     }
     let command = Backfill { page_size, max_rate: args.max_rate.map(|r| r as u64), import_history: !args.no_history, quiet: json };
     run_phase(ctx, &command, &args.dry_run.options()).await

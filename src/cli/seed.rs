@@ -87,7 +87,7 @@ pub async fn run(args: Args, settings: &Settings, json: bool) -> anyhow::Result<
 
 /// Seeding writes events into the legacy keys and re-runs the legacy flush: into the keys of
 /// a live system or of a migration under way, that is made-up traffic among real events.
-async fn refuse_live_data(redis: &mut redis::aio::ConnectionManager, settings: &Settings) -> anyhow::Result<()> {
+async fn refuse_live_data(redis: &mut crate::connect::RedisConn, settings: &Settings) -> anyhow::Result<()> {
     let refuse = |reason: String| crate::phase::Refusal {
         command: "seed".into(),
         reason,

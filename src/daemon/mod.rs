@@ -113,14 +113,14 @@ pub async fn run(
 /// lost the id) is noticed within that interval.
 struct Identity {
     target: sqlx::PgPool,
-    redis: redis::aio::ConnectionManager,
+    redis: crate::connect::RedisConn,
     keys: LegacyKeys,
     target_url: String,
     redis_url: String,
 }
 
 impl Identity {
-    fn of(settings: &Settings, target: sqlx::PgPool, redis: redis::aio::ConnectionManager) -> Identity {
+    fn of(settings: &Settings, target: sqlx::PgPool, redis: crate::connect::RedisConn) -> Identity {
         Identity {
             target,
             redis,

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::connect::RedisConn;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::dual_write::{durability, outbox};
+use crate::dual_write::{durability, gaps, outbox};
 use crate::legacy::LegacyKeys;
 use crate::phase::Phase;
 use crate::telemetry::{self, DEAD_LETTER_REASONS};
@@ -20,7 +20,7 @@ pub const EVERY: Duration = Duration::from_secs(15);
 /// What the refresh reads from.
 pub struct Sources {
     pub target: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub keys: LegacyKeys,
     pub group: String,
 }
@@ -117,5 +117,20 @@ async fn redis(sources: &mut Sources) -> anyhow::Result<()> {
     metrics::gauge!("tsmigrate_redis_persistence_enabled").set(f64::from(u8::from(facts.aof == Some(true) || rdb)));
     metrics::gauge!("tsmigrate_redis_memory_used_bytes").set(facts.used_memory.unwrap_or(0) as f64);
     metrics::gauge!("tsmigrate_redis_memory_max_bytes").set(facts.maxmemory.unwrap_or(0) as f64);
+    metrics::gauge!("tsmigrate_redis_evicting").set(f64::from(u8::from(facts.evicting)));
+    if let Some(evicted) = facts.evicted_keys {
+        metrics::gauge!("tsmigrate_redis_evicted_keys").set(evicted as f64);
+        // Evictions during dual-write are a possible loss: recorded with their window.
+        if let Some(gap) = gaps::record_evictions(&sources.target, &sources.group, evicted, chrono::Utc::now()).await? {
+            metrics::counter!("tsmigrate_outbox_gaps_total").increment(1);
+            tracing::error!(
+                evicted_keys = gap.evicted_keys,
+                window_from = ?gap.window_from,
+                window_to = %gap.window_to,
+                repair = %gap.repair_command(),
+                "Redis evicted keys while dual-write is on: accepted events may be in neither system (possible loss recorded in tsmigrate.outbox_gaps)"
+            );
+        }
+    }
     Ok(())
 }

@@ -3,8 +3,16 @@
 //! persistence loses it (and the dual-write flag) on restart; one near `maxmemory` refuses
 //! writes or, with an `allkeys-*` policy, evicts the outbox. `status`, `prepare` and
 //! `dual-write start` print [`OutboxDurability::warnings`].
+//!
+//! Evicting is worse than a warning: an `allkeys-*` policy with a `maxmemory` evicts the
+//! outbox (and its consumer group), the sorted set and the flag when Redis fills up, so events
+//! ingest answered 202 for end up in neither system. [`OutboxDurability::evicting`] refuses
+//! `dual-write start` (unless forced, audited) and makes `status` failing during dual-write.
+//! `volatile-*` policies evict only keys with an expiry — none of those three — and then
+//! refuse writes like `noeviction` (ingest answers 503, nothing is lost); they are not
+//! evicting here (they may evict the resend-window keys of ingest, see README).
 
-use redis::aio::ConnectionManager;
+use crate::connect::RedisConn;
 use serde::Serialize;
 
 /// Above this share of `maxmemory` the headroom for an outage is too small.
@@ -21,11 +29,49 @@ pub struct OutboxDurability {
     /// 0 = no limit.
     pub maxmemory: Option<u64>,
     pub maxmemory_policy: Option<String>,
+    /// `INFO stats` `evicted_keys`: keys evicted since the server started.
+    pub evicted_keys: Option<u64>,
+    /// Redis evicts keys without an expiry when full: an `allkeys-*` policy with a `maxmemory`.
+    pub evicting: bool,
     pub warnings: Vec<String>,
 }
 
+/// True for a policy that evicts keys without an expiry (the outbox, the sorted set, the
+/// flag) once `maxmemory` (non-zero) is reached. Pure.
+pub fn evicts_any_key(policy: Option<&str>, maxmemory: Option<u64>) -> bool {
+    policy.is_some_and(|p| p.starts_with("allkeys")) && maxmemory.is_some_and(|m| m > 0)
+}
+
+impl OutboxDurability {
+    /// Why Redis refuses writes, when it is at `maxmemory` and will not evict: every ingest
+    /// batch gets OOM (503, nothing written) until memory is freed or the limit raised.
+    pub fn refusing_writes_reason(&self) -> Option<String> {
+        let (used, max) = (self.used_memory?, self.maxmemory.filter(|m| *m > 0)?);
+        (used >= max && !self.evicting).then(|| {
+            format!(
+                "Redis is at maxmemory ({used} of {max} bytes, maxmemory-policy {}): it refuses writes, so ingest answers 503 to every batch; \
+                 raise maxmemory or free memory (the outbox shrinks as the relay catches up)",
+                self.maxmemory_policy.as_deref().unwrap_or("?")
+            )
+        })
+    }
+
+    /// Why dual-write must not rely on this Redis, when it evicts.
+    pub fn evicting_reason(&self) -> Option<String> {
+        self.evicting.then(|| {
+            format!(
+                "Redis evicts any key when full (maxmemory-policy {}, maxmemory {} bytes): it can evict the outbox, its consumer group, \
+                 the events and the dual-write flag, and events accepted with 202 are then in neither system; \
+                 set `maxmemory-policy noeviction` (or a volatile-* policy) on the Redis holding the outbox",
+                self.maxmemory_policy.as_deref().unwrap_or_default(),
+                self.maxmemory.unwrap_or_default()
+            )
+        })
+    }
+}
+
 /// Reads the persistence and memory settings (`INFO`, and `CONFIG GET save` when allowed).
-pub async fn inspect(redis: &mut ConnectionManager) -> redis::RedisResult<OutboxDurability> {
+pub async fn inspect(redis: &mut RedisConn) -> redis::RedisResult<OutboxDurability> {
     let info: redis::InfoDict = redis::cmd("INFO").query_async(redis).await?;
     let save: Option<Vec<String>> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(redis).await.ok();
     let mut facts = OutboxDurability {
@@ -34,8 +80,11 @@ pub async fn inspect(redis: &mut ConnectionManager) -> redis::RedisResult<Outbox
         used_memory: info.get("used_memory"),
         maxmemory: info.get("maxmemory"),
         maxmemory_policy: info.get("maxmemory_policy"),
+        evicted_keys: info.get("evicted_keys"),
+        evicting: false,
         warnings: vec![],
     };
+    facts.evicting = evicts_any_key(facts.maxmemory_policy.as_deref(), facts.maxmemory);
     facts.warnings = warnings(&facts);
     Ok(facts)
 }
@@ -67,18 +116,19 @@ pub fn warnings(facts: &OutboxDurability) -> Vec<String> {
                 crate::human::bytes(max)
             ));
         }
-        if facts.maxmemory_policy.as_deref().is_some_and(|p| p.starts_with("allkeys")) {
-            out.push(format!(
-                "Redis evicts any key when full (maxmemory-policy {}): it can evict the outbox; use noeviction or a volatile-* policy",
-                facts.maxmemory_policy.as_deref().unwrap_or_default()
-            ));
-        }
+    }
+    out.extend(facts.evicting_reason());
+    if let Some(evicted) = facts.evicted_keys.filter(|n| *n > 0) {
+        out.push(format!(
+            "Redis has evicted {evicted} key(s) since it started (INFO stats evicted_keys): events evicted before they were copied are in neither system \
+             and no copy can read them; `tsmigrate status` lists the windows recorded as possible loss during dual-write"
+        ));
     }
     out
 }
 
 /// Like [`inspect`], but a server that refuses `INFO` (ACLs) gives a warning, not an error.
-pub async fn inspect_or_warn(redis: &mut ConnectionManager) -> OutboxDurability {
+pub async fn inspect_or_warn(redis: &mut RedisConn) -> OutboxDurability {
     inspect(redis).await.unwrap_or_else(|e| OutboxDurability { warnings: vec![cannot_check(&e.to_string())], ..Default::default() })
 }
 
@@ -109,6 +159,8 @@ mod tests {
             used_memory: Some(used),
             maxmemory: Some(max),
             maxmemory_policy: Some(policy.into()),
+            evicted_keys: Some(0),
+            evicting: evicts_any_key(Some(policy), Some(max)),
             warnings: vec![],
         }
     }
@@ -125,6 +177,14 @@ mod tests {
         assert!(full[0].contains("81% of maxmemory"), "{full:?}");
         let evicting = warnings(&facts(true, "", 1, 100, "allkeys-lru"));
         assert!(evicting[0].contains("evict"), "{evicting:?}");
+        assert!(facts(true, "", 1, 100, "allkeys-lfu").evicting);
+        assert!(!facts(true, "", 1, 0, "allkeys-lru").evicting, "no maxmemory: never full, never evicts");
+        assert!(!facts(true, "", 1, 100, "volatile-lru").evicting, "volatile-* evicts only keys with an expiry");
+        assert!(facts(true, "", 100, 100, "noeviction").refusing_writes_reason().unwrap().contains("refuses writes"));
+        assert_eq!(facts(true, "", 99, 100, "noeviction").refusing_writes_reason(), None);
+        assert_eq!(facts(true, "", 100, 0, "noeviction").refusing_writes_reason(), None, "no limit");
+        let evicted = warnings(&OutboxDurability { evicted_keys: Some(7), ..facts(true, "", 1, 0, "noeviction") });
+        assert!(evicted[0].contains("evicted 7 key(s)"), "{evicted:?}");
         let unknown = warnings(&OutboxDurability { rdb_save: None, ..facts(false, "", 1, 0, "noeviction") });
         assert!(unknown[0].contains("unknown"), "{unknown:?}");
     }

@@ -5,7 +5,7 @@
 //! again when the state says dual-write is on; `tsmigrate run` calls it every
 //! `migration.dual_write_check_secs`.
 
-use redis::aio::ConnectionManager;
+use crate::connect::RedisConn;
 use sqlx::{Connection, PgPool};
 
 use crate::legacy::LegacyKeys;
@@ -41,7 +41,7 @@ impl FlagCheck {
     }
 }
 
-async fn read_flag(redis: &mut ConnectionManager, keys: &LegacyKeys) -> redis::RedisResult<Option<String>> {
+async fn read_flag(redis: &mut RedisConn, keys: &LegacyKeys) -> redis::RedisResult<Option<String>> {
     redis::cmd("GET").arg(&keys.dual_write_flag).query_async(redis).await
 }
 
@@ -50,7 +50,7 @@ async fn read_flag(redis: &mut ConnectionManager, keys: &LegacyKeys) -> redis::R
 /// Only this direction: `dual-write start` sets the flag before it moves the phase, so a flag
 /// that is on while the phase is not yet is normal for a moment. The repair runs under the
 /// phase lock (a transaction-scoped try-lock), so it never races `dual-write start`/`stop`.
-pub async fn check(pool: &PgPool, redis: &mut ConnectionManager, keys: &LegacyKeys) -> anyhow::Result<FlagCheck> {
+pub async fn check(pool: &PgPool, redis: &mut RedisConn, keys: &LegacyKeys) -> anyhow::Result<FlagCheck> {
     let phase = state::load_from_pool(pool).await?.phase;
     let found = read_flag(redis, keys).await?;
     if !phase.dual_write_active() || found.as_deref() == Some(ON) {

@@ -3,8 +3,13 @@
 //! The relay keeps the time of the newest outbox entry it committed (in the same transaction
 //! as the rows). When it finds its consumer group gone — Redis lost the outbox, e.g. a restart
 //! without persistence — it recreates the group and records the window from that time to
-//! now: outbox entries written in it may never reach the target. `status` and `validate` show
-//! open gaps; `tsmigrate backfill --from --to` over the window repairs what Redis still holds.
+//! now: outbox entries written in it may never reach the target. The daemon also records a
+//! window in which Redis evicted keys during dual-write ([`record_evictions`]): evicted
+//! events (outbox entries, sorted-set members) are in neither system. `status` and `validate`
+//! show open gaps; `tsmigrate backfill --from --to` over the window repairs what Redis still
+//! holds, and closes a gap only when it read events of the gap's window from Redis. A window
+//! Redis holds nothing for stays open — a loss, not a repair — until the operator accepts it
+//! (`--accept-loss REASON`, audited).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -23,7 +28,17 @@ pub struct OutboxGap {
     pub window_to: DateTime<Utc>,
     pub detected_at: DateTime<Utc>,
     pub repaired_at: Option<DateTime<Utc>>,
+    /// `outbox_lost` (the consumer group was missing) or `evicted` (Redis evicted keys).
+    pub cause: String,
+    /// For `evicted`: how many keys Redis evicted in the window.
+    pub evicted_keys: Option<i64>,
+    /// Set when an operator accepted the loss (the gap closed without a copy).
+    pub acknowledged_reason: Option<String>,
 }
+
+/// The cause of a gap opened by evictions.
+pub const EVICTED: &str = "evicted";
+const COLUMNS: &str = "id, group_name, window_from, window_to, detected_at, repaired_at, cause, evicted_keys, acknowledged_reason";
 
 impl OutboxGap {
     /// The command that copies what Redis still holds of the window into the target.
@@ -36,6 +51,15 @@ impl OutboxGap {
 
     pub fn describe(&self) -> String {
         let from = self.window_from.map(|t| t.to_string()).unwrap_or_else(|| "?".into());
+        if self.cause == EVICTED {
+            return format!(
+                "possible loss #{}: Redis evicted {} key(s) between {from} and {} while dual-write was on (its maxmemory-policy evicts): \
+                 events accepted before then and not yet in the target may be in neither system",
+                self.id,
+                self.evicted_keys.map(|n| n.to_string()).unwrap_or_else(|| "some".into()),
+                self.window_to
+            );
+        }
         format!(
             "possible gap #{} in dual-write: outbox entries from {from} to {} may not have reached the target (Redis lost the outbox)",
             self.id, self.window_to
@@ -76,10 +100,9 @@ pub async fn record(pool: &PgPool, group: &str, now: DateTime<Utc>) -> anyhow::R
         .await?
         .flatten();
     let from = newest.and_then(DateTime::from_timestamp_millis).or(state.completion_point);
-    let gap: OutboxGap = sqlx::query_as(
-        "INSERT INTO tsmigrate.outbox_gaps (group_name, window_from, window_to, detected_at) VALUES ($1, $2, $3, $3)
-         RETURNING id, group_name, window_from, window_to, detected_at, repaired_at",
-    )
+    let gap: OutboxGap = sqlx::query_as(&format!(
+        "INSERT INTO tsmigrate.outbox_gaps (group_name, window_from, window_to, detected_at) VALUES ($1, $2, $3, $3) RETURNING {COLUMNS}"
+    ))
     .bind(group)
     .bind(from)
     .bind(now)
@@ -94,22 +117,82 @@ pub async fn open(pool: &PgPool) -> sqlx::Result<Vec<OutboxGap>> {
     if !exists {
         return Ok(vec![]);
     }
-    sqlx::query_as(
-        "SELECT id, group_name, window_from, window_to, detected_at, repaired_at FROM tsmigrate.outbox_gaps WHERE repaired_at IS NULL ORDER BY window_to",
-    )
-    .fetch_all(pool)
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM tsmigrate.outbox_gaps WHERE repaired_at IS NULL ORDER BY window_to")).fetch_all(pool).await
+}
+
+/// The open gaps that lie inside `[from, to]`, oldest first.
+pub async fn open_within(conn: &mut PgConnection, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<OutboxGap>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM tsmigrate.outbox_gaps
+         WHERE repaired_at IS NULL AND coalesce(window_from, window_to) >= $1 AND window_to <= $2 ORDER BY window_to"
+    ))
+    .bind(from)
+    .bind(to)
+    .fetch_all(conn)
     .await
 }
 
-/// Marks the open gaps that lie inside `[from, to]` repaired; returns how many.
-pub async fn mark_repaired(conn: &mut PgConnection, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "UPDATE tsmigrate.outbox_gaps SET repaired_at = now()
-         WHERE repaired_at IS NULL AND coalesce(window_from, window_to) >= $1 AND window_to <= $2",
+/// Closes gap `id`: repaired by a copy that read its window, or, with `accepted_loss`, an
+/// operator's acceptance that what Redis no longer holds is lost.
+pub async fn close(conn: &mut PgConnection, id: i64, accepted_loss: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("UPDATE tsmigrate.outbox_gaps SET repaired_at = now(), acknowledged_reason = $2 WHERE id = $1 AND repaired_at IS NULL")
+        .bind(id)
+        .bind(accepted_loss)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn evictions_checkpoint() -> &'static str {
+    "redis:evicted_keys"
+}
+
+/// Compares Redis's `evicted_keys` with the last look (a checkpoint row, shared by every
+/// replica) and, when it grew while dual-write is on, records the window since that look as
+/// a possible loss. Returns the gap recorded. A counter that went down means Redis restarted
+/// (a lost outbox is the relay's to find); the first look only sets the baseline, unless
+/// dual-write is on and Redis has evicted already: then the window starts at the completion point.
+pub async fn record_evictions(pool: &PgPool, group: &str, evicted_keys: u64, now: DateTime<Utc>) -> anyhow::Result<Option<OutboxGap>> {
+    let mut tx = pool.begin().await?;
+    let state = state::load(&mut tx).await?;
+    sqlx::query(
+        "INSERT INTO tsmigrate.checkpoints (name, position, updated_at) VALUES ($1, jsonb_build_object('evicted_keys', -1, 'at', $2::timestamptz), now())
+         ON CONFLICT (name) DO NOTHING",
     )
-    .bind(from)
-    .bind(to)
-    .execute(conn)
+    .bind(evictions_checkpoint())
+    .bind(now)
+    .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected())
+    let (seen, at): (i64, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT (position->>'evicted_keys')::bigint, (position->>'at')::timestamptz FROM tsmigrate.checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(evictions_checkpoint())
+            .fetch_one(&mut *tx)
+            .await?;
+    let evicted = evicted_keys as i64;
+    let grew = if seen < 0 { evicted } else { evicted - seen };
+    let mut gap = None;
+    if grew > 0 && seen <= evicted && state.phase.dual_write_active() {
+        let from = if seen < 0 { state.completion_point } else { at.or(state.completion_point) };
+        let recorded: OutboxGap = sqlx::query_as(&format!(
+            "INSERT INTO tsmigrate.outbox_gaps (group_name, window_from, window_to, detected_at, cause, evicted_keys) VALUES ($1, $2, $3, $3, $4, $5) RETURNING {COLUMNS}"
+        ))
+        .bind(group)
+        .bind(from)
+        .bind(now)
+        .bind(EVICTED)
+        .bind(grew)
+        .fetch_one(&mut *tx)
+        .await?;
+        gap = Some(recorded);
+    }
+    sqlx::query(
+        "UPDATE tsmigrate.checkpoints SET position = jsonb_build_object('evicted_keys', $2::bigint, 'at', $3::timestamptz), updated_at = now() WHERE name = $1",
+    )
+    .bind(evictions_checkpoint())
+    .bind(evicted)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(gap)
 }

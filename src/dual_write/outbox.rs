@@ -5,7 +5,7 @@
 //! Field order matters and names repeat, so entries are read from the raw reply rather
 //! than through a map.
 
-use redis::aio::ConnectionManager;
+use crate::connect::RedisConn;
 use redis::Value;
 use serde::Serialize;
 
@@ -136,7 +136,7 @@ pub struct OutboxLag {
 
 type StreamEntries = Vec<(String, Vec<(String, String)>)>;
 
-pub async fn lag(conn: &mut ConnectionManager, keys: &LegacyKeys, group: &str) -> redis::RedisResult<OutboxLag> {
+pub async fn lag(conn: &mut RedisConn, keys: &LegacyKeys, group: &str) -> redis::RedisResult<OutboxLag> {
     let (entries, oldest): (u64, StreamEntries) =
         redis::pipe().cmd("XLEN").arg(&keys.outbox).cmd("XRANGE").arg(&keys.outbox).arg("-").arg("+").arg("COUNT").arg(1).query_async(conn).await?;
     let pending: u64 = match redis::cmd("XPENDING").arg(&keys.outbox).arg(group).query_async::<redis::Value>(conn).await {

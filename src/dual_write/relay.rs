@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::connect::RedisConn;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 
 use super::gaps::{self, OutboxGap};
 use super::outbox::{self, OutboxEntry};
@@ -91,7 +91,7 @@ pub fn consumer_name() -> String {
 pub struct Relay {
     /// A connection of the relay's own ([`crate::db::relay_redis`]): the blocking read
     /// holds it while it waits, which must not delay anyone else.
-    redis: ConnectionManager,
+    redis: RedisConn,
     writer: Arc<TargetWriter>,
     keys: Arc<LegacyKeys>,
     options: RelayOptions,
@@ -105,7 +105,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(redis: ConnectionManager, writer: Arc<TargetWriter>, keys: Arc<LegacyKeys>, options: RelayOptions) -> Self {
+    pub fn new(redis: RedisConn, writer: Arc<TargetWriter>, keys: Arc<LegacyKeys>, options: RelayOptions) -> Self {
         Relay { redis, writer, keys, options, own_pending_first: true, last_claim: None, events_per_entry: FIRST_GUESS_EVENTS_PER_ENTRY, last_read_full: false }
     }
 
@@ -287,7 +287,7 @@ impl Relay {
 
 /// Creates the consumer group (and the stream) if missing; true when it was created. The
 /// group starts at the stream's beginning, so entries added before it are relayed too.
-pub async fn ensure_group(redis: &mut ConnectionManager, keys: &LegacyKeys, group: &str) -> redis::RedisResult<bool> {
+pub async fn ensure_group(redis: &mut RedisConn, keys: &LegacyKeys, group: &str) -> redis::RedisResult<bool> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP").arg("CREATE").arg(&keys.outbox).arg(group).arg("0").arg("MKSTREAM").query_async(redis).await;
     match created {
         Ok(()) => Ok(true),
@@ -322,7 +322,9 @@ pub async fn run_until(mut relay: Relay, mut shutdown: tokio::sync::watch::Recei
                 pause
             }
             Err(e) => {
-                // Reconnecting is cheap: retry often, so the relay resumes soon after Redis returns.
+                metrics::counter!("tsmigrate_relay_errors_total", "kind" => "redis").increment(1);
+                // Reconnecting is cheap (a connection that missed its deadline is already
+                // discarded): retry often, so the relay resumes soon after Redis answers again.
                 let pause = backoff.min(REDIS_RETRY_MAX);
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "Redis unavailable");
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connect::RedisConn;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::event::MAX_FUTURE_MS;
@@ -35,7 +35,7 @@ pub enum TailOutcome {
 }
 
 pub struct Tail {
-    redis: ConnectionManager,
+    redis: RedisConn,
     writer: Arc<TargetWriter>,
     keys: Arc<LegacyKeys>,
     pub lookback: Duration,
@@ -45,7 +45,7 @@ pub struct Tail {
 }
 
 impl Tail {
-    pub fn new(redis: ConnectionManager, writer: Arc<TargetWriter>, keys: Arc<LegacyKeys>, lookback: Duration, start_at: f64) -> Self {
+    pub fn new(redis: RedisConn, writer: Arc<TargetWriter>, keys: Arc<LegacyKeys>, lookback: Duration, start_at: f64) -> Self {
         Tail { redis, writer, keys, lookback, page: 5000, start_at }
     }
 

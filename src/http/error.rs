@@ -24,6 +24,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A write whose outcome is unknown (sent, no answer): 503 with `"outcome": "unknown"`.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error("internal error")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -36,6 +39,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, serde_json::json!({"error": self.to_string()})),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, serde_json::json!({"error": m})),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": m, "retry": true})),
+            ApiError::OutcomeUnknown(m) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": m, "retry": true, "outcome": "unknown"})),
             ApiError::Unexpected(e) => {
                 tracing::error!(error = %format!("{e:#}"), "unexpected error");
                 (StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "internal error"}))

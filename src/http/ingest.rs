@@ -3,7 +3,9 @@
 //! A batch is all or nothing: when any event is bad, nothing is written and the 400 names
 //! every bad event (by index) and why; the tracker drops or fixes those and resends.
 //! A good batch is written in one Redis `MULTI` (legacy keys, plus the outbox during
-//! dual-write) and answered 202 only after `EXEC` returned.
+//! dual-write) and answered 202 only after `EXEC` returned. A failure is 503: "nothing was
+//! written" when no `MULTI` was sent or Redis refused it, "outcome unknown" when it was sent
+//! and not answered (see [`unavailable`]); the request's Redis work has one deadline in all.
 //!
 //! Retries and identity: an event's row is `(event_id, time)`. When the tracker sends a
 //! timestamp, a resend is the same member and the same row. When it sends an `id` but no
@@ -15,12 +17,12 @@
 
 use std::time::Duration;
 
+use crate::connect::{is_not_connected, is_out_of_memory, Outcome};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -197,7 +199,7 @@ fn stamped_id(event: &IncomingEvent) -> Option<Uuid> {
 
 /// Gives each stamped event the time its id was first accepted (within `window`), and
 /// records this batch's time for the ids seen for the first time: one pipelined round trip.
-pub async fn reuse_first_times(redis: &mut ConnectionManager, prefix: &str, window: Duration, batch: &mut ParsedBatch) -> redis::RedisResult<()> {
+pub async fn reuse_first_times(redis: &mut impl redis::aio::ConnectionLike, prefix: &str, window: Duration, batch: &mut ParsedBatch) -> redis::RedisResult<()> {
     if batch.stamped.is_empty() || window.is_zero() {
         return Ok(());
     }
@@ -223,38 +225,71 @@ pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Byt
     require_json(&headers)?;
     let limits = IngestLimits { max_event_bytes: state.settings.ingest.max_event_bytes, ..Default::default() };
     let mut batch = parse_batch(&body, state.settings.ingest.max_batch, limits)?;
-    let window = Duration::from_secs(state.settings.ingest.resend_window_secs);
-    let first_seen = match reuse_first_times(&mut state.redis.clone(), &state.keys.first_seen, window, &mut batch).await {
-        // As for the write below: one more try after a connection that died with a restart.
-        Err(e) if e.is_io_error() && !e.is_timeout() => reuse_first_times(&mut state.redis.clone(), &state.keys.first_seen, window, &mut batch).await,
-        other => other,
-    };
-    first_seen.map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
-    let events = batch.events;
     let started = std::time::Instant::now();
-    let written = match write(&state, &events).await {
-        // After a Redis restart the first command finds the old, dead connection (or the
-        // answer of an attempt made while Redis was down); one more try connects afresh.
-        // Not after a timeout: the server may still be working on it, or hung.
-        Err(e) if e.is_io_error() && !e.is_timeout() => write(&state, &events).await,
-        other => other,
+    // One deadline for all of the request's Redis work (connection, first times, flag,
+    // the batch, one more try): a request never waits longer than a command may.
+    let deadline = state.settings.redis.response_timeout();
+    let mut attempt = Attempt::default();
+    let written = match tokio::time::timeout(deadline, write_with_one_more_try(&state, &mut batch, &mut attempt)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {deadline:?}")).into()),
     };
-    let dual_write = written.map_err(|e| ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch")))?;
+    let dual_write = written.map_err(|e| unavailable(&e, attempt))?;
+    let events = batch.events;
     metrics::histogram!("tsmigrate_write_seconds", "system" => "redis").record(started.elapsed().as_secs_f64());
     metrics::counter!("tsmigrate_ingest_events_total").increment(events.len() as u64);
     Ok((StatusCode::ACCEPTED, Json(IngestResponse { accepted: events.len(), dual_write })))
 }
 
-/// Writes one batch (to the outbox too while dual-write is on); returns whether it did.
-///
-/// The batch is one `MULTI … EXEC`: it reaches Redis whole or not at all. When the
-/// connection breaks after `EXEC` was sent, the caller cannot tell which; trying again (here,
-/// or the tracker after a 503) then stores the events once (identical members, idempotent
-/// relay) and adds the batch to the legacy all-time counters twice — the same as a tracker
-/// that resends after a 503.
-async fn write(state: &AppState, events: &[AcceptedEvent]) -> redis::RedisResult<bool> {
-    let mut redis = state.redis.clone();
+/// How far a request's writes got: whether a batch `MULTI` was ever sent, and whether one
+/// may have run (sent, then no answer or a broken connection).
+#[derive(Debug, Default, Clone, Copy)]
+struct Attempt {
+    multi_sent: bool,
+    maybe_written: bool,
+}
+
+/// The 503 for a failed write: "nothing was written" only when that is known — no `MULTI`
+/// was sent, or Redis answered it with an error (OOM, EXECABORT: it ran not). A `MULTI` that
+/// got no answer may have run, or may run later when a stopped server resumes or a stalled
+/// network delivers it: then the outcome is unknown, and the tracker's retry with the same
+/// batch is what makes it whole (see the module's notes on identity).
+fn unavailable(e: &redis::RedisError, attempt: Attempt) -> ApiError {
+    if attempt.maybe_written || (attempt.multi_sent && Outcome::of(e) == Outcome::Unknown) {
+        metrics::counter!("tsmigrate_ingest_unknown_outcomes_total").increment(1);
+        return ApiError::OutcomeUnknown(format!(
+            "Redis did not confirm the write ({e}), so the batch may or may not have been stored: the outcome is unknown; \
+             retrying with the same ids is safe (events with an id or a timestamp are stored once; events with neither may be stored twice)"
+        ));
+    }
+    if is_out_of_memory(e) {
+        return ApiError::Unavailable(format!("Redis is out of memory and refuses writes ({e}); nothing was written, retry the batch later"));
+    }
+    ApiError::Unavailable(format!("Redis is unavailable ({e}); nothing was written, retry the batch"))
+}
+
+/// The batch's writes, and once more on a fresh connection when the connection broke (after
+/// a Redis restart the first command finds the old, dead connection). Never after a
+/// timeout: the server may still be working on it, or hung.
+async fn write_with_one_more_try(state: &AppState, batch: &mut ParsedBatch, attempt: &mut Attempt) -> redis::RedisResult<bool> {
+    match write_once(state, batch, attempt).await {
+        Err(e) if e.is_io_error() && !e.is_timeout() && !is_not_connected(&e) => {
+            attempt.maybe_written |= attempt.multi_sent;
+            attempt.multi_sent = false;
+            write_once(state, batch, attempt).await
+        }
+        other => other,
+    }
+}
+
+/// First times, the flag and the batch, on one connection (so that a failure to get one
+/// means nothing was sent).
+async fn write_once(state: &AppState, batch: &mut ParsedBatch, attempt: &mut Attempt) -> redis::RedisResult<bool> {
+    let mut redis = state.redis.pinned().await?;
+    let window = Duration::from_secs(state.settings.ingest.resend_window_secs);
+    reuse_first_times(&mut redis, &state.keys.first_seen, window, batch).await?;
     let dual_write = state.dual_write.get(&mut redis, &state.keys.dual_write_flag).await?;
-    writer::write_batch(&mut redis, &state.keys, state.settings.redis.event_cap, events, dual_write).await?;
+    attempt.multi_sent = true;
+    writer::write_batch(&mut redis, &state.keys, state.settings.redis.event_cap, &batch.events, dual_write).await?;
     Ok(dual_write)
 }

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connect::RedisConn;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -19,7 +20,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -36,7 +36,7 @@ use crate::remembered::Remembered;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub keys: Arc<LegacyKeys>,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// The target; `None` when the server started without it (ingest never needs it).
     pub target: Option<PgPool>,
     /// The legacy database (hourly tables, popular function) for legacy reads; often the
@@ -52,7 +52,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(settings: Settings, redis: ConnectionManager, target: Option<PgPool>, legacy: Option<PgPool>) -> Self {
+    pub fn new(settings: Settings, redis: RedisConn, target: Option<PgPool>, legacy: Option<PgPool>) -> Self {
         let keys = LegacyKeys::from_settings(&settings);
         Self {
             settings: Arc::new(settings),
@@ -90,7 +90,7 @@ impl Default for DualWriteFlag {
 }
 
 impl DualWriteFlag {
-    pub async fn get(&self, redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<bool> {
+    pub async fn get(&self, redis: &mut (impl redis::aio::ConnectionLike + Send), key: &str) -> redis::RedisResult<bool> {
         let fallback = self.state_view();
         self.cached
             .get(|_| async {
@@ -233,35 +233,55 @@ async fn admin_status(State(state): State<AppState>, headers: axum::http::Header
     })
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness: the process serves HTTP. It does not depend on the servers (restarting this
+/// process would not bring them back): `/ready` says whether they answer. The Redis
+/// connection's missed deadlines and replacements are shown for a look at a glance.
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "redis_command_timeouts": state.redis.timeouts_seen(), "redis_connections_replaced": state.redis.replaced()}))
 }
 
 /// How long `/ready` waits for each server.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Ready when Redis answers and, if configured, the target does too — each within
-/// [`READY_PROBE_TIMEOUT`], so a server that is down makes `/ready` answer 503, not hang.
+/// Ready when Redis answers *and takes writes* and, if configured, the target answers — each
+/// within [`READY_PROBE_TIMEOUT`], so a server that is down or hung makes `/ready` answer 503,
+/// not hang. `reasons` says why not.
+///
+/// The Redis probe is a write (a small key with a 10 s expiry), not a PING: a Redis at
+/// `maxmemory` with `noeviction` answers PING and refuses every ingest batch with OOM.
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let redis_probe = tokio::time::timeout(READY_PROBE_TIMEOUT, ping(state.redis.clone()));
+    let probe_key = format!("{}:ready", state.keys.cache_prefix);
+    let redis_probe = tokio::time::timeout(READY_PROBE_TIMEOUT, probe_redis(state.redis.clone(), probe_key));
     let target_probe = async {
         match &state.target {
-            Some(pool) => matches!(tokio::time::timeout(READY_PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await, Ok(Ok(_))),
-            None => true,
+            Some(pool) => match tokio::time::timeout(READY_PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(format!("the target does not answer: {e}")),
+                Err(_) => Some(format!("the target did not answer within {READY_PROBE_TIMEOUT:?}")),
+            },
+            None => None,
         }
     };
-    let (redis_reply, target_ok) = tokio::join!(redis_probe, target_probe);
-    let redis_ok = matches!(redis_reply, Ok(Ok(_)));
-    let code = if redis_ok && target_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(json!({"redis": redis_ok, "target": target_ok})))
+    let (redis_reply, target_problem) = tokio::join!(redis_probe, target_probe);
+    let redis_problem = match redis_reply {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) if crate::connect::is_out_of_memory(&e) => {
+            Some(format!("Redis is out of memory and refuses writes (maxmemory reached, maxmemory-policy noeviction): ingest answers 503 ({e})"))
+        }
+        Ok(Err(e)) => Some(format!("Redis does not answer: {e}")),
+        Err(_) => Some(format!("Redis did not answer within {READY_PROBE_TIMEOUT:?}")),
+    };
+    let code = if redis_problem.is_none() && target_problem.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let reasons: Vec<&String> = redis_problem.iter().chain(target_problem.iter()).collect();
+    (code, Json(json!({"redis": redis_problem.is_none(), "target": target_problem.is_none(), "reasons": reasons})))
 }
 
-/// PING, and once more after a connection error: after a Redis restart the first command
-/// finds the old, dead connection (or a failed attempt made while Redis was down); the
-/// second try connects afresh.
-async fn ping(mut redis: ConnectionManager) -> redis::RedisResult<String> {
-    match redis::cmd("PING").query_async(&mut redis).await {
-        Err(e) if e.is_io_error() => redis::cmd("PING").query_async(&mut redis).await,
+/// A small write, and once more after a broken connection: after a Redis restart the first
+/// command finds the old, dead connection; the second try connects afresh.
+async fn probe_redis(mut redis: RedisConn, key: String) -> redis::RedisResult<()> {
+    let probe = || redis::cmd("SET").arg(&key).arg("1").arg("PX").arg(10_000).to_owned();
+    match probe().query_async::<()>(&mut redis).await {
+        Err(e) if e.is_io_error() && !e.is_timeout() => probe().query_async(&mut redis).await,
         other => other,
     }
 }

@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use crate::connect::RedisConn;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
@@ -51,7 +51,7 @@ struct Group {
 /// Flushes the hours in `[from, to)` (both rounded down to hour starts in `tz`).
 #[tracing::instrument(skip_all, fields(%from, %to), err)]
 pub async fn flush_range(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     pool: &PgPool,
     keys: &LegacyKeys,
     legacy: &LegacySettings,

@@ -10,13 +10,13 @@ pub mod schema;
 pub mod seed;
 pub mod writer;
 
-use redis::aio::ConnectionManager;
+use crate::connect::RedisConn;
 
 use crate::config::Settings;
 
 /// After completion the legacy keys are only history: gives them an expiry of `days`
 /// (kept where one is set already). Returns how many got one.
-pub async fn expire_keys(redis: &mut ConnectionManager, keys: &LegacyKeys, days: u32) -> redis::RedisResult<u64> {
+pub async fn expire_keys(redis: &mut RedisConn, keys: &LegacyKeys, days: u32) -> redis::RedisResult<u64> {
     let seconds = i64::from(days) * 86_400;
     let mut set = 0;
     for key in [&keys.events, &keys.event_counters, &keys.category_counters, &keys.sessions] {

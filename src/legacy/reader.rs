@@ -4,8 +4,8 @@
 //! first `skip` members scored exactly `score`" — enough to resume in the middle of a
 //! run of equal scores (Redis orders those by member bytes).
 
+use crate::connect::RedisConn;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{MAX_FUTURE_MS, MIN_EVENT_MS};
@@ -38,7 +38,7 @@ impl ScoreCursor {
 
 /// The members whose event time (the score, rounded to the millisecond) is each of
 /// `times_ms`, in one pipelined round trip: one list per time.
-pub async fn members_at(redis: &mut ConnectionManager, key: &str, times_ms: &[i64]) -> redis::RedisResult<Vec<Vec<(Vec<u8>, f64)>>> {
+pub async fn members_at(redis: &mut RedisConn, key: &str, times_ms: &[i64]) -> redis::RedisResult<Vec<Vec<(Vec<u8>, f64)>>> {
     if times_ms.is_empty() {
         return Ok(vec![]);
     }
@@ -50,23 +50,17 @@ pub async fn members_at(redis: &mut ConnectionManager, key: &str, times_ms: &[i6
 }
 
 /// Up to `limit` members from `cursor` to `until` (inclusive), oldest first, with scores.
-pub async fn read_page(redis: &mut ConnectionManager, key: &str, cursor: ScoreCursor, until: f64, limit: usize) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
+pub async fn read_page(redis: &mut RedisConn, key: &str, cursor: ScoreCursor, until: f64, limit: usize) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
     range_page(redis, key, cursor, until, limit).await
 }
 
 /// Like [`read_page`], but only members scored below `before` (exclusive).
-pub async fn read_page_before(
-    redis: &mut ConnectionManager,
-    key: &str,
-    cursor: ScoreCursor,
-    before: f64,
-    limit: usize,
-) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
+pub async fn read_page_before(redis: &mut RedisConn, key: &str, cursor: ScoreCursor, before: f64, limit: usize) -> redis::RedisResult<Vec<(Vec<u8>, f64)>> {
     range_page(redis, key, cursor, format!("({before}"), limit).await
 }
 
 async fn range_page(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     key: &str,
     cursor: ScoreCursor,
     max: impl redis::ToRedisArgs,
@@ -123,7 +117,7 @@ pub fn valid_score_bounds(now_ms: i64) -> (f64, f64) {
 
 /// Counts (`ZCOUNT`) and samples the members of `key` scored outside the valid event-time
 /// range, in one pipelined round trip.
-pub async fn out_of_range(redis: &mut ConnectionManager, key: &str, now_ms: i64, examples: usize) -> redis::RedisResult<OutOfRange> {
+pub async fn out_of_range(redis: &mut RedisConn, key: &str, now_ms: i64, examples: usize) -> redis::RedisResult<OutOfRange> {
     let (low, high) = valid_score_bounds(now_ms);
     type Members = Vec<(Vec<u8>, f64)>;
     let (before, after, oldest, newest): (u64, u64, Members, Members) = redis::pipe()
@@ -159,7 +153,7 @@ pub async fn out_of_range(redis: &mut ConnectionManager, key: &str, now_ms: i64,
 
 /// The oldest member scored at a valid event time, if any (members before 2000 or at
 /// `-inf` are not events and do not move the horizon).
-pub async fn oldest_valid(redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<Option<(Vec<u8>, f64)>> {
+pub async fn oldest_valid(redis: &mut RedisConn, key: &str) -> redis::RedisResult<Option<(Vec<u8>, f64)>> {
     let (low, _) = valid_score_bounds(0);
     let oldest: Vec<(Vec<u8>, f64)> =
         redis::cmd("ZRANGEBYSCORE").arg(key).arg(low).arg("+inf").arg("WITHSCORES").arg("LIMIT").arg(0).arg(1).query_async(redis).await?;
@@ -167,7 +161,7 @@ pub async fn oldest_valid(redis: &mut ConnectionManager, key: &str) -> redis::Re
 }
 
 /// The oldest event time Redis holds, if any.
-pub async fn redis_horizon(redis: &mut ConnectionManager, keys: &super::LegacyKeys) -> redis::RedisResult<Option<DateTime<Utc>>> {
+pub async fn redis_horizon(redis: &mut RedisConn, keys: &super::LegacyKeys) -> redis::RedisResult<Option<DateTime<Utc>>> {
     let oldest = oldest_valid(redis, &keys.events).await?;
     Ok(oldest.and_then(|(_, score)| DateTime::from_timestamp_millis(score.round() as i64)))
 }

@@ -5,12 +5,12 @@
 //!
 //! Deterministic: the same options (including `end`) give the same members.
 
+use crate::connect::RedisConn;
 use chrono::{DateTime, Duration, Utc};
 use futures::{stream, StreamExt, TryStreamExt};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -196,7 +196,7 @@ impl Generator {
 
 /// Generates and writes the traffic. `progress` is called with events written so far.
 pub async fn run(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     legacy_pool: &PgPool,
     settings: &Settings,
     options: SeedOptions,

@@ -14,8 +14,6 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
-
 use super::LegacyKeys;
 use crate::event::AcceptedEvent;
 
@@ -26,7 +24,13 @@ pub const OUTBOX_SCORE_FIELD: &str = "s";
 
 /// Writes one batch atomically. `outbox` is true while dual-write is on.
 #[tracing::instrument(skip_all, fields(events = events.len(), outbox), err)]
-pub async fn write_batch(conn: &mut ConnectionManager, keys: &LegacyKeys, event_cap: u64, events: &[AcceptedEvent], outbox: bool) -> redis::RedisResult<()> {
+pub async fn write_batch(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    keys: &LegacyKeys,
+    event_cap: u64,
+    events: &[AcceptedEvent],
+    outbox: bool,
+) -> redis::RedisResult<()> {
     if events.is_empty() {
         return Ok(());
     }

@@ -158,6 +158,12 @@ pub trait PhaseCommand: Send + Sync {
         format!("tsmigrate {}", self.name())
     }
 
+    /// The fix for a refusal of this command's own gate when the migration state does not
+    /// decide it (the Redis eviction policy); `None`: the gates' outlook says what to do.
+    fn gate_fix(&self) -> Option<NextStep> {
+        None
+    }
+
     /// What the operator does next, once the report is complete.
     fn next_steps(&self, report: &PhaseReport<Self::Details>) -> Vec<NextStep> {
         default_next_steps(self, report)
@@ -229,9 +235,10 @@ async fn advised<C: PhaseCommand>(ctx: &Context, command: &C, run: &mut Run, mut
             Err(e) => Err(e.into()),
         },
     };
-    let step = match outlook {
-        Ok(outlook) => super::gates::after_refusal(command.transition().command, gate_refused, &outlook),
-        Err(_) => unknown_step(),
+    let step = match (outlook, command.gate_fix().filter(|_| gate_refused)) {
+        (_, Some(fix)) => fix,
+        (Ok(outlook), None) => super::gates::after_refusal(command.transition().command, gate_refused, &outlook),
+        (Err(_), None) => unknown_step(),
     };
     refusal.next = step.to_string();
     refusal

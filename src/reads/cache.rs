@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::connect::RedisConn;
 use serde_json::Value;
 
 use super::{ReadSource, Request};
@@ -20,7 +20,7 @@ pub fn key(cache_prefix: &str, source: ReadSource, request: &Request) -> String 
 }
 
 /// The cached answer, if any. Redis errors count as a miss.
-pub async fn get(redis: &mut ConnectionManager, key: &str) -> Option<Value> {
+pub async fn get(redis: &mut RedisConn, key: &str) -> Option<Value> {
     let reply = tokio::time::timeout(TIMEOUT, redis::cmd("GET").arg(key).query_async::<Option<String>>(redis)).await;
     match reply {
         Ok(Ok(Some(text))) => serde_json::from_str(&text).ok(),
@@ -31,7 +31,7 @@ pub async fn get(redis: &mut ConnectionManager, key: &str) -> Option<Value> {
 }
 
 /// Stores an answer for `ttl_secs`; failures are logged, never returned.
-pub async fn put(redis: &mut ConnectionManager, key: &str, value: &Value, ttl_secs: u64) {
+pub async fn put(redis: &mut RedisConn, key: &str, value: &Value, ttl_secs: u64) {
     let mut set = redis::cmd("SET");
     set.arg(key).arg(value.to_string()).arg("EX").arg(ttl_secs);
     match tokio::time::timeout(TIMEOUT, set.query_async::<()>(redis)).await {

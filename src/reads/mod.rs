@@ -40,9 +40,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
+use crate::connect::RedisConn;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -376,7 +376,7 @@ pub enum Route {
 pub struct ReadContext {
     pub settings: Arc<Settings>,
     pub keys: Arc<LegacyKeys>,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub target: Option<PgPool>,
     /// The legacy database (hourly tables, popular function).
     pub legacy: Option<PgPool>,

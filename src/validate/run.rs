@@ -13,7 +13,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use redis::aio::ConnectionManager;
+use crate::connect::RedisConn;
 
 use crate::calendar::day_start;
 use crate::context::Context;
@@ -139,7 +139,7 @@ async fn compare(
 /// The whole hours both systems cover (and why each edge is where it is).
 async fn choose_window(
     ctx: &Context,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     state: &MigrationState,
     options: &ValidateOptions,
     started_at: DateTime<Utc>,
@@ -179,7 +179,7 @@ type Collected = (Sides, AggregateCheck<HourlyKey>, AggregateCheck<AssetKey>, Op
 /// Runs the three collectors at once: Redis, the target's events, the aggregates.
 async fn collect(
     ctx: &Context,
-    redis: &ConnectionManager,
+    redis: &RedisConn,
     mode: StorageMode,
     window: &Window,
     options: &ValidateOptions,
@@ -240,7 +240,7 @@ async fn compare_events(
     sides: Sides,
     window: &Window,
     ctx: &Context,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     now_ms: i64,
     limit: usize,
 ) -> anyhow::Result<Option<u64>> {
@@ -310,7 +310,7 @@ async fn narrow(
     differing: &[HourDifference],
     redis_minutes: &MinuteSummaries,
     target_minutes: &MinuteSummaries,
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut crate::connect::RedisConn,
     key: &str,
     pool: &PgPool,
     now_ms: i64,

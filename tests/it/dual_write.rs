@@ -44,7 +44,7 @@ fn batch(n: usize, offset: usize) -> String {
     json!({ "events": events }).to_string()
 }
 
-pub fn relay_for(env: &TestEnv, redis: redis::aio::ConnectionManager, pool: sqlx::PgPool, mode: StorageMode, claim_idle: Duration) -> Relay {
+pub fn relay_for(env: &TestEnv, redis: tsmigrate::connect::RedisConn, pool: sqlx::PgPool, mode: StorageMode, claim_idle: Duration) -> Relay {
     let options = RelayOptions { block: Duration::from_millis(50), claim_idle, ..RelayOptions::new(&env.settings.redis.outbox_group) };
     Relay::new(redis, Arc::new(TargetWriter::new(pool, mode)), Arc::new(env.keys()), options)
 }

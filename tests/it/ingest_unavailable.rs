@@ -70,7 +70,14 @@ async fn ingest_answers_503_and_writes_nothing_while_redis_is_down() {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{attempt}: {reply}");
         assert_eq!(reply["retry"], Value::Bool(true), "{reply}");
         let error = reply["error"].as_str().unwrap_or_default();
-        assert!(error.contains("Redis") && error.contains("nothing was written"), "{error}");
+        // The first try sends the batch on the connection the forwarder just cut (the flag is
+        // remembered, so nothing precedes it): the client cannot know whether it arrived. The
+        // second finds no connection at all: nothing was sent.
+        let honest = match attempt {
+            "down-1" => error.contains("nothing was written") || (reply["outcome"] == "unknown" && error.contains("retrying with the same ids is safe")),
+            _ => error.contains("nothing was written") && reply["outcome"].is_null(),
+        };
+        assert!(error.contains("Redis") && honest, "{attempt}: {reply}");
         tokio::time::sleep(tsmigrate::dual_write::flag::DUAL_WRITE_FLAG_REFRESH).await;
     }
     assert_eq!(redis_snapshot(&env).await, before, "a 503 batch changes no Redis key");

@@ -58,7 +58,7 @@ fn letter<'a>(all: &'a [Letter], code: &str) -> &'a Letter {
 }
 
 /// An outbox entry as the ingest `MULTI` (or an application adding the same `XADD`) writes it.
-async fn xadd(redis: &mut redis::aio::ConnectionManager, stream: &str, member: &str, score: Option<i64>) {
+async fn xadd(redis: &mut tsmigrate::connect::RedisConn, stream: &str, member: &str, score: Option<i64>) {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(stream).arg("*").arg("m").arg(member);
     if let Some(score) = score {

@@ -166,7 +166,7 @@ fn member(id: &str, properties: Value) -> String {
 }
 
 /// Dual-write started (its completion point is where `relay --tail` starts following).
-async fn following_the_sorted_set() -> (TestEnv, redis::aio::ConnectionManager, i64) {
+async fn following_the_sorted_set() -> (TestEnv, tsmigrate::connect::RedisConn, i64) {
     let env = TestEnv::new().await;
     prepare_and_dual_write(&env, Mode::Postgres);
     let redis = env.redis().await;

@@ -23,7 +23,7 @@ fn backfilled(env: &TestEnv) {
     env.cli(&["backfill"]).expect_success();
 }
 
-fn job_context(env: &TestEnv, redis: redis::aio::ConnectionManager) -> JobContext {
+fn job_context(env: &TestEnv, redis: tsmigrate::connect::RedisConn) -> JobContext {
     JobContext {
         ctx: Context::with_target(Arc::new(env.settings.clone()), env.pool.clone()).with_legacy(env.pool.clone()).with_redis(redis),
         lease: tsmigrate::daemon::leader::Lease::sole(),

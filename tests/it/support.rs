@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tsmigrate::config::{SecretUrl, Settings};
+use tsmigrate::connect::RedisConn;
 use tsmigrate::legacy::LegacyKeys;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -171,7 +171,7 @@ impl TestEnv {
     }
 
     /// A Redis connection (the same kind the tool uses).
-    pub async fn redis(&self) -> ConnectionManager {
+    pub async fn redis(&self) -> RedisConn {
         tsmigrate::db::redis(&self.settings).await.expect("connect to the test Redis; run scripts/services.sh or set TSMIGRATE_TEST_REDIS_URL")
     }
 

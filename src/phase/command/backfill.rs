@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::connect::RedisConn;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -133,9 +133,12 @@ impl PhaseCommand for Backfill {
         details.seconds = started.elapsed().as_secs_f64();
         details.events_per_second = (position.read - read_before) as f64 / details.seconds.max(1e-9);
         self.finish(ctx, &*store, &mut redis, &position, &mut details).await?;
-        let audit = json!({"read": position.read, "inserted": position.inserted, "dead_letters": position.dead_letters, "resumed": resumed});
+        // Events Redis evicted before this copy reached them are in neither system: say so.
+        let evicted = crate::dual_write::durability::inspect_or_warn(&mut redis).await.evicted_keys.filter(|n| *n > 0);
+        let warnings = evicted.map(evictions_warning).into_iter().collect();
+        let audit = json!({"read": position.read, "inserted": position.inserted, "dead_letters": position.dead_letters, "resumed": resumed, "redis_evicted_keys": evicted});
         let changes = StateChanges { backfilled_until: DateTime::from_timestamp_millis(position.until as i64), ..Default::default() };
-        Ok(Applied { audit, ..Applied::new(details, Commit::Move(changes)) })
+        Ok(Applied { audit, warnings, ..Applied::new(details, Commit::Move(changes)) })
     }
 }
 
@@ -145,7 +148,7 @@ impl Backfill {
         &self,
         ctx: &Context,
         mode: StorageMode,
-        redis: ConnectionManager,
+        redis: RedisConn,
         position: &mut BackfillPosition,
         remaining: u64,
         boundary: &Boundary,
@@ -175,7 +178,7 @@ impl Backfill {
         &self,
         ctx: &Context,
         store: &dyn Store,
-        redis: &mut ConnectionManager,
+        redis: &mut RedisConn,
         position: &BackfillPosition,
         details: &mut BackfillDetails,
     ) -> anyhow::Result<()> {
@@ -229,7 +232,7 @@ impl BackfillPosition {
 }
 
 /// Members left between the position and its end.
-async fn remaining(redis: &mut ConnectionManager, key: &str, position: &BackfillPosition) -> anyhow::Result<u64> {
+async fn remaining(redis: &mut RedisConn, key: &str, position: &BackfillPosition) -> anyhow::Result<u64> {
     if position.finished {
         return Ok(0);
     }
@@ -332,7 +335,7 @@ pub(super) trait PageSink: Send {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn copy_pages(
     writer: &TargetWriter,
-    redis: ConnectionManager,
+    redis: RedisConn,
     key: String,
     cursor: ScoreCursor,
     until: f64,
@@ -377,7 +380,7 @@ pub(super) async fn copy_pages(
 
 /// Reads pages from `cursor` to `until` (inclusive) into `tx`, one ahead of the writer.
 async fn read_pages(
-    mut redis: ConnectionManager,
+    mut redis: RedisConn,
     key: String,
     mut cursor: ScoreCursor,
     until: f64,
@@ -464,4 +467,12 @@ impl BackfillDetails {
         }
         o
     }
+}
+
+/// What a full backfill says when Redis has evicted keys: it copied what Redis held.
+fn evictions_warning(evicted_keys: u64) -> String {
+    format!(
+        "Redis has evicted {evicted_keys} key(s) since it started (INFO stats evicted_keys): events it evicted before this backfill read them \
+         are in neither system and were not copied; `tsmigrate status` lists the possible-loss windows recorded during dual-write"
+    )
 }

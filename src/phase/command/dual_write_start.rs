@@ -5,7 +5,12 @@
 //! records the completion point T: every event stored before T is the backfill's job,
 //! every event after it reaches the target through the outbox. Run again while dual-write
 //! is on, start repairs what Redis may have lost (flag, consumer group) and keeps T.
+//!
+//! Its gate: the Redis holding the outbox must not evict it. An evicting policy
+//! ([`durability::OutboxDurability::evicting`]) refuses the start; `--force --reason` overrides
+//! it, audited like every forced gate.
 
+use crate::state::NextStep;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
@@ -23,6 +28,26 @@ impl PhaseCommand for DualWriteStart {
 
     fn transition(&self) -> &'static Transition {
         &DUAL_WRITE_START
+    }
+
+    async fn gate(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Result<Value, String>> {
+        if !run.moves() {
+            // Already on: the repair run puts back what Redis lost, whatever its policy.
+            return Ok(Ok(Value::Null));
+        }
+        let mut redis = ctx.redis().await?;
+        let facts = durability::inspect_or_warn(&mut redis).await;
+        Ok(match facts.evicting_reason() {
+            Some(why) => Err(why),
+            None => Ok(json!({"maxmemory_policy": facts.maxmemory_policy, "maxmemory": facts.maxmemory})),
+        })
+    }
+
+    fn gate_fix(&self) -> Option<NextStep> {
+        Some(NextStep::note(
+            "set `maxmemory-policy noeviction` on the Redis holding the outbox (redis-cli CONFIG SET maxmemory-policy noeviction, and in redis.conf), \
+             then run tsmigrate dual-write start again; or pass --force --reason \"...\" to accept that evictions lose events (audited)",
+        ))
     }
 
     async fn apply(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<Value>> {

@@ -309,7 +309,7 @@ impl Counts {
 
 /// Redis's version of each missing or different event of the batch, by `(event_id, time)`.
 async fn redis_versions(
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut crate::connect::RedisConn,
     key: &str,
     batch: &[Finding],
     now_ms: i64,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::connect::RedisConn;
 
 use crate::event::TargetEvent;
 use crate::legacy::reader::{read_page_before, ScoreCursor};
@@ -46,7 +46,7 @@ impl RedisEvents {
 }
 
 /// Members scored in `[from_ms, to_ms)` (what [`summarize`] will read).
-pub async fn count(redis: &mut ConnectionManager, key: &str, from_ms: i64, to_ms: i64) -> redis::RedisResult<u64> {
+pub async fn count(redis: &mut RedisConn, key: &str, from_ms: i64, to_ms: i64) -> redis::RedisResult<u64> {
     let (low, high) = score_bounds(from_ms, to_ms);
     redis::cmd("ZCOUNT").arg(key).arg(low).arg(format!("({high}")).query_async(redis).await
 }
@@ -60,7 +60,7 @@ fn score_bounds(from_ms: i64, to_ms: i64) -> (f64, f64) {
 /// Count and hash per minute of every valid event in `[from_ms, to_ms)`; `read` counts the
 /// members read so far (progress).
 #[tracing::instrument(skip(redis, read), err)]
-pub async fn summarize(redis: &ConnectionManager, key: &str, from_ms: i64, to_ms: i64, now_ms: i64, read: Arc<AtomicU64>) -> anyhow::Result<RedisEvents> {
+pub async fn summarize(redis: &RedisConn, key: &str, from_ms: i64, to_ms: i64, now_ms: i64, read: Arc<AtomicU64>) -> anyhow::Result<RedisEvents> {
     let minutes = (to_ms - from_ms).div_euclid(MINUTE_MS);
     let step = (minutes / READERS).max(1) * MINUTE_MS;
     let mut parts = Vec::new();
@@ -77,7 +77,7 @@ pub async fn summarize(redis: &ConnectionManager, key: &str, from_ms: i64, to_ms
     Ok(total)
 }
 
-async fn summarize_part(mut redis: ConnectionManager, key: String, from_ms: i64, to_ms: i64, now_ms: i64, read: Arc<AtomicU64>) -> anyhow::Result<RedisEvents> {
+async fn summarize_part(mut redis: RedisConn, key: String, from_ms: i64, to_ms: i64, now_ms: i64, read: Arc<AtomicU64>) -> anyhow::Result<RedisEvents> {
     let (low, high) = score_bounds(from_ms, to_ms);
     let mut cursor = ScoreCursor::at(low);
     let mut pending = VecDeque::new();
@@ -116,7 +116,7 @@ fn summarize_page(page: Vec<(Vec<u8>, f64)>, now_ms: i64) -> RedisEvents {
 
 /// Calls `visit` with every valid event in `[from_ms, to_ms)`, oldest first.
 pub async fn for_each_event(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     key: &str,
     (from_ms, to_ms): (i64, i64),
     now_ms: i64,
@@ -140,7 +140,7 @@ pub async fn for_each_event(
 }
 
 /// The digests of every valid event in the given ranges.
-pub async fn digests(redis: &mut ConnectionManager, key: &str, ranges: &[(i64, i64)], now_ms: i64) -> anyhow::Result<Vec<EventDigest>> {
+pub async fn digests(redis: &mut RedisConn, key: &str, ranges: &[(i64, i64)], now_ms: i64) -> anyhow::Result<Vec<EventDigest>> {
     let mut fingerprinter = Fingerprinter::default();
     let mut out = Vec::new();
     for range in ranges {
@@ -159,7 +159,7 @@ pub async fn digests(redis: &mut ConnectionManager, key: &str, ranges: &[(i64, i
 
 /// `--depth counts`: members per hour (`ZCOUNT`, one pipelined round trip). Dead letters
 /// are counted too; the caller subtracts those recorded in `tsmigrate.dead_letter`.
-pub async fn count_hours(redis: &mut ConnectionManager, key: &str, starts: &[i64], end: i64) -> anyhow::Result<Vec<u64>> {
+pub async fn count_hours(redis: &mut RedisConn, key: &str, starts: &[i64], end: i64) -> anyhow::Result<Vec<u64>> {
     let mut pipe = redis::pipe();
     for (i, start) in starts.iter().enumerate() {
         let next = starts.get(i + 1).copied().unwrap_or(end);
