@@ -46,6 +46,8 @@ impl Command {
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
     ("LEGACY_DATABASE_URL", "database.legacy_url"),
+    ("PGSSLMODE", "database.tls_env.sslmode"),
+    ("PGSSLROOTCERT", "database.tls_env.sslrootcert"),
     ("REDIS_URL", "redis.url"),
     ("TSMIGRATE_REDIS_PREFIX", "redis.key_prefix"),
     ("TSMIGRATE_REDIS_TLS_CA_FILE", "redis.tls_ca_file"),
@@ -232,6 +234,12 @@ fn join(prefix: &str, key: &str) -> String {
 pub fn provenance(settings: &Settings, file_keys: &std::collections::BTreeSet<String>, env: &BTreeMap<&str, String>, log_format_flag: bool) -> Vec<Shown> {
     let mut leaves = BTreeMap::new();
     flatten_json("", &serde_json::to_value(settings).unwrap_or(Value::Null), &mut leaves);
+    // Only the environment sets libpq's TLS variables (no file setting), so the serialized
+    // settings leave them out.
+    let tls = &settings.database.tls_env;
+    for (key, value) in [("database.tls_env.sslmode", &tls.sslmode), ("database.tls_env.sslrootcert", &tls.sslrootcert)] {
+        leaves.insert(key.to_string(), value.clone().map_or(Value::Null, Value::from));
+    }
     leaves
         .into_iter()
         .map(|(key, value)| {
