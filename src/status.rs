@@ -700,7 +700,7 @@ impl Status {
 
     fn legacy_text(&self) -> String {
         match (&self.legacy.hourly_rows, &self.legacy.error) {
-            (Some(rows), _) => format!("{rows} rows"),
+            (Some(rows), _) => format!("{} rows", crate::human::count(*rows)),
             (None, error) => format!("unavailable ({})", opt(error)),
         }
     }
