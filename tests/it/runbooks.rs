@@ -202,8 +202,10 @@ async fn every_runbook_example_prints_what_the_runbook_quotes() {
     let http = reqwest::Client::new();
     let mut checked = 0;
     let mut failures = Vec::new();
+    let mut unchecked_runbooks = Vec::new();
     for file in files {
         let name = format!("runbooks/{}", file.file_name().unwrap().to_string_lossy());
+        let checked_before = checked;
         // The service of the current service block: its block, its example, the process.
         let mut service: Option<(usize, Example, Daemon)> = None;
         for example in examples(&name, &std::fs::read_to_string(&file).unwrap()) {
@@ -245,7 +247,12 @@ async fn every_runbook_example_prints_what_the_runbook_quotes() {
             checked += 1;
         }
         stop_service(&mut service, &mut failures);
+        // Every runbook (`NN-….md`) shows what good output looks like, checked.
+        if checked == checked_before && file.file_name().unwrap().to_string_lossy().starts_with(|c: char| c.is_ascii_digit()) {
+            unchecked_runbooks.push(name);
+        }
     }
+    assert!(unchecked_runbooks.is_empty(), "runbooks without a checked ```console block: {unchecked_runbooks:?}");
     assert!(checked >= 10, "the runbooks hold {checked} checked examples");
     assert!(failures.is_empty(), "{} of {checked} runbook examples differ from the tool:\n\n{}", failures.len(), failures.join("\n\n"));
     env.cleanup().await;
