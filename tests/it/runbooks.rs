@@ -1,17 +1,37 @@
 //! The runbooks' examples are checked: every ```console block in runbooks/*.md is a
 //! session — `$ tsmigrate …` command lines, each followed by lines its output must contain —
 //! and this test runs them all, in file order, on one scenario, comparing what the tool
-//! prints with what the runbooks quote. The format is described in runbooks/README.md.
+//! prints with what the runbooks quote. A ```console service block starts `tsmigrate run` as
+//! a process for the length of the block and sends its `curl` lines to it. The format is
+//! described in runbooks/README.md.
 
 use regex::Regex;
 
+use crate::servers::Daemon;
 use crate::support::TestEnv;
 
-/// One `$ tsmigrate …` line of a runbook and the lines quoted after it.
+/// What a command line of a runbook runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// `$ tsmigrate …`: a command that runs once and exits.
+    Command,
+    /// `$ tsmigrate run …` in a service block: the service, started here and stopped (SIGTERM)
+    /// at the end of its block; its quoted lines are matched against its whole log.
+    Service,
+    /// `$ curl [-s] [-i] http://…/path` in a service block: a GET of `path` from that service;
+    /// it prints the body (after `HTTP/1.1 <status>` with `-i`). The lines quoted for
+    /// `/metrics` may come in any order.
+    Get,
+}
+
+/// One command line of a runbook and the lines quoted after it.
 #[derive(Debug, Clone, PartialEq)]
 struct Example {
     /// `runbooks/03-validate.md:42`, for failure messages.
     at: String,
+    kind: Kind,
+    /// The number of its code block in the file (a service lives until its block ends).
+    block: usize,
     args: Vec<String>,
     exit_code: i32,
     expected: Vec<String>,
@@ -21,10 +41,14 @@ struct Example {
 fn examples(file: &str, text: &str) -> Vec<Example> {
     let mut out: Vec<Example> = Vec::new();
     let mut in_console = false;
+    let mut in_service = false;
+    let mut block = 0;
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if trimmed.starts_with("```") {
-            in_console = !in_console && trimmed == "```console";
+            in_service = !in_console && trimmed == "```console service";
+            in_console = !in_console && (trimmed == "```console" || in_service);
+            block += 1;
             continue;
         }
         if !in_console {
@@ -36,8 +60,25 @@ fn examples(file: &str, text: &str) -> Vec<Example> {
                 None => (command.trim(), 0),
             };
             let words: Vec<String> = command.split_whitespace().map(String::from).collect();
-            assert_eq!(words.first().map(String::as_str), Some("tsmigrate"), "{file}:{}: a checked command runs tsmigrate", i + 1);
-            out.push(Example { at: format!("{file}:{}", i + 1), args: words[1..].to_vec(), exit_code, expected: vec![] });
+            let kind = match (words.first().map(String::as_str), words.get(1).map(String::as_str)) {
+                (Some("tsmigrate"), Some("run")) if in_service => Kind::Service,
+                (Some("curl"), _) if in_service => Kind::Get,
+                (Some("tsmigrate"), _) => Kind::Command,
+                _ => panic!("{file}:{}: a checked command runs tsmigrate (or, in a service block, curl)", i + 1),
+            };
+            let args = match kind {
+                Kind::Get => {
+                    let url = words.iter().skip(1).find(|w| !w.starts_with('-')).unwrap_or_else(|| panic!("{file}:{}: curl without a URL", i + 1));
+                    let url = url.trim_matches(|c| c == '\'' || c == '"');
+                    let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+                    let path = path.find('/').map_or("/", |at| &path[at..]);
+                    let with_status = words.iter().any(|w| w.starts_with('-') && !w.starts_with("--") && w.contains('i'));
+                    vec![path.to_string(), with_status.to_string()]
+                }
+                Kind::Service => words[2..].to_vec(),
+                Kind::Command => words[1..].to_vec(),
+            };
+            out.push(Example { at: format!("{file}:{}", i + 1), kind, block, args, exit_code, expected: vec![] });
         } else if !trimmed.is_empty() && trimmed != "..." && trimmed != "…" {
             let example = out.last_mut().unwrap_or_else(|| panic!("{file}:{}: output quoted before any `$ tsmigrate` line", i + 1));
             example.expected.push(trimmed.to_string());
@@ -58,7 +99,7 @@ fn pattern(quoted: &str) -> Regex {
         } else if rest.starts_with("<n>") {
             (r"-?[0-9][0-9,]*(\.[0-9]+)?".to_string(), 3)
         } else if rest.starts_with("<time>") {
-            (r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:[0-9]{2})?( UTC|Z)?".to_string(), 6)
+            (r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:[0-9]{2})?( UTC|Z|[+-][0-9]{2}:[0-9]{2})?".to_string(), 6)
         } else if rest.starts_with(' ') {
             (" +".to_string(), rest.len() - rest.trim_start_matches(' ').len())
         } else {
@@ -103,11 +144,48 @@ fn the_quoted_line_patterns_match_what_they_say_and_nothing_else() {
     assert!(!pattern("(a.b)").is_match("(axb)"), "literal, not a regular expression");
     assert_eq!(missing(&["b".into(), "a".into()], "a\nb\n"), vec!["a"], "in order");
     assert!(missing(&["a".into(), "b".into()], "  a\nb  \n").is_empty());
+    assert!(pattern("from <time> to <time>").is_match("from 2026-12-07T04:00:00+00:00 to 2026-12-07T05:00:00+00:00"));
+
+    let text = "```console service\n$ tsmigrate run --no-jobs\ntsmigrate listening on …\n$ curl -si 'http://localhost:8080/ready?x=1&y=2'\nHTTP/1.1 200 OK\n$ tsmigrate status\n```\n```console\n$ tsmigrate history\n```\n";
+    let found = examples("x.md", text);
+    let kinds: Vec<(Kind, usize)> = found.iter().map(|e| (e.kind, e.block)).collect();
+    assert_eq!(kinds, vec![(Kind::Service, 1), (Kind::Get, 1), (Kind::Command, 1), (Kind::Command, 3)], "a service lives for its block");
+    assert_eq!(found[0].args, vec!["--no-jobs"]);
+    assert_eq!(found[1].args, vec!["/ready?x=1&y=2", "true"], "the path, and whether the status line is printed");
+    let result = std::panic::catch_unwind(|| examples("x.md", "```console\n$ curl http://localhost:8080/health\n```\n"));
+    assert!(result.is_err(), "curl outside a service block has no service to ask");
 }
 
 /// Runs every runbook's examples in order on one scenario: a day and a half of seeded legacy
 /// traffic, plain PostgreSQL (the TimescaleDB-only lines of the runbooks are written as `…`),
 /// a soak of 0 hours so the runbooks' commands run as written one after the other.
+/// Stops the service of a service block (SIGTERM) and compares its exit code and log with the
+/// lines quoted after its `tsmigrate run`.
+fn stop_service(service: &mut Option<(usize, Example, Daemon)>, failures: &mut Vec<String>) {
+    if let Some((_, example, daemon)) = service.take() {
+        let (code, log) = daemon.stop_and_read_log();
+        failures.extend(differs(&example, code, &log));
+    }
+}
+
+/// What is wrong with `example`'s run, if anything: its exit code or the quoted lines `output` lacks.
+fn differs(example: &Example, code: i32, output: &str) -> Option<String> {
+    let missing = missing(&example.expected, output);
+    (code != example.exit_code || !missing.is_empty()).then(|| {
+        format!(
+            "{}: {} exited {code} (the runbook says {}); lines not printed:\n  {}\n--- what it printed ---\n{output}",
+            example.at,
+            match example.kind {
+                Kind::Command => format!("tsmigrate {}", example.args.join(" ")),
+                Kind::Service => format!("tsmigrate run {} (stopped with SIGTERM)", example.args.join(" ")),
+                Kind::Get => format!("GET {}", example.args[0]),
+            },
+            example.exit_code,
+            missing.join("\n  ")
+        )
+    })
+}
+
 #[tokio::test]
 async fn every_runbook_example_prints_what_the_runbook_quotes() {
     let env = TestEnv::new().await;
@@ -120,28 +198,61 @@ async fn every_runbook_example_prints_what_the_runbook_quotes() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("runbooks");
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "md")).collect();
     files.sort();
+    let config_path = std::path::PathBuf::from(&config);
+    let http = reqwest::Client::new();
     let mut checked = 0;
     let mut failures = Vec::new();
+    let mut unchecked_runbooks = Vec::new();
     for file in files {
         let name = format!("runbooks/{}", file.file_name().unwrap().to_string_lossy());
+        let checked_before = checked;
+        // The service of the current service block: its block, its example, the process.
+        let mut service: Option<(usize, Example, Daemon)> = None;
         for example in examples(&name, &std::fs::read_to_string(&file).unwrap()) {
+            if service.as_ref().is_some_and(|(block, ..)| *block != example.block) {
+                stop_service(&mut service, &mut failures);
+            }
             let args: Vec<&str> = example.args.iter().map(String::as_str).collect();
-            let out = run(&args);
-            let output = format!("{}\n{}", out.stdout, out.stderr);
-            let missing = missing(&example.expected, &output);
-            if out.code != example.exit_code || !missing.is_empty() {
-                failures.push(format!(
-                    "{}: tsmigrate {} exited {} (the runbook says {}); lines not printed:\n  {}\n--- what it printed ---\n{output}",
-                    example.at,
-                    args.join(" "),
-                    out.code,
-                    example.exit_code,
-                    missing.join("\n  ")
-                ));
+            match example.kind {
+                Kind::Command => {
+                    let out = run(&args);
+                    failures.extend(differs(&example, out.code, &format!("{}\n{}", out.stdout, out.stderr)));
+                }
+                Kind::Service => {
+                    assert!(service.is_none(), "{}: one `tsmigrate run` per service block", example.at);
+                    let daemon = Daemon::start_with(&env, Some(&config_path), &args, &[]);
+                    service = Some((example.block, example.clone(), daemon));
+                }
+                Kind::Get => {
+                    let (_, _, daemon) = service.as_ref().unwrap_or_else(|| panic!("{}: curl before `tsmigrate run` in its block", example.at));
+                    let (code, output) = match http.get(daemon.url(&example.args[0])).send().await {
+                        Ok(reply) => {
+                            let status = reply.status();
+                            let body = reply.text().await.unwrap_or_default();
+                            let head = if example.args[1] == "true" { format!("HTTP/1.1 {status}\n") } else { String::new() };
+                            (0, format!("{head}{body}"))
+                        }
+                        Err(e) => (7, format!("curl: {e}")),
+                    };
+                    // Prometheus's text format has no fixed order of metrics: one quoted
+                    // line at a time.
+                    let examples = if example.args[0].starts_with("/metrics") {
+                        example.expected.iter().map(|line| Example { expected: vec![line.clone()], ..example.clone() }).collect()
+                    } else {
+                        vec![example.clone()]
+                    };
+                    failures.extend(examples.iter().filter_map(|example| differs(example, code, &output)));
+                }
             }
             checked += 1;
         }
+        stop_service(&mut service, &mut failures);
+        // Every runbook (`NN-….md`) shows what good output looks like, checked.
+        if checked == checked_before && file.file_name().unwrap().to_string_lossy().starts_with(|c: char| c.is_ascii_digit()) {
+            unchecked_runbooks.push(name);
+        }
     }
+    assert!(unchecked_runbooks.is_empty(), "runbooks without a checked ```console block: {unchecked_runbooks:?}");
     assert!(checked >= 10, "the runbooks hold {checked} checked examples");
     assert!(failures.is_empty(), "{} of {checked} runbook examples differ from the tool:\n\n{}", failures.len(), failures.join("\n\n"));
     env.cleanup().await;
