@@ -1,3 +1,4 @@
+use crate::human;
 use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
@@ -63,15 +64,19 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<Reply>
             let outcome = flush::flush_range(&mut redis, &legacy_pool, &keys, &settings.legacy, tz, from, to).await?;
             let o = &outcome;
             let text = format!(
-                "flushed {} hour(s) from {} to {}: {} events read, {} skipped members, {} hourly rows, {} asset rows{}\n",
-                o.hours,
-                o.from.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                o.to.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                o.events_read,
-                o.skipped_members,
-                o.hourly_rows,
-                o.asset_rows,
-                if o.rejected_rows > 0 { format!(", {} rows refused by the database (see the log)", o.rejected_rows) } else { String::new() }
+                "flushed {} from {} to {}: {} read, {} skipped, {}, {}{}\n",
+                human::plural(o.hours as u64, "hour"),
+                o.from.map(human::utc).unwrap_or_default(),
+                o.to.map(human::utc).unwrap_or_default(),
+                human::plural(o.events_read as u64, "event"),
+                human::plural(o.skipped_members as u64, "member"),
+                human::plural(o.hourly_rows as u64, "hourly row"),
+                human::plural(o.asset_rows as u64, "asset row"),
+                if o.rejected_rows > 0 {
+                    format!(", {} refused by the database (see the log)", human::plural(o.rejected_rows as u64, "row"))
+                } else {
+                    String::new()
+                }
             );
             Ok(Reply::done(&outcome, text))
         }

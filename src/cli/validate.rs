@@ -105,6 +105,8 @@ pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply>
             Format::Text => report.details.human(),
         };
         std::fs::write(path, rendered).with_context(|| format!("cannot write the report to {}", path.display()))?;
+        // Said on the terminal too, so a CI log shows where its report went.
+        reply.text.push_str(&format!("report written to {}\n", path.display()));
     } else if format == Format::Junit {
         // JUnit on stdout, where the text would have gone.
         reply.text = report.details.junit();

@@ -250,7 +250,7 @@ fn repair_steps(v: &LatestValidation) -> Vec<NextStep> {
     if v.extra > 0 {
         steps.push(NextStep::run(
             "tsmigrate repair --delete-extra",
-            format!("also delete the {} event(s) only the target holds, if they should go (find out why they are there first)", v.extra),
+            format!("also delete the {} only the target holds, if they should go (find out why they are there first)", crate::human::plural(v.extra, "event")),
         ));
     }
     steps.push(NextStep::run("tsmigrate validate", "then compare again"));

@@ -34,7 +34,7 @@ async fn repair_fixes_exactly_what_the_validation_found_then_validation_is_clean
     let dirty = env.cli(&["validate", "--json"]).expect_code(1).json();
     let advice = steps(&dirty);
     assert_eq!(advice, ["tsmigrate repair", "tsmigrate repair --delete-extra", "tsmigrate validate"], "{dirty}");
-    assert!(dirty["next_steps"][0]["why"].as_str().unwrap().contains("copies the 2 missing event(s) from Redis"), "{dirty}");
+    assert!(dirty["next_steps"][0]["why"].as_str().unwrap().contains("copies the 2 missing events from Redis"), "{dirty}");
     // Status agrees: blocked, and the next step is repair (not cutover).
     let status = env.cli(&["status", "--check", "--json"]).expect_code(3).json();
     assert_eq!(steps(&status)[0], "tsmigrate repair");

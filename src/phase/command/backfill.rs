@@ -455,10 +455,10 @@ impl BackfillDetails {
         }
         if let Some(r) = &self.refresh {
             o.push_str(&format!(
-                "aggregates refreshed: {} .. {} in {} chunk(s){}\n",
-                r.from.map(|t| t.to_string()).unwrap_or_default(),
-                r.to.map(|t| t.to_string()).unwrap_or_default(),
-                r.chunks,
+                "aggregates refreshed: {} .. {} in {}{}\n",
+                r.from.map(crate::human::utc).unwrap_or_default(),
+                r.to.map(crate::human::utc).unwrap_or_default(),
+                crate::human::plural(r.chunks as u64, "chunk"),
                 if r.clamped_from.is_some() { " (start clamped to stay inside raw retention)" } else { "" }
             ));
         }

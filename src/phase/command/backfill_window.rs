@@ -162,16 +162,16 @@ impl PageSink for WindowDetails {
 
 impl Details for WindowDetails {
     fn text(&self) -> String {
-        let show = |t: Option<DateTime<Utc>>| t.map(|t| t.to_string()).unwrap_or_default();
+        let show = |t: Option<DateTime<Utc>>| t.map(crate::human::utc).unwrap_or_default();
         let mut o = format!(
-            "repaired {} .. {}: {} events read from Redis, {} inserted, {} already present, {} dead letters; {} recorded gap(s) closed\n",
+            "repaired {} .. {}: {} events read from Redis, {} inserted, {} already present, {} dead letters; {} closed\n",
             show(self.from),
             show(self.to),
             self.read,
             self.inserted,
             self.already_present,
             self.dead_letters,
-            self.gaps_repaired
+            crate::human::plural(self.gaps_repaired, "recorded gap")
         );
         if self.read == 0 {
             o.push_str("Redis holds no events in this window: what it lost cannot be copied from it (resend from the source, if it keeps them)\n");

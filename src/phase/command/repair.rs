@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::context::Context;
 use crate::event::TargetEvent;
+use crate::human;
 use crate::legacy::reader::members_at;
 use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
@@ -388,26 +389,26 @@ impl Details for RepairDetails {
         }
         let c = &self.counts;
         let verb = |done: &'static str, would: &'static str| if self.dry_run { would } else { done };
-        o.push_str(&format!("{} {} missing event(s) from Redis\n", verb("copied", "would copy"), c.copied));
-        o.push_str(&format!("{} {} different event(s) from Redis\n", verb("rewrote", "would rewrite"), c.rewritten));
+        o.push_str(&format!("{} {} from Redis\n", verb("copied", "would copy"), human::plural(c.copied, "missing event")));
+        o.push_str(&format!("{} {} from Redis\n", verb("rewrote", "would rewrite"), human::plural(c.rewritten, "different event")));
         if self.delete_extra {
-            o.push_str(&format!("{} {} event(s) only the target held\n", verb("deleted", "would delete"), c.deleted));
+            o.push_str(&format!("{} {} only the target held\n", verb("deleted", "would delete"), human::plural(c.deleted, "event")));
         } else if c.kept_extra > 0 {
-            o.push_str(&format!("kept {} event(s) only the target holds (--delete-extra deletes them)\n", c.kept_extra));
+            o.push_str(&format!("kept {} only the target holds (--delete-extra deletes them)\n", human::plural(c.kept_extra, "event")));
         }
         if c.already_right > 0 {
-            o.push_str(&format!("{} event(s) were already right (written meanwhile)\n", c.already_right));
+            o.push_str(&format!("{} already right (written meanwhile)\n", human::plural(c.already_right, "event")));
         }
         if c.dead_letters > 0 {
-            o.push_str(&format!("{} event(s) the target refused: dead letters (see tsmigrate.dead_letter)\n", c.dead_letters));
+            o.push_str(&format!("{} the target refused: dead letters (see tsmigrate.dead_letter)\n", human::plural(c.dead_letters, "event")));
         }
         if c.gone_from_redis > 0 {
             o.push_str(&format!(
-                "NOT REPAIRED: {} event(s) Redis no longer holds (trimmed by its cap, or changed since the validation); they cannot be copied from it:\n",
-                c.gone_from_redis
+                "NOT REPAIRED: {} Redis no longer holds (trimmed by its cap, or changed since the validation); they cannot be copied from it:\n",
+                human::plural(c.gone_from_redis, "event")
             ));
             for g in &self.gone_examples {
-                o.push_str(&format!("  {} {} at {}\n", g.kind, g.event_id, g.time.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())));
+                o.push_str(&format!("  {} {} at {}\n", g.kind, g.event_id, g.time.map(human::utc).unwrap_or_else(|| "-".into())));
             }
         }
         if let Some(r) = &self.refresh {

@@ -111,10 +111,10 @@ fn difference_steps(report: &ValidationReport) -> Vec<NextStep> {
     if missing + different > 0 || report.hourly.has_differences() || report.assets.has_differences() {
         let mut what = Vec::new();
         if missing > 0 {
-            what.push(format!("copies the {missing} missing event(s) from Redis"));
+            what.push(format!("copies the {} from Redis", crate::human::plural(missing, "missing event")));
         }
         if different > 0 {
-            what.push(format!("rewrites the {different} differing event(s) from Redis"));
+            what.push(format!("rewrites the {} from Redis", crate::human::plural(different, "differing event")));
         }
         if report.hourly.has_differences() || report.assets.has_differences() {
             what.push("refreshes the target aggregates over the window".into());
@@ -124,7 +124,7 @@ fn difference_steps(report: &ValidationReport) -> Vec<NextStep> {
     if extra > 0 {
         steps.push(NextStep::run(
             "tsmigrate repair --delete-extra",
-            format!("deletes the {extra} event(s) only the target holds (find out why they are there first)"),
+            format!("deletes the {} only the target holds (find out why they are there first)", crate::human::plural(extra, "event")),
         ));
     }
     if missing > 0 {
