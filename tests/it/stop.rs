@@ -154,8 +154,10 @@ async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_re
     assert_eq!(field(&envelope, "details.stopped"), "interrupted", "{envelope}");
     assert_eq!(field(&envelope, "details.signal"), "SIGINT");
     assert!(field(&envelope, "error.message").as_str().unwrap().contains("interrupted (SIGINT) and stopped at a page boundary after"), "{envelope}");
-    assert_eq!(envelope["next_steps"][0]["command"], "tsmigrate backfill", "{envelope}");
-    assert!(out.stderr.contains("next: tsmigrate backfill"), "{}", out.stderr);
+    // The command line as given: resuming keeps the rate limit.
+    assert_eq!(envelope["next_steps"][0]["command"], "tsmigrate backfill --max-rate 400", "{envelope}");
+    assert_eq!(field(&envelope, "details.rerun"), "resumes", "{envelope}");
+    assert!(out.stderr.contains("next: tsmigrate backfill --max-rate 400   # resumes where it stopped"), "{}", out.stderr);
 
     // Whole pages only: the checkpoint covers exactly the rows committed.
     let (rows, distinct) = target_counts(&env).await;
@@ -171,7 +173,7 @@ async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_re
     let stopped = backfill_progress(&status);
     assert_eq!((stopped["running"].as_bool(), stopped["done"].as_i64()), (Some(false), Some(rows)), "{status}");
     assert_eq!(field(&status, "verdict"), "blocked", "{status}");
-    assert!(field(&status, "verdict_reason").as_str().unwrap().contains("`tsmigrate backfill` resumes it"), "{status}");
+    assert!(field(&status, "verdict_reason").as_str().unwrap().contains("`tsmigrate backfill --max-rate 400` resumes it"), "{status}");
     env.cli(&["status", "--check"]).expect_code(3);
 
     resume_and_finish(&env);
@@ -335,14 +337,17 @@ async fn a_second_interrupt_ends_at_once_and_the_page_in_flight_rolls_back() {
 
 /// A validation, which only reads until it records its run, is abandoned where it waits:
 /// nothing recorded, nothing moved, exit 130, audited. SIGTERM (a supervisor stopping it)
-/// is an interrupt like Ctrl-C.
+/// is an interrupt like Ctrl-C. It does not resume: it says so, and names the command line
+/// it was given (relative times as the instants they meant) as the one that starts it over.
 #[tokio::test]
-async fn a_validation_stopped_with_sigterm_records_nothing_and_exits_130() {
+async fn a_validation_stopped_with_sigterm_records_nothing_exits_130_and_says_what_starts_it_over() {
     let env = backfilled(400).await;
+    let hour = chrono::Utc::now().timestamp() / 3600;
+    let from = chrono::DateTime::from_timestamp((hour - 3) * 3600, 0).unwrap().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     // Held at the very end, where it records its run.
     let mut hold = env.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE tsmigrate.validation_runs IN EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
-    let mut validate = Running::start(&env, &["validate", "--json"]);
+    let mut validate = Running::start(&env, &["validate", "--from", &from, "--limit", "5", "--json"]);
     env.wait_until_tsmigrate_waits_for_a_lock("the validation's record of its run").await;
     validate.signal("-TERM");
     let out = validate.exited().await;
@@ -350,6 +355,13 @@ async fn a_validation_stopped_with_sigterm_records_nothing_and_exits_130() {
     out.expect_code(130);
     let envelope = out.json();
     assert_eq!((field(&envelope, "details.stopped"), field(&envelope, "details.signal")), (&Value::from("interrupted"), &Value::from("SIGTERM")), "{envelope}");
+    let again = format!("tsmigrate validate --from {from} --limit 5");
+    assert_eq!(
+        (field(&envelope, "details.resume"), field(&envelope, "details.rerun")),
+        (&Value::from(again.clone()), &Value::from("starts_over")),
+        "{envelope}"
+    );
+    assert!(out.stderr.contains(&format!("next: {again}   # starts over")) && !out.stderr.contains("resumes where"), "{}", out.stderr);
     let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.validation_runs").fetch_one(&env.pool).await.unwrap();
     assert_eq!(runs, 0, "the interrupted run was not recorded");
     let (outcome, phase): (String, String) =

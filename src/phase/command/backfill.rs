@@ -22,7 +22,7 @@ use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::StateChanges;
 use crate::phase::{Refusal, Transition, BACKFILL};
 use crate::progress::{Progress, RateLimit};
-use crate::stop::{Boundary, Stopped, Why};
+use crate::stop::{Boundary, Rerun, Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::checkpoint;
 use crate::store::dead_letter::{self, DeadLetterCount, DeadLetterExample};
@@ -100,6 +100,10 @@ impl PhaseCommand for Backfill {
         &BACKFILL
     }
 
+    fn invocation(&self) -> String {
+        invocation(self.max_rate, self.import_history)
+    }
+
     async fn apply(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<BackfillDetails>> {
         let completion_point = run.state.completion_point.ok_or_else(|| Refusal {
             command: "backfill".into(),
@@ -142,6 +146,18 @@ impl PhaseCommand for Backfill {
     }
 }
 
+/// `tsmigrate backfill` with the options that change what it does (`--max-rate`, `--no-history`).
+fn invocation(max_rate: Option<u64>, import_history: bool) -> String {
+    let mut line = String::from("tsmigrate backfill");
+    if let Some(rate) = max_rate.filter(|r| *r > 0) {
+        line.push_str(&format!(" --max-rate {rate}"));
+    }
+    if !import_history {
+        line.push_str(" --no-history");
+    }
+    line
+}
+
 impl Backfill {
     /// Copies from the saved position to its end, each page with its checkpoint.
     async fn copy(
@@ -155,7 +171,9 @@ impl Backfill {
     ) -> anyhow::Result<()> {
         let writer = TargetWriter::new(ctx.target.clone(), mode);
         // Seen from any terminal by `tsmigrate status`.
-        let reporter = progress::Reporter::start(&ctx.target, CHECKPOINT, "events", position.read, Some(position.read + remaining)).await;
+        let reporter =
+            progress::Reporter::start(&ctx.target, CHECKPOINT, "events", (&self.invocation(), Rerun::Resumes), position.read, Some(position.read + remaining))
+                .await;
         let mut sink = BackfillSink {
             total: position.read + remaining,
             position,
@@ -163,6 +181,7 @@ impl Backfill {
             reported: reporter.counter(),
             done_this_run: 0,
             limit: self.max_rate.filter(|r| *r > 0).map(|rate| RateLimit::new(rate, Instant::now())),
+            resume: invocation(self.max_rate, self.import_history),
         };
         let (cursor, until) = (sink.position.cursor, sink.position.until);
         let copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink, boundary).await;
@@ -278,6 +297,8 @@ struct BackfillSink<'a> {
     reported: Arc<AtomicU64>,
     done_this_run: u64,
     limit: Option<RateLimit>,
+    /// The command line that resumes it.
+    resume: String,
 }
 
 impl PageSink for BackfillSink<'_> {
@@ -308,7 +329,8 @@ impl PageSink for BackfillSink<'_> {
                     .map(|t| format!(", through events scored {t}"))
                     .unwrap_or_default()
             ),
-            resume: "tsmigrate backfill".into(),
+            resume: self.resume.clone(),
+            rerun: Rerun::Resumes,
         }
     }
 }
