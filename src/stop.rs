@@ -225,6 +225,16 @@ impl Boundary {
         !confirmed.await.unwrap_or(false)
     }
 
+    /// Runs `work` unless the operator asks to stop first (at once if they asked already):
+    /// for steps after the last page (a closing refresh), abandoned where they wait.
+    pub async fn unless_interrupted<F: std::future::Future>(&self, work: F) -> Result<F::Output, Why> {
+        self.between_pages()?;
+        tokio::select! {
+            done = work => Ok(done),
+            signal = self.interrupt.wait() => Err(Why::Interrupted(signal)),
+        }
+    }
+
     /// Waits `wait` (a rate limit's pause), cut short by an interrupt.
     pub async fn pause(&self, wait: std::time::Duration) {
         tokio::select! {
@@ -309,6 +319,21 @@ mod tests {
         assert_eq!(next.as_deref(), Some("tsmigrate validate --from 2026-12-07T01:00:00Z --depth counts   # starts over"));
         assert_eq!(stopped.details()["rerun"], "starts_over");
         assert_eq!(stopped.details()["resume"], "tsmigrate validate --from 2026-12-07T01:00:00Z --depth counts");
+    }
+
+    #[tokio::test]
+    async fn closing_work_runs_unless_an_interrupt_comes_first() {
+        let interrupt = Interrupt::default();
+        let boundary = Boundary::new(interrupt.clone(), None);
+        assert_eq!(boundary.unless_interrupted(async { 7 }).await, Ok(7));
+        let (waited, ()) = tokio::join!(boundary.unless_interrupted(std::future::pending::<()>()), async {
+            tokio::task::yield_now().await;
+            interrupt.request("SIGINT");
+        });
+        assert_eq!(waited, Err(Why::Interrupted("SIGINT")), "abandoned where it waits");
+        let mut ran = false;
+        assert_eq!(boundary.unless_interrupted(async { ran = true }).await, Err(Why::Interrupted("SIGINT")));
+        assert!(!ran, "asked before: not started");
     }
 
     #[tokio::test]

@@ -183,6 +183,59 @@ async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_re
     env.cleanup().await;
 }
 
+/// Ctrl-C after the last page, during the closing aggregate refresh: it stops there too
+/// (exit 130, audited, the phase not moved), says the copy is complete, and the re-run goes
+/// straight on with the closing steps without copying anything again.
+#[tokio::test]
+async fn a_backfill_interrupted_during_its_closing_refresh_stops_and_a_rerun_does_not_copy_again() {
+    let env = TestEnv::new().await;
+    seed(&env, EVENTS as u64, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    // The refresh writes the hourly rollup: held, it waits there once the copy is complete.
+    let mut hold = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE analytics_hourly IN EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
+    let mut backfill = Running::start(&env, &["backfill", "--page-size", "500", "--json"]);
+    eventually("the copy to be complete and the refresh to wait", Duration::from_secs(60), || async {
+        let copied: bool =
+            sqlx::query_scalar("SELECT coalesce((SELECT (position->>'finished')::bool FROM tsmigrate.checkpoints WHERE name = 'backfill'), false)")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tsmigrate' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        (copied && waiting > 0).then_some(())
+    })
+    .await;
+    let pages = committed_pages(&env).await;
+    backfill.interrupt();
+    let out = backfill.exited().await;
+    hold.rollback().await.unwrap();
+    out.expect_code(130);
+    let envelope = out.json();
+    assert_eq!((field(&envelope, "details.stopped"), field(&envelope, "details.rerun")), (&Value::from("interrupted"), &Value::from("resumes")), "{envelope}");
+    let message = field(&envelope, "error.message").as_str().unwrap();
+    assert!(message.contains("during its closing aggregate refresh") && message.contains("the copy is complete (4,000 events read in 8 pages)"), "{envelope}");
+    assert_eq!(envelope["next_steps"][0]["command"], "tsmigrate backfill", "{envelope}");
+    assert!(out.stderr.contains("next: tsmigrate backfill   # resumes where it stopped"), "{}", out.stderr);
+    let (outcome, _) = last_backfill_audit(&env).await;
+    assert_eq!(outcome, "interrupted");
+    let phase: String = sqlx::query_scalar("SELECT phase FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(phase, "dual_writing", "the phase moves only once the closing steps ran");
+
+    let report = env.cli(&["backfill", "--json"]).expect_success().details();
+    assert_eq!((field(&report, "copy_complete_before"), field(&report, "read_this_run")), (&Value::Bool(true), &Value::from(0)), "{report}");
+    assert_eq!((field(&report, "read").as_i64(), field(&report, "inserted").as_i64()), (Some(EVENTS), Some(EVENTS)), "the totals are the copy's: {report}");
+    assert!(field(&report, "refresh").is_object(), "{report}");
+    assert_eq!(field(&report, "run.phase_after"), "backfilled");
+    assert_eq!(committed_pages(&env).await, pages, "no page copied again");
+    assert_eq!(target_counts(&env).await, (EVENTS, EVENTS));
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_lock_and_finishes() {
     let (env, mut backfill) = backfill_under_way().await;
