@@ -236,6 +236,31 @@ async fn a_backfill_interrupted_during_its_closing_refresh_stops_and_a_rerun_doe
     env.cleanup().await;
 }
 
+/// A history import does not resume: interrupted, it says that running it again starts over.
+#[tokio::test]
+async fn an_interrupted_history_import_says_that_running_it_again_starts_over() {
+    let env = TestEnv::new().await;
+    seed(&env, 400, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let mut hold = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tsmigrate.history_hourly IN EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
+    let mut import = Running::start(&env, &["import-history", "--json"]);
+    env.wait_until_tsmigrate_waits_for_a_lock("the import's write").await;
+    import.interrupt();
+    let out = import.exited().await;
+    hold.rollback().await.unwrap();
+    out.expect_code(130);
+    let envelope = out.json();
+    assert_eq!(
+        (field(&envelope, "details.resume"), field(&envelope, "details.rerun")),
+        (&Value::from("tsmigrate import-history"), &Value::from("starts_over")),
+        "{envelope}"
+    );
+    assert!(out.stderr.contains("next: tsmigrate import-history   # starts over") && !out.stderr.contains("resumes where"), "{}", out.stderr);
+    env.cli(&["import-history"]).expect_success();
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_backfill_that_loses_its_lock_connection_stops_and_another_takes_the_lock_and_finishes() {
     let (env, mut backfill) = backfill_under_way().await;
