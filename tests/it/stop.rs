@@ -211,6 +211,12 @@ async fn a_backfill_interrupted_during_its_closing_refresh_stops_and_a_rerun_doe
     })
     .await;
     let pages = committed_pages(&env).await;
+    // Shown as running until it closes (its count written within a second).
+    eventually("status to show the whole copy done, still running", Duration::from_secs(30), || async {
+        let closing = backfill_progress(&env.cli(&["status", "--json"]).expect_success().details());
+        (closing["running"].as_bool() == Some(true) && closing["done"].as_i64() == Some(EVENTS)).then_some(())
+    })
+    .await;
     backfill.interrupt();
     let out = backfill.exited().await;
     hold.rollback().await.unwrap();
@@ -225,6 +231,9 @@ async fn a_backfill_interrupted_during_its_closing_refresh_stops_and_a_rerun_doe
     assert_eq!(outcome, "interrupted");
     let phase: String = sqlx::query_scalar("SELECT phase FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();
     assert_eq!(phase, "dual_writing", "the phase moves only once the closing steps ran");
+    let status = env.cli(&["status", "--json"]).expect_success().details();
+    assert_eq!(backfill_progress(&status)["running"], Value::Bool(false), "{status}");
+    assert!(field(&status, "verdict_reason").as_str().unwrap().contains("`tsmigrate backfill` resumes it"), "{status}");
 
     let report = env.cli(&["backfill", "--json"]).expect_success().details();
     assert_eq!((field(&report, "copy_complete_before"), field(&report, "read_this_run")), (&Value::Bool(true), &Value::from(0)), "{report}");
@@ -233,6 +242,8 @@ async fn a_backfill_interrupted_during_its_closing_refresh_stops_and_a_rerun_doe
     assert_eq!(field(&report, "run.phase_after"), "backfilled");
     assert_eq!(committed_pages(&env).await, pages, "no page copied again");
     assert_eq!(target_counts(&env).await, (EVENTS, EVENTS));
+    let status = env.cli(&["status", "--json"]).expect_success().details();
+    assert_eq!(backfill_progress(&status), Value::Null, "closed, the run is not listed: {status}");
     env.cleanup().await;
 }
 

@@ -150,9 +150,14 @@ impl PhaseCommand for Backfill {
         let started = Instant::now();
         let read_before = position.read;
         details.copy_complete_before = position.finished;
-        if !position.finished {
-            self.copy(ctx, mode, redis.clone(), &mut position, remaining, &run.boundary).await?;
-        }
+        // Status shows the run until its closing steps are done too (stopped during them: not
+        // running, and what resumes it).
+        let reporter = match position.finished {
+            false => self.copy(ctx, mode, redis.clone(), &mut position, remaining, &run.boundary).await?,
+            true => {
+                progress::Reporter::start(&ctx.target, CHECKPOINT, "events", (&self.invocation(), Rerun::Resumes), position.read, Some(position.read)).await
+            }
+        };
         details.read_this_run = position.read - read_before;
         details.seconds = started.elapsed().as_secs_f64();
         details.events_per_second = details.read_this_run as f64 / details.seconds.max(1e-9);
@@ -160,10 +165,12 @@ impl PhaseCommand for Backfill {
         // (finished, not closed), so a re-run goes straight on with them.
         tracing::info!(read = position.read, pages = position.pages, "backfill: the copy is complete; refreshing the aggregates and importing the history");
         let closing = self.finish(ctx, &*store, &mut redis, &position, &mut details);
-        match run.boundary.unless_interrupted(closing).await {
-            Ok(closed) => closed?,
-            Err(why) => return Err(self.stopped_closing(why, &position).into()),
-        }
+        let closed = match run.boundary.unless_interrupted(closing).await {
+            Ok(closed) => closed,
+            Err(why) => Err(self.stopped_closing(why, &position).into()),
+        };
+        reporter.end(&ctx.target, CHECKPOINT, &closed).await;
+        closed?;
         position.closed = true;
         checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &position).await?;
         // Events Redis evicted before this copy reached them are in neither system: say so.
@@ -212,7 +219,7 @@ impl Backfill {
         position: &mut BackfillPosition,
         remaining: u64,
         boundary: &Boundary,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<progress::Reporter> {
         let writer = TargetWriter::new(ctx.target.clone(), mode);
         // Seen from any terminal by `tsmigrate status`.
         let reporter =
@@ -228,13 +235,22 @@ impl Backfill {
             resume: invocation(self.max_rate, self.import_history),
         };
         let (cursor, until) = (sink.position.cursor, sink.position.until);
-        let copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink, boundary).await;
-        reporter.end(&ctx.target, CHECKPOINT, &copied).await;
-        copied?;
-        sink.progress.finish();
-        sink.position.finished = true;
-        sink.position.closed = false;
-        checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &*sink.position).await
+        let mut copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink, boundary).await;
+        if copied.is_ok() {
+            sink.progress.finish();
+            sink.position.finished = true;
+            sink.position.closed = false;
+            copied = async { checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &*sink.position).await }.await;
+        }
+        match copied {
+            // The run goes on with its closing steps, still shown as running.
+            Ok(()) => Ok(reporter),
+            Err(error) => {
+                let failed: anyhow::Result<()> = Err(error);
+                reporter.end(&ctx.target, CHECKPOINT, &failed).await;
+                failed.map(|()| unreachable!("failed"))
+            }
+        }
     }
 
     /// Aggregates over what was copied, the history older than Redis, the totals.
