@@ -540,13 +540,14 @@ fn verdict(s: &Status, _now: DateTime<Utc>) -> (Verdict, String) {
         return (
             Verdict::Blocked,
             format!(
-                "{} stopped at {} of {} {} and is not running (interrupted, or its process or connection died at {}); `{}` resumes it",
+                "{} stopped at {} of {} {} and is not running (interrupted, or its process or connection died at {}); `{}` {}",
                 stopped.task,
                 stopped.done,
                 opt(&stopped.total),
                 stopped.unit,
                 stopped.updated_at,
-                stopped.resume_command()
+                stopped.resume_command(),
+                stopped.rerun.does()
             ),
         );
     }

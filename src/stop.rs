@@ -77,7 +77,7 @@ pub fn listen(at_once: impl Fn(&'static str) + Send + 'static) -> std::io::Resul
                 at_once(name);
                 return;
             }
-            eprintln!("{name}: stopping at the next page boundary (what is committed stays; run the command again to resume); interrupt again to stop at once");
+            eprintln!("{name}: stopping at the next page boundary (what is committed stays; the command then says what carries on from there); interrupt again to stop at once");
             asked.request(name);
         }
     });
@@ -94,7 +94,36 @@ pub enum Why {
     LockLost,
 }
 
-/// Work that stopped early at a page boundary: what was committed stays, a re-run resumes.
+/// What running the command again does with the work that stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rerun {
+    /// It carries on from its checkpoint (paged work: backfill, repair, user-sets build).
+    Resumes,
+    /// It does the work again from the start (a validation, a history import, a backfill
+    /// window): nothing of the stopped run is picked up.
+    StartsOver,
+}
+
+impl Rerun {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rerun::Resumes => "resumes",
+            Rerun::StartsOver => "starts_over",
+        }
+    }
+
+    /// What the command line does, for people: `resumes it`, `starts it over`.
+    pub fn does(self) -> &'static str {
+        match self {
+            Rerun::Resumes => "resumes it",
+            Rerun::StartsOver => "starts it over",
+        }
+    }
+}
+
+/// Work that stopped early: what was committed stays; `resume` is the command line that
+/// carries on from there, or — when `rerun` says so — does the work again from the start.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", self.text())]
 pub struct Stopped {
@@ -102,20 +131,25 @@ pub struct Stopped {
     pub why: Why,
     /// Where it stopped, for people: `after 24 pages (2400 of about 6000 events)`.
     pub at: String,
-    /// The command that resumes it.
+    /// The command line to run again, with the options the stopped run had.
     pub resume: String,
+    pub rerun: Rerun,
 }
 
 impl Stopped {
     fn text(&self) -> String {
+        let (boundary, after, note) = match self.rerun {
+            Rerun::Resumes => (" at a page boundary", "everything before that is committed", "resumes where it stopped"),
+            Rerun::StartsOver => ("", "it does not resume: running it again starts over", "starts over"),
+        };
         let why = match &self.why {
-            Why::Interrupted(signal) => format!("{} was interrupted ({signal}) and stopped at a page boundary", self.command),
+            Why::Interrupted(signal) => format!("{} was interrupted ({signal}) and stopped{boundary}", self.command),
             Why::LockLost => format!(
-                "{} stopped at a page boundary: the connection holding the migration lock was lost (the server restarted, or the connection was terminated or cut), and it does not carry on unlocked",
+                "{} stopped{boundary}: the connection holding the migration lock was lost (the server restarted, or the connection was terminated or cut), and it does not carry on unlocked",
                 self.command
             ),
         };
-        format!("{why} {}; everything before that is committed\n  next: {}   # resumes where it stopped", self.at, self.resume)
+        format!("{why} {}; {after}\n  next: {}   # {note}", self.at, self.resume)
     }
 
     /// The exit code: 130 interrupted, 2 could not carry on.
@@ -140,7 +174,7 @@ impl Stopped {
             Why::Interrupted(signal) => Some(signal),
             Why::LockLost => None,
         };
-        serde_json::json!({"stopped": self.outcome(), "signal": signal, "stopped_at": self.at, "resume": self.resume})
+        serde_json::json!({"stopped": self.outcome(), "signal": signal, "stopped_at": self.at, "resume": self.resume, "rerun": self.rerun.as_str()})
     }
 }
 
@@ -189,6 +223,16 @@ impl Boundary {
         }
         let confirmed = async { holds_migration_lock(&mut *pool.acquire().await?, pid).await };
         !confirmed.await.unwrap_or(false)
+    }
+
+    /// Runs `work` unless the operator asks to stop first (at once if they asked already):
+    /// for steps after the last page (a closing refresh), abandoned where they wait.
+    pub async fn unless_interrupted<F: std::future::Future>(&self, work: F) -> Result<F::Output, Why> {
+        self.between_pages()?;
+        tokio::select! {
+            done = work => Ok(done),
+            signal = self.interrupt.wait() => Err(Why::Interrupted(signal)),
+        }
     }
 
     /// Waits `wait` (a rate limit's pause), cut short by an interrupt.
@@ -242,7 +286,13 @@ mod tests {
 
     #[test]
     fn a_stop_says_where_and_how_to_resume_and_maps_to_its_exit_code() {
-        let stopped = Stopped { command: "backfill".into(), why: Why::Interrupted("SIGINT"), at: "after 3 pages".into(), resume: "tsmigrate backfill".into() };
+        let stopped = Stopped {
+            command: "backfill".into(),
+            why: Why::Interrupted("SIGINT"),
+            at: "after 3 pages".into(),
+            resume: "tsmigrate backfill".into(),
+            rerun: Rerun::Resumes,
+        };
         let (message, next) = crate::state::split_hint(&stopped.to_string());
         assert!(message.starts_with("backfill was interrupted (SIGINT) and stopped at a page boundary after 3 pages"), "{message}");
         assert_eq!(next.as_deref(), Some("tsmigrate backfill   # resumes where it stopped"));
@@ -251,6 +301,39 @@ mod tests {
         assert_eq!(lost.exit_code(), 2);
         assert!(lost.to_string().contains("does not carry on unlocked"));
         assert_eq!(lost.details()["stopped"], "lock_lost");
+        assert_eq!(lost.details()["rerun"], "resumes");
+    }
+
+    #[test]
+    fn work_that_starts_over_says_so_and_not_that_it_resumes() {
+        let stopped = Stopped {
+            command: "validate".into(),
+            why: Why::Interrupted("SIGINT"),
+            at: "before it committed anything".into(),
+            resume: "tsmigrate validate --from 2026-12-07T01:00:00Z --depth counts".into(),
+            rerun: Rerun::StartsOver,
+        };
+        let (message, next) = crate::state::split_hint(&stopped.to_string());
+        assert!(message.starts_with("validate was interrupted (SIGINT) and stopped before it committed anything; it does not resume"), "{message}");
+        assert!(!message.contains("page boundary"), "{message}");
+        assert_eq!(next.as_deref(), Some("tsmigrate validate --from 2026-12-07T01:00:00Z --depth counts   # starts over"));
+        assert_eq!(stopped.details()["rerun"], "starts_over");
+        assert_eq!(stopped.details()["resume"], "tsmigrate validate --from 2026-12-07T01:00:00Z --depth counts");
+    }
+
+    #[tokio::test]
+    async fn closing_work_runs_unless_an_interrupt_comes_first() {
+        let interrupt = Interrupt::default();
+        let boundary = Boundary::new(interrupt.clone(), None);
+        assert_eq!(boundary.unless_interrupted(async { 7 }).await, Ok(7));
+        let (waited, ()) = tokio::join!(boundary.unless_interrupted(std::future::pending::<()>()), async {
+            tokio::task::yield_now().await;
+            interrupt.request("SIGINT");
+        });
+        assert_eq!(waited, Err(Why::Interrupted("SIGINT")), "abandoned where it waits");
+        let mut ran = false;
+        assert_eq!(boundary.unless_interrupted(async { ran = true }).await, Err(Why::Interrupted("SIGINT")));
+        assert!(!ran, "asked before: not started");
     }
 
     #[tokio::test]

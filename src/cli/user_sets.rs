@@ -44,6 +44,8 @@ pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<Reply> {
             why: crate::stop::Why::Interrupted(signal),
             at: "between batches of buckets (the minutes not built yet stay marked)".into(),
             resume: "tsmigrate user-sets build".into(),
+            // The range --from/--to asked for is marked already: a plain build carries on.
+            rerun: crate::stop::Rerun::Resumes,
         }
         .into()),
     };

@@ -56,7 +56,7 @@ pub struct Args {
     #[arg(long)]
     pub no_refresh: bool,
     /// At most this many items listed per kind of difference (totals are always exact).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = crate::validate::run::DEFAULT_LIMIT)]
     pub limit: usize,
 }
 
@@ -81,7 +81,9 @@ pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply>
         settle: args.settle.unwrap_or_else(|| chrono::Duration::seconds(ctx.settings.migration.settle_secs as i64)),
         refresh: !args.no_refresh,
         limit: args.limit,
+        command_line: String::new(),
     };
+    let options = ValidateOptions { command_line: command_line(&options, &args, ctx), ..options };
     let report = crate::phase::runner::run(ctx, &Validate { options }, &Options::default()).await?;
     let mut reply = Reply::done(phase_details(&report), report.details.human()).with_phase(report.phase_after).with_next_steps(report.next_steps.clone());
     match report.details.verdict() {
@@ -112,4 +114,19 @@ pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply>
         reply.text = report.details.junit();
     }
     Ok(reply)
+}
+
+/// The command line that runs this validation again as it was given (what a stopped run
+/// says to run: it starts over).
+fn command_line(options: &ValidateOptions, args: &Args, ctx: &Context) -> String {
+    let mut line = options.command_line(chrono::Duration::seconds(ctx.settings.migration.settle_secs as i64));
+    match args.format {
+        Format::Text => {}
+        Format::Json => line.push_str(" --format json"),
+        Format::Junit => line.push_str(" --format junit"),
+    }
+    if let Some(path) = &args.output {
+        line.push_str(&format!(" --output {}", crate::phase::runner::shell_quoted(&path.display().to_string())));
+    }
+    line
 }

@@ -191,7 +191,8 @@ async fn scheduled_validation(ctx: &Context) -> anyhow::Result<JobOutcome> {
         depth: crate::validate::Depth::Events,
         settle: chrono::Duration::seconds(ctx.settings.migration.settle_secs as i64),
         refresh: true,
-        limit: 50,
+        limit: crate::validate::run::DEFAULT_LIMIT,
+        command_line: "tsmigrate validate".into(),
     };
     let report = crate::phase::runner::run(ctx, &Validate { options }, &Options::default()).await?.details;
     Ok(match report.verdict() {

@@ -14,7 +14,7 @@ use super::state::{AuditEntry, MigrationState, PhaseGuard, StateChanges};
 use super::{Phase, Refusal, Transition};
 use crate::context::Context;
 use crate::state::NextStep;
-use crate::stop::{Boundary, Stopped, Why};
+use crate::stop::{Boundary, Rerun, Stopped, Why};
 
 /// `--force --reason`: pass a validation/soak gate (never the phase order), audited.
 #[derive(Debug, Clone, Default)]
@@ -131,6 +131,13 @@ pub trait PhaseCommand: Send + Sync {
     /// waits — its open transaction rolls back — and the command commits nothing.
     fn stops_at_pages(&self) -> bool {
         false
+    }
+
+    /// The command line as it was given, with the command's own options (`validate --from
+    /// … --depth counts`): what an interrupted run says to run again. The options every
+    /// phase command shares are added by the runner.
+    fn invocation(&self) -> String {
+        format!("tsmigrate {}", self.name())
     }
 
     /// A gate past the phase order: evidence it may run, or why not (refused unless forced).
@@ -290,7 +297,8 @@ async fn steps<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options, r
                 command: command.name(),
                 why: Why::Interrupted(signal),
                 at: "before it committed anything (what it had started was rolled back)".into(),
-                resume: format!("tsmigrate {}", command.name()),
+                resume: rerun_line(command, options),
+                rerun: Rerun::StartsOver,
             }
             .into()),
         },
@@ -355,6 +363,7 @@ async fn commit<C: PhaseCommand>(ctx: &Context, command: &C, run: &mut Run, comm
         _ => {}
     }
     let moves = run.moves();
+    let again = Options { dry_run: false, force: Force { reason: audit.reason.clone() } };
     let guard = run.guard()?;
     let committed = match commit {
         Commit::Move(changes) if moves => guard.commit(command.transition(), from, changes, audit).await.map(|()| command.transition().to),
@@ -367,10 +376,35 @@ async fn commit<C: PhaseCommand>(ctx: &Context, command: &C, run: &mut Run, comm
             command: command.name(),
             why: Why::LockLost,
             at: "after its work, before it could record it and move the phase".into(),
-            resume: format!("tsmigrate {}", command.name()),
+            resume: rerun_line(command, &again),
+            // Paged work finds its checkpoint complete; any other work is done again.
+            rerun: if command.stops_at_pages() { Rerun::Resumes } else { Rerun::StartsOver },
         }
         .into()),
         Err(error) => Err(error),
+    }
+}
+
+/// The command line that runs `command` again as it was given: its own options and the
+/// shared ones (`--dry-run`, `--force --reason`).
+pub fn rerun_line<C: PhaseCommand + ?Sized>(command: &C, options: &Options) -> String {
+    let mut line = command.invocation();
+    if options.dry_run {
+        line.push_str(" --dry-run");
+    }
+    if let Some(reason) = &options.force.reason {
+        line.push_str(&format!(" --force --reason {}", shell_quoted(reason)));
+    }
+    line
+}
+
+/// `value` as one shell word: as it is when it is plain, else in single quotes.
+pub fn shell_quoted(value: &str) -> String {
+    let plain = !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=+,@%".contains(c));
+    if plain {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
     }
 }
 

@@ -20,6 +20,7 @@ use crate::context::Context;
 use crate::event::TargetEvent;
 use crate::legacy::reader::OutOfRange;
 use crate::state::{MigrationState, Phase};
+use crate::stop::Rerun;
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::progress;
 use crate::store::StorageMode;
@@ -35,6 +36,9 @@ pub const MAX_NARROW_EVENTS: u64 = 1_000_000;
 /// Out-of-range members shown from each end of the sorted set.
 const OUT_OF_RANGE_EXAMPLES: usize = 3;
 
+/// Listed items per kind of difference unless `--limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 50;
+
 #[derive(Debug, Clone)]
 pub struct ValidateOptions {
     pub from: Option<DateTime<Utc>>,
@@ -46,6 +50,38 @@ pub struct ValidateOptions {
     pub refresh: bool,
     /// At most this many listed items per kind of difference (totals are always exact).
     pub limit: usize,
+    /// The command line that runs this validation again, as it was given (see
+    /// [`ValidateOptions::command_line`]): a stopped validation starts over with it.
+    pub command_line: String,
+}
+
+impl ValidateOptions {
+    /// `tsmigrate validate` with the options that differ from the defaults (`settle`: the
+    /// settings' settle lag). Times are written as the instants they were resolved to, so a
+    /// relative `--from -6h` given an hour ago still names the same window.
+    pub fn command_line(&self, default_settle: Duration) -> String {
+        let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        let mut line = String::from("tsmigrate validate");
+        if let Some(from) = self.from {
+            line.push_str(&format!(" --from {}", time(from)));
+        }
+        if let Some(to) = self.to {
+            line.push_str(&format!(" --to {}", time(to)));
+        }
+        if self.depth != Depth::Events {
+            line.push_str(&format!(" --depth {}", self.depth.as_str()));
+        }
+        if self.settle != default_settle {
+            line.push_str(&format!(" --settle {}s", self.settle.num_seconds()));
+        }
+        if !self.refresh {
+            line.push_str(" --no-refresh");
+        }
+        if self.limit != DEFAULT_LIMIT {
+            line.push_str(&format!(" --limit {}", self.limit));
+        }
+        line
+    }
 }
 
 /// Compares, recording the run either way (a failed run too, once the control tables
@@ -197,7 +233,7 @@ async fn collect(
             Depth::Events => {
                 // Seen from any terminal by `tsmigrate status`.
                 let total = redis_side::count(&mut redis.clone(), key, from_ms, to_ms).await?;
-                let reporter = progress::Reporter::start(pool, "validate", "events", 0, Some(total)).await;
+                let reporter = progress::Reporter::start(pool, "validate", "events", (&options.command_line, Rerun::StartsOver), 0, Some(total)).await;
                 let summarized = redis_side::summarize(redis, key, from_ms, to_ms, now_ms, reporter.counter()).await;
                 reporter.finish(pool, "validate").await;
                 RedisSide::Events(summarized?)
@@ -488,4 +524,40 @@ async fn record(pool: &PgPool, report: &ValidationReport) -> sqlx::Result<i64> {
     }
     tx.commit().await?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> ValidateOptions {
+        ValidateOptions {
+            from: None,
+            to: None,
+            depth: Depth::Events,
+            settle: Duration::seconds(120),
+            refresh: true,
+            limit: DEFAULT_LIMIT,
+            command_line: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_command_line_repeats_the_options_given_and_only_those() {
+        assert_eq!(options().command_line(Duration::seconds(120)), "tsmigrate validate");
+        let from = DateTime::parse_from_rfc3339("2026-12-07T01:00:00Z").unwrap().with_timezone(&Utc);
+        let narrow = ValidateOptions {
+            from: Some(from),
+            to: Some(from + Duration::hours(2)),
+            depth: Depth::Counts,
+            settle: Duration::seconds(600),
+            refresh: false,
+            limit: 5,
+            ..options()
+        };
+        assert_eq!(
+            narrow.command_line(Duration::seconds(120)),
+            "tsmigrate validate --from 2026-12-07T01:00:00Z --to 2026-12-07T03:00:00Z --depth counts --settle 600s --no-refresh --limit 5"
+        );
+    }
 }

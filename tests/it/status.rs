@@ -226,7 +226,7 @@ async fn long_work_is_visible_from_any_terminal_and_a_dead_run_shows_as_not_runn
     let env = TestEnv::new().await;
     env.cli(&["prepare", "--mode", "postgres"]).expect_success();
     // What a backfill in another process reports as it goes.
-    let reporter = Reporter::start(&env.pool, "backfill", "events", 0, Some(1000)).await;
+    let reporter = Reporter::start(&env.pool, "backfill", "events", ("tsmigrate backfill", tsmigrate::stop::Rerun::Resumes), 0, Some(1000)).await;
     reporter.set(450);
     let running = crate::support::eventually("the progress to be written", std::time::Duration::from_secs(30), || async {
         let status = env.cli(&["status", "--json"]).expect_success().details();
@@ -248,6 +248,47 @@ async fn long_work_is_visible_from_any_terminal_and_a_dead_run_shows_as_not_runn
     assert!(field(&status, "verdict_reason").as_str().unwrap().starts_with("backfill stopped at 300 of 1000 events"), "{status}");
     let text = env.cli(&["status"]).expect_success().stdout.clone();
     assert!(text.contains("NOT RUNNING") && text.contains("`tsmigrate backfill` resumes it"), "{text}");
+}
+
+/// A validation does not resume: status names the command line it was given and says that
+/// running it starts over. Each write keeps the one before it, the rate's sample.
+#[tokio::test]
+async fn a_stopped_validation_shows_the_command_line_that_starts_it_over() {
+    use tsmigrate::stop::{Rerun, Stopped, Why};
+    use tsmigrate::store::progress::Reporter;
+    let env = TestEnv::new().await;
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    let line = "tsmigrate validate --from 2026-12-07T01:00:00Z --to 2026-12-07T03:00:00Z --limit 5";
+    let reporter = Reporter::start(&env.pool, "validate", "events", (line, Rerun::StartsOver), 0, Some(1000)).await;
+    let written = |done: i64| {
+        let pool = env.pool.clone();
+        async move {
+            let row: Option<(i64, Option<i64>, bool)> =
+                sqlx::query_as("SELECT done, sample_done, sample_at < updated_at FROM tsmigrate.progress WHERE task = 'validate'")
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap();
+            row.filter(|r| r.0 == done)
+        }
+    };
+    reporter.set(200);
+    crate::support::eventually("the first count to be written", std::time::Duration::from_secs(30), || written(200)).await;
+    reporter.set(500);
+    let (_, sample_done, sample_before) =
+        crate::support::eventually("the second count to be written", std::time::Duration::from_secs(30), || written(500)).await;
+    assert_eq!((sample_done, sample_before), (Some(200), true), "the write before is the rate's sample");
+    let stopped =
+        Stopped { command: "validate".into(), why: Why::Interrupted("SIGINT"), at: "while comparing".into(), resume: line.into(), rerun: Rerun::StartsOver };
+    reporter.end(&env.pool, "validate", &Err::<(), _>(stopped.into())).await;
+
+    let status = env.cli(&["status", "--json"]).expect_success().details();
+    assert_eq!(field(&status, "verdict"), "blocked");
+    let reason = field(&status, "verdict_reason").as_str().unwrap();
+    assert!(reason.contains(&format!("`{line}` starts it over")) && !reason.contains("resumes"), "{status}");
+    let task = &field(&status, "running")[0];
+    assert_eq!((task["command"].as_str(), task["rerun"].as_str()), (Some(line), Some("starts_over")), "{task}");
+    let text = env.cli(&["status"]).expect_success().stdout.clone();
+    assert!(text.contains("NOT RUNNING") && text.contains(&format!("`{line}` starts it over")), "{text}");
 }
 
 #[tokio::test]

@@ -154,8 +154,10 @@ async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_re
     assert_eq!(field(&envelope, "details.stopped"), "interrupted", "{envelope}");
     assert_eq!(field(&envelope, "details.signal"), "SIGINT");
     assert!(field(&envelope, "error.message").as_str().unwrap().contains("interrupted (SIGINT) and stopped at a page boundary after"), "{envelope}");
-    assert_eq!(envelope["next_steps"][0]["command"], "tsmigrate backfill", "{envelope}");
-    assert!(out.stderr.contains("next: tsmigrate backfill"), "{}", out.stderr);
+    // The command line as given: resuming keeps the rate limit.
+    assert_eq!(envelope["next_steps"][0]["command"], "tsmigrate backfill --max-rate 400", "{envelope}");
+    assert_eq!(field(&envelope, "details.rerun"), "resumes", "{envelope}");
+    assert!(out.stderr.contains("next: tsmigrate backfill --max-rate 400   # resumes where it stopped"), "{}", out.stderr);
 
     // Whole pages only: the checkpoint covers exactly the rows committed.
     let (rows, distinct) = target_counts(&env).await;
@@ -171,13 +173,102 @@ async fn an_interrupted_backfill_stops_at_a_page_boundary_says_so_and_a_rerun_re
     let stopped = backfill_progress(&status);
     assert_eq!((stopped["running"].as_bool(), stopped["done"].as_i64()), (Some(false), Some(rows)), "{status}");
     assert_eq!(field(&status, "verdict"), "blocked", "{status}");
-    assert!(field(&status, "verdict_reason").as_str().unwrap().contains("`tsmigrate backfill` resumes it"), "{status}");
+    assert!(field(&status, "verdict_reason").as_str().unwrap().contains("`tsmigrate backfill --max-rate 400` resumes it"), "{status}");
     env.cli(&["status", "--check"]).expect_code(3);
 
     resume_and_finish(&env);
     assert_eq!(target_counts(&env).await, (EVENTS, EVENTS), "no gap, no duplicate");
     let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(backfill_progress(&status), Value::Null, "the finished run is not listed: {status}");
+    env.cleanup().await;
+}
+
+/// Ctrl-C after the last page, during the closing aggregate refresh: it stops there too
+/// (exit 130, audited, the phase not moved), says the copy is complete, and the re-run goes
+/// straight on with the closing steps without copying anything again.
+#[tokio::test]
+async fn a_backfill_interrupted_during_its_closing_refresh_stops_and_a_rerun_does_not_copy_again() {
+    let env = TestEnv::new().await;
+    seed(&env, EVENTS as u64, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    // The refresh writes the hourly rollup: held, it waits there once the copy is complete.
+    let mut hold = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE analytics_hourly IN EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
+    let mut backfill = Running::start(&env, &["backfill", "--page-size", "500", "--json"]);
+    eventually("the copy to be complete and the refresh to wait", Duration::from_secs(60), || async {
+        let copied: bool =
+            sqlx::query_scalar("SELECT coalesce((SELECT (position->>'finished')::bool FROM tsmigrate.checkpoints WHERE name = 'backfill'), false)")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tsmigrate' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        (copied && waiting > 0).then_some(())
+    })
+    .await;
+    let pages = committed_pages(&env).await;
+    // Shown as running until it closes (its count written within a second).
+    eventually("status to show the whole copy done, still running", Duration::from_secs(30), || async {
+        let closing = backfill_progress(&env.cli(&["status", "--json"]).expect_success().details());
+        (closing["running"].as_bool() == Some(true) && closing["done"].as_i64() == Some(EVENTS)).then_some(())
+    })
+    .await;
+    backfill.interrupt();
+    let out = backfill.exited().await;
+    hold.rollback().await.unwrap();
+    out.expect_code(130);
+    let envelope = out.json();
+    assert_eq!((field(&envelope, "details.stopped"), field(&envelope, "details.rerun")), (&Value::from("interrupted"), &Value::from("resumes")), "{envelope}");
+    let message = field(&envelope, "error.message").as_str().unwrap();
+    assert!(message.contains("during its closing aggregate refresh") && message.contains("the copy is complete (4,000 events read in 8 pages)"), "{envelope}");
+    assert_eq!(envelope["next_steps"][0]["command"], "tsmigrate backfill", "{envelope}");
+    assert!(out.stderr.contains("next: tsmigrate backfill   # resumes where it stopped"), "{}", out.stderr);
+    let (outcome, _) = last_backfill_audit(&env).await;
+    assert_eq!(outcome, "interrupted");
+    let phase: String = sqlx::query_scalar("SELECT phase FROM tsmigrate.migration_state").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(phase, "dual_writing", "the phase moves only once the closing steps ran");
+    let status = env.cli(&["status", "--json"]).expect_success().details();
+    assert_eq!(backfill_progress(&status)["running"], Value::Bool(false), "{status}");
+    assert!(field(&status, "verdict_reason").as_str().unwrap().contains("`tsmigrate backfill` resumes it"), "{status}");
+
+    let report = env.cli(&["backfill", "--json"]).expect_success().details();
+    assert_eq!((field(&report, "copy_complete_before"), field(&report, "read_this_run")), (&Value::Bool(true), &Value::from(0)), "{report}");
+    assert_eq!((field(&report, "read").as_i64(), field(&report, "inserted").as_i64()), (Some(EVENTS), Some(EVENTS)), "the totals are the copy's: {report}");
+    assert!(field(&report, "refresh").is_object(), "{report}");
+    assert_eq!(field(&report, "run.phase_after"), "backfilled");
+    assert_eq!(committed_pages(&env).await, pages, "no page copied again");
+    assert_eq!(target_counts(&env).await, (EVENTS, EVENTS));
+    let status = env.cli(&["status", "--json"]).expect_success().details();
+    assert_eq!(backfill_progress(&status), Value::Null, "closed, the run is not listed: {status}");
+    env.cleanup().await;
+}
+
+/// A history import does not resume: interrupted, it says that running it again starts over.
+#[tokio::test]
+async fn an_interrupted_history_import_says_that_running_it_again_starts_over() {
+    let env = TestEnv::new().await;
+    seed(&env, 400, false);
+    prepare_and_dual_write(&env, Mode::Postgres);
+    let mut hold = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tsmigrate.history_hourly IN EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
+    let mut import = Running::start(&env, &["import-history", "--json"]);
+    env.wait_until_tsmigrate_waits_for_a_lock("the import's write").await;
+    import.interrupt();
+    let out = import.exited().await;
+    hold.rollback().await.unwrap();
+    out.expect_code(130);
+    let envelope = out.json();
+    assert_eq!(
+        (field(&envelope, "details.resume"), field(&envelope, "details.rerun")),
+        (&Value::from("tsmigrate import-history"), &Value::from("starts_over")),
+        "{envelope}"
+    );
+    assert!(out.stderr.contains("next: tsmigrate import-history   # starts over") && !out.stderr.contains("resumes where"), "{}", out.stderr);
+    env.cli(&["import-history"]).expect_success();
     env.cleanup().await;
 }
 
@@ -335,14 +426,17 @@ async fn a_second_interrupt_ends_at_once_and_the_page_in_flight_rolls_back() {
 
 /// A validation, which only reads until it records its run, is abandoned where it waits:
 /// nothing recorded, nothing moved, exit 130, audited. SIGTERM (a supervisor stopping it)
-/// is an interrupt like Ctrl-C.
+/// is an interrupt like Ctrl-C. It does not resume: it says so, and names the command line
+/// it was given (relative times as the instants they meant) as the one that starts it over.
 #[tokio::test]
-async fn a_validation_stopped_with_sigterm_records_nothing_and_exits_130() {
+async fn a_validation_stopped_with_sigterm_records_nothing_exits_130_and_says_what_starts_it_over() {
     let env = backfilled(400).await;
+    let hour = chrono::Utc::now().timestamp() / 3600;
+    let from = chrono::DateTime::from_timestamp((hour - 3) * 3600, 0).unwrap().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     // Held at the very end, where it records its run.
     let mut hold = env.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE tsmigrate.validation_runs IN EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
-    let mut validate = Running::start(&env, &["validate", "--json"]);
+    let mut validate = Running::start(&env, &["validate", "--from", &from, "--limit", "5", "--json"]);
     env.wait_until_tsmigrate_waits_for_a_lock("the validation's record of its run").await;
     validate.signal("-TERM");
     let out = validate.exited().await;
@@ -350,6 +444,13 @@ async fn a_validation_stopped_with_sigterm_records_nothing_and_exits_130() {
     out.expect_code(130);
     let envelope = out.json();
     assert_eq!((field(&envelope, "details.stopped"), field(&envelope, "details.signal")), (&Value::from("interrupted"), &Value::from("SIGTERM")), "{envelope}");
+    let again = format!("tsmigrate validate --from {from} --limit 5");
+    assert_eq!(
+        (field(&envelope, "details.resume"), field(&envelope, "details.rerun")),
+        (&Value::from(again.clone()), &Value::from("starts_over")),
+        "{envelope}"
+    );
+    assert!(out.stderr.contains(&format!("next: {again}   # starts over")) && !out.stderr.contains("resumes where"), "{}", out.stderr);
     let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.validation_runs").fetch_one(&env.pool).await.unwrap();
     assert_eq!(runs, 0, "the interrupted run was not recorded");
     let (outcome, phase): (String, String) =

@@ -22,7 +22,7 @@ use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::StateChanges;
 use crate::phase::{Refusal, Transition, BACKFILL};
 use crate::progress::{Progress, RateLimit};
-use crate::stop::{Boundary, Stopped, Why};
+use crate::stop::{Boundary, Rerun, Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::checkpoint;
 use crate::store::dead_letter::{self, DeadLetterCount, DeadLetterExample};
@@ -59,7 +59,18 @@ pub struct BackfillPosition {
     pub pages: u64,
     pub min_time_ms: Option<i64>,
     pub max_time_ms: Option<i64>,
+    /// The copy is complete (saved after its last page).
     pub finished: bool,
+    /// The closing steps (aggregate refresh, history import) ran after the copy. A copy
+    /// finished but not closed — stopped during those steps — is not copied again: a re-run
+    /// goes on with the closing steps. A finished and closed backfill run again is a new
+    /// pass. Checkpoints written before this was kept count as closed.
+    #[serde(default = "closed_before_it_was_kept")]
+    pub closed: bool,
+}
+
+fn closed_before_it_was_kept() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +93,12 @@ pub struct BackfillDetails {
     /// Members scored where no path reads them (before 2000, `-inf`, after now + 1 day, `+inf`).
     pub out_of_range: OutOfRange,
     pub pages: u64,
+    /// Events this run read from Redis: 0 when the copy was complete already and the run
+    /// went on with the closing steps (`copy_complete_before`).
+    pub read_this_run: u64,
+    /// The copy was complete when this run started (an earlier one stopped during its
+    /// closing steps): nothing was copied again.
+    pub copy_complete_before: bool,
     /// This run only.
     pub seconds: f64,
     pub events_per_second: f64,
@@ -100,6 +117,10 @@ impl PhaseCommand for Backfill {
         &BACKFILL
     }
 
+    fn invocation(&self) -> String {
+        invocation(self.max_rate, self.import_history)
+    }
+
     async fn apply(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<BackfillDetails>> {
         let completion_point = run.state.completion_point.ok_or_else(|| Refusal {
             command: "backfill".into(),
@@ -110,9 +131,10 @@ impl PhaseCommand for Backfill {
         let mut redis = ctx.redis().await?;
         let until = (completion_point.timestamp_millis() + MAX_FUTURE_MS + 60_000) as f64;
         // A finished backfill run again is a new pass over what Redis holds up to T: rows
-        // already there stay single, anything missing (found by a validation) goes in.
+        // already there stay single, anything missing (found by a validation) goes in. A
+        // copy that finished but stopped during its closing steps goes on with those.
         let saved: Option<BackfillPosition> = checkpoint::load(&mut *ctx.target.acquire().await?, CHECKPOINT).await?;
-        let saved = saved.filter(|p| !p.finished);
+        let saved = saved.filter(|p| !(p.finished && p.closed));
         let resumed = saved.as_ref().is_some_and(|p| p.pages > 0);
         let mut position = saved.unwrap_or_else(|| BackfillPosition::start(until));
         let remaining = remaining(&mut redis, &ctx.keys.events, &position).await?;
@@ -127,12 +149,30 @@ impl PhaseCommand for Backfill {
         let store = ctx.store(mode);
         let started = Instant::now();
         let read_before = position.read;
-        if !position.finished {
-            self.copy(ctx, mode, redis.clone(), &mut position, remaining, &run.boundary).await?;
-        }
+        details.copy_complete_before = position.finished;
+        // Status shows the run until its closing steps are done too (stopped during them: not
+        // running, and what resumes it).
+        let reporter = match position.finished {
+            false => self.copy(ctx, mode, redis.clone(), &mut position, remaining, &run.boundary).await?,
+            true => {
+                progress::Reporter::start(&ctx.target, CHECKPOINT, "events", (&self.invocation(), Rerun::Resumes), position.read, Some(position.read)).await
+            }
+        };
+        details.read_this_run = position.read - read_before;
         details.seconds = started.elapsed().as_secs_f64();
-        details.events_per_second = (position.read - read_before) as f64 / details.seconds.max(1e-9);
-        self.finish(ctx, &*store, &mut redis, &position, &mut details).await?;
+        details.events_per_second = details.read_this_run as f64 / details.seconds.max(1e-9);
+        // The closing steps stop on an interrupt too: the copy is complete and checkpointed
+        // (finished, not closed), so a re-run goes straight on with them.
+        tracing::info!(read = position.read, pages = position.pages, "backfill: the copy is complete; refreshing the aggregates and importing the history");
+        let closing = self.finish(ctx, &*store, &mut redis, &position, &mut details);
+        let closed = match run.boundary.unless_interrupted(closing).await {
+            Ok(closed) => closed,
+            Err(why) => Err(self.stopped_closing(why, &position).into()),
+        };
+        reporter.end(&ctx.target, CHECKPOINT, &closed).await;
+        closed?;
+        position.closed = true;
+        checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &position).await?;
         // Events Redis evicted before this copy reached them are in neither system: say so.
         let evicted = crate::dual_write::durability::inspect_or_warn(&mut redis).await.evicted_keys.filter(|n| *n > 0);
         let warnings = evicted.map(evictions_warning).into_iter().collect();
@@ -142,7 +182,34 @@ impl PhaseCommand for Backfill {
     }
 }
 
+/// `tsmigrate backfill` with the options that change what it does (`--max-rate`, `--no-history`).
+fn invocation(max_rate: Option<u64>, import_history: bool) -> String {
+    let mut line = String::from("tsmigrate backfill");
+    if let Some(rate) = max_rate.filter(|r| *r > 0) {
+        line.push_str(&format!(" --max-rate {rate}"));
+    }
+    if !import_history {
+        line.push_str(" --no-history");
+    }
+    line
+}
+
 impl Backfill {
+    /// Stopped during the closing steps, after a complete copy.
+    fn stopped_closing(&self, why: Why, p: &BackfillPosition) -> Stopped {
+        Stopped {
+            command: "backfill".into(),
+            why,
+            at: format!(
+                "after its last page, during its closing aggregate refresh and history import: the copy is complete ({} events read in {}) and checkpointed, and a re-run does not copy it again",
+                crate::human::count(p.read as i64),
+                crate::human::plural(p.pages, "page")
+            ),
+            resume: self.invocation(),
+            rerun: Rerun::Resumes,
+        }
+    }
+
     /// Copies from the saved position to its end, each page with its checkpoint.
     async fn copy(
         &self,
@@ -152,10 +219,12 @@ impl Backfill {
         position: &mut BackfillPosition,
         remaining: u64,
         boundary: &Boundary,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<progress::Reporter> {
         let writer = TargetWriter::new(ctx.target.clone(), mode);
         // Seen from any terminal by `tsmigrate status`.
-        let reporter = progress::Reporter::start(&ctx.target, CHECKPOINT, "events", position.read, Some(position.read + remaining)).await;
+        let reporter =
+            progress::Reporter::start(&ctx.target, CHECKPOINT, "events", (&self.invocation(), Rerun::Resumes), position.read, Some(position.read + remaining))
+                .await;
         let mut sink = BackfillSink {
             total: position.read + remaining,
             position,
@@ -163,14 +232,25 @@ impl Backfill {
             reported: reporter.counter(),
             done_this_run: 0,
             limit: self.max_rate.filter(|r| *r > 0).map(|rate| RateLimit::new(rate, Instant::now())),
+            resume: invocation(self.max_rate, self.import_history),
         };
         let (cursor, until) = (sink.position.cursor, sink.position.until);
-        let copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink, boundary).await;
-        reporter.end(&ctx.target, CHECKPOINT, &copied).await;
-        copied?;
-        sink.progress.finish();
-        sink.position.finished = true;
-        checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &*sink.position).await
+        let mut copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink, boundary).await;
+        if copied.is_ok() {
+            sink.progress.finish();
+            sink.position.finished = true;
+            sink.position.closed = false;
+            copied = async { checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &*sink.position).await }.await;
+        }
+        match copied {
+            // The run goes on with its closing steps, still shown as running.
+            Ok(()) => Ok(reporter),
+            Err(error) => {
+                let failed: anyhow::Result<()> = Err(error);
+                reporter.end(&ctx.target, CHECKPOINT, &failed).await;
+                failed.map(|()| unreachable!("failed"))
+            }
+        }
     }
 
     /// Aggregates over what was copied, the history older than Redis, the totals.
@@ -213,6 +293,7 @@ impl BackfillPosition {
             min_time_ms: None,
             max_time_ms: None,
             finished: false,
+            closed: false,
         }
     }
 
@@ -256,6 +337,8 @@ impl BackfillDetails {
             dead_letter_examples: vec![],
             out_of_range,
             pages: p.pages,
+            read_this_run: 0,
+            copy_complete_before: false,
             seconds: 0.0,
             events_per_second: 0.0,
             refresh: None,
@@ -278,6 +361,8 @@ struct BackfillSink<'a> {
     reported: Arc<AtomicU64>,
     done_this_run: u64,
     limit: Option<RateLimit>,
+    /// The command line that resumes it.
+    resume: String,
 }
 
 impl PageSink for BackfillSink<'_> {
@@ -308,7 +393,8 @@ impl PageSink for BackfillSink<'_> {
                     .map(|t| format!(", through events scored {t}"))
                     .unwrap_or_default()
             ),
-            resume: "tsmigrate backfill".into(),
+            resume: self.resume.clone(),
+            rerun: Rerun::Resumes,
         }
     }
 }
@@ -443,7 +529,11 @@ impl BackfillDetails {
             self.already_present,
             self.dead_letters,
             crate::human::plural(self.pages, "page"),
-            if self.resumed { " (resumed from checkpoint)" } else { "" }
+            match (self.copy_complete_before, self.resumed) {
+                (true, _) => " (the copy was complete already: nothing copied again; this run refreshed the aggregates and imported the history)",
+                (false, true) => " (resumed from checkpoint)",
+                (false, false) => "",
+            }
         );
         o.push_str(&format!("this run: {:.1}s, {}\n", self.seconds, crate::human::rate(self.events_per_second, "events")));
         if !self.dead_letter_reasons.is_empty() {
@@ -475,4 +565,18 @@ fn evictions_warning(evicted_keys: u64) -> String {
         "Redis has evicted {evicted_keys} key(s) since it started (INFO stats evicted_keys): events it evicted before this backfill read them \
          are in neither system and were not copied; `tsmigrate status` lists the possible-loss windows recorded during dual-write"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_from_before_closing_was_kept_counts_as_closed() {
+        let mut saved = serde_json::to_value(BackfillPosition { finished: true, ..BackfillPosition::start(1.0) }).unwrap();
+        assert_eq!(saved["closed"], false, "a new copy is not closed until its closing steps ran");
+        saved.as_object_mut().unwrap().remove("closed");
+        let old: BackfillPosition = serde_json::from_value(saved).unwrap();
+        assert!(old.closed, "run again, it is a new pass as before");
+    }
 }

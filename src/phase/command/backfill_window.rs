@@ -156,6 +156,7 @@ impl PageSink for WindowDetails {
             at: format!("after {} events of the window (no recorded gap was closed)", self.read),
             // The window is copied again from its start: what is in stays single.
             resume: format!("tsmigrate backfill --from {} --to {}", show(self.from), show(self.to)),
+            rerun: crate::stop::Rerun::StartsOver,
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::legacy::reader::members_at;
 use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, REPAIR};
-use crate::stop::{Boundary, Stopped, Why};
+use crate::stop::{Boundary, Rerun, Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::writer::{Method, ParsedPage, TargetWriter};
 use crate::store::{checkpoint, progress};
@@ -153,7 +153,17 @@ impl PhaseCommand for Repair {
         let writer = TargetWriter::new(ctx.target.clone(), mode);
         let reporter = match run.dry_run {
             true => None,
-            false => Some(progress::Reporter::start(&ctx.target, "repair", "differences", position.done as u64, Some(findings.len() as u64)).await),
+            false => Some(
+                progress::Reporter::start(
+                    &ctx.target,
+                    "repair",
+                    "differences",
+                    (&self.invocation(), Rerun::Resumes),
+                    position.done as u64,
+                    Some(findings.len() as u64),
+                )
+                .await,
+            ),
         };
         let worked = self.work(ctx, &writer, &findings, &name, &mut position, &mut details, run.dry_run, reporter.as_ref(), &run.boundary).await;
         if let Some(reporter) = reporter {
@@ -169,6 +179,10 @@ impl PhaseCommand for Repair {
     }
 
     fn command_line(&self, _report: &PhaseReport<RepairDetails>) -> String {
+        self.invocation()
+    }
+
+    fn invocation(&self) -> String {
         format!("tsmigrate repair{}", if self.delete_extra { " --delete-extra" } else { "" })
     }
 }
@@ -251,7 +265,8 @@ impl Repair {
             command: "repair".into(),
             why,
             at: format!("after {} of {findings} differences", position.done),
-            resume: format!("tsmigrate repair{}", if self.delete_extra { " --delete-extra" } else { "" }),
+            resume: self.invocation(),
+            rerun: crate::stop::Rerun::Resumes,
         }
     }
 

@@ -32,6 +32,10 @@ impl PhaseCommand for Validate {
         Locking::AtCommit
     }
 
+    fn invocation(&self) -> String {
+        self.options.command_line.clone()
+    }
+
     async fn apply(&self, ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<ValidationReport>> {
         let mut report = crate::validate::run::run(ctx, &run.state, &self.options).await?;
         // A recorded gap explains missing events better than anything the diff can say.
