@@ -22,7 +22,7 @@ pub struct Args {
     /// Events per page (one transaction each). Default: migration.backfill_page_size.
     #[arg(long, value_parser = positive)]
     pub page_size: Option<usize>,
-    /// At most this many events per second, to spare a busy server.
+    /// At most this many events per second, to spare a busy server (a window copy too).
     #[arg(long, value_parser = positive)]
     pub max_rate: Option<usize>,
     /// Skip importing the legacy history older than the Redis horizon.
@@ -31,7 +31,7 @@ pub struct Args {
     #[command(flatten)]
     pub dry_run: DryRun,
     /// Repair a window: copy the events scored from this time (RFC 3339, a date, or -6h).
-    #[arg(long, value_parser = parse_time, requires = "to", allow_hyphen_values = true, conflicts_with_all = ["dry_run", "max_rate", "no_history"])]
+    #[arg(long, value_parser = parse_time, requires = "to", allow_hyphen_values = true, conflicts_with_all = ["dry_run", "no_history"])]
     pub from: Option<chrono::DateTime<chrono::Utc>>,
     /// Repair a window: ... up to this time (inclusive).
     #[arg(long, value_parser = parse_time, requires = "from", allow_hyphen_values = true)]
@@ -45,7 +45,12 @@ pub struct Args {
 pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply> {
     let page_size = args.page_size.unwrap_or(ctx.settings.migration.backfill_page_size);
     if let (Some(from), Some(to)) = (args.from, args.to) {
-        return run_phase(ctx, &BackfillWindow { from, to, page_size, accept_loss: args.accept_loss }, &Options::default()).await;
+        return run_phase(
+            ctx,
+            &BackfillWindow { from, to, page_size, max_rate: args.max_rate.map(|r| r as u64), accept_loss: args.accept_loss },
+            &Options::default(),
+        )
+        .await;
     }
     let command = Backfill { page_size, max_rate: args.max_rate.map(|r| r as u64), import_history: !args.no_history, quiet: json };
     run_phase(ctx, &command, &args.dry_run.options()).await

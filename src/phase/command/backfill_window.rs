@@ -20,6 +20,7 @@ use crate::legacy::reader::ScoreCursor;
 use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, BACKFILL_WINDOW};
+use crate::progress::RateLimit;
 use crate::state::NextStep;
 use crate::stop::{Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
@@ -29,6 +30,8 @@ pub struct BackfillWindow {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub page_size: usize,
+    /// At most this many events per second (`--max-rate`), to spare a busy server.
+    pub max_rate: Option<u64>,
     /// Close the gaps the copy cannot repair (Redis holds nothing of their window, or evicted
     /// keys in it), accepting their loss, for this reason (audited).
     pub accept_loss: Option<String>,
@@ -50,6 +53,9 @@ pub struct WindowDetails {
     /// Of those, the ones closed by the operator's acceptance of the loss.
     pub gaps_accepted_as_lost: Vec<i64>,
     pub refresh: Option<RefreshOutcome>,
+    /// The pace `--max-rate` sets (none: as fast as the servers go).
+    #[serde(skip)]
+    limit: Option<RateLimit>,
 }
 
 impl PhaseCommand for BackfillWindow {
@@ -68,7 +74,8 @@ impl PhaseCommand for BackfillWindow {
             anyhow::bail!("--from ({}) must be before --to ({})", self.from, self.to);
         }
         let mode = run.state.storage_mode.ok_or_else(|| anyhow::anyhow!("storage mode missing from the migration state"))?;
-        let mut details = WindowDetails { from: Some(self.from), to: Some(self.to), ..Default::default() };
+        let limit = self.max_rate.filter(|r| *r > 0).map(|rate| RateLimit::new(rate, Instant::now()));
+        let mut details = WindowDetails { from: Some(self.from), to: Some(self.to), limit, ..Default::default() };
         if !run.dry_run {
             let writer = TargetWriter::new(ctx.target.clone(), mode);
             let (cursor, until) = (ScoreCursor::at(self.from.timestamp_millis() as f64), self.to.timestamp_millis() as f64);
@@ -144,8 +151,8 @@ impl PageSink for WindowDetails {
         None
     }
 
-    fn committed(&mut self, _page: &Page, _now: Instant) -> Option<Duration> {
-        None
+    fn committed(&mut self, page: &Page, now: Instant) -> Option<Duration> {
+        self.limit.as_mut()?.after(page.read as u64, now)
     }
 
     fn stopped(&self, why: Why) -> Stopped {
