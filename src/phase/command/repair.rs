@@ -23,8 +23,9 @@ use crate::event::TargetEvent;
 use crate::human;
 use crate::legacy::reader::members_at;
 use crate::phase::report::{Details, PhaseReport};
-use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
+use crate::phase::runner::{default_next_steps, Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, REPAIR};
+use crate::state::NextStep;
 use crate::stop::{Boundary, Rerun, Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::writer::{Method, ParsedPage, TargetWriter};
@@ -182,8 +183,27 @@ impl PhaseCommand for Repair {
         self.invocation()
     }
 
+    fn next_steps(&self, report: &PhaseReport<RepairDetails>) -> Vec<NextStep> {
+        if report.dry_run && report.details.nothing_to_repair() {
+            // A real run would change nothing: where the gates point, never `repair` again.
+            let onward: Vec<NextStep> =
+                report.gated_next.iter().filter(|s| s.command.as_deref().is_none_or(|c| !c.starts_with("tsmigrate repair"))).cloned().collect();
+            if !onward.is_empty() {
+                return onward;
+            }
+        }
+        default_next_steps(self, report)
+    }
+
     fn invocation(&self) -> String {
         format!("tsmigrate repair{}", if self.delete_extra { " --delete-extra" } else { "" })
+    }
+}
+
+impl RepairDetails {
+    /// The validation it works from found nothing, or this repair already ran to the end.
+    fn nothing_to_repair(&self) -> bool {
+        self.already_done || self.found.values().sum::<u64>() == 0
     }
 }
 
