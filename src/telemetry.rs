@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use metrics::Unit;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::phase::Phase;
 use crate::schedule::JobName;
+use crate::state::Phase;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -76,6 +76,11 @@ fn layers_import_only_downwards() {
                 "connect",
                 "db",
                 "identity",
+                "human",
+                "progress",
+                "remembered",
+                "schedule",
+                "telemetry",
             ],
         )
     };
