@@ -348,10 +348,10 @@ async fn a_missing_flag_follows_the_migration_state_and_stop_is_an_explicit_off(
     // The daemon's check restores a lost flag only while the state says dual-write is on.
     use tsmigrate::dual_write::flag::{check, FlagCheck};
     let _: () = redis.del(&flag).await.unwrap();
-    assert_eq!(check(&env.pool, &mut redis, &env.keys()).await.unwrap(), FlagCheck::InPlace { on: false });
+    assert_eq!(settled_flag_check(&env, &mut redis).await, FlagCheck::InPlace { on: false });
     env.cli(&["dual-write", "start"]).expect_success();
     let _: () = redis.del(&flag).await.unwrap();
-    let restored = check(&env.pool, &mut redis, &env.keys()).await.unwrap();
+    let restored = settled_flag_check(&env, &mut redis).await;
     assert!(matches!(restored, FlagCheck::Restored { found: None, .. }), "{restored:?}");
     let value: Option<String> = redis.get(&flag).await.unwrap();
     assert_eq!(value.as_deref(), Some("1"));
@@ -361,4 +361,19 @@ async fn a_missing_flag_follows_the_migration_state_and_stop_is_an_explicit_off(
     let guard = tsmigrate::phase::state::PhaseGuard::acquire(&env.settings.database.url, "test").await.unwrap();
     assert_eq!(check(&env.pool, &mut redis, &env.keys()).await.unwrap(), FlagCheck::Busy { on: true });
     drop(guard);
+}
+
+/// The daemon's flag check once no phase command holds the lock: a CLI's backend releases it
+/// a moment after the process exits, and until then the check says Busy (the daemon tries
+/// again on its next tick).
+async fn settled_flag_check(env: &TestEnv, redis: &mut tsmigrate::connect::RedisConn) -> tsmigrate::dual_write::flag::FlagCheck {
+    use tsmigrate::dual_write::flag::{check, FlagCheck};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = check(&env.pool, redis, &env.keys()).await.unwrap();
+        if !matches!(found, FlagCheck::Busy { .. }) || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
