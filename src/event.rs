@@ -440,6 +440,47 @@ impl IncomingEvent {
     }
 }
 
+/// The fields in which two versions of an event differ, under the tolerance rules (shared by
+/// validation's diff core and the writer's "already present" check):
+/// times at millisecond precision, JSON compared as values (key order and number
+/// formatting are not differences: `1.50` = `1.5` = `1.5e0`, `1` = `1.0`).
+pub fn changed_fields(redis: &TargetEvent, target: &TargetEvent) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    if redis.time_ms() != target.time_ms() {
+        fields.push("time");
+    }
+    let texts = [
+        ("event_name", Some(&redis.event_name), Some(&target.event_name)),
+        ("category", Some(&redis.category), Some(&target.category)),
+        ("user_id", redis.user_id.as_ref(), target.user_id.as_ref()),
+        ("session_id", redis.session_id.as_ref(), target.session_id.as_ref()),
+        ("page_url", redis.page_url.as_ref(), target.page_url.as_ref()),
+        ("referrer", redis.referrer.as_ref(), target.referrer.as_ref()),
+    ];
+    fields.extend(texts.into_iter().filter(|(_, a, b)| a != b).map(|(name, _, _)| name));
+    if !json_equivalent(&redis.properties, &target.properties) {
+        fields.push("properties");
+    }
+    if !json_equivalent(&redis.device_info, &target.device_info) {
+        fields.push("device_info");
+    }
+    fields
+}
+
+/// JSON equality with numbers compared by value.
+pub fn json_equivalent(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+            (Some(x), Some(y), _, _) => x == y,
+            (_, _, Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equivalent(a, b)),
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equivalent(v, w))),
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

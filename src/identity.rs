@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::context::Context;
+use crate::ledger::migration::{self, Identity};
 use crate::legacy::LegacyKeys;
 
 /// A check that would wait longer than this is skipped (a server that slow fails the command anyway).
@@ -92,18 +93,6 @@ impl std::fmt::Display for Mismatch {
     }
 }
 
-/// What the target says about its identity.
-enum TargetSide {
-    /// No migration state: not prepared (or aborted).
-    NotPrepared,
-    /// Prepared by a tsmigrate without identities; `prepare` adds the column.
-    Predates,
-    Id {
-        id: Uuid,
-        in_redis_before: bool,
-    },
-}
-
 /// Compares the ids of the context's target and Redis (making and publishing the id on first
 /// contact). Servers that cannot be reached leave it [`Outcome::Unchecked`]: the command
 /// fails on its own if it needs them.
@@ -133,20 +122,20 @@ async fn compare(target: &PgPool, redis: &mut RedisConn, keys: &LegacyKeys, targ
         redis_url: redis_url.to_string(),
         key: keys.migration_id.clone(),
     };
-    let (id, in_redis_before) = match (read_target(target).await?, held) {
-        (TargetSide::NotPrepared, None) => return Ok(Ok(Outcome::NotPrepared)),
-        (TargetSide::NotPrepared, Some(held)) => return Ok(Err(mismatch(None, held))),
-        (TargetSide::Predates, _) => {
+    let (id, in_redis_before) = match (migration::identity(target).await?, held) {
+        (Identity::NotPrepared, None) => return Ok(Ok(Outcome::NotPrepared)),
+        (Identity::NotPrepared, Some(held)) => return Ok(Err(mismatch(None, held))),
+        (Identity::Predates, _) => {
             return Ok(Ok(Outcome::Unchecked { reason: "the target was prepared by an earlier tsmigrate; `tsmigrate prepare` gives it an identity".into() }))
         }
-        (TargetSide::Id { id, in_redis_before }, Some(held)) if held == id.to_string() => {
+        (Identity::Id { id, in_redis_before }, Some(held)) if held == id.to_string() => {
             if !in_redis_before {
-                mark_in_redis(target).await?;
+                migration::mark_identity_in_redis(target).await?;
             }
             return Ok(Ok(Outcome::Matched { id }));
         }
-        (TargetSide::Id { id, .. }, Some(held)) => return Ok(Err(mismatch(Some(id), held))),
-        (TargetSide::Id { id, in_redis_before }, None) => (id, in_redis_before),
+        (Identity::Id { id, .. }, Some(held)) => return Ok(Err(mismatch(Some(id), held))),
+        (Identity::Id { id, in_redis_before }, None) => (id, in_redis_before),
     };
     // NX: of two commands publishing at once, both end up comparing against the same value.
     let set: Option<String> = redis::cmd("SET").arg(&keys.migration_id).arg(id.to_string()).arg("NX").query_async(redis).await?;
@@ -157,7 +146,7 @@ async fn compare(target: &PgPool, redis: &mut RedisConn, keys: &LegacyKeys, targ
             _ => {}
         }
     }
-    mark_in_redis(target).await?;
+    migration::mark_identity_in_redis(target).await?;
     if in_redis_before {
         let outcome = Outcome::Restored { id };
         if let Some(warning) = outcome.warning(keys) {
@@ -167,50 +156,6 @@ async fn compare(target: &PgPool, redis: &mut RedisConn, keys: &LegacyKeys, targ
     } else {
         Ok(Ok(Outcome::Published { id }))
     }
-}
-
-/// The target's id, made now when a prepared target has none. Two commands doing so at once
-/// agree: the second one's `COALESCE` keeps the first one's id.
-async fn read_target(pool: &PgPool) -> anyhow::Result<TargetSide> {
-    let (table, column): (bool, bool) = sqlx::query_as(
-        "SELECT to_regclass('tsmigrate.migration_state') IS NOT NULL,
-                EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('tsmigrate.migration_state') AND attname = 'migration_id' AND NOT attisdropped)",
-    )
-    .fetch_one(pool)
-    .await?;
-    if !table {
-        return Ok(TargetSide::NotPrepared);
-    }
-    if !column {
-        return Ok(TargetSide::Predates);
-    }
-    let row: Option<(Option<Uuid>, bool)> =
-        sqlx::query_as("SELECT migration_id, migration_id_in_redis_since IS NOT NULL FROM tsmigrate.migration_state").fetch_optional(pool).await?;
-    let row = match row {
-        Some((Some(id), in_redis_before)) => Some((id, in_redis_before)),
-        Some((None, _)) => {
-            sqlx::query_as(
-                "UPDATE tsmigrate.migration_state SET migration_id = COALESCE(migration_id, $1)
-                 RETURNING migration_id, migration_id_in_redis_since IS NOT NULL",
-            )
-            .bind(Uuid::new_v4())
-            .fetch_optional(pool)
-            .await?
-        }
-        None => None,
-    };
-    Ok(match row {
-        Some((id, in_redis_before)) => TargetSide::Id { id, in_redis_before },
-        None => TargetSide::NotPrepared,
-    })
-}
-
-/// Records that Redis has held the id, so that its absence later means it was lost.
-async fn mark_in_redis(pool: &PgPool) -> sqlx::Result<()> {
-    sqlx::query("UPDATE tsmigrate.migration_state SET migration_id_in_redis_since = now() WHERE migration_id_in_redis_since IS NULL")
-        .execute(pool)
-        .await
-        .map(|_| ())
 }
 
 fn first_line(s: &str) -> String {

@@ -25,6 +25,7 @@
 //! - [`telemetry`]  the Prometheus recorder behind `/metrics`.
 //! - [`human`]      how counts, rates, sizes, times and quantities are written for people.
 
+pub mod backfill;
 pub mod calendar;
 pub mod cli;
 pub mod config;
@@ -38,11 +39,13 @@ pub mod event;
 pub mod http;
 pub mod human;
 pub mod identity;
+pub mod ledger;
 pub mod legacy;
 pub mod phase;
 pub mod progress;
 pub mod reads;
 pub mod remembered;
+pub mod repair;
 pub mod schedule;
 pub mod state;
 pub mod status;

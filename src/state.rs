@@ -1,11 +1,13 @@
-//! The persisted migration state: the phase, the storage mode, where reads come from.
-//! Every layer reads it ([`load`]); only `phase` changes it (through `PhaseGuard::commit`).
+//! The migration's vocabulary every layer shares: the phase, the storage mode, where reads
+//! come from, the migration state as a record, and the "next:" steps. Pure: the state is read
+//! and written by the ledger (`crate::ledger::migration`); only `phase` changes it (through
+//! `PhaseGuard::commit`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool};
 
-use crate::store::StorageMode;
+/// Kept for callers that read the state before the ledger existed: the ledger's reader.
+pub use crate::ledger::migration::{load, load_from_pool};
 
 /// Key of the session advisory lock every phase command holds.
 pub const PHASE_LOCK_KEY: &str = "tsmigrate.phase";
@@ -144,8 +146,8 @@ impl std::fmt::Display for Phase {
 pub struct MigrationState {
     pub phase: Phase,
     pub storage_mode: Option<StorageMode>,
-    /// `legacy` or `target`: where the read API answers from.
-    pub read_source: String,
+    /// Where the read API answers from.
+    pub read_source: ReadSource,
     pub shadow: bool,
     /// When dual-write started: backfill covers every event stored before it.
     pub completion_point: Option<DateTime<Utc>>,
@@ -161,7 +163,7 @@ impl MigrationState {
         MigrationState {
             phase: Phase::New,
             storage_mode: None,
-            read_source: "legacy".into(),
+            read_source: ReadSource::Legacy,
             shadow: false,
             completion_point: None,
             backfilled_until: None,
@@ -172,40 +174,94 @@ impl MigrationState {
     }
 }
 
-type StateRow = (String, String, String, bool, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, DateTime<Utc>);
-
-/// Reads the state; a target without control tables is in phase `new`.
-pub async fn load(conn: &mut PgConnection) -> anyhow::Result<MigrationState> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('tsmigrate.migration_state') IS NOT NULL").fetch_one(&mut *conn).await?;
-    if !exists {
-        return Ok(MigrationState::new_migration());
-    }
-    let row: Option<StateRow> = sqlx::query_as(
-        "SELECT phase, storage_mode, read_source, shadow, completion_point, backfilled_until,
-                reads_switched_at, flush_retired_at, updated_at
-         FROM tsmigrate.migration_state",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((phase, mode, read_source, shadow, completion_point, backfilled_until, reads_switched_at, flush_retired_at, updated_at)) = row else {
-        return Ok(MigrationState::new_migration());
-    };
-    Ok(MigrationState {
-        phase: Phase::parse(&phase).ok_or_else(|| anyhow::anyhow!("unknown phase {phase:?} in tsmigrate.migration_state"))?,
-        storage_mode: StorageMode::parse(&mode),
-        read_source,
-        shadow,
-        completion_point,
-        backfilled_until,
-        reads_switched_at,
-        flush_retired_at,
-        updated_at: Some(updated_at),
-    })
+/// How the target stores events and aggregates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageMode {
+    /// Hypertable, continuous aggregates, columnstore and retention policies.
+    Timescaledb,
+    /// Native range partitions and rollup tables maintained by tsmigrate's scheduler.
+    Postgres,
 }
 
-pub async fn load_from_pool(pool: &PgPool) -> anyhow::Result<MigrationState> {
-    let mut conn = pool.acquire().await?;
-    load(&mut conn).await
+impl StorageMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageMode::Timescaledb => "timescaledb",
+            StorageMode::Postgres => "postgres",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "timescaledb" => Some(StorageMode::Timescaledb),
+            "postgres" => Some(StorageMode::Postgres),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for StorageMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where reads are answered from (`tsmigrate.migration_state.read_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadSource {
+    /// Redis plus the legacy hourly tables and function.
+    Legacy,
+    /// The target: raw table, aggregates and imported history.
+    Target,
+}
+
+impl ReadSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadSource::Legacy => "legacy",
+            ReadSource::Target => "target",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReadSource> {
+        [ReadSource::Legacy, ReadSource::Target].into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The side shadow mode compares with.
+    pub fn other(self) -> ReadSource {
+        match self {
+            ReadSource::Legacy => ReadSource::Target,
+            ReadSource::Target => ReadSource::Legacy,
+        }
+    }
+}
+
+impl std::fmt::Display for ReadSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Shadow reads: compare every answer with the other source, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shadow {
+    On,
+    Off,
+}
+
+impl Shadow {
+    pub fn is_on(self) -> bool {
+        self == Shadow::On
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shadow::On => "on",
+            Shadow::Off => "off",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,13 +12,14 @@ use sqlx::PgPool;
 
 use crate::context::Context;
 use crate::dual_write::durability::{self, OutboxDurability};
-use crate::dual_write::gaps::{self, OutboxGap};
 use crate::human::plural;
+use crate::ledger::dead_letter::{self, DeadLetterCount};
+use crate::ledger::gaps::{self, OutboxGap};
+use crate::ledger::progress::{self, TaskProgress};
+use crate::ledger::validation::{self, ValidationRun};
 use crate::phase::gates::{self, GateRules, LatestValidation};
 use crate::state::{self, render_next_steps, MigrationState, NextStep, Phase};
 use crate::store::capability::Capabilities;
-use crate::store::dead_letter::{self, DeadLetterCount};
-use crate::store::progress::{self, TaskProgress};
 use crate::store::user_sets::{self, report::UserSetsStatus};
 use crate::store::{self, ObjectStatus, Policy, StorageMode, Store};
 
@@ -293,7 +294,7 @@ async fn read_target(ctx: &Context, status: &mut Status, now: DateTime<Utc>) -> 
     let state = state::load_from_pool(pool).await?;
     status.phase = Some(state.phase);
     status.storage_mode = state.storage_mode;
-    status.read_source = Some(state.read_source.clone());
+    status.read_source = Some(state.read_source.to_string());
     status.completion_point = state.completion_point;
     if let Some(mode) = state.storage_mode.or_else(|| caps.choose(ctx.settings.target.mode).ok()) {
         status.objects = store::object_status(&*ctx.store(mode)).await?;
@@ -318,7 +319,7 @@ async fn prepared_figures(ctx: &Context, state: &MigrationState, status: &mut St
     let (policies, target, last_validation, gaps, running, jobs, sets) = tokio::join!(
         store.policies(),
         target_figures(&*store),
-        last_validation(pool),
+        validation::latest_from_pool(pool),
         gaps::open(pool),
         progress::unfinished(pool),
         job_health(pool, &*store),
@@ -329,16 +330,14 @@ async fn prepared_figures(ctx: &Context, state: &MigrationState, status: &mut St
     let url = std::mem::take(&mut status.target.url);
     status.target =
         TargetStatus { url, reachable: true, server_version: status.target.server_version.take(), timescaledb: status.target.timescaledb.take(), ..target };
-    status.last_validation = last_validation?;
+    let latest = last_validation?;
+    status.last_validation = latest.as_ref().map(|run| validation_summary(run, Utc::now()));
     status.outbox_gaps = gaps?;
     status.warnings.extend(status.outbox_gaps.iter().map(|g| format!("{}; repair: {}", g.describe(), g.repair_command())));
     status.running = running?;
     status.jobs = jobs.ok();
     // The gates read the run as the phase commands do, coverage included.
-    match &status.last_validation {
-        Some(_) => Ok(crate::phase::state::latest_validation(&mut *pool.acquire().await?).await?),
-        None => Ok(None),
-    }
+    Ok(latest.as_ref().map(LatestValidation::from))
 }
 
 /// What the target holds; a figure it cannot read (a table not there yet) stays `None`.
@@ -365,43 +364,32 @@ async fn target_figures(store: &dyn Store) -> TargetStatus {
     status
 }
 
-type ValidationRow = (i64, DateTime<Utc>, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<bool>);
-
-async fn last_validation(pool: &PgPool) -> anyhow::Result<Option<ValidationSummary>> {
-    let row: Option<ValidationRow> = sqlx::query_as(
-        "SELECT id, finished_at, result, depth, window_from, window_to, window_from <= range_from AND window_to >= range_to
-         FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(id, finished_at, result, depth, window_from, window_to, whole_range)| ValidationSummary {
-        id,
-        finished_at,
-        age_seconds: (Utc::now() - finished_at).num_seconds(),
-        result,
-        depth,
-        window_from,
-        window_to,
-        whole_range,
-    }))
+fn validation_summary(run: &ValidationRun, now: DateTime<Utc>) -> ValidationSummary {
+    ValidationSummary {
+        id: run.id,
+        finished_at: run.finished_at,
+        age_seconds: (now - run.finished_at).num_seconds(),
+        result: run.verdict.as_str().into(),
+        depth: run.depth.as_str().into(),
+        window_from: run.window.map(|w| w.0),
+        window_to: run.window.map(|w| w.1),
+        whole_range: run.whole_range(),
+    }
 }
-
-type JobRunRow = (String, Option<String>, Option<DateTime<Utc>>, i64, Option<String>);
 
 /// tsmigrate's scheduled jobs (from their last runs) and TimescaleDB's policy jobs.
 async fn job_health(pool: &PgPool, store: &dyn Store) -> anyhow::Result<Vec<JobHealth>> {
-    let runs: Vec<JobRunRow> =
-        sqlx::query_as("SELECT job, last_status, last_finished_at, failures, last_error FROM tsmigrate.job_runs ORDER BY job").fetch_all(pool).await?;
+    let runs = crate::ledger::jobs::last_runs(pool).await?;
     let mut jobs: Vec<JobHealth> = runs
         .into_iter()
-        .map(|(name, last_status, last_run_at, failures, last_error)| JobHealth {
-            failing: last_status.as_deref() == Some("failed"),
-            name,
+        .map(|run| JobHealth {
+            failing: run.last_status.as_deref() == Some(crate::ledger::jobs::RunStatus::Failed.as_str()),
+            name: run.job,
             runs_in: "tsmigrate run",
-            last_status,
-            last_run_at,
-            failures,
-            last_error,
+            last_status: run.last_status,
+            last_run_at: run.last_finished_at,
+            failures: run.failures,
+            last_error: run.last_error,
         })
         .collect();
     if !store.scheduler_does_upkeep() {

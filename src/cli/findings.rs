@@ -5,8 +5,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::context::Context;
-use crate::validate::diff::DifferenceKind;
-use crate::validate::findings::{recorded, recorded_run, Finding, RecordedRun};
+use crate::ledger::validation::{self, Depth, DifferenceKind, FoundKey, ValidationRun, Verdict};
 use crate::validate::window::show_hour;
 
 use super::output::Envelope;
@@ -53,15 +52,43 @@ pub enum Format {
     Csv,
 }
 
+/// The run, as `details.run` names it.
+#[derive(Debug, Serialize)]
+struct RunShown {
+    id: i64,
+    finished_at: DateTime<Utc>,
+    /// `clean`, `differences` or `error` (could not run), as recorded.
+    result: &'static str,
+    depth: Depth,
+    window_from: Option<DateTime<Utc>>,
+    window_to: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    verdict: Verdict,
+}
+
+impl From<&ValidationRun> for RunShown {
+    fn from(run: &ValidationRun) -> RunShown {
+        RunShown {
+            id: run.id,
+            finished_at: run.finished_at,
+            result: run.verdict.as_str(),
+            depth: run.depth,
+            window_from: run.window.map(|w| w.0),
+            window_to: run.window.map(|w| w.1),
+            verdict: run.verdict,
+        }
+    }
+}
+
 /// What `--json` puts in `details`.
 #[derive(Debug, Serialize)]
 struct Findings {
-    run: RecordedRun,
+    run: RunShown,
     /// The kinds asked for (every kind when none was).
     kinds: Vec<DifferenceKind>,
     /// How many findings of those kinds the run recorded (all of them are listed).
     total: usize,
-    findings: Vec<Finding>,
+    findings: Vec<FoundKey>,
 }
 
 pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply> {
@@ -72,8 +99,9 @@ pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply>
     if state.phase == crate::state::Phase::New {
         anyhow::bail!("the target is not prepared: no validation has run here\n  next: tsmigrate status");
     }
-    let Some(run) = recorded_run(&ctx.target, args.run).await? else {
-        return Err(match (args.run, recorded_run(&ctx.target, None).await?) {
+    let mut conn = ctx.target.acquire().await?;
+    let Some(run) = validation::run(&mut conn, args.run).await? else {
+        return Err(match (args.run, validation::latest(&mut conn).await?) {
             (Some(id), Some(latest)) => {
                 anyhow::anyhow!("there is no validation run #{id}; the latest is #{}\n  next: tsmigrate findings --run {}", latest.id, latest.id)
             }
@@ -83,9 +111,9 @@ pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply>
     let mut kinds: Vec<DifferenceKind> = args.kind.iter().copied().map(DifferenceKind::from).collect();
     kinds.sort();
     kinds.dedup();
-    let findings = recorded(&ctx.target, run.id, &kinds).await?;
-    let shown = if kinds.is_empty() { vec![DifferenceKind::Missing, DifferenceKind::Extra, DifferenceKind::Different] } else { kinds };
-    let details = Findings { total: findings.len(), kinds: shown, run, findings };
+    let findings = validation::findings(&ctx.target, run.id, &kinds).await?;
+    let shown = if kinds.is_empty() { DifferenceKind::ALL.to_vec() } else { kinds };
+    let details = Findings { total: findings.len(), kinds: shown, run: RunShown::from(&run), findings };
     let text = match args.format {
         Format::Text => text(&details),
         Format::Csv => csv(&details),
@@ -115,13 +143,13 @@ fn text(f: &Findings) -> String {
         "validation run #{} ({}, {} depth, finished {}{window})\n{} finding(s) of kind {}\n",
         run.id,
         run.result,
-        run.depth,
+        run.depth.as_str(),
         run.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
         f.total,
         kinds.join(", ")
     );
     if f.findings.is_empty() {
-        if run.depth == "counts" && run.result == "differences" {
+        if run.depth == Depth::Counts && run.verdict == Verdict::Differences {
             o.push_str("  a run at counts depth lists no events: `tsmigrate validate --depth events` finds which ones differ\n");
         }
         return o;

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::context::Context;
-use crate::phase::state::{audit_entries, AuditRecord};
+use crate::ledger::audit::{self, AuditRecord};
 use crate::store::schema::{self, HISTORY_TABLE};
 
 use super::{positive, Reply};
@@ -62,7 +62,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<Reply> {
         execution_ms: None,
     }));
     migrations.sort_by_key(|m| m.version);
-    let (audit_log, audit_entries_total) = audit_entries(&ctx.target, args.limit as i64).await?;
+    let (audit_log, audit_entries_total) = audit::entries(&ctx.target, args.limit as i64).await?;
     let history = History { storage_mode: state.storage_mode, migrations, audit_log, audit_entries_total };
     let text = text(&history);
     Ok(Reply::done(&history, text).with_phase(state.phase))

@@ -76,8 +76,22 @@ pub struct AbortArgs {
 #[derive(Debug, clap::Args)]
 pub struct ShadowArgs {
     /// on: serve from the current source and compare each answer with the other source.
-    #[arg(value_parser = ["on", "off"])]
-    pub state: String,
+    pub state: ShadowArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShadowArg {
+    On,
+    Off,
+}
+
+impl From<ShadowArg> for crate::state::Shadow {
+    fn from(arg: ShadowArg) -> Self {
+        match arg {
+            ShadowArg::On => crate::state::Shadow::On,
+            ShadowArg::Off => crate::state::Shadow::Off,
+        }
+    }
 }
 
 pub async fn cutover(args: CutoverArgs, ctx: &Context) -> anyhow::Result<Reply> {
@@ -105,5 +119,5 @@ pub async fn abort(args: AbortArgs, ctx: &Context) -> anyhow::Result<Reply> {
 }
 
 pub async fn shadow(args: ShadowArgs, ctx: &Context) -> anyhow::Result<Reply> {
-    run_phase(ctx, &Shadow { on: args.state == "on" }, &Options::default()).await
+    run_phase(ctx, &Shadow { state: args.state.into() }, &Options::default()).await
 }

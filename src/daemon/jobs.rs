@@ -8,6 +8,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::leader::Lease;
 use crate::context::Context;
+use crate::ledger::jobs::{self, RunStatus};
 use crate::legacy::flush;
 use crate::phase::command::validate::Validate;
 use crate::phase::Options;
@@ -48,55 +49,23 @@ pub async fn run_job(ctx: &JobContext, job: JobName) -> JobOutcome {
         Err(e) => JobOutcome::Failed(format!("{e:#}")),
     };
     let status = match &outcome {
-        JobOutcome::Done(_) => "success",
-        JobOutcome::Skipped(_) => "skipped",
-        JobOutcome::Failed(_) => "failed",
+        JobOutcome::Done(_) => RunStatus::Success,
+        JobOutcome::Skipped(_) => RunStatus::Skipped,
+        JobOutcome::Failed(_) => RunStatus::Failed,
         JobOutcome::NotLeader => unreachable!("returned above"),
     };
-    metrics::counter!("tsmigrate_job_runs_total", "job" => job.as_str(), "status" => status).increment(1);
+    metrics::counter!("tsmigrate_job_runs_total", "job" => job.as_str(), "status" => status.as_str()).increment(1);
     if let JobOutcome::Failed(error) = &outcome {
         metrics::counter!("tsmigrate_job_failures_total", "job" => job.as_str()).increment(1);
         tracing::warn!(job = job.as_str(), %error, "job failed");
     }
-    {
-        let error = match &outcome {
-            JobOutcome::Failed(e) => Some(e.clone()),
-            _ => None,
-        };
-        // Before prepare there is no job_runs table; nothing to record then.
-        let _ = sqlx::query(
-            "INSERT INTO tsmigrate.job_runs (job, last_started_at, last_finished_at, last_status, last_error, runs, failures)
-             VALUES ($1, $2, now(), $3, $4, 1, $5)
-             ON CONFLICT (job) DO UPDATE SET last_started_at = $2, last_finished_at = now(), last_status = $3,
-                 last_error = $4, runs = tsmigrate.job_runs.runs + 1, failures = tsmigrate.job_runs.failures + $5",
-        )
-        .bind(job.as_str())
-        .bind(started)
-        .bind(status)
-        .bind(error)
-        .bind(i64::from(status == "failed"))
-        .execute(&ctx.ctx.target)
-        .await;
-        record_replica(ctx, job, started, status).await;
-    }
+    let error = match &outcome {
+        JobOutcome::Failed(e) => Some(e.as_str()),
+        _ => None,
+    };
+    // Which replica ran it, too: `job_runs.replica` and one row per run in `job_run_log`.
+    jobs::record(&ctx.ctx.target, &jobs::FinishedRun { job, started, status, error, replica: &ctx.lease.replica }).await;
     outcome
-}
-
-/// Which replica ran it: `job_runs.replica` and one row per run in `job_run_log` (kept 30
-/// days). Separate from the upsert above, so a target not migrated this far still records runs.
-async fn record_replica(ctx: &JobContext, job: JobName, started: chrono::DateTime<Utc>, status: &str) {
-    let replica: &str = &ctx.lease.replica;
-    let _ = sqlx::query("UPDATE tsmigrate.job_runs SET replica = $2 WHERE job = $1").bind(job.as_str()).bind(replica).execute(&ctx.ctx.target).await;
-    let _ = sqlx::query(
-        "WITH expired AS (DELETE FROM tsmigrate.job_run_log WHERE job = $1 AND started_at < now() - interval '30 days')
-         INSERT INTO tsmigrate.job_run_log (job, replica, started_at, finished_at, status) VALUES ($1, $2, $3, now(), $4)",
-    )
-    .bind(job.as_str())
-    .bind(replica)
-    .bind(started)
-    .bind(status)
-    .execute(&ctx.ctx.target)
-    .await;
 }
 
 async fn execute(ctx: &Context, job: JobName) -> anyhow::Result<JobOutcome> {
@@ -215,16 +184,8 @@ pub async fn run_scheduled(ctx: &JobContext, job: JobName, tick: Option<chrono::
         return JobOutcome::NotLeader;
     }
     if let Some(tick) = tick {
-        let claimed = sqlx::query(
-            "WITH expired AS (DELETE FROM tsmigrate.job_slots WHERE job = $1 AND slot < now() - interval '30 days')
-             INSERT INTO tsmigrate.job_slots (job, slot, replica) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(job.as_str())
-        .bind(tick)
-        .bind(&*ctx.lease.replica)
-        .execute(&ctx.ctx.target)
-        .await;
-        if matches!(claimed, Ok(done) if done.rows_affected() == 0) {
+        let claimed = jobs::claim_tick(&ctx.ctx.target, job, tick, &ctx.lease.replica).await;
+        if matches!(claimed, Ok(false)) {
             return JobOutcome::Skipped(format!("the tick {tick} already ran on another replica"));
         }
     }

@@ -9,7 +9,9 @@ use crate::connect::RedisConn;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::dual_write::{durability, gaps, outbox};
+use crate::dual_write::{durability, outbox};
+use crate::ledger::validation::{self, Verdict};
+use crate::ledger::{checkpoint, dead_letter, gaps};
 use crate::legacy::LegacyKeys;
 use crate::phase::Phase;
 use crate::telemetry::{self, DEAD_LETTER_REASONS};
@@ -60,16 +62,14 @@ async fn migration(target: &PgPool) -> anyhow::Result<()> {
     let state = crate::state::load_from_pool(target).await?;
     let phases: Vec<&'static str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
     telemetry::set_one_hot("tsmigrate_phase", "phase", &phases, state.phase.as_str());
-    telemetry::set_one_hot("tsmigrate_read_source", "source", &telemetry::SOURCES, &state.read_source);
+    telemetry::set_one_hot("tsmigrate_read_source", "source", &telemetry::SOURCES, state.read_source.as_str());
     if state.phase == Phase::New {
         return Ok(());
     }
     if let Some(failing) = crate::store::open(state.storage_mode.unwrap_or(crate::store::StorageMode::Postgres), target.clone()).failing_jobs().await? {
         metrics::gauge!("tsmigrate_timescaledb_failing_jobs").set(failing.len() as f64);
     }
-    let position: Option<crate::phase::command::backfill::BackfillPosition> =
-        crate::store::checkpoint::load(&mut *target.acquire().await?, crate::phase::command::backfill::CHECKPOINT).await?;
-    if let Some(position) = position {
+    if let Some(position) = checkpoint::backfill(&mut *target.acquire().await?).await? {
         metrics::gauge!("tsmigrate_backfill_read_events").set(position.read as f64);
         metrics::gauge!("tsmigrate_backfill_inserted_events").set(position.inserted as f64);
         metrics::gauge!("tsmigrate_backfill_finished").set(f64::from(u8::from(position.finished)));
@@ -78,28 +78,22 @@ async fn migration(target: &PgPool) -> anyhow::Result<()> {
 }
 
 async fn validation(target: &PgPool) -> anyhow::Result<()> {
-    // Differences: events missing, extra or different, plus legacy hourly rows that differ.
-    let last: Option<(String, f64, i64)> = sqlx::query_as(
-        "SELECT result, extract(epoch FROM finished_at)::float8,
-                (coalesce((figures->>'missing')::bigint, 0) + coalesce((figures->>'extra')::bigint, 0)
-                 + coalesce((figures->>'different')::bigint, 0) + coalesce((figures->'legacy_hourly'->>'differences')::bigint, 0))::bigint
-         FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1",
-    )
-    .fetch_optional(target)
-    .await?;
-    let Some((result, finished, differences)) = last else {
+    let Some(last) = validation::latest_from_pool(target).await? else {
         return Ok(());
     };
+    // Differences: events missing, extra or different, plus legacy hourly rows that differ.
+    let f = &last.figures;
+    let differences = f.missing + f.extra + f.different + f.hourly_differences;
     // A run that found differences the sum does not name still counts as one.
-    let differences = if result == "differences" { differences.max(1) } else { differences };
+    let differences = if last.verdict == Verdict::Differences { differences.max(1) } else { differences };
     metrics::gauge!("tsmigrate_validation_differences").set(differences as f64);
-    metrics::gauge!("tsmigrate_last_validation_clean").set(f64::from(u8::from(result == "clean")));
-    metrics::gauge!("tsmigrate_last_validation_timestamp_seconds").set(finished);
+    metrics::gauge!("tsmigrate_last_validation_clean").set(f64::from(u8::from(last.verdict == Verdict::Clean)));
+    metrics::gauge!("tsmigrate_last_validation_timestamp_seconds").set(last.finished_at.timestamp_millis() as f64 / 1000.0);
     Ok(())
 }
 
 async fn dead_letters(target: &PgPool) -> anyhow::Result<()> {
-    let counts = crate::store::dead_letter::counts(&mut *target.acquire().await?).await?;
+    let counts = dead_letter::counts(&mut *target.acquire().await?).await?;
     for reason in DEAD_LETTER_REASONS {
         let n = counts.iter().find(|c| c.reason_code == reason).map_or(0, |c| c.count);
         metrics::gauge!("tsmigrate_dead_letter_rows", "reason" => reason).set(n as f64);

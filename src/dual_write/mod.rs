@@ -5,7 +5,6 @@
 
 pub mod durability;
 pub mod flag;
-pub mod gaps;
 pub mod outbox;
 pub mod relay;
 pub mod tail;

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use crate::connect::RedisConn;
 use chrono::Utc;
 
-use super::gaps::{self, OutboxGap};
 use super::outbox::{self, OutboxEntry};
 use crate::config::Settings;
+use crate::ledger::gaps::{self, OutboxGap};
 use crate::legacy::LegacyKeys;
 use crate::store::writer::{Method, ParsedPage, TargetWriter};
 
@@ -274,7 +274,7 @@ impl Relay {
             .commit_page(&page, "relay", Method::Copy, move |tx, _| {
                 Box::pin(async move {
                     if let Some(newest) = newest {
-                        gaps::note_relayed(tx, &group, newest).await?;
+                        crate::ledger::checkpoint::note_relayed(tx, &group, newest).await?;
                     }
                     Ok(())
                 })

@@ -12,21 +12,12 @@ use std::time::Duration;
 
 use crate::connect::RedisConn;
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
 
 use crate::event::MAX_FUTURE_MS;
+use crate::ledger::checkpoint::{self, Checkpoint, TailPosition};
 use crate::legacy::reader::{read_page, ScoreCursor};
 use crate::legacy::LegacyKeys;
-use crate::store::checkpoint;
 use crate::store::writer::{Method, ParsedPage, TargetWriter};
-
-pub const CHECKPOINT: &str = "tail";
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TailPosition {
-    /// Highest score copied so far.
-    pub score: f64,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TailOutcome {
@@ -61,7 +52,7 @@ impl Tail {
 
     async fn copy(&mut self, sweep: bool) -> anyhow::Result<TailOutcome> {
         let mut conn = self.writer.pool().acquire().await?;
-        let saved: Option<TailPosition> = checkpoint::load(&mut conn, CHECKPOINT).await?;
+        let saved = checkpoint::tail(&mut conn).await?;
         let mut position = saved.unwrap_or(TailPosition { score: self.start_at });
         let from = if sweep || saved.is_none() { position.score - self.lookback.as_millis() as f64 } else { position.score };
         let mut cursor = ScoreCursor::at(from);
@@ -82,11 +73,8 @@ impl Tail {
                 position.score = position.score.max(score);
                 page.push(member, Some(score), now_ms);
             }
-            let saved = serde_json::to_value(position)?;
-            let outcome = self
-                .writer
-                .commit_page(&page, "tail", Method::Insert, move |tx, _| Box::pin(async move { checkpoint::save(tx, CHECKPOINT, &saved).await }))
-                .await?;
+            let saved = Checkpoint::Tail(position);
+            let outcome = self.writer.commit_page(&page, "tail", Method::Insert, move |tx, _| Box::pin(async move { saved.save(tx).await })).await?;
             read += page.len();
             inserted += outcome.inserted;
             dead_total += outcome.dead_letters;

@@ -6,16 +6,12 @@
 
 use crate::connect::RedisConn;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::event::{MAX_FUTURE_MS, MIN_EVENT_MS};
-use crate::store::dead_letter::{preview, show_score};
+use crate::ledger::dead_letter::{preview, show_score};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ScoreCursor {
-    pub score: f64,
-    pub skip: u64,
-}
+pub use crate::ledger::checkpoint::ScoreCursor;
 
 impl ScoreCursor {
     pub fn at(score: f64) -> Self {

@@ -7,9 +7,9 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
+use crate::ledger::validation::{Depth, ValidationRun, Verdict};
 use crate::state::{MigrationState, NextStep, Phase};
-use crate::validate::window::Coverage;
-use crate::validate::{Depth, Verdict};
+use crate::validate::window::{Coverage, Span};
 
 /// A recorded validation run, as the gates read it.
 #[derive(Debug, Clone)]
@@ -23,6 +23,21 @@ pub struct LatestValidation {
     pub coverage: Option<Coverage>,
     /// Events only the target holds that it found (what `repair --delete-extra` deletes).
     pub extra: u64,
+}
+
+impl From<&ValidationRun> for LatestValidation {
+    /// The gates' view of the latest run as the ledger records it.
+    fn from(run: &ValidationRun) -> LatestValidation {
+        let span = |(from, to): (DateTime<Utc>, DateTime<Utc>)| Span { from, to };
+        LatestValidation {
+            id: run.id,
+            finished_at: run.finished_at,
+            verdict: run.verdict,
+            depth: run.depth,
+            coverage: run.window.zip(run.range).map(|(compared, range)| Coverage { compared: span(compared), range: span(range) }),
+            extra: run.figures.extra,
+        }
+    }
 }
 
 impl LatestValidation {

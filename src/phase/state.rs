@@ -1,15 +1,16 @@
-//! The persisted migration state, the phase lock and the audit log.
+//! The phase lock and the phase commands' audited changes of the migration state (the
+//! records themselves are the ledger's: `crate::ledger::{migration, audit}`).
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 
-pub use crate::state::{load, load_from_pool, MigrationState, PHASE_LOCK_KEY};
+pub use crate::ledger::migration::{load, load_from_pool, StateChanges};
+pub use crate::state::{MigrationState, PHASE_LOCK_KEY};
 
 use super::{Phase, Refusal, Transition};
 use crate::config::SecretUrl;
-use crate::store::StorageMode;
+use crate::ledger::audit::{self, Outcome};
+use crate::ledger::migration;
 
 /// How long opening the lock connection may take (a hung server must not hang the command).
 const LOCK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -17,17 +18,6 @@ const LOCK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub use crate::state::actor;
-
-/// What a committed transition changes besides the phase.
-#[derive(Debug, Default, Clone)]
-pub struct StateChanges {
-    pub storage_mode: Option<StorageMode>,
-    pub read_source: Option<&'static str>,
-    pub completion_point: Option<Option<DateTime<Utc>>>,
-    pub backfilled_until: Option<DateTime<Utc>>,
-    pub reads_switched_at: Option<Option<DateTime<Utc>>>,
-    pub flush_retired_at: Option<Option<DateTime<Utc>>>,
-}
 
 /// One audit entry.
 #[derive(Debug, Clone, Default)]
@@ -130,184 +120,61 @@ impl PhaseGuard {
         let mut tx = self.conn.begin().await?;
         if from == Phase::New {
             let mode = changes.storage_mode.ok_or_else(|| anyhow::anyhow!("a new migration needs a storage mode"))?;
-            sqlx::query("INSERT INTO tsmigrate.migration_state (phase, storage_mode) VALUES ($1, $2)")
-                .bind(transition.to.as_str())
-                .bind(mode.as_str())
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            let updated = sqlx::query(
-                "UPDATE tsmigrate.migration_state SET
-                    phase = $1,
-                    read_source = COALESCE($3, read_source),
-                    completion_point = CASE WHEN $4 THEN $5 ELSE completion_point END,
-                    backfilled_until = COALESCE($6, backfilled_until),
-                    reads_switched_at = CASE WHEN $7 THEN $8 ELSE reads_switched_at END,
-                    flush_retired_at = CASE WHEN $9 THEN $10 ELSE flush_retired_at END,
-                    updated_at = now()
-                 WHERE phase = $2",
-            )
-            .bind(transition.to.as_str())
-            .bind(from.as_str())
-            .bind(changes.read_source)
-            .bind(changes.completion_point.is_some())
-            .bind(changes.completion_point.flatten())
-            .bind(changes.backfilled_until)
-            .bind(changes.reads_switched_at.is_some())
-            .bind(changes.reads_switched_at.flatten())
-            .bind(changes.flush_retired_at.is_some())
-            .bind(changes.flush_retired_at.flatten())
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() != 1 {
-                anyhow::bail!("the migration left phase {from} while {} was running; nothing was changed", transition.command);
-            }
+            migration::create(&mut tx, transition.to, mode).await?;
+        } else if !migration::advance(&mut tx, from, transition.to, &changes).await? {
+            anyhow::bail!("the migration left phase {from} while {} was running; nothing was changed", transition.command);
         }
-        sqlx::query(
-            "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, forced, reason, details)
-             VALUES ($1, $2, $3, $4, 'done', $5, $6, $7)",
-        )
-        .bind(&self.actor)
-        .bind(transition.command)
-        .bind(from.as_str())
-        .bind(transition.to.as_str())
-        .bind(audit.forced)
-        .bind(&audit.reason)
-        .bind(&audit.details)
-        .execute(&mut *tx)
-        .await?;
+        let entry = audit::Entry {
+            actor: &self.actor,
+            command: transition.command,
+            from,
+            to: Some(transition.to),
+            outcome: Outcome::Done,
+            forced: audit.forced,
+            reason: audit.reason.as_deref(),
+            details: &audit.details,
+        };
+        audit::record(&mut tx, &entry).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Records a command that ran without changing the phase (a re-run, a dry run).
     pub async fn audit_noop(&mut self, command: &str, phase: Phase, details: Value) -> anyhow::Result<()> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('tsmigrate.audit_log') IS NOT NULL").fetch_one(&mut self.conn).await?;
-        if exists {
-            sqlx::query(
-                "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, details)
-                 VALUES ($1, $2, $3, $3, 'unchanged', $4)",
-            )
-            .bind(&self.actor)
-            .bind(command)
-            .bind(phase.as_str())
-            .bind(details)
-            .execute(&mut self.conn)
-            .await?;
-        }
-        Ok(())
+        let entry = audit::Entry {
+            actor: &self.actor,
+            command,
+            from: phase,
+            to: Some(phase),
+            outcome: Outcome::Unchanged,
+            forced: false,
+            reason: None,
+            details: &details,
+        };
+        Ok(audit::record(&mut self.conn, &entry).await?)
     }
 }
 
 /// Writes a refusal into the audit log (nothing before prepare: there is no audit log yet).
 pub async fn record_refusal(conn: &mut PgConnection, actor: &str, command: &str, phase: Phase, refusal: &Refusal, details: Value) -> anyhow::Result<()> {
-    if phase == Phase::New {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, reason, details)
-         VALUES ($1, $2, $3, NULL, 'refused', $4, $5)",
-    )
-    .bind(actor)
-    .bind(command)
-    .bind(phase.as_str())
-    .bind(&refusal.reason)
-    .bind(details)
-    .execute(conn)
-    .await?;
-    Ok(())
+    let entry =
+        audit::Entry { actor, command, from: phase, to: None, outcome: Outcome::Refused, forced: false, reason: Some(&refusal.reason), details: &details };
+    Ok(audit::record(conn, &entry).await?)
 }
 
 /// Records a command that stopped early at a page boundary (interrupted, or its lock
 /// connection lost): on a connection of the pool, since the lock's may be the one lost.
 pub async fn record_stop(pool: &PgPool, command: &str, phase: Phase, stopped: &crate::stop::Stopped) -> anyhow::Result<()> {
-    if phase == Phase::New {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, reason, details)
-         VALUES ($1, $2, $3, $3, $4, $5, $6)",
-    )
-    .bind(actor())
-    .bind(command)
-    .bind(phase.as_str())
-    .bind(stopped.outcome())
-    .bind(crate::state::split_hint(&stopped.to_string()).0)
-    .bind(stopped.details())
-    .execute(pool)
-    .await?;
-    Ok(())
+    let outcome = match stopped.why {
+        crate::stop::Why::LockLost => Outcome::LockLost,
+        crate::stop::Why::Interrupted(_) => Outcome::Interrupted,
+    };
+    let (actor, reason, details) = (actor(), crate::state::split_hint(&stopped.to_string()).0, stopped.details());
+    let entry = audit::Entry { actor: &actor, command, from: phase, to: Some(phase), outcome, forced: false, reason: Some(&reason), details: &details };
+    Ok(audit::record(&mut *pool.acquire().await?, &entry).await?)
 }
 
-type ValidationRunRow = (i64, DateTime<Utc>, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, i64);
-
-/// The latest recorded validation run (the gates' input), with what it covered.
+/// The latest validation as the gates read it (the ledger's one reading of it).
 pub async fn latest_validation(conn: &mut PgConnection) -> anyhow::Result<Option<super::gates::LatestValidation>> {
-    use crate::validate::window::{Coverage, Span};
-    let row: Option<ValidationRunRow> = sqlx::query_as(
-        "SELECT id, finished_at, result, depth, window_from, window_to, range_from, range_to, COALESCE((figures->>'extra')::bigint, 0)
-         FROM tsmigrate.validation_runs ORDER BY finished_at DESC, id DESC LIMIT 1",
-    )
-    .fetch_optional(conn)
-    .await?;
-    let Some((id, finished_at, result, depth, window_from, window_to, range_from, range_to, extra)) = row else { return Ok(None) };
-    let span = |from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>| Some(Span { from: from?, to: to? });
-    let coverage = span(window_from, window_to).zip(span(range_from, range_to)).map(|(compared, range)| Coverage { compared, range });
-    Ok(Some(super::gates::LatestValidation {
-        id,
-        finished_at,
-        verdict: crate::validate::Verdict::parse(&result).ok_or_else(|| anyhow::anyhow!("unknown result {result:?} of validation run #{id}"))?,
-        depth: crate::validate::Depth::parse(&depth).ok_or_else(|| anyhow::anyhow!("unknown depth {depth:?} of validation run #{id}"))?,
-        coverage,
-        extra: extra.max(0) as u64,
-    }))
-}
-
-/// One entry of the audit log, for `tsmigrate history`.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditRecord {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub command: String,
-    pub from_phase: Option<String>,
-    pub to_phase: Option<String>,
-    pub outcome: String,
-    pub forced: bool,
-    pub reason: Option<String>,
-    pub details: Value,
-}
-
-type AuditRow = (i64, DateTime<Utc>, String, String, Option<String>, Option<String>, String, bool, Option<String>, Value);
-
-/// The newest `limit` audit entries, newest first, and how many there are in all (none
-/// before the first prepare).
-pub async fn audit_entries(pool: &PgPool, limit: i64) -> sqlx::Result<(Vec<AuditRecord>, i64)> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('tsmigrate.audit_log') IS NOT NULL").fetch_one(pool).await?;
-    if !exists {
-        return Ok((vec![], 0));
-    }
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM tsmigrate.audit_log").fetch_one(pool).await?;
-    let rows: Vec<AuditRow> = sqlx::query_as(
-        "SELECT id, at, actor, command, from_phase, to_phase, outcome, forced, reason, details FROM tsmigrate.audit_log ORDER BY id DESC LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    let records = rows
-        .into_iter()
-        .map(|(id, at, actor, command, from_phase, to_phase, outcome, forced, reason, details)| AuditRecord {
-            id,
-            at,
-            actor,
-            command,
-            from_phase,
-            to_phase,
-            outcome,
-            forced,
-            reason,
-            details,
-        })
-        .collect();
-    Ok((records, total))
+    Ok(crate::ledger::validation::latest(conn).await?.as_ref().map(super::gates::LatestValidation::from))
 }

@@ -10,12 +10,9 @@
 
 pub mod aggregates;
 pub mod capability;
-pub mod checkpoint;
-pub mod dead_letter;
 pub mod history;
 pub mod objects;
 pub mod postgres;
-pub mod progress;
 pub mod schema;
 pub mod timescaledb;
 pub mod user_sets;
@@ -25,43 +22,13 @@ pub mod writer;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::config::TargetSettings;
 pub use objects::{Object, ObjectStatus, Role};
 
-/// How the target stores events and aggregates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum StorageMode {
-    /// Hypertable, continuous aggregates, columnstore and retention policies.
-    Timescaledb,
-    /// Native range partitions and rollup tables maintained by tsmigrate's scheduler.
-    Postgres,
-}
-
-impl StorageMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StorageMode::Timescaledb => "timescaledb",
-            StorageMode::Postgres => "postgres",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "timescaledb" => Some(StorageMode::Timescaledb),
-            "postgres" => Some(StorageMode::Postgres),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for StorageMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::state::StorageMode;
 
 /// The target table names (fixed: reads and reports depend on them).
 pub const EVENTS_TABLE: &str = "analytics_events_ts";

@@ -22,11 +22,11 @@ use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::dead_letter::{self, DeadLetter};
 use super::write_error::{classify, server_message, WriteErrorKind};
 use super::StorageMode;
+use crate::event::changed_fields;
 use crate::event::{DeadLetterReason, TargetEvent};
-use crate::validate::diff::changed_fields;
+use crate::ledger::dead_letter::{self, DeadLetter};
 
 const UNIQUE_VIOLATION: &str = "23505";
 
@@ -471,13 +471,17 @@ async fn delete_rows(conn: &mut PgConnection, keys: &[(Uuid, DateTime<Utc>)]) ->
     Ok(())
 }
 
+/// Stored rows by `(event_id, time)`: the writer's "already present" check and validation's
+/// read-back of differing events share it.
+pub const EVENTS_BY_KEY: &str = include_str!("../../validation/events_by_key.sql");
+
 type EventRow = (Uuid, DateTime<Utc>, String, String, Option<String>, Option<String>, serde_json::Value, serde_json::Value, Option<String>, Option<String>);
 
 /// The stored rows for `(event_id, time)` keys (`validation/events_by_key.sql`).
 pub async fn rows_by_key(conn: &mut PgConnection, keys: &[(Uuid, DateTime<Utc>)]) -> sqlx::Result<Vec<TargetEvent>> {
     let mut out = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(5_000) {
-        let rows: Vec<EventRow> = sqlx::query_as(crate::validate::collect::sql::EVENTS_BY_KEY)
+        let rows: Vec<EventRow> = sqlx::query_as(EVENTS_BY_KEY)
             .bind(chunk.iter().map(|k| k.0).collect::<Vec<_>>())
             .bind(chunk.iter().map(|k| k.1).collect::<Vec<_>>())
             .fetch_all(&mut *conn)

@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use chrono::DateTime;
 use serde::Serialize;
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::event::TargetEvent;
@@ -193,71 +193,8 @@ pub fn match_digests(redis: Vec<EventDigest>, target: Vec<EventDigest>) -> Diges
     result
 }
 
-/// The fields in which two versions of an event differ, under the tolerance rules:
-/// times at millisecond precision, JSON compared as values (key order and number
-/// formatting are not differences: `1.50` = `1.5` = `1.5e0`, `1` = `1.0`).
-pub fn changed_fields(redis: &TargetEvent, target: &TargetEvent) -> Vec<&'static str> {
-    let mut fields = Vec::new();
-    if redis.time_ms() != target.time_ms() {
-        fields.push("time");
-    }
-    let texts = [
-        ("event_name", Some(&redis.event_name), Some(&target.event_name)),
-        ("category", Some(&redis.category), Some(&target.category)),
-        ("user_id", redis.user_id.as_ref(), target.user_id.as_ref()),
-        ("session_id", redis.session_id.as_ref(), target.session_id.as_ref()),
-        ("page_url", redis.page_url.as_ref(), target.page_url.as_ref()),
-        ("referrer", redis.referrer.as_ref(), target.referrer.as_ref()),
-    ];
-    fields.extend(texts.into_iter().filter(|(_, a, b)| a != b).map(|(name, _, _)| name));
-    if !json_equivalent(&redis.properties, &target.properties) {
-        fields.push("properties");
-    }
-    if !json_equivalent(&redis.device_info, &target.device_info) {
-        fields.push("device_info");
-    }
-    fields
-}
-
-/// JSON equality with numbers compared by value.
-pub fn json_equivalent(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
-            (Some(x), Some(y), _, _) => x == y,
-            (_, _, Some(x), Some(y)) => x == y,
-            _ => x.as_f64() == y.as_f64(),
-        },
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equivalent(a, b)),
-        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equivalent(v, w))),
-        _ => a == b,
-    }
-}
-
-/// The kinds of event-level difference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum DifferenceKind {
-    /// In Redis, not in the target.
-    Missing,
-    /// In the target, not in Redis.
-    Extra,
-    /// The same event id with different content or time.
-    Different,
-}
-
-impl DifferenceKind {
-    pub fn parse(s: &str) -> Option<DifferenceKind> {
-        [DifferenceKind::Missing, DifferenceKind::Extra, DifferenceKind::Different].into_iter().find(|k| k.as_str() == s)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DifferenceKind::Missing => "missing",
-            DifferenceKind::Extra => "extra",
-            DifferenceKind::Different => "different",
-        }
-    }
-}
+pub use crate::event::{changed_fields, json_equivalent};
+pub use crate::ledger::validation::{DifferenceKind, FoundKey};
 
 /// One event-level difference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,18 +282,10 @@ pub struct EventFindings {
     pub all: Vec<FoundKey>,
 }
 
-/// Where one difference is on each side: enough for `repair` to read it again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FoundKey {
-    pub kind: DifferenceKind,
-    pub event_id: Uuid,
-    pub redis_time_ms: Option<i64>,
-    pub target_time_ms: Option<i64>,
-}
-
 impl From<&EventDifference> for FoundKey {
     fn from(d: &EventDifference) -> FoundKey {
-        FoundKey { kind: d.kind, event_id: d.event_id, redis_time_ms: d.redis_time_ms, target_time_ms: d.target_time_ms }
+        let time = |ms: Option<i64>| ms.and_then(DateTime::from_timestamp_millis);
+        FoundKey { kind: d.kind, event_id: d.event_id, redis_time: time(d.redis_time_ms), target_time: time(d.target_time_ms) }
     }
 }
 

@@ -5,8 +5,9 @@
 //! * [`diff`]        the diff core: summaries and event lists in, findings out (pure).
 //! * [`collect`]     the collectors, one per system; the only I/O here.
 //! * [`report`]      renderers: text with a unified diff, JSON, JUnit XML.
-//! * [`run`]         one run: collectors → diff core → report, recorded in `tsmigrate.validation_runs`.
-//! * [`findings`]    the event-level differences runs recorded (what repair fixes, `tsmigrate findings` shows).
+//! * [`run`]         one run: collectors → diff core → report, recorded through the ledger
+//!   (`crate::ledger::validation`: runs and their findings, what repair fixes and
+//!   `tsmigrate findings` shows).
 //!
 //! The phase command around a run (phase check, moving `backfilled → validated`) is
 //! `crate::phase::command::validate`. The rules (what is compared, tolerance, exit codes) are
@@ -14,7 +15,6 @@
 
 pub mod collect;
 pub mod diff;
-pub mod findings;
 pub mod fingerprint;
 pub mod report;
 pub mod run;
@@ -23,7 +23,6 @@ pub mod window;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::json;
 
 use crate::legacy::reader::OutOfRange;
@@ -34,56 +33,7 @@ use collect::aggregates::{AssetKey, HourlyKey};
 use diff::{AggregateFindings, EventFindings, HourDifference, Listed};
 use window::Window;
 
-/// How deep validation looks at the events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Depth {
-    /// Counts per hour only (`ZCOUNT` against `count(*)`): cheap, finds no altered event.
-    Counts,
-    /// Counts and hashes per hour, narrowed to the differing events.
-    Events,
-}
-
-impl Depth {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Depth::Counts => "counts",
-            Depth::Events => "events",
-        }
-    }
-
-    /// As recorded in `tsmigrate.validation_runs.depth`.
-    pub fn parse(s: &str) -> Option<Depth> {
-        [Depth::Counts, Depth::Events].into_iter().find(|d| d.as_str() == s)
-    }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Clean,
-    Differences,
-    /// A check could not run (a legacy table missing, nothing to compare it with): the
-    /// run is not clean, whatever the others found. Recorded as `error`.
-    Incomplete,
-}
-
-impl Verdict {
-    /// As recorded in `tsmigrate.validation_runs.result`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Clean => "clean",
-            Verdict::Differences => "differences",
-            Verdict::Incomplete => "error",
-        }
-    }
-
-    /// As recorded in `tsmigrate.validation_runs.result`.
-    pub fn parse(s: &str) -> Option<Verdict> {
-        [Verdict::Clean, Verdict::Differences, Verdict::Incomplete].into_iter().find(|v| v.as_str() == s)
-    }
-}
+pub use crate::ledger::validation::{Depth, Verdict};
 
 /// Whether a check ran.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,6 @@ use std::time::Instant;
 use anyhow::Context as _;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
-use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -18,11 +17,12 @@ use crate::connect::RedisConn;
 use crate::calendar::day_start;
 use crate::context::Context;
 use crate::event::TargetEvent;
+use crate::ledger::progress;
+use crate::ledger::validation;
 use crate::legacy::reader::OutOfRange;
 use crate::state::{MigrationState, Phase};
 use crate::stop::Rerun;
 use crate::store::aggregates::{self, RefreshOutcome};
-use crate::store::progress;
 use crate::store::StorageMode;
 use crate::validate::collect::aggregates::{self as agg, AssetKey, HourlyKey, LegacyCoverage, LegacyTables};
 use crate::validate::collect::{redis as redis_side, target as target_side};
@@ -98,40 +98,20 @@ pub async fn run(ctx: &Context, state: &MigrationState, options: &ValidateOption
             Ok(report)
         }
         Err(error) => {
-            let failed = FailedRun { started_at, window: window_slot.as_ref(), depth: options.depth, phase: state.phase, duration: clock.elapsed() };
-            if let Err(e) = record_failed(&ctx.target, &failed, &error).await {
+            let failed = validation::FailedRun {
+                started_at,
+                window: window_slot.as_ref().map(|w: &Window| ((w.from, w.to), (w.range.from, w.range.to))),
+                depth: options.depth,
+                phase: state.phase,
+                error: format!("{error:#}"),
+                duration_ms: clock.elapsed().as_millis() as u64,
+            };
+            if let Err(e) = validation::record_failed(&ctx.target, &failed).await {
                 tracing::warn!(error = %e, "could not record the failed validation run");
             }
             Err(error)
         }
     }
-}
-
-struct FailedRun<'a> {
-    started_at: DateTime<Utc>,
-    window: Option<&'a Window>,
-    depth: Depth,
-    phase: crate::state::Phase,
-    duration: std::time::Duration,
-}
-
-async fn record_failed(pool: &PgPool, run: &FailedRun<'_>, error: &anyhow::Error) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, window_from, window_to, range_from, range_to, depth, result, phase, figures, duration_ms)
-         VALUES ($1, now(), $2, $3, $8, $9, $4, 'error', $5, $6, $7)",
-    )
-    .bind(run.started_at)
-    .bind(run.window.map(|w| w.from))
-    .bind(run.window.map(|w| w.to))
-    .bind(run.depth.as_str())
-    .bind(run.phase.as_str())
-    .bind(json!({"error": format!("{error:#}")}))
-    .bind(run.duration.as_millis() as i64)
-    .bind(run.window.map(|w| w.range.from))
-    .bind(run.window.map(|w| w.range.to))
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 async fn compare(
@@ -489,41 +469,19 @@ async fn compare_aggregates(
 
 /// Records the run, and every event-level difference it found (what `repair` works from).
 async fn record(pool: &PgPool, report: &ValidationReport) -> sqlx::Result<i64> {
-    let mut tx = pool.begin().await?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO tsmigrate.validation_runs (started_at, finished_at, window_from, window_to, range_from, range_to, depth, result, phase, figures, duration_ms)
-         VALUES ($1, $2, $3, $4, $10, $11, $5, $6, $7, $8, $9) RETURNING id",
-    )
-    .bind(report.started_at)
-    .bind(report.finished_at)
-    .bind(report.window.from)
-    .bind(report.window.to)
-    .bind(report.depth.as_str())
-    .bind(report.verdict().as_str())
-    .bind(report.phase_before.as_str())
-    .bind(report.figures())
-    .bind(report.duration_ms as i64)
-    .bind(report.window.range.from)
-    .bind(report.window.range.to)
-    .fetch_one(&mut *tx)
-    .await?;
+    let run = validation::NewRun {
+        started_at: report.started_at,
+        finished_at: report.finished_at,
+        window: (report.window.from, report.window.to),
+        range: (report.window.range.from, report.window.range.to),
+        depth: report.depth,
+        verdict: report.verdict(),
+        phase: report.phase_before,
+        figures: report.figures(),
+        duration_ms: report.duration_ms,
+    };
     let found = report.events.findings.as_ref().map(|f| f.all.as_slice()).unwrap_or_default();
-    if !found.is_empty() {
-        let time = |ms: Option<i64>| ms.and_then(DateTime::from_timestamp_millis);
-        sqlx::query(
-            "INSERT INTO tsmigrate.validation_findings (run_id, kind, event_id, redis_time, target_time)
-             SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::timestamptz[], $5::timestamptz[])",
-        )
-        .bind(id)
-        .bind(found.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>())
-        .bind(found.iter().map(|f| f.event_id).collect::<Vec<_>>())
-        .bind(found.iter().map(|f| time(f.redis_time_ms)).collect::<Vec<_>>())
-        .bind(found.iter().map(|f| time(f.target_time_ms)).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(id)
+    validation::record(pool, &run, found).await
 }
 
 #[cfg(test)]

@@ -222,7 +222,7 @@ async fn status_check_says_lagging_when_the_outbox_grows_old() {
 
 #[tokio::test]
 async fn long_work_is_visible_from_any_terminal_and_a_dead_run_shows_as_not_running() {
-    use tsmigrate::store::progress::Reporter;
+    use tsmigrate::ledger::progress::Reporter;
     let env = TestEnv::new().await;
     env.cli(&["prepare", "--mode", "postgres"]).expect_success();
     // What a backfill in another process reports as it goes.
@@ -254,8 +254,8 @@ async fn long_work_is_visible_from_any_terminal_and_a_dead_run_shows_as_not_runn
 /// running it starts over. Each write keeps the one before it, the rate's sample.
 #[tokio::test]
 async fn a_stopped_validation_shows_the_command_line_that_starts_it_over() {
+    use tsmigrate::ledger::progress::Reporter;
     use tsmigrate::stop::{Rerun, Stopped, Why};
-    use tsmigrate::store::progress::Reporter;
     let env = TestEnv::new().await;
     env.cli(&["prepare", "--mode", "postgres"]).expect_success();
     let line = "tsmigrate validate --from 2026-12-07T01:00:00Z --to 2026-12-07T03:00:00Z --limit 5";

@@ -5,9 +5,10 @@
 use serde_json::{json, Value};
 
 use crate::context::Context;
+use crate::ledger::audit::{self, Outcome};
 use crate::phase::report::PhaseReport;
 use crate::phase::runner::{confirmed, Applied, Commit, PhaseCommand, Run};
-use crate::phase::{Transition, ABORT};
+use crate::phase::{Phase, Transition, ABORT};
 use crate::store::objects::drop_statements;
 use crate::store::StorageMode;
 
@@ -82,12 +83,8 @@ async fn drop_once(run: &mut Run, statements: &[String], details: &Value) -> any
     for statement in statements {
         sqlx::query(statement).execute(&mut *tx).await?;
     }
-    sqlx::query("INSERT INTO tsmigrate.audit_log (actor, command, from_phase, to_phase, outcome, details) VALUES ($1, 'abort', $2, 'new', 'done', $3)")
-        .bind(&actor)
-        .bind(from.as_str())
-        .bind(details)
-        .execute(&mut *tx)
-        .await?;
+    let entry = audit::Entry { actor: &actor, command: "abort", from, to: Some(Phase::New), outcome: Outcome::Done, forced: false, reason: None, details };
+    audit::record(&mut tx, &entry).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -4,34 +4,29 @@
 //! ended: no gap, no duplicate. Then it refreshes the aggregates over the backfilled range
 //! and imports the legacy history older than the Redis horizon.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::connect::RedisConn;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use serde::Serialize;
+use serde_json::json;
 
+use crate::backfill as engine;
+use crate::connect::RedisConn;
 use crate::context::Context;
 use crate::event::MAX_FUTURE_MS;
-use crate::legacy::reader::{self, read_page, OutOfRange, ScoreCursor};
+use crate::ledger::checkpoint::{self, BackfillPosition, Checkpoint};
+use crate::ledger::dead_letter::{self, DeadLetterCount, DeadLetterExample};
+use crate::ledger::progress;
+use crate::legacy::reader::{self, OutOfRange};
 use crate::phase::report::Details;
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::StateChanges;
 use crate::phase::{Refusal, Transition, BACKFILL};
-use crate::progress::{Progress, RateLimit};
-use crate::stop::{Boundary, Rerun, Stopped, Why};
+use crate::stop::{Rerun, Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
-use crate::store::checkpoint;
-use crate::store::dead_letter::{self, DeadLetterCount, DeadLetterExample};
 use crate::store::history::{self, HistoryReport};
-use crate::store::progress;
-use crate::store::writer::{Method, PageOutcome, ParsedPage, TargetWriter};
-use crate::store::{StorageMode, Store};
+use crate::store::Store;
 
-pub const CHECKPOINT: &str = "backfill";
 /// Dead letters named in the report (the most recent of the backfill's).
 const NAMED_DEAD_LETTERS: i64 = 5;
 /// Out-of-range members shown from each end of the sorted set.
@@ -44,33 +39,6 @@ pub struct Backfill {
     pub import_history: bool,
     /// No progress lines (JSON output).
     pub quiet: bool,
-}
-
-/// Saved with every page.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BackfillPosition {
-    pub cursor: ScoreCursor,
-    /// Scores up to this (inclusive) are the backfill's.
-    pub until: f64,
-    pub read: u64,
-    pub inserted: u64,
-    pub already_present: u64,
-    pub dead_letters: u64,
-    pub pages: u64,
-    pub min_time_ms: Option<i64>,
-    pub max_time_ms: Option<i64>,
-    /// The copy is complete (saved after its last page).
-    pub finished: bool,
-    /// The closing steps (aggregate refresh, history import) ran after the copy. A copy
-    /// finished but not closed — stopped during those steps — is not copied again: a re-run
-    /// goes on with the closing steps. A finished and closed backfill run again is a new
-    /// pass. Checkpoints written before this was kept count as closed.
-    #[serde(default = "closed_before_it_was_kept")]
-    pub closed: bool,
-}
-
-fn closed_before_it_was_kept() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,11 +101,11 @@ impl PhaseCommand for Backfill {
         // A finished backfill run again is a new pass over what Redis holds up to T: rows
         // already there stay single, anything missing (found by a validation) goes in. A
         // copy that finished but stopped during its closing steps goes on with those.
-        let saved: Option<BackfillPosition> = checkpoint::load(&mut *ctx.target.acquire().await?, CHECKPOINT).await?;
+        let saved = checkpoint::backfill(&mut *ctx.target.acquire().await?).await?;
         let saved = saved.filter(|p| !(p.finished && p.closed));
         let resumed = saved.as_ref().is_some_and(|p| p.pages > 0);
         let mut position = saved.unwrap_or_else(|| BackfillPosition::start(until));
-        let remaining = remaining(&mut redis, &ctx.keys.events, &position).await?;
+        let remaining = engine::remaining(&mut redis, &ctx.keys.events, &position).await?;
         let out_of_range = reader::out_of_range(&mut redis, &ctx.keys.events, Utc::now().timestamp_millis(), OUT_OF_RANGE_EXAMPLES).await?;
         let mut details = BackfillDetails::new(run.dry_run, completion_point, &position, resumed, remaining, out_of_range);
         if self.import_history {
@@ -153,9 +121,9 @@ impl PhaseCommand for Backfill {
         // Status shows the run until its closing steps are done too (stopped during them: not
         // running, and what resumes it).
         let reporter = match position.finished {
-            false => self.copy(ctx, mode, redis.clone(), &mut position, remaining, &run.boundary).await?,
+            false => engine::copy(ctx, mode, redis.clone(), &mut position, remaining, &self.copy_options(), &run.boundary).await?,
             true => {
-                progress::Reporter::start(&ctx.target, CHECKPOINT, "events", (&self.invocation(), Rerun::Resumes), position.read, Some(position.read)).await
+                progress::Reporter::start(&ctx.target, engine::TASK, "events", (&self.invocation(), Rerun::Resumes), position.read, Some(position.read)).await
             }
         };
         details.read_this_run = position.read - read_before;
@@ -169,10 +137,10 @@ impl PhaseCommand for Backfill {
             Ok(closed) => closed,
             Err(why) => Err(self.stopped_closing(why, &position).into()),
         };
-        reporter.end(&ctx.target, CHECKPOINT, &closed).await;
+        reporter.end(&ctx.target, engine::TASK, &closed).await;
         closed?;
         position.closed = true;
-        checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &position).await?;
+        Checkpoint::Backfill(position.clone()).save(&mut *ctx.target.acquire().await?).await?;
         // Events Redis evicted before this copy reached them are in neither system: say so.
         let evicted = crate::dual_write::durability::inspect_or_warn(&mut redis).await.evicted_keys.filter(|n| *n > 0);
         let warnings = evicted.map(evictions_warning).into_iter().collect();
@@ -195,6 +163,10 @@ fn invocation(max_rate: Option<u64>, import_history: bool) -> String {
 }
 
 impl Backfill {
+    fn copy_options(&self) -> engine::CopyOptions {
+        engine::CopyOptions { page_size: self.page_size, max_rate: self.max_rate, quiet: self.quiet, resume: self.invocation() }
+    }
+
     /// Stopped during the closing steps, after a complete copy.
     fn stopped_closing(&self, why: Why, p: &BackfillPosition) -> Stopped {
         Stopped {
@@ -207,49 +179,6 @@ impl Backfill {
             ),
             resume: self.invocation(),
             rerun: Rerun::Resumes,
-        }
-    }
-
-    /// Copies from the saved position to its end, each page with its checkpoint.
-    async fn copy(
-        &self,
-        ctx: &Context,
-        mode: StorageMode,
-        redis: RedisConn,
-        position: &mut BackfillPosition,
-        remaining: u64,
-        boundary: &Boundary,
-    ) -> anyhow::Result<progress::Reporter> {
-        let writer = TargetWriter::new(ctx.target.clone(), mode);
-        // Seen from any terminal by `tsmigrate status`.
-        let reporter =
-            progress::Reporter::start(&ctx.target, CHECKPOINT, "events", (&self.invocation(), Rerun::Resumes), position.read, Some(position.read + remaining))
-                .await;
-        let mut sink = BackfillSink {
-            total: position.read + remaining,
-            position,
-            progress: Progress::new("backfill", remaining, self.quiet),
-            reported: reporter.counter(),
-            done_this_run: 0,
-            limit: self.max_rate.filter(|r| *r > 0).map(|rate| RateLimit::new(rate, Instant::now())),
-            resume: invocation(self.max_rate, self.import_history),
-        };
-        let (cursor, until) = (sink.position.cursor, sink.position.until);
-        let mut copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink, boundary).await;
-        if copied.is_ok() {
-            sink.progress.finish();
-            sink.position.finished = true;
-            sink.position.closed = false;
-            copied = async { checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &*sink.position).await }.await;
-        }
-        match copied {
-            // The run goes on with its closing steps, still shown as running.
-            Ok(()) => Ok(reporter),
-            Err(error) => {
-                let failed: anyhow::Result<()> = Err(error);
-                reporter.end(&ctx.target, CHECKPOINT, &failed).await;
-                failed.map(|()| unreachable!("failed"))
-            }
         }
     }
 
@@ -280,47 +209,6 @@ impl Backfill {
     }
 }
 
-impl BackfillPosition {
-    fn start(until: f64) -> BackfillPosition {
-        BackfillPosition {
-            cursor: ScoreCursor::at(f64::MIN),
-            until,
-            read: 0,
-            inserted: 0,
-            already_present: 0,
-            dead_letters: 0,
-            pages: 0,
-            min_time_ms: None,
-            max_time_ms: None,
-            finished: false,
-            closed: false,
-        }
-    }
-
-    fn add(&mut self, page: &Page, written: &PageOutcome) {
-        self.cursor = page.cursor_after;
-        self.read += page.read as u64;
-        self.inserted += written.inserted;
-        self.already_present += written.already_present;
-        self.dead_letters += written.dead_letters_recorded;
-        self.pages += 1;
-        for e in &page.parsed.events {
-            let ms = e.time_ms();
-            self.min_time_ms = Some(self.min_time_ms.map_or(ms, |m| m.min(ms)));
-            self.max_time_ms = Some(self.max_time_ms.map_or(ms, |m| m.max(ms)));
-        }
-    }
-}
-
-/// Members left between the position and its end.
-async fn remaining(redis: &mut RedisConn, key: &str, position: &BackfillPosition) -> anyhow::Result<u64> {
-    if position.finished {
-        return Ok(0);
-    }
-    let zcount: u64 = redis::cmd("ZCOUNT").arg(key).arg(position.cursor.score).arg(position.until).query_async(redis).await?;
-    Ok(zcount.saturating_sub(position.cursor.skip))
-}
-
 impl BackfillDetails {
     fn new(dry_run: bool, completion_point: DateTime<Utc>, p: &BackfillPosition, resumed: bool, remaining: u64, out_of_range: OutOfRange) -> Self {
         BackfillDetails {
@@ -348,154 +236,6 @@ impl BackfillDetails {
 
     fn totals(&mut self, p: &BackfillPosition) {
         (self.read, self.inserted, self.already_present, self.dead_letters, self.pages) = (p.read, p.inserted, p.already_present, p.dead_letters, p.pages);
-    }
-}
-
-/// Where each committed page goes: counts, checkpoint, progress, pace.
-struct BackfillSink<'a> {
-    position: &'a mut BackfillPosition,
-    /// About how many events the whole backfill reads (all runs).
-    total: u64,
-    progress: Progress,
-    /// Events read so far, all runs (what `status` shows).
-    reported: Arc<AtomicU64>,
-    done_this_run: u64,
-    limit: Option<RateLimit>,
-    /// The command line that resumes it.
-    resume: String,
-}
-
-impl PageSink for BackfillSink<'_> {
-    fn written(&mut self, page: &Page, outcome: &PageOutcome) -> Option<(&'static str, Value)> {
-        self.position.add(page, outcome);
-        serde_json::to_value(&*self.position).ok().map(|position| (CHECKPOINT, position))
-    }
-
-    fn committed(&mut self, page: &Page, now: Instant) -> Option<Duration> {
-        self.done_this_run += page.read as u64;
-        self.progress.set(self.done_this_run);
-        self.reported.store(self.position.read, Ordering::Relaxed);
-        self.limit.as_mut()?.after(page.read as u64, now)
-    }
-
-    fn stopped(&self, why: Why) -> Stopped {
-        let p = &*self.position;
-        Stopped {
-            command: "backfill".into(),
-            why,
-            at: format!(
-                "after {} pages ({} of about {} events read{})",
-                p.pages,
-                p.read,
-                self.total.max(p.read),
-                DateTime::from_timestamp_millis(p.cursor.score as i64)
-                    .filter(|_| p.pages > 0)
-                    .map(|t| format!(", through events scored {t}"))
-                    .unwrap_or_default()
-            ),
-            resume: self.resume.clone(),
-            rerun: Rerun::Resumes,
-        }
-    }
-}
-
-/// One page read from Redis, parsed, ready to commit.
-pub(super) struct Page {
-    pub parsed: ParsedPage,
-    pub read: usize,
-    pub cursor_after: ScoreCursor,
-}
-
-/// What the copy loop does around each page's commit.
-pub(super) trait PageSink: Send {
-    /// Inside the page's transaction, after its rows: a checkpoint (name, position) to save with them.
-    fn written(&mut self, page: &Page, outcome: &PageOutcome) -> Option<(&'static str, Value)>;
-    /// After the commit (at `now`): how long to wait before the next page (a rate limit).
-    fn committed(&mut self, page: &Page, now: Instant) -> Option<Duration>;
-    /// The copy stopped early at a page boundary: where, and how to resume.
-    fn stopped(&self, why: Why) -> Stopped;
-}
-
-/// Copies the members scored in `[cursor, until]` through the write sequence
-/// ([`TargetWriter::commit_page`]), reading the next page while this one is written.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn copy_pages(
-    writer: &TargetWriter,
-    redis: RedisConn,
-    key: String,
-    cursor: ScoreCursor,
-    until: f64,
-    page_size: usize,
-    source: &'static str,
-    sink: &mut impl PageSink,
-    boundary: &Boundary,
-) -> anyhow::Result<()> {
-    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Page>>(2);
-    let reader = tokio::spawn(read_pages(redis, key, cursor, until, page_size, tx));
-    loop {
-        // A page boundary: everything before is committed with its checkpoint.
-        boundary.between_pages().map_err(|why| sink.stopped(why))?;
-        let Some(page) = rx.recv().await else { break };
-        let page = page?;
-        let committed = writer
-            .commit_page(&page.parsed, source, Method::Copy, |conn, outcome| {
-                let saved = sink.written(&page, outcome);
-                let boundary = boundary.clone();
-                Box::pin(async move {
-                    // Last before the commit: a page never commits once the lock is gone.
-                    boundary.confirm_lock(conn).await?;
-                    match saved {
-                        Some((name, position)) => checkpoint::save(conn, name, &position).await,
-                        None => Ok(()),
-                    }
-                })
-            })
-            .await;
-        if let Err(error) = committed {
-            if boundary.lost_lock(writer.pool(), &error).await {
-                return Err(sink.stopped(Why::LockLost).into());
-            }
-            return Err(error);
-        }
-        if let Some(wait) = sink.committed(&page, Instant::now()) {
-            boundary.pause(wait).await;
-        }
-    }
-    reader.await?
-}
-
-/// Reads pages from `cursor` to `until` (inclusive) into `tx`, one ahead of the writer.
-async fn read_pages(
-    mut redis: RedisConn,
-    key: String,
-    mut cursor: ScoreCursor,
-    until: f64,
-    page_size: usize,
-    tx: mpsc::Sender<anyhow::Result<Page>>,
-) -> anyhow::Result<()> {
-    let now_ms = Utc::now().timestamp_millis();
-    loop {
-        let members = match read_page(&mut redis, &key, cursor, until, page_size).await {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
-                return Ok(());
-            }
-        };
-        if members.is_empty() {
-            return Ok(());
-        }
-        let cursor_after = cursor.after(&members);
-        let read = members.len();
-        let mut parsed = ParsedPage::with_capacity(read);
-        for (member, score) in members {
-            parsed.push(member, Some(score), now_ms);
-        }
-        cursor = cursor_after;
-        let last = read < page_size;
-        if tx.send(Ok(Page { parsed, read, cursor_after })).await.is_err() || last {
-            return Ok(());
-        }
     }
 }
 

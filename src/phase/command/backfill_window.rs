@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::backfill::{copy_pages, Page, PageSink};
+use crate::backfill::{copy_pages, Page, PageSink};
 use crate::context::Context;
-use crate::dual_write::gaps;
+use crate::ledger::checkpoint::Checkpoint;
+use crate::ledger::gaps;
 use crate::legacy::reader::ScoreCursor;
 use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
@@ -143,7 +144,7 @@ impl BackfillWindow {
 }
 
 impl PageSink for WindowDetails {
-    fn written(&mut self, page: &Page, outcome: &PageOutcome) -> Option<(&'static str, Value)> {
+    fn written(&mut self, page: &Page, outcome: &PageOutcome) -> Option<Checkpoint> {
         self.read += page.read as u64;
         self.inserted += outcome.inserted;
         self.already_present += outcome.already_present;

@@ -28,7 +28,7 @@ impl PhaseCommand for Cutover {
 
     async fn apply(&self, _ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<Value>> {
         let details = json!({"reads_from": "target", "gate": run.gate});
-        let changes = StateChanges { read_source: Some("target"), reads_switched_at: Some(Some(Utc::now())), ..Default::default() };
+        let changes = StateChanges { read_source: Some(crate::state::ReadSource::Target), reads_switched_at: Some(Some(Utc::now())), ..Default::default() };
         Ok(Applied::new(details, Commit::Move(changes)))
     }
 }

@@ -31,7 +31,12 @@ impl PhaseCommand for Reverse {
             let refill = flush::flush_range(&mut redis, &legacy, &ctx.keys, &ctx.settings.legacy, tz, from, Utc::now()).await?;
             details["legacy_flush_restored"] = json!({"hours_refilled": refill.hours});
         }
-        let changes = StateChanges { read_source: Some("legacy"), reads_switched_at: Some(None), flush_retired_at: Some(None), ..Default::default() };
+        let changes = StateChanges {
+            read_source: Some(crate::state::ReadSource::Legacy),
+            reads_switched_at: Some(None),
+            flush_retired_at: Some(None),
+            ..Default::default()
+        };
         Ok(Applied::new(details, Commit::Move(changes)))
     }
 }

@@ -9,7 +9,7 @@ use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, SHADOW};
 
 pub struct Shadow {
-    pub on: bool,
+    pub state: crate::state::Shadow,
 }
 
 impl PhaseCommand for Shadow {
@@ -20,20 +20,19 @@ impl PhaseCommand for Shadow {
     }
 
     fn name(&self) -> String {
-        format!("shadow {}", if self.on { "on" } else { "off" })
+        format!("shadow {}", self.state.as_str())
     }
 
     async fn apply(&self, _ctx: &Context, run: &mut Run) -> anyhow::Result<Applied<Value>> {
         if !run.dry_run {
-            sqlx::query("UPDATE tsmigrate.migration_state SET shadow = $1, updated_at = now()").bind(self.on).execute(run.guard()?.conn()).await?;
+            crate::ledger::migration::set_shadow(run.guard()?.conn(), self.state).await?;
         }
-        let serving = run.state.read_source.clone();
-        let other = if serving == "legacy" { "target" } else { "legacy" };
-        let details = json!({"serving": serving, "comparing_with": self.on.then_some(other)});
-        Ok(Applied { audit: json!({"shadow": self.on}), ..Applied::new(details, Commit::Stay) })
+        let serving = run.state.read_source;
+        let details = json!({"serving": serving, "comparing_with": self.state.is_on().then_some(serving.other())});
+        Ok(Applied { audit: json!({"shadow": self.state.is_on()}), ..Applied::new(details, Commit::Stay) })
     }
 
     fn command_line(&self, _report: &PhaseReport) -> String {
-        format!("tsmigrate shadow {}", if self.on { "on" } else { "off" })
+        format!("tsmigrate shadow {}", self.state.as_str())
     }
 }

@@ -8,7 +8,7 @@
 //! commit the move: validation reads, it never blocks another phase command.
 
 use crate::context::Context;
-use crate::dual_write::gaps;
+use crate::ledger::gaps;
 use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{Applied, Commit, Locking, PhaseCommand, Run};
 use crate::phase::state::StateChanges;

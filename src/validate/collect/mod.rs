@@ -12,7 +12,7 @@ pub mod sql {
     pub const EVENT_FINGERPRINTS: &str = include_str!("../../../validation/event_fingerprints.sql");
     pub const EVENT_MINUTES: &str = include_str!("../../../validation/event_minutes.sql");
     pub const EVENT_COUNTS: &str = include_str!("../../../validation/event_counts.sql");
-    pub const EVENTS_BY_KEY: &str = include_str!("../../../validation/events_by_key.sql");
+    pub const EVENTS_BY_KEY: &str = crate::store::writer::EVENTS_BY_KEY;
     pub const DEAD_LETTER_MINUTES: &str = include_str!("../../../validation/dead_letter_minutes.sql");
     pub const TARGET_HOURLY: &str = include_str!("../../../validation/target_hourly.sql");
     pub const TARGET_ASSETS: &str = include_str!("../../../validation/target_assets.sql");

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::state;
+use super::{checkpoint, migration};
 
 /// One recorded gap.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
@@ -67,38 +67,15 @@ impl OutboxGap {
     }
 }
 
-fn checkpoint_name(group: &str) -> String {
-    format!("relay:{group}")
-}
-
-/// Notes the newest outbox entry of a committed batch (epoch ms of its stream id), in the
-/// batch's transaction. Several relays share the row; it only ever moves forward.
-pub async fn note_relayed(conn: &mut PgConnection, group: &str, newest_entry_ms: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO tsmigrate.checkpoints (name, position, updated_at) VALUES ($1, jsonb_build_object('newest_entry_ms', $2::bigint), now())
-         ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()
-         WHERE (tsmigrate.checkpoints.position->>'newest_entry_ms')::bigint < $2",
-    )
-    .bind(checkpoint_name(group))
-    .bind(newest_entry_ms)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Records a gap for a consumer group the relay had to recreate at `now`. `None` when
 /// dual-write is not on (then a missing group is not a loss: nothing was written to it).
 pub async fn record(pool: &PgPool, group: &str, now: DateTime<Utc>) -> anyhow::Result<Option<OutboxGap>> {
     let mut conn = pool.acquire().await?;
-    let state = state::load(&mut conn).await?;
+    let state = migration::load(&mut conn).await?;
     if !state.phase.dual_write_active() {
         return Ok(None);
     }
-    let newest: Option<i64> = sqlx::query_scalar("SELECT (position->>'newest_entry_ms')::bigint FROM tsmigrate.checkpoints WHERE name = $1")
-        .bind(checkpoint_name(group))
-        .fetch_optional(&mut *conn)
-        .await?
-        .flatten();
+    let newest = checkpoint::relayed(&mut conn, group).await?;
     let from = newest.and_then(DateTime::from_timestamp_millis).or(state.completion_point);
     let gap: OutboxGap = sqlx::query_as(&format!(
         "INSERT INTO tsmigrate.outbox_gaps (group_name, window_from, window_to, detected_at) VALUES ($1, $2, $3, $3) RETURNING {COLUMNS}"
@@ -113,8 +90,7 @@ pub async fn record(pool: &PgPool, group: &str, now: DateTime<Utc>) -> anyhow::R
 
 /// Gaps not repaired yet, oldest first (none before `prepare` created the table).
 pub async fn open(pool: &PgPool) -> sqlx::Result<Vec<OutboxGap>> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('tsmigrate.outbox_gaps') IS NOT NULL").fetch_one(pool).await?;
-    if !exists {
+    if !super::exists(pool, "outbox_gaps").await? {
         return Ok(vec![]);
     }
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM tsmigrate.outbox_gaps WHERE repaired_at IS NULL ORDER BY window_to")).fetch_all(pool).await
@@ -154,7 +130,7 @@ fn evictions_checkpoint() -> &'static str {
 /// dual-write is on and Redis has evicted already: then the window starts at the completion point.
 pub async fn record_evictions(pool: &PgPool, group: &str, evicted_keys: u64, now: DateTime<Utc>) -> anyhow::Result<Option<OutboxGap>> {
     let mut tx = pool.begin().await?;
-    let state = state::load(&mut tx).await?;
+    let state = migration::load(&mut tx).await?;
     sqlx::query(
         "INSERT INTO tsmigrate.checkpoints (name, position, updated_at) VALUES ($1, jsonb_build_object('evicted_keys', -1, 'at', $2::timestamptz), now())
          ON CONFLICT (name) DO NOTHING",

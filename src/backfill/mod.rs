@@ -1,0 +1,272 @@
+//! The backfill engine: the page-copy pipeline every copy from the sorted set goes through
+//! (`tsmigrate backfill` and `backfill --from --to`). One task reads the next page from Redis
+//! while the current one is written through the write sequence
+//! ([`TargetWriter::commit_page`]), each page committed with its checkpoint
+//! ([`Checkpoint`]), the phase lock confirmed last before the commit, and the copy stopped
+//! only at a page boundary. The commands around it (`phase::command::backfill`,
+//! `backfill_window`) declare their transition, gate and report.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::connect::RedisConn;
+use crate::context::Context;
+use crate::ledger::checkpoint::{BackfillPosition, Checkpoint, ScoreCursor};
+use crate::ledger::progress;
+use crate::legacy::reader::read_page;
+use crate::progress::{Progress, RateLimit};
+use crate::stop::{Boundary, Rerun, Stopped, Why};
+use crate::store::writer::{Method, PageOutcome, ParsedPage, TargetWriter};
+use crate::store::StorageMode;
+
+/// The task name of the backfill's progress (what `status` shows).
+pub const TASK: &str = "backfill";
+
+/// How a backfill copies.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    pub page_size: usize,
+    /// Events per second at most; `None` = as fast as possible.
+    pub max_rate: Option<u64>,
+    /// No progress lines (JSON output).
+    pub quiet: bool,
+    /// The command line that resumes it.
+    pub resume: String,
+}
+
+/// Copies from the saved position to its end, each page with its checkpoint; returns the
+/// progress reporter, still running (the closing steps follow).
+pub async fn copy(
+    ctx: &Context,
+    mode: StorageMode,
+    redis: RedisConn,
+    position: &mut BackfillPosition,
+    remaining: u64,
+    options: &CopyOptions,
+    boundary: &Boundary,
+) -> anyhow::Result<progress::Reporter> {
+    let writer = TargetWriter::new(ctx.target.clone(), mode);
+    // Seen from any terminal by `tsmigrate status`.
+    let reporter =
+        progress::Reporter::start(&ctx.target, TASK, "events", (&options.resume, Rerun::Resumes), position.read, Some(position.read + remaining)).await;
+    let mut sink = BackfillSink {
+        total: position.read + remaining,
+        position,
+        progress: Progress::new("backfill", remaining, options.quiet),
+        reported: reporter.counter(),
+        done_this_run: 0,
+        limit: options.max_rate.filter(|r| *r > 0).map(|rate| RateLimit::new(rate, Instant::now())),
+        resume: options.resume.clone(),
+    };
+    let (cursor, until) = (sink.position.cursor, sink.position.until);
+    let mut copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, options.page_size, "backfill", &mut sink, boundary).await;
+    if copied.is_ok() {
+        sink.progress.finish();
+        sink.position.finished = true;
+        sink.position.closed = false;
+        copied = async { Checkpoint::Backfill(sink.position.clone()).save(&mut *ctx.target.acquire().await?).await }.await;
+    }
+    match copied {
+        // The run goes on with its closing steps, still shown as running.
+        Ok(()) => Ok(reporter),
+        Err(error) => {
+            let failed: anyhow::Result<()> = Err(error);
+            reporter.end(&ctx.target, TASK, &failed).await;
+            failed.map(|()| unreachable!("failed"))
+        }
+    }
+}
+
+impl BackfillPosition {
+    /// A new pass over the members scored up to `until`.
+    pub fn start(until: f64) -> BackfillPosition {
+        BackfillPosition {
+            cursor: ScoreCursor::at(f64::MIN),
+            until,
+            read: 0,
+            inserted: 0,
+            already_present: 0,
+            dead_letters: 0,
+            pages: 0,
+            min_time_ms: None,
+            max_time_ms: None,
+            finished: false,
+            closed: false,
+        }
+    }
+
+    fn add(&mut self, page: &Page, written: &PageOutcome) {
+        self.cursor = page.cursor_after;
+        self.read += page.read as u64;
+        self.inserted += written.inserted;
+        self.already_present += written.already_present;
+        self.dead_letters += written.dead_letters_recorded;
+        self.pages += 1;
+        for e in &page.parsed.events {
+            let ms = e.time_ms();
+            self.min_time_ms = Some(self.min_time_ms.map_or(ms, |m| m.min(ms)));
+            self.max_time_ms = Some(self.max_time_ms.map_or(ms, |m| m.max(ms)));
+        }
+    }
+}
+
+/// Members left between the position and its end.
+pub async fn remaining(redis: &mut RedisConn, key: &str, position: &BackfillPosition) -> anyhow::Result<u64> {
+    if position.finished {
+        return Ok(0);
+    }
+    let zcount: u64 = redis::cmd("ZCOUNT").arg(key).arg(position.cursor.score).arg(position.until).query_async(redis).await?;
+    Ok(zcount.saturating_sub(position.cursor.skip))
+}
+
+/// Where each committed page goes: counts, checkpoint, progress, pace.
+struct BackfillSink<'a> {
+    position: &'a mut BackfillPosition,
+    /// About how many events the whole backfill reads (all runs).
+    total: u64,
+    progress: Progress,
+    /// Events read so far, all runs (what `status` shows).
+    reported: Arc<AtomicU64>,
+    done_this_run: u64,
+    limit: Option<RateLimit>,
+    /// The command line that resumes it.
+    resume: String,
+}
+
+impl PageSink for BackfillSink<'_> {
+    fn written(&mut self, page: &Page, outcome: &PageOutcome) -> Option<Checkpoint> {
+        self.position.add(page, outcome);
+        Some(Checkpoint::Backfill(self.position.clone()))
+    }
+
+    fn committed(&mut self, page: &Page, now: Instant) -> Option<Duration> {
+        self.done_this_run += page.read as u64;
+        self.progress.set(self.done_this_run);
+        self.reported.store(self.position.read, Ordering::Relaxed);
+        self.limit.as_mut()?.after(page.read as u64, now)
+    }
+
+    fn stopped(&self, why: Why) -> Stopped {
+        let p = &*self.position;
+        Stopped {
+            command: "backfill".into(),
+            why,
+            at: format!(
+                "after {} pages ({} of about {} events read{})",
+                p.pages,
+                p.read,
+                self.total.max(p.read),
+                DateTime::from_timestamp_millis(p.cursor.score as i64)
+                    .filter(|_| p.pages > 0)
+                    .map(|t| format!(", through events scored {t}"))
+                    .unwrap_or_default()
+            ),
+            resume: self.resume.clone(),
+            rerun: Rerun::Resumes,
+        }
+    }
+}
+
+/// One page read from Redis, parsed, ready to commit.
+pub struct Page {
+    pub parsed: ParsedPage,
+    pub read: usize,
+    pub cursor_after: ScoreCursor,
+}
+
+/// What the copy loop does around each page's commit.
+pub trait PageSink: Send {
+    /// Inside the page's transaction, after its rows: a checkpoint to save with them.
+    fn written(&mut self, page: &Page, outcome: &PageOutcome) -> Option<Checkpoint>;
+    /// After the commit (at `now`): how long to wait before the next page (a rate limit).
+    fn committed(&mut self, page: &Page, now: Instant) -> Option<Duration>;
+    /// The copy stopped early at a page boundary: where, and how to resume.
+    fn stopped(&self, why: Why) -> Stopped;
+}
+
+/// Copies the members scored in `[cursor, until]` through the write sequence
+/// ([`TargetWriter::commit_page`]), reading the next page while this one is written.
+#[allow(clippy::too_many_arguments)]
+pub async fn copy_pages(
+    writer: &TargetWriter,
+    redis: RedisConn,
+    key: String,
+    cursor: ScoreCursor,
+    until: f64,
+    page_size: usize,
+    source: &'static str,
+    sink: &mut impl PageSink,
+    boundary: &Boundary,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Page>>(2);
+    let reader = tokio::spawn(read_pages(redis, key, cursor, until, page_size, tx));
+    loop {
+        // A page boundary: everything before is committed with its checkpoint.
+        boundary.between_pages().map_err(|why| sink.stopped(why))?;
+        let Some(page) = rx.recv().await else { break };
+        let page = page?;
+        let committed = writer
+            .commit_page(&page.parsed, source, Method::Copy, |conn, outcome| {
+                let saved = sink.written(&page, outcome);
+                let boundary = boundary.clone();
+                Box::pin(async move {
+                    // Last before the commit: a page never commits once the lock is gone.
+                    boundary.confirm_lock(conn).await?;
+                    match saved {
+                        Some(checkpoint) => checkpoint.save(conn).await,
+                        None => Ok(()),
+                    }
+                })
+            })
+            .await;
+        if let Err(error) = committed {
+            if boundary.lost_lock(writer.pool(), &error).await {
+                return Err(sink.stopped(Why::LockLost).into());
+            }
+            return Err(error);
+        }
+        if let Some(wait) = sink.committed(&page, Instant::now()) {
+            boundary.pause(wait).await;
+        }
+    }
+    reader.await?
+}
+
+/// Reads pages from `cursor` to `until` (inclusive) into `tx`, one ahead of the writer.
+async fn read_pages(
+    mut redis: RedisConn,
+    key: String,
+    mut cursor: ScoreCursor,
+    until: f64,
+    page_size: usize,
+    tx: mpsc::Sender<anyhow::Result<Page>>,
+) -> anyhow::Result<()> {
+    let now_ms = Utc::now().timestamp_millis();
+    loop {
+        let members = match read_page(&mut redis, &key, cursor, until, page_size).await {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return Ok(());
+            }
+        };
+        if members.is_empty() {
+            return Ok(());
+        }
+        let cursor_after = cursor.after(&members);
+        let read = members.len();
+        let mut parsed = ParsedPage::with_capacity(read);
+        for (member, score) in members {
+            parsed.push(member, Some(score), now_ms);
+        }
+        cursor = cursor_after;
+        let last = read < page_size;
+        if tx.send(Ok(Page { parsed, read, cursor_after })).await.is_err() || last {
+            return Ok(());
+        }
+    }
+}
