@@ -6,8 +6,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Kept for callers that read the state before the ledger existed: the ledger's reader.
-pub use crate::ledger::migration::{load, load_from_pool};
+/// The ledger's reader, named here only for the relay's start in `daemon/mod.rs`; every other
+/// caller uses `crate::ledger::migration`. The one import of this module that points upward:
+/// once that caller names the ledger, this line goes.
+pub use crate::ledger::migration::load_from_pool;
 
 /// Key of the session advisory lock every phase command holds.
 pub const PHASE_LOCK_KEY: &str = "tsmigrate.phase";

@@ -291,7 +291,7 @@ async fn read_target(ctx: &Context, status: &mut Status, now: DateTime<Utc>) -> 
         installed: caps.timescaledb_installed.clone(),
         preloaded: caps.timescaledb_preloaded,
     });
-    let state = state::load_from_pool(pool).await?;
+    let state = crate::ledger::migration::load_from_pool(pool).await?;
     status.phase = Some(state.phase);
     status.storage_mode = state.storage_mode;
     status.read_source = Some(state.read_source.to_string());

@@ -95,7 +95,7 @@ pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply>
     if json && args.format == Format::Csv {
         anyhow::bail!("--json and --format csv ask for two formats on stdout\n  next: drop one of them (tsmigrate findings --format csv > findings.csv)");
     }
-    let state = crate::state::load_from_pool(&ctx.target).await?;
+    let state = crate::ledger::migration::load_from_pool(&ctx.target).await?;
     if state.phase == crate::state::Phase::New {
         anyhow::bail!("the target is not prepared: no validation has run here\n  next: tsmigrate status");
     }

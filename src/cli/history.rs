@@ -39,7 +39,7 @@ struct History {
 }
 
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<Reply> {
-    let state = crate::state::load_from_pool(&ctx.target).await?;
+    let state = crate::ledger::migration::load_from_pool(&ctx.target).await?;
     let applied = schema::history(&ctx.target).await?;
     let known = state.storage_mode.map(|mode| schema::known(mode, &ctx.settings.target)).unwrap_or_default();
     let mut migrations: Vec<MigrationRow> = applied

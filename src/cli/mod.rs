@@ -311,7 +311,7 @@ async fn audit_mismatch(ctx: &Context, command: &str, phase: Option<Phase>, mism
 
 /// The phase, for the envelope of a failed command; `None` when it cannot be read quickly.
 async fn phase_if_readable(ctx: &Context) -> Option<Phase> {
-    let read = crate::state::load_from_pool(&ctx.target);
+    let read = crate::ledger::migration::load_from_pool(&ctx.target);
     tokio::time::timeout(std::time::Duration::from_secs(2), read).await.ok()?.ok().map(|state| state.phase)
 }
 

@@ -28,7 +28,7 @@ pub struct Args {
 // Long: the two relay modes (outbox, --tail) with their own loops and output; each is short.
 pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<Reply> {
     let pool = crate::db::target_pool_lazy(settings)?;
-    let state = crate::phase::state::load_from_pool(&pool).await?;
+    let state = crate::ledger::migration::load_from_pool(&pool).await?;
     let mode = state.storage_mode.ok_or_else(|| crate::phase::Refusal {
         command: "relay".into(),
         reason: "the target is not prepared".into(),

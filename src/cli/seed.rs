@@ -99,7 +99,7 @@ async fn refuse_live_data(redis: &mut crate::connect::RedisConn, settings: &Sett
         return Err(refuse(format!("{events_key} already holds {held} events")).into());
     }
     let target = crate::db::target_pool_lazy(settings)?;
-    let state = tokio::time::timeout(std::time::Duration::from_secs(5), crate::state::load_from_pool(&target)).await;
+    let state = tokio::time::timeout(std::time::Duration::from_secs(5), crate::ledger::migration::load_from_pool(&target)).await;
     match state {
         Ok(Ok(state)) if state.phase > crate::state::Phase::New => Err(refuse(format!("a migration has started on the target (phase {})", state.phase)).into()),
         Ok(Ok(_)) => Ok(()),

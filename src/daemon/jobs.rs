@@ -12,7 +12,7 @@ use crate::ledger::jobs::{self, RunStatus};
 use crate::legacy::flush;
 use crate::phase::command::validate::Validate;
 use crate::phase::Options;
-use crate::state::{self, Phase};
+use crate::state::Phase;
 use crate::store::user_sets::{self, build::BuildOptions};
 use crate::store::{aggregates, Store};
 
@@ -72,7 +72,7 @@ async fn execute(ctx: &Context, job: JobName) -> anyhow::Result<JobOutcome> {
     match job {
         JobName::LegacyFlush => legacy_flush(ctx).await,
         _ => {
-            let state = state::load_from_pool(&ctx.target).await?;
+            let state = crate::ledger::migration::load_from_pool(&ctx.target).await?;
             let Some(mode) = state.storage_mode else {
                 return Ok(JobOutcome::Skipped("the target is not prepared".into()));
             };

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgPool};
 use tokio::sync::watch;
 
 use crate::config::SecretUrl;
@@ -113,10 +113,9 @@ impl Lease {
     /// One lease connection: try the lock, then check the connection, every `retry`.
     async fn hold_once(&self, url: &SecretUrl, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
         let deadline = self.retry.max(Duration::from_secs(5));
-        let mut conn = tokio::time::timeout(deadline, PgConnection::connect(url.expose()))
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer from {} within {deadline:?}", url.redacted()))?
-            .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", url.redacted()))?;
+        // A connection of its own (the lock lives and dies with it), with the pools' options
+        // and scrubbed errors.
+        let mut conn = crate::connect::pg_connection(url, deadline).await?;
         let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
         loop {
             let step = async {

@@ -59,7 +59,7 @@ pub async fn refresh(sources: &mut Sources) {
 }
 
 async fn migration(target: &PgPool) -> anyhow::Result<()> {
-    let state = crate::state::load_from_pool(target).await?;
+    let state = crate::ledger::migration::load_from_pool(target).await?;
     let phases: Vec<&'static str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
     telemetry::set_one_hot("tsmigrate_phase", "phase", &phases, state.phase.as_str());
     telemetry::set_one_hot("tsmigrate_read_source", "source", &telemetry::SOURCES, state.read_source.as_str());

@@ -51,7 +51,7 @@ async fn read_flag(redis: &mut RedisConn, keys: &LegacyKeys) -> redis::RedisResu
 /// that is on while the phase is not yet is normal for a moment. The repair runs under the
 /// phase lock (a transaction-scoped try-lock), so it never races `dual-write start`/`stop`.
 pub async fn check(pool: &PgPool, redis: &mut RedisConn, keys: &LegacyKeys) -> anyhow::Result<FlagCheck> {
-    let phase = state::load_from_pool(pool).await?.phase;
+    let phase = crate::ledger::migration::load_from_pool(pool).await?.phase;
     let found = read_flag(redis, keys).await?;
     if !phase.dual_write_active() || found.as_deref() == Some(ON) {
         return Ok(FlagCheck::InPlace { on: phase.dual_write_active() });
@@ -63,7 +63,7 @@ pub async fn check(pool: &PgPool, redis: &mut RedisConn, keys: &LegacyKeys) -> a
         return Ok(FlagCheck::Busy { on: true });
     }
     // Under the lock: the phase and the flag as they are now, not as they were.
-    let phase = state::load(&mut tx).await?.phase;
+    let phase = crate::ledger::migration::load(&mut tx).await?.phase;
     let found = read_flag(redis, keys).await?;
     if !phase.dual_write_active() || found.as_deref() == Some(ON) {
         return Ok(FlagCheck::InPlace { on: phase.dual_write_active() });

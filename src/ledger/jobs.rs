@@ -87,19 +87,29 @@ pub async fn claim_tick(pool: &PgPool, job: JobName, tick: DateTime<Utc>, replic
 pub struct LastRun {
     pub job: String,
     pub last_status: Option<String>,
+    pub last_started_at: Option<DateTime<Utc>>,
     pub last_finished_at: Option<DateTime<Utc>>,
     pub failures: i64,
     pub last_error: Option<String>,
 }
 
-type LastRunRow = (String, Option<String>, Option<DateTime<Utc>>, i64, Option<String>);
+type LastRunRow = (String, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, i64, Option<String>);
 
 /// Every job's last run, by name.
 pub async fn last_runs(pool: &PgPool) -> sqlx::Result<Vec<LastRun>> {
     let rows: Vec<LastRunRow> =
-        sqlx::query_as("SELECT job, last_status, last_finished_at, failures, last_error FROM tsmigrate.job_runs ORDER BY job").fetch_all(pool).await?;
+        sqlx::query_as("SELECT job, last_status, last_started_at, last_finished_at, failures, last_error FROM tsmigrate.job_runs ORDER BY job")
+            .fetch_all(pool)
+            .await?;
     Ok(rows
         .into_iter()
-        .map(|(job, last_status, last_finished_at, failures, last_error)| LastRun { job, last_status, last_finished_at, failures, last_error })
+        .map(|(job, last_status, last_started_at, last_finished_at, failures, last_error)| LastRun {
+            job,
+            last_status,
+            last_started_at,
+            last_finished_at,
+            failures,
+            last_error,
+        })
         .collect())
 }

@@ -212,7 +212,7 @@ pub fn default_next_steps<C: PhaseCommand + ?Sized>(command: &C, report: &PhaseR
 
 /// Where the migration can go from here as the gates see it, read on `conn`.
 async fn read_outlook(conn: &mut sqlx::PgConnection, rules: &GateRules) -> anyhow::Result<Outlook> {
-    let state = crate::state::load(conn).await?;
+    let state = crate::ledger::migration::load(conn).await?;
     let latest = if state.phase > Phase::New { super::state::latest_validation(conn).await? } else { None };
     Ok(super::gates::outlook(&state, latest.as_ref(), chrono::Utc::now(), rules))
 }
@@ -259,8 +259,14 @@ pub async fn run<C: PhaseCommand>(ctx: &Context, command: &C, options: &Options)
         Locking::AtCommit => None,
     };
     let boundary = Boundary::new(ctx.interrupt.clone(), guard.as_ref().map(PhaseGuard::pid));
-    let mut run =
-        Run { state: crate::state::load_from_pool(&ctx.target).await?, phase_after: Phase::New, dry_run: options.dry_run, gate: Value::Null, boundary, guard };
+    let mut run = Run {
+        state: crate::ledger::migration::load_from_pool(&ctx.target).await?,
+        phase_after: Phase::New,
+        dry_run: options.dry_run,
+        gate: Value::Null,
+        boundary,
+        guard,
+    };
     if let Some(guard) = run.guard.as_mut() {
         // Under the lock, the state is what the lock's connection reads.
         run.state = guard.state().await?;

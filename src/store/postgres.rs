@@ -28,8 +28,6 @@ const UPKEEP_JOBS: [(JobName, &str, &str); 3] = [
     (JobName::RawRetention, "analytics_events_ts", "daily"),
 ];
 
-type JobRunRow = (String, Option<String>, Option<DateTime<Utc>>, i64);
-
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     fn mode(&self) -> StorageMode {
@@ -96,24 +94,24 @@ impl Store for PostgresStore {
     }
 
     async fn policies(&self) -> sqlx::Result<Vec<Policy>> {
-        let runs: Vec<JobRunRow> = sqlx::query_as("SELECT job, last_status, last_started_at, failures FROM tsmigrate.job_runs").fetch_all(&self.pool).await?;
+        let runs = crate::ledger::jobs::last_runs(&self.pool).await?;
         let configs = [json!({"window": "3 hours"}), json!({"create_ahead_days": 7}), json!({"drop_after_days": 90})];
         Ok(UPKEEP_JOBS
             .iter()
             .zip(configs)
             .map(|((job, target, schedule), config)| {
                 let name = job.as_str();
-                let run = runs.iter().find(|r| r.0 == name);
+                let run = runs.iter().find(|r| r.job == name);
                 Policy {
                     name: name.to_string(),
                     target: target.to_string(),
                     schedule: schedule.to_string(),
                     config,
                     scheduled: true,
-                    last_status: run.and_then(|r| r.1.clone()),
-                    last_run_at: run.and_then(|r| r.2),
+                    last_status: run.and_then(|r| r.last_status.clone()),
+                    last_run_at: run.and_then(|r| r.last_started_at),
                     next_run_at: None,
-                    failures: run.map(|r| r.3).unwrap_or(0),
+                    failures: run.map(|r| r.failures).unwrap_or(0),
                 }
             })
             .collect())
