@@ -160,8 +160,7 @@ struct Row {
 
 /// The runs not finished: running, or stopped early.
 pub async fn unfinished(pool: &PgPool) -> sqlx::Result<Vec<TaskProgress>> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('tsmigrate.progress') IS NOT NULL").fetch_one(pool).await?;
-    if !exists {
+    if !super::exists(pool, "progress").await? {
         return Ok(vec![]);
     }
     let rows: Vec<Row> = sqlx::query_as(
