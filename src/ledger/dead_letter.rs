@@ -39,6 +39,16 @@ pub async fn record(conn: &mut PgConnection, source: &str, letters: &[DeadLetter
     Ok(done.rows_affected())
 }
 
+/// Recorded dead letters per minute of a score range (`validation/dead_letter_minutes.sql`):
+/// validate subtracts them from `ZCOUNT` at counts depth.
+pub const PER_MINUTE: &str = include_str!("../../validation/dead_letter_minutes.sql");
+
+/// Dead letters recorded per minute (epoch minute) of `[from_ms, to_ms)`, by their score.
+pub async fn per_minute(pool: &sqlx::PgPool, from_ms: i64, to_ms: i64) -> sqlx::Result<std::collections::HashMap<i64, u64>> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(PER_MINUTE).bind(from_ms as f64).bind(to_ms as f64).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(m, n)| (m, n as u64)).collect())
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeadLetterCount {
     pub reason_code: String,

@@ -13,7 +13,7 @@ pub mod sql {
     pub const EVENT_MINUTES: &str = include_str!("../../../validation/event_minutes.sql");
     pub const EVENT_COUNTS: &str = include_str!("../../../validation/event_counts.sql");
     pub const EVENTS_BY_KEY: &str = crate::store::writer::EVENTS_BY_KEY;
-    pub const DEAD_LETTER_MINUTES: &str = include_str!("../../../validation/dead_letter_minutes.sql");
+    pub const DEAD_LETTER_MINUTES: &str = crate::ledger::dead_letter::PER_MINUTE;
     pub const TARGET_HOURLY: &str = include_str!("../../../validation/target_hourly.sql");
     pub const TARGET_ASSETS: &str = include_str!("../../../validation/target_assets.sql");
     pub const LEGACY_HOURLY: &str = include_str!("../../../validation/legacy_hourly.sql");

@@ -62,8 +62,7 @@ pub async fn oldest(pool: &PgPool) -> anyhow::Result<Option<DateTime<Utc>>> {
 
 /// Dead letters recorded per minute of `[from_ms, to_ms)` (for `--depth counts`).
 pub async fn dead_letter_minutes(pool: &PgPool, from_ms: i64, to_ms: i64) -> anyhow::Result<HashMap<i64, u64>> {
-    let rows: Vec<(i64, i64)> = sqlx::query_as(sql::DEAD_LETTER_MINUTES).bind(from_ms as f64).bind(to_ms as f64).fetch_all(pool).await?;
-    Ok(rows.into_iter().map(|(m, n)| (m, n as u64)).collect())
+    Ok(crate::ledger::dead_letter::per_minute(pool, from_ms, to_ms).await?)
 }
 
 /// The digests of the target's events in the given `[from_ms, to_ms)` ranges.
