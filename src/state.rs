@@ -160,6 +160,11 @@ pub struct MigrationState {
 }
 
 impl MigrationState {
+    /// The storage mode `prepare` chose: every command past `new` works in it.
+    pub fn mode(&self) -> anyhow::Result<StorageMode> {
+        self.storage_mode.ok_or_else(|| anyhow::anyhow!("storage mode missing from the migration state"))
+    }
+
     /// The state of a target nobody has prepared.
     pub fn new_migration() -> Self {
         MigrationState {

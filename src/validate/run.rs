@@ -121,7 +121,7 @@ async fn compare(
     started_at: DateTime<Utc>,
     window_slot: &mut Option<Window>,
 ) -> anyhow::Result<ValidationReport> {
-    let mode = state.storage_mode.context("storage mode missing from the migration state")?;
+    let mode = state.mode()?;
     let mut redis = ctx.redis().await?;
     let (window, out_of_range) = choose_window(ctx, &mut redis, state, options, started_at).await?;
     *window_slot = Some(window.clone());

@@ -95,7 +95,7 @@ impl PhaseCommand for Backfill {
             reason: "no completion point is recorded".into(),
             next: "tsmigrate dual-write stop && tsmigrate dual-write start".into(),
         })?;
-        let mode = run.state.storage_mode.ok_or_else(|| anyhow::anyhow!("storage mode missing from the migration state"))?;
+        let mode = run.state.mode()?;
         let mut redis = ctx.redis().await?;
         let until = (completion_point.timestamp_millis() + MAX_FUTURE_MS + 60_000) as f64;
         // A finished backfill run again is a new pass over what Redis holds up to T: rows

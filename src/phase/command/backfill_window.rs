@@ -74,7 +74,7 @@ impl PhaseCommand for BackfillWindow {
         if self.from >= self.to {
             anyhow::bail!("--from ({}) must be before --to ({})", self.from, self.to);
         }
-        let mode = run.state.storage_mode.ok_or_else(|| anyhow::anyhow!("storage mode missing from the migration state"))?;
+        let mode = run.state.mode()?;
         let limit = self.max_rate.filter(|r| *r > 0).map(|rate| RateLimit::new(rate, Instant::now()));
         let mut details = WindowDetails { from: Some(self.from), to: Some(self.to), limit, ..Default::default() };
         if !run.dry_run {

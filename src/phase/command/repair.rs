@@ -95,7 +95,7 @@ impl PhaseCommand for Repair {
         if position.finished {
             return Ok(Applied::new(details, Commit::Stay));
         }
-        let mode = run.state.storage_mode.ok_or_else(|| anyhow::anyhow!("storage mode missing from the migration state"))?;
+        let mode = run.state.mode()?;
         let writer = TargetWriter::new(ctx.target.clone(), mode);
         let reporter = match run.dry_run {
             true => None,
