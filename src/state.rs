@@ -194,16 +194,12 @@ pub enum StorageMode {
 impl StorageMode {
     pub fn as_str(self) -> &'static str {
         match self {
-            StorageMode::Timescaledb => "timescaledb",
-            StorageMode::Postgres => "postgres",
+            Self::Timescaledb => "timescaledb",
+            Self::Postgres => "postgres",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "timescaledb" => Some(StorageMode::Timescaledb),
-            "postgres" => Some(StorageMode::Postgres),
-            _ => None,
-        }
+        [Self::Timescaledb, Self::Postgres].into_iter().find(|m| m.as_str() == s)
     }
 }
 
