@@ -15,10 +15,12 @@ use crate::ledger::checkpoint::{Checkpoint, RepairCounts, RepairPosition};
 use crate::ledger::progress;
 use crate::ledger::validation::{DifferenceKind, FoundKey, ValidationRun};
 use crate::legacy::reader::members_at;
-use crate::stop::{Boundary, Stopped, Why};
+use crate::stop::{Boundary, Rerun, Stopped, Why};
 use crate::store::aggregates::{self, RefreshOutcome};
 use crate::store::writer::{Method, ParsedPage, TargetWriter};
 
+/// The task name of a repair's progress (what `status` shows).
+pub const TASK: &str = "repair";
 /// Findings per transaction (each reads their Redis versions in one round trip).
 const BATCH: usize = 1_000;
 /// Events Redis no longer holds, named in the report.
@@ -46,9 +48,25 @@ pub struct Engine<'a> {
 }
 
 impl Engine<'_> {
+    /// [`Self::work`], shown by `status` while it runs (not in a dry run).
+    pub async fn run(&self, findings: &[FoundKey], position: &mut RepairPosition, gone: &mut Vec<GoneEvent>, boundary: &Boundary) -> anyhow::Result<()> {
+        let target = &self.ctx.target;
+        let reporter = match self.dry_run {
+            true => None,
+            false => Some(
+                progress::Reporter::start(target, TASK, "differences", (&self.resume, Rerun::Resumes), position.done as u64, Some(findings.len() as u64)).await,
+            ),
+        };
+        let worked = self.work(findings, position, gone, reporter.as_ref(), boundary).await;
+        if let Some(reporter) = reporter {
+            reporter.end(target, TASK, &worked).await;
+        }
+        worked
+    }
+
     /// Works through the findings from `position`, a batch per transaction with its checkpoint.
     /// Events Redis no longer holds go to `gone` (the first [`GONE_EXAMPLES`]).
-    pub async fn work(
+    async fn work(
         &self,
         findings: &[FoundKey],
         position: &mut RepairPosition,

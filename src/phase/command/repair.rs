@@ -19,14 +19,12 @@ use serde_json::{json, Value};
 use crate::context::Context;
 use crate::human;
 use crate::ledger::checkpoint::{self, RepairCounts};
-use crate::ledger::progress;
 use crate::ledger::validation::{self, Depth, Verdict};
 use crate::phase::report::{Details, PhaseReport};
 use crate::phase::runner::{default_next_steps, Applied, Commit, PhaseCommand, Run};
 use crate::phase::{Transition, REPAIR};
 use crate::repair::{self as engine, GoneEvent};
 use crate::state::NextStep;
-use crate::stop::Rerun;
 use crate::store::aggregates::RefreshOutcome;
 use crate::store::writer::TargetWriter;
 
@@ -97,26 +95,8 @@ impl PhaseCommand for Repair {
         }
         let mode = run.state.mode()?;
         let writer = TargetWriter::new(ctx.target.clone(), mode);
-        let reporter = match run.dry_run {
-            true => None,
-            false => Some(
-                progress::Reporter::start(
-                    &ctx.target,
-                    "repair",
-                    "differences",
-                    (&self.invocation(), Rerun::Resumes),
-                    position.done as u64,
-                    Some(findings.len() as u64),
-                )
-                .await,
-            ),
-        };
         let repair = engine::Engine { ctx, writer: &writer, run: target.id, delete_extra: self.delete_extra, dry_run: run.dry_run, resume: self.invocation() };
-        let worked = repair.work(&findings, &mut position, &mut details.gone_examples, reporter.as_ref(), &run.boundary).await;
-        if let Some(reporter) = reporter {
-            reporter.end(&ctx.target, "repair", &worked).await;
-        }
-        worked?;
+        repair.run(&findings, &mut position, &mut details.gone_examples, &run.boundary).await?;
         details.counts = position.counts.clone();
         if !run.dry_run {
             details.refresh = engine::refresh(ctx, mode, &target, &position).await?;
