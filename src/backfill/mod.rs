@@ -17,11 +17,13 @@ use crate::connect::RedisConn;
 use crate::context::Context;
 use crate::ledger::checkpoint::{BackfillPosition, Checkpoint, ScoreCursor};
 use crate::ledger::progress;
-use crate::legacy::reader::read_page;
+use crate::legacy::reader::{self, read_page};
 use crate::progress::{Progress, RateLimit};
 use crate::stop::{Boundary, Rerun, Stopped, Why};
+use crate::store::aggregates::{self, RefreshOutcome};
+use crate::store::history::{self, HistoryReport};
 use crate::store::writer::{Method, PageOutcome, ParsedPage, TargetWriter};
-use crate::store::StorageMode;
+use crate::store::{StorageMode, Store};
 
 /// The task name of the backfill's progress (what `status` shows).
 pub const TASK: &str = "backfill";
@@ -112,6 +114,38 @@ impl BackfillPosition {
             self.max_time_ms = Some(self.max_time_ms.map_or(ms, |m| m.max(ms)));
         }
     }
+}
+
+/// What the closing steps did.
+#[derive(Debug, Default)]
+pub struct Closed {
+    pub refresh: Option<RefreshOutcome>,
+    pub history: Option<HistoryReport>,
+}
+
+/// The closing steps after a complete copy: the aggregates over what was copied, and (with
+/// `import_history`) the legacy history older than what Redis holds (`completion_point` when
+/// it holds nothing).
+pub async fn close(
+    ctx: &Context,
+    store: &dyn Store,
+    redis: &mut RedisConn,
+    position: &BackfillPosition,
+    completion_point: DateTime<Utc>,
+    import_history: bool,
+) -> anyhow::Result<Closed> {
+    let t = &ctx.settings.target;
+    let mut closed = Closed::default();
+    if let (Some(min), Some(max)) = (position.min_time_ms, position.max_time_ms) {
+        let from = DateTime::from_timestamp_millis(min).unwrap_or(completion_point);
+        let to = DateTime::from_timestamp_millis(max + 1).unwrap_or(completion_point);
+        closed.refresh = Some(aggregates::refresh(store, from, to, t.timezone(), t.raw_retention_days).await?);
+    }
+    if import_history {
+        let horizon = reader::redis_horizon(redis, &ctx.keys).await?.unwrap_or(completion_point);
+        closed.history = Some(history::import(&ctx.settings, &ctx.target, &ctx.legacy().await?, horizon).await?);
+    }
+    Ok(closed)
 }
 
 /// Members left between the position and its end.

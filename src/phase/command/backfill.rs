@@ -23,7 +23,7 @@ use crate::phase::runner::{Applied, Commit, PhaseCommand, Run};
 use crate::phase::state::StateChanges;
 use crate::phase::{Refusal, Transition, BACKFILL};
 use crate::stop::{Rerun, Stopped, Why};
-use crate::store::aggregates::{self, RefreshOutcome};
+use crate::store::aggregates::RefreshOutcome;
 use crate::store::history::{self, HistoryReport};
 use crate::store::Store;
 
@@ -182,7 +182,7 @@ impl Backfill {
         }
     }
 
-    /// Aggregates over what was copied, the history older than Redis, the totals.
+    /// The closing steps ([`engine::close`]), then what the report names: dead letters, totals.
     async fn finish(
         &self,
         ctx: &Context,
@@ -191,16 +191,8 @@ impl Backfill {
         position: &BackfillPosition,
         details: &mut BackfillDetails,
     ) -> anyhow::Result<()> {
-        let t = &ctx.settings.target;
-        if let (Some(min), Some(max)) = (position.min_time_ms, position.max_time_ms) {
-            let from = DateTime::from_timestamp_millis(min).unwrap_or(details.completion_point);
-            let to = DateTime::from_timestamp_millis(max + 1).unwrap_or(details.completion_point);
-            details.refresh = Some(aggregates::refresh(store, from, to, t.timezone(), t.raw_retention_days).await?);
-        }
-        if self.import_history {
-            let horizon = reader::redis_horizon(redis, &ctx.keys).await?.unwrap_or(details.completion_point);
-            details.history = Some(history::import(&ctx.settings, &ctx.target, &ctx.legacy().await?, horizon).await?);
-        }
+        let closed = engine::close(ctx, store, redis, position, details.completion_point, self.import_history).await?;
+        (details.refresh, details.history) = (closed.refresh, closed.history);
         let mut conn = ctx.target.acquire().await?;
         details.dead_letter_reasons = dead_letter::counts(&mut conn).await?;
         details.dead_letter_examples = dead_letter::recent(&mut conn, "backfill", NAMED_DEAD_LETTERS).await?;
