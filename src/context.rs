@@ -41,6 +41,13 @@ impl Context {
         Ok(Context::with_target(Arc::new(settings), target))
     }
 
+    /// Without connecting: the target pool connects on first use (status, which reports a
+    /// target that is down instead of failing, and servers that may never need it).
+    pub fn lazy(settings: Settings) -> Result<Context, ConnectError> {
+        let target = crate::db::target_pool_lazy(&settings)?;
+        Ok(Context::with_target(Arc::new(settings), target))
+    }
+
     /// With the pools a long-running process already holds.
     pub fn with_target(settings: Arc<Settings>, target: PgPool) -> Context {
         let legacy = OnceCell::new();

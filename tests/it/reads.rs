@@ -42,7 +42,7 @@ async fn migrated(mode: &str) -> (TestEnv, DateTime<Utc>) {
 
 async fn state(env: &TestEnv) -> AppState {
     let pool = tsmigrate::db::target_pool(&env.settings).await.expect("target pool");
-    AppState::new(env.settings.clone(), env.redis().await, Some(pool.clone()), Some(pool))
+    AppState::new(tsmigrate::context::Context::with_target(std::sync::Arc::new(env.settings.clone()), pool), env.redis().await)
 }
 
 async fn get(router: &Router, uri: &str) -> (StatusCode, Value) {
@@ -237,7 +237,7 @@ async fn shadow_mode_counts_a_mismatch_when_the_target_differs() {
     let mut settings = env.settings.clone();
     settings.http.cache_ttl_secs = 0;
     let pool = tsmigrate::db::target_pool(&settings).await.unwrap();
-    let state = AppState::new(settings, env.redis().await, Some(pool.clone()), Some(pool));
+    let state = AppState::new(tsmigrate::context::Context::with_target(std::sync::Arc::new(settings), pool), env.redis().await);
     let router = app(state.clone());
     let window = format!("/api/v1/analytics/summary?from={}&to={}", wire_time(end - Span::hours(6)), wire_time(end));
 
