@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use support::*;
-use tsmigrate::reads::{self, HorizonCache, ReadContext, ReadSource, Request, Route};
+use tsmigrate::reads::{self, ReadContext, ReadSource, Request, Route};
 
 const DAYS: i64 = 30;
 const USERS: i64 = 50_000;
@@ -147,16 +147,8 @@ async fn in_process(ctx: &ReadContext, request: &Request, samples: usize) -> (La
 }
 
 async fn context(env: &BenchEnv, pool: &PgPool, now: DateTime<Utc>, route: Route) -> ReadContext {
-    ReadContext {
-        settings: Arc::new(env.settings.clone()),
-        keys: Arc::new(tsmigrate::legacy::LegacyKeys::from_settings(&env.settings)),
-        redis: tsmigrate::db::redis(&env.settings).await.expect("redis"),
-        target: Some(pool.clone()),
-        legacy: Some(pool.clone()),
-        now,
-        target_horizon: Arc::new(HorizonCache::default()),
-        route,
-    }
+    let redis = tsmigrate::db::redis(&env.settings).await.expect("redis");
+    ReadContext::new(tsmigrate::context::Context::with_target(Arc::new(env.settings.clone()), pool.clone()), redis, now, route)
 }
 
 /// One size: its table rows, the summary p99 over HTTP, and the report lines.

@@ -1,7 +1,9 @@
 //! What every command needs — settings, key layout, the target pool, the legacy pool, Redis —
 //! built once at the edge and handed down (like zero2prod's `Application::build`): the CLI
-//! builds one per command, `tsmigrate run` one for the process, and the admin status
-//! endpoint and the scheduled jobs use the daemon's instead of connecting again.
+//! builds one per command, `tsmigrate run` one for the process: the HTTP state
+//! (`http::AppState`), the reads (`reads::ReadContext`), the admin status endpoint and the
+//! scheduled jobs hold that one instead of connecting again, and the relay takes its
+//! settings and key layout from it (its connections are its own, on its own thread).
 
 use std::sync::Arc;
 
@@ -38,6 +40,13 @@ impl Context {
     /// For a command of the CLI: connects the target now, the rest on first use.
     pub async fn connect(settings: Settings) -> Result<Context, ConnectError> {
         let target = crate::db::target_pool(&settings).await?;
+        Ok(Context::with_target(Arc::new(settings), target))
+    }
+
+    /// Without connecting: the target pool connects on first use (status, which reports a
+    /// target that is down instead of failing, and servers that may never need it).
+    pub fn lazy(settings: Settings) -> Result<Context, ConnectError> {
+        let target = crate::db::target_pool_lazy(&settings)?;
         Ok(Context::with_target(Arc::new(settings), target))
     }
 

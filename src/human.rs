@@ -45,6 +45,22 @@ pub fn utc(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
+/// Rows as aligned columns for a terminal (comfy-table, no borders): each line starts with
+/// `indent`, columns are two spaces apart and as wide as their widest cell, nothing trails.
+/// `header` is the first line when given.
+pub fn table(indent: &str, header: Option<&[&str]>, rows: Vec<Vec<String>>) -> String {
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    if let Some(header) = header {
+        table.set_header(header.to_vec());
+    }
+    table.add_rows(rows);
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table.lines().map(|line| format!("{indent}{}\n", line.trim_end())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +84,15 @@ mod tests {
         assert_eq!(bytes(1_536u64), "1.50 KiB");
         assert_eq!(bytes_i64(-5), "0 B");
         assert_eq!(bytes_i64(3 * 1_073_741_824), "3 GiB");
+    }
+
+    #[test]
+    fn table_columns_are_as_wide_as_their_widest_cell() {
+        let rows =
+            vec![vec!["#1".to_string(), "prepare".into(), "done".into()], vec!["#12".into(), "dual-write start".into(), "refused: a long reason".into()]];
+        let text = table("  ", Some(&["id", "command", "outcome"]), rows);
+        assert_eq!(text, "  id   command           outcome\n  #1   prepare           done\n  #12  dual-write start  refused: a long reason\n");
+        assert_eq!(table("", None, vec![]), "");
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub mod exit {
     /// belong to different migrations.
     pub const REFUSED: u8 = 3;
     /// Interrupted (SIGINT/SIGTERM) and stopped at a page boundary; a re-run resumes.
-    pub const INTERRUPTED: u8 = crate::stop::INTERRUPTED_EXIT;
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// The exit code for an error that ended a command.

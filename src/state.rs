@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 /// The ledger's reader, named here only for the relay's start in `daemon/mod.rs`; every other
 /// caller uses `crate::ledger::migration`. The one import of this module that points upward:
 /// once that caller names the ledger, this line goes.
-pub use crate::ledger::migration::load_from_pool;
 
 /// Key of the session advisory lock every phase command holds.
 pub const PHASE_LOCK_KEY: &str = "tsmigrate.phase";

@@ -76,7 +76,7 @@ pub struct Status {
     /// `None` when the target could not be read.
     pub phase: Option<Phase>,
     pub storage_mode: Option<StorageMode>,
-    pub read_source: Option<String>,
+    pub read_source: Option<crate::reads::ReadSource>,
     pub completion_point: Option<DateTime<Utc>>,
     /// Age of the oldest outbox entry (how far behind the relay is); `None` when Redis could not be read.
     pub lag_seconds: Option<f64>,
@@ -294,7 +294,7 @@ async fn read_target(ctx: &Context, status: &mut Status, now: DateTime<Utc>) -> 
     let state = crate::ledger::migration::load_from_pool(pool).await?;
     status.phase = Some(state.phase);
     status.storage_mode = state.storage_mode;
-    status.read_source = Some(state.read_source.to_string());
+    status.read_source = Some(state.read_source);
     status.completion_point = state.completion_point;
     if let Some(mode) = state.storage_mode.or_else(|| caps.choose(ctx.settings.target.mode).ok()) {
         status.objects = store::object_status(&*ctx.store(mode)).await?;
@@ -801,7 +801,7 @@ mod tests {
             verdict_reason: String::new(),
             phase: Some(phase),
             storage_mode: Some(StorageMode::Postgres),
-            read_source: Some("legacy".into()),
+            read_source: Some(crate::reads::ReadSource::Legacy),
             completion_point: None,
             lag_seconds: Some(0.5),
             target: TargetStatus { reachable: true, ..Default::default() },

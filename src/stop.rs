@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use crate::state::PHASE_LOCK_KEY;
 
 /// The process exit code of an interrupted command (128 + SIGINT, as shells report it).
-pub const INTERRUPTED_EXIT: u8 = 130;
+pub const INTERRUPTED_EXIT: u8 = crate::exit::INTERRUPTED;
 
 /// Set once the operator asked the command to stop. Cheap to clone and to ask.
 #[derive(Debug, Clone, Default)]

@@ -154,11 +154,9 @@ fn text(f: &Findings) -> String {
         }
         return o;
     }
-    o.push_str(&format!("  {:<10} {:<36}  {:<24}  {:<24}\n", "kind", "event_id", "redis_time", "target_time"));
-    for finding in &f.findings {
-        let side = |t: Option<DateTime<Utc>>| if t.is_some() { show_time(t) } else { "-".into() };
-        o.push_str(&format!("  {:<10} {:<36}  {:<24}  {:<24}\n", finding.kind.as_str(), finding.event_id, side(finding.redis_time), side(finding.target_time)));
-    }
+    let side = |t: Option<DateTime<Utc>>| if t.is_some() { show_time(t) } else { "-".into() };
+    let rows = f.findings.iter().map(|f| vec![f.kind.as_str().to_string(), f.event_id.to_string(), side(f.redis_time), side(f.target_time)]).collect();
+    o.push_str(&crate::human::table("  ", Some(&["kind", "event_id", "redis_time", "target_time"]), rows));
     o
 }
 

@@ -73,33 +73,40 @@ fn text(h: &History) -> String {
     if h.migrations.is_empty() {
         o.push_str("  none: the target is not prepared (tsmigrate prepare)\n");
     }
-    for m in &h.migrations {
-        let when = m.installed_on.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-        let took = m.execution_ms.map(|ms| format!("{ms} ms")).unwrap_or_default();
-        o.push_str(&format!(
-            "  {:>5}  {:<34} {:<8} {:<19}  {:<24} {}\n",
-            m.version,
-            m.description,
-            m.state,
-            when,
-            m.installed_by.as_deref().unwrap_or(""),
-            took
-        ));
-    }
+    let migrations = h
+        .migrations
+        .iter()
+        .map(|m| {
+            vec![
+                m.version.to_string(),
+                m.description.clone(),
+                m.state.to_string(),
+                m.installed_on.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+                m.installed_by.clone().unwrap_or_default(),
+                m.execution_ms.map(|ms| format!("{ms} ms")).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    o.push_str(&crate::human::table("  ", None, migrations));
     o.push_str(&format!("audit log (newest first, {} of {}):\n", h.audit_log.len(), h.audit_entries_total));
-    for a in &h.audit_log {
-        let moved = match (&a.from_phase, &a.to_phase) {
-            (Some(from), Some(to)) if from != to => format!("{from} -> {to}"),
-            (Some(from), _) => from.clone(),
-            (None, Some(to)) => to.clone(),
-            (None, None) => String::new(),
-        };
-        let why = match (&a.reason, a.forced) {
-            (Some(reason), true) => format!("  FORCED: {reason}"),
-            (Some(reason), false) => format!("  {reason}"),
-            (None, _) => String::new(),
-        };
-        o.push_str(&format!("  #{:<5} {}  {:<22} {:<22} {:<32} {}{why}\n", a.id, a.at.format("%Y-%m-%d %H:%M:%S"), a.actor, a.command, moved, a.outcome));
-    }
+    let audit = h
+        .audit_log
+        .iter()
+        .map(|a| {
+            let moved = match (&a.from_phase, &a.to_phase) {
+                (Some(from), Some(to)) if from != to => format!("{from} -> {to}"),
+                (Some(from), _) => from.clone(),
+                (None, Some(to)) => to.clone(),
+                (None, None) => String::new(),
+            };
+            let why = match (&a.reason, a.forced) {
+                (Some(reason), true) => format!("  FORCED: {reason}"),
+                (Some(reason), false) => format!("  {reason}"),
+                (None, _) => String::new(),
+            };
+            vec![format!("#{}", a.id), a.at.format("%Y-%m-%d %H:%M:%S").to_string(), a.actor.clone(), a.command.clone(), moved, format!("{}{why}", a.outcome)]
+        })
+        .collect();
+    o.push_str(&crate::human::table("  ", None, audit));
     o
 }

@@ -219,10 +219,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     let (ctx, target_down) = match (Context::connect(settings.clone()).await, &command) {
         (Ok(ctx), _) => (ctx, None),
         // Status reports what it can read, the target being down included.
-        (Err(e), Command::Status(_)) => (
-            Context::with_target(std::sync::Arc::new(settings.clone()), crate::db::target_pool_lazy(&settings).map_err(anyhow::Error::from)?),
-            Some(e.to_string()),
-        ),
+        (Err(e), Command::Status(_)) => (Context::lazy(settings.clone()).map_err(anyhow::Error::from)?, Some(e.to_string())),
         (Err(e), _) => return Err(anyhow::Error::from(e).into()),
     };
     // Once per command, before it does anything: a target and a Redis of different

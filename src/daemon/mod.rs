@@ -38,44 +38,45 @@ pub async fn run(
     options: DaemonOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // The one Context of the process, built here: settings, key layout, target and legacy
+    // pools, Redis. The HTTP state, the reads and the jobs hold it; the relay takes its
+    // settings and key layout from it (its connections are its own, on its own thread).
+    //
     // Ingest and the read cache share one multiplexed connection; the relay and the jobs
     // each get their own, because a blocking read or a job's large range read on the shared
     // connection would hold up every request queued behind it.
     crate::telemetry::metrics_handle();
     let redis = crate::db::redis(&settings).await?;
     let target = crate::db::target_pool_lazy(&settings)?;
-    // Before serving anything: a target and a Redis of different migrations are not served
-    // together. (A target down now is compared by the periodic check once it is back.)
-    let identity = Identity::of(&settings, target.clone(), redis.clone());
-    identity.check().await?;
-    let identity_every = Duration::from_secs(settings.migration.dual_write_check_secs);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut workers = Vec::new();
-    let relay_thread = if options.relay { Some(spawn_relay_thread(settings.clone(), stop_rx.clone())?) } else { None };
     // The legacy tables live in the target database unless a legacy URL says otherwise.
     let legacy = match &settings.database.legacy_url {
         Some(_) => crate::db::legacy_pool_lazy(&settings)?,
         None => target.clone(),
     };
+    let ctx = Context::with_target(Arc::new(settings), target).with_legacy(legacy).with_redis(redis.clone());
+    // Before serving anything: a target and a Redis of different migrations are not served
+    // together. (A target down now is compared by the periodic check once it is back.)
+    let identity = Identity::of(&ctx, redis.clone());
+    identity.check().await?;
+    let identity_every = Duration::from_secs(ctx.settings.migration.dual_write_check_secs);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    let relay_thread = if options.relay { Some(spawn_relay_thread(&ctx, stop_rx.clone())?) } else { None };
     let mut scheduler = None;
     if options.jobs {
-        let lease = leader::Lease::new(Duration::from_secs(settings.jobs.lease_retry_secs));
-        workers.push(tokio::spawn(lease.clone().hold(settings.database.url.clone(), stop_rx.clone())));
-        // The jobs read a lot per command (the legacy flush): their own connection, and a
-        // patient one. Built once; every run (the hourly validation too) uses these pools.
-        let bulk = crate::db::redis_bulk(&settings).await?;
-        let ctx = Context::with_target(Arc::new(settings.clone()), target.clone()).with_legacy(legacy.clone()).with_redis(bulk.clone()).with_bulk_redis(bulk);
-        let ctx = jobs::JobContext { ctx, lease };
-        scheduler = Some(jobs::schedule(ctx).await?);
+        let lease = leader::Lease::new(Duration::from_secs(ctx.settings.jobs.lease_retry_secs));
+        workers.push(tokio::spawn(lease.clone().hold(ctx.settings.database.url.clone(), stop_rx.clone())));
+        // The jobs read a lot per command (the legacy flush): the Context's bulk connection,
+        // a patient one of their own, serves them as their shared one too. Every run (the
+        // hourly validation too) uses the process's pools.
+        let bulk = ctx.redis_bulk().await?;
+        let jobs = jobs::JobContext { ctx: ctx.clone().with_redis(bulk), lease };
+        scheduler = Some(jobs::schedule(jobs).await?);
     }
-    let sources = observe::Sources {
-        target: target.clone(),
-        redis: redis.clone(),
-        keys: LegacyKeys::from_settings(&settings),
-        group: settings.redis.outbox_group.clone(),
-    };
+    let sources =
+        observe::Sources { target: ctx.target.clone(), redis: redis.clone(), keys: (*ctx.keys).clone(), group: ctx.settings.redis.outbox_group.clone() };
     workers.push(tokio::spawn(observe::run(sources, observe::EVERY, stop_rx.clone())));
-    let state = AppState::new(settings, redis, Some(target), Some(legacy));
+    let state = AppState::new(ctx, redis);
     workers.push(tokio::spawn(keep_dual_write_flag(state.clone(), stop_rx.clone())));
     let (mismatch_tx, mut mismatch_rx) = tokio::sync::mpsc::channel(1);
     workers.push(tokio::spawn(identity.keep(identity_every, mismatch_tx, stop_rx.clone())));
@@ -120,11 +121,12 @@ struct Identity {
 }
 
 impl Identity {
-    fn of(settings: &Settings, target: sqlx::PgPool, redis: crate::connect::RedisConn) -> Identity {
+    fn of(ctx: &Context, redis: crate::connect::RedisConn) -> Identity {
+        let settings = &ctx.settings;
         Identity {
-            target,
+            target: ctx.target.clone(),
             redis,
-            keys: LegacyKeys::from_settings(settings),
+            keys: (*ctx.keys).clone(),
             target_url: settings.database.url.redacted(),
             redis_url: settings.redis.url.redacted(),
         }
@@ -156,9 +158,12 @@ impl Identity {
 /// Runs the relay on a thread of its own, with its own runtime, Redis connection and
 /// target connections. Its work comes in bursts of CPU (a few thousand events parsed and
 /// encoded per transaction); on the request runtime's worker threads every burst would
-/// delay the requests queued on that thread. The returned receiver resolves when it stopped.
-fn spawn_relay_thread(settings: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+/// delay the requests queued on that thread. Its settings and key layout are the process
+/// `Context`'s; its pools and Redis connection are not (they belong to its runtime). The
+/// returned receiver resolves when it stopped.
+fn spawn_relay_thread(ctx: &Context, stop: watch::Receiver<bool>) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (settings, keys) = (ctx.settings.clone(), ctx.keys.clone());
     std::thread::Builder::new().name(RELAY_THREAD.into()).spawn(move || {
         lower_this_threads_priority();
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -171,7 +176,7 @@ fn spawn_relay_thread(settings: Settings, stop: watch::Receiver<bool>) -> anyhow
         runtime.block_on(async move {
             let limits = crate::connect::PgLimits { max_connections: RELAY_CONNECTIONS, ..crate::connect::PgLimits::from_settings(&settings.database) };
             match crate::connect::pg_pool_lazy(&settings.database.url, limits) {
-                Ok(target) => supervise_relay(settings, target, stop).await,
+                Ok(target) => supervise_relay(settings, keys, target, stop).await,
                 Err(e) => tracing::error!(error = %e, "the relay cannot use the target URL; the relay is not running"),
             }
         });
@@ -204,12 +209,12 @@ const RELAY_CONNECTIONS: u32 = 2;
 /// it while PostgreSQL's migration state says dual-write is on, and tells ingest what the
 /// state says (so a missing flag does not turn the outbox off meanwhile).
 async fn keep_dual_write_flag(state: AppState, mut stop: watch::Receiver<bool>) {
-    let (Some(target), mut redis) = (state.target.clone(), state.redis.clone()) else {
+    let (Some(target), mut redis) = (state.target().cloned(), state.redis.clone()) else {
         return;
     };
-    let every = Duration::from_secs(state.settings.migration.dual_write_check_secs);
+    let every = Duration::from_secs(state.ctx.settings.migration.dual_write_check_secs);
     loop {
-        match tokio::time::timeout(every.max(Duration::from_secs(5)), flag::check(&target, &mut redis, &state.keys)).await {
+        match tokio::time::timeout(every.max(Duration::from_secs(5)), flag::check(&target, &mut redis, &state.ctx.keys)).await {
             Ok(Ok(check)) => state.dual_write.set_state_view(check.state_says_on()),
             Ok(Err(e)) => tracing::debug!(error = %format!("{e:#}"), "dual-write flag check failed; next try soon"),
             Err(_) => tracing::debug!("dual-write flag check timed out; next try soon"),
@@ -224,8 +229,7 @@ async fn keep_dual_write_flag(state: AppState, mut stop: watch::Receiver<bool>) 
 /// Starts the relay once the target says what storage mode it is in, retrying while the
 /// target or Redis is unreachable or the target is not prepared yet. The relay reads on a
 /// Redis connection of its own (see [`crate::db::relay_redis`]).
-async fn supervise_relay(settings: Settings, target: sqlx::PgPool, mut stop: watch::Receiver<bool>) {
-    let keys = Arc::new(LegacyKeys::from_settings(&settings));
+async fn supervise_relay(settings: Arc<Settings>, keys: Arc<LegacyKeys>, target: sqlx::PgPool, mut stop: watch::Receiver<bool>) {
     loop {
         if *stop.borrow() {
             return;
@@ -247,7 +251,7 @@ async fn supervise_relay(settings: Settings, target: sqlx::PgPool, mut stop: wat
 
 /// A relay for the target's storage mode, or `None` while the target is not prepared.
 async fn start_relay(settings: &Settings, target: &sqlx::PgPool, keys: &Arc<LegacyKeys>) -> anyhow::Result<Option<Relay>> {
-    let state = crate::state::load_from_pool(target).await?;
+    let state = crate::ledger::migration::load_from_pool(target).await?;
     let Some(mode) = state.storage_mode else {
         return Ok(None);
     };

@@ -45,7 +45,7 @@ pub struct IngestResponse {
 
 /// Checks the bearer token when one is configured.
 pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.settings.http.api_token else {
+    let Some(token) = &state.ctx.settings.http.api_token else {
         return Ok(());
     };
     let presented = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
@@ -223,12 +223,12 @@ pub async fn reuse_first_times(redis: &mut impl redis::aio::ConnectionLike, pref
 pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
     authorize(&state, &headers)?;
     require_json(&headers)?;
-    let limits = IngestLimits { max_event_bytes: state.settings.ingest.max_event_bytes, ..Default::default() };
-    let mut batch = parse_batch(&body, state.settings.ingest.max_batch, limits)?;
+    let limits = IngestLimits { max_event_bytes: state.ctx.settings.ingest.max_event_bytes, ..Default::default() };
+    let mut batch = parse_batch(&body, state.ctx.settings.ingest.max_batch, limits)?;
     let started = std::time::Instant::now();
     // One deadline for all of the request's Redis work (connection, first times, flag,
     // the batch, one more try): a request never waits longer than a command may.
-    let deadline = state.settings.redis.response_timeout();
+    let deadline = state.ctx.settings.redis.response_timeout();
     let mut attempt = Attempt::default();
     let written = match tokio::time::timeout(deadline, write_with_one_more_try(&state, &mut batch, &mut attempt)).await {
         Ok(written) => written,
@@ -286,10 +286,10 @@ async fn write_with_one_more_try(state: &AppState, batch: &mut ParsedBatch, atte
 /// means nothing was sent).
 async fn write_once(state: &AppState, batch: &mut ParsedBatch, attempt: &mut Attempt) -> redis::RedisResult<bool> {
     let mut redis = state.redis.pinned().await?;
-    let window = Duration::from_secs(state.settings.ingest.resend_window_secs);
-    reuse_first_times(&mut redis, &state.keys.first_seen, window, batch).await?;
-    let dual_write = state.dual_write.get(&mut redis, &state.keys.dual_write_flag).await?;
+    let window = Duration::from_secs(state.ctx.settings.ingest.resend_window_secs);
+    reuse_first_times(&mut redis, &state.ctx.keys.first_seen, window, batch).await?;
+    let dual_write = state.dual_write.get(&mut redis, &state.ctx.keys.dual_write_flag).await?;
     attempt.multi_sent = true;
-    writer::write_batch(&mut redis, &state.keys, state.settings.redis.event_cap, &batch.events, dual_write).await?;
+    writer::write_batch(&mut redis, &state.ctx.keys, state.ctx.settings.redis.event_cap, &batch.events, dual_write).await?;
     Ok(dual_write)
 }

@@ -26,22 +26,21 @@ use sqlx::PgPool;
 use crate::config::Settings;
 use crate::context::Context;
 use crate::dual_write::flag::DUAL_WRITE_FLAG_REFRESH;
-use crate::legacy::LegacyKeys;
 use crate::reads::shadow::ShadowStats;
-use crate::reads::{HorizonCache, RoutingCache};
+use crate::reads::{HorizonCache, ReadContext, RoutingCache};
 use crate::remembered::Remembered;
 
-/// Shared by every request.
+/// Shared by every request: the process's one [`Context`] (settings, key layout, pools)
+/// and what the HTTP side keeps between requests.
 #[derive(Clone)]
 pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub keys: Arc<LegacyKeys>,
+    /// The process's `Context`: in `tsmigrate run` the same one the jobs and reads use.
+    pub ctx: Context,
+    /// The shared, multiplexed Redis connection (the `Context`'s), cloned without waiting.
     pub redis: RedisConn,
-    /// The target; `None` when the server started without it (ingest never needs it).
-    pub target: Option<PgPool>,
-    /// The legacy database (hourly tables, popular function) for legacy reads; often the
-    /// same pool as `target`.
-    pub legacy: Option<PgPool>,
+    /// False for a server started for ingest only: reads answer "not configured", `/ready`
+    /// does not probe the target, admin status connects from the settings as the CLI does.
+    serves_target: bool,
     pub dual_write: Arc<DualWriteFlag>,
     /// Which source answers reads: the migration state, refreshed at most once a second.
     pub routing: Arc<RoutingCache>,
@@ -52,18 +51,40 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(settings: Settings, redis: RedisConn, target: Option<PgPool>, legacy: Option<PgPool>) -> Self {
-        let keys = LegacyKeys::from_settings(&settings);
+    /// Every endpoint on `ctx` (its target and legacy pools) and `redis`, which becomes the
+    /// `Context`'s shared connection too.
+    pub fn new(ctx: Context, redis: RedisConn) -> Self {
         Self {
-            settings: Arc::new(settings),
-            keys: Arc::new(keys),
+            ctx: ctx.with_redis(redis.clone()),
             redis,
-            target,
-            legacy,
+            serves_target: true,
             dual_write: Arc::new(DualWriteFlag::default()),
             routing: Arc::new(RoutingCache::default()),
             shadow: Arc::new(ShadowStats::default()),
             target_horizon: Arc::new(HorizonCache::default()),
+        }
+    }
+
+    /// A server that needs only Redis (ingest, health, metrics); its target pool is lazy
+    /// and never used by the endpoints.
+    pub fn ingest_only(settings: Settings, redis: RedisConn) -> Result<Self, crate::connect::ConnectError> {
+        Ok(Self { serves_target: false, ..Self::new(Context::lazy(settings)?, redis) })
+    }
+
+    /// The target, unless this server serves ingest only.
+    pub fn target(&self) -> Option<&PgPool> {
+        self.serves_target.then_some(&self.ctx.target)
+    }
+
+    /// What a read at `now` needs: this state's `Context`, Redis and raw horizon.
+    pub fn reads_at(&self, now: chrono::DateTime<chrono::Utc>) -> ReadContext {
+        ReadContext {
+            shared: self.ctx.clone(),
+            redis: self.redis.clone(),
+            serves_target: self.serves_target,
+            now,
+            target_horizon: self.target_horizon.clone(),
+            route: crate::reads::Route::Sets,
         }
     }
 }
@@ -123,24 +144,19 @@ impl DualWriteFlag {
 }
 
 impl AppState {
-    /// A [`Context`] on this server's pools and shared Redis connection (`tsmigrate run`
-    /// has them all: no new connections). A server started without the target (ingest
-    /// only) connects from its settings for the answer, as the CLI would.
-    async fn context(&self) -> anyhow::Result<Context> {
-        let Some(target) = &self.target else {
-            return Ok(Context::connect((*self.settings).clone()).await?);
-        };
-        let ctx = Context::with_target(self.settings.clone(), target.clone()).with_redis(self.redis.clone());
-        Ok(match &self.legacy {
-            Some(legacy) => ctx.with_legacy(legacy.clone()),
-            None => ctx,
-        })
+    /// The `Context` admin status reads with: the process's own (no new connections). A
+    /// server started for ingest only connects from its settings, as the CLI would.
+    async fn status_context(&self) -> anyhow::Result<Context> {
+        if self.serves_target {
+            return Ok(self.ctx.clone());
+        }
+        Ok(Context::connect((*self.ctx.settings).clone()).await?)
     }
 }
 
 pub fn app(state: AppState) -> Router {
-    let body_limit = state.settings.ingest.max_body_bytes;
-    let http = &state.settings.http;
+    let body_limit = state.ctx.settings.ingest.max_body_bytes;
+    let http = &state.ctx.settings.http;
     let deadlines = Deadlines { body: http.read_timeout(), body_limit, answer: http.request_timeout() };
     Router::new()
         .route("/api/v1/analytics", post(ingest::ingest))
@@ -216,7 +232,7 @@ async fn metrics_text() -> (StatusCode, String) {
 /// (like the CLI, which exits 2 then).
 async fn admin_status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Response, error::ApiError> {
     ingest::authorize(&state, &headers)?;
-    let ctx = state.context().await.map_err(|e| match e.downcast_ref::<crate::connect::ConnectError>() {
+    let ctx = state.status_context().await.map_err(|e| match e.downcast_ref::<crate::connect::ConnectError>() {
         Some(down) => error::ApiError::Unavailable(down.to_string()),
         None => error::ApiError::Unexpected(e),
     })?;
@@ -250,10 +266,10 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The Redis probe is a write (a small key with a 10 s expiry), not a PING: a Redis at
 /// `maxmemory` with `noeviction` answers PING and refuses every ingest batch with OOM.
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let probe_key = format!("{}:ready", state.keys.cache_prefix);
+    let probe_key = format!("{}:ready", state.ctx.keys.cache_prefix);
     let redis_probe = tokio::time::timeout(READY_PROBE_TIMEOUT, probe_redis(state.redis.clone(), probe_key));
     let target_probe = async {
-        match &state.target {
+        match state.target() {
             Some(pool) => match tokio::time::timeout(READY_PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await {
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => Some(format!("the target does not answer: {e}")),
@@ -293,7 +309,7 @@ async fn probe_redis(mut redis: RedisConn, key: String) -> redis::RedisResult<()
 /// is disconnected. The body has the same deadline ([`app`]'s middleware).
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(state.settings.http.read_timeout());
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(state.ctx.settings.http.read_timeout());
     let app = app(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

@@ -163,8 +163,8 @@ fn non_empty(name: &str, value: Option<String>) -> Result<Option<String>, ApiErr
 /// Answers `request` from the source the migration state names; in shadow mode, the other
 /// source is asked too, in the background, and the answers compared.
 async fn serve(state: &AppState, request: Request, now: DateTime<Utc>) -> ReadResult {
-    let routing = state.routing.current(state.target.as_ref()).await;
-    let ctx = context(state, now);
+    let routing = state.routing.current(state.target()).await;
+    let ctx = state.reads_at(now);
     let (mut body, cached) = fetch(state, &ctx, routing.source, &request).await.map_err(|e| match e {
         ReadError::Unavailable(message) => ApiError::Unavailable(message),
         ReadError::Unexpected(e) => ApiError::Unexpected(e),
@@ -179,24 +179,11 @@ async fn serve(state: &AppState, request: Request, now: DateTime<Utc>) -> ReadRe
     Ok(Json(body))
 }
 
-pub fn context(state: &AppState, now: DateTime<Utc>) -> ReadContext {
-    ReadContext {
-        settings: state.settings.clone(),
-        keys: state.keys.clone(),
-        redis: state.redis.clone(),
-        target: state.target.clone(),
-        legacy: state.legacy.clone(),
-        now,
-        target_horizon: state.target_horizon.clone(),
-        route: reads::Route::Sets,
-    }
-}
-
 /// One source's answer as wire JSON, cache-aside; says whether it came from the cache.
 async fn fetch(state: &AppState, ctx: &ReadContext, source: ReadSource, request: &Request) -> Result<(Value, bool), ReadError> {
     let started = Instant::now();
-    let ttl = state.settings.http.cache_ttl_secs;
-    let key = cache::key(&state.keys.cache_prefix, source, request);
+    let ttl = state.ctx.settings.http.cache_ttl_secs;
+    let key = cache::key(&state.ctx.keys.cache_prefix, source, request);
     let mut redis = state.redis.clone();
     let cached = if ttl > 0 { cache::get(&mut redis, &key).await } else { None };
     let (body, hit) = match cached {

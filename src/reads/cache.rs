@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::connect::RedisConn;
 use serde_json::Value;
 
-use super::{ReadSource, Request};
+use super::request::Request;
+use super::routing::ReadSource;
 
 /// A cache lookup or store never holds a read up for longer than this.
 const TIMEOUT: Duration = Duration::from_millis(250);

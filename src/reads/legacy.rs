@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::{bin_start, EventFilter, GroupTotal, HourRow, RawSummary, ReadContext, ReadError, TimeRange, UserCount};
+use super::buckets::bin_start;
+use super::context::ReadContext;
+use super::request::{AssetRow, EventFilter, GroupTotal, HourRow, RawSummary, ReadError, TimeRange, UserCount};
 use crate::calendar::hour_floor;
 use crate::event::TargetEvent;
 use crate::legacy::reader::{read_page, ScoreCursor};
@@ -20,20 +22,20 @@ const PAGE: usize = 10_000;
 /// The oldest event time Redis holds (the score of its oldest member, valid or not).
 pub async fn horizon(ctx: &ReadContext) -> Result<Option<DateTime<Utc>>, ReadError> {
     let mut redis = ctx.redis.clone();
-    crate::legacy::reader::redis_horizon(&mut redis, &ctx.keys).await.map_err(ReadError::redis)
+    crate::legacy::reader::redis_horizon(&mut redis, &ctx.shared.keys).await.map_err(ReadError::redis)
 }
 
 pub async fn history_hours(ctx: &ReadContext, hours: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
     let rows: Vec<(DateTime<Utc>, String, String, i64, i64)> = sqlx::query_as(&format!(
         "SELECT hour, event_name, category, event_count, unique_users FROM {}
          WHERE hour >= $1 AND hour < $2 AND ($3::text IS NULL OR event_name = $3) AND ($4::text IS NULL OR category = $4)",
-        ctx.settings.legacy.hourly_table
+        ctx.shared.settings.legacy.hourly_table
     ))
     .bind(hours.from)
     .bind(hours.to)
     .bind(&filter.event_name)
     .bind(&filter.category)
-    .fetch_all(ctx.legacy_pool()?)
+    .fetch_all(&ctx.legacy_pool().await?)
     .await
     .map_err(|e| ReadError::postgres("the legacy hourly table", e))?;
     Ok(rows
@@ -52,7 +54,7 @@ async fn scan(ctx: &ReadContext, range: TimeRange, mut visit: impl FnMut(TargetE
     let mut cursor = ScoreCursor::at(range.from.timestamp_millis() as f64 - 1.0);
     let until = range.to.timestamp_millis() as f64;
     loop {
-        let page = read_page(&mut redis, &ctx.keys.events, cursor, until, PAGE).await.map_err(ReadError::redis)?;
+        let page = read_page(&mut redis, &ctx.shared.keys.events, cursor, until, PAGE).await.map_err(ReadError::redis)?;
         cursor = cursor.after(&page);
         for (member, score) in &page {
             if let Ok(event) = TargetEvent::from_member(member, *score, now_ms) {
@@ -141,11 +143,11 @@ pub async fn raw_buckets(ctx: &ReadContext, range: TimeRange, bucket_ms: i64) ->
 }
 
 /// The legacy reporting function, as reports call it.
-pub async fn popular(ctx: &ReadContext, days: u32) -> Result<Vec<super::AssetRow>, ReadError> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!("SELECT * FROM {}($1)", ctx.settings.legacy.popular_function))
+pub async fn popular(ctx: &ReadContext, days: u32) -> Result<Vec<AssetRow>, ReadError> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!("SELECT * FROM {}($1)", ctx.shared.settings.legacy.popular_function))
         .bind(days as i32)
-        .fetch_all(ctx.legacy_pool()?)
+        .fetch_all(&ctx.legacy_pool().await?)
         .await
         .map_err(|e| ReadError::postgres("the legacy popular-asset-types function", e))?;
-    Ok(rows.into_iter().map(|(asset_type, generation_count, unique_creators)| super::AssetRow { asset_type, generation_count, unique_creators }).collect())
+    Ok(rows.into_iter().map(|(asset_type, generation_count, unique_creators)| AssetRow { asset_type, generation_count, unique_creators }).collect())
 }

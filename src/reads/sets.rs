@@ -13,10 +13,12 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use futures::future::try_join_all;
 
-use super::{target, ReadContext, ReadError, TimeRange};
+use super::context::ReadContext;
+use super::request::{ReadError, TimeRange};
 use crate::calendar::{day_start, hour_floor, local_day, minute_ceil};
 use crate::store::user_sets::report::compared_until;
 use crate::store::user_sets::{self, Parts, Span, Tally};
+use crate::store::{DAILY_VIEW, HOURLY_VIEW};
 
 /// A piece of a window: a bucket answered by its set, or raw rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +145,7 @@ pub async fn tally(ctx: &ReadContext, range: TimeRange, parts: Parts) -> Result<
 async fn aggregate_counts(ctx: &ReadContext, wanted: &[(Span, DateTime<Utc>)]) -> Result<HashMap<(Span, DateTime<Utc>), i64>, ReadError> {
     let tz = ctx.tz();
     let until = compared_until(ctx.now);
-    let t = &ctx.settings.target;
+    let t = &ctx.shared.settings.target;
     let kept_from = |span: Span| {
         let days = if span == Span::Hour { t.hourly_retention_days } else { t.daily_retention_days };
         ctx.now - Duration::days(i64::from(days)) + Duration::days(1)
@@ -157,7 +159,7 @@ async fn aggregate_counts(ctx: &ReadContext, wanted: &[(Span, DateTime<Utc>)]) -
     }
     let counted = try_join_all(runs.iter().map(|(span, run)| {
         let range = TimeRange { from: run[0], to: span.end(*run.last().expect("runs are not empty"), tz) };
-        target::aggregate_event_counts(ctx, *span == Span::Day, range)
+        aggregate_event_counts(ctx, *span == Span::Day, range)
     }))
     .await?;
     let mut counts = HashMap::new();
@@ -167,6 +169,20 @@ async fn aggregate_counts(ctx: &ReadContext, wanted: &[(Span, DateTime<Utc>)]) -
         }
     }
     Ok(counts)
+}
+
+/// The aggregate's event count per bucket of `range` (hourly, or daily when `daily`), to
+/// tell a user set built from other events than the aggregate shows.
+async fn aggregate_event_counts(ctx: &ReadContext, daily: bool, range: TimeRange) -> Result<HashMap<DateTime<Utc>, i64>, ReadError> {
+    let view = if daily { DAILY_VIEW } else { HOURLY_VIEW };
+    let rows: Vec<(DateTime<Utc>, i64)> =
+        sqlx::query_as(&format!("SELECT bucket, sum(event_count)::bigint FROM {view} WHERE bucket >= $1 AND bucket < $2 GROUP BY 1"))
+            .bind(range.from)
+            .bind(range.to)
+            .fetch_all(ctx.target_pool()?)
+            .await
+            .map_err(|e| ReadError::postgres("the target's aggregates", e))?;
+    Ok(rows.into_iter().collect())
 }
 
 fn pg(e: sqlx::Error) -> ReadError {

@@ -5,20 +5,20 @@
 //! The same SQL serves both storage modes: the aggregates have the same names and columns
 //! (continuous aggregates with real-time aggregation, or tool-maintained tables).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use futures::future::try_join_all;
 use sqlx::PgPool;
 
-use super::{
-    bin_start, hours_nest, merge_max, popular_of, sets, summarize, AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, Pieces, RawSummary, ReadContext,
-    ReadError, Route, Summary, TimeRange, UserCount,
-};
+use super::buckets::{bin_start, hours_nest, Pieces, BUCKET_ORIGIN_MS};
+use super::context::{ReadContext, Route};
+use super::request::{AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, RawSummary, ReadError, Summary, TimeRange, UserCount};
+use super::rules::{merge_max, popular_of, summarize, totals_of};
+use super::{control, sets};
 use crate::calendar::{day_start, hour_floor, local_day, next_hour};
 use crate::legacy::flush::UNKNOWN_ASSET_TYPE;
 use crate::store::user_sets::{AssetTally, Parts, Tally};
-use crate::store::{DAILY_VIEW, HOURLY_VIEW};
 
 type HourTuple = (DateTime<Utc>, String, String, i64, i64);
 
@@ -41,15 +41,7 @@ pub async fn horizon(ctx: &ReadContext) -> Result<Option<DateTime<Utc>>, ReadErr
 /// where both have an hour.
 pub async fn history_hours(ctx: &ReadContext, hours: TimeRange, raw_start: Option<DateTime<Utc>>, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
     let pool = ctx.target_pool()?;
-    let imported = sqlx::query_as::<_, HourTuple>(
-        "SELECT hour, event_name, category, event_count, unique_users FROM tsmigrate.history_hourly
-         WHERE hour >= $1 AND hour < $2 AND ($3::text IS NULL OR event_name = $3) AND ($4::text IS NULL OR category = $4)",
-    )
-    .bind(hours.from)
-    .bind(hours.to)
-    .bind(&filter.event_name)
-    .bind(&filter.category)
-    .fetch_all(pool);
+    let imported = control::history_hourly(pool, hours, filter);
     let retained = async {
         match TimeRange::new(hours.from, raw_start.map_or(hours.to, |start| start.min(hours.to))) {
             Some(older) => aggregate_hours(pool, older, filter).await,
@@ -75,20 +67,6 @@ async fn aggregate_hours(pool: &PgPool, range: TimeRange, filter: &EventFilter) 
     Ok(hour_rows(rows))
 }
 
-/// The aggregate's event count per bucket of `range` (hourly, or daily when `daily`), to
-/// tell a user set built from other events than the aggregate shows.
-pub async fn aggregate_event_counts(ctx: &ReadContext, daily: bool, range: TimeRange) -> Result<HashMap<DateTime<Utc>, i64>, ReadError> {
-    let view = if daily { DAILY_VIEW } else { HOURLY_VIEW };
-    let rows: Vec<(DateTime<Utc>, i64)> =
-        sqlx::query_as(&format!("SELECT bucket, sum(event_count)::bigint FROM {view} WHERE bucket >= $1 AND bucket < $2 GROUP BY 1"))
-            .bind(range.from)
-            .bind(range.to)
-            .fetch_all(ctx.target_pool()?)
-            .await
-            .map_err(pg)?;
-    Ok(rows.into_iter().collect())
-}
-
 /// Raw events of `range` grouped per hour (cut in the bucket time zone, like the aggregates).
 async fn raw_table_hours(ctx: &ReadContext, range: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
     let rows: Vec<HourTuple> = sqlx::query_as(
@@ -99,7 +77,7 @@ async fn raw_table_hours(ctx: &ReadContext, range: TimeRange, filter: &EventFilt
     )
     .bind(range.from)
     .bind(range.to)
-    .bind(&ctx.settings.target.bucket_timezone)
+    .bind(&ctx.shared.settings.target.bucket_timezone)
     .bind(&filter.event_name)
     .bind(&filter.category)
     .fetch_all(ctx.target_pool()?)
@@ -172,7 +150,7 @@ pub async fn raw_summary(ctx: &ReadContext, range: TimeRange, count: UserCount) 
     };
     let edges = async {
         if count == UserCount::HourlySum {
-            Ok::<_, ReadError>(super::totals_of(&raw_pieces(ctx, &pieces.raw, &EventFilter::default()).await?))
+            Ok::<_, ReadError>(totals_of(&raw_pieces(ctx, &pieces.raw, &EventFilter::default()).await?))
         } else {
             Ok(try_join_all(pieces.raw.iter().map(|piece| raw_table_totals(ctx, *piece))).await?.into_iter().flatten().collect())
         }
@@ -222,14 +200,14 @@ pub async fn raw_buckets(ctx: &ReadContext, range: TimeRange, bucket_ms: i64) ->
         )
         .bind(piece.from)
         .bind(piece.to)
-        .bind(super::BUCKET_ORIGIN_MS)
+        .bind(BUCKET_ORIGIN_MS)
         .bind(bucket_ms)
         .fetch_all(pool)
         .await
         .map_err(pg)?;
         Ok::<_, ReadError>(
             rows.into_iter()
-                .map(|(index, n)| (DateTime::from_timestamp_millis(super::BUCKET_ORIGIN_MS + index * bucket_ms).unwrap_or(piece.from), n))
+                .map(|(index, n)| (DateTime::from_timestamp_millis(BUCKET_ORIGIN_MS + index * bucket_ms).unwrap_or(piece.from), n))
                 .collect::<Vec<_>>(),
         )
     }));
@@ -273,13 +251,7 @@ pub async fn popular(ctx: &ReadContext, days: u32) -> Result<Vec<AssetRow>, Read
 }
 
 async fn history_days(ctx: &ReadContext, first: NaiveDate, last: NaiveDate) -> Result<Vec<DayAssetRow>, ReadError> {
-    let rows: Vec<(NaiveDate, String, i64, i64)> =
-        sqlx::query_as("SELECT day, asset_type, generation_count, unique_creators FROM tsmigrate.history_asset_popularity WHERE day >= $1 AND day <= $2")
-            .bind(first)
-            .bind(last)
-            .fetch_all(ctx.target_pool()?)
-            .await
-            .map_err(pg)?;
+    let rows = control::history_asset_days(ctx.target_pool()?, first, last).await.map_err(pg)?;
     Ok(rows
         .into_iter()
         .map(|(day, asset_type, generation_count, unique_creators)| DayAssetRow { day, asset_type, generation_count, unique_creators })
@@ -396,15 +368,8 @@ pub async fn summary_beyond_raw(ctx: &ReadContext, range: TimeRange, users: bool
     if ctx.route != Route::Sets || range.from >= hour_floor(raw_start, tz) {
         return Ok(None);
     }
-    let (oldest_set, history): (Option<DateTime<Utc>>, bool) = sqlx::query_as(
-        "SELECT (SELECT min(bucket) FROM tsmigrate.user_sets WHERE span = 'hour'),
-                EXISTS (SELECT 1 FROM tsmigrate.history_hourly WHERE hour >= $1 AND hour < $2)",
-    )
-    .bind(hour_floor(range.from, tz))
-    .bind(next_hour(raw_start, tz))
-    .fetch_one(ctx.target_pool()?)
-    .await
-    .map_err(pg)?;
+    let hours = TimeRange { from: hour_floor(range.from, tz), to: next_hour(raw_start, tz) };
+    let (oldest_set, history) = control::oldest_hour_set_and_history(ctx.target_pool()?, hours).await.map_err(pg)?;
     if history || oldest_set.is_none_or(|oldest| oldest > range.from) {
         return Ok(None);
     }

@@ -542,25 +542,9 @@ impl From<&ValidationReport> for JsonReport {
 }
 
 // ---------------------------------------------------------------- JUnit XML
-
-/// Text safe inside an XML attribute or element: the five entities escaped, characters
-/// XML 1.0 forbids (most control characters) replaced.
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
+//
+// Written by `quick-junit` (the JUnit writer of cargo-nextest), which does the XML escaping
+// and drops the characters XML 1.0 cannot hold.
 
 /// One test case: passed, failed (differences), errored (could not run) or skipped.
 struct Case {
@@ -649,81 +633,56 @@ fn aggregate_suite<K: AggregateKey>(check: &AggregateCheck<K>) -> Suite {
 }
 
 fn junit(r: &ValidationReport) -> String {
-    let suites = [events_suite(r), aggregate_suite(&r.hourly), aggregate_suite(&r.assets)];
-    let count = |f: fn(&CaseOutcome) -> bool, s: &Suite| s.cases.iter().filter(|c| f(&c.outcome)).count();
-    let failed = |o: &CaseOutcome| matches!(o, CaseOutcome::Failed(..));
-    let errored = |o: &CaseOutcome| matches!(o, CaseOutcome::Error(_));
-    let skipped = |o: &CaseOutcome| matches!(o, CaseOutcome::Skipped(_));
-    let total: usize = suites.iter().map(|s| s.cases.len()).sum();
-    let sum = |f: fn(&CaseOutcome) -> bool| suites.iter().map(|s| count(f, s)).sum::<usize>();
-    let seconds = r.duration_ms as f64 / 1000.0;
-    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(
-        x,
-        "<testsuites name=\"tsmigrate validate\" tests=\"{total}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{seconds:.3}\">",
-        sum(failed),
-        sum(errored),
-        sum(skipped)
-    );
-    for s in &suites {
-        let _ = writeln!(
-            x,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" timestamp=\"{}\">",
-            s.name,
-            s.cases.len(),
-            count(failed, s),
-            count(errored, s),
-            count(skipped, s),
-            r.started_at.to_rfc3339_opts(SecondsFormat::Secs, true)
-        );
-        let _ = writeln!(x, "    <properties>");
-        for (name, value) in [
-            ("window_from", r.window.from.to_rfc3339()),
-            ("window_to", r.window.to.to_rfc3339()),
-            ("depth", r.depth.as_str().to_string()),
-            ("storage_mode", r.mode.to_string()),
-            ("run_id", r.run_id.map(|id| id.to_string()).unwrap_or_default()),
-        ] {
-            let _ = writeln!(x, "      <property name=\"{name}\" value=\"{}\"/>", xml_escape(&value));
-        }
-        let _ = writeln!(x, "    </properties>");
-        for c in &s.cases {
-            let _ = write!(x, "    <testcase classname=\"tsmigrate.validate.{}\" name=\"{}\"", s.name, xml_escape(c.name));
-            match &c.outcome {
-                CaseOutcome::Passed => x.push_str("/>\n"),
+    use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
+    let started = r.started_at.fixed_offset();
+    let properties = [
+        ("window_from", r.window.from.to_rfc3339()),
+        ("window_to", r.window.to.to_rfc3339()),
+        ("depth", r.depth.as_str().to_string()),
+        ("storage_mode", r.mode.to_string()),
+        ("run_id", r.run_id.map(|id| id.to_string()).unwrap_or_default()),
+    ];
+    let mut report = Report::new("tsmigrate validate");
+    report.set_time(std::time::Duration::from_millis(r.duration_ms));
+    for s in [events_suite(r), aggregate_suite(&r.hourly), aggregate_suite(&r.assets)] {
+        let mut suite = TestSuite::new(s.name);
+        suite.set_timestamp(started);
+        suite.add_properties(properties.iter().map(|(name, value)| Property::new(*name, value)));
+        for c in s.cases {
+            let status = match c.outcome {
+                CaseOutcome::Passed => TestCaseStatus::success(),
                 CaseOutcome::Failed(message, body) => {
-                    let _ = writeln!(
-                        x,
-                        ">\n      <failure type=\"difference\" message=\"{}\">{}</failure>\n    </testcase>",
-                        xml_escape(message),
-                        xml_escape(body)
-                    );
+                    let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    status.set_type("difference").set_message(message).set_description(body);
+                    status
                 }
                 CaseOutcome::Error(message) => {
-                    let _ = writeln!(x, ">\n      <error type=\"could_not_run\" message=\"{}\"/>\n    </testcase>", xml_escape(message));
+                    let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+                    status.set_type("could_not_run").set_message(message);
+                    status
                 }
                 CaseOutcome::Skipped(reason) => {
-                    let _ = writeln!(x, ">\n      <skipped message=\"{}\"/>\n    </testcase>", xml_escape(reason));
+                    let mut status = TestCaseStatus::skipped();
+                    status.set_message(reason);
+                    status
                 }
-            }
+            };
+            let mut case = TestCase::new(c.name, status);
+            case.set_classname(format!("tsmigrate.validate.{}", s.name));
+            suite.add_test_case(case);
         }
         if !s.out.is_empty() {
-            let _ = writeln!(x, "    <system-out>{}</system-out>", xml_escape(&s.out));
+            suite.set_system_out(s.out);
         }
-        x.push_str("  </testsuite>\n");
+        report.add_test_suite(suite);
     }
-    x.push_str("</testsuites>\n");
-    x
+    // Serializing owned strings into memory cannot fail.
+    report.to_string().expect("a JUnit report serializes into a string")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn xml_escape_handles_entities_and_forbidden_characters() {
-        assert_eq!(xml_escape("a<b>&\"c'\u{1}\n"), "a&lt;b&gt;&amp;&quot;c&apos;\u{fffd}\n");
-    }
 
     #[test]
     fn unified_diff_marks_each_side() {

@@ -99,7 +99,7 @@ async fn readiness_follows_both_servers() {
     // Not ready when the target cannot be reached.
     let mut broken = env.settings.clone();
     broken.database.url = tsmigrate::config::SecretUrl::new("postgres://postgres@127.0.0.1:1/none");
-    let state = tsmigrate::http::AppState::new(broken.clone(), env.redis().await, Some(tsmigrate::db::target_pool_lazy(&broken).unwrap()), None);
+    let state = tsmigrate::http::AppState::new(tsmigrate::context::Context::lazy(broken.clone()).unwrap(), env.redis().await);
     let response =
         tower::ServiceExt::oneshot(tsmigrate::http::app(state), axum::http::Request::get("/ready").body(axum::body::Body::empty()).unwrap()).await.unwrap();
     assert_eq!(response.status().as_u16(), 503);

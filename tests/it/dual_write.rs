@@ -33,7 +33,7 @@ pub async fn post(router: &axum::Router, body: &str, token: Option<&str>) -> (St
 }
 
 pub async fn router(env: &TestEnv) -> axum::Router {
-    app(AppState::new(env.settings.clone(), env.redis().await, None, None))
+    app(AppState::ingest_only(env.settings.clone(), env.redis().await).unwrap())
 }
 
 fn batch(n: usize, offset: usize) -> String {
@@ -331,7 +331,7 @@ async fn a_missing_flag_follows_the_migration_state_and_stop_is_an_explicit_off(
     let (status, body) = post(&router(&env).await, &batch(1, 0), None).await;
     assert_eq!((status, dual_write(body)), (StatusCode::ACCEPTED, false));
     // No flag (Redis lost it) while the state says on: still on.
-    let state = AppState::new(env.settings.clone(), env.redis().await, None, None);
+    let state = AppState::ingest_only(env.settings.clone(), env.redis().await).unwrap();
     state.dual_write.set_state_view(true);
     let (_, body) = post(&app(state), &batch(1, 1), None).await;
     assert!(dual_write(body), "a lost flag does not turn dual-write off");
@@ -340,7 +340,7 @@ async fn a_missing_flag_follows_the_migration_state_and_stop_is_an_explicit_off(
     env.cli(&["dual-write", "stop"]).expect_success();
     let value: Option<String> = redis.get(&flag).await.unwrap();
     assert_eq!(value.as_deref(), Some("0"), "stop writes an explicit off");
-    let state = AppState::new(env.settings.clone(), env.redis().await, None, None);
+    let state = AppState::ingest_only(env.settings.clone(), env.redis().await).unwrap();
     state.dual_write.set_state_view(true);
     let (_, body) = post(&app(state), &batch(1, 2), None).await;
     assert!(!dual_write(body), "an explicit off wins over a stale view of the state");

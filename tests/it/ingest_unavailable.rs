@@ -49,7 +49,7 @@ async fn ingest_answers_503_and_writes_nothing_while_redis_is_down() {
     let mut settings = env.settings.clone();
     settings.redis.url = SecretUrl::new(proxy.url_through(env.settings.redis.url.expose()));
     let redis = tsmigrate::db::redis(&settings).await.expect("Redis through the forwarder");
-    let router = app(AppState::new(settings, redis, None, None));
+    let router = app(AppState::ingest_only(settings, redis).unwrap());
 
     let (status, reply) = post(&router, &batch("before", 4)).await;
     assert_eq!((status, reply["dual_write"].clone()), (StatusCode::ACCEPTED, Value::Bool(true)), "{reply}");

@@ -226,7 +226,7 @@ async fn a_hung_or_missing_target_gets_503_within_deadlines() {
     hung.database.url = tsmigrate::config::SecretUrl::new(format!("postgres://postgres@{hole}/none"));
     hung.database.connect_timeout_secs = 1;
     let pool = tsmigrate::db::target_pool_lazy(&hung).unwrap();
-    let state = AppState::new(hung.clone(), env.redis().await, Some(pool.clone()), Some(pool));
+    let state = AppState::new(tsmigrate::context::Context::with_target(std::sync::Arc::new(hung.clone()), pool), env.redis().await);
     // The probe has a deadline: it answers (within a bound far above it), and says what is down.
     let (status, body, took) = tokio::time::timeout(Duration::from_secs(30), get(http::app(state.clone()), "/ready")).await.expect("/ready answers");
     println!("/ready with a hung target: {status} in {} ms", took.as_millis());
@@ -238,7 +238,7 @@ async fn a_hung_or_missing_target_gets_503_within_deadlines() {
     for url in [format!("postgres://postgres@{hole}/none"), "postgres://postgres@127.0.0.1:1/none".to_string()] {
         let mut down = hung.clone();
         down.database.url = tsmigrate::config::SecretUrl::new(url);
-        let state = AppState::new(down.clone(), env.redis().await, None, None);
+        let state = AppState::ingest_only(down.clone(), env.redis().await).unwrap();
         let (status, body, took) = get(http::app(state), "/api/v1/admin/status").await;
         println!("admin status with the target down: {status} in {} ms: {body}", took.as_millis());
         assert_eq!(status, 503, "{body}");
@@ -248,7 +248,7 @@ async fn a_hung_or_missing_target_gets_503_within_deadlines() {
     // Redis down: 503 too, with what could be read.
     let mut no_redis = env.settings.clone();
     no_redis.redis.url = tsmigrate::config::SecretUrl::new("redis://127.0.0.1:1");
-    let state = AppState::new(no_redis, env.redis().await, None, None);
+    let state = AppState::ingest_only(no_redis, env.redis().await).unwrap();
     let (status, body, _) = get(http::app(state), "/api/v1/admin/status").await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().starts_with("Redis is unreachable"), "{body}");
@@ -269,7 +269,7 @@ async fn half_sent_requests_are_cut_off_after_the_read_timeout() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState::new(env.settings.clone(), env.redis().await, None, None);
+    let state = AppState::ingest_only(env.settings.clone(), env.redis().await).unwrap();
     let server = tokio::spawn(http::serve(listener, state, async {
         let _ = stop_rx.await;
     }));

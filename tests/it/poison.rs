@@ -411,7 +411,10 @@ async fn read_filters_with_a_nul_character_get_400() {
     let env = TestEnv::new().await;
     schema::ensure(&env.pool, &env.settings.legacy).await.unwrap();
     let pool = tsmigrate::db::target_pool(&env.settings).await.unwrap();
-    let router = tsmigrate::http::app(tsmigrate::http::AppState::new(env.settings.clone(), env.redis().await, Some(pool.clone()), Some(pool)));
+    let router = tsmigrate::http::app(tsmigrate::http::AppState::new(
+        tsmigrate::context::Context::with_target(std::sync::Arc::new(env.settings.clone()), pool),
+        env.redis().await,
+    ));
     let get = |uri: String| {
         let router = router.clone();
         async move {

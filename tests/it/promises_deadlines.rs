@@ -134,7 +134,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_read_timeout() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState::new(env.settings.clone(), env.redis().await, None, None);
+    let state = AppState::ingest_only(env.settings.clone(), env.redis().await).unwrap();
     let server = tokio::spawn(http::serve(listener, state, async {
         let _ = stop_rx.await;
     }));

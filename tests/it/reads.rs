@@ -42,7 +42,7 @@ async fn migrated(mode: &str) -> (TestEnv, DateTime<Utc>) {
 
 async fn state(env: &TestEnv) -> AppState {
     let pool = tsmigrate::db::target_pool(&env.settings).await.expect("target pool");
-    AppState::new(env.settings.clone(), env.redis().await, Some(pool.clone()), Some(pool))
+    AppState::new(tsmigrate::context::Context::with_target(std::sync::Arc::new(env.settings.clone()), pool), env.redis().await)
 }
 
 async fn get(router: &Router, uri: &str) -> (StatusCode, Value) {
@@ -237,7 +237,7 @@ async fn shadow_mode_counts_a_mismatch_when_the_target_differs() {
     let mut settings = env.settings.clone();
     settings.http.cache_ttl_secs = 0;
     let pool = tsmigrate::db::target_pool(&settings).await.unwrap();
-    let state = AppState::new(settings, env.redis().await, Some(pool.clone()), Some(pool));
+    let state = AppState::new(tsmigrate::context::Context::with_target(std::sync::Arc::new(settings), pool), env.redis().await);
     let router = app(state.clone());
     let window = format!("/api/v1/analytics/summary?from={}&to={}", wire_time(end - Span::hours(6)), wire_time(end));
 
@@ -302,4 +302,25 @@ async fn the_read_source_survives_an_unreachable_target() {
     assert_eq!(routing.current(Some(&unreachable)).await.source, ReadSource::Target);
     // Never known: legacy.
     assert_eq!(RoutingCache::default().current(Some(&unreachable)).await.source, ReadSource::Legacy);
+}
+
+/// Reads, the HTTP state and admin status share the state's one `Context` (no second copy of
+/// the settings or pools); a server started for ingest only answers reads with 503 saying the
+/// databases are not configured for reads, even though its settings name a working target.
+#[tokio::test]
+async fn reads_use_the_states_context_and_an_ingest_only_server_does_not_read() {
+    let env = TestEnv::new().await;
+    let full = state(&env).await;
+    let reads = full.reads_at(minute_floor(Utc::now()));
+    assert!(std::sync::Arc::ptr_eq(&full.ctx.settings, &reads.shared.settings), "a read holds the state's settings, not a copy");
+    assert!(std::sync::Arc::ptr_eq(&full.ctx.keys, &reads.shared.keys), "and its key layout");
+    assert!(full.target().is_some());
+
+    let ingest_only = AppState::ingest_only(env.settings.clone(), env.redis().await).unwrap();
+    assert!(ingest_only.target().is_none());
+    let to = minute_floor(Utc::now());
+    let (status, body) = get(&app(ingest_only), &format!("/api/v1/analytics/summary?from={}&to={}", wire_time(to - Span::hours(1)), wire_time(to))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not configured for reads"), "{body}");
+    env.cleanup().await;
 }

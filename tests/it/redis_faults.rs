@@ -296,7 +296,7 @@ async fn a_redis_out_of_memory_is_not_ready_and_ingest_says_nothing_was_written(
     let mut settings = env.settings.clone();
     settings.redis.url = tsmigrate::config::SecretUrl::new(server.url());
     let mut redis = tsmigrate::db::redis(&settings).await.unwrap();
-    let state = tsmigrate::http::AppState::new(settings, redis.clone(), None, None);
+    let state = tsmigrate::http::AppState::ingest_only(settings, redis.clone()).unwrap();
     let app = tsmigrate::http::app(state);
     let call = |request: axum::http::Request<axum::body::Body>| {
         let app = app.clone();

@@ -10,7 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use std::sync::Arc;
-use tsmigrate::reads::{sets, Answer, HorizonCache, ReadContext, ReadSource, Request, Route, TimeRange};
+use tsmigrate::context::Context;
+use tsmigrate::reads::{sets, Answer, ReadContext, ReadSource, Request, Route, TimeRange};
 use tsmigrate::store::user_sets::build::{self, BuildOptions};
 use tsmigrate::store::user_sets::{report, Parts};
 use tsmigrate::store::writer::{Method, ParsedPage, TargetWriter};
@@ -85,16 +86,7 @@ async fn refresh_aggregates(env: &TestEnv, mode: StorageMode) {
 }
 
 async fn context(env: &TestEnv, now: DateTime<Utc>, route: Route) -> ReadContext {
-    ReadContext {
-        settings: Arc::new(env.settings.clone()),
-        keys: Arc::new(env.keys()),
-        redis: env.redis().await,
-        target: Some(env.pool.clone()),
-        legacy: Some(env.pool.clone()),
-        now,
-        target_horizon: Arc::new(HorizonCache::default()),
-        route,
-    }
+    ReadContext::new(Context::with_target(Arc::new(env.settings.clone()), env.pool.clone()), env.redis().await, now, route)
 }
 
 async fn answer(ctx: &ReadContext, request: &Request) -> Answer {

@@ -1,0 +1,91 @@
+//! What a read needs: the process's [`Context`] (settings, key layout, pools), the shared
+//! Redis connection, the request's minute, the target's raw horizon remembered between
+//! requests, and the route the target takes for unique users.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use sqlx::PgPool;
+
+use super::request::ReadError;
+use crate::connect::RedisConn;
+use crate::context::Context;
+use crate::remembered::Remembered;
+
+/// How long the target's raw horizon is remembered. It moves only when retention drops a
+/// day or a backfill adds older events, and asking costs a planning pass over every chunk.
+pub const HORIZON_REFRESH: StdDuration = StdDuration::from_secs(10);
+
+/// How the target answers what involves unique users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Route {
+    /// The user sets, raw rows where they do not answer (what the API serves).
+    #[default]
+    Sets,
+    /// Raw rows and the aggregates only: the route before user sets, kept to check the sets
+    /// against and to measure them by.
+    RawRows,
+}
+
+/// What a read needs: the process's [`Context`], the request's minute, the raw horizon
+/// shared between requests, and the route.
+#[derive(Clone)]
+pub struct ReadContext {
+    /// The process's one `Context` (in `tsmigrate run`, the one the HTTP state and the jobs
+    /// hold too): settings, key layout, target and legacy pools.
+    pub shared: Context,
+    /// The shared, multiplexed Redis connection (the `Context`'s), cloned without waiting.
+    pub redis: RedisConn,
+    /// Whether the target (and the legacy tables) may be read: false on a server started
+    /// for ingest only, whose reads then answer "not configured".
+    pub serves_target: bool,
+    /// The request's "now", rounded down to the minute.
+    pub now: DateTime<Utc>,
+    /// The target's raw horizon, shared between requests.
+    pub target_horizon: Arc<HorizonCache>,
+    pub route: Route,
+}
+
+impl ReadContext {
+    /// Reads on `shared`'s pools and `redis` at `now`, with a raw horizon of their own.
+    pub fn new(shared: Context, redis: RedisConn, now: DateTime<Utc>, route: Route) -> ReadContext {
+        ReadContext { shared, redis, serves_target: true, now, target_horizon: Arc::new(HorizonCache::default()), route }
+    }
+
+    pub fn tz(&self) -> Tz {
+        self.shared.settings.target.timezone()
+    }
+
+    pub(crate) fn target_pool(&self) -> Result<&PgPool, ReadError> {
+        if !self.serves_target {
+            return Err(ReadError::Unavailable("the target database is not configured for reads".into()));
+        }
+        Ok(&self.shared.target)
+    }
+
+    /// The legacy tables' pool (the target's unless `database.legacy_url` names another,
+    /// connected on first use).
+    pub(crate) async fn legacy_pool(&self) -> Result<PgPool, ReadError> {
+        if !self.serves_target {
+            return Err(ReadError::Unavailable("the legacy database is not configured for reads".into()));
+        }
+        self.shared.legacy().await.map_err(|e| ReadError::Unavailable(e.to_string()))
+    }
+}
+
+/// The oldest raw event time of the target, remembered for [`HORIZON_REFRESH`].
+pub struct HorizonCache(Remembered<Option<DateTime<Utc>>>);
+
+impl Default for HorizonCache {
+    fn default() -> Self {
+        HorizonCache(Remembered::new(HORIZON_REFRESH))
+    }
+}
+
+impl HorizonCache {
+    pub async fn get(&self, load: impl std::future::Future<Output = Result<Option<DateTime<Utc>>, ReadError>>) -> Result<Option<DateTime<Utc>>, ReadError> {
+        self.0.get(|_| load).await
+    }
+}
