@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand, each an `Args` struct and a `run`.
 //! Doc comments are the `--help` text.
 
+pub mod assess;
 pub mod backfill;
 pub mod completions;
 pub mod config;
@@ -71,6 +72,8 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Measure the live system and say whether, when and how to migrate (read-only, bounded).
+    Assess(assess::Args),
     /// Create the target: hypertable (or partitioned table), aggregates, policies, control tables.
     Prepare(prepare::Args),
     /// For on-call: a verdict (healthy, lagging, blocked, failing) and the reason, then the phase, lag, counts, validation, jobs, progress and next step.
@@ -142,6 +145,7 @@ impl Command {
     /// The command's name as it is typed (`dual-write start`), for output and the envelope.
     pub fn name(&self) -> &'static str {
         match self {
+            Command::Assess(_) => "assess",
             Command::Prepare(_) => "prepare",
             Command::Status(_) => "status",
             Command::History(_) => "history",
@@ -227,9 +231,10 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     };
     // Once per command, before it does anything: a target and a Redis of different
     // migrations are never used together. Status reports a mismatch as its verdict instead,
-    // and the commands that use only the target skip it.
+    // the commands that use only the target skip it, and assess skips it because it writes
+    // nothing (the check records the id on first contact).
     let mut identity_warning = None;
-    if !matches!(command, Command::Status(_) | Command::History(_) | Command::UserSets(_)) {
+    if !matches!(command, Command::Status(_) | Command::History(_) | Command::UserSets(_) | Command::Assess(_)) {
         match crate::identity::verify(&ctx).await {
             Ok(outcome) => {
                 tracing::debug!(?outcome, "migration identity");
@@ -246,6 +251,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     // default (they end at once).
     let ctx = if long_work { ctx.with_interrupt(listen_for_interrupts(command.name(), json)?) } else { ctx };
     let result = match command {
+        Command::Assess(args) => assess::run(args, &ctx).await,
         Command::Prepare(args) => prepare::run(args, &ctx).await,
         Command::Status(args) => status::run(args, &ctx, target_down, verbose, json).await,
         Command::History(args) => history::run(args, &ctx).await,
