@@ -420,6 +420,13 @@ async fn redis_figures(
             Err(_) => not_events += 1,
         }
     }
+    // The busiest second among the members read (exact over them), or of the busiest minute.
+    let mut per_second: HashMap<i64, i64> = HashMap::new();
+    for (_, score) in &read {
+        *per_second.entry((score.round() as i64).div_euclid(1000)).or_default() += 1;
+    }
+    let read_peak = peak_of(per_second.into_iter().filter_map(|(s, n)| Some((DateTime::from_timestamp(s, 0)?, n))), 1.0);
+    peak_second = [peak_second, read_peak].into_iter().flatten().max_by_key(|p| (p.events, std::cmp::Reverse(p.at)));
     let unique_users = unique_users(&events);
     let figures = RedisFigures {
         members,
