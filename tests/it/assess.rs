@@ -21,7 +21,7 @@ fn config(env: &TestEnv, name: &str, mode: &str, assess: &str) -> PathBuf {
     env.write_file(name, &format!("[redis]\nevent_cap = {CAP}\n[target]\nmode = \"{mode}\"\n[assess]\n{assess}"))
 }
 
-fn run(env: &TestEnv, config: &PathBuf, args: &[&str]) -> crate::support::CliOutput {
+fn run(env: &TestEnv, config: &std::path::Path, args: &[&str]) -> crate::support::CliOutput {
     env.cli_with_env(args, &[("TSMIGRATE_CONFIG", config.to_str().unwrap())])
 }
 
