@@ -280,3 +280,39 @@ async fn in_timescaledb_mode_the_sample_is_compressed_and_nothing_is_left() {
     assert!(field(&d, "verdict.blockers").as_array().unwrap().iter().all(|b| b["kind"] != "no_timescaledb"));
     env.cleanup().await;
 }
+
+/// The blockers it sees on a Redis of the test's own: no persistence and an evicting policy,
+/// then (persistence on, no eviction) a `maxmemory` too close to what is used for the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_without_persistence_that_evicts_or_has_no_room_for_the_outbox_is_a_blocker() {
+    use crate::servers::{RedisOptions, RedisServer};
+    let env = TestEnv::new().await;
+    let redis = tokio::task::block_in_place(|| RedisServer::start(RedisOptions::default()));
+    let url = redis.url();
+    let config = config(&env, "private.toml", "postgres", "query_runs = 1\n");
+    let with_private = |args: &[&str]| env.cli_with_env(args, &[("TSMIGRATE_CONFIG", config.to_str().unwrap()), ("REDIS_URL", url.as_str())]);
+    with_private(&["legacy", "setup"]).expect_success();
+    with_private(&["seed", "--events", "2000", "--days", "2", "--users", "30", "--seed", "3", "--end", END]).expect_success();
+    let kinds =
+        |d: &Value| -> Vec<String> { field(d, "verdict.blockers").as_array().unwrap().iter().map(|b| b["kind"].as_str().unwrap().to_string()).collect() };
+
+    // Started with `--save ""` and no AOF; an allkeys policy with a limit far above what is used.
+    let used = tokio::task::block_in_place(|| redis.info_number("used_memory"));
+    tokio::task::block_in_place(|| redis.set_evicting(used + (256 << 20)));
+    let out = with_private(&["assess", "--json"]);
+    let d = out.expect_success().details();
+    let found = kinds(&d);
+    assert!(found.contains(&"no_persistence".to_string()) && found.contains(&"evicting_policy".to_string()), "{found:?}");
+    assert!(!found.contains(&"outbox_headroom".to_string()), "256 MiB is room enough: {}", field(&d, "projected.outbox"));
+    assert_eq!(field(&d, "projected.outbox.fits"), true);
+
+    // Persistence on, no eviction, and 20 kB below maxmemory: an hour's outbox does not fit.
+    tokio::task::block_in_place(|| redis.config_set(&[("appendonly", "yes"), ("maxmemory-policy", "noeviction")]));
+    let used = tokio::task::block_in_place(|| redis.info_number("used_memory"));
+    tokio::task::block_in_place(|| redis.config_set(&[("maxmemory", &(used + 20_000).to_string())]));
+    let d = with_private(&["assess", "--json"]).expect_success().details();
+    assert_eq!(kinds(&d), vec!["outbox_headroom".to_string()], "{}", field(&d, "verdict.blockers"));
+    assert!(f(&d, "projected.outbox.bytes") > 20_000.0);
+    tokio::task::block_in_place(|| redis.clear_memory_limit());
+    env.cleanup().await;
+}
