@@ -255,6 +255,51 @@ async fn an_unreachable_redis_is_a_clear_error_with_exit_2() {
     let message = envelope["error"]["message"].as_str().unwrap();
     assert!(message.contains("cannot connect to Redis"), "{message}");
     assert!(envelope["error"]["hint"].as_str().is_some(), "{envelope}");
+    // No legacy tables where the settings say: what to check, exit 2.
+    let out = env.cli(&["assess"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("cannot read the legacy hourly table analytics_events") && out.stderr.contains("legacy.hourly_table"), "{}", out.stderr);
+    env.cleanup().await;
+}
+
+/// Traffic that grows: a trend that reaches the volume threshold within the horizon turns
+/// "not yet" into "plan", and a shorter horizon turns it back.
+#[tokio::test]
+async fn a_growing_volume_is_planned_for_when_its_trend_reaches_the_threshold_within_the_horizon() {
+    let env = TestEnv::new().await;
+    // The default cap (100,000): Redis keeps every event, so the flush counts both seeds.
+    let settings = |name: &str, extra: &str| {
+        env.write_file(name, &format!("[target]\nmode = \"postgres\"\n[assess]\nquery_runs = 1\nslow_query_ms = 600000\nmin_redis_hold_hours = 1\n{extra}"))
+    };
+    let base = settings("base.toml", "");
+    run(&env, &base, &["legacy", "setup"]).expect_success();
+    run(&env, &base, &["seed", "--events", "12000", "--days", "3", "--users", "60", "--seed", "5", "--end", END]).expect_success();
+    // More traffic on the last day.
+    run(&env, &base, &["seed", "--events", "4000", "--days", "1", "--users", "60", "--seed", "6", "--end", END, "--yes"]).expect_success();
+    let assess = |name: &str, extra: &str| run(&env, &settings(name, extra), &["assess", "--json"]).expect_success().details();
+    let d = assess("trend.toml", "");
+    let days: Vec<f64> = field(&d, "measured.volume.days").as_array().unwrap().iter().map(|d| d["events"].as_f64().unwrap()).collect();
+    assert_eq!(days.len(), 3, "{days:?}");
+    assert!(days[2] > days[1] * 1.5, "the last day holds the second seed too: {days:?}");
+    // The least-squares slope of three equally spaced days is (last - first) / 2 a day.
+    let slope = (days[2] - days[0]) / 2.0;
+    let mean = days.iter().sum::<f64>() / 3.0;
+    let growth = f(&d, "measured.volume.growth_per_week");
+    assert!((growth - slope * 7.0 / mean).abs() < 1e-6, "{growth} against {}", slope * 7.0 / mean);
+    let volume = f(&d, "measured.volume.events_per_day");
+    assert!((volume - mean).abs() < mean * 0.01, "the window is the three days: {volume} against {mean}");
+    // A threshold the trend reaches in about 5 days.
+    let threshold = (volume + 5.0 * slope) as u64;
+    let d = assess("near.toml", &format!("migrate_above_events_per_day = {threshold}\nhorizon_days = 90\n"));
+    assert_eq!(field(&d, "verdict.decision"), "plan", "{}", field(&d, "verdict"));
+    assert!(field(&d, "verdict.headline").as_str().unwrap().contains("the trend reaches it in 5 days"), "{}", field(&d, "verdict.headline"));
+    let d = assess("far.toml", &format!("migrate_above_events_per_day = {threshold}\nhorizon_days = 1\n"));
+    assert_eq!(field(&d, "verdict.decision"), "not_yet", "{}", field(&d, "verdict"));
+    assert!(
+        field(&d, "verdict.would_change").as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("events/day in 5 days")),
+        "{}",
+        field(&d, "verdict.would_change")
+    );
     env.cleanup().await;
 }
 
