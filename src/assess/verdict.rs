@@ -152,7 +152,7 @@ pub fn criteria(m: &Measured, t: &AssessSettings) -> Vec<Criterion> {
                     if b as f64 > memory_limit { ">" } else { "<=" },
                     crate::human::bytes(t.redis_memory_bytes)
                 ),
-                None => "Redis memory of the events key: not measured (MEMORY USAGE refused)".into(),
+                None => "Redis memory of the events key: not measured (no such key, or MEMORY USAGE refused)".into(),
             },
         },
     ]
@@ -238,6 +238,10 @@ pub fn verdict(m: &Measured, projection: Option<&Projection>, t: &AssessSettings
         format!("{} events/day is within the {}-event baseline the legacy design is sized for", fmt_count(volume), fmt_count(baseline))
     };
     let headline = match decision {
+        Decision::NotYet if m.volume.events_per_day.is_none() => format!(
+            "{}: no events measured: the legacy hourly table has no rows in the window and Redis holds no events under the events key; check the names (tsmigrate config show)",
+            decision.as_str()
+        ),
         Decision::NotYet | Decision::Plan => {
             let mut why = vec![format!("{} events/day (migrate above {})", fmt_count(volume), fmt_count(migrate_above))];
             if let Some(days) = days_to_threshold {
