@@ -233,7 +233,13 @@ pub fn verdict(m: &Measured, projection: Option<&Projection>, t: &AssessSettings
             fmt_count(baseline)
         )
     } else if volume >= baseline {
-        format!("{} events/day is above the {}-event baseline the legacy design is sized for", fmt_count(volume), fmt_count(baseline))
+        format!(
+            "{} events/day is above the {}-event baseline the legacy design is sized for; TimescaleDB is the home from {}× ({} events/day)",
+            fmt_count(volume),
+            fmt_count(baseline),
+            t.timescaledb_growth,
+            fmt_count(timescale_from)
+        )
     } else {
         format!("{} events/day is within the {}-event baseline the legacy design is sized for", fmt_count(volume), fmt_count(baseline))
     };
@@ -280,6 +286,116 @@ pub fn verdict(m: &Measured, projection: Option<&Projection>, t: &AssessSettings
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assess::measure::{QueryTiming, RedisFigures, TargetFigures, Volume, Window};
+    use crate::store::capability::Capabilities;
+    use chrono::{TimeZone, Utc};
+
+    /// A system measured at `per_day` events a day, the slowest query `p95_ms`, Redis holding
+    /// `hold_hours` and using `memory` bytes for the events.
+    fn measured(per_day: f64, p95_ms: f64, hold_hours: f64, memory: u64, mode: StorageMode, mode_reason: &str) -> Measured {
+        let at = Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        Measured {
+            window: Window { from: at - chrono::Duration::days(7), to: at, days_asked: 7, days_covered: 7.0 },
+            volume: Volume {
+                source: "legacy hourly table",
+                events: (per_day * 7.0) as i64,
+                events_per_day: Some(per_day),
+                days: vec![],
+                growth_per_week: None,
+                peak_hour: None,
+                hourly_only_events: None,
+                hourly_only_per_day: None,
+                groups_per_hour: None,
+                hourly_row_bytes: None,
+            },
+            redis: RedisFigures {
+                members: 100_000,
+                cap: 100_000,
+                at_cap: true,
+                oldest: None,
+                newest: None,
+                held_secs: Some(hold_hours * 3600.0),
+                holding_secs: Some(hold_hours * 3600.0),
+                holding_basis: "measured",
+                events_key_bytes: Some(memory),
+                durability: Default::default(),
+                peak_minute: None,
+                peak_second: None,
+                members_read: 0,
+                read_truncated: false,
+                read_secs: 0.0,
+                not_events: 0,
+                member_bytes: None,
+                unique_users: None,
+            },
+            queries: vec![QueryTiming {
+                name: "popular_asset_types",
+                request: String::new(),
+                runs: 5,
+                p50_ms: Some(p95_ms),
+                p95_ms: Some(p95_ms),
+                max_ms: Some(p95_ms),
+                error: None,
+            }],
+            target: TargetFigures {
+                capabilities: Capabilities {
+                    server_version: "15".into(),
+                    timescaledb_available: None,
+                    timescaledb_installed: None,
+                    timescaledb_preloaded: false,
+                },
+                mode,
+                mode_reason: mode_reason.into(),
+                mode_error: None,
+                shared_buffers_bytes: None,
+                sample: None,
+                sample_error: None,
+            },
+        }
+    }
+
+    fn decide(per_day: f64, p95_ms: f64, hold_hours: f64, memory: u64) -> (Decision, Vec<&'static str>) {
+        let m = measured(per_day, p95_ms, hold_hours, memory, StorageMode::Timescaledb, "usable");
+        let v = verdict(&m, None, &AssessSettings::default());
+        (v.decision, v.criteria.iter().filter(|c| c.met).map(|c| c.name).collect())
+    }
+
+    #[test]
+    fn each_criterion_flips_the_verdict_at_its_threshold() {
+        assert_eq!(decide(50_000.0, 100.0, 48.0, 1 << 20), (Decision::NotYet, vec![]));
+        assert_eq!(decide(100_000.0, 100.0, 48.0, 1 << 20), (Decision::Plan, vec![]), "at the baseline: plan it");
+        assert_eq!(decide(500_000.0, 100.0, 48.0, 1 << 20), (Decision::Plan, vec![]), "the threshold itself is not above it");
+        assert_eq!(decide(500_001.0, 100.0, 48.0, 1 << 20), (Decision::MigrateNow, vec!["volume"]));
+        assert_eq!(decide(50_000.0, 1000.0, 48.0, 1 << 20).0, Decision::NotYet);
+        assert_eq!(decide(50_000.0, 1000.1, 48.0, 1 << 20), (Decision::MigrateNow, vec!["slow_queries"]));
+        assert_eq!(decide(50_000.0, 100.0, 24.0, 1 << 20).0, Decision::NotYet);
+        assert_eq!(decide(50_000.0, 100.0, 23.9, 1 << 20), (Decision::MigrateNow, vec!["redis_cap"]));
+        assert_eq!(decide(50_000.0, 100.0, 48.0, 1 << 30).0, Decision::NotYet);
+        assert_eq!(decide(50_000.0, 100.0, 48.0, (1 << 30) + 1), (Decision::MigrateNow, vec!["redis_memory"]));
+        assert_eq!(decide(10_000_000.0, 100.0, 48.0, 1 << 20), (Decision::ConsiderOtherEngines, vec!["volume"]), "100x the baseline");
+        let m = measured(640_000.0, 1800.0, 3.7, 1 << 20, StorageMode::Timescaledb, "usable");
+        let v = verdict(&m, None, &AssessSettings::default());
+        assert_eq!(
+            v.headline,
+            "migrate now: 640,000 events/day (> 500,000), slowest legacy query popular_asset_types p95 1.8 s (> 1.0 s), Redis holds 3.7 h of events (< 24 h)"
+        );
+        assert!(v.home.contains("TimescaleDB"), "{}", v.home);
+    }
+
+    #[test]
+    fn plain_postgresql_is_a_blocker_unless_it_was_chosen() {
+        let m = measured(1.0, 1.0, 48.0, 1, StorageMode::Postgres, "TimescaleDB is not available on the target: plain PostgreSQL");
+        assert_eq!(blockers(&m, None).iter().map(|b| b.kind).collect::<Vec<_>>(), vec!["no_timescaledb"]);
+        let chosen = measured(1.0, 1.0, 48.0, 1, StorageMode::Postgres, "target.mode = \"postgres\"");
+        assert!(blockers(&chosen, None).is_empty());
+        let mut bare = measured(1.0, 1.0, 48.0, 1, StorageMode::Timescaledb, "usable");
+        bare.redis.durability.aof = Some(false);
+        bare.redis.durability.rdb_save = Some(String::new());
+        bare.redis.durability.maxmemory = Some(100);
+        bare.redis.durability.maxmemory_policy = Some("allkeys-lru".into());
+        bare.redis.durability.evicting = true;
+        assert_eq!(blockers(&bare, None).iter().map(|b| b.kind).collect::<Vec<_>>(), vec!["no_persistence", "evicting_policy"]);
+    }
 
     #[test]
     fn durations_and_latencies_read_as_people_say_them() {
