@@ -89,6 +89,24 @@ pub struct Volume {
     pub hourly_row_bytes: Option<f64>,
 }
 
+impl Volume {
+    /// Nothing measured.
+    pub fn none() -> Volume {
+        Volume {
+            source: "none",
+            events: 0,
+            events_per_day: None,
+            days: vec![],
+            growth_per_week: None,
+            peak_hour: None,
+            hourly_only_events: None,
+            hourly_only_per_day: None,
+            groups_per_hour: None,
+            hourly_row_bytes: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SizeDistribution {
     pub min: u64,
@@ -264,18 +282,7 @@ async fn set_bounds(redis: &mut RedisConn, key: &str) -> anyhow::Result<(u64, Op
 pub fn volume_of(hours: &[(DateTime<Utc>, i64, i64)], from: DateTime<Utc>, to: DateTime<Utc>, tz: chrono_tz::Tz, in_redis: u64) -> Volume {
     let events: i64 = hours.iter().map(|h| h.1).sum();
     let Some(first) = hours.first().map(|h| h.0.max(from)) else {
-        return Volume {
-            source: "none",
-            events: 0,
-            events_per_day: None,
-            days: vec![],
-            growth_per_week: None,
-            peak_hour: None,
-            hourly_only_events: None,
-            hourly_only_per_day: None,
-            groups_per_hour: None,
-            hourly_row_bytes: None,
-        };
+        return Volume::none();
     };
     let covered = (to - first).num_seconds() as f64 / 86_400.0;
     let mut per_day: std::collections::BTreeMap<NaiveDate, i64> = Default::default();

@@ -296,18 +296,7 @@ mod tests {
         let at = Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
         Measured {
             window: Window { from: at - chrono::Duration::days(7), to: at, days_asked: 7, days_covered: 7.0 },
-            volume: Volume {
-                source: "legacy hourly table",
-                events: (per_day * 7.0) as i64,
-                events_per_day: Some(per_day),
-                days: vec![],
-                growth_per_week: None,
-                peak_hour: None,
-                hourly_only_events: None,
-                hourly_only_per_day: None,
-                groups_per_hour: None,
-                hourly_row_bytes: None,
-            },
+            volume: Volume { source: "legacy hourly table", events: (per_day * 7.0) as i64, events_per_day: Some(per_day), ..Volume::none() },
             redis: RedisFigures {
                 members: 100_000,
                 cap: 100_000,
