@@ -259,19 +259,27 @@ pub async fn measure(ctx: &Context, days: u32) -> anyhow::Result<Measured> {
 
 async fn set_bounds(redis: &mut RedisConn, key: &str) -> anyhow::Result<(u64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
     type Ends = Vec<(Vec<u8>, f64)>;
+    // The oldest and newest members that can be event times (not -inf, +inf, far future).
+    let (low, high) = crate::legacy::reader::valid_score_bounds(Utc::now().timestamp_millis());
     let (members, first, last): (u64, Ends, Ends) = redis::pipe()
         .cmd("ZCARD")
         .arg(key)
-        .cmd("ZRANGE")
+        .cmd("ZRANGEBYSCORE")
         .arg(key)
-        .arg(0)
-        .arg(0)
+        .arg(low)
+        .arg(high)
         .arg("WITHSCORES")
-        .cmd("ZRANGE")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(1)
+        .cmd("ZREVRANGEBYSCORE")
         .arg(key)
-        .arg(-1)
-        .arg(-1)
+        .arg(high)
+        .arg(low)
         .arg("WITHSCORES")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(1)
         .query_async(redis)
         .await?;
     let time = |ends: &Ends| ends.first().and_then(|(_, s)| DateTime::from_timestamp_millis(s.round() as i64));
