@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: a legacy Redis analytics pipeline with a week of traffic, migrated step by step.
+# The demo: a legacy Redis analytics pipeline with a week of traffic, assessed, then migrated step by step.
 #
 #   ./scripts/demo.sh
 #
@@ -67,6 +67,10 @@ step "Fresh demo database and Redis prefix" reset_demo_data
 # `optimize --compress-now` has chunks to compress (in TimescaleDB mode).
 step "Seed ten days of legacy traffic (Redis + the hourly flush into the legacy tables)" \
     tsmigrate seed --events "$DEMO_EVENTS" --days 10 --users 800 --messy
+
+# --- before migrating: whether, when and how (read-only) -----------------------------------
+step "Assess the live system: measured figures, the target projected, a verdict (reads only)" \
+    tsmigrate assess --days 10
 
 # --- the migration, phase by phase, with live traffic ---------------------------------------
 DEMO_PORT="${DEMO_PORT:-18080}"

@@ -201,6 +201,63 @@ pub struct Settings {
     pub migration: MigrationSettings,
     pub log: LogSettings,
     pub jobs: JobsSettings,
+    pub assess: AssessSettings,
+}
+
+/// `tsmigrate assess`: the decision criteria (the thresholds its verdict uses, stated in its
+/// output) and the bounds of what it reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssessSettings {
+    /// Below this many events a day the legacy design is enough ("keep the current design").
+    pub baseline_events_per_day: u64,
+    /// Above this many events a day, migrate (volume).
+    pub migrate_above_events_per_day: u64,
+    /// Growth over the baseline from which TimescaleDB is the recommended home.
+    pub timescaledb_growth: u32,
+    /// Growth over the baseline from which other engines (a managed time-series service)
+    /// deserve a look instead.
+    pub other_engine_growth: u32,
+    /// A legacy read query slower than this at p95 is a reason to migrate (milliseconds).
+    #[serde(deserialize_with = "crate::duration::millis::deserialize")]
+    pub slow_query_ms: u64,
+    /// Redis memory used by the events sorted set above which it is a reason to migrate.
+    pub redis_memory_bytes: u64,
+    /// Redis holding less than this many hours of events before the cap trims them is a
+    /// reason to migrate (raw events are gone sooner than a day's reports need them).
+    #[serde(deserialize_with = "crate::duration::hours::deserialize")]
+    pub min_redis_hold_hours: u32,
+    /// A growth trend that reaches `migrate_above_events_per_day` within this many days
+    /// turns "not yet" into "plan it".
+    #[serde(deserialize_with = "crate::duration::days::deserialize")]
+    pub horizon_days: u32,
+    /// The target outage the outbox must absorb during dual-write, in minutes.
+    pub outage_minutes: u32,
+    /// Events copied into the rolled-back sample table (compression, size, copy rate).
+    pub sample_events: usize,
+    /// At most this many members are read from the sorted set (the newest first).
+    pub max_read_events: usize,
+    /// Each legacy read query is timed this many times.
+    pub query_runs: u32,
+}
+
+impl Default for AssessSettings {
+    fn default() -> Self {
+        Self {
+            baseline_events_per_day: 100_000,
+            migrate_above_events_per_day: 500_000,
+            timescaledb_growth: 10,
+            other_engine_growth: 100,
+            slow_query_ms: 1_000,
+            redis_memory_bytes: 1 << 30,
+            min_redis_hold_hours: 24,
+            horizon_days: 90,
+            outage_minutes: 60,
+            sample_events: 10_000,
+            max_read_events: 100_000,
+            query_runs: 5,
+        }
+    }
 }
 
 /// How log lines look on stderr.
@@ -724,6 +781,27 @@ impl Settings {
                 let known: Vec<&str> = crate::schedule::JobName::ALL.iter().map(|j| j.as_str()).collect();
                 problems.push(format!("jobs.schedules names no job {job:?}; the jobs are {}", known.join(", ")));
             }
+        }
+        let a = &self.assess;
+        for (what, value) in [
+            ("assess.baseline_events_per_day", a.baseline_events_per_day),
+            ("assess.migrate_above_events_per_day", a.migrate_above_events_per_day),
+            ("assess.timescaledb_growth", u64::from(a.timescaledb_growth)),
+            ("assess.other_engine_growth", u64::from(a.other_engine_growth)),
+            ("assess.slow_query_ms", a.slow_query_ms),
+            ("assess.redis_memory_bytes", a.redis_memory_bytes),
+            ("assess.horizon_days", u64::from(a.horizon_days)),
+            ("assess.outage_minutes", u64::from(a.outage_minutes)),
+            ("assess.sample_events", a.sample_events as u64),
+            ("assess.max_read_events", a.max_read_events as u64),
+            ("assess.query_runs", u64::from(a.query_runs)),
+        ] {
+            if value == 0 {
+                problems.push(format!("{what} must be at least 1"));
+            }
+        }
+        if a.other_engine_growth < a.timescaledb_growth {
+            problems.push("assess.other_engine_growth must not be smaller than assess.timescaledb_growth".into());
         }
         if self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("http.bind {:?} must be host:port, like 127.0.0.1:8080", self.http.bind));

@@ -12,6 +12,7 @@
 //! - [`store`]      the target in its storage mode (one `Store` per mode): migrations, writer, aggregates, dead letters, user sets.
 //! - [`state`]      the persisted migration state (phase, storage mode, read source); read by every layer.
 //! - [`phase`]      the state machine, gates, audit log, the runner and one file per phase command.
+//! - [`assess`]     measuring the live system: whether, when and how to migrate (read-only).
 //! - [`status`]     where the migration stands (`tsmigrate status`, `GET /admin/status`).
 //! - [`dual_write`] the outbox stream, relay and tail.
 //! - [`validate`]   comparing Redis and the legacy tables with the target (pure diff core, collectors, reports).
@@ -25,6 +26,7 @@
 //! - [`telemetry`]  the Prometheus recorder behind `/metrics`.
 //! - [`human`]      how counts, rates, sizes, times and quantities are written for people.
 
+pub mod assess;
 pub mod backfill;
 pub mod calendar;
 pub mod cli;

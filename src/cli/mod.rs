@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand, each an `Args` struct and a `run`.
 //! Doc comments are the `--help` text.
 
+pub mod assess;
 pub mod backfill;
 pub mod completions;
 pub mod config;
@@ -35,7 +36,8 @@ pub use output::Reply;
 /// Migrate a Redis analytics event pipeline to TimescaleDB in safe, reversible phases.
 ///
 /// Phases: prepare → dual-write start → backfill → validate (→ repair → validate) → cutover → retire-flush → optimize → complete.
-/// `tsmigrate status` always says where you are and what to run next.
+/// `tsmigrate status` always says where you are and what to run next; before the first phase,
+/// `tsmigrate assess` measures the live system and says whether, when and how to migrate.
 ///
 /// Exit codes: 0 success; 1 validation found differences; 2 could not run (bad input,
 /// unreachable server, error, the migration lock lost); 3 refused by a phase gate, the
@@ -71,6 +73,45 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Measure the live system and say whether, when and how to migrate (read-only, bounded).
+    ///
+    /// Measured, not assumed: events/day and the peak hour, minute and second over the window
+    /// (the legacy hourly table, the sorted set), the growth trend, how long Redis holds events
+    /// before the cap trims them, the events that exist only as hourly aggregates, unique users
+    /// a day, member sizes, Redis memory, persistence and eviction policy, and the legacy read
+    /// queries' latency (`get_popular_asset_types`, the summary and the comparison, timed on the
+    /// legacy read path).
+    ///
+    /// Projected: the target's size over the retention settings (raw rows and indexes,
+    /// aggregates, user sets) with the compression ratio measured on a sample of the real events
+    /// (TimescaleDB: a hypertable of the target's shape, compressed; plain PostgreSQL: a
+    /// partition's size), the chunk interval, the outbox headroom for an `assess.outage_minutes`
+    /// target outage at the measured peak, and the backfill and relay durations at the rates
+    /// this machine measured.
+    ///
+    /// The verdict uses the seed's criteria — over `assess.migrate_above_events_per_day`
+    /// (500,000), a legacy query p95 over `assess.slow_query_ms` (1 s), Redis holding less than
+    /// `assess.min_redis_hold_hours` (24) before the cap trims, the events key over
+    /// `assess.redis_memory_bytes` (1 GiB) — and the growth rule (the legacy design up to
+    /// `assess.baseline_events_per_day`, 100,000; TimescaleDB from 10×; other engines from 100×),
+    /// and lists the blockers it sees (no TimescaleDB → plain-PostgreSQL mode, Redis without
+    /// persistence, an evicting policy, too little memory for the outbox).
+    ///
+    /// What it reads, bounded: Redis ZCARD, the oldest and newest member, ZCOUNT per minute (the
+    /// newest 7 days held) and per second of the busiest minute, INFO, CONFIG GET save, MEMORY
+    /// USAGE, and the newest members of the window up to `assess.max_read_events` (100,000) in
+    /// pages of 10,000; SELECTs of the legacy hourly table over the window; each legacy read
+    /// query `assess.query_runs` (5) times; on the target its version and extensions, and
+    /// `assess.sample_events` (10,000) events copied into a table of the target's shape inside a
+    /// transaction that is rolled back. It writes nothing to Redis, the legacy tables or
+    /// `tsmigrate.*` (and, unlike the phase commands, does not record the migration id).
+    ///
+    /// Exit codes: 0 it ran (whatever the verdict); 2 it could not run (a server unreachable, a
+    /// table missing, --write-config refused).
+    ///
+    /// Examples: `tsmigrate assess`; `tsmigrate assess --days 30 --json`;
+    /// `tsmigrate assess --write-config tsmigrate.toml`.
+    Assess(assess::Args),
     /// Create the target: hypertable (or partitioned table), aggregates, policies, control tables.
     Prepare(prepare::Args),
     /// For on-call: a verdict (healthy, lagging, blocked, failing) and the reason, then the phase, lag, counts, validation, jobs, progress and next step.
@@ -142,6 +183,7 @@ impl Command {
     /// The command's name as it is typed (`dual-write start`), for output and the envelope.
     pub fn name(&self) -> &'static str {
         match self {
+            Command::Assess(_) => "assess",
             Command::Prepare(_) => "prepare",
             Command::Status(_) => "status",
             Command::History(_) => "history",
@@ -224,9 +266,10 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     };
     // Once per command, before it does anything: a target and a Redis of different
     // migrations are never used together. Status reports a mismatch as its verdict instead,
-    // and the commands that use only the target skip it.
+    // the commands that use only the target skip it, and assess skips it because it writes
+    // nothing (the check records the id on first contact).
     let mut identity_warning = None;
-    if !matches!(command, Command::Status(_) | Command::History(_) | Command::UserSets(_)) {
+    if !matches!(command, Command::Status(_) | Command::History(_) | Command::UserSets(_) | Command::Assess(_)) {
         match crate::identity::verify(&ctx).await {
             Ok(outcome) => {
                 tracing::debug!(?outcome, "migration identity");
@@ -243,6 +286,7 @@ pub async fn dispatch(cli: Cli, settings: Settings) -> Result<Reply, Failure> {
     // default (they end at once).
     let ctx = if long_work { ctx.with_interrupt(listen_for_interrupts(command.name(), json)?) } else { ctx };
     let result = match command {
+        Command::Assess(args) => assess::run(args, &ctx).await,
         Command::Prepare(args) => prepare::run(args, &ctx).await,
         Command::Status(args) => status::run(args, &ctx, target_down, verbose, json).await,
         Command::History(args) => history::run(args, &ctx).await,

@@ -13,6 +13,7 @@ pub mod capability;
 pub mod history;
 pub mod objects;
 pub mod postgres;
+pub mod sample;
 pub mod schema;
 pub mod timescaledb;
 pub mod user_sets;
@@ -74,6 +75,9 @@ pub trait Store: Send + Sync {
     /// The database's own background jobs that failed on their last run (`None`: this
     /// mode has none).
     async fn failing_jobs(&self) -> sqlx::Result<Option<Vec<String>>>;
+    /// How `events` would be stored in this mode (size, indexes, compression, copy rate),
+    /// measured in a table of the target's shape inside a transaction that is rolled back.
+    async fn measure_sample(&self, events: &[crate::event::TargetEvent]) -> sqlx::Result<sample::SampleStorage>;
 }
 
 /// The reported objects of `store` and whether each is there, as prepare built it.

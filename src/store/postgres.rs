@@ -124,4 +124,13 @@ impl Store for PostgresStore {
     async fn failing_jobs(&self) -> sqlx::Result<Option<Vec<String>>> {
         Ok(None)
     }
+
+    async fn measure_sample(&self, events: &[crate::event::TargetEvent]) -> sqlx::Result<super::sample::SampleStorage> {
+        // One partition's worth: a partition is a plain table with the parent's indexes.
+        let table = "pg_temp.tsmigrate_assess_sample";
+        let mut setup = vec![format!("CREATE TEMP TABLE tsmigrate_assess_sample ({}) ON COMMIT DROP", super::sample::COLUMNS)];
+        setup.extend(super::sample::indexes(table, true));
+        let sizes = format!("SELECT pg_table_size('{table}'), pg_indexes_size('{table}')");
+        super::sample::measure(&self.pool, super::sample::Plan { table: table.into(), setup, sizes, compress: None }, events).await
+    }
 }

@@ -192,4 +192,28 @@ impl Store for TimescaleStore {
         .await?;
         Ok(Some(failing.iter().map(|(id, name, err)| format!("job {id} {name}: {}", err.as_deref().unwrap_or("failed"))).collect()))
     }
+
+    async fn measure_sample(&self, events: &[crate::event::TargetEvent]) -> sqlx::Result<super::sample::SampleStorage> {
+        // A hypertable cannot be temporary: an ordinary table, with a name of its own, made
+        // and dropped in the one transaction the sample lives in (rolled back: no other
+        // session ever sees it). Daily chunks and the columnstore settings of prepare.
+        let table = format!("tsmigrate_assess_sample_{:08x}", rand::random::<u32>());
+        let mut setup = vec![
+            "CREATE EXTENSION IF NOT EXISTS timescaledb".to_string(),
+            format!("CREATE TABLE {table} ({})", super::sample::COLUMNS),
+            format!("SELECT create_hypertable('{table}', by_range('time', INTERVAL '1 day'))"),
+        ];
+        setup.extend(super::sample::indexes(&table, false));
+        setup.push(format!(
+            "ALTER TABLE {table} SET (timescaledb.enable_columnstore = true, timescaledb.segmentby = 'category, event_name', timescaledb.orderby = 'time DESC, event_id')"
+        ));
+        let sizes = format!(
+            "SELECT coalesce(sum(table_bytes + toast_bytes), 0)::bigint, coalesce(sum(index_bytes), 0)::bigint FROM hypertable_detailed_size('{table}')"
+        );
+        let compress = (
+            format!("SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks('{table}') c"),
+            format!("SELECT sum(after_compression_total_bytes)::bigint FROM hypertable_compression_stats('{table}')"),
+        );
+        super::sample::measure(&self.pool, super::sample::Plan { table, setup, sizes, compress: Some(compress) }, events).await
+    }
 }

@@ -483,10 +483,24 @@ fn clap_stays_in_the_command_line() {
 #[test]
 fn the_diff_core_does_no_io() {
     let files = sources("src");
-    let pure = ["src/validate/diff.rs", "src/validate/window.rs", "src/validate/fingerprint.rs", "src/calendar.rs", "src/phase/gates.rs"];
+    let pure = [
+        "src/validate/diff.rs",
+        "src/validate/window.rs",
+        "src/validate/fingerprint.rs",
+        "src/calendar.rs",
+        "src/phase/gates.rs",
+        "src/assess/project.rs",
+        "src/assess/verdict.rs",
+        "src/assess/config_file.rs",
+        "src/assess/report.rs",
+    ];
     let io = ["sqlx::query", "redis::cmd", "redis::pipe", "tokio::", "std::fs", "async fn", ".await", "reqwest"];
     let found = violations(&files, |p| pure.contains(&p), &io);
-    assert!(found.is_empty(), "the diff core, the window, the fingerprint, the calendar and the gates are pure:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "the diff core, the window, the fingerprint, the calendar, the gates and assess's projection, verdict, settings file and text are pure:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@
 pub mod support;
 
 mod architecture;
+mod assess;
 mod backfill;
 mod cli_tools;
 mod config_errors;
