@@ -6,10 +6,6 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The ledger's reader, named here only for the relay's start in `daemon/mod.rs`; every other
-/// caller uses `crate::ledger::migration`. The one import of this module that points upward:
-/// once that caller names the ledger, this line goes.
-
 /// Key of the session advisory lock every phase command holds.
 pub const PHASE_LOCK_KEY: &str = "tsmigrate.phase";
 
