@@ -44,6 +44,9 @@ pub struct Backfill {
     pub import_history: bool,
     /// No progress lines (JSON output).
     pub quiet: bool,
+    /// Parallel copy streams over disjoint score ranges (`store::bulk`); 1 copies in one.
+    /// A resumed copy keeps the layout it started with.
+    pub streams: usize,
 }
 
 /// Saved with every page.
@@ -67,6 +70,11 @@ pub struct BackfillPosition {
     /// pass. Checkpoints written before this was kept count as closed.
     #[serde(default = "closed_before_it_was_kept")]
     pub closed: bool,
+    /// The copy is split into this many streams, each with its own position in the
+    /// checkpoint `store::bulk::PART_NAMES[i]`; the counts here are their sums. 0: one
+    /// stream, whose position is this one (`cursor`).
+    #[serde(default)]
+    pub parts: usize,
 }
 
 fn closed_before_it_was_kept() -> bool {
@@ -135,9 +143,16 @@ impl PhaseCommand for Backfill {
         // copy that finished but stopped during its closing steps goes on with those.
         let saved: Option<BackfillPosition> = checkpoint::load(&mut *ctx.target.acquire().await?, CHECKPOINT).await?;
         let saved = saved.filter(|p| !(p.finished && p.closed));
-        let resumed = saved.as_ref().is_some_and(|p| p.pages > 0);
         let mut position = saved.unwrap_or_else(|| BackfillPosition::start(until));
-        let remaining = remaining(&mut redis, &ctx.keys.events, &position).await?;
+        let mut parts = parts::load(ctx, &mut position).await?;
+        let resumed = position.pages > 0;
+        if !run.dry_run && !resumed && !position.finished && self.streams > 1 {
+            parts = parts::lay_out(ctx, &mut redis, &mut position, self.streams).await?;
+        }
+        let mut remaining = 0;
+        for part in parts.iter().chain(Some(&position).filter(|p| p.parts == 0)) {
+            remaining += self::remaining(&mut redis, &ctx.keys.events, part).await?;
+        }
         let out_of_range = reader::out_of_range(&mut redis, &ctx.keys.events, Utc::now().timestamp_millis(), OUT_OF_RANGE_EXAMPLES).await?;
         let mut details = BackfillDetails::new(run.dry_run, completion_point, &position, resumed, remaining, out_of_range);
         if self.import_history {
@@ -153,6 +168,7 @@ impl PhaseCommand for Backfill {
         // Status shows the run until its closing steps are done too (stopped during them: not
         // running, and what resumes it).
         let reporter = match position.finished {
+            false if position.parts > 0 => parts::copy(self, ctx, mode, redis.clone(), &mut position, parts, remaining, &run.boundary).await?,
             false => self.copy(ctx, mode, redis.clone(), &mut position, remaining, &run.boundary).await?,
             true => {
                 progress::Reporter::start(&ctx.target, CHECKPOINT, "events", (&self.invocation(), Rerun::Resumes), position.read, Some(position.read)).await
@@ -235,22 +251,11 @@ impl Backfill {
             resume: invocation(self.max_rate, self.import_history),
         };
         let (cursor, until) = (sink.position.cursor, sink.position.until);
-        let mut copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink, boundary).await;
+        let copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, self.page_size, "backfill", &mut sink, boundary).await;
         if copied.is_ok() {
             sink.progress.finish();
-            sink.position.finished = true;
-            sink.position.closed = false;
-            copied = async { checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &*sink.position).await }.await;
         }
-        match copied {
-            // The run goes on with its closing steps, still shown as running.
-            Ok(()) => Ok(reporter),
-            Err(error) => {
-                let failed: anyhow::Result<()> = Err(error);
-                reporter.end(&ctx.target, CHECKPOINT, &failed).await;
-                failed.map(|()| unreachable!("failed"))
-            }
-        }
+        copy_ended(ctx, sink.position, copied, reporter).await
     }
 
     /// Aggregates over what was copied, the history older than Redis, the totals.
@@ -294,6 +299,7 @@ impl BackfillPosition {
             max_time_ms: None,
             finished: false,
             closed: false,
+            parts: 0,
         }
     }
 
@@ -312,7 +318,33 @@ impl BackfillPosition {
     }
 }
 
-/// Members left between the position and its end.
+/// The copy ended: complete, its position is saved as finished (not closed) and the run
+/// goes on with its closing steps, still shown as running; failed, the run ends.
+async fn copy_ended(
+    ctx: &Context,
+    position: &mut BackfillPosition,
+    copied: anyhow::Result<()>,
+    reporter: progress::Reporter,
+) -> anyhow::Result<progress::Reporter> {
+    let copied = match copied {
+        Ok(()) => {
+            position.finished = true;
+            position.closed = false;
+            async { checkpoint::save(&mut *ctx.target.acquire().await?, CHECKPOINT, &*position).await }.await
+        }
+        failed => failed,
+    };
+    match copied {
+        Ok(()) => Ok(reporter),
+        Err(error) => {
+            let failed: anyhow::Result<()> = Err(error);
+            reporter.end(&ctx.target, CHECKPOINT, &failed).await;
+            failed.map(|()| unreachable!("failed"))
+        }
+    }
+}
+
+/// Members left between the position (one stream's) and its end.
 async fn remaining(redis: &mut RedisConn, key: &str, position: &BackfillPosition) -> anyhow::Result<u64> {
     if position.finished {
         return Ok(0);
@@ -566,6 +598,9 @@ fn evictions_warning(evicted_keys: u64) -> String {
          are in neither system and were not copied; `tsmigrate status` lists the possible-loss windows recorded during dual-write"
     )
 }
+
+/// The copy split into parallel streams.
+mod parts;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,96 @@
+//! Bulk writes: a copy split into parallel streams over disjoint score ranges.
+//!
+//! One `COPY` stream keeps one server backend busy; a backfill split into streams over
+//! disjoint ranges of the sorted set keeps several. Each stream writes through the one
+//! write sequence (`TargetWriter::commit_page`) and commits every page with a checkpoint
+//! of its own (`backfill.part<i>` in `tsmigrate.checkpoints`), so a stream killed at any
+//! point resumes from its own last commit: no gap, no duplicate, and no stream waits for
+//! another's checkpoint row. The layout (where each stream starts and ends) is saved
+//! before the first page and never recomputed for a resumed copy.
+//!
+//! Parts are cut on minute boundaries (scores `m·60000 − 0.5`, where the millisecond
+//! rounding of `TargetEvent::from_member` changes minute): no event time, and no minute
+//! whose user set a page marks, is shared by two streams, so their transactions never wait
+//! for each other's rows.
+
+/// Milliseconds in a minute.
+const MINUTE_MS: i64 = 60_000;
+
+/// Streams a backfill copies in unless told otherwise (`--streams`).
+pub const DEFAULT_STREAMS: usize = 2;
+/// At most this many streams (one target connection each).
+pub const MAX_STREAMS: usize = 8;
+
+/// The checkpoint of each stream of a split copy, by its index.
+pub const PART_NAMES: [&str; MAX_STREAMS] =
+    ["backfill.part0", "backfill.part1", "backfill.part2", "backfill.part3", "backfill.part4", "backfill.part5", "backfill.part6", "backfill.part7"];
+
+/// One stream's range of scores: from `from` (inclusive) to `until` (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartRange {
+    pub from: f64,
+    pub until: f64,
+}
+
+/// Splits `[from, until]` into at most `cuts.len() + 1` parts at the minute boundaries at or
+/// below each of `cuts` (scores at the quantiles of the members to copy, ascending).
+/// Boundaries that would leave a part empty of minutes are dropped.
+pub fn split(from: f64, until: f64, cuts: &[f64]) -> Vec<PartRange> {
+    let mut bounds: Vec<f64> = Vec::new();
+    for cut in cuts {
+        let minute_start = (cut.round() as i64).div_euclid(MINUTE_MS) * MINUTE_MS;
+        let bound = minute_start as f64 - 0.5;
+        if bound > from && bound <= until && bounds.last().is_none_or(|last| bound > *last) {
+            bounds.push(bound);
+        }
+    }
+    let mut parts = Vec::with_capacity(bounds.len() + 1);
+    let mut start = from;
+    for bound in bounds {
+        parts.push(PartRange { from: start, until: just_below(bound) });
+        start = bound;
+    }
+    parts.push(PartRange { from: start, until });
+    parts
+}
+
+/// The largest score below `x` (a part's inclusive end before the next part's start).
+fn just_below(x: f64) -> f64 {
+    match x {
+        x if x > 0.0 => f64::from_bits(x.to_bits() - 1),
+        x if x < 0.0 => f64::from_bits(x.to_bits() + 1),
+        _ => -f64::MIN_POSITIVE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_cut_on_minute_boundaries_and_cover_the_range_without_overlap() {
+        let minute = MINUTE_MS as f64;
+        let base = 1_700_000_040_000.0; // a minute start
+        let parts = split(f64::MIN, base + 10.0 * minute, &[base + 3.0 * minute + 12_345.0, base + 6.0 * minute + 59_999.4]);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].from, f64::MIN);
+        assert_eq!(parts[1].from, base + 3.0 * minute - 0.5);
+        assert_eq!(parts[2].from, base + 6.0 * minute - 0.5);
+        assert_eq!(parts[2].until, base + 10.0 * minute);
+        for pair in parts.windows(2) {
+            assert!(pair[0].until < pair[1].from, "no score in two parts");
+            assert_eq!(f64::from_bits(pair[0].until.to_bits() + 1), pair[1].from, "no score between parts");
+        }
+        // A member scored x.5 ms before a minute belongs to that minute (rounding), hence the next part.
+        assert!(base + 3.0 * minute - 0.5 >= parts[1].from);
+    }
+
+    #[test]
+    fn cuts_in_the_same_minute_or_outside_the_range_make_fewer_parts() {
+        let base = 1_700_000_040_000.0;
+        assert_eq!(split(base, base + 100.0, &[base + 10.0, base + 20.0]), vec![PartRange { from: base, until: base + 100.0 }]);
+        let parts = split(f64::MIN, base + 200_000.0, &[base + 70_000.0, base + 70_500.0, base + 999_999.0]);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(split(f64::MIN, base, &[]).len(), 1);
+    }
+}
