@@ -13,6 +13,9 @@
 //! whose user set a page marks, is shared by two streams, so their transactions never wait
 //! for each other's rows.
 
+use crate::event::TargetEvent;
+use crate::validate::fingerprint::Fingerprinter;
+
 /// Milliseconds in a minute.
 const MINUTE_MS: i64 = 60_000;
 
@@ -60,6 +63,25 @@ fn just_below(x: f64) -> f64 {
         x if x > 0.0 => f64::from_bits(x.to_bits() - 1),
         x if x < 0.0 => f64::from_bits(x.to_bits() + 1),
         _ => -f64::MIN_POSITIVE,
+    }
+}
+
+/// The fingerprint each row is stored with (`analytics_events_ts.stored_fingerprint`): the
+/// event fingerprint validation compares (`validate::fingerprint`, defined in SQL by
+/// `validation/event_fingerprints.sql`), as the signed `bigint` holding its 64 bits. Every
+/// write path computes it here, from the event it writes; validation then sums stored
+/// numbers instead of hashing every row, and fingerprints from their content only rows
+/// without one (written otherwise, or changed since: an UPDATE clears it).
+#[derive(Debug, Default)]
+pub struct Fingerprints(Fingerprinter);
+
+impl Fingerprints {
+    pub fn of(&mut self, event: &TargetEvent) -> i64 {
+        self.0.fingerprint(event) as i64
+    }
+
+    pub fn all(&mut self, events: &[TargetEvent]) -> Vec<i64> {
+        events.iter().map(|e| self.of(e)).collect()
     }
 }
 

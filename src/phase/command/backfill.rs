@@ -4,6 +4,7 @@
 //! ended: no gap, no duplicate. Then it refreshes the aggregates over the backfilled range
 //! and imports the legacy history older than the Redis horizon.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +113,11 @@ pub struct BackfillDetails {
     pub events_per_second: f64,
     pub refresh: Option<RefreshOutcome>,
     pub history: Option<HistoryReport>,
+    /// Where this run's time went, in milliseconds: `copy`, `refresh` and `history` (wall),
+    /// and inside the copy, summed over its streams, `redis_read`, `parse`, `write` (each
+    /// page's transaction: COPY, dead letters, marks, checkpoint, commit) and `write_waiting`
+    /// (the writers waiting for a page).
+    pub timings_ms: BTreeMap<&'static str, u64>,
 }
 
 impl PhaseCommand for Backfill {
@@ -176,6 +182,8 @@ impl PhaseCommand for Backfill {
         };
         details.read_this_run = position.read - read_before;
         details.seconds = started.elapsed().as_secs_f64();
+        details.timings_ms.insert("copy", started.elapsed().as_millis() as u64);
+        details.timings_ms.extend(COPY_TIMINGS.taken());
         details.events_per_second = details.read_this_run as f64 / details.seconds.max(1e-9);
         // The closing steps stop on an interrupt too: the copy is complete and checkpointed
         // (finished, not closed), so a re-run goes straight on with them.
@@ -271,11 +279,15 @@ impl Backfill {
         if let (Some(min), Some(max)) = (position.min_time_ms, position.max_time_ms) {
             let from = DateTime::from_timestamp_millis(min).unwrap_or(details.completion_point);
             let to = DateTime::from_timestamp_millis(max + 1).unwrap_or(details.completion_point);
+            let clock = Instant::now();
             details.refresh = Some(aggregates::refresh(store, from, to, t.timezone(), t.raw_retention_days).await?);
+            details.timings_ms.insert("refresh", clock.elapsed().as_millis() as u64);
         }
         if self.import_history {
+            let clock = Instant::now();
             let horizon = reader::redis_horizon(redis, &ctx.keys).await?.unwrap_or(details.completion_point);
             details.history = Some(history::import(&ctx.settings, &ctx.target, &ctx.legacy().await?, horizon).await?);
+            details.timings_ms.insert("history", clock.elapsed().as_millis() as u64);
         }
         let mut conn = ctx.target.acquire().await?;
         details.dead_letter_reasons = dead_letter::counts(&mut conn).await?;
@@ -375,6 +387,7 @@ impl BackfillDetails {
             events_per_second: 0.0,
             refresh: None,
             history: None,
+            timings_ms: BTreeMap::new(),
         }
     }
 
@@ -467,8 +480,11 @@ pub(super) async fn copy_pages(
     loop {
         // A page boundary: everything before is committed with its checkpoint.
         boundary.between_pages().map_err(|why| sink.stopped(why))?;
+        let waiting = Instant::now();
         let Some(page) = rx.recv().await else { break };
+        COPY_TIMINGS.add(&COPY_TIMINGS.write_waiting, waiting);
         let page = page?;
+        let writing = Instant::now();
         let committed = writer
             .commit_page(&page.parsed, source, Method::Copy, |conn, outcome| {
                 let saved = sink.written(&page, outcome);
@@ -483,6 +499,7 @@ pub(super) async fn copy_pages(
                 })
             })
             .await;
+        COPY_TIMINGS.add(&COPY_TIMINGS.write, writing);
         if let Err(error) = committed {
             if boundary.lost_lock(writer.pool(), &error).await {
                 return Err(sink.stopped(Why::LockLost).into());
@@ -496,6 +513,30 @@ pub(super) async fn copy_pages(
     reader.await?
 }
 
+/// Where the page copies of this process spent their time (summed over concurrent copies),
+/// for the backfill's `timings_ms`.
+struct CopyTimings {
+    redis_read: AtomicU64,
+    parse: AtomicU64,
+    write: AtomicU64,
+    write_waiting: AtomicU64,
+}
+
+static COPY_TIMINGS: CopyTimings =
+    CopyTimings { redis_read: AtomicU64::new(0), parse: AtomicU64::new(0), write: AtomicU64::new(0), write_waiting: AtomicU64::new(0) };
+
+impl CopyTimings {
+    fn add(&self, counter: &AtomicU64, since: Instant) {
+        counter.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The milliseconds counted so far, by name; the counters start again from zero.
+    fn taken(&self) -> [(&'static str, u64); 4] {
+        let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed) / 1000;
+        [("redis_read", take(&self.redis_read)), ("parse", take(&self.parse)), ("write", take(&self.write)), ("write_waiting", take(&self.write_waiting))]
+    }
+}
+
 /// Reads pages from `cursor` to `until` (inclusive) into `tx`, one ahead of the writer.
 async fn read_pages(
     mut redis: RedisConn,
@@ -507,6 +548,7 @@ async fn read_pages(
 ) -> anyhow::Result<()> {
     let now_ms = Utc::now().timestamp_millis();
     loop {
+        let reading = Instant::now();
         let members = match read_page(&mut redis, &key, cursor, until, page_size).await {
             Ok(m) => m,
             Err(e) => {
@@ -517,12 +559,15 @@ async fn read_pages(
         if members.is_empty() {
             return Ok(());
         }
+        COPY_TIMINGS.add(&COPY_TIMINGS.redis_read, reading);
+        let parsing = Instant::now();
         let cursor_after = cursor.after(&members);
         let read = members.len();
         let mut parsed = ParsedPage::with_capacity(read);
         for (member, score) in members {
             parsed.push(member, Some(score), now_ms);
         }
+        COPY_TIMINGS.add(&COPY_TIMINGS.parse, parsing);
         cursor = cursor_after;
         let last = read < page_size;
         if tx.send(Ok(Page { parsed, read, cursor_after })).await.is_err() || last {
