@@ -85,6 +85,57 @@ impl Fingerprints {
     }
 }
 
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The `COPY … (FORMAT binary)` payload of `events`, each row with its stored fingerprint,
+/// in the column order of [`BINARY_COPY_COLUMNS`]. Less work for the server than the text
+/// format: times, ids and fingerprints arrive as their binary values and text needs no
+/// unescaping (jsonb still arrives as its text, after the format's version byte).
+pub fn encode_copy_binary(events: &[TargetEvent]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(events.len() * 400 + 21);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    let mut fingerprints = Fingerprints::default();
+    let mut json = Vec::with_capacity(512);
+    for e in events {
+        out.extend_from_slice(&11i16.to_be_bytes());
+        field(&mut out, Some(&(e.time.timestamp_micros() - POSTGRES_EPOCH_MICROS).to_be_bytes()));
+        field(&mut out, Some(e.event_id.as_bytes()));
+        field(&mut out, Some(e.event_name.as_bytes()));
+        field(&mut out, Some(e.category.as_bytes()));
+        field(&mut out, e.user_id.as_deref().map(str::as_bytes));
+        field(&mut out, e.session_id.as_deref().map(str::as_bytes));
+        for value in [&e.properties, &e.device_info] {
+            json.clear();
+            json.push(1); // jsonb binary format version
+            serde_json::to_writer(&mut json, value).expect("a JSON value serializes");
+            field(&mut out, Some(&json));
+        }
+        field(&mut out, e.page_url.as_deref().map(str::as_bytes));
+        field(&mut out, e.referrer.as_deref().map(str::as_bytes));
+        field(&mut out, Some(&fingerprints.of(e).to_be_bytes()));
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
+}
+
+/// The columns [`encode_copy_binary`] writes, in order.
+pub const BINARY_COPY_COLUMNS: &str =
+    "time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint";
+
+/// One field of a binary COPY row: its length and bytes, or -1 for NULL.
+fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        Some(bytes) => {
+            out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        }
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -305,7 +305,7 @@ impl TargetWriter {
             return Ok(WriteOutcome::default());
         }
         sqlx::query("SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
-        match copy_raw(conn, encode_copy_text(events)).await {
+        match copy_raw(conn, super::bulk::encode_copy_binary(events)).await {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
                 Ok(WriteOutcome { inserted: rows, already_present: 0 })
@@ -338,7 +338,7 @@ impl TargetWriter {
             return Ok(Written::default());
         }
         sqlx::query("SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
-        match copy_raw(conn, encode_copy_text(events)).await {
+        match copy_raw(conn, super::bulk::encode_copy_binary(events)).await {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
                 Ok(Written { inserted: rows, ..Written::default() })
@@ -499,13 +499,10 @@ pub async fn rows_by_key(conn: &mut PgConnection, keys: &[(Uuid, DateTime<Utc>)]
     Ok(out)
 }
 
-async fn copy_raw(conn: &mut PgConnection, payload: String) -> sqlx::Result<u64> {
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY analytics_events_ts (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint) FROM STDIN",
-        )
-        .await?;
-    if let Err(e) = copy.send(payload.as_bytes()).await {
+/// `COPY` in binary format (`store::bulk::encode_copy_binary`).
+async fn copy_raw(conn: &mut PgConnection, payload: Vec<u8>) -> sqlx::Result<u64> {
+    let mut copy = conn.copy_in_raw(&format!("COPY analytics_events_ts ({}) FROM STDIN (FORMAT binary)", super::bulk::BINARY_COPY_COLUMNS)).await?;
+    if let Err(e) = copy.send(payload).await {
         let _ = copy.abort("tsmigrate: send failed").await;
         return Err(e);
     }
@@ -520,7 +517,8 @@ fn utc_day_start(day: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(day * 86_400_000).expect("day in range")
 }
 
-/// `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, backslash escapes; each
+/// `COPY … FROM STDIN` text format (what `psql \copy` sends; the writer sends
+/// [`super::bulk::encode_copy_binary`]): tab-separated, `\N` for NULL, backslash escapes; each
 /// row with its fingerprint ([`super::bulk::Fingerprints`]).
 pub fn encode_copy_text(events: &[TargetEvent]) -> String {
     let mut out = String::with_capacity(events.len() * 384);
