@@ -12,12 +12,17 @@ SELECT minute,
        sum(events)::bigint AS events,
        sum(fingerprint_sum)::text AS fingerprint_sum
 FROM (
-    SELECT (extract(epoch FROM time) * 1000)::bigint / 60000 AS minute,
+    -- Grouped by the UTC minute of the time rounded to the millisecond (integer arithmetic
+    -- per row), numbered once per group.
+    SELECT (extract(epoch FROM m) / 60)::bigint AS minute,
            count(*) AS events,
            sum(stored_fingerprint) AS fingerprint_sum
-    FROM analytics_events_ts
-    WHERE time >= $1 AND time < $2 AND stored_fingerprint IS NOT NULL
-    GROUP BY 1
+    FROM (
+        SELECT date_trunc('minute', (time + interval '500 microseconds') AT TIME ZONE 'UTC') AS m, stored_fingerprint
+        FROM analytics_events_ts
+        WHERE time >= $1 AND time < $2 AND stored_fingerprint IS NOT NULL
+    ) AS stored
+    GROUP BY m
     UNION ALL
     SELECT time_ms / 60000, count(*), sum(fingerprint)
     FROM (
