@@ -67,9 +67,12 @@ async fn migration(target: &PgPool) -> anyhow::Result<()> {
     if let Some(failing) = crate::store::open(state.storage_mode.unwrap_or(crate::store::StorageMode::Postgres), target.clone()).failing_jobs().await? {
         metrics::gauge!("tsmigrate_timescaledb_failing_jobs").set(failing.len() as f64);
     }
+    let mut conn = target.acquire().await?;
     let position: Option<crate::phase::command::backfill::BackfillPosition> =
-        crate::store::checkpoint::load(&mut *target.acquire().await?, crate::phase::command::backfill::CHECKPOINT).await?;
-    if let Some(position) = position {
+        crate::store::checkpoint::load(&mut conn, crate::phase::command::backfill::CHECKPOINT).await?;
+    if let Some(mut position) = position {
+        // A copy in several streams keeps its counts in each stream's checkpoint.
+        crate::phase::command::backfill::with_parts(&mut conn, &mut position).await?;
         metrics::gauge!("tsmigrate_backfill_read_events").set(position.read as f64);
         metrics::gauge!("tsmigrate_backfill_inserted_events").set(position.inserted as f64);
         metrics::gauge!("tsmigrate_backfill_finished").set(f64::from(u8::from(position.finished)));

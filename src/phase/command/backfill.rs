@@ -646,6 +646,7 @@ fn evictions_warning(evicted_keys: u64) -> String {
 
 /// The copy split into parallel streams.
 mod parts;
+pub use parts::load_on as with_parts;
 
 #[cfg(test)]
 mod tests {

@@ -23,13 +23,18 @@ use crate::store::{checkpoint, progress, StorageMode};
 /// The parts' positions of a split copy still to finish (none for a copy in one stream);
 /// the totals of `position` become their sums.
 pub(super) async fn load(ctx: &Context, position: &mut BackfillPosition) -> anyhow::Result<Vec<BackfillPosition>> {
+    load_on(&mut *ctx.target.acquire().await?, position).await
+}
+
+/// [`load`] on a connection: what `tsmigrate run`'s backfill gauges read too, so that a copy
+/// in several streams shows its counts while it runs.
+pub async fn load_on(conn: &mut sqlx::PgConnection, position: &mut BackfillPosition) -> anyhow::Result<Vec<BackfillPosition>> {
     if position.parts == 0 || position.finished {
         return Ok(vec![]);
     }
-    let mut conn = ctx.target.acquire().await?;
     let mut parts = Vec::with_capacity(position.parts);
     for name in PART_NAMES.iter().take(position.parts) {
-        let part: Option<BackfillPosition> = checkpoint::load(&mut conn, name).await?;
+        let part: Option<BackfillPosition> = checkpoint::load(&mut *conn, name).await?;
         parts.push(part.ok_or_else(|| {
             anyhow::anyhow!(
                 "the backfill checkpoint says the copy runs in {} streams, but the position of {name} is missing from tsmigrate.checkpoints\n  \
