@@ -55,14 +55,11 @@ pub struct ParsedPage {
     origins: Vec<(Vec<u8>, Option<f64>)>,
     /// Members that are not events.
     pub dead: Vec<DeadLetter>,
-    /// The events' binary `COPY` payload, when encoded ahead of the write ([`Self::encode`]:
-    /// a backfill's reader encodes while the previous page is written).
-    encoded: Option<Vec<u8>>,
 }
 
 impl ParsedPage {
     pub fn with_capacity(n: usize) -> Self {
-        ParsedPage { events: Vec::with_capacity(n), origins: Vec::with_capacity(n), dead: Vec::new(), encoded: None }
+        ParsedPage { events: Vec::with_capacity(n), origins: Vec::with_capacity(n), dead: Vec::new() }
     }
 
     /// Parses one member; `score` is `None` when its source carried none (a broken outbox entry).
@@ -78,11 +75,6 @@ impl ParsedPage {
             }
             Err(reason) => self.dead.push(DeadLetter { raw: member, score, reason }),
         }
-    }
-
-    /// Encodes the events' binary `COPY` payload now, off the writer's path.
-    pub fn encode(&mut self) {
-        self.encoded = Some(super::bulk::encode_copy_binary(&self.events));
     }
 
     /// Members in the page, events and dead letters.
@@ -268,7 +260,7 @@ impl TargetWriter {
     pub async fn write_page(&self, conn: &mut PgConnection, page: &ParsedPage, source: &str, method: Method) -> sqlx::Result<PageOutcome> {
         let written = match method {
             Method::Insert => self.insert_isolating(conn, &page.events).await?,
-            Method::Copy => self.copy_isolating(conn, &page.events, page.encoded.as_deref()).await?,
+            Method::Copy => self.copy_isolating(conn, &page.events).await?,
         };
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut refused = HashSet::new();
@@ -313,7 +305,7 @@ impl TargetWriter {
             return Ok(WriteOutcome::default());
         }
         sqlx::query("SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
-        match copy_raw(conn, &super::bulk::encode_copy_binary(events)).await {
+        match copy_raw(conn, super::bulk::encode_copy_binary(events)).await {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
                 Ok(WriteOutcome { inserted: rows, already_present: 0 })
@@ -341,16 +333,12 @@ impl TargetWriter {
 
     /// `COPY` under a savepoint; on a collision (or a row the server refuses) the page goes
     /// through [`Self::insert_isolating`] instead.
-    async fn copy_isolating(&self, conn: &mut PgConnection, events: &[TargetEvent], encoded: Option<&[u8]>) -> sqlx::Result<Written> {
+    async fn copy_isolating(&self, conn: &mut PgConnection, events: &[TargetEvent]) -> sqlx::Result<Written> {
         if events.is_empty() {
             return Ok(Written::default());
         }
         sqlx::query("SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
-        let payload = match encoded {
-            Some(payload) => std::borrow::Cow::Borrowed(payload),
-            None => std::borrow::Cow::Owned(super::bulk::encode_copy_binary(events)),
-        };
-        match copy_raw(conn, &payload).await {
+        match copy_raw(conn, super::bulk::encode_copy_binary(events)).await {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
                 Ok(Written { inserted: rows, ..Written::default() })
@@ -512,7 +500,7 @@ pub async fn rows_by_key(conn: &mut PgConnection, keys: &[(Uuid, DateTime<Utc>)]
 }
 
 /// `COPY` in binary format (`store::bulk::encode_copy_binary`).
-async fn copy_raw(conn: &mut PgConnection, payload: &[u8]) -> sqlx::Result<u64> {
+async fn copy_raw(conn: &mut PgConnection, payload: Vec<u8>) -> sqlx::Result<u64> {
     let mut copy = conn.copy_in_raw(&format!("COPY analytics_events_ts ({}) FROM STDIN (FORMAT binary)", super::bulk::BINARY_COPY_COLUMNS)).await?;
     if let Err(e) = copy.send(payload).await {
         let _ = copy.abort("tsmigrate: send failed").await;

@@ -567,8 +567,6 @@ async fn read_pages(
         for (member, score) in members {
             parsed.push(member, Some(score), now_ms);
         }
-        // Encoded here, while the writer sends the previous page.
-        parsed.encode();
         COPY_TIMINGS.add(&COPY_TIMINGS.parse, parsing);
         cursor = cursor_after;
         let last = read < page_size;
