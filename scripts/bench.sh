@@ -3,6 +3,8 @@
 # this run; compare the ratios within a table, not absolute times across machines.
 #   TSMIGRATE_BENCH_EVENTS=100000 ./scripts/bench.sh      # quicker, smaller run
 #   ./scripts/bench.sh ingest                              # one area
+#   TSMIGRATE_BENCH_EVENTS=3000000 ./scripts/bench.sh backfill
+#   TSMIGRATE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5440/postgres ./scripts/bench.sh validate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
@@ -15,6 +17,13 @@ benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
   benches=()
   for f in benches/*.rs; do benches+=("$(basename "$f" .rs)"); done
+fi
+# The validation benchmark runs reladiff (PyPI) beside tsmigrate validate, from a
+# virtual environment of its own under target/.
+if [[ " ${benches[*]} " == *" validate "* ]] && [ ! -x target/reladiff-venv/bin/reladiff ]; then
+  echo "bench.sh: installing reladiff into target/reladiff-venv for the validation benchmark"
+  python3 -m venv target/reladiff-venv
+  target/reladiff-venv/bin/pip install -q "reladiff[postgresql]"
 fi
 for bench in "${benches[@]}"; do
   echo "=== benchmark: $bench ==="

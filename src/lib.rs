@@ -8,6 +8,7 @@
 //! - [`identity`]   which migration a target and a Redis belong to; a mismatched pair is refused.
 //! - [`calendar`]   minutes, hours and days in the bucket time zone; [`duration`] durations as people write them.
 //! - [`event`]      the event in each shape (incoming, Redis member, target row) and its identity.
+//! - [`fingerprint`] the per-event fingerprint validation compares and the writer stores with each row.
 //! - [`legacy`]     the legacy system: Redis layout, writer, hourly flush worker, traffic generator.
 //! - [`store`]      the target in its storage mode (one `Store` per mode): migrations, writer, aggregates, dead letters, user sets.
 //! - [`state`]      the persisted migration state (phase, storage mode, read source); read by every layer.
@@ -38,6 +39,7 @@ pub mod db;
 pub mod dual_write;
 pub mod duration;
 pub mod event;
+pub mod fingerprint;
 pub mod http;
 pub mod human;
 pub mod identity;

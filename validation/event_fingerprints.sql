@@ -22,5 +22,5 @@ SELECT event_id,
 FROM (
     SELECT *, (extract(epoch FROM time) * 1000)::bigint AS time_ms
     FROM analytics_events_ts
-    WHERE time >= $1 AND time < $2
+    WHERE time >= $1 AND time < $2 /*rows*/
 ) AS e

@@ -155,13 +155,17 @@ pub fn measure_any(mut cmd: Command) -> (Measured, std::process::ExitStatus) {
     (Measured { wall: started.elapsed(), peak_rss_kib: peak, stdout: reader.join().unwrap_or_default() }, status)
 }
 
-/// The storage modes this server can measure: plain PostgreSQL, and TimescaleDB when available.
+/// The storage modes this server can measure: plain PostgreSQL, and TimescaleDB when
+/// available; TSMIGRATE_BENCH_MODES (e.g. `timescaledb`) keeps only those it names.
 pub fn storage_modes() -> Vec<&'static str> {
     let mut modes = vec!["postgres"];
     if timescaledb_available() {
         modes.push("timescaledb");
     } else {
         println!("TimescaleDB not available on this server: measuring plain PostgreSQL mode only");
+    }
+    if let Ok(only) = std::env::var("TSMIGRATE_BENCH_MODES") {
+        modes.retain(|m| only.split(',').any(|o| o.trim() == *m));
     }
     modes
 }

@@ -25,6 +25,9 @@ use crate::store::history::{self, HistoryReport};
 use crate::store::writer::{Method, PageOutcome, ParsedPage, TargetWriter};
 use crate::store::{StorageMode, Store};
 
+/// The copy split into parallel streams.
+pub mod parts;
+
 /// The task name of the backfill's progress (what `status` shows).
 pub const TASK: &str = "backfill";
 
@@ -65,15 +68,30 @@ pub async fn copy(
         resume: options.resume.clone(),
     };
     let (cursor, until) = (sink.position.cursor, sink.position.until);
-    let mut copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, options.page_size, "backfill", &mut sink, boundary).await;
+    let copied = copy_pages(&writer, redis, ctx.keys.events.clone(), cursor, until, options.page_size, "backfill", &mut sink, boundary).await;
     if copied.is_ok() {
         sink.progress.finish();
-        sink.position.finished = true;
-        sink.position.closed = false;
-        copied = async { Checkpoint::Backfill(sink.position.clone()).save(&mut *ctx.target.acquire().await?).await }.await;
     }
+    copy_ended(ctx, sink.position, copied, reporter).await
+}
+
+/// The copy ended: complete, its position is saved as finished (not closed) and the run
+/// goes on with its closing steps, still shown as running; failed, the run ends.
+async fn copy_ended(
+    ctx: &Context,
+    position: &mut BackfillPosition,
+    copied: anyhow::Result<()>,
+    reporter: progress::Reporter,
+) -> anyhow::Result<progress::Reporter> {
+    let copied = match copied {
+        Ok(()) => {
+            position.finished = true;
+            position.closed = false;
+            async { Checkpoint::Backfill(position.clone()).save(&mut *ctx.target.acquire().await?).await }.await
+        }
+        failed => failed,
+    };
     match copied {
-        // The run goes on with its closing steps, still shown as running.
         Ok(()) => Ok(reporter),
         Err(error) => {
             let failed: anyhow::Result<()> = Err(error);
@@ -98,6 +116,7 @@ impl BackfillPosition {
             max_time_ms: None,
             finished: false,
             closed: false,
+            parts: 0,
         }
     }
 
@@ -121,6 +140,8 @@ impl BackfillPosition {
 pub struct Closed {
     pub refresh: Option<RefreshOutcome>,
     pub history: Option<HistoryReport>,
+    /// Milliseconds each step took: `refresh`, `history`.
+    pub timings_ms: Vec<(&'static str, u64)>,
 }
 
 /// The closing steps after a complete copy: the aggregates over what was copied, and (with
@@ -139,16 +160,20 @@ pub async fn close(
     if let (Some(min), Some(max)) = (position.min_time_ms, position.max_time_ms) {
         let from = DateTime::from_timestamp_millis(min).unwrap_or(completion_point);
         let to = DateTime::from_timestamp_millis(max + 1).unwrap_or(completion_point);
+        let clock = Instant::now();
         closed.refresh = Some(aggregates::refresh(store, from, to, t.timezone(), t.raw_retention_days).await?);
+        closed.timings_ms.push(("refresh", clock.elapsed().as_millis() as u64));
     }
     if import_history {
         let horizon = reader::redis_horizon(redis, &ctx.keys).await?.unwrap_or(completion_point);
+        let clock = Instant::now();
         closed.history = Some(history::import(&ctx.settings, &ctx.target, &ctx.legacy().await?, horizon).await?);
+        closed.timings_ms.push(("history", clock.elapsed().as_millis() as u64));
     }
     Ok(closed)
 }
 
-/// Members left between the position and its end.
+/// Members left between the position (one stream's) and its end.
 pub async fn remaining(redis: &mut RedisConn, key: &str, position: &BackfillPosition) -> anyhow::Result<u64> {
     if position.finished {
         return Ok(0);
@@ -241,8 +266,11 @@ pub async fn copy_pages(
     loop {
         // A page boundary: everything before is committed with its checkpoint.
         boundary.between_pages().map_err(|why| sink.stopped(why))?;
+        let waiting = Instant::now();
         let Some(page) = rx.recv().await else { break };
+        COPY_TIMINGS.add(&COPY_TIMINGS.write_waiting, waiting);
         let page = page?;
+        let writing = Instant::now();
         let committed = writer
             .commit_page(&page.parsed, source, Method::Copy, |conn, outcome| {
                 let saved = sink.written(&page, outcome);
@@ -257,6 +285,7 @@ pub async fn copy_pages(
                 })
             })
             .await;
+        COPY_TIMINGS.add(&COPY_TIMINGS.write, writing);
         if let Err(error) = committed {
             if boundary.lost_lock(writer.pool(), &error).await {
                 return Err(sink.stopped(Why::LockLost).into());
@@ -270,6 +299,34 @@ pub async fn copy_pages(
     reader.await?
 }
 
+/// Where the page copies of this process spent their time (summed over concurrent copies),
+/// for the backfill's `timings_ms`.
+struct CopyTimings {
+    redis_read: AtomicU64,
+    parse: AtomicU64,
+    write: AtomicU64,
+    write_waiting: AtomicU64,
+}
+
+static COPY_TIMINGS: CopyTimings =
+    CopyTimings { redis_read: AtomicU64::new(0), parse: AtomicU64::new(0), write: AtomicU64::new(0), write_waiting: AtomicU64::new(0) };
+
+impl CopyTimings {
+    fn add(&self, counter: &AtomicU64, since: Instant) {
+        counter.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The milliseconds the page copies of this process spent so far, by part — `redis_read`,
+/// `parse`, `write` (each page's transaction: COPY, dead letters, marks, checkpoint, commit)
+/// and `write_waiting` (the writers waiting for a page) — summed over concurrent streams;
+/// the counters start again from zero.
+pub fn copy_timings() -> [(&'static str, u64); 4] {
+    let t = &COPY_TIMINGS;
+    let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed) / 1000;
+    [("redis_read", take(&t.redis_read)), ("parse", take(&t.parse)), ("write", take(&t.write)), ("write_waiting", take(&t.write_waiting))]
+}
+
 /// Reads pages from `cursor` to `until` (inclusive) into `tx`, one ahead of the writer.
 async fn read_pages(
     mut redis: RedisConn,
@@ -281,6 +338,7 @@ async fn read_pages(
 ) -> anyhow::Result<()> {
     let now_ms = Utc::now().timestamp_millis();
     loop {
+        let reading = Instant::now();
         let members = match read_page(&mut redis, &key, cursor, until, page_size).await {
             Ok(m) => m,
             Err(e) => {
@@ -291,12 +349,15 @@ async fn read_pages(
         if members.is_empty() {
             return Ok(());
         }
+        COPY_TIMINGS.add(&COPY_TIMINGS.redis_read, reading);
+        let parsing = Instant::now();
         let cursor_after = cursor.after(&members);
         let read = members.len();
         let mut parsed = ParsedPage::with_capacity(read);
         for (member, score) in members {
             parsed.push(member, Some(score), now_ms);
         }
+        COPY_TIMINGS.add(&COPY_TIMINGS.parse, parsing);
         cursor = cursor_after;
         let last = read < page_size;
         if tx.send(Ok(Page { parsed, read, cursor_after })).await.is_err() || last {

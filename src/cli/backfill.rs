@@ -28,6 +28,10 @@ pub struct Args {
     /// Skip importing the legacy history older than the Redis horizon.
     #[arg(long)]
     pub no_history: bool,
+    /// Parallel copy streams over disjoint time ranges, each with its own checkpoint (at
+    /// most 8; one target connection each). A resumed copy keeps the streams it started with.
+    #[arg(long, value_parser = positive, conflicts_with_all = ["from"])]
+    pub streams: Option<usize>,
     #[command(flatten)]
     pub dry_run: DryRun,
     /// Repair a window: copy the events scored from this time (RFC 3339, a date, or -6h).
@@ -52,6 +56,14 @@ pub async fn run(args: Args, ctx: &Context, json: bool) -> anyhow::Result<Reply>
         )
         .await;
     }
-    let command = Backfill { page_size, max_rate: args.max_rate.map(|r| r as u64), import_history: !args.no_history, quiet: json };
+    let streams = args.streams.unwrap_or(crate::store::bulk::DEFAULT_STREAMS);
+    if streams > crate::store::bulk::MAX_STREAMS {
+        anyhow::bail!(
+            "--streams {streams}: at most {} streams (each holds a target connection)\n  next: run again with --streams {}",
+            crate::store::bulk::MAX_STREAMS,
+            crate::store::bulk::MAX_STREAMS
+        );
+    }
+    let command = Backfill { page_size, max_rate: args.max_rate.map(|r| r as u64), import_history: !args.no_history, quiet: json, streams };
     run_phase(ctx, &command, &args.dry_run.options()).await
 }

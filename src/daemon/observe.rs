@@ -69,7 +69,10 @@ async fn migration(target: &PgPool) -> anyhow::Result<()> {
     if let Some(failing) = crate::store::open(state.storage_mode.unwrap_or(crate::store::StorageMode::Postgres), target.clone()).failing_jobs().await? {
         metrics::gauge!("tsmigrate_timescaledb_failing_jobs").set(failing.len() as f64);
     }
-    if let Some(position) = checkpoint::backfill(&mut *target.acquire().await?).await? {
+    let mut conn = target.acquire().await?;
+    if let Some(mut position) = checkpoint::backfill(&mut conn).await? {
+        // A copy in several streams keeps its counts in each stream's checkpoint.
+        crate::backfill::parts::load_on(&mut conn, &mut position).await?;
         metrics::gauge!("tsmigrate_backfill_read_events").set(position.read as f64);
         metrics::gauge!("tsmigrate_backfill_inserted_events").set(position.inserted as f64);
         metrics::gauge!("tsmigrate_backfill_finished").set(f64::from(u8::from(position.finished)));

@@ -37,6 +37,11 @@ pub struct BackfillPosition {
     /// pass. Checkpoints written before this was kept count as closed.
     #[serde(default = "closed_before_it_was_kept")]
     pub closed: bool,
+    /// The copy is split into this many streams, each with its own position
+    /// ([`Checkpoint::BackfillPart`]); the counts here are their sums. 0: one stream, whose
+    /// position is this one (`cursor`).
+    #[serde(default)]
+    pub parts: usize,
 }
 
 fn closed_before_it_was_kept() -> bool {
@@ -82,6 +87,11 @@ pub struct RepairPosition {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Checkpoint {
     Backfill(BackfillPosition),
+    /// Stream `index` of a backfill copied in several.
+    BackfillPart {
+        index: usize,
+        position: BackfillPosition,
+    },
     Tail(TailPosition),
     /// The repair of validation run `run`.
     Repair {
@@ -93,6 +103,10 @@ pub enum Checkpoint {
 const BACKFILL: &str = "backfill";
 const TAIL: &str = "tail";
 
+fn backfill_part_name(index: usize) -> String {
+    format!("backfill.part{index}")
+}
+
 fn repair_name(run: i64) -> String {
     format!("repair:{run}")
 }
@@ -101,6 +115,7 @@ impl Checkpoint {
     fn name(&self) -> String {
         match self {
             Checkpoint::Backfill(_) => BACKFILL.into(),
+            Checkpoint::BackfillPart { index, .. } => backfill_part_name(*index),
             Checkpoint::Tail(_) => TAIL.into(),
             Checkpoint::Repair { run, .. } => repair_name(*run),
         }
@@ -109,6 +124,7 @@ impl Checkpoint {
     fn position(&self) -> serde_json::Result<serde_json::Value> {
         match self {
             Checkpoint::Backfill(p) => serde_json::to_value(p),
+            Checkpoint::BackfillPart { position, .. } => serde_json::to_value(position),
             Checkpoint::Tail(p) => serde_json::to_value(p),
             Checkpoint::Repair { position, .. } => serde_json::to_value(position),
         }
@@ -139,6 +155,11 @@ pub async fn backfill(conn: &mut PgConnection) -> anyhow::Result<Option<Backfill
         return Ok(None);
     }
     load(conn, BACKFILL).await
+}
+
+/// The saved position of stream `index` of a backfill copied in several.
+pub async fn backfill_part(conn: &mut PgConnection, index: usize) -> anyhow::Result<Option<BackfillPosition>> {
+    load(conn, &backfill_part_name(index)).await
 }
 
 pub async fn tail(conn: &mut PgConnection) -> anyhow::Result<Option<TailPosition>> {

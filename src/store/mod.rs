@@ -9,6 +9,7 @@
 //! names a TimescaleDB catalog or function (checked by `tests/it/architecture.rs`).
 
 pub mod aggregates;
+pub mod bulk;
 pub mod capability;
 pub mod history;
 pub mod objects;

@@ -39,7 +39,7 @@ const fn object(name: &'static str, kind: &'static str, form: Form, role: Role) 
 }
 
 /// Created in both modes by `sql/control`.
-pub const CONTROL: [Object; 17] = [
+pub const CONTROL: [Object; 18] = [
     object("tsmigrate.migration_state", "control table", Form::Table, Role::Reported),
     object("tsmigrate.audit_log", "control table", Form::Table, Role::Kept),
     object("tsmigrate.checkpoints", "control table", Form::Table, Role::Reported),
@@ -57,6 +57,7 @@ pub const CONTROL: [Object; 17] = [
     object("tsmigrate.job_slots", "control table", Form::Table, Role::Internal),
     object("tsmigrate.progress", "control table", Form::Table, Role::Internal),
     object(HISTORY_TABLE, "migrations", Form::Table, Role::Internal),
+    object("tsmigrate.forget_stored_fingerprint", "function", Form::Function, Role::Internal),
 ];
 
 #[derive(Debug, Clone, Serialize)]

@@ -75,15 +75,13 @@ impl Store for TimescaleStore {
     }
 
     async fn refresh_chunk(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<()> {
-        for view in [HOURLY_VIEW, DAILY_VIEW, ASSET_VIEW] {
-            // No transaction here: refresh_continuous_aggregate refuses to run inside one.
-            sqlx::query("CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)")
-                .bind(view)
-                .bind(from)
-                .bind(to)
-                .execute(&self.pool)
-                .await?;
-        }
+        // The three aggregates at once, each on a connection of its own (each refresh keeps
+        // one backend busy). No transaction here: refresh_continuous_aggregate refuses to run
+        // inside one.
+        let refreshes = [HOURLY_VIEW, DAILY_VIEW, ASSET_VIEW].map(|view| {
+            sqlx::query("CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)").bind(view).bind(from).bind(to).execute(&self.pool)
+        });
+        futures::future::try_join_all(refreshes).await?;
         Ok(())
     }
 

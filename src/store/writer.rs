@@ -305,7 +305,7 @@ impl TargetWriter {
             return Ok(WriteOutcome::default());
         }
         sqlx::query("SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
-        match copy_raw(conn, encode_copy_text(events)).await {
+        match copy_raw(conn, super::bulk::encode_copy_binary(events)).await {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
                 Ok(WriteOutcome { inserted: rows, already_present: 0 })
@@ -338,7 +338,7 @@ impl TargetWriter {
             return Ok(Written::default());
         }
         sqlx::query("SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
-        match copy_raw(conn, encode_copy_text(events)).await {
+        match copy_raw(conn, super::bulk::encode_copy_binary(events)).await {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
                 Ok(Written { inserted: rows, ..Written::default() })
@@ -425,11 +425,11 @@ async fn insert_reporting(conn: &mut PgConnection, events: &[TargetEvent]) -> sq
     let (rows, ids, times): Reply = sqlx::query_as(
         "WITH input AS (
             SELECT * FROM UNNEST($1::timestamptz[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                 $7::jsonb[], $8::jsonb[], $9::text[], $10::text[])
-                AS i (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer)
+                                 $7::jsonb[], $8::jsonb[], $9::text[], $10::text[], $11::bigint[])
+                AS i (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint)
          ), inserted AS (
             INSERT INTO analytics_events_ts
-                (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer)
+                (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint)
             SELECT * FROM input
             ON CONFLICT DO NOTHING
             RETURNING event_id, time
@@ -452,6 +452,7 @@ async fn insert_reporting(conn: &mut PgConnection, events: &[TargetEvent]) -> sq
     .bind(events.iter().map(|e| &e.device_info).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.page_url.as_deref()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.referrer.as_deref()).collect::<Vec<_>>())
+    .bind(super::bulk::Fingerprints::default().all(events))
     .fetch_one(conn)
     .await?;
     let skipped = ids.unwrap_or_default().into_iter().zip(times.unwrap_or_default()).map(|(id, time)| (id, time.timestamp_millis())).collect();
@@ -502,13 +503,10 @@ pub async fn rows_by_key(conn: &mut PgConnection, keys: &[(Uuid, DateTime<Utc>)]
     Ok(out)
 }
 
-async fn copy_raw(conn: &mut PgConnection, payload: String) -> sqlx::Result<u64> {
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY analytics_events_ts (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer) FROM STDIN",
-        )
-        .await?;
-    if let Err(e) = copy.send(payload.as_bytes()).await {
+/// `COPY` in binary format (`store::bulk::encode_copy_binary`).
+async fn copy_raw(conn: &mut PgConnection, payload: Vec<u8>) -> sqlx::Result<u64> {
+    let mut copy = conn.copy_in_raw(&format!("COPY analytics_events_ts ({}) FROM STDIN (FORMAT binary)", super::bulk::BINARY_COPY_COLUMNS)).await?;
+    if let Err(e) = copy.send(payload).await {
         let _ = copy.abort("tsmigrate: send failed").await;
         return Err(e);
     }
@@ -523,9 +521,12 @@ fn utc_day_start(day: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(day * 86_400_000).expect("day in range")
 }
 
-/// `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, backslash escapes.
+/// `COPY … FROM STDIN` text format (what `psql \copy` sends; the writer sends
+/// [`super::bulk::encode_copy_binary`]): tab-separated, `\N` for NULL, backslash escapes; each
+/// row with its fingerprint ([`super::bulk::Fingerprints`]).
 pub fn encode_copy_text(events: &[TargetEvent]) -> String {
     let mut out = String::with_capacity(events.len() * 384);
+    let mut fingerprints = super::bulk::Fingerprints::default();
     for e in events {
         let _ = write!(out, "{}\t{}\t", e.time.format("%Y-%m-%d %H:%M:%S%.3f+00"), e.event_id);
         push_field(&mut out, Some(&e.event_name));
@@ -543,7 +544,7 @@ pub fn encode_copy_text(events: &[TargetEvent]) -> String {
         push_field(&mut out, e.page_url.as_deref());
         out.push('\t');
         push_field(&mut out, e.referrer.as_deref());
-        out.push('\n');
+        let _ = writeln!(out, "\t{}", fingerprints.of(e));
     }
     out
 }
@@ -612,8 +613,11 @@ mod tests {
             referrer: Some("\\N".into()),
         };
         assert_eq!(
-            encode_copy_text(&[e]),
-            "2023-11-14 22:13:20.123+00\t00000000-0000-0000-0000-000000000000\ta\\tb\tc\\\\d\t\\N\tline\\nbreak\t{\"q\":\"x\\\\ty\"}\t{}\t\\N\t\\\\N\n"
+            encode_copy_text(std::slice::from_ref(&e)),
+            format!(
+                "2023-11-14 22:13:20.123+00\t00000000-0000-0000-0000-000000000000\ta\\tb\tc\\\\d\t\\N\tline\\nbreak\t{{\"q\":\"x\\\\ty\"}}\t{{}}\t\\N\t\\\\N\t{}\n",
+                crate::store::bulk::Fingerprints::default().of(&e)
+            )
         );
     }
 }

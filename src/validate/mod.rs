@@ -15,7 +15,8 @@
 
 pub mod collect;
 pub mod diff;
-pub mod fingerprint;
+/// The per-event fingerprint lives below the store, which stores it with every row.
+pub use crate::fingerprint;
 pub mod report;
 pub mod run;
 pub mod window;

@@ -244,8 +244,13 @@ async fn collect(
         anyhow::Ok((checks, timed("aggregates", clock)))
     };
     let ((redis_side, t1), (target, dead_minutes, t2), ((hourly, assets, refresh), t3)) = tokio::try_join!(redis_collect, target_collect, aggregate_collect)?;
+    let mut timings = BTreeMap::from([t1, t2, t3]);
+    if let RedisSide::Events(found) = &redis_side {
+        // Summed over the readers and the parsing threads.
+        timings.extend([("redis_read", found.read_micros / 1000), ("redis_parse", found.parse_micros / 1000)]);
+    }
     let sides = Sides { redis: redis_side, target, dead_minutes: dead_minutes.map(|d| d.into_iter().collect()) };
-    Ok((sides, hourly, assets, refresh, BTreeMap::from([t1, t2, t3])))
+    Ok((sides, hourly, assets, refresh, timings))
 }
 
 /// Hands the events to the diff core, narrowing differing hours (events depth). Returns

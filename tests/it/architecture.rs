@@ -486,7 +486,7 @@ fn the_diff_core_does_no_io() {
     let pure = [
         "src/validate/diff.rs",
         "src/validate/window.rs",
-        "src/validate/fingerprint.rs",
+        "src/fingerprint.rs",
         "src/calendar.rs",
         "src/phase/gates.rs",
         "src/assess/project.rs",

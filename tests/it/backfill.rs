@@ -33,18 +33,25 @@ async fn phase_gates_refuse_out_of_order_steps() {
     assert_eq!(starts, 1, "the completion point was recorded once");
 }
 
-/// Stops the running backfill at a page boundary: waits until its checkpoint shows at least
-/// `pages` committed pages and then keeps the checkpoint row locked, so the next page cannot
-/// commit. Returns the open transaction holding the lock.
+/// The checkpoints holding the copy's positions: the backfill's own while it copies in one
+/// stream, each stream's (`backfill.part<i>`) while it copies in several.
+const COPY_POSITIONS: &str =
+    "FROM tsmigrate.checkpoints WHERE name LIKE 'backfill.part%' OR (name = 'backfill' AND coalesce((position->>'parts')::int, 0) = 0)";
+
+/// Stops the running backfill at a page boundary: waits until its checkpoints show at least
+/// `pages` committed pages (all streams together) and then keeps every checkpoint row of the
+/// copy locked, so no stream's next page can commit. Returns the open transaction holding
+/// the locks.
 async fn hold_backfill_after(env: &TestEnv, pages: i64) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let started = Instant::now();
     loop {
         let mut tx = env.pool.begin().await.unwrap();
-        // Observation and lock in one statement: once seen, no further page can commit.
-        let seen: Option<i64> = sqlx::query_scalar("SELECT (position->>'pages')::bigint FROM tsmigrate.checkpoints WHERE name = 'backfill' FOR UPDATE")
-            .fetch_optional(&mut *tx)
-            .await
-            .unwrap();
+        // Observation and locks in one statement: once seen, no further page can commit.
+        let seen: Option<i64> =
+            sqlx::query_scalar(&format!("SELECT sum(pages)::bigint FROM (SELECT (position->>'pages')::bigint AS pages {COPY_POSITIONS} FOR UPDATE) AS c"))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
         if seen.unwrap_or(0) >= pages {
             return tx;
         }
@@ -71,11 +78,11 @@ async fn wait_until_no_tsmigrate_backend(env: &TestEnv) {
     }
 }
 
-async fn kill_and_resume(mode: Mode) {
+async fn kill_and_resume(mode: Mode, streams: &str) {
     let env = TestEnv::new().await;
     seed(&env, 6000, false);
     prepare_and_dual_write(&env, mode);
-    let mut command = env.clean_command(&["backfill", "--page-size", "100", "--max-rate", "1000", "--json"], &[]);
+    let mut command = env.clean_command(&["backfill", "--page-size", "100", "--max-rate", "1000", "--streams", streams, "--json"], &[]);
     command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut child = ChildGuard::spawn(command);
     // The child is stopped in the middle of a page (rows copied, checkpoint not committed)
@@ -87,15 +94,27 @@ async fn kill_and_resume(mode: Mode) {
     checkpoint_lock.rollback().await.unwrap();
     wait_until_no_tsmigrate_backend(&env).await;
     let (rows, distinct) = target_counts(&env).await;
-    let (read, pages): (i64, i64) =
-        sqlx::query_as("SELECT (position->>'read')::bigint, (position->>'pages')::bigint FROM tsmigrate.checkpoints WHERE name = 'backfill'")
+    let (read, pages, parts): (i64, i64, i64) =
+        sqlx::query_as(&format!("SELECT sum((position->>'read')::bigint)::bigint, sum((position->>'pages')::bigint)::bigint, count(*) {COPY_POSITIONS}"))
             .fetch_one(&env.pool)
             .await
             .unwrap();
+    let expected_parts = if streams == "1" { 1 } else { streams.parse::<i64>().unwrap() };
+    assert_eq!(parts, expected_parts, "one checkpoint per stream");
     assert!(pages >= 5 && rows > 0 && rows < 6000, "killed mid-way: {rows} rows in {pages} pages");
     assert_eq!((rows, distinct), (read, read), "the checkpoint covers exactly the committed rows, not the killed page's");
     assert_eq!(read, pages * 100, "whole pages of 100");
-    eprintln!("figures: killed at a held checkpoint after {pages} committed pages ({rows} rows); the page in flight was rolled back");
+    eprintln!("figures: {streams} stream(s) killed at held checkpoints after {pages} committed pages ({rows} rows); the pages in flight were rolled back");
+    // Every stream's rows are a contiguous prefix of its range: what each checkpoint covers is
+    // exactly what is stored, so the resume leaves no gap between its cursor and its rows.
+    let ahead: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM analytics_events_ts e JOIN (SELECT (position->'cursor'->>'score')::float8 AS cursor, (position->>'until')::float8 AS until {COPY_POSITIONS}) p
+           ON extract(epoch FROM e.time) * 1000 > p.cursor + 0.5 AND extract(epoch FROM e.time) * 1000 <= p.until"
+    ))
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(ahead, 0, "no stored row lies past its stream's committed position");
 
     let report = env.cli(&["backfill", "--json"]).expect_success().details();
     assert_eq!(field(&report, "resumed"), &Value::Bool(true));
@@ -118,14 +137,26 @@ async fn kill_and_resume(mode: Mode) {
 
 #[tokio::test]
 async fn killed_backfill_resumes_without_gap_or_duplicate_plain() {
-    kill_and_resume(Mode::Postgres).await;
+    kill_and_resume(Mode::Postgres, "1").await;
 }
 
 #[tokio::test]
 async fn killed_backfill_resumes_without_gap_or_duplicate_timescaledb() {
     let env = TestEnv::new().await;
     require_timescaledb_or_skip!(env);
-    kill_and_resume(Mode::Timescaledb).await;
+    kill_and_resume(Mode::Timescaledb, "1").await;
+}
+
+#[tokio::test]
+async fn killed_parallel_backfill_resumes_without_gap_or_duplicate_plain() {
+    kill_and_resume(Mode::Postgres, "3").await;
+}
+
+#[tokio::test]
+async fn killed_parallel_backfill_resumes_without_gap_or_duplicate_timescaledb() {
+    let env = TestEnv::new().await;
+    require_timescaledb_or_skip!(env);
+    kill_and_resume(Mode::Timescaledb, "3").await;
 }
 
 /// The messy seed's own tally of what it wrote decides the expectations, not the member

@@ -316,6 +316,109 @@ async fn injected_differences_are_found_and_reported_exactly() {
     env.cleanup().await;
 }
 
+/// The member Redis holds for the target row `event_id` (found by its time), parsed, with
+/// its score; only members carrying an `id` of their own (editing one keeps its event id).
+async fn member_of(env: &TestEnv, redis: &mut tsmigrate::connect::RedisConn, event_id: &str) -> Option<(Vec<u8>, Value, f64)> {
+    let time_ms: i64 = sqlx::query_scalar("SELECT (extract(epoch FROM time) * 1000)::bigint FROM analytics_events_ts WHERE event_id = $1::uuid")
+        .bind(event_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let members: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGEBYSCORE")
+        .arg(env.keys().events)
+        .arg(time_ms as f64 - 0.5)
+        .arg(format!("({}", time_ms as f64 + 0.5))
+        .arg("WITHSCORES")
+        .query_async(redis)
+        .await
+        .unwrap();
+    members.into_iter().find_map(|(member, score)| {
+        let event = TargetEvent::from_member(&member, score, Utc::now().timestamp_millis()).ok()?;
+        let parsed: Value = serde_json::from_slice(&member).ok()?;
+        (event.event_id.to_string() == event_id && parsed["id"].is_string()).then_some((member, parsed, score))
+    })
+}
+
+/// The digest path (the fingerprints every write path stores with its rows, summed per
+/// minute) finds every difference hashing every row from its content finds, planted on both
+/// sides: rows deleted, added (one copying another's stored fingerprint), changed by SQL
+/// (properties, user id, time), and in Redis an event gained, one lost, one edited, and a
+/// member that is no event (a dead letter, not a difference).
+#[tokio::test]
+async fn stored_fingerprints_find_every_difference_hashing_every_row_finds() {
+    let env = TestEnv::new().await;
+    migrate(&env, "postgres", seed_end());
+    let (rows, stored): (i64, i64) = sqlx::query_as("SELECT count(*), count(stored_fingerprint) FROM analytics_events_ts").fetch_one(&env.pool).await.unwrap();
+    assert!(rows > 0 && stored == rows, "every backfilled row carries its stored fingerprint: {stored} of {rows}");
+    let mut injected = inject(&env.pool).await;
+
+    // A copy made by SQL that carries its source's stored fingerprint along.
+    let source = pick(&env.pool, 6, 1).await.remove(0);
+    let copy = "00000000-0000-4000-8000-000000000009".to_string();
+    sqlx::query(
+        "INSERT INTO analytics_events_ts (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint)
+         SELECT time + interval '2 seconds', $2::uuid, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint
+         FROM analytics_events_ts WHERE event_id = $1::uuid",
+    )
+    .bind(&source)
+    .bind(&copy)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    injected.extra.insert(copy);
+
+    // Redis side.
+    let mut redis = env.redis().await;
+    let key = env.keys().events;
+    let mut edited = None;
+    for id in pick(&env.pool, 14, 20).await {
+        if let Some((old, mut member, score)) = member_of(&env, &mut redis, &id).await {
+            let removed: i64 = redis::cmd("ZREM").arg(&key).arg(&old).query_async(&mut redis).await.unwrap();
+            assert_eq!(removed, 1);
+            member["event_name"] = json!("edited in redis");
+            let _: i64 = redis::cmd("ZADD").arg(&key).arg(score).arg(member.to_string()).query_async(&mut redis).await.unwrap();
+            edited = Some(id);
+            break;
+        }
+    }
+    let edited = edited.expect("an event with an id of its own in hour 14");
+    injected.different.push((edited, vec!["event_name".into()]));
+    for id in pick(&env.pool, 16, 20).await {
+        if let Some((member, _, _)) = member_of(&env, &mut redis, &id).await {
+            let removed: i64 = redis::cmd("ZREM").arg(&key).arg(&member).query_async(&mut redis).await.unwrap();
+            assert_eq!(removed, 1);
+            injected.extra.insert(id);
+            break;
+        }
+    }
+    let gained = "00000000-0000-4000-8000-0000000000aa".to_string();
+    let score: f64 = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM min(time)) * 1000)::float8 + 1 FROM analytics_events_ts
+         WHERE time >= date_trunc('hour', (SELECT min(time) FROM analytics_events_ts)) + interval '18 hours'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let member = json!({"id": gained, "event_name": "gained", "category": "redis only"}).to_string();
+    let _: i64 = redis::cmd("ZADD").arg(&key).arg(score).arg(member).query_async(&mut redis).await.unwrap();
+    injected.missing.insert(gained);
+    let _: i64 = redis::cmd("ZADD").arg(&key).arg(score + 1.0).arg("{not an event").query_async(&mut redis).await.unwrap();
+    injected.different.sort();
+    assert_eq!((injected.missing.len(), injected.extra.len(), injected.different.len()), (3, 4, 4), "{injected:?}");
+
+    let digests = env.cli(&["validate", "--json"]).expect_code(1).details();
+    assert_eq!(found(&digests), injected, "with stored fingerprints");
+    // The same systems, every row hashed from its content: the same findings, hour for hour.
+    sqlx::query("UPDATE analytics_events_ts SET stored_fingerprint = NULL").execute(&env.pool).await.unwrap();
+    let hashed = env.cli(&["validate", "--json"]).expect_code(1).details();
+    assert_eq!(found(&hashed), injected, "hashing every row");
+    for part in ["hours_differing", "missing", "extra", "different"] {
+        assert_eq!(field(field(&digests, "events"), part)["total"], field(field(&hashed, "events"), part)["total"], "{part}");
+    }
+    assert_eq!(field(field(&digests, "events"), "target_events"), field(field(&hashed, "events"), "target_events"));
+    env.cleanup().await;
+}
+
 /// The hourly validation job of `tsmigrate run` validates the whole migrated range: its run
 /// is recorded with that range, a dirty one fails the job, and a clean one moves the phase
 /// and opens the cutover gate as `tsmigrate validate` does.
@@ -532,6 +635,13 @@ async fn rust_jsonb_text_and_fingerprints_match_postgres() {
         let (_, time_ms, _, fingerprint) = rows.iter().find(|r| r.0 == event.event_id).unwrap();
         assert_eq!(*time_ms, event.time_ms());
         assert_eq!(fingerprinter.fingerprint(event), *fingerprint as u64, "fingerprint of {:?}", event.properties);
+    }
+    // Both write paths stored with each row the fingerprint SQL computes from its content.
+    let stored: Vec<(uuid::Uuid, Option<i64>)> =
+        sqlx::query_as("SELECT event_id, stored_fingerprint FROM analytics_events_ts").fetch_all(&env.pool).await.unwrap();
+    for (id, stored) in &stored {
+        let (_, _, _, fingerprint) = rows.iter().find(|r| r.0 == *id).unwrap();
+        assert_eq!(*stored, Some(*fingerprint), "stored fingerprint of {id}");
     }
     // Key order and number formatting are not differences: rows 0 and 1 hold the same object.
     assert_eq!(jsonb_text(&events[0].properties), jsonb_text(&events[1].properties));

@@ -4,6 +4,7 @@
 //! ended: no gap, no duplicate. Then it refreshes the aggregates over the backfilled range
 //! and imports the legacy history older than the Redis horizon.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -39,6 +40,9 @@ pub struct Backfill {
     pub import_history: bool,
     /// No progress lines (JSON output).
     pub quiet: bool,
+    /// Parallel copy streams over disjoint score ranges (`backfill::parts`); 1 copies in one.
+    /// A resumed copy keeps the layout it started with.
+    pub streams: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +76,11 @@ pub struct BackfillDetails {
     pub events_per_second: f64,
     pub refresh: Option<RefreshOutcome>,
     pub history: Option<HistoryReport>,
+    /// Where this run's time went, in milliseconds: `copy`, `refresh` and `history` (wall),
+    /// and inside the copy, summed over its streams, `redis_read`, `parse`, `write` (each
+    /// page's transaction: COPY, dead letters, marks, checkpoint, commit) and `write_waiting`
+    /// (the writers waiting for a page).
+    pub timings_ms: BTreeMap<&'static str, u64>,
 }
 
 impl PhaseCommand for Backfill {
@@ -103,9 +112,16 @@ impl PhaseCommand for Backfill {
         // copy that finished but stopped during its closing steps goes on with those.
         let saved = checkpoint::backfill(&mut *ctx.target.acquire().await?).await?;
         let saved = saved.filter(|p| !(p.finished && p.closed));
-        let resumed = saved.as_ref().is_some_and(|p| p.pages > 0);
         let mut position = saved.unwrap_or_else(|| BackfillPosition::start(until));
-        let remaining = engine::remaining(&mut redis, &ctx.keys.events, &position).await?;
+        let mut parts = engine::parts::load(ctx, &mut position).await?;
+        let resumed = position.pages > 0;
+        if !run.dry_run && !resumed && !position.finished && self.streams > 1 {
+            parts = engine::parts::lay_out(ctx, &mut redis, &mut position, self.streams).await?;
+        }
+        let mut remaining = 0;
+        for part in parts.iter().chain(Some(&position).filter(|p| p.parts == 0)) {
+            remaining += engine::remaining(&mut redis, &ctx.keys.events, part).await?;
+        }
         let out_of_range = reader::out_of_range(&mut redis, &ctx.keys.events, Utc::now().timestamp_millis(), OUT_OF_RANGE_EXAMPLES).await?;
         let mut details = BackfillDetails::new(run.dry_run, completion_point, &position, resumed, remaining, out_of_range);
         if self.import_history {
@@ -121,6 +137,9 @@ impl PhaseCommand for Backfill {
         // Status shows the run until its closing steps are done too (stopped during them: not
         // running, and what resumes it).
         let reporter = match position.finished {
+            false if position.parts > 0 => {
+                engine::parts::copy(ctx, mode, redis.clone(), &mut position, parts, remaining, &self.copy_options(), &run.boundary).await?
+            }
             false => engine::copy(ctx, mode, redis.clone(), &mut position, remaining, &self.copy_options(), &run.boundary).await?,
             true => {
                 progress::Reporter::start(&ctx.target, engine::TASK, "events", (&self.invocation(), Rerun::Resumes), position.read, Some(position.read)).await
@@ -128,6 +147,8 @@ impl PhaseCommand for Backfill {
         };
         details.read_this_run = position.read - read_before;
         details.seconds = started.elapsed().as_secs_f64();
+        details.timings_ms.insert("copy", started.elapsed().as_millis() as u64);
+        details.timings_ms.extend(engine::copy_timings());
         details.events_per_second = details.read_this_run as f64 / details.seconds.max(1e-9);
         // The closing steps stop on an interrupt too: the copy is complete and checkpointed
         // (finished, not closed), so a re-run goes straight on with them.
@@ -193,6 +214,7 @@ impl Backfill {
     ) -> anyhow::Result<()> {
         let closed = engine::close(ctx, store, redis, position, details.completion_point, self.import_history).await?;
         (details.refresh, details.history) = (closed.refresh, closed.history);
+        details.timings_ms.extend(closed.timings_ms);
         let mut conn = ctx.target.acquire().await?;
         details.dead_letter_reasons = dead_letter::counts(&mut conn).await?;
         details.dead_letter_examples = dead_letter::recent(&mut conn, "backfill", NAMED_DEAD_LETTERS).await?;
@@ -223,6 +245,7 @@ impl BackfillDetails {
             events_per_second: 0.0,
             refresh: None,
             history: None,
+            timings_ms: BTreeMap::new(),
         }
     }
 

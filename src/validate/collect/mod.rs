@@ -20,9 +20,10 @@ pub mod sql {
     pub const LEGACY_ASSETS: &str = include_str!("../../../validation/legacy_assets.sql");
     pub const LEGACY_MAX_HOUR: &str = include_str!("../../../validation/legacy_max_hour.sql");
 
-    /// `event_minutes.sql` with `event_fingerprints.sql` spliced in.
+    /// `event_minutes.sql` with `event_fingerprints.sql` spliced in, restricted to the rows
+    /// stored without a fingerprint.
     pub fn event_minutes() -> String {
-        EVENT_MINUTES.replace("/*event_fingerprints*/", EVENT_FINGERPRINTS)
+        EVENT_MINUTES.replace("/*event_fingerprints*/", &EVENT_FINGERPRINTS.replace("/*rows*/", "AND stored_fingerprint IS NULL"))
     }
 
     /// A legacy query with the configured table names (validated plain identifiers).

@@ -29,12 +29,18 @@ pub struct RedisEvents {
     pub events: u64,
     /// Members that are not valid events, by reason code (dead letters; not differences).
     pub dead_letters: BTreeMap<String, u64>,
+    /// Where the time went, summed over the readers and parsing threads: waiting for Redis's
+    /// pages, and parsing and fingerprinting members (microseconds).
+    pub read_micros: u64,
+    pub parse_micros: u64,
 }
 
 impl RedisEvents {
     fn merge(&mut self, other: RedisEvents) {
         merge_minutes(&mut self.minutes, other.minutes);
         self.events += other.events;
+        self.read_micros += other.read_micros;
+        self.parse_micros += other.parse_micros;
         for (code, n) in other.dead_letters {
             *self.dead_letters.entry(code).or_default() += n;
         }
@@ -83,7 +89,9 @@ async fn summarize_part(mut redis: RedisConn, key: String, from_ms: i64, to_ms: 
     let mut pending = VecDeque::new();
     let mut total = RedisEvents::default();
     loop {
+        let reading = std::time::Instant::now();
         let page = read_page_before(&mut redis, &key, cursor, high, PAGE).await?;
+        total.read_micros += reading.elapsed().as_micros() as u64;
         let last = page.len() < PAGE;
         cursor = cursor.after(&page);
         read.fetch_add(page.len() as u64, Ordering::Relaxed);
@@ -100,6 +108,7 @@ async fn summarize_part(mut redis: RedisConn, key: String, from_ms: i64, to_ms: 
 }
 
 fn summarize_page(page: Vec<(Vec<u8>, f64)>, now_ms: i64) -> RedisEvents {
+    let parsing = std::time::Instant::now();
     let mut fingerprinter = Fingerprinter::default();
     let mut out = RedisEvents::default();
     for (member, score) in page {
@@ -111,6 +120,7 @@ fn summarize_page(page: Vec<(Vec<u8>, f64)>, now_ms: i64) -> RedisEvents {
             Err(reason) => *out.dead_letters.entry(reason.code().to_string()).or_default() += 1,
         }
     }
+    out.parse_micros = parsing.elapsed().as_micros() as u64;
     out
 }
 
