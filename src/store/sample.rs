@@ -8,13 +8,13 @@ use std::time::Instant;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use super::writer::encode_copy_text;
+use super::bulk::{encode_copy_binary, BINARY_COPY_COLUMNS};
 use crate::event::TargetEvent;
 
 /// The target's columns (`sql/*/0*_events_*.sql`), for the sample table.
 pub const COLUMNS: &str = "time timestamptz NOT NULL, event_id uuid NOT NULL, event_name text NOT NULL, category text NOT NULL,
     user_id text, session_id text, properties jsonb NOT NULL DEFAULT '{}', device_info jsonb NOT NULL DEFAULT '{}',
-    page_url text, referrer text";
+    page_url text, referrer text, stored_fingerprint bigint";
 
 /// The target's indexes on `table` (the same columns as the migrations create).
 pub fn indexes(table: &str, with_time_index: bool) -> Vec<String> {
@@ -83,15 +83,11 @@ async fn measure_in(conn: &mut PgConnection, plan: &Plan, events: &[TargetEvent]
     for statement in &plan.setup {
         sqlx::query(statement.as_str()).execute(&mut *conn).await?;
     }
-    let payload = encode_copy_text(events);
+    // Encoded and sent as the writer sends a page (binary COPY, each row with its fingerprint).
+    let payload = encode_copy_binary(events);
     let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw(&format!(
-            "COPY {} (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer) FROM STDIN",
-            plan.table
-        ))
-        .await?;
-    if let Err(e) = copy.send(payload.as_bytes()).await {
+    let mut copy = conn.copy_in_raw(&format!("COPY {} ({BINARY_COPY_COLUMNS}) FROM STDIN (FORMAT binary)", plan.table)).await?;
+    if let Err(e) = copy.send(payload.as_slice()).await {
         let _ = copy.abort("tsmigrate: send failed").await;
         return Err(e);
     }
