@@ -68,6 +68,9 @@ pub struct Verdict {
     pub blockers: Vec<Blocker>,
 }
 
+/// How far ahead a growth trend is worth a day count in the headline (10 years).
+const TREND_IN_SIGHT_DAYS: f64 = 3650.0;
+
 fn fmt_count(n: f64) -> String {
     crate::human::count(n.round().max(0.0) as u64)
 }
@@ -250,8 +253,11 @@ pub fn verdict(m: &Measured, projection: Option<&Projection>, t: &AssessSettings
         ),
         Decision::NotYet | Decision::Plan => {
             let mut why = vec![format!("{} events/day (migrate above {})", fmt_count(volume), fmt_count(migrate_above))];
-            if let Some(days) = days_to_threshold {
-                why.push(format!("the trend reaches it in {} days", days.ceil()));
+            // A trend decades away is no plan: say it is not in sight rather than a day count.
+            match days_to_threshold {
+                Some(days) if days <= TREND_IN_SIGHT_DAYS => why.push(format!("the trend reaches it in {} days", fmt_count(days.ceil()))),
+                Some(_) => why.push("the trend does not reach it within 10 years".into()),
+                None => {}
             }
             format!("{}: {}", decision.as_str(), why.join(", "))
         }
