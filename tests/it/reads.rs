@@ -114,9 +114,17 @@ async fn both_sources_answer_alike(mode: &str) {
 
     // Relative windows resolve against the request's minute: both passes must share it.
     let (legacy, target) = 'attempt: {
-        for _ in 0..3 {
+        for _ in 0..5 {
             set_read_source(&env, "legacy", false).await;
             serving_from(&router, "legacy").await;
+            // Both passes must fall in one minute: on a busy machine they can take tens of
+            // seconds, so an attempt starts early in a minute (waiting for the next one if
+            // this one is well under way).
+            let into_minute = Utc::now() - minute_floor(Utc::now());
+            if into_minute > Span::seconds(15) {
+                let wait = Span::seconds(60) - into_minute + Span::milliseconds(100);
+                tokio::time::sleep(wait.to_std().unwrap_or_default()).await;
+            }
             let minute = minute_floor(Utc::now());
             let mut legacy = Vec::new();
             for q in &questions {
