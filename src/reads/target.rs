@@ -13,9 +13,10 @@ use sqlx::PgPool;
 
 use super::buckets::{bin_start, hours_nest, Pieces, BUCKET_ORIGIN_MS};
 use super::context::{ReadContext, Route};
+use super::control::{self, HourlyTable};
 use super::request::{AssetRow, DayAssetRow, EventFilter, GroupTotal, HourRow, RawSummary, ReadError, Summary, TimeRange, UserCount};
 use super::rules::{merge_max, popular_of, summarize, totals_of};
-use super::{control, sets};
+use super::sets;
 use crate::calendar::{day_start, hour_floor, local_day, next_hour};
 use crate::legacy::flush::UNKNOWN_ASSET_TYPE;
 use crate::store::user_sets::{AssetTally, Parts, Tally};
@@ -41,7 +42,7 @@ pub async fn horizon(ctx: &ReadContext) -> Result<Option<DateTime<Utc>>, ReadErr
 /// where both have an hour.
 pub async fn history_hours(ctx: &ReadContext, hours: TimeRange, raw_start: Option<DateTime<Utc>>, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
     let pool = ctx.target_pool()?;
-    let imported = control::history_hourly(pool, hours, filter);
+    let imported = control::hourly_rows(pool, HourlyTable::ImportedHistory, hours, filter);
     let retained = async {
         match TimeRange::new(hours.from, raw_start.map_or(hours.to, |start| start.min(hours.to))) {
             Some(older) => aggregate_hours(pool, older, filter).await,
@@ -53,18 +54,7 @@ pub async fn history_hours(ctx: &ReadContext, hours: TimeRange, raw_start: Optio
 }
 
 async fn aggregate_hours(pool: &PgPool, range: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
-    let rows: Vec<HourTuple> = sqlx::query_as(
-        "SELECT bucket, event_name, category, event_count, unique_users FROM analytics_hourly
-         WHERE bucket >= $1 AND bucket < $2 AND ($3::text IS NULL OR event_name = $3) AND ($4::text IS NULL OR category = $4)",
-    )
-    .bind(range.from)
-    .bind(range.to)
-    .bind(&filter.event_name)
-    .bind(&filter.category)
-    .fetch_all(pool)
-    .await
-    .map_err(pg)?;
-    Ok(hour_rows(rows))
+    Ok(hour_rows(control::hourly_rows(pool, HourlyTable::Aggregate, range, filter).await.map_err(pg)?))
 }
 
 /// Raw events of `range` grouped per hour (cut in the bucket time zone, like the aggregates).
