@@ -8,6 +8,15 @@
 //! `serde_json::Value` the row was written from. Fingerprint = the first 8 bytes
 //! (big-endian) of the MD5 of that text; a bucket's hash is the wrapping sum of its
 //! fingerprints. `validation/event_fingerprints.sql` is the same definition in SQL.
+//!
+//! The raw digest ([`raw_digest`]) is a cheaper, stricter sibling: a hash of the exact
+//! member bytes as Redis holds them, with the event time in milliseconds, that the writer
+//! stores with each row it parsed from a member (`analytics_events_ts.raw_digest`).
+//! Validation hashes Redis members per minute without parsing them and compares the sums
+//! with the stored ones; equal raw digests imply equal fingerprints (the row was parsed
+//! from those bytes and is unchanged since), while different ones prove nothing (key order,
+//! whitespace, number spelling): such a minute is compared by fingerprints, from parsed
+//! members, as before.
 
 use std::fmt::Write as _;
 
@@ -39,6 +48,35 @@ impl Fingerprinter {
 pub fn fingerprint_of(text: &str) -> u64 {
     let digest = Md5::digest(text.as_bytes());
     u64::from_be_bytes(digest[..8].try_into().expect("md5 digests are 16 bytes"))
+}
+
+/// The raw digest of a member (`analytics_events_ts.raw_digest`, as the signed `bigint`
+/// holding its 64 bits): rapidhash v3 (a portable hash whose output is fixed across versions
+/// and platforms, default secrets) of the time in milliseconds (8 bytes, big-endian; the
+/// score rounded as `TargetEvent::from_member` rounds it) followed by the member's exact bytes.
+/// Not a fingerprint: it says nothing about two members that differ only in spelling.
+#[derive(Debug, Default)]
+pub struct RawDigester {
+    buffer: Vec<u8>,
+}
+
+impl RawDigester {
+    pub fn digest(&mut self, member: &[u8], time_ms: i64) -> u64 {
+        self.buffer.clear();
+        self.buffer.extend_from_slice(&time_ms.to_be_bytes());
+        self.buffer.extend_from_slice(member);
+        rapidhash::v3::rapidhash_v3(&self.buffer)
+    }
+}
+
+/// [`RawDigester::digest`] without a reusable buffer.
+pub fn raw_digest(member: &[u8], time_ms: i64) -> u64 {
+    RawDigester::default().digest(member, time_ms)
+}
+
+/// The millisecond a score stands for (`TargetEvent::from_member` rounds the same way).
+pub fn score_ms(score: f64) -> i64 {
+    score.round() as i64
 }
 
 /// Writes the canonical text of `event` into `out` (cleared first).
@@ -207,6 +245,8 @@ mod tests {
     use chrono::{TimeZone, Utc};
     use serde_json::json;
 
+    const RAW_DIGEST_OF_EXAMPLE: u64 = 4_537_972_302_610_257_521;
+
     fn parsed(text: &str) -> Value {
         serde_json::from_str(text).unwrap()
     }
@@ -246,6 +286,20 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(jsonb_text(&parsed(input)), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn raw_digests_are_fixed_and_cover_the_time_and_every_byte() {
+        // Stored with each row: the value must never change (rapidhash v3, default secrets).
+        let member = br#"{"id":"0b7e8f6a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_name":"x","category":"y"}"#;
+        let digest = raw_digest(member, 1_700_000_000_123);
+        assert_eq!(digest, RAW_DIGEST_OF_EXAMPLE);
+        let mut digester = RawDigester::default();
+        assert_eq!(digester.digest(member, 1_700_000_000_123), digest);
+        assert_ne!(digester.digest(member, 1_700_000_000_124), digest);
+        let reordered = br#"{"event_name":"x","id":"0b7e8f6a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","category":"y"}"#;
+        assert_ne!(digester.digest(reordered, 1_700_000_000_123), digest, "another spelling is another member");
+        assert_eq!((score_ms(1_700_000_000_122.5), score_ms(1_700_000_000_122.49)), (1_700_000_000_123, 1_700_000_000_122));
     }
 
     #[test]

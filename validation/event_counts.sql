@@ -4,7 +4,9 @@
 -- (epoch ms / 60000) is computed once per group.
 SELECT (extract(epoch FROM m) / 60)::bigint AS minute,
        count(*) AS events,
-       '0' AS fingerprint_sum
+       '0' AS fingerprint_sum,
+       0::bigint AS raw_events,
+       '0' AS raw_sum
 FROM (
     SELECT date_trunc('minute', (time + interval '500 microseconds') AT TIME ZONE 'UTC') AS m
     FROM analytics_events_ts

@@ -49,6 +49,13 @@ pub async fn per_minute(pool: &sqlx::PgPool, from_ms: i64, to_ms: i64) -> sqlx::
     Ok(rows.into_iter().map(|(m, n)| (m, n as u64)).collect())
 }
 
+/// The raw bytes and scores of the dead letters recorded with a score in `[low, high)`:
+/// validation's raw-digest comparison counts them with the target's rows (a member that is
+/// not an event has no row), after parsing each again.
+pub async fn members_scored(pool: &sqlx::PgPool, low: f64, high: f64) -> sqlx::Result<Vec<(Vec<u8>, f64)>> {
+    sqlx::query_as("SELECT raw, score FROM tsmigrate.dead_letter WHERE score >= $1 AND score < $2").bind(low).bind(high).fetch_all(pool).await
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeadLetterCount {
     pub reason_code: String,

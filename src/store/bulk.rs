@@ -76,27 +76,50 @@ impl Fingerprints {
         self.0.fingerprint(event) as i64
     }
 
-    pub fn all(&mut self, events: &[TargetEvent]) -> Vec<i64> {
-        events.iter().map(|e| self.of(e)).collect()
+    pub fn all<'e>(&mut self, events: impl IntoIterator<Item = &'e TargetEvent>) -> Vec<i64> {
+        events.into_iter().map(|e| self.of(e)).collect()
+    }
+}
+
+/// A row to write: an event, and the raw digest of the member it was parsed from
+/// (`fingerprint::raw_digest`, stored in `analytics_events_ts.raw_digest`; `None` for an
+/// event that did not come from a member as the writer received it: stored NULL, and
+/// validation compares its minute by fingerprints).
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    pub event: &'a TargetEvent,
+    pub raw_digest: Option<i64>,
+}
+
+impl<'a> Row<'a> {
+    /// `events[i]` with `raw_digests[i]` (`None` past its end).
+    pub fn all(events: &'a [TargetEvent], raw_digests: &[Option<i64>]) -> Vec<Row<'a>> {
+        events.iter().enumerate().map(|(i, event)| Row { event, raw_digest: raw_digests.get(i).copied().flatten() }).collect()
+    }
+
+    /// Events written without a raw digest.
+    pub fn without_raw_digests(events: &'a [TargetEvent]) -> Vec<Row<'a>> {
+        Self::all(events, &[])
     }
 }
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// The `COPY … (FORMAT binary)` payload of `events`, each row with its stored fingerprint,
-/// in the column order of [`BINARY_COPY_COLUMNS`]. Less work for the server than the text
-/// format: times, ids and fingerprints arrive as their binary values and text needs no
+/// The `COPY … (FORMAT binary)` payload of `rows`, each with its stored fingerprint and raw
+/// digest, in the column order of [`BINARY_COPY_COLUMNS`]. Less work for the server than the
+/// text format: times, ids and fingerprints arrive as their binary values and text needs no
 /// unescaping (jsonb still arrives as its text, after the format's version byte).
-pub fn encode_copy_binary(events: &[TargetEvent]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(events.len() * 400 + 21);
+pub fn encode_copy_binary(rows: &[Row<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * 400 + 21);
     out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     out.extend_from_slice(&0i32.to_be_bytes()); // flags
     out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
     let mut fingerprints = Fingerprints::default();
     let mut json = Vec::with_capacity(512);
-    for e in events {
-        out.extend_from_slice(&11i16.to_be_bytes());
+    for row in rows {
+        let e = row.event;
+        out.extend_from_slice(&12i16.to_be_bytes());
         field(&mut out, Some(&(e.time.timestamp_micros() - POSTGRES_EPOCH_MICROS).to_be_bytes()));
         field(&mut out, Some(e.event_id.as_bytes()));
         field(&mut out, Some(e.event_name.as_bytes()));
@@ -112,6 +135,7 @@ pub fn encode_copy_binary(events: &[TargetEvent]) -> Vec<u8> {
         field(&mut out, e.page_url.as_deref().map(str::as_bytes));
         field(&mut out, e.referrer.as_deref().map(str::as_bytes));
         field(&mut out, Some(&fingerprints.of(e).to_be_bytes()));
+        field(&mut out, row.raw_digest.map(i64::to_be_bytes).as_ref().map(|b| b.as_slice()));
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     out
@@ -119,7 +143,7 @@ pub fn encode_copy_binary(events: &[TargetEvent]) -> Vec<u8> {
 
 /// The columns [`encode_copy_binary`] writes, in order.
 pub const BINARY_COPY_COLUMNS: &str =
-    "time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint";
+    "time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint, raw_digest";
 
 /// One field of a binary COPY row: its length and bytes, or -1 for NULL.
 fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {

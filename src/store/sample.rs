@@ -8,13 +8,13 @@ use std::time::Instant;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use super::bulk::{encode_copy_binary, BINARY_COPY_COLUMNS};
+use super::bulk::{encode_copy_binary, Row, BINARY_COPY_COLUMNS};
 use crate::event::TargetEvent;
 
 /// The target's columns (`sql/*/0*_events_*.sql`), for the sample table.
 pub const COLUMNS: &str = "time timestamptz NOT NULL, event_id uuid NOT NULL, event_name text NOT NULL, category text NOT NULL,
     user_id text, session_id text, properties jsonb NOT NULL DEFAULT '{}', device_info jsonb NOT NULL DEFAULT '{}',
-    page_url text, referrer text, stored_fingerprint bigint";
+    page_url text, referrer text, stored_fingerprint bigint, raw_digest bigint";
 
 /// The target's indexes on `table` (the same columns as the migrations create).
 pub fn indexes(table: &str, with_time_index: bool) -> Vec<String> {
@@ -83,8 +83,9 @@ async fn measure_in(conn: &mut PgConnection, plan: &Plan, events: &[TargetEvent]
     for statement in &plan.setup {
         sqlx::query(statement.as_str()).execute(&mut *conn).await?;
     }
-    // Encoded and sent as the writer sends a page (binary COPY, each row with its fingerprint).
-    let payload = encode_copy_binary(events);
+    // Encoded and sent as the writer sends a page (binary COPY, each row with its fingerprint;
+    // the raw digest, 8 bytes a row, is left NULL: the sample's members are not kept).
+    let payload = encode_copy_binary(&Row::without_raw_digests(events));
     let started = Instant::now();
     let mut copy = conn.copy_in_raw(&format!("COPY {} ({BINARY_COPY_COLUMNS}) FROM STDIN (FORMAT binary)", plan.table)).await?;
     if let Err(e) = copy.send(payload.as_slice()).await {

@@ -22,10 +22,12 @@ use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use super::bulk::Row;
 use super::write_error::{classify, server_message, WriteErrorKind};
 use super::StorageMode;
 use crate::event::changed_fields;
 use crate::event::{DeadLetterReason, TargetEvent};
+use crate::fingerprint::RawDigester;
 use crate::ledger::dead_letter::{self, DeadLetter};
 
 const UNIQUE_VIOLATION: &str = "23505";
@@ -47,19 +49,34 @@ pub struct WriteOutcome {
     pub already_present: u64,
 }
 
-/// Members parsed into events, each event with the member it came from (for a dead letter).
+/// Members parsed into events, each event with the member it came from (for a dead letter)
+/// and that member's raw digest (stored with the row).
 #[derive(Debug, Default)]
 pub struct ParsedPage {
     pub events: Vec<TargetEvent>,
     /// The member bytes and score of `events[i]`.
     origins: Vec<(Vec<u8>, Option<f64>)>,
+    /// `fingerprint::raw_digest` of `events[i]`'s member at its time.
+    raw_digests: Vec<Option<i64>>,
+    digester: RawDigester,
     /// Members that are not events.
     pub dead: Vec<DeadLetter>,
 }
 
 impl ParsedPage {
     pub fn with_capacity(n: usize) -> Self {
-        ParsedPage { events: Vec::with_capacity(n), origins: Vec::with_capacity(n), dead: Vec::new() }
+        ParsedPage {
+            events: Vec::with_capacity(n),
+            origins: Vec::with_capacity(n),
+            raw_digests: Vec::with_capacity(n),
+            digester: RawDigester::default(),
+            dead: Vec::new(),
+        }
+    }
+
+    /// The rows to write: each event with its member's raw digest.
+    pub fn rows(&self) -> Vec<Row<'_>> {
+        Row::all(&self.events, &self.raw_digests)
     }
 
     /// Parses one member; `score` is `None` when its source carried none (a broken outbox entry).
@@ -70,6 +87,7 @@ impl ParsedPage {
         };
         match parsed {
             Ok(event) => {
+                self.raw_digests.push(Some(self.digester.digest(&member, event.time_ms()) as i64));
                 self.events.push(event);
                 self.origins.push((member, score));
             }
@@ -258,9 +276,10 @@ impl TargetWriter {
     /// become dead letters, and the page is done either way. Returns an error only when
     /// the write should be retried as a whole ([`WriteErrorKind::Connection`]).
     pub async fn write_page(&self, conn: &mut PgConnection, page: &ParsedPage, source: &str, method: Method) -> sqlx::Result<PageOutcome> {
+        let rows = page.rows();
         let written = match method {
-            Method::Insert => self.insert_isolating(conn, &page.events).await?,
-            Method::Copy => self.copy_isolating(conn, &page.events).await?,
+            Method::Insert => self.insert_isolating(conn, &rows).await?,
+            Method::Copy => self.copy_isolating(conn, &rows).await?,
         };
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut refused = HashSet::new();
@@ -292,20 +311,20 @@ impl TargetWriter {
         })
     }
 
-    /// Inserts rows that are not there yet. Returns how many were new.
+    /// Inserts rows that are not there yet (without raw digests). Returns how many were new.
     pub async fn insert(&self, conn: &mut PgConnection, events: &[TargetEvent]) -> sqlx::Result<WriteOutcome> {
-        let inserted = insert_reporting(conn, events).await?.rows;
+        let inserted = insert_reporting(conn, &Row::without_raw_digests(events)).await?.rows;
         Ok(WriteOutcome { inserted, already_present: events.len() as u64 - inserted })
     }
 
-    /// Writes a page with `COPY` inside the caller's transaction; falls back to `insert`
-    /// when some rows are already present.
+    /// Writes a page with `COPY` inside the caller's transaction (without raw digests); falls
+    /// back to `insert` when some rows are already present.
     pub async fn copy(&self, conn: &mut PgConnection, events: &[TargetEvent]) -> sqlx::Result<WriteOutcome> {
         if events.is_empty() {
             return Ok(WriteOutcome::default());
         }
         sqlx::query("SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
-        match copy_raw(conn, super::bulk::encode_copy_binary(events)).await {
+        match copy_raw(conn, super::bulk::encode_copy_binary(&Row::without_raw_digests(events))).await {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
                 Ok(WriteOutcome { inserted: rows, already_present: 0 })
@@ -318,11 +337,11 @@ impl TargetWriter {
         }
     }
 
-    async fn insert_isolating(&self, conn: &mut PgConnection, events: &[TargetEvent]) -> sqlx::Result<Written> {
-        if events.is_empty() {
+    async fn insert_isolating(&self, conn: &mut PgConnection, rows: &[Row<'_>]) -> sqlx::Result<Written> {
+        if rows.is_empty() {
             return Ok(Written::default());
         }
-        let isolated = isolate(conn, events, |conn, chunk| Box::pin(insert_reporting(conn, chunk))).await?;
+        let isolated = isolate(conn, rows, |conn, chunk| Box::pin(insert_reporting(conn, chunk))).await?;
         let mut written = Written { rejected: isolated.rejected, ..Written::default() };
         for part in isolated.written {
             written.inserted += part.rows;
@@ -333,12 +352,12 @@ impl TargetWriter {
 
     /// `COPY` under a savepoint; on a collision (or a row the server refuses) the page goes
     /// through [`Self::insert_isolating`] instead.
-    async fn copy_isolating(&self, conn: &mut PgConnection, events: &[TargetEvent]) -> sqlx::Result<Written> {
-        if events.is_empty() {
+    async fn copy_isolating(&self, conn: &mut PgConnection, rows: &[Row<'_>]) -> sqlx::Result<Written> {
+        if rows.is_empty() {
             return Ok(Written::default());
         }
         sqlx::query("SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
-        match copy_raw(conn, super::bulk::encode_copy_binary(events)).await {
+        match copy_raw(conn, super::bulk::encode_copy_binary(rows)).await {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
                 Ok(Written { inserted: rows, ..Written::default() })
@@ -346,7 +365,7 @@ impl TargetWriter {
             Err(e) if is_code(&e, UNIQUE_VIOLATION) || classify(&e) == WriteErrorKind::Data => {
                 sqlx::query("ROLLBACK TO SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
                 sqlx::query("RELEASE SAVEPOINT tsmigrate_copy").execute(&mut *conn).await?;
-                self.insert_isolating(conn, events).await
+                self.insert_isolating(conn, rows).await
             }
             Err(e) => Err(e),
         }
@@ -416,20 +435,21 @@ struct Inserted {
 /// The `INSERT … ON CONFLICT DO NOTHING`, reporting the rows it inserted and the skipped
 /// keys worth comparing (see [`Inserted::skipped`]); the comparison itself is
 /// [`conflicts`], with the validation tolerance rules.
-async fn insert_reporting(conn: &mut PgConnection, events: &[TargetEvent]) -> sqlx::Result<Inserted> {
-    if events.is_empty() {
+async fn insert_reporting(conn: &mut PgConnection, rows: &[Row<'_>]) -> sqlx::Result<Inserted> {
+    if rows.is_empty() {
         return Ok(Inserted::default());
     }
     // (rows inserted, skipped ids, their times); the arrays are NULL when nothing was skipped.
     type Reply = (i64, Option<Vec<Uuid>>, Option<Vec<DateTime<Utc>>>);
+    let events: Vec<&TargetEvent> = rows.iter().map(|r| r.event).collect();
     let (rows, ids, times): Reply = sqlx::query_as(
         "WITH input AS (
             SELECT * FROM UNNEST($1::timestamptz[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                 $7::jsonb[], $8::jsonb[], $9::text[], $10::text[], $11::bigint[])
-                AS i (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint)
+                                 $7::jsonb[], $8::jsonb[], $9::text[], $10::text[], $11::bigint[], $12::bigint[])
+                AS i (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint, raw_digest)
          ), inserted AS (
             INSERT INTO analytics_events_ts
-                (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint)
+                (time, event_id, event_name, category, user_id, session_id, properties, device_info, page_url, referrer, stored_fingerprint, raw_digest)
             SELECT * FROM input
             ON CONFLICT DO NOTHING
             RETURNING event_id, time
@@ -452,7 +472,8 @@ async fn insert_reporting(conn: &mut PgConnection, events: &[TargetEvent]) -> sq
     .bind(events.iter().map(|e| &e.device_info).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.page_url.as_deref()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.referrer.as_deref()).collect::<Vec<_>>())
-    .bind(super::bulk::Fingerprints::default().all(events))
+    .bind(super::bulk::Fingerprints::default().all(events.iter().copied()))
+    .bind(rows.iter().map(|r| r.raw_digest).collect::<Vec<_>>())
     .fetch_one(conn)
     .await?;
     let skipped = ids.unwrap_or_default().into_iter().zip(times.unwrap_or_default()).map(|(id, time)| (id, time.timestamp_millis())).collect();

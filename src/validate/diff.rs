@@ -115,6 +115,44 @@ pub fn differing_minutes(redis: &MinuteSummaries, target: &MinuteSummaries) -> V
     minutes
 }
 
+/// Which minutes the raw digests settle, and which must be compared by parsing Redis's members.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RawVerdict {
+    /// Redis holds exactly the members the target's rows of the minute were written from,
+    /// and the recorded dead letters of the minute: the minute is the same on both sides.
+    pub settled: Vec<i64>,
+    /// Anything else: compared by fingerprints, from parsed members, as without raw digests.
+    pub to_parse: Vec<i64>,
+}
+
+/// Settles minutes by raw digests (`fingerprint::raw_digest`). `redis_raw`: every member of
+/// a minute in Redis (count, sum of raw digests); `target`: every row (count); `target_raw`:
+/// the rows that carry a raw digest (count, sum); `dead_raw`: the recorded dead letters that
+/// still are not events (count, sum of their raw digests). A minute is settled when every
+/// row carries a raw digest and Redis's members are exactly those rows' members plus those
+/// dead letters (same count, same sum): parsing them would give exactly these rows, each
+/// with the fingerprint stored with it, and these dead letters. Any other minute — a
+/// member missing, extra or spelled otherwise, a row written without a raw digest or
+/// changed since — is left to the fingerprints, which decide whether it differs.
+pub fn settle_by_raw_digests(redis_raw: &MinuteSummaries, target: &MinuteSummaries, target_raw: &MinuteSummaries, dead_raw: &MinuteSummaries) -> RawVerdict {
+    let empty = Summary::default();
+    let mut minutes: Vec<i64> = redis_raw.keys().chain(target.keys()).copied().collect();
+    minutes.sort_unstable();
+    minutes.dedup();
+    let mut verdict = RawVerdict::default();
+    for minute in minutes {
+        let (r, t) = (redis_raw.get(&minute).unwrap_or(&empty), target.get(&minute).unwrap_or(&empty));
+        let (tr, d) = (target_raw.get(&minute).unwrap_or(&empty), dead_raw.get(&minute).unwrap_or(&empty));
+        let settled = tr.count == t.count && r.count == t.count + d.count && r.hash == tr.hash.wrapping_add(d.hash);
+        if settled {
+            verdict.settled.push(minute);
+        } else {
+            verdict.to_parse.push(minute);
+        }
+    }
+    verdict
+}
+
 /// Groups sorted minutes into contiguous `[from_ms, to_ms)` ranges (fewer queries).
 pub fn minute_ranges(minutes: &[i64]) -> Vec<(i64, i64)> {
     let mut ranges: Vec<(i64, i64)> = Vec::new();
@@ -380,6 +418,24 @@ mod tests {
 
     fn minutes(entries: &[(i64, u64, u64)]) -> MinuteSummaries {
         entries.iter().map(|(m, c, h)| (*m, Summary { count: *c, hash: *h })).collect()
+    }
+
+    #[test]
+    fn raw_digests_settle_only_minutes_whose_members_are_exactly_the_rows_and_dead_letters() {
+        // Redis per minute (count, raw sum); the target's rows (count) and those with a raw digest.
+        let redis = minutes(&[(1, 2, 30), (2, 3, 31), (3, 2, 30), (4, 2, 30), (5, 1, 9), (7, 2, 30)]);
+        let target = minutes(&[(1, 2, 0), (2, 2, 0), (3, 2, 0), (4, 2, 0), (6, 1, 0), (7, 2, 0)]);
+        let target_raw = minutes(&[(1, 2, 30), (2, 2, 30), (3, 1, 20), (4, 2, 29), (6, 1, 5), (7, 2, 21)]);
+        // Minute 2 holds a recorded dead letter (digest 1); minute 5 one that Redis lost; minute 7
+        // one whose count matches but not its digest.
+        let dead = minutes(&[(2, 1, 1), (5, 1, 8), (7, 0, 0)]);
+        let verdict = settle_by_raw_digests(&redis, &target, &target_raw, &dead);
+        // 3: a row without a raw digest; 4: another spelling; 5: Redis's member is not the
+        // dead letter recorded; 6: Redis lacks the row; 7: sums differ.
+        assert_eq!(verdict, RawVerdict { settled: vec![1, 2], to_parse: vec![3, 4, 5, 6, 7] });
+        // Sums wrap like every hash here.
+        let wrapped = settle_by_raw_digests(&minutes(&[(1, 2, 1)]), &minutes(&[(1, 1, 0)]), &minutes(&[(1, 1, u64::MAX)]), &minutes(&[(1, 1, 2)]));
+        assert_eq!(wrapped.settled, vec![1]);
     }
 
     #[test]

@@ -190,6 +190,36 @@ struct Sides {
     dead_minutes: Option<Vec<(i64, u64)>>,
 }
 
+/// Events depth: Redis's side per minute by fingerprints, from the raw digests of every
+/// member and the fingerprints of the members of the minutes those do not settle
+/// (`diff::settle_by_raw_digests`). A settled minute holds exactly the target's rows
+/// (their count and fingerprints) and its recorded dead letters; the others are parsed.
+/// Returns the side and how long parsing took (wall), with how many minutes it parsed.
+async fn redis_by_fingerprints(
+    raw: redis_side::RedisEvents,
+    target: &target_side::TargetMinutes,
+    dead: target_side::DeadLetterDigests,
+    (redis, key): (&RedisConn, &str),
+    now_ms: i64,
+) -> anyhow::Result<(redis_side::RedisEvents, u64, usize)> {
+    let verdict = diff::settle_by_raw_digests(&raw.minutes, &target.rows, &target.raw, &dead.minutes);
+    let clock = Instant::now();
+    let parsed = redis_side::summarize_ranges(redis, key, &diff::minute_ranges(&verdict.to_parse), now_ms, redis_side::Pass::Fingerprints).await?;
+    let parsing = clock.elapsed().as_millis() as u64;
+    let mut found = redis_side::RedisEvents { read_micros: raw.read_micros, ..Default::default() };
+    for minute in &verdict.settled {
+        if let Some(rows) = target.rows.get(minute).filter(|rows| rows.count > 0) {
+            found.minutes.insert(*minute, *rows);
+            found.events += rows.count;
+        }
+        for (code, n) in dead.reasons.get(minute).into_iter().flatten() {
+            *found.dead_letters.entry(code.clone()).or_default() += n;
+        }
+    }
+    found.merge(parsed);
+    Ok((found, parsing, verdict.to_parse.len()))
+}
+
 type Collected = (Sides, AggregateCheck<HourlyKey>, AggregateCheck<AssetKey>, Option<RefreshOutcome>, BTreeMap<&'static str, u64>);
 
 /// Runs the three collectors at once: Redis, the target's events, the aggregates.
@@ -214,9 +244,9 @@ async fn collect(
                 // Seen from any terminal by `tsmigrate status`.
                 let total = redis_side::count(&mut redis.clone(), key, from_ms, to_ms).await?;
                 let reporter = progress::Reporter::start(pool, "validate", "events", (&options.command_line, Rerun::StartsOver), 0, Some(total)).await;
-                let summarized = redis_side::summarize(redis, key, from_ms, to_ms, now_ms, reporter.counter()).await;
+                let summarized = redis_side::summarize(redis, key, (from_ms, to_ms), now_ms, reporter.counter(), redis_side::Pass::RawDigests).await;
                 reporter.finish(pool, "validate").await;
-                RedisSide::Events(summarized?)
+                RedisSide::Raw(summarized?)
             }
             Depth::Counts => RedisSide::Counts(redis_side::count_hours(&mut redis.clone(), key, &starts, to_ms).await?),
         };
@@ -224,10 +254,21 @@ async fn collect(
     };
     let target_collect = async {
         let clock = Instant::now();
-        let minutes = target_side::summarize(pool, window.from, window.to, options.depth == Depth::Counts).await?;
-        let dead = match options.depth {
-            Depth::Counts => Some(target_side::dead_letter_minutes(pool, from_ms, to_ms).await?),
-            Depth::Events => None,
+        let (minutes, dead) = match options.depth {
+            Depth::Counts => {
+                let (minutes, dead) = tokio::try_join!(
+                    target_side::summarize(pool, window.from, window.to, true),
+                    target_side::dead_letter_minutes(pool, from_ms, to_ms)
+                )?;
+                (minutes, Dead::Counted(dead))
+            }
+            Depth::Events => {
+                let (minutes, dead) = tokio::try_join!(
+                    target_side::summarize(pool, window.from, window.to, false),
+                    target_side::dead_letter_digests(pool, from_ms, to_ms, now_ms)
+                )?;
+                (minutes, Dead::Digested(dead))
+            }
         };
         anyhow::Ok((minutes, dead, timed("target", clock)))
     };
@@ -243,13 +284,21 @@ async fn collect(
         };
         anyhow::Ok((checks, timed("aggregates", clock)))
     };
-    let ((redis_side, t1), (target, dead_minutes, t2), ((hourly, assets, refresh), t3)) = tokio::try_join!(redis_collect, target_collect, aggregate_collect)?;
+    let ((redis_side, t1), (target, dead, t2), ((hourly, assets, refresh), t3)) = tokio::try_join!(redis_collect, target_collect, aggregate_collect)?;
     let mut timings = BTreeMap::from([t1, t2, t3]);
-    if let RedisSide::Events(found) = &redis_side {
-        // Summed over the readers and the parsing threads.
-        timings.extend([("redis_read", found.read_micros / 1000), ("redis_parse", found.parse_micros / 1000)]);
-    }
-    let sides = Sides { redis: redis_side, target, dead_minutes: dead_minutes.map(|d| d.into_iter().collect()) };
+    let (redis_side, dead_minutes) = match (redis_side, dead) {
+        (RedisSide::Raw(raw), Dead::Digested(dead)) => {
+            // Summed over the readers and the hashing/parsing threads.
+            timings.extend([("redis_read", raw.read_micros / 1000), ("redis_hash", raw.parse_micros / 1000)]);
+            let (found, parsing, parsed_minutes) = redis_by_fingerprints(raw, &target, dead, (redis, key), now_ms).await?;
+            tracing::info!(parsed_minutes, parsing_ms = parsing, "minutes the raw digests did not settle were compared by parsing Redis's members");
+            timings.extend([("redis_parse", found.parse_micros / 1000), ("reparse", parsing)]);
+            (RedisSide::Events(found), None)
+        }
+        (side, Dead::Counted(dead)) => (side, Some(dead.into_iter().collect())),
+        (side, Dead::Digested(_)) => (side, None),
+    };
+    let sides = Sides { redis: redis_side, target: target.rows, dead_minutes };
     Ok((sides, hourly, assets, refresh, timings))
 }
 
@@ -281,6 +330,7 @@ async fn compare_events(
             return Ok(None);
         }
         RedisSide::Events(found) => found,
+        RedisSide::Raw(_) => anyhow::bail!("the Redis side was not compared by fingerprints"),
     };
     let redis_hours = diff::roll_up(&found.minutes, &starts, to_ms);
     events.redis_events = found.events;
@@ -310,8 +360,17 @@ fn counted_hours(zcounts: &[u64], dead_minutes: &[(i64, u64)], starts: &[i64], t
 }
 
 enum RedisSide {
+    /// Every member's raw digest per minute (before `redis_by_fingerprints`).
+    Raw(redis_side::RedisEvents),
     Events(redis_side::RedisEvents),
     Counts(Vec<u64>),
+}
+
+/// The dead letters recorded in the window: per minute (counts depth), or with their raw
+/// digests (events depth).
+enum Dead {
+    Counted(HashMap<i64, u64>),
+    Digested(target_side::DeadLetterDigests),
 }
 
 fn listed<T>(items: Vec<T>, limit: usize) -> Listed<T> {

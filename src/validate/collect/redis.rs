@@ -1,7 +1,9 @@
-//! The Redis side: the members of the events sorted set, read in pages by score, parsed
-//! with [`TargetEvent::from_member`] (the function every path into the target uses) and
-//! fingerprinted on the blocking pool, so that parsing runs on every core while the next
-//! page is read. Nothing but per-minute summaries is kept.
+//! The Redis side: the members of the events sorted set, read in pages by score and
+//! summarized per minute on the blocking pool, so that the work runs on every core while the
+//! next page is read. Nothing but per-minute summaries is kept. Two passes ([`Pass`]): every
+//! member's raw digest (its bytes hashed, not parsed), then, for the minutes the raw digests
+//! do not settle, every member parsed with [`TargetEvent::from_member`] (the function every
+//! path into the target uses) and fingerprinted.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use crate::connect::RedisConn;
 
 use crate::event::TargetEvent;
+use crate::fingerprint::{score_ms, RawDigester};
 use crate::legacy::reader::{read_page_before, ScoreCursor};
 use crate::validate::diff::{merge_minutes, minute_of, EventDigest, MinuteSummaries, MINUTE_MS};
 use crate::validate::fingerprint::Fingerprinter;
@@ -21,22 +24,35 @@ const IN_FLIGHT: usize = 2;
 /// Parts of the window read concurrently (each on its own connection's pipeline).
 const READERS: i64 = 2;
 
-/// What Redis holds in the window.
+/// What a pass computes of each member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Its raw digest (`fingerprint::raw_digest`), from its bytes and score: no parsing.
+    RawDigests,
+    /// Its fingerprint, from the event it parses into (members that are not events are
+    /// counted as dead letters).
+    Fingerprints,
+}
+
+/// What Redis holds in the window (or in some of its minutes).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RedisEvents {
+    /// Per minute: count and hash (the sum of fingerprints; of raw digests in
+    /// [`Pass::RawDigests`], where every member counts).
     pub minutes: MinuteSummaries,
-    /// Valid events.
+    /// Valid events ([`Pass::RawDigests`]: members).
     pub events: u64,
     /// Members that are not valid events, by reason code (dead letters; not differences).
     pub dead_letters: BTreeMap<String, u64>,
     /// Where the time went, summed over the readers and parsing threads: waiting for Redis's
-    /// pages, and parsing and fingerprinting members (microseconds).
+    /// pages, and parsing and fingerprinting members (hashing them, [`Pass::RawDigests`])
+    /// (microseconds).
     pub read_micros: u64,
     pub parse_micros: u64,
 }
 
 impl RedisEvents {
-    fn merge(&mut self, other: RedisEvents) {
+    pub fn merge(&mut self, other: RedisEvents) {
         merge_minutes(&mut self.minutes, other.minutes);
         self.events += other.events;
         self.read_micros += other.read_micros;
@@ -63,17 +79,17 @@ fn score_bounds(from_ms: i64, to_ms: i64) -> (f64, f64) {
     (from_ms as f64 - 0.5, to_ms as f64 - 0.5)
 }
 
-/// Count and hash per minute of every valid event in `[from_ms, to_ms)`; `read` counts the
-/// members read so far (progress).
+/// Count and hash per minute of every member (`pass`) in `[from_ms, to_ms)`; `read` counts
+/// the members read so far (progress).
 #[tracing::instrument(skip(redis, read), err)]
-pub async fn summarize(redis: &RedisConn, key: &str, from_ms: i64, to_ms: i64, now_ms: i64, read: Arc<AtomicU64>) -> anyhow::Result<RedisEvents> {
+pub async fn summarize(redis: &RedisConn, key: &str, (from_ms, to_ms): (i64, i64), now_ms: i64, read: Arc<AtomicU64>, pass: Pass) -> anyhow::Result<RedisEvents> {
     let minutes = (to_ms - from_ms).div_euclid(MINUTE_MS);
     let step = (minutes / READERS).max(1) * MINUTE_MS;
     let mut parts = Vec::new();
     let mut start = from_ms;
     while start < to_ms {
         let end = if parts.len() as i64 + 1 >= READERS { to_ms } else { (start + step).min(to_ms) };
-        parts.push(summarize_part(redis.clone(), key.to_string(), start, end, now_ms, read.clone()));
+        parts.push(summarize_part(redis.clone(), key.to_string(), start, end, now_ms, read.clone(), pass));
         start = end;
     }
     let mut total = RedisEvents::default();
@@ -83,7 +99,24 @@ pub async fn summarize(redis: &RedisConn, key: &str, from_ms: i64, to_ms: i64, n
     Ok(total)
 }
 
-async fn summarize_part(mut redis: RedisConn, key: String, from_ms: i64, to_ms: i64, now_ms: i64, read: Arc<AtomicU64>) -> anyhow::Result<RedisEvents> {
+/// [`summarize`] over several `[from_ms, to_ms)` ranges (the minutes a pass must look at),
+/// [`READERS`] of them at a time.
+pub async fn summarize_ranges(redis: &RedisConn, key: &str, ranges: &[(i64, i64)], now_ms: i64, pass: Pass) -> anyhow::Result<RedisEvents> {
+    use futures::{StreamExt, TryStreamExt};
+    let read = Arc::new(AtomicU64::new(0));
+    let parts: Vec<RedisEvents> = futures::stream::iter(ranges.iter().copied())
+        .map(|(from, to)| summarize_part(redis.clone(), key.to_string(), from, to, now_ms, read.clone(), pass))
+        .buffer_unordered(READERS as usize)
+        .try_collect()
+        .await?;
+    let mut total = RedisEvents::default();
+    for part in parts {
+        total.merge(part);
+    }
+    Ok(total)
+}
+
+async fn summarize_part(mut redis: RedisConn, key: String, from_ms: i64, to_ms: i64, now_ms: i64, read: Arc<AtomicU64>, pass: Pass) -> anyhow::Result<RedisEvents> {
     let (low, high) = score_bounds(from_ms, to_ms);
     let mut cursor = ScoreCursor::at(low);
     let mut pending = VecDeque::new();
@@ -96,7 +129,10 @@ async fn summarize_part(mut redis: RedisConn, key: String, from_ms: i64, to_ms: 
         cursor = cursor.after(&page);
         read.fetch_add(page.len() as u64, Ordering::Relaxed);
         if !page.is_empty() {
-            pending.push_back(tokio::task::spawn_blocking(move || summarize_page(page, now_ms)));
+            pending.push_back(tokio::task::spawn_blocking(move || match pass {
+                Pass::RawDigests => digest_page(page),
+                Pass::Fingerprints => summarize_page(page, now_ms),
+            }));
         }
         while pending.len() > IN_FLIGHT || (last && !pending.is_empty()) {
             total.merge(pending.pop_front().expect("non-empty").await?);
@@ -105,6 +141,19 @@ async fn summarize_part(mut redis: RedisConn, key: String, from_ms: i64, to_ms: 
             return Ok(total);
         }
     }
+}
+
+/// Every member's raw digest per minute, its bytes hashed as Redis sent them.
+fn digest_page(page: Vec<(Vec<u8>, f64)>) -> RedisEvents {
+    let hashing = std::time::Instant::now();
+    let mut digester = RawDigester::default();
+    let mut out = RedisEvents { events: page.len() as u64, ..Default::default() };
+    for (member, score) in page {
+        let ms = score_ms(score);
+        out.minutes.entry(minute_of(ms)).or_default().add(digester.digest(&member, ms));
+    }
+    out.parse_micros = hashing.elapsed().as_micros() as u64;
+    out
 }
 
 fn summarize_page(page: Vec<(Vec<u8>, f64)>, now_ms: i64) -> RedisEvents {
@@ -192,6 +241,12 @@ mod tests {
         assert_eq!(out.events, 2);
         assert_eq!(out.minutes.len(), 2);
         assert_eq!(out.dead_letters.get("not_json"), Some(&1));
+        let page = vec![(b"a".to_vec(), 1_700_000_000_000.0), (b"b".to_vec(), 1_700_000_000_001.0), (b"nope".to_vec(), 1_700_000_061_000.0)];
+        let raw = digest_page(page);
+        assert_eq!((raw.events, raw.minutes.len()), (3, 2), "every member counts, dead letters too");
+        let first = raw.minutes[&minute_of(1_700_000_000_000)];
+        let expected = crate::fingerprint::raw_digest(b"a", 1_700_000_000_000).wrapping_add(crate::fingerprint::raw_digest(b"b", 1_700_000_000_001));
+        assert_eq!(first, crate::validate::diff::Summary { count: 2, hash: expected });
         // Scores round to the millisecond like event times: x.5 belongs to the next ms.
         assert_eq!(score_bounds(1000, 2000), (999.5, 1999.5));
     }

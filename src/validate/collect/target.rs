@@ -2,7 +2,7 @@
 //! time slices, so the server uses more than one core), and, for the minutes that
 //! differ, the events themselves.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::sql;
 use crate::event::TargetEvent;
-use crate::validate::diff::{merge_minutes, EventDigest, MinuteSummaries, Summary};
+use crate::fingerprint::{score_ms, RawDigester};
+use crate::validate::diff::{merge_minutes, minute_of, EventDigest, MinuteSummaries, Summary};
 
 /// Time slices of the window summarized by separate queries, and how many run at once.
 const SLICES: i32 = 8;
@@ -23,9 +24,17 @@ pub fn wrap_sum(text: &str) -> anyhow::Result<u64> {
     Ok(sum.rem_euclid(1i128 << 64) as u64)
 }
 
+/// The target's events per minute: every row (count, sum of fingerprints), and the rows
+/// that carry a raw digest (count, sum of raw digests).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TargetMinutes {
+    pub rows: MinuteSummaries,
+    pub raw: MinuteSummaries,
+}
+
 /// Per-minute counts (and hashes, unless `counts_only`) of the target's events in `[from, to)`.
 #[tracing::instrument(skip(pool), err)]
-pub async fn summarize(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, counts_only: bool) -> anyhow::Result<MinuteSummaries> {
+pub async fn summarize(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, counts_only: bool) -> anyhow::Result<TargetMinutes> {
     let query = if counts_only { sql::EVENT_COUNTS.to_string() } else { sql::event_minutes() };
     let minutes = (to - from).num_minutes().max(1);
     let step = Duration::minutes((minutes + i64::from(SLICES) - 1) / i64::from(SLICES));
@@ -36,7 +45,7 @@ pub async fn summarize(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, co
         slices.push((start, end));
         start = end;
     }
-    let parts: Vec<Vec<(i64, i64, String)>> = futures::stream::iter(slices)
+    let parts: Vec<Vec<(i64, i64, String, i64, String)>> = futures::stream::iter(slices)
         .map(|(start, end)| {
             let query = &query;
             async move { sqlx::query_as(query).bind(start).bind(end).fetch_all(pool).await }
@@ -44,13 +53,17 @@ pub async fn summarize(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, co
         .buffer_unordered(CONCURRENT_SLICES)
         .try_collect()
         .await?;
-    let mut total = MinuteSummaries::new();
+    let mut total = TargetMinutes::default();
     for rows in parts {
-        let mut part = MinuteSummaries::new();
-        for (minute, count, sum) in rows {
+        let (mut part, mut raw) = (MinuteSummaries::new(), MinuteSummaries::new());
+        for (minute, count, sum, raw_count, raw_sum) in rows {
             part.insert(minute, Summary { count: count as u64, hash: wrap_sum(&sum)? });
+            if raw_count > 0 {
+                raw.insert(minute, Summary { count: raw_count as u64, hash: wrap_sum(&raw_sum)? });
+            }
         }
-        merge_minutes(&mut total, part);
+        merge_minutes(&mut total.rows, part);
+        merge_minutes(&mut total.raw, raw);
     }
     Ok(total)
 }
@@ -63,6 +76,32 @@ pub async fn oldest(pool: &PgPool) -> anyhow::Result<Option<DateTime<Utc>>> {
 /// Dead letters recorded per minute of `[from_ms, to_ms)` (for `--depth counts`).
 pub async fn dead_letter_minutes(pool: &PgPool, from_ms: i64, to_ms: i64) -> anyhow::Result<HashMap<i64, u64>> {
     Ok(crate::ledger::dead_letter::per_minute(pool, from_ms, to_ms).await?)
+}
+
+/// The recorded dead letters (`tsmigrate.dead_letter`) that are members of the window and
+/// still not events, per minute: count and sum of raw digests, and their reasons.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeadLetterDigests {
+    pub minutes: MinuteSummaries,
+    pub reasons: BTreeMap<i64, BTreeMap<String, u64>>,
+}
+
+/// [`DeadLetterDigests`] of the members scored in `[from_ms, to_ms)` (the score range Redis
+/// is read in). Each recorded member is parsed again as Redis's would be: one that parses now
+/// (a row the target refused, another version of a stored event) is left out, so Redis's
+/// member makes its minute differ and be compared by parsing, as it would be without raw digests.
+pub async fn dead_letter_digests(pool: &PgPool, from_ms: i64, to_ms: i64, now_ms: i64) -> anyhow::Result<DeadLetterDigests> {
+    let members = crate::ledger::dead_letter::members_scored(pool, from_ms as f64 - 0.5, to_ms as f64 - 0.5).await?;
+    let mut digester = RawDigester::default();
+    let mut out = DeadLetterDigests::default();
+    for (raw, score) in members {
+        if let Err(reason) = TargetEvent::from_member(&raw, score, now_ms) {
+            let ms = score_ms(score);
+            out.minutes.entry(minute_of(ms)).or_default().add(digester.digest(&raw, ms));
+            *out.reasons.entry(minute_of(ms)).or_default().entry(reason.code().to_string()).or_default() += 1;
+        }
+    }
+    Ok(out)
 }
 
 /// The digests of the target's events in the given `[from_ms, to_ms)` ranges.
