@@ -419,6 +419,94 @@ async fn stored_fingerprints_find_every_difference_hashing_every_row_finds() {
     env.cleanup().await;
 }
 
+/// Rows "written before the raw digest existed": their raw digest cleared without touching
+/// their stored fingerprint (the trigger that clears both on UPDATE is bypassed).
+async fn forget_raw_digests(pool: &PgPool, ids: &[String]) {
+    let fingerprints = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(stored_fingerprint) FROM analytics_events_ts").fetch_one(pool).await.unwrap();
+        n
+    };
+    let before = fingerprints().await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica").execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE analytics_events_ts SET raw_digest = NULL WHERE event_id = ANY($1::uuid[])").bind(ids).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(fingerprints().await, before, "their stored fingerprints stay");
+}
+
+/// What raw digests (each row's hash of the member it was parsed from) settle and what they
+/// leave to the fingerprints. "Different" means what the fingerprints say: a Redis member
+/// spelled otherwise (key order, whitespace) than the one its row was written from has
+/// another raw digest, so its minute is parsed, and it is no difference; an UPDATEd row (even
+/// one that changes nothing), and rows written before the raw digest existed, have none, so
+/// their minutes are parsed too. Every write path stores it; the recorded dead letters
+/// settle with the rows. Then the injected differences, with every raw digest and without
+/// any (every minute parsed, as before raw digests): the same findings.
+#[tokio::test]
+async fn raw_digests_settle_only_what_the_fingerprints_would_and_leave_the_rest_to_them() {
+    let env = TestEnv::new().await;
+    migrate(&env, "postgres", seed_end());
+    let (rows, raw): (i64, i64) = sqlx::query_as("SELECT count(*), count(raw_digest) FROM analytics_events_ts").fetch_one(&env.pool).await.unwrap();
+    assert!(rows > 0 && raw == rows, "every backfilled row carries its raw digest: {raw} of {rows}");
+    // Totals of a report's event check (none listed when no hour differs).
+    let total = |report: &Value, part: &str| report["events"][part]["total"].as_u64().unwrap_or(0);
+    let clean = env.cli(&["validate", "--json", "--no-refresh"]).details();
+    for part in ["missing", "extra", "different", "hours_differing"] {
+        assert_eq!(total(&clean, part), 0, "{part}: {clean}");
+    }
+    assert!(field(&clean, "events.dead_letters").as_u64().unwrap() > 0, "the messy seed's dead letters are counted: {clean}");
+    assert!(clean["timings_ms"]["redis_hash"].is_u64(), "Redis's members were hashed: {clean}");
+
+    // Redis: a member rewritten with its keys in another order and spaces, same score.
+    let mut redis = env.redis().await;
+    let key = env.keys().events;
+    let mut respelled = None;
+    for id in pick(&env.pool, 5, 20).await {
+        if let Some((old, member, score)) = member_of(&env, &mut redis, &id).await {
+            let object = member.as_object().unwrap();
+            let mut keys: Vec<&String> = object.keys().collect();
+            keys.reverse();
+            let text = format!("{{ {} }}", keys.iter().map(|k| format!("{} : {}", json!(k), object[*k])).collect::<Vec<_>>().join(" ,  "));
+            assert_ne!(text.as_bytes(), old.as_slice());
+            let _: i64 = redis::cmd("ZREM").arg(&key).arg(&old).query_async(&mut redis).await.unwrap();
+            let _: i64 = redis::cmd("ZADD").arg(&key).arg(score).arg(&text).query_async(&mut redis).await.unwrap();
+            respelled = Some(id);
+            break;
+        }
+    }
+    assert!(respelled.is_some(), "an event with an id of its own in hour 5");
+    // The target: an UPDATE that changes nothing, and an hour of rows written before raw digests.
+    let touched = pick(&env.pool, 7, 1).await.remove(0);
+    sqlx::query("UPDATE analytics_events_ts SET user_id = user_id WHERE event_id = $1::uuid").bind(&touched).execute(&env.pool).await.unwrap();
+    let cleared: Option<i64> = sqlx::query_scalar("SELECT raw_digest FROM analytics_events_ts WHERE event_id = $1::uuid").bind(&touched).fetch_one(&env.pool).await.unwrap();
+    assert_eq!(cleared, None, "an UPDATE clears the raw digest");
+    let old_rows = pick(&env.pool, 9, 10).await;
+    forget_raw_digests(&env.pool, &old_rows).await;
+
+    let same = env.cli(&["validate", "--json", "--no-refresh"]).details();
+    for part in ["missing", "extra", "different", "hours_differing"] {
+        assert_eq!(total(&same, part), 0, "{part}: {same}");
+    }
+    for part in ["redis_events", "target_events", "dead_letters", "dead_letters_by_reason"] {
+        assert_eq!(field(&same, "events")[part], field(&clean, "events")[part], "{part}");
+    }
+
+    // The injected differences: found exactly, and as every minute parsed finds them.
+    let injected = inject(&env.pool).await;
+    let digests = env.cli(&["validate", "--json", "--no-refresh"]).expect_code(1).details();
+    assert_eq!(found(&digests), injected, "with raw digests");
+    forget_raw_digests(&env.pool, &sqlx::query_scalar::<_, String>("SELECT event_id::text FROM analytics_events_ts").fetch_all(&env.pool).await.unwrap()).await;
+    let parsed = env.cli(&["validate", "--json", "--no-refresh"]).expect_code(1).details();
+    assert_eq!(found(&parsed), injected, "every minute parsed");
+    for part in ["hours_differing", "missing", "extra", "different"] {
+        assert_eq!(field(field(&digests, "events"), part)["total"], field(field(&parsed, "events"), part)["total"], "{part}");
+    }
+    for part in ["redis_events", "target_events", "dead_letters", "dead_letters_by_reason"] {
+        assert_eq!(field(&digests, "events")[part], field(&parsed, "events")[part], "{part}");
+    }
+    env.cleanup().await;
+}
+
 /// The hourly validation job of `tsmigrate run` validates the whole migrated range: its run
 /// is recorded with that range, a dirty one fails the job, and a clean one moves the phase
 /// and opens the cutover gate as `tsmigrate validate` does.
