@@ -161,7 +161,8 @@ fn main() {
         let clean = validate(&env);
         println!("[{mode}] clean run: exit {} in {:.2}s ({})", clean.code, clean.wall.as_secs_f64(), clean.report["timings_ms"]);
         let (counts, _) = measure_any(env.command(&["validate", "--depth", "counts", "--json"]));
-        println!("[{mode}] counts depth: {:.2}s", counts.wall.as_secs_f64());
+        let counts_timings = serde_json::from_str::<Value>(&counts.stdout).map(|e| e["details"]["timings_ms"].clone()).unwrap_or_default();
+        println!("[{mode}] counts depth: {:.2}s ({counts_timings})", counts.wall.as_secs_f64());
 
         // The same rows in two plain tables with their key indexed, for reladiff.
         let mut anchor = vec!["-".to_string(), "-".to_string(), "-".to_string(), "-".to_string()];
