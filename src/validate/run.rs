@@ -256,10 +256,8 @@ async fn collect(
         let clock = Instant::now();
         let (minutes, dead) = match options.depth {
             Depth::Counts => {
-                let (minutes, dead) = tokio::try_join!(
-                    target_side::summarize(pool, window.from, window.to, true),
-                    target_side::dead_letter_minutes(pool, from_ms, to_ms)
-                )?;
+                let (minutes, dead) =
+                    tokio::try_join!(target_side::summarize(pool, window.from, window.to, true), target_side::dead_letter_minutes(pool, from_ms, to_ms))?;
                 (minutes, Dead::Counted(dead))
             }
             Depth::Events => {

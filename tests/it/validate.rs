@@ -478,7 +478,8 @@ async fn raw_digests_settle_only_what_the_fingerprints_would_and_leave_the_rest_
     // The target: an UPDATE that changes nothing, and an hour of rows written before raw digests.
     let touched = pick(&env.pool, 7, 1).await.remove(0);
     sqlx::query("UPDATE analytics_events_ts SET user_id = user_id WHERE event_id = $1::uuid").bind(&touched).execute(&env.pool).await.unwrap();
-    let cleared: Option<i64> = sqlx::query_scalar("SELECT raw_digest FROM analytics_events_ts WHERE event_id = $1::uuid").bind(&touched).fetch_one(&env.pool).await.unwrap();
+    let cleared: Option<i64> =
+        sqlx::query_scalar("SELECT raw_digest FROM analytics_events_ts WHERE event_id = $1::uuid").bind(&touched).fetch_one(&env.pool).await.unwrap();
     assert_eq!(cleared, None, "an UPDATE clears the raw digest");
     let old_rows = pick(&env.pool, 9, 10).await;
     forget_raw_digests(&env.pool, &old_rows).await;

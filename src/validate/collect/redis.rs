@@ -82,7 +82,14 @@ fn score_bounds(from_ms: i64, to_ms: i64) -> (f64, f64) {
 /// Count and hash per minute of every member (`pass`) in `[from_ms, to_ms)`; `read` counts
 /// the members read so far (progress).
 #[tracing::instrument(skip(redis, read), err)]
-pub async fn summarize(redis: &RedisConn, key: &str, (from_ms, to_ms): (i64, i64), now_ms: i64, read: Arc<AtomicU64>, pass: Pass) -> anyhow::Result<RedisEvents> {
+pub async fn summarize(
+    redis: &RedisConn,
+    key: &str,
+    (from_ms, to_ms): (i64, i64),
+    now_ms: i64,
+    read: Arc<AtomicU64>,
+    pass: Pass,
+) -> anyhow::Result<RedisEvents> {
     let minutes = (to_ms - from_ms).div_euclid(MINUTE_MS);
     let step = (minutes / READERS).max(1) * MINUTE_MS;
     let mut parts = Vec::new();
@@ -116,7 +123,15 @@ pub async fn summarize_ranges(redis: &RedisConn, key: &str, ranges: &[(i64, i64)
     Ok(total)
 }
 
-async fn summarize_part(mut redis: RedisConn, key: String, from_ms: i64, to_ms: i64, now_ms: i64, read: Arc<AtomicU64>, pass: Pass) -> anyhow::Result<RedisEvents> {
+async fn summarize_part(
+    mut redis: RedisConn,
+    key: String,
+    from_ms: i64,
+    to_ms: i64,
+    now_ms: i64,
+    read: Arc<AtomicU64>,
+    pass: Pass,
+) -> anyhow::Result<RedisEvents> {
     let (low, high) = score_bounds(from_ms, to_ms);
     let mut cursor = ScoreCursor::at(low);
     let mut pending = VecDeque::new();
