@@ -256,13 +256,13 @@ async fn collect(
         let clock = Instant::now();
         let (minutes, dead) = match options.depth {
             Depth::Counts => {
-                let (minutes, dead) =
-                    tokio::try_join!(target_side::summarize(pool, window.from, window.to, true), target_side::dead_letter_minutes(pool, from_ms, to_ms))?;
-                (minutes, Dead::Counted(dead))
+                let (hours, dead) =
+                    tokio::try_join!(target_side::count_hours(pool, &window.hour_starts, window.to), target_side::dead_letter_minutes(pool, from_ms, to_ms))?;
+                (target_side::TargetMinutes { rows: hours, raw: MinuteSummaries::new() }, Dead::Counted(dead))
             }
             Depth::Events => {
                 let (minutes, dead) = tokio::try_join!(
-                    target_side::summarize(pool, window.from, window.to, false),
+                    target_side::summarize(pool, window.from, window.to),
                     target_side::dead_letter_digests(pool, from_ms, to_ms, now_ms)
                 )?;
                 (minutes, Dead::Digested(dead))

@@ -32,10 +32,26 @@ pub struct TargetMinutes {
     pub raw: MinuteSummaries,
 }
 
-/// Per-minute counts (and hashes, unless `counts_only`) of the target's events in `[from, to)`.
+/// `--depth counts`: the target's events in each hour (`starts`, the last closed by `to`),
+/// keyed by the minute each hour starts at (so they roll up into their hours), counted by
+/// range scans of the time index in [`CONCURRENT_SLICES`] queries at once.
+#[tracing::instrument(skip(pool, starts), err)]
+pub async fn count_hours(pool: &PgPool, starts: &[DateTime<Utc>], to: DateTime<Utc>) -> anyhow::Result<MinuteSummaries> {
+    let stops: Vec<DateTime<Utc>> = starts.iter().skip(1).copied().chain([to]).collect();
+    let per_query = starts.len().div_ceil(CONCURRENT_SLICES).max(1);
+    let queries: Vec<(Vec<DateTime<Utc>>, Vec<DateTime<Utc>>)> = starts.chunks(per_query).zip(stops.chunks(per_query)).map(|(a, b)| (a.to_vec(), b.to_vec())).collect();
+    let parts: Vec<Vec<(i64, i64)>> = futures::stream::iter(queries)
+        .map(|(starts, stops)| async move { sqlx::query_as(sql::EVENT_COUNTS).bind(starts).bind(stops).fetch_all(pool).await })
+        .buffer_unordered(CONCURRENT_SLICES)
+        .try_collect()
+        .await?;
+    Ok(parts.into_iter().flatten().filter(|(_, n)| *n > 0).map(|(minute, n)| (minute, Summary { count: n as u64, hash: 0 })).collect())
+}
+
+/// Per-minute counts and hashes of the target's events in `[from, to)` (events depth).
 #[tracing::instrument(skip(pool), err)]
-pub async fn summarize(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, counts_only: bool) -> anyhow::Result<TargetMinutes> {
-    let query = if counts_only { sql::EVENT_COUNTS.to_string() } else { sql::event_minutes() };
+pub async fn summarize(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>) -> anyhow::Result<TargetMinutes> {
+    let query = sql::event_minutes();
     let minutes = (to - from).num_minutes().max(1);
     let step = Duration::minutes((minutes + i64::from(SLICES) - 1) / i64::from(SLICES));
     let mut slices = Vec::new();
