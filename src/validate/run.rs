@@ -261,10 +261,8 @@ async fn collect(
                 (target_side::TargetMinutes { rows: hours, raw: MinuteSummaries::new() }, Dead::Counted(dead))
             }
             Depth::Events => {
-                let (minutes, dead) = tokio::try_join!(
-                    target_side::summarize(pool, window.from, window.to),
-                    target_side::dead_letter_digests(pool, from_ms, to_ms, now_ms)
-                )?;
+                let (minutes, dead) =
+                    tokio::try_join!(target_side::summarize(pool, window.from, window.to), target_side::dead_letter_digests(pool, from_ms, to_ms, now_ms))?;
                 (minutes, Dead::Digested(dead))
             }
         };

@@ -39,7 +39,8 @@ pub struct TargetMinutes {
 pub async fn count_hours(pool: &PgPool, starts: &[DateTime<Utc>], to: DateTime<Utc>) -> anyhow::Result<MinuteSummaries> {
     let stops: Vec<DateTime<Utc>> = starts.iter().skip(1).copied().chain([to]).collect();
     let per_query = starts.len().div_ceil(CONCURRENT_SLICES).max(1);
-    let queries: Vec<(Vec<DateTime<Utc>>, Vec<DateTime<Utc>>)> = starts.chunks(per_query).zip(stops.chunks(per_query)).map(|(a, b)| (a.to_vec(), b.to_vec())).collect();
+    let queries: Vec<(Vec<DateTime<Utc>>, Vec<DateTime<Utc>>)> =
+        starts.chunks(per_query).zip(stops.chunks(per_query)).map(|(a, b)| (a.to_vec(), b.to_vec())).collect();
     let parts: Vec<Vec<(i64, i64)>> = futures::stream::iter(queries)
         .map(|(starts, stops)| async move { sqlx::query_as(sql::EVENT_COUNTS).bind(starts).bind(stops).fetch_all(pool).await })
         .buffer_unordered(CONCURRENT_SLICES)
