@@ -39,8 +39,8 @@ pub struct TargetMinutes {
 pub async fn count_hours(pool: &PgPool, starts: &[DateTime<Utc>], to: DateTime<Utc>) -> anyhow::Result<MinuteSummaries> {
     let stops: Vec<DateTime<Utc>> = starts.iter().skip(1).copied().chain([to]).collect();
     let per_query = starts.len().div_ceil(CONCURRENT_SLICES).max(1);
-    let queries: Vec<(Vec<DateTime<Utc>>, Vec<DateTime<Utc>>)> =
-        starts.chunks(per_query).zip(stops.chunks(per_query)).map(|(a, b)| (a.to_vec(), b.to_vec())).collect();
+    type Hours = (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>);
+    let queries: Vec<Hours> = starts.chunks(per_query).zip(stops.chunks(per_query)).map(|(a, b)| (a.to_vec(), b.to_vec())).collect();
     let parts: Vec<Vec<(i64, i64)>> = futures::stream::iter(queries)
         .map(|(starts, stops)| async move { sqlx::query_as(sql::EVENT_COUNTS).bind(starts).bind(stops).fetch_all(pool).await })
         .buffer_unordered(CONCURRENT_SLICES)
@@ -62,7 +62,9 @@ pub async fn summarize(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>) ->
         slices.push((start, end));
         start = end;
     }
-    let parts: Vec<Vec<(i64, i64, String, i64, String)>> = futures::stream::iter(slices)
+    // (minute, rows, fingerprint sum, rows with a raw digest, raw digest sum)
+    type MinuteRow = (i64, i64, String, i64, String);
+    let parts: Vec<Vec<MinuteRow>> = futures::stream::iter(slices)
         .map(|(start, end)| {
             let query = &query;
             async move { sqlx::query_as(query).bind(start).bind(end).fetch_all(pool).await }
