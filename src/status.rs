@@ -205,7 +205,7 @@ pub struct JobHealth {
 pub async fn gather(ctx: &Context, target_down: Option<String>) -> Status {
     let now = Utc::now();
     let mut status = Status::empty(ctx);
-    let (redis, legacy, replica) = tokio::join!(redis_status(ctx), legacy_status(ctx), crate::reads::replica::check(ctx, None));
+    let (redis, legacy, replica) = tokio::join!(redis_status(ctx), legacy_status(ctx), crate::reads::replica::check(ctx, [None, None]));
     if let Some(view) = replica.as_ref().filter(|v| !v.serving()) {
         status.warnings.push(format!("reads of the target go to the primary, not the read replica: {}", view.line()));
     }

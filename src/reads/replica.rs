@@ -16,10 +16,11 @@
 //!   `pg_last_wal_replay_lsn()` has reached the position holds everything committed up to
 //!   that clock reading: the replay point is that time and the lag is 0. The two queries may
 //!   run in either order: the argument needs only "the standby has replayed past the mark".
-//! * A standby that has not reached the current mark may have reached the previous check's;
-//!   the replay point is then the later of that mark's time and the replay timestamp (a
-//!   single write after a long idle time does not make a standby a second behind look an
-//!   hour behind).
+//! * A standby that has not reached the current mark may have reached an earlier check's
+//!   (the previous one's, or the newest one it was seen to reach); the replay point is then the
+//!   latest of those marks' times and the replay timestamp (a single write after a long idle
+//!   time does not make a standby a second behind look an hour behind, and a paused standby's
+//!   replay point does not move back).
 //! * Commit timestamps are taken just before the commit record is inserted, so concurrent
 //!   commits may reach WAL out of timestamp order by that instant; the replay point is rounded
 //!   down to the whole second. Time is the primary's clock (the replay timestamps are too);
@@ -169,6 +170,9 @@ pub struct ReplicaView {
     /// The primary's mark of this check (or the last one known), for the next check.
     #[serde(skip)]
     pub mark: Option<PrimaryMark>,
+    /// The newest mark the standby was seen to have replayed, for the next check.
+    #[serde(skip)]
+    pub reached: Option<PrimaryMark>,
 }
 
 impl ReplicaView {
@@ -192,13 +196,14 @@ impl ReplicaView {
 
 /// The replay point and lag from what both servers said, and where reads go. Pure.
 ///
-/// `primary`: this check's mark (`None` when the primary could not be asked); `previous`: the
-/// last check's; `primary_identifier`: the target's `system_identifier`.
+/// `primary`: this check's mark (`None` when the primary could not be asked); `earlier`: the
+/// last check's marks ([`ReplicaView::mark`], [`ReplicaView::reached`]);
+/// `primary_identifier`: the target's `system_identifier`.
 pub fn judge(
     url: String,
     standby: Result<StandbyReport, String>,
     primary: Option<PrimaryMark>,
-    previous: Option<PrimaryMark>,
+    earlier: [Option<PrimaryMark>; 2],
     primary_identifier: Option<&str>,
     max_lag: Duration,
     now: DateTime<Utc>,
@@ -214,7 +219,8 @@ pub fn judge(
         received_not_replayed_bytes: None,
         checked_at: now,
         error: None,
-        mark: primary.or(previous),
+        mark: primary.or(earlier[0]),
+        reached: earlier[1],
     };
     let standby = match standby {
         Ok(standby) => standby,
@@ -239,14 +245,15 @@ pub fn judge(
         (Some(received), Some(replayed)) => Some(received.0.saturating_sub(replayed.0)),
         _ => None,
     };
-    let reached = |mark: Option<PrimaryMark>| mark.filter(|m| standby.replay_lsn.is_some_and(|r| r >= m.lsn)).map(|m| m.at);
-    let replayed_to = [standby.replay_timestamp, reached(primary), reached(previous)].into_iter().flatten().max();
+    let reached = |mark: &Option<PrimaryMark>| mark.filter(|m| standby.replay_lsn.is_some_and(|r| r >= m.lsn));
+    view.reached = [primary, earlier[0], earlier[1]].iter().filter_map(reached).max_by_key(|m| m.at);
+    let replayed_to = [standby.replay_timestamp, view.reached.map(|m| m.at)].into_iter().flatten().max();
     let Some(replayed_to) = replayed_to.map(whole_second) else {
         view.why = Why::LagUnknown;
         return view;
     };
     let reference = primary.map_or(now, |p| p.at);
-    let lag = if reached(primary).is_some() { Duration::zero() } else { (reference - replayed_to).max(Duration::zero()) };
+    let lag = if reached(&primary).is_some() { Duration::zero() } else { (reference - replayed_to).max(Duration::zero()) };
     view.replayed_to = Some(replayed_to);
     view.lag_seconds = Some(lag.num_milliseconds() as f64 / 1000.0);
     view.why = if lag > max_lag { Why::Lagging } else { Why::WithinLimit };
@@ -260,7 +267,7 @@ fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Asks both servers (concurrently, within [`CHECK_DEADLINE`]) and judges. Sets the
 /// `tsmigrate_read_replica_*` gauges. `None` when no replica is set.
-pub async fn check(ctx: &Context, previous: Option<PrimaryMark>) -> Option<ReplicaView> {
+pub async fn check(ctx: &Context, earlier: [Option<PrimaryMark>; 2]) -> Option<ReplicaView> {
     let url = ctx.settings.database.read_url.as_ref()?;
     let max_lag = Duration::seconds(i64::try_from(ctx.settings.database.read_max_lag_secs).unwrap_or(i64::MAX / 1000));
     let standby = async {
@@ -274,7 +281,7 @@ pub async fn check(ctx: &Context, previous: Option<PrimaryMark>) -> Option<Repli
     let primary = async { tokio::time::timeout(CHECK_DEADLINE, primary_mark(&ctx.target)).await.ok().and_then(Result::ok) };
     let (standby, primary) = tokio::join!(standby, primary);
     let (mark, identifier) = primary.unzip();
-    let view = judge(url.redacted(), standby, mark, previous, identifier.flatten().as_deref(), max_lag, Utc::now());
+    let view = judge(url.redacted(), standby, mark, earlier, identifier.flatten().as_deref(), max_lag, Utc::now());
     metrics::gauge!("tsmigrate_read_replica_lag_seconds").set(view.lag_seconds.unwrap_or(f64::NAN));
     metrics::gauge!("tsmigrate_read_replica_serving").set(if view.serving() { 1.0 } else { 0.0 });
     Some(view)
@@ -332,8 +339,9 @@ impl ReplicaWatch {
     /// refresh); `None` when no replica is set.
     pub async fn current(&self, ctx: &Context) -> Option<ReplicaView> {
         let fetch = |last: Option<Option<ReplicaView>>| async move {
-            let previous = last.flatten().and_then(|v| v.mark);
-            Ok::<_, std::convert::Infallible>(check(ctx, previous).await)
+            let last = last.flatten();
+            let earlier = [last.as_ref().and_then(|v| v.mark), last.as_ref().and_then(|v| v.reached)];
+            Ok::<_, std::convert::Infallible>(check(ctx, earlier).await)
         };
         match self.0.get(fetch).await {
             Ok(view) => view,
@@ -363,7 +371,7 @@ mod tests {
     }
 
     fn judged(report: Result<StandbyReport, String>, primary: Option<PrimaryMark>, previous: Option<PrimaryMark>) -> ReplicaView {
-        judge("postgres://r@h/db".into(), report, primary, previous, Some("7"), Duration::seconds(30), t("2025-03-01T12:00:10Z"))
+        judge("postgres://r@h/db".into(), report, primary, [previous, None], Some("7"), Duration::seconds(30), t("2025-03-01T12:00:10Z"))
     }
 
     #[test]
@@ -392,6 +400,17 @@ mod tests {
         // One write after an idle hour: the previous check's mark was reached a second ago.
         let view = judged(Ok(standby(500, Some("2025-03-01T11:00:00Z"))), mark("2025-03-01T12:00:09Z", 600), mark("2025-03-01T12:00:08Z", 450));
         assert_eq!((view.why, view.replayed_to, view.lag_seconds), (Why::WithinLimit, Some(t("2025-03-01T12:00:08Z")), Some(1.0)));
+        // Paused after that: the next check's own mark is not reached, the one seen reached still is.
+        let next = judge(
+            "postgres://r@h/db".into(),
+            Ok(standby(500, Some("2025-03-01T11:00:00Z"))),
+            mark("2025-03-01T12:00:20Z", 700),
+            [view.mark, view.reached],
+            Some("7"),
+            Duration::seconds(30),
+            t("2025-03-01T12:00:20Z"),
+        );
+        assert_eq!((next.replayed_to, next.lag_seconds), (Some(t("2025-03-01T12:00:08Z")), Some(12.0)));
     }
 
     #[test]
