@@ -165,7 +165,16 @@ fn non_empty(name: &str, value: Option<String>) -> Result<Option<String>, ApiErr
 async fn serve(state: &AppState, request: Request, now: DateTime<Utc>) -> ReadResult {
     let routing = state.routing.current(state.target()).await;
     let ctx = state.reads_at(now).routed(routing, &state.replica).await;
-    let (mut body, cached) = fetch(state, &ctx, routing.source, &request).await.map_err(|e| match e {
+    let answered = match fetch(state, &ctx, routing.source, &request).await {
+        // The replica failed between its check and this read: the primary answers at once
+        // (the next check, within a second, sends every read there until it is back).
+        Err(ReadError::Unavailable(message)) if ctx.on_replica() && routing.source == ReadSource::Target => {
+            tracing::warn!(error = %message, "the read replica could not answer; asking the primary");
+            fetch(state, &ctx.clone().on_primary(crate::reads::replica::Why::Unreachable), routing.source, &request).await
+        }
+        other => other,
+    };
+    let (mut body, cached) = answered.map_err(|e| match e {
         ReadError::Unavailable(message) => ApiError::Unavailable(message),
         ReadError::Unexpected(e) => ApiError::Unexpected(e),
     })?;

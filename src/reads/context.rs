@@ -118,6 +118,16 @@ impl ReadContext {
         self.on(view.as_ref())
     }
 
+    /// Whether the target's reads go to the replica.
+    pub fn on_replica(&self) -> bool {
+        matches!(self.database, TargetDatabase::Replica { .. })
+    }
+
+    /// The same read on the primary (a replica that failed between its check and the read).
+    pub fn on_primary(self, why: Why) -> ReadContext {
+        ReadContext { database: TargetDatabase::Primary(why), ..self }
+    }
+
     /// The time the target's answer is true as of: the request's minute, or the replica's
     /// replay point when that is earlier (never later than what the database read had).
     pub fn target_as_of(&self) -> DateTime<Utc> {

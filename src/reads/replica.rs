@@ -287,16 +287,12 @@ pub async fn check(ctx: &Context, earlier: [Option<PrimaryMark>; 2]) -> Option<R
     Some(view)
 }
 
+/// in recovery, received, replayed, replay timestamp, paused, system identifier.
+type StandbyRow = (bool, Option<String>, Option<String>, Option<DateTime<Utc>>, Option<bool>, Option<String>);
+
 /// The standby's replay state. `pg_is_wal_replay_paused()` fails outside recovery, hence the CASE.
 async fn standby_report(pool: &PgPool) -> sqlx::Result<StandbyReport> {
-    let (in_recovery, receive, replay, replay_timestamp, replay_paused, system_identifier): (
-        bool,
-        Option<String>,
-        Option<String>,
-        Option<DateTime<Utc>>,
-        Option<bool>,
-        Option<String>,
-    ) = sqlx::query_as(
+    let (in_recovery, receive, replay, replay_timestamp, replay_paused, system_identifier): StandbyRow = sqlx::query_as(
         "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(),
                 CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END,
                 (SELECT system_identifier::text FROM pg_control_system())",
