@@ -14,6 +14,12 @@
 //! of events (`tsmigrate user-sets build`, timed), the sets' bytes per day, the daemon's
 //! peak memory.
 //!
+//! With `TSMIGRATE_BENCH_READ_URL` (a hot standby of the server in
+//! `TSMIGRATE_TEST_DATABASE_URL`; `TSMIGRATE_BENCH_REPLICA=1 ./scripts/bench.sh reads` starts a
+//! private primary and standby, `scripts/pg-replica.sh`), the same requests are measured in the
+//! same run on a second daemon whose `database.read_url` is the standby, once it has caught up,
+//! and its answers are checked to equal the primary's.
+//!
 //! `./scripts/bench.sh reads` or `cargo bench --bench reads`. TSMIGRATE_BENCH_EVENTS=N
 //! measures one size instead of both; TSMIGRATE_BENCH_SAMPLES (default 200) and
 //! TSMIGRATE_BENCH_RAW_SAMPLES (default 3) set the sample counts.
@@ -200,6 +206,52 @@ async fn measure_size(mode: &str, events: i64, samples: usize, raw_samples: usiz
     }
     let peak = peak_rss_kib(daemon.id()).unwrap_or(0);
     stop(daemon);
+    let mut notes = Vec::new();
+    if let Ok(read_base) = std::env::var("TSMIGRATE_BENCH_READ_URL") {
+        let read_url = tsmigrate::config::SecretUrl::new(read_base).with_database(&env.name);
+        let vars = [("DATABASE_READ_URL", read_url.expose())];
+        let caught_up = wait_until(Duration::from_secs(300), || {
+            let out = env.command(&["status", "--json"]).envs(vars.iter().copied()).output().expect("status");
+            let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            status["details"]["read_replica"]["why"] == "within_limit"
+        });
+        assert!(caught_up.is_some(), "the standby did not catch up");
+        let port = free_port();
+        let daemon = start_daemon_with(&env, port, &["--config", config.to_str().expect("path")], &vars);
+        let base = format!("http://127.0.0.1:{port}/api/v1/analytics");
+        let replica_urls = [
+            format!("{base}/summary?from={}&to={}", reads::wire_time(window.from), reads::wire_time(window.to)),
+            format!("{base}/comparison?period=30d"),
+            format!("{base}/popular-asset-types?days=30"),
+        ];
+        let mut same = true;
+        for (((name, _), url), primary_answer) in urls.iter().zip(&replica_urls).zip(&http_answers) {
+            over_http(&client, url, WARMUP).await;
+            let (latencies, answer) = over_http(&client, url, samples).await;
+            let strip = |v: &Value| {
+                let mut v = v.clone();
+                if let Some(o) = v.as_object_mut() {
+                    for k in ["as_of", "fresh_until", "cached"] {
+                        o.remove(k);
+                    }
+                }
+                v
+            };
+            same &= strip(&answer) == strip(primary_answer);
+            rows.push(vec![
+                events.to_string(),
+                name.to_string(),
+                "user sets (HTTP), read replica".into(),
+                samples.to_string(),
+                latencies.p(0.5),
+                latencies.p(0.99),
+            ]);
+        }
+        let metrics = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.expect("metrics").text().await.expect("metrics text");
+        let on_replica = metrics.lines().find(|l| l.starts_with(r#"tsmigrate_reads_total{database="replica""#)).unwrap_or("-").to_string();
+        stop(daemon);
+        notes.push(format!("{events} events: read replica answers equal the primary's (as_of aside): {same}; {on_replica}"));
+    }
     let requests =
         [Request::Summary(window), Request::comparison(chrono::Duration::days(DAYS), now).expect("period"), Request::popular(30, now).expect("days")];
     let (by_sets, by_rows) = (context(&env, &pool, now, Route::Sets).await, context(&env, &pool, now, Route::RawRows).await);
@@ -217,7 +269,7 @@ async fn measure_size(mode: &str, events: i64, samples: usize, raw_samples: usiz
         ]);
     }
     let days = built["built"]["days"].as_f64().unwrap_or(0.0).max(1.0);
-    let notes = vec![
+    notes.extend([
         format!(
             "{events} events: sets built in {:.1}s = {:.2}s per day of events ({} minutes, {} hours, {} days; peak RSS of the build {}); {} per day of events in sets",
             build.wall.as_secs_f64(),
@@ -230,7 +282,7 @@ async fn measure_size(mode: &str, events: i64, samples: usize, raw_samples: usiz
         ),
         format!("{events} events: daemon peak RSS {}; sets and raw-row answers identical field for field: {identical}", mib(peak)),
         format!("{events} events: HTTP answers: summary {} users exact={}", http_answers[0]["unique_users"], http_answers[0]["unique_users_exact"]),
-    ];
+    ]);
     drop(pool);
     let _ = std::fs::remove_file(config);
     SizeMeasured { rows, summary_p99, notes }

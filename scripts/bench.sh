@@ -5,9 +5,16 @@
 #   ./scripts/bench.sh ingest                              # one area
 #   TSMIGRATE_BENCH_EVENTS=3000000 ./scripts/bench.sh backfill
 #   TSMIGRATE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5440/postgres ./scripts/bench.sh validate
+#   TSMIGRATE_BENCH_REPLICA=1 ./scripts/bench.sh reads   # on a private primary + hot standby: replica vs primary
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+if [ "${TSMIGRATE_BENCH_REPLICA:-}" = 1 ]; then
+  replica_dir=$(mktemp -d /tmp/tsm-bench-replica.XXXXXX)
+  trap 'bash scripts/pg-replica.sh stop "$replica_dir"' EXIT
+  eval "$(bash scripts/pg-replica.sh start "$replica_dir")"
+  echo "bench.sh: private primary $TSMIGRATE_TEST_DATABASE_URL, standby $TSMIGRATE_BENCH_READ_URL"
+fi
 # The ingest benchmark drives the daemon from outside with wrk.
 if ! command -v wrk >/dev/null 2>&1; then
   echo "bench.sh: installing wrk (Debian package) for the ingest benchmark"

@@ -306,6 +306,13 @@ pub struct DatabaseSettings {
     pub url: SecretUrl,
     /// The legacy database holding the hourly tables; defaults to the target. Env: `LEGACY_DATABASE_URL`.
     pub legacy_url: Option<SecretUrl>,
+    /// A hot standby of the target (streaming replication) for the read API; unset means
+    /// every read goes to the target. Env: `DATABASE_READ_URL`.
+    pub read_url: Option<SecretUrl>,
+    /// Reads go to the target (the primary) while the standby is further behind than this,
+    /// in seconds (also when it is unreachable or not a standby of the target).
+    #[serde(deserialize_with = "crate::duration::secs::deserialize")]
+    pub read_max_lag_secs: u64,
     /// Pool size per database.
     pub max_connections: u32,
     /// How long to wait for a connection before giving up, in seconds.
@@ -334,6 +341,8 @@ impl Default for DatabaseSettings {
         Self {
             url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/tsmigrate"),
             legacy_url: None,
+            read_url: None,
+            read_max_lag_secs: 30,
             max_connections: 8,
             connect_timeout_secs: 5,
             statement_timeout_secs: 600,
@@ -639,6 +648,10 @@ impl Settings {
         if let Some(v) = lookup("LEGACY_DATABASE_URL") {
             self.database.legacy_url = Some(SecretUrl::new(v));
         }
+        if let Some(v) = lookup("DATABASE_READ_URL") {
+            // Set but empty: no standby (an environment cannot unset a file's setting otherwise).
+            self.database.read_url = (!v.trim().is_empty()).then(|| SecretUrl::new(v));
+        }
         self.database.tls_env = PgTlsEnv { sslmode: lookup("PGSSLMODE"), sslrootcert: lookup("PGSSLROOTCERT") };
         if let Some(v) = lookup("REDIS_URL") {
             self.redis.url = SecretUrl::new(v);
@@ -681,6 +694,10 @@ impl Settings {
         }
         for (what, url) in [("database.url (DATABASE_URL)", &self.database.url), ("database.legacy_url (LEGACY_DATABASE_URL)", self.database.legacy_url())] {
             check_pg_tls(what, url, &self.database.tls_env, &mut problems);
+        }
+        if let Some(url) = &self.database.read_url {
+            check_url("database.read_url (DATABASE_READ_URL)", url, &["postgres", "postgresql"], &mut problems);
+            check_pg_tls("database.read_url (DATABASE_READ_URL)", url, &self.database.tls_env, &mut problems);
         }
         check_url("redis.url (REDIS_URL)", &self.redis.url, &["redis", "rediss", "redis+unix", "unix"], &mut problems);
         if self.database.max_connections == 0 {
@@ -1023,6 +1040,23 @@ mod tests {
         assert_eq!(s.http.api_token.as_ref().map(SecretToken::expose), Some("file-token"));
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("TSMIGRATE_API_TOKEN is set but empty") && err.contains("unset it"), "{err}");
+    }
+
+    #[test]
+    fn the_read_replica_is_optional_checked_and_its_lag_limit_takes_a_duration() {
+        let s = Settings::default();
+        assert!(s.database.read_url.is_none());
+        assert_eq!(s.database.read_max_lag_secs, 30);
+        let mut s = Settings::from_toml("[database]\nread_url = \"postgres://r:pw@standby:5432/db\"\nread_max_lag_secs = \"2m\"\n").unwrap();
+        assert_eq!(s.database.read_max_lag_secs, 120);
+        assert_eq!(s.database.read_url.as_ref().map(SecretUrl::redacted).as_deref(), Some("postgres://r:***@standby:5432/db"));
+        s.validate().unwrap();
+        s.apply_env(|name| (name == "DATABASE_READ_URL").then(|| "redis://r:Pw7secret@standby/db".to_string()));
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("database.read_url (DATABASE_READ_URL) has scheme \"redis\""), "{err}");
+        assert!(!err.contains("Pw7secret"), "{err}");
+        s.apply_env(|name| (name == "DATABASE_READ_URL").then(String::new));
+        assert!(s.database.read_url.is_none(), "an empty variable means no standby");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! What every command needs — settings, key layout, the target pool, the legacy pool, Redis —
+//! What every command needs — settings, key layout, the target pool, the legacy pool, the
+//! read replica's pool, Redis —
 //! built once at the edge and handed down (like zero2prod's `Application::build`): the CLI
 //! builds one per command, `tsmigrate run` one for the process: the HTTP state
 //! (`http::AppState`), the reads (`reads::ReadContext`), the admin status endpoint and the
@@ -27,6 +28,9 @@ pub struct Context {
     /// The legacy tables' database: the target pool unless `database.legacy_url` names
     /// another; connected on first use, so commands that never read it never need it.
     legacy: Arc<OnceCell<PgPool>>,
+    /// The hot standby the read API may read (`database.read_url`): `None` when unset, its
+    /// (scrubbed) error when the URL cannot make a pool. Connects on first use.
+    read: Option<Result<PgPool, Arc<str>>>,
     /// The shared, multiplexed connection for short commands (never block on it).
     redis: Arc<OnceCell<RedisConn>>,
     /// A connection of its own, with a patient deadline, for large single reads.
@@ -56,11 +60,13 @@ impl Context {
         if settings.database.legacy_url.is_none() {
             let _ = legacy.set(target.clone());
         }
+        let read = crate::db::read_pool_lazy(&settings).map(|pool| pool.map_err(|e| Arc::from(e.to_string())));
         Context {
             keys: Arc::new(LegacyKeys::from_settings(&settings)),
             settings,
             target,
             legacy: Arc::new(legacy),
+            read,
             redis: Arc::new(OnceCell::new()),
             redis_bulk: Arc::new(OnceCell::new()),
             interrupt: crate::stop::Interrupt::default(),
@@ -89,6 +95,12 @@ impl Context {
 
     pub async fn legacy(&self) -> Result<PgPool, ConnectError> {
         self.legacy.get_or_try_init(|| crate::db::legacy_pool(&self.settings)).await.cloned()
+    }
+
+    /// The read replica's pool: `None` when `database.read_url` is unset; the reason when
+    /// it could not be made.
+    pub fn read_replica(&self) -> Option<Result<&PgPool, &str>> {
+        self.read.as_ref().map(|read| read.as_ref().map_err(|e| &**e))
     }
 
     pub async fn redis(&self) -> Result<RedisConn, ConnectError> {

@@ -25,6 +25,12 @@ pub fn target_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {
     connect::pg_pool_lazy(&settings.database.url, PgLimits::from_settings(&settings.database))
 }
 
+/// The read replica's pool (`database.read_url`), when one is set: connects on first use,
+/// with the target's limits, so a standby that is down costs reads nothing but a fallback.
+pub fn read_pool_lazy(settings: &Settings) -> Option<Result<PgPool, ConnectError>> {
+    settings.database.read_url.as_ref().map(|url| connect::pg_pool_lazy(url, PgLimits::from_settings(&settings.database)))
+}
+
 pub fn legacy_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {
     connect::pg_pool_lazy(settings.database.legacy_url(), PgLimits::from_settings(&settings.database))
 }

@@ -83,6 +83,9 @@ pub struct Status {
     pub target: TargetStatus,
     pub redis: RedisStatus,
     pub legacy: LegacyStatus,
+    /// The read replica (`database.read_url`), its lag and where the target's reads go;
+    /// `None` when no replica is set.
+    pub read_replica: Option<crate::reads::replica::ReplicaView>,
     pub last_validation: Option<ValidationSummary>,
     /// When the soak period ends (reads switched, soak not over).
     pub soak_ends_at: Option<DateTime<Utc>>,
@@ -202,7 +205,11 @@ pub struct JobHealth {
 pub async fn gather(ctx: &Context, target_down: Option<String>) -> Status {
     let now = Utc::now();
     let mut status = Status::empty(ctx);
-    let (redis, legacy) = tokio::join!(redis_status(ctx), legacy_status(ctx));
+    let (redis, legacy, replica) = tokio::join!(redis_status(ctx), legacy_status(ctx), crate::reads::replica::check(ctx, [None, None]));
+    if let Some(view) = replica.as_ref().filter(|v| !v.serving()) {
+        status.warnings.push(format!("reads of the target go to the primary, not the read replica: {}", view.line()));
+    }
+    status.read_replica = replica;
     status.lag_seconds = redis.lag;
     status.redis = redis.status;
     status.legacy = legacy;
@@ -262,6 +269,7 @@ impl Status {
             target: TargetStatus { url: ctx.settings.database.url.redacted(), ..TargetStatus::default() },
             redis: RedisStatus::default(),
             legacy: LegacyStatus::default(),
+            read_replica: None,
             last_validation: None,
             soak_ends_at: None,
             jobs: None,
@@ -613,6 +621,9 @@ impl Status {
             None => o.push_str("phase:      unknown (the target could not be read)\n"),
         }
         o.push_str(&format!("target:     {} ({})\n", self.target.url, self.server_text()));
+        if let Some(replica) = &self.read_replica {
+            o.push_str(&format!("replica:    {}\n", replica.line()));
+        }
         o.push_str(&self.lag_text());
         o.push_str(&format!(
             "events:     redis {}; target {}; legacy hourly table {}\n",
@@ -807,6 +818,7 @@ mod tests {
             target: TargetStatus { reachable: true, ..Default::default() },
             redis: RedisStatus { reachable: true, ..Default::default() },
             legacy: LegacyStatus { reachable: true, ..Default::default() },
+            read_replica: None,
             last_validation: None,
             soak_ends_at: None,
             jobs: Some(vec![]),

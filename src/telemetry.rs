@@ -103,6 +103,19 @@ pub const METRICS: &[Metric] = &[
     m("tsmigrate_redis_evicting", G, None, "1 when the Redis holding the outbox evicts keys without an expiry when full (allkeys-* policy and a maxmemory)."),
     m("tsmigrate_redis_evicted_keys", G, None, "Redis INFO stats evicted_keys: keys evicted since the server started (growth during dual-write is a recorded possible loss)."),
     m("tsmigrate_read_seconds", H, Some(Unit::Seconds), "Duration of one read API answer, by source and endpoint."),
+    m(
+        "tsmigrate_reads_total",
+        C,
+        None,
+        "Read API answers computed from the target (cache hits not counted), by database (replica or primary) and reason (within_limit, or why not the replica).",
+    ),
+    m(
+        "tsmigrate_read_replica_lag_seconds",
+        G,
+        Some(Unit::Seconds),
+        "How far the read replica's replay point was behind the primary at its last check (NaN: unknown or unreachable; 0 without a replica).",
+    ),
+    m("tsmigrate_read_replica_serving", G, None, "1 when the last check of the read replica let reads go to it, else 0 (also without a replica)."),
     m("tsmigrate_read_cache_errors_total", C, None, "Read cache operations that failed (the answer was computed without the cache)."),
     m(
         "tsmigrate_http_read_timeouts_total",
@@ -125,6 +138,18 @@ const DEAD_LETTER_SOURCES: [&str; 4] = ["backfill", "relay", "tail", "repair"];
 pub const RELAY_ERROR_KINDS: [&str; 3] = ["data", "connection", "redis"];
 pub const DEAD_LETTER_REASONS: [&str; 9] =
     ["not_utf8", "not_json", "not_object", "missing_field", "wrong_type", "bad_score", "unstorable", "rejected_by_target", "conflicting_content"];
+/// The `tsmigrate_reads_total` label pairs (database, reason); `reads::replica::Why` says
+/// the same (checked there).
+pub const READ_DATABASES: [(&str, &str); 8] = [
+    ("replica", "within_limit"),
+    ("primary", "no_replica"),
+    ("primary", "shadow"),
+    ("primary", "lagging"),
+    ("primary", "lag_unknown"),
+    ("primary", "unreachable"),
+    ("primary", "not_standby"),
+    ("primary", "other_cluster"),
+];
 const JOB_STATUSES: [&str; 3] = ["success", "skipped", "failed"];
 
 /// The process's recorder, installed on first use with every metric described and
@@ -200,6 +225,9 @@ fn register_all() {
         {
             metrics::counter!(name, "endpoint" => endpoint).increment(0);
         }
+    }
+    for (database, reason) in READ_DATABASES {
+        metrics::counter!("tsmigrate_reads_total", "database" => database, "reason" => reason).increment(0);
     }
     for job in JobName::ALL {
         metrics::counter!("tsmigrate_job_failures_total", "job" => job.as_str()).increment(0);

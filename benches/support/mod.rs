@@ -232,10 +232,15 @@ pub fn free_port() -> u16 {
 /// Starts the real `tsmigrate run <extra>` with its defaults (relay and jobs in process) on
 /// `port`, and waits until it answers `/health`.
 pub fn start_daemon(env: &BenchEnv, port: u16, extra: &[&str]) -> Child {
+    start_daemon_with(env, port, extra, &[])
+}
+
+/// [`start_daemon`] with environment variables of its own (`DATABASE_READ_URL`...).
+pub fn start_daemon_with(env: &BenchEnv, port: u16, extra: &[&str], vars: &[(&str, &str)]) -> Child {
     let bind = format!("127.0.0.1:{port}");
     let mut args = vec!["run", "--bind", &bind];
     args.extend_from_slice(extra);
-    let server = env.command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start tsmigrate run");
+    let server = env.command(&args).envs(vars.iter().copied()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start tsmigrate run");
     let healthy = wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get_ok(port, "/health"));
     assert!(healthy.is_some(), "tsmigrate run did not become healthy");
     server

@@ -21,13 +21,14 @@ pub enum Command {
     Show,
     /// Check the settings file and the environment without connecting: exit 0 when usable,
     /// 2 with every problem and the setting to fix. --connect also connects to the target,
-    /// the legacy database and Redis.
+    /// the legacy database, the read replica (when set) and Redis.
     Check(CheckArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// Also connect to the target, the legacy database and Redis (each with its deadline).
+    /// Also connect to the target, the legacy database, the read replica (when set) and Redis
+    /// (each with its deadline).
     #[arg(long)]
     pub connect: bool,
 }
@@ -46,6 +47,7 @@ impl Command {
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
     ("LEGACY_DATABASE_URL", "database.legacy_url"),
+    ("DATABASE_READ_URL", "database.read_url"),
     ("PGSSLMODE", "database.tls_env.sslmode"),
     ("PGSSLROOTCERT", "database.tls_env.sslrootcert"),
     ("REDIS_URL", "redis.url"),
@@ -180,6 +182,13 @@ async fn connect_all(settings: &Settings) -> Vec<Reached> {
     if settings.database.legacy_url.is_some() {
         reached.push(pg("the legacy database", settings.database.legacy_url(), try_pool(crate::db::legacy_pool(settings).await).await));
     }
+    if let Some(url) = &settings.database.read_url {
+        reached.push(pg(
+            "the read replica",
+            url,
+            try_pool(crate::connect::pg_pool(url, crate::connect::PgLimits::from_settings(&settings.database)).await).await,
+        ));
+    }
     let redis = match crate::db::redis(settings).await {
         Ok(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -291,6 +300,7 @@ fn show_text(file: &FileChoice, shown: &[Shown]) -> String {
         let value = match &s.value {
             // An unset legacy database is the target's (DatabaseSettings::legacy_url).
             Value::Null if s.key == "database.legacy_url" => "(unset: the target database)".to_string(),
+            Value::Null if s.key == "database.read_url" => "(unset: reads go to the target)".to_string(),
             Value::Null => "(unset)".to_string(),
             Value::String(v) => format!("{v:?}"),
             other => other.to_string(),

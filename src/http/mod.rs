@@ -26,8 +26,9 @@ use sqlx::PgPool;
 use crate::config::Settings;
 use crate::context::Context;
 use crate::dual_write::flag::DUAL_WRITE_FLAG_REFRESH;
+use crate::reads::replica::ReplicaWatch;
 use crate::reads::shadow::ShadowStats;
-use crate::reads::{HorizonCache, ReadContext, RoutingCache};
+use crate::reads::{HorizonCache, ReadContext, RoutingCache, TargetDatabase};
 use crate::remembered::Remembered;
 
 /// Shared by every request: the process's one [`Context`] (settings, key layout, pools)
@@ -44,6 +45,8 @@ pub struct AppState {
     pub dual_write: Arc<DualWriteFlag>,
     /// Which source answers reads: the migration state, refreshed at most once a second.
     pub routing: Arc<RoutingCache>,
+    /// The read replica as last checked, refreshed at most once a second.
+    pub replica: Arc<ReplicaWatch>,
     /// Shadow-read comparisons (also exported as metrics).
     pub shadow: Arc<ShadowStats>,
     /// The target's raw horizon, remembered between reads.
@@ -60,6 +63,7 @@ impl AppState {
             serves_target: true,
             dual_write: Arc::new(DualWriteFlag::default()),
             routing: Arc::new(RoutingCache::default()),
+            replica: Arc::new(ReplicaWatch::default()),
             shadow: Arc::new(ShadowStats::default()),
             target_horizon: Arc::new(HorizonCache::default()),
         }
@@ -85,6 +89,7 @@ impl AppState {
             now,
             target_horizon: self.target_horizon.clone(),
             route: crate::reads::Route::Sets,
+            database: TargetDatabase::Primary(crate::reads::replica::Why::NoReplica),
         }
     }
 }

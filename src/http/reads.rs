@@ -164,8 +164,17 @@ fn non_empty(name: &str, value: Option<String>) -> Result<Option<String>, ApiErr
 /// source is asked too, in the background, and the answers compared.
 async fn serve(state: &AppState, request: Request, now: DateTime<Utc>) -> ReadResult {
     let routing = state.routing.current(state.target()).await;
-    let ctx = state.reads_at(now);
-    let (mut body, cached) = fetch(state, &ctx, routing.source, &request).await.map_err(|e| match e {
+    let ctx = state.reads_at(now).routed(routing, &state.replica).await;
+    let answered = match fetch(state, &ctx, routing.source, &request).await {
+        // The replica failed between its check and this read: the primary answers at once
+        // (the next check, within a second, sends every read there until it is back).
+        Err(ReadError::Unavailable(message)) if ctx.on_replica() && routing.source == ReadSource::Target => {
+            tracing::warn!(error = %message, "the read replica could not answer; asking the primary");
+            fetch(state, &ctx.clone().on_primary(crate::reads::replica::Why::Unreachable), routing.source, &request).await
+        }
+        other => other,
+    };
+    let (mut body, cached) = answered.map_err(|e| match e {
         ReadError::Unavailable(message) => ApiError::Unavailable(message),
         ReadError::Unexpected(e) => ApiError::Unexpected(e),
     })?;
@@ -190,12 +199,21 @@ async fn fetch(state: &AppState, ctx: &ReadContext, source: ReadSource, request:
         Some(body) => (body, true),
         None => {
             let mut body = render(&source.answer(ctx, request).await?);
-            // as_of: the settle boundary the question was resolved against; fresh_until: until
-            // when the cache serves this answer (the same for both sources, so shadow reads
-            // compare it too).
+            // as_of: the settle boundary the question was resolved against — on the read
+            // replica, its replay point when that is earlier (what it had replayed, never
+            // more); fresh_until: until when the cache serves this answer (the same for both
+            // sources, so shadow reads compare it too).
+            let as_of = match source {
+                ReadSource::Target => {
+                    let (database, reason) = ctx.database.labels();
+                    metrics::counter!("tsmigrate_reads_total", "database" => database, "reason" => reason).increment(1);
+                    ctx.target_as_of()
+                }
+                ReadSource::Legacy => ctx.now,
+            };
             let fresh_until = ctx.now + chrono::Duration::seconds(ttl as i64);
             if let Some(obj) = body.as_object_mut() {
-                obj.insert("as_of".into(), Value::String(reads::wire_time(ctx.now)));
+                obj.insert("as_of".into(), Value::String(reads::wire_time(as_of)));
                 obj.insert("fresh_until".into(), Value::String(reads::wire_time(fresh_until)));
             }
             let left = (fresh_until - Utc::now()).num_seconds();

@@ -1,6 +1,7 @@
 //! What a read needs: the process's [`Context`] (settings, key layout, pools), the shared
 //! Redis connection, the request's minute, the target's raw horizon remembered between
-//! requests, and the route the target takes for unique users.
+//! requests, the route the target takes for unique users, and which database answers the
+//! target's reads (the primary, or the read replica up to its replay point).
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -9,7 +10,9 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sqlx::PgPool;
 
+use super::replica::{ReplicaView, ReplicaWatch, Why};
 use super::request::ReadError;
+use super::routing::{ReadSource, Routing};
 use crate::connect::RedisConn;
 use crate::context::Context;
 use crate::remembered::Remembered;
@@ -46,12 +49,92 @@ pub struct ReadContext {
     /// The target's raw horizon, shared between requests.
     pub target_horizon: Arc<HorizonCache>,
     pub route: Route,
+    /// Which database answers the target's reads.
+    pub database: TargetDatabase,
+}
+
+/// Which database answers the target's reads ([`super::replica`] decides).
+#[derive(Clone, Debug)]
+pub enum TargetDatabase {
+    /// The target itself, and why (no replica, shadow reads, the replica lagging...).
+    Primary(Why),
+    /// The hot standby, which holds everything the primary had committed by `replayed_to`.
+    Replica { pool: PgPool, replayed_to: DateTime<Utc> },
+}
+
+impl TargetDatabase {
+    /// The `tsmigrate_reads_total` labels: database and reason.
+    pub fn labels(&self) -> (&'static str, &'static str) {
+        let why = match self {
+            TargetDatabase::Primary(why) => *why,
+            TargetDatabase::Replica { .. } => Why::WithinLimit,
+        };
+        (why.database(), why.as_str())
+    }
 }
 
 impl ReadContext {
     /// Reads on `shared`'s pools and `redis` at `now`, with a raw horizon of their own.
     pub fn new(shared: Context, redis: RedisConn, now: DateTime<Utc>, route: Route) -> ReadContext {
-        ReadContext { shared, redis, serves_target: true, now, target_horizon: Arc::new(HorizonCache::default()), route }
+        ReadContext {
+            shared,
+            redis,
+            serves_target: true,
+            now,
+            target_horizon: Arc::new(HorizonCache::default()),
+            route,
+            database: TargetDatabase::Primary(Why::NoReplica),
+        }
+    }
+
+    /// Reads the target on the replica `view` names, when it serves and its pool is there.
+    pub fn on(self, view: Option<&ReplicaView>) -> ReadContext {
+        let database = match (view, self.shared.read_replica()) {
+            (None, _) => TargetDatabase::Primary(Why::NoReplica),
+            (Some(view), Some(Ok(pool))) if view.serving() => match view.replayed_to {
+                Some(replayed_to) => TargetDatabase::Replica { pool: pool.clone(), replayed_to },
+                None => TargetDatabase::Primary(Why::LagUnknown),
+            },
+            (Some(view), _) if view.serving() => TargetDatabase::Primary(Why::Unreachable),
+            (Some(view), _) => TargetDatabase::Primary(view.why),
+        };
+        ReadContext { database, ..self }
+    }
+
+    /// Chooses the database for the target's reads under `routing`: the replica `watch`
+    /// last saw serving, unless the legacy path answers (no target read to place) or shadow
+    /// reads compare the sources (both on the primary, so both answers are of one moment).
+    pub async fn routed(self, routing: Routing, watch: &ReplicaWatch) -> ReadContext {
+        if self.shared.settings.database.read_url.is_none() || !self.serves_target {
+            return self;
+        }
+        if routing.shadow {
+            return ReadContext { database: TargetDatabase::Primary(Why::Shadow), ..self };
+        }
+        if routing.source != ReadSource::Target {
+            return self;
+        }
+        let view = watch.current(&self.shared).await;
+        self.on(view.as_ref())
+    }
+
+    /// Whether the target's reads go to the replica.
+    pub fn on_replica(&self) -> bool {
+        matches!(self.database, TargetDatabase::Replica { .. })
+    }
+
+    /// The same read on the primary (a replica that failed between its check and the read).
+    pub fn on_primary(self, why: Why) -> ReadContext {
+        ReadContext { database: TargetDatabase::Primary(why), ..self }
+    }
+
+    /// The time the target's answer is true as of: the request's minute, or the replica's
+    /// replay point when that is earlier (never later than what the database read had).
+    pub fn target_as_of(&self) -> DateTime<Utc> {
+        match &self.database {
+            TargetDatabase::Replica { replayed_to, .. } => self.now.min(*replayed_to),
+            TargetDatabase::Primary(_) => self.now,
+        }
     }
 
     pub fn tz(&self) -> Tz {
@@ -62,7 +145,10 @@ impl ReadContext {
         if !self.serves_target {
             return Err(ReadError::Unavailable("the target database is not configured for reads".into()));
         }
-        Ok(&self.shared.target)
+        Ok(match &self.database {
+            TargetDatabase::Replica { pool, .. } => pool,
+            TargetDatabase::Primary(_) => &self.shared.target,
+        })
     }
 
     /// The legacy tables' pool (the target's unless `database.legacy_url` names another,

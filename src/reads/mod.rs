@@ -31,7 +31,8 @@
 //! dead letters). Invariant: this module and its primitives only read; they never write.
 //!
 //! Modules, one concern each: [`request`] (what is asked and answered; pure), [`routing`]
-//! (which source answers), [`context`] (what a read needs, shared by the process),
+//! (which source answers), [`replica`] (whether the target's reads go to its read replica,
+//! and its replay point), [`context`] (what a read needs, shared by the process),
 //! [`compose`] (the composition over the primitives), [`buckets`] and [`rules`] (pure
 //! arithmetic and merge rules), the primitives per source ([`legacy`], [`target`], [`sets`]),
 //! [`cache`] (the answers' cache-aside in Redis), [`shadow`] (comparing the sources) and
@@ -43,6 +44,7 @@ pub mod compose;
 pub mod context;
 pub mod control;
 pub mod legacy;
+pub mod replica;
 pub mod request;
 pub mod routing;
 pub mod rules;
@@ -51,7 +53,7 @@ pub mod shadow;
 pub mod target;
 
 pub use buckets::{bin_start, bucket_count, bucket_starts, hours_nest, Pieces, Split, AGGREGATE_SETTLE, BUCKET_ORIGIN_MS};
-pub use context::{HorizonCache, ReadContext, Route, HORIZON_REFRESH};
+pub use context::{HorizonCache, ReadContext, Route, TargetDatabase, HORIZON_REFRESH};
 pub use request::{
     format_span, minute_floor, wire_time, Answer, AssetRow, Comparison, DayAssetRow, EventFilter, GroupTotal, HourRow, Intervals, RawSummary, ReadError,
     Request, Summary, TimeRange, UserCount, MAX_BUCKETS, MAX_PERIOD_DAYS, MAX_POPULAR_DAYS, MAX_RANGE_DAYS,

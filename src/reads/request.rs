@@ -29,8 +29,11 @@ pub enum ReadError {
 
 impl ReadError {
     pub(crate) fn postgres(what: &str, e: sqlx::Error) -> ReadError {
-        let missing_table = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "42P01" || c == "42883");
+        let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
+        let missing_table = code.as_deref().is_some_and(|c| c == "42P01" || c == "42883");
         match e {
+            // A read replica cancels a read whose rows replay must change ("conflict with recovery").
+            _ if code.as_deref() == Some("40001") => ReadError::Unavailable(format!("{what}: the read was cancelled ({e}); ask again")),
             _ if missing_table => ReadError::Unavailable(format!("{what} is not set up ({e}); run `tsmigrate prepare` / check the legacy tables")),
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
                 ReadError::Unavailable(format!("{what} is unreachable: {e}"))

@@ -35,6 +35,7 @@ mod promises_deadlines;
 mod promises_service;
 mod promises_tls;
 pub mod proxy;
+mod read_replica;
 mod reads;
 mod redis_faults;
 mod relay_isolation;

@@ -394,8 +394,9 @@ pub struct PgOptions {
 }
 
 /// A PostgreSQL cluster of the test's own (initdb in a temporary directory, run as the
-/// `postgres` OS user, trust authentication, on a free port of 127.0.0.1 and its own socket
-/// directory), which the test may restart or stop. Stopped (immediate) on drop.
+/// `postgres` OS user, trust authentication — replication connections included —, on a free
+/// port of 127.0.0.1 and its own socket directory), which the test may restart or stop.
+/// [`PgServer::standby`] makes a hot standby of it. Stopped (immediate) on drop.
 pub struct PgServer {
     port: u16,
     dir: tempfile::TempDir,
@@ -447,6 +448,45 @@ impl PgServer {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A hot standby of this server, streaming from it: `pg_basebackup -R` (WAL streamed
+    /// during the copy, a replication slot of its own so the primary keeps the WAL it has
+    /// not received), `hot_standby = on`, on a free port and socket directory of its own.
+    /// Returns once it accepts read-only connections.
+    pub fn standby(&self) -> PgServer {
+        let dir = tempfile::Builder::new().prefix("tsm-pg-standby-").tempdir().expect("create a directory for the standby");
+        let (uid, gid) = postgres_user();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("give the standby directory to the postgres user");
+        let data = dir.path().join("data");
+        let port = free_port();
+        let slot = format!("standby_{port}");
+        run_as_postgres(Command::new(Path::new(PG_BIN).join("pg_basebackup")).arg("-D").arg(&data).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "-C",
+            "-S",
+            &slot,
+            "-c",
+            "fast",
+            "--no-sync",
+        ]));
+        let conf = format!(
+            "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\nhot_standby_feedback = on\nwal_receiver_status_interval = 1s\n",
+            dir.path().display()
+        );
+        let mut file = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).expect("open the standby's postgresql.conf");
+        std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
+        let server = PgServer { port, dir };
+        server.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some("server.log"));
+        server
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/<database>`.
