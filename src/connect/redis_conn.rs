@@ -345,6 +345,19 @@ impl Topology for Pinned {
     }
 }
 
+/// redis-rs's connections to one server (tools and tests that write the legacy layout).
+impl Topology for MultiplexedConnection {
+    fn is_cluster(&self) -> bool {
+        false
+    }
+}
+
+impl Topology for redis::aio::ConnectionManager {
+    fn is_cluster(&self) -> bool {
+        false
+    }
+}
+
 /// Errors meaning no command was sent (no connection could be had in time).
 fn not_connected(detail: &str) -> RedisError {
     RedisError::from((ErrorKind::IoError, NOT_CONNECTED, detail.to_string()))

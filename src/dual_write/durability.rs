@@ -228,7 +228,39 @@ mod tests {
             evicted_keys: Some(0),
             evicting: evicts_any_key(Some(policy), Some(max)),
             warnings: vec![],
+            masters: vec![],
         }
+    }
+
+    fn master(address: &str, aof: bool, save: &str, used: u64, max: u64, policy: &str) -> MasterDurability {
+        MasterDurability {
+            address: address.into(),
+            aof: Some(aof),
+            rdb_save: Some(save.into()),
+            used_memory: Some(used),
+            maxmemory: Some(max),
+            maxmemory_policy: Some(policy.into()),
+            evicted_keys: Some(2),
+            run_id: None,
+        }
+    }
+
+    #[test]
+    fn a_cluster_is_as_durable_as_its_weakest_master() {
+        let all = combine(vec![
+            master("a:1", true, "3600 1", 10, 100, "noeviction"),
+            master("b:1", false, "", 90, 100, "noeviction"),
+            master("c:1", true, "", 50, 0, "allkeys-lru"),
+        ]);
+        assert_eq!(all.aof, Some(false), "AOF only when every master has it");
+        assert_eq!(all.rdb_save.as_deref(), Some(""), "no snapshots on one master");
+        assert_eq!((all.used_memory, all.maxmemory), (Some(90), Some(100)), "the fullest master's memory");
+        assert_eq!(all.evicted_keys, Some(6), "evictions summed");
+        assert!(!all.evicting, "allkeys without maxmemory does not evict");
+        assert_eq!(all.masters.len(), 3);
+        assert!(all.warnings.iter().any(|w| w.contains("b:1")), "{:?}", all.warnings);
+        let one = combine(vec![master("a:1", true, "", 10, 0, "noeviction")]);
+        assert_eq!((one.aof, one.masters.len()), (Some(true), 1));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod architecture;
 mod assess;
 mod backfill;
 mod cli_tools;
+mod cluster;
 mod config_errors;
 mod daemon;
 mod daemon_process;
