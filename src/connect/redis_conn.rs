@@ -382,13 +382,21 @@ impl Outcome {
     pub fn of(e: &RedisError) -> Outcome {
         let refused_before_running = is_not_connected(e)
             || is_out_of_memory(e)
-            || matches!(e.kind(), ErrorKind::ExecAbortError | ErrorKind::ReadOnly | ErrorKind::BusyLoadingError | ErrorKind::MasterDown);
+            || matches!(e.kind(), ErrorKind::ExecAbortError | ErrorKind::ReadOnly | ErrorKind::BusyLoadingError | ErrorKind::MasterDown)
+            || refused_by_the_cluster(e);
         if refused_before_running {
             Outcome::NotWritten
         } else {
             Outcome::Unknown
         }
     }
+}
+
+/// A cluster's redirections and refusals (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`,
+/// `CROSSSLOT`, no connection to the node) come before a command runs; inside a `MULTI` they
+/// are queueing errors, which abort the `EXEC`.
+fn refused_by_the_cluster(e: &RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask | ErrorKind::TryAgain | ErrorKind::ClusterDown | ErrorKind::CrossSlot | ErrorKind::ClusterConnectionNotFound)
 }
 
 /// True for errors raised before anything was sent.
@@ -507,6 +515,7 @@ mod tests {
         assert_eq!(Outcome::of(&RedisError::from((ErrorKind::ExecAbortError, "EXECABORT"))), Outcome::NotWritten);
         let oom = RedisError::from((ErrorKind::ResponseError, "OOM command not allowed when used memory > 'maxmemory'."));
         assert_eq!(Outcome::of(&oom), Outcome::NotWritten);
+        assert_eq!(Outcome::of(&RedisError::from((ErrorKind::TryAgain, "TRYAGAIN"))), Outcome::NotWritten, "a cluster's refusal");
         assert_eq!(Outcome::of(&io(std::io::ErrorKind::TimedOut)), Outcome::Unknown, "sent, no answer");
         assert_eq!(Outcome::of(&io(std::io::ErrorKind::BrokenPipe)), Outcome::Unknown, "the connection broke after sending");
         let inside_exec = RedisError::from((ErrorKind::ResponseError, "WRONGTYPE Operation against a key holding the wrong kind of value"));

@@ -144,10 +144,13 @@ struct Tally {
     unknown: usize,
     /// The longest stretch without a 202.
     unavailable: Duration,
+    /// The first answer that was not a 202, for the report.
+    first_failure: Option<String>,
 }
 
 /// Clients posting batches of fresh events in a loop until told to stop.
 struct Load {
+    last_ok: Arc<Mutex<Instant>>,
     accepted: Arc<Mutex<Vec<Uuid>>>,
     unknown: Arc<Mutex<Vec<Uuid>>>,
     tally: Arc<Mutex<Tally>>,
@@ -158,6 +161,7 @@ struct Load {
 impl Load {
     fn start(addr: SocketAddr, workers: usize) -> Load {
         let load = Load {
+            last_ok: Arc::new(Mutex::new(Instant::now())),
             accepted: Arc::default(),
             unknown: Arc::default(),
             tally: Arc::default(),
@@ -165,7 +169,7 @@ impl Load {
             tasks: Vec::new(),
         };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        let last_ok = Arc::new(Mutex::new(Instant::now()));
+        let last_ok = load.last_ok.clone();
         let tasks = (0..workers)
             .map(|_| {
                 let (http, accepted, unknown, tally, stop, last_ok) =
@@ -187,9 +191,13 @@ impl Load {
                                 }
                                 Ok((503, reply)) if reply.to_string().contains("unknown") => {
                                     t.unknown += ids.len();
+                                    t.first_failure.get_or_insert_with(|| reply.to_string());
                                     unknown.lock().unwrap().extend(ids);
                                 }
-                                _ => t.refused += ids.len(),
+                                other => {
+                                    t.refused += ids.len();
+                                    t.first_failure.get_or_insert_with(|| format!("{other:?}"));
+                                }
                             }
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -205,7 +213,9 @@ impl Load {
         for task in self.tasks {
             task.await.unwrap();
         }
-        let tally = std::mem::take(&mut *self.tally.lock().unwrap());
+        let mut tally = std::mem::take(&mut *self.tally.lock().unwrap());
+        // A stretch without a 202 that lasted to the end counts too.
+        tally.unavailable = tally.unavailable.max(self.last_ok.lock().unwrap().elapsed());
         let accepted = self.accepted.lock().unwrap().clone();
         let unknown = self.unknown.lock().unwrap().clone();
         (tally, accepted, unknown)
@@ -235,12 +245,15 @@ fn report(case: &str, tally: &Tally, accepted: &[Uuid], rows: &HashMap<Uuid, i64
         lost,
         doubled
     );
+    if let Some(failure) = &tally.first_failure {
+        eprintln!("cluster case | {case:<28} | first failure: {failure}");
+    }
     (lost, doubled)
 }
 
 /// Prepared, dual-writing, a daemon serving ingest; returns it with the env.
-async fn dual_writing(cluster: &RedisCluster, extra_env: &[(&str, &str)]) -> (TestEnv, Daemon) {
-    let env = env_on(&cluster.url()).await;
+async fn dual_writing(url: &str, extra_env: &[(&str, &str)]) -> (TestEnv, Daemon) {
+    let env = env_on(url).await;
     crate::scenario::seed(&env, 300, false);
     prepare_and_dual_write(&env, Mode::Postgres);
     let daemon = Daemon::start(&env, None, extra_env);
@@ -275,7 +288,8 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 async fn a_killed_events_master_during_dual_write() {
     for wait_replicas in ["0", "1"] {
         let mut cluster = start_cluster().await;
-        let (env, daemon) = dual_writing(&cluster, &[("TSMIGRATE_REDIS_WAIT_REPLICAS", wait_replicas)]).await;
+        // Every member as a seed: the node a single URL names may be the one killed.
+        let (env, daemon) = dual_writing(&cluster.seed_urls(), &[("TSMIGRATE_REDIS_WAIT_REPLICAS", wait_replicas)]).await;
         let slot = tsmigrate::connect::slot_of(&env.keys().events);
         let killed = cluster.master_of(slot);
         // The observer's first look at the masters, before the failover.
@@ -287,7 +301,7 @@ async fn a_killed_events_master_during_dual_write() {
         let load = Load::start(daemon.addr, 4);
         tokio::time::sleep(Duration::from_secs(2)).await;
         cluster.kill(killed);
-        until("a replica takes over the events slot", || cluster.master_of(slot) != killed).await;
+        until("a replica takes over the events slot", || cluster.serving(slot).is_ok_and(|m| m != killed)).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (tally, accepted, _unknown) = load.finish().await;
         assert_eq!(tally.sent, tally.accepted + tally.refused + tally.unknown);
@@ -328,7 +342,7 @@ async fn a_killed_events_master_during_dual_write() {
 #[tokio::test(flavor = "multi_thread")]
 async fn resharding_the_events_slot_and_adding_a_node() {
     let cluster = start_cluster().await;
-    let (env, daemon) = dual_writing(&cluster, &[]).await;
+    let (env, daemon) = dual_writing(&cluster.url(), &[]).await;
     let slot = tsmigrate::connect::slot_of(&env.keys().events);
     let cluster = Arc::new(cluster);
     for case in ["slot moved to another master", "node added, slot moved to it"] {

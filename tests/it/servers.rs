@@ -651,9 +651,9 @@ impl RedisCluster {
         format!("redis://127.0.0.1:{}", self.nodes[0].port)
     }
 
-    /// Seed nodes as `redis.url` takes them: `redis://127.0.0.1:p1,redis://127.0.0.1:p2`.
+    /// Every member as a seed node, as `redis.url` takes them: `redis://127.0.0.1:p1,redis://127.0.0.1:p2,…`.
     pub fn seed_urls(&self) -> String {
-        self.nodes[..3].iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+        self.nodes[..6].iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
     }
 
     /// The ports of the nodes that run and are members.
@@ -680,6 +680,12 @@ impl RedisCluster {
 
     /// The port of the master that serves `slot`, as a running member sees it.
     pub fn master_of(&self, slot: u16) -> u16 {
+        self.serving(slot).unwrap_or_else(|nodes| panic!("no master serves slot {slot}:\n{nodes}"))
+    }
+
+    /// The port of the master that serves `slot`, or what the cluster says when none that is
+    /// not failing does (during a failover).
+    pub fn serving(&self, slot: u16) -> Result<u16, String> {
         let asker = *self.members().iter().find(|p| self.is_member(**p)).expect("a running member");
         let nodes = self.on(asker, &["CLUSTER", "NODES"]);
         for line in nodes.lines() {
@@ -697,11 +703,11 @@ impl RedisCluster {
                     None => (range.parse::<u16>().unwrap(), range.parse::<u16>().unwrap()),
                 };
                 if (from..=to).contains(&slot) {
-                    return port;
+                    return Ok(port);
                 }
             }
         }
-        panic!("no master serves slot {slot}:\n{nodes}");
+        Err(nodes)
     }
 
     /// The node id of the node on `port`.
