@@ -396,7 +396,10 @@ impl Outcome {
 /// `CROSSSLOT`, no connection to the node) come before a command runs; inside a `MULTI` they
 /// are queueing errors, which abort the `EXEC`.
 fn refused_by_the_cluster(e: &RedisError) -> bool {
-    matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask | ErrorKind::TryAgain | ErrorKind::ClusterDown | ErrorKind::CrossSlot | ErrorKind::ClusterConnectionNotFound)
+    matches!(
+        e.kind(),
+        ErrorKind::Moved | ErrorKind::Ask | ErrorKind::TryAgain | ErrorKind::ClusterDown | ErrorKind::CrossSlot | ErrorKind::ClusterConnectionNotFound
+    )
 }
 
 /// True for errors raised before anything was sent.

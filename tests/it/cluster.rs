@@ -13,8 +13,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::daemon_process::{batch, post_batch};
+use crate::redis_cluster::RedisCluster;
 use crate::scenario::{prepare_and_dual_write, Mode};
-use crate::servers::{Daemon, RedisCluster};
+use crate::servers::Daemon;
 use crate::support::{eventually, field, TestEnv};
 use tsmigrate::config::SecretUrl;
 
@@ -106,7 +107,8 @@ async fn every_path_works_against_a_cluster_named_by_one_node() {
 
     // Reads (twice: the second from the cache), user sets, tail, assess.
     let end = chrono::Utc::now();
-    let window = format!("/api/v1/analytics/summary?from={}&to={}", tsmigrate::reads::wire_time(end - chrono::Duration::hours(6)), tsmigrate::reads::wire_time(end));
+    let window =
+        format!("/api/v1/analytics/summary?from={}&to={}", tsmigrate::reads::wire_time(end - chrono::Duration::hours(6)), tsmigrate::reads::wire_time(end));
     for _ in 0..2 {
         let response = http.get(daemon.url(&window)).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200, "{}", response.text().await.unwrap());
@@ -294,7 +296,8 @@ async fn a_killed_events_master_during_dual_write() {
         let killed = cluster.master_of(slot);
         // The observer's first look at the masters, before the failover.
         eventually("the daemon records the masters", PATIENCE, || async {
-            let seen: Option<i64> = sqlx::query_scalar("SELECT 1::bigint FROM tsmigrate.checkpoints WHERE name = 'redis:masters'").fetch_optional(&env.pool).await.unwrap();
+            let seen: Option<i64> =
+                sqlx::query_scalar("SELECT 1::bigint FROM tsmigrate.checkpoints WHERE name = 'redis:masters'").fetch_optional(&env.pool).await.unwrap();
             seen
         })
         .await;

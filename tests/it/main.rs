@@ -37,6 +37,7 @@ mod promises_service;
 mod promises_tls;
 pub mod proxy;
 mod reads;
+pub mod redis_cluster;
 mod redis_faults;
 mod relay_isolation;
 mod runbooks;
