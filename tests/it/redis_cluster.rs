@@ -53,7 +53,7 @@ impl RedisCluster {
         let dir = self.dir.path().join(port.to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("redis.log");
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
@@ -73,6 +73,8 @@ impl RedisCluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("cluster node on port {port} was not ready: {}", log_tail(&log));
     }
 
