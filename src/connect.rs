@@ -18,7 +18,10 @@ use sqlx::{ConnectOptions as _, Connection, PgConnection, PgPool};
 use crate::config::{DatabaseSettings, RedisSettings, SecretUrl};
 
 mod redis_conn;
-pub use redis_conn::{cluster_enabled, is_not_connected, is_out_of_memory, master_of, slot_of, Outcome, Pinned, RedisConn, RedisRole, RedisSource, Topology};
+pub use redis_conn::{
+    cluster_enabled, is_not_connected, is_out_of_memory, master_of, refused_by_the_cluster, slot_of, Outcome, Pinned, RedisConn, RedisRole, RedisSource,
+    Topology,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

@@ -395,7 +395,7 @@ impl Outcome {
 /// A cluster's redirections and refusals (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`,
 /// `CROSSSLOT`, no connection to the node) come before a command runs; inside a `MULTI` they
 /// are queueing errors, which abort the `EXEC`.
-fn refused_by_the_cluster(e: &RedisError) -> bool {
+pub fn refused_by_the_cluster(e: &RedisError) -> bool {
     matches!(
         e.kind(),
         ErrorKind::Moved | ErrorKind::Ask | ErrorKind::TryAgain | ErrorKind::ClusterDown | ErrorKind::CrossSlot | ErrorKind::ClusterConnectionNotFound

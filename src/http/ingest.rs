@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use crate::connect::{is_not_connected, is_out_of_memory, Outcome};
+use crate::connect::{is_not_connected, is_out_of_memory, refused_by_the_cluster, Outcome};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -274,12 +274,19 @@ fn unavailable(e: &redis::RedisError, attempt: Attempt) -> ApiError {
 }
 
 /// The batch's writes, and once more on a fresh connection when the connection broke (after
-/// a Redis restart the first command finds the old, dead connection). Never after a
-/// timeout: the server may still be working on it, or hung.
+/// a Redis restart the first command finds the old, dead connection), or when a cluster
+/// refused it with a redirection. Never after a timeout: the server may still be working on
+/// it, or hung.
 async fn write_with_one_more_try(state: &AppState, batch: &mut ParsedBatch, attempt: &mut Attempt) -> redis::RedisResult<bool> {
     match write_once(state, batch, attempt).await {
         Err(e) if e.is_io_error() && !e.is_timeout() && !is_not_connected(&e) => {
             attempt.maybe_written |= attempt.multi_sent;
+            attempt.multi_sent = false;
+            write_once(state, batch, attempt).await
+        }
+        // A cluster moved the slot (a resharding, a failover) and refused the batch before
+        // running it: once more, on the topology the refusal taught the client.
+        Err(e) if refused_by_the_cluster(&e) && !attempt.maybe_written => {
             attempt.multi_sent = false;
             write_once(state, batch, attempt).await
         }
