@@ -1157,6 +1157,29 @@ mod tests {
     }
 
     #[test]
+    fn cluster_seed_lists_and_wait_replicas_are_checked() {
+        let mut s = Settings::default();
+        s.redis.url = SecretUrl::new("redis://:pw@h1:7000, redis://:pw@h2:7000");
+        assert_eq!(s.redis.seed_urls(), vec!["redis://:pw@h1:7000", "redis://:pw@h2:7000"]);
+        assert!(s.validate().is_ok(), "{:?}", s.validate());
+        assert_eq!(s.redis.url.redacted(), "redis://:***@h1:7000,redis://:***@h2:7000");
+        assert_eq!(s.redis.url.scrub("failed: pw"), "failed: ***");
+        s.redis.url = SecretUrl::new("redis://h1:7000,rediss://h2:7000");
+        assert!(format!("{:?}", s.validate()).contains("different schemes"));
+        s.redis.url = SecretUrl::new("redis://h1:7000,redis:/h2:7000");
+        assert!(format!("{:?}", s.validate()).contains("seed node 2"));
+        let mut s = Settings::default();
+        s.apply_env(|n| (n == "TSMIGRATE_REDIS_WAIT_REPLICAS").then(|| "two".to_string()));
+        assert!(format!("{:?}", s.validate()).contains("TSMIGRATE_REDIS_WAIT_REPLICAS"));
+        let mut s = Settings::default();
+        s.apply_env(|n| (n == "TSMIGRATE_REDIS_WAIT_REPLICAS").then(|| "1".to_string()));
+        assert_eq!(s.redis.wait_replicas, 1);
+        assert!(s.validate().is_ok());
+        s.redis.wait_timeout_ms = s.redis.response_timeout_ms;
+        assert!(format!("{:?}", s.validate()).contains("wait_timeout_ms"));
+    }
+
+    #[test]
     fn redis_tls_settings_come_from_the_environment_too() {
         let mut s = Settings::from_toml("[redis]\nurl = \"rediss://h:6380\"\ntls_insecure = true\n").unwrap();
         assert!(s.redis.tls_insecure);
