@@ -18,18 +18,6 @@ use std::time::Duration;
 
 use support::*;
 
-const EVENTS_PER_REQUEST: u64 = 50;
-
-/// One wrk run's shape.
-struct Load {
-    name: &'static str,
-    threads: u32,
-    connections: u32,
-    /// Pause after each response on a connection (wrk's `delay()`), ms; 0 = saturation.
-    delay_ms: u32,
-    seconds: u64,
-}
-
 fn loads() -> [Load; 3] {
     let seconds = env_number("TSMIGRATE_BENCH_SECONDS", 10) as u64;
     [
@@ -39,38 +27,9 @@ fn loads() -> [Load; 3] {
     ]
 }
 
-/// What wrk reported (the `WRKJSON` line of the Lua script).
-#[derive(serde::Deserialize)]
-struct WrkResult {
-    requests: u64,
-    accepted: u64,
-    duration_us: u64,
-    errors: u64,
-    p50_us: u64,
-    p99_us: u64,
-}
-
-impl WrkResult {
-    fn events_per_second(&self) -> f64 {
-        (self.accepted * EVENTS_PER_REQUEST) as f64 / (self.duration_us as f64 / 1e6)
-    }
-}
-
-fn wrk(port: u16, load: &Load, tag: &str) -> WrkResult {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/load/ingest.lua");
-    let out = Command::new("wrk")
-        .args(["-t", &load.threads.to_string(), "-c", &load.connections.to_string(), "-d", &format!("{}s", load.seconds), "--timeout", "10s"])
-        .args(["-s", script, &format!("http://127.0.0.1:{port}"), "--", tag, &load.delay_ms.to_string()])
-        .output()
-        .expect("run wrk (apt-get install wrk)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find_map(|l| l.strip_prefix("WRKJSON ")).unwrap_or_else(|| panic!("wrk printed no result:\n{stdout}"));
-    serde_json::from_str(line).expect("wrk result JSON")
-}
-
 /// Events waiting in the outbox: every entry is one request of the load script.
 fn outbox_events(redis: &mut redis::Connection, env: &BenchEnv) -> u64 {
-    let entries: u64 = redis::cmd("XLEN").arg(format!("{}analytics:outbox", env.settings.redis.key_prefix)).query(redis).unwrap_or(0);
+    let entries: u64 = redis::cmd("XLEN").arg(tsmigrate::legacy::LegacyKeys::from_settings(&env.settings).outbox).query(redis).unwrap_or(0);
     entries * EVENTS_PER_REQUEST
 }
 
@@ -142,7 +101,7 @@ fn redis_pid(redis: &mut redis::Connection) -> u32 {
 fn relay_reading(redis: &mut redis::Connection, env: &BenchEnv) -> bool {
     let consumers: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
         .arg("CONSUMERS")
-        .arg(format!("{}analytics:outbox", env.settings.redis.key_prefix))
+        .arg(tsmigrate::legacy::LegacyKeys::from_settings(&env.settings).outbox)
         .arg(&env.settings.redis.outbox_group)
         .query(redis);
     matches!(consumers, Ok(redis::Value::Array(ref c)) if !c.is_empty())

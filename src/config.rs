@@ -40,8 +40,18 @@ impl SecretUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
+    /// The URLs of a comma-separated list of several (a Redis Cluster's seed nodes), each of
+    /// them a `scheme://` URL; `None` for one URL.
+    fn list(&self) -> Option<Vec<SecretUrl>> {
+        let parts: Vec<&str> = self.0.split(',').map(str::trim).collect();
+        (parts.len() > 1 && parts.iter().all(|p| p.contains("://"))).then(|| parts.into_iter().map(SecretUrl::new).collect())
+    }
+
     /// The URL with any password replaced by `***`.
     pub fn redacted(&self) -> String {
+        if let Some(list) = self.list() {
+            return list.iter().map(SecretUrl::redacted).collect::<Vec<_>>().join(",");
+        }
         match url::Url::parse(&self.0) {
             // `postgres:/user:pw@host/db` parses, as a path: everything after the scheme may be a secret.
             Ok(url) if !self.has_authority() => format!("{}:<hidden: not a {}://host URL>", url.scheme(), url.scheme()),
@@ -75,6 +85,9 @@ impl SecretUrl {
     /// decoded), secret query parameters, and all of it when it is not a `scheme://` URL.
     /// For driver messages, which sometimes echo what they were given.
     pub fn scrub(&self, message: &str) -> String {
+        if let Some(list) = self.list() {
+            return list.iter().fold(message.to_string(), |m, url| url.scrub(&m));
+        }
         let mut secrets: Vec<String> = Vec::new();
         match url::Url::parse(&self.0) {
             Ok(url) if self.has_authority() => {
@@ -410,6 +423,18 @@ pub struct RedisSettings {
     /// fragment). For testing only: it gives up protection against interception. Env:
     /// `TSMIGRATE_REDIS_TLS_INSECURE`.
     pub tls_insecure: bool,
+    /// After an ingest batch is written, `WAIT` for this many replicas of the master holding
+    /// the events to acknowledge it before answering 202 (0 = do not wait). Fewer within
+    /// `wait_timeout_ms`: 503 "outcome unknown" (the batch is on the master and may survive a
+    /// failover or not). Redis replication is asynchronous: without it, a failover can drop
+    /// batches already answered 202. Env: `TSMIGRATE_REDIS_WAIT_REPLICAS`.
+    pub wait_replicas: u32,
+    /// How long ingest waits for `wait_replicas` acknowledgements, in milliseconds.
+    #[serde(deserialize_with = "crate::duration::millis::deserialize")]
+    pub wait_timeout_ms: u64,
+    /// A `TSMIGRATE_REDIS_WAIT_REPLICAS` that is not a number, for `validate` to name.
+    #[serde(skip)]
+    pub wait_replicas_invalid_env: Option<String>,
 }
 
 impl Default for RedisSettings {
@@ -433,11 +458,21 @@ impl Default for RedisSettings {
             response_timeout_ms: 5000,
             tls_ca_file: None,
             tls_insecure: false,
+            wait_replicas: 0,
+            wait_timeout_ms: 500,
+            wait_replicas_invalid_env: None,
         }
     }
 }
 
 impl RedisSettings {
+    /// The URLs in `url`: one server (or one node of a cluster), or the seed nodes of a Redis
+    /// Cluster separated by commas (`redis://h:7000,redis://h:7001`); a cluster is detected
+    /// either way.
+    pub fn seed_urls(&self) -> Vec<String> {
+        self.url.expose().split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect()
+    }
+
     pub fn key(&self, name: &str) -> String {
         format!("{}{}", self.key_prefix, name)
     }
@@ -448,6 +483,10 @@ impl RedisSettings {
 
     pub fn response_timeout(&self) -> Duration {
         Duration::from_millis(self.response_timeout_ms)
+    }
+
+    pub fn wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.wait_timeout_ms)
     }
 }
 
@@ -665,6 +704,13 @@ impl Settings {
         if let Some(v) = lookup("TSMIGRATE_REDIS_TLS_INSECURE") {
             self.redis.tls_insecure = matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on");
         }
+        if let Some(v) = lookup("TSMIGRATE_REDIS_WAIT_REPLICAS") {
+            match v.trim().parse() {
+                Ok(n) => self.redis.wait_replicas = n,
+                // Kept as given so validate() names it.
+                Err(_) => self.redis.wait_replicas_invalid_env = Some(v),
+            }
+        }
         if let Some(v) = lookup("TSMIGRATE_API_TOKEN") {
             if v.trim().is_empty() {
                 self.http.api_token_env_empty = true;
@@ -699,7 +745,7 @@ impl Settings {
             check_url("database.read_url (DATABASE_READ_URL)", url, &["postgres", "postgresql"], &mut problems);
             check_pg_tls("database.read_url (DATABASE_READ_URL)", url, &self.database.tls_env, &mut problems);
         }
-        check_url("redis.url (REDIS_URL)", &self.redis.url, &["redis", "rediss", "redis+unix", "unix"], &mut problems);
+        check_redis_urls(&self.redis, &mut problems);
         if self.database.max_connections == 0 {
             problems.push("database.max_connections must be at least 1 (each command needs a connection)".into());
         }
@@ -789,6 +835,15 @@ impl Settings {
             if value == 0 {
                 problems.push(format!("{what} must be at least 1"));
             }
+        }
+        if let Some(v) = &self.redis.wait_replicas_invalid_env {
+            problems.push(format!("TSMIGRATE_REDIS_WAIT_REPLICAS {v:?} must be a whole number of replicas (0 = do not wait)"));
+        }
+        if self.redis.wait_replicas > 0 && self.redis.wait_timeout_ms == 0 {
+            problems.push("redis.wait_timeout_ms must be at least 1 when redis.wait_replicas is set (0 would wait forever)".into());
+        }
+        if self.redis.wait_replicas > 0 && self.redis.wait_timeout_ms >= self.redis.response_timeout_ms {
+            problems.push("redis.wait_timeout_ms must be shorter than redis.response_timeout_ms (the whole ingest write has that deadline)".into());
         }
         if let Some(v) = &self.log.invalid_env {
             problems.push(format!("TSMIGRATE_LOG_FORMAT {v:?} must be text or json"));
@@ -938,8 +993,26 @@ fn check_pg_tls(what: &str, url: &SecretUrl, env: &PgTlsEnv, problems: &mut Vec<
 /// What sqlx accepts (`allow` behaves like `disable` there).
 const PG_SSL_MODES: &[&str] = &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
 
+/// One URL, or a cluster's seed nodes separated by commas (TCP only: a cluster names its
+/// nodes by address, all with the same scheme).
+fn check_redis_urls(redis: &RedisSettings, problems: &mut Vec<String>) {
+    let seeds = redis.seed_urls();
+    if seeds.len() <= 1 {
+        let url = seeds.first().map(|u| SecretUrl::new(u.as_str())).unwrap_or_else(|| redis.url.clone());
+        return check_url("redis.url (REDIS_URL)", &url, &["redis", "rediss", "redis+unix", "unix"], problems);
+    }
+    let before = problems.len();
+    for (i, seed) in seeds.iter().enumerate() {
+        check_url(&format!("seed node {} of redis.url (REDIS_URL)", i + 1), &SecretUrl::new(seed.as_str()), &["redis", "rediss"], problems);
+    }
+    let schemes: std::collections::BTreeSet<_> = seeds.iter().filter_map(|u| url::Url::parse(u).ok()).map(|u| u.scheme().to_string()).collect();
+    if problems.len() == before && schemes.len() > 1 {
+        problems.push("redis.url (REDIS_URL) lists cluster seed nodes with different schemes: use redis:// for all of them, or rediss:// for all".into());
+    }
+}
+
 fn check_redis_tls(redis: &RedisSettings, problems: &mut Vec<String>) {
-    let tls_url = url::Url::parse(redis.url.expose()).is_ok_and(|u| u.scheme() == "rediss");
+    let tls_url = redis.seed_urls().first().and_then(|u| url::Url::parse(u).ok()).is_some_and(|u| u.scheme() == "rediss");
     if let Some(path) = &redis.tls_ca_file {
         check_file("redis.tls_ca_file (TSMIGRATE_REDIS_TLS_CA_FILE)", &path.display().to_string(), path, problems);
         if !tls_url {
@@ -1115,6 +1188,29 @@ mod tests {
         std::fs::write(&ca, "not checked beyond existing").unwrap();
         s.database.url = SecretUrl::new(format!("postgres://u@db.example/x?sslmode=require&sslrootcert={}", ca.display()));
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn cluster_seed_lists_and_wait_replicas_are_checked() {
+        let mut s = Settings::default();
+        s.redis.url = SecretUrl::new("redis://:pw@h1:7000, redis://:pw@h2:7000");
+        assert_eq!(s.redis.seed_urls(), vec!["redis://:pw@h1:7000", "redis://:pw@h2:7000"]);
+        assert!(s.validate().is_ok(), "{:?}", s.validate());
+        assert_eq!(s.redis.url.redacted(), "redis://:***@h1:7000,redis://:***@h2:7000");
+        assert_eq!(s.redis.url.scrub("failed: pw"), "failed: ***");
+        s.redis.url = SecretUrl::new("redis://h1:7000,rediss://h2:7000");
+        assert!(format!("{:?}", s.validate()).contains("different schemes"));
+        s.redis.url = SecretUrl::new("redis://h1:7000,redis:/h2:7000");
+        assert!(format!("{:?}", s.validate()).contains("seed node 2"));
+        let mut s = Settings::default();
+        s.apply_env(|n| (n == "TSMIGRATE_REDIS_WAIT_REPLICAS").then(|| "two".to_string()));
+        assert!(format!("{:?}", s.validate()).contains("TSMIGRATE_REDIS_WAIT_REPLICAS"));
+        let mut s = Settings::default();
+        s.apply_env(|n| (n == "TSMIGRATE_REDIS_WAIT_REPLICAS").then(|| "1".to_string()));
+        assert_eq!(s.redis.wait_replicas, 1);
+        assert!(s.validate().is_ok());
+        s.redis.wait_timeout_ms = s.redis.response_timeout_ms;
+        assert!(format!("{:?}", s.validate()).contains("wait_timeout_ms"));
     }
 
     #[test]

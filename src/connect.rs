@@ -18,7 +18,10 @@ use sqlx::{ConnectOptions as _, Connection, PgConnection, PgPool};
 use crate::config::{DatabaseSettings, RedisSettings, SecretUrl};
 
 mod redis_conn;
-pub use redis_conn::{is_not_connected, is_out_of_memory, Outcome, Pinned, RedisConn, RedisRole};
+pub use redis_conn::{
+    cluster_enabled, is_not_connected, is_out_of_memory, master_of, refused_by_the_cluster, slot_of, Outcome, Pinned, RedisConn, RedisRole, RedisSource,
+    Topology,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -267,10 +270,23 @@ pub fn pg_pool_lazy(url: &SecretUrl, limits: PgLimits) -> Result<PgPool, Connect
 /// The one place a `redis::Client` is built: `rediss://` URLs get `redis.tls_ca_file` as
 /// their trust anchor, and `redis.tls_insecure` turns verification off (the `#insecure` fragment).
 pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, ConnectError> {
+    let first = settings.seed_urls().into_iter().next().unwrap_or_default();
+    client_for(settings, &first)
+}
+
+/// Every seed node of `redis.url` (one URL, or a comma-separated list of a cluster's nodes),
+/// with the TLS settings applied to each ([`redis_client`]'s).
+pub fn redis_source(settings: &RedisSettings) -> Result<RedisSource, ConnectError> {
+    let seeds = settings.seed_urls().iter().map(|url| client_for(settings, url)).collect::<Result<Vec<_>, _>>()?;
+    let ca = settings.tls_ca_file.as_deref().map(read_ca_file).transpose()?;
+    Ok(RedisSource { seeds, ca })
+}
+
+fn client_for(settings: &RedisSettings, seed: &str) -> Result<redis::Client, ConnectError> {
     install_crypto_provider();
     let url = &settings.url;
     let err = |e: redis::RedisError| ConnectError::Redis { url: url.redacted(), reason: scrub(&e.to_string(), url), next: redis_advice(Cause::Other, url) };
-    let mut target = url.expose().to_string();
+    let mut target = seed.to_string();
     if settings.tls_insecure {
         if let Ok(mut parsed) = url::Url::parse(&target) {
             parsed.set_fragment(Some("insecure"));
@@ -348,8 +364,8 @@ pub async fn redis(settings: &RedisSettings, timeouts: RedisTimeouts) -> Result<
 /// [`redis`] for one of the process's own connections (`role` labels its metrics).
 pub async fn redis_as(settings: &RedisSettings, timeouts: RedisTimeouts, role: RedisRole) -> Result<RedisConn, ConnectError> {
     let url = &settings.url;
-    let client = redis_client(settings)?;
-    RedisConn::connect(client, timeouts, role).await.map_err(|e| match e.is_timeout() {
+    let source = redis_source(settings)?;
+    RedisConn::connect(source, timeouts, role).await.map_err(|e| match e.is_timeout() {
         true => ConnectError::Redis { url: url.redacted(), reason: no_answer(url, timeouts.connect), next: redis_advice(Cause::Timeout, url) },
         false => redis_error(settings, e),
     })

@@ -104,7 +104,14 @@ impl Context {
     }
 
     pub async fn redis(&self) -> Result<RedisConn, ConnectError> {
-        self.redis.get_or_try_init(|| crate::db::redis(&self.settings)).await.cloned()
+        self.redis
+            .get_or_try_init(|| async {
+                let mut redis = crate::db::redis(&self.settings).await?;
+                crate::legacy::adopt_untagged_keys(&mut redis, &self.settings).await;
+                Ok(redis)
+            })
+            .await
+            .cloned()
     }
 
     pub async fn redis_bulk(&self) -> Result<RedisConn, ConnectError> {

@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn only_a_restored_identity_is_a_warning() {
         let keys = LegacyKeys::from_settings(&crate::config::Settings::default());
-        assert_eq!(keys.migration_id, "analytics:events:migration_id");
+        assert_eq!(keys.migration_id, "{analytics:events}:migration_id");
         let id = Uuid::new_v4();
         let warning = Outcome::Restored { id }.warning(&keys).unwrap();
         assert!(warning.contains("lost") && warning.contains(&id.to_string()) && warning.contains("possible gaps"), "{warning}");

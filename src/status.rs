@@ -789,14 +789,32 @@ impl Status {
             o.push_str(&format!("dead letters: {total}{}\n", if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) }));
         }
         if let Some(d) = &self.redis.durability {
+            let memory = |used: Option<u64>, max: Option<u64>| {
+                format!(
+                    "{} of {}",
+                    used.map(crate::human::bytes).unwrap_or_else(|| "-".into()),
+                    max.map(|m| if m == 0 { "no limit".to_string() } else { crate::human::bytes(m) }).unwrap_or_else(|| "-".into())
+                )
+            };
             o.push_str(&format!(
-                "redis:      aof {}, rdb save {:?}, memory {} of {} ({})\n",
+                "redis:      aof {}, rdb save {:?}, memory {} ({})\n",
                 opt(&d.aof),
                 d.rdb_save.as_deref().unwrap_or("-"),
-                d.used_memory.map(crate::human::bytes).unwrap_or_else(|| "-".into()),
-                d.maxmemory.map(|m| if m == 0 { "no limit".to_string() } else { crate::human::bytes(m) }).unwrap_or_else(|| "-".into()),
+                memory(d.used_memory, d.maxmemory),
                 d.maxmemory_policy.as_deref().unwrap_or("-")
             ));
+            if d.masters.len() > 1 {
+                for m in &d.masters {
+                    o.push_str(&format!(
+                        "  master {}: aof {}, rdb save {:?}, memory {} ({})\n",
+                        m.address,
+                        opt(&m.aof),
+                        m.rdb_save.as_deref().unwrap_or("-"),
+                        memory(m.used_memory, m.maxmemory),
+                        m.maxmemory_policy.as_deref().unwrap_or("-")
+                    ));
+                }
+            }
         }
         o
     }

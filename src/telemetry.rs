@@ -81,6 +81,18 @@ pub const METRICS: &[Metric] = &[
         "Ingest batches answered 503 whose write was sent but not confirmed (outcome unknown; a retry with the same ids is safe).",
     ),
     m(
+        "tsmigrate_legacy_counter_writes_failed_total",
+        C,
+        None,
+        "Redis Cluster: batches whose events (and outbox entry) were written but whose legacy counters or sessions, written after them in other slots, failed (those counters are short by the batch).",
+    ),
+    m(
+        "tsmigrate_ingest_replicas_short_total",
+        C,
+        None,
+        "Ingest batches written but acknowledged by fewer replicas than redis.wait_replicas within redis.wait_timeout_ms (answered 503, outcome unknown).",
+    ),
+    m(
         "tsmigrate_outbox_gaps_total",
         C,
         None,
@@ -200,6 +212,8 @@ fn register_all() {
         "tsmigrate_dual_write_flag_missing_total",
         "tsmigrate_dual_write_flag_restored_total",
         "tsmigrate_ingest_unknown_outcomes_total",
+        "tsmigrate_legacy_counter_writes_failed_total",
+        "tsmigrate_ingest_replicas_short_total",
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -260,3 +260,46 @@ pub fn stop(mut server: Child) {
     let _ = Command::new("kill").arg(server.id().to_string()).status();
     let _ = server.wait();
 }
+
+/// Events per request of `benches/load/ingest.lua`.
+pub const EVENTS_PER_REQUEST: u64 = 50;
+
+/// One wrk run's shape.
+pub struct Load {
+    pub name: &'static str,
+    pub threads: u32,
+    pub connections: u32,
+    /// Pause after each response on a connection (wrk's `delay()`), ms; 0 = saturation.
+    pub delay_ms: u32,
+    pub seconds: u64,
+}
+
+/// What wrk reported (the `WRKJSON` line of the Lua script).
+#[derive(serde::Deserialize)]
+pub struct WrkResult {
+    pub requests: u64,
+    pub accepted: u64,
+    pub duration_us: u64,
+    pub errors: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+impl WrkResult {
+    pub fn events_per_second(&self) -> f64 {
+        (self.accepted * EVENTS_PER_REQUEST) as f64 / (self.duration_us as f64 / 1e6)
+    }
+}
+
+/// Runs wrk with `benches/load/ingest.lua` against the daemon on `port`.
+pub fn wrk(port: u16, load: &Load, tag: &str) -> WrkResult {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/load/ingest.lua");
+    let out = Command::new("wrk")
+        .args(["-t", &load.threads.to_string(), "-c", &load.connections.to_string(), "-d", &format!("{}s", load.seconds), "--timeout", "10s"])
+        .args(["-s", script, &format!("http://127.0.0.1:{port}"), "--", tag, &load.delay_ms.to_string()])
+        .output()
+        .expect("run wrk (apt-get install wrk)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find_map(|l| l.strip_prefix("WRKJSON ")).unwrap_or_else(|| panic!("wrk printed no result:\n{stdout}"));
+    serde_json::from_str(line).expect("wrk result JSON")
+}

@@ -54,6 +54,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TSMIGRATE_REDIS_PREFIX", "redis.key_prefix"),
     ("TSMIGRATE_REDIS_TLS_CA_FILE", "redis.tls_ca_file"),
     ("TSMIGRATE_REDIS_TLS_INSECURE", "redis.tls_insecure"),
+    ("TSMIGRATE_REDIS_WAIT_REPLICAS", "redis.wait_replicas"),
     ("TSMIGRATE_API_TOKEN", "http.api_token"),
     ("TSMIGRATE_BIND", "http.bind"),
     ("TSMIGRATE_LOG_FORMAT", "log.format"),
@@ -361,6 +362,7 @@ mod tests {
         for (name, key) in ENV_OVERRIDES {
             let probe = match *name {
                 "TSMIGRATE_REDIS_TLS_INSECURE" => "true",
+                "TSMIGRATE_REDIS_WAIT_REPLICAS" => "2",
                 "TSMIGRATE_LOG_FORMAT" => "json",
                 n if n.ends_with("URL") => "postgres://probe@example.invalid/probe",
                 _ => "probe.example:1",

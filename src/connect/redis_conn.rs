@@ -17,6 +17,12 @@
 //! caller that could not get one knows nothing was sent; a refusal before anything ran (OOM,
 //! EXECABORT) means nothing was written; a timeout, a broken connection after sending, or an
 //! error from inside `EXEC` leaves the outcome unknown ([`Outcome::of`]).
+//!
+//! Redis Cluster is detected, not configured: several seed URLs (`redis://h:7000,redis://h:7001`)
+//! mean a cluster, and one URL is asked `INFO cluster` on connecting; `cluster_enabled:1` makes
+//! the connection a redis-rs cluster connection (slot routing, `MOVED`/`ASK`, topology refresh
+//! are redis-rs's), with the same deadlines around each command. Its own response timeout is
+//! off: the deadline is this module's, and the relay's blocking reads wait on purpose.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +30,9 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::time::Instant;
 
@@ -59,12 +68,81 @@ pub struct RedisConn {
     db: i64,
 }
 
+/// Where a [`RedisConn`] connects: one server, or the seed nodes of a cluster (built by
+/// `connect::redis_source`, which applies the TLS settings).
+pub struct RedisSource {
+    /// One client per seed URL; the first is the one asked whether it is a cluster node.
+    pub seeds: Vec<redis::Client>,
+    /// The PEM of the CA that signs the nodes' certificates, when one is configured.
+    pub ca: Option<Vec<u8>>,
+}
+
+/// The connection of a [`RedisConn`]: to one server, or to a whole cluster.
+#[derive(Clone)]
+enum Link {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Link {
+    async fn command(mut self, cmd: &Cmd) -> RedisResult<Value> {
+        match &mut self {
+            Link::Single(conn) => conn.send_packed_command(cmd).await,
+            Link::Cluster(conn) => conn.req_packed_command(cmd).await,
+        }
+    }
+
+    async fn commands(mut self, cmd: &Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        match &mut self {
+            Link::Single(conn) => conn.send_packed_commands(cmd, offset, count).await,
+            Link::Cluster(conn) => conn.req_packed_commands(cmd, offset, count).await,
+        }
+    }
+
+    /// `cmd` on every master (a cluster answers with a map: address → answer).
+    async fn on_all_masters(mut self, cmd: &Cmd) -> RedisResult<Value> {
+        match &mut self {
+            Link::Single(conn) => conn.send_packed_command(cmd).await,
+            Link::Cluster(conn) => conn.route_command(cmd, RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None))).await,
+        }
+    }
+
+    /// `cmd` on the master that owns `key`'s slot (on a single server: that server).
+    async fn on_master_of(mut self, key: &str, cmd: &Cmd) -> RedisResult<Value> {
+        match &mut self {
+            Link::Single(conn) => conn.send_packed_command(cmd).await,
+            Link::Cluster(conn) => conn.route_command(cmd, master_of(key)).await,
+        }
+    }
+}
+
+/// The routing to the master that owns `key`'s slot.
+pub fn master_of(key: &str) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot_of(key), SlotAddr::Master)))
+}
+
+/// The cluster slot of `key`: CRC16 (XMODEM) of its hash tag — the part between the first
+/// `{` and the next `}`, when not empty — or of the whole key, modulo 16384. Pure.
+pub fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = match bytes.iter().position(|b| *b == b'{') {
+        Some(open) => match bytes[open + 1..].iter().position(|b| *b == b'}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
+}
+
 struct Inner {
-    client: redis::Client,
+    source: RedisSource,
+    /// Set on the first connection when the server is a cluster node (or several seeds were given).
+    cluster: std::sync::OnceLock<ClusterClient>,
     timeouts: RedisTimeouts,
     role: RedisRole,
     /// The connection in use and its generation; `None` after one was discarded.
-    live: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    live: std::sync::Mutex<Option<(u64, Link)>>,
     /// Held while connecting, so callers queue behind one attempt instead of each opening
     /// a socket (each within its own deadline).
     connecting: tokio::sync::Mutex<()>,
@@ -78,11 +156,15 @@ const NOT_CONNECTED: &str = "no connection to Redis (nothing was sent)";
 
 impl RedisConn {
     /// Connects once (so a wrong URL or a server that is down is reported now, with its cause).
-    pub async fn connect(client: redis::Client, timeouts: RedisTimeouts, role: RedisRole) -> RedisResult<RedisConn> {
-        let db = client.get_connection_info().redis.db;
+    pub async fn connect(source: RedisSource, timeouts: RedisTimeouts, role: RedisRole) -> RedisResult<RedisConn> {
+        let Some(first) = source.seeds.first() else {
+            return Err(RedisError::from((ErrorKind::InvalidClientConfig, "no Redis URL given")));
+        };
+        let db = first.get_connection_info().redis.db;
         let conn = RedisConn {
             inner: Arc::new(Inner {
-                client,
+                source,
+                cluster: std::sync::OnceLock::new(),
                 timeouts,
                 role,
                 live: std::sync::Mutex::new(None),
@@ -112,25 +194,88 @@ impl RedisConn {
         self.inner.replaced.load(Ordering::Relaxed)
     }
 
-    async fn open(&self) -> RedisResult<(u64, MultiplexedConnection)> {
-        // The answer deadline is ours (per command, connection wait included); redis-rs gets
-        // none so that it never times out a command we are still willing to wait for.
-        let config = AsyncConnectionConfig::new().set_connection_timeout(self.inner.timeouts.connect);
-        let attempt = self.inner.client.get_multiplexed_async_connection_with_config(&config);
-        // The connection timeout of redis-rs covers the TCP connect; the handshake after it
-        // (HELLO/AUTH/SELECT) is bounded here, for a server that accepts and then hangs.
-        let conn = match tokio::time::timeout(self.inner.timeouts.connect + Duration::from_millis(500), attempt).await {
-            Ok(conn) => conn?,
-            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {:?}", self.inner.timeouts.connect)).into()),
-        };
-        Ok((self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1, conn))
+    /// True when this is a connection to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.cluster.get().is_some()
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
+    /// `cmd` on every master, each answer with the master's address (a single server: one
+    /// answer, named by the URL's address). For `INFO` and `CONFIG GET`, which describe one
+    /// server: a cluster has several.
+    pub async fn per_master(&self, cmd: &Cmd) -> RedisResult<Vec<(String, Value)>> {
+        let deadline = Instant::now() + self.inner.timeouts.response;
+        let mut pinned = self.current(deadline).await?;
+        let conn = pinned.conn.clone();
+        let cluster = pinned.is_cluster();
+        let value = pinned.send(deadline, async move { conn.on_all_masters(cmd).await }).await?;
+        match value {
+            Value::Map(nodes) if cluster => {
+                let mut masters = Vec::with_capacity(nodes.len());
+                for (node, answer) in nodes {
+                    masters.push((redis::from_redis_value::<String>(&node)?, answer));
+                }
+                masters.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(masters)
+            }
+            single => Ok(vec![(self.inner.source.seeds[0].get_connection_info().addr.to_string(), single)]),
+        }
+    }
+
+    async fn open(&self) -> RedisResult<(u64, Link)> {
+        // The connection timeout of redis-rs covers the TCP connect; the handshake after it
+        // (HELLO/AUTH/SELECT, the cluster's slot map) is bounded here, for a server that
+        // accepts and then hangs.
+        let bound = self.inner.timeouts.connect + Duration::from_millis(500);
+        let link = match tokio::time::timeout(bound, self.open_link()).await {
+            Ok(link) => link?,
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {:?}", self.inner.timeouts.connect)).into()),
+        };
+        Ok((self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1, link))
+    }
+
+    async fn open_link(&self) -> RedisResult<Link> {
+        if let Some(cluster) = self.inner.cluster.get() {
+            return self.open_cluster(cluster).await;
+        }
+        let seeds = &self.inner.source.seeds;
+        if seeds.len() == 1 {
+            // The answer deadline is ours (per command, connection wait included); redis-rs gets
+            // none so that it never times out a command we are still willing to wait for.
+            let config = AsyncConnectionConfig::new().set_connection_timeout(self.inner.timeouts.connect);
+            let mut conn = seeds[0].get_multiplexed_async_connection_with_config(&config).await?;
+            let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await?;
+            if !cluster_enabled(&info) {
+                return Ok(Link::Single(conn));
+            }
+        }
+        let cluster = self.inner.cluster.get_or_init(|| self.cluster_client()).clone();
+        self.open_cluster(&cluster).await
+    }
+
+    fn cluster_client(&self) -> ClusterClient {
+        let nodes: Vec<redis::ConnectionInfo> = self.inner.source.seeds.iter().map(|c| c.get_connection_info().clone()).collect();
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes).connection_timeout(self.inner.timeouts.connect);
+        if let Some(ca) = &self.inner.source.ca {
+            builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) });
+        }
+        // The seeds were parsed already: building fails only on nodes that disagree (a
+        // password, TLS on some only); then the first seed alone is used, and its error shows.
+        builder.build().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the Redis seed nodes disagree; using the first one only");
+            let first = self.inner.source.seeds[0].get_connection_info().clone();
+            redis::cluster::ClusterClient::new(vec![first]).expect("one parsed node")
+        })
+    }
+
+    async fn open_cluster(&self, cluster: &ClusterClient) -> RedisResult<Link> {
+        Ok(Link::Cluster(cluster.get_async_connection().await?))
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Option<(u64, Link)>> {
         self.inner.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pin(&self, (generation, conn): (u64, MultiplexedConnection)) -> Pinned {
+    fn pin(&self, (generation, conn): (u64, Link)) -> Pinned {
         Pinned { owner: self.clone(), conn, generation }
     }
 
@@ -177,6 +322,42 @@ impl RedisConn {
     }
 }
 
+/// True when an `INFO cluster` answer says the server is a cluster node. Pure.
+pub fn cluster_enabled(info: &str) -> bool {
+    info.lines().any(|line| line.trim() == "cluster_enabled:1")
+}
+
+/// Whether a connection is to a Redis Cluster (whose transactions and pipelines must stay in
+/// one slot).
+pub trait Topology {
+    fn is_cluster(&self) -> bool;
+}
+
+impl Topology for RedisConn {
+    fn is_cluster(&self) -> bool {
+        RedisConn::is_cluster(self)
+    }
+}
+
+impl Topology for Pinned {
+    fn is_cluster(&self) -> bool {
+        Pinned::is_cluster(self)
+    }
+}
+
+/// redis-rs's connections to one server (tools and tests that write the legacy layout).
+impl Topology for MultiplexedConnection {
+    fn is_cluster(&self) -> bool {
+        false
+    }
+}
+
+impl Topology for redis::aio::ConnectionManager {
+    fn is_cluster(&self) -> bool {
+        false
+    }
+}
+
 /// Errors meaning no command was sent (no connection could be had in time).
 fn not_connected(detail: &str) -> RedisError {
     RedisError::from((ErrorKind::IoError, NOT_CONNECTED, detail.to_string()))
@@ -201,13 +382,24 @@ impl Outcome {
     pub fn of(e: &RedisError) -> Outcome {
         let refused_before_running = is_not_connected(e)
             || is_out_of_memory(e)
-            || matches!(e.kind(), ErrorKind::ExecAbortError | ErrorKind::ReadOnly | ErrorKind::BusyLoadingError | ErrorKind::MasterDown);
+            || matches!(e.kind(), ErrorKind::ExecAbortError | ErrorKind::ReadOnly | ErrorKind::BusyLoadingError | ErrorKind::MasterDown)
+            || refused_by_the_cluster(e);
         if refused_before_running {
             Outcome::NotWritten
         } else {
             Outcome::Unknown
         }
     }
+}
+
+/// A cluster's redirections and refusals (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`,
+/// `CROSSSLOT`, no connection to the node) come before a command runs; inside a `MULTI` they
+/// are queueing errors, which abort the `EXEC`.
+pub fn refused_by_the_cluster(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Moved | ErrorKind::Ask | ErrorKind::TryAgain | ErrorKind::ClusterDown | ErrorKind::CrossSlot | ErrorKind::ClusterConnectionNotFound
+    )
 }
 
 /// True for errors raised before anything was sent.
@@ -223,11 +415,27 @@ pub fn is_out_of_memory(e: &RedisError) -> bool {
 /// One connection of a [`RedisConn`], as handed out for one command or a sequence of them.
 pub struct Pinned {
     owner: RedisConn,
-    conn: MultiplexedConnection,
+    conn: Link,
     generation: u64,
 }
 
 impl Pinned {
+    /// True when this is a connection to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Link::Cluster(_))
+    }
+
+    /// `WAIT replicas timeout` on the master that owns `key` (the one a write of `key` went
+    /// to): how many replicas acknowledged every write of this connection so far.
+    pub async fn wait_replicas(&mut self, key: &str, replicas: u32, timeout: Duration) -> RedisResult<u64> {
+        let deadline = Instant::now() + self.owner.inner.timeouts.response + timeout;
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout.as_millis() as u64);
+        let conn = self.conn.clone();
+        let value = self.send(deadline, async move { conn.on_master_of(key, &cmd).await }).await?;
+        redis::from_redis_value(&value)
+    }
+
     async fn send<T>(&mut self, deadline: Instant, request: impl std::future::Future<Output = RedisResult<T>>) -> RedisResult<T> {
         match tokio::time::timeout_at(deadline, request).await {
             Ok(Ok(value)) => Ok(value),
@@ -253,8 +461,8 @@ impl ConnectionLike for Pinned {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         (async move {
             let deadline = Instant::now() + self.owner.inner.timeouts.response;
-            let mut conn = self.conn.clone();
-            self.send(deadline, async move { conn.send_packed_command(cmd).await }).await
+            let conn = self.conn.clone();
+            self.send(deadline, async move { conn.command(cmd).await }).await
         })
         .boxed()
     }
@@ -262,8 +470,8 @@ impl ConnectionLike for Pinned {
     fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
         (async move {
             let deadline = Instant::now() + self.owner.inner.timeouts.response;
-            let mut conn = self.conn.clone();
-            self.send(deadline, async move { conn.send_packed_commands(cmd, offset, count).await }).await
+            let conn = self.conn.clone();
+            self.send(deadline, async move { conn.commands(cmd, offset, count).await }).await
         })
         .boxed()
     }
@@ -278,8 +486,8 @@ impl ConnectionLike for RedisConn {
         (async move {
             let deadline = Instant::now() + self.inner.timeouts.response;
             let mut pinned = self.current(deadline).await?;
-            let mut conn = pinned.conn.clone();
-            pinned.send(deadline, async move { conn.send_packed_command(cmd).await }).await
+            let conn = pinned.conn.clone();
+            pinned.send(deadline, async move { conn.command(cmd).await }).await
         })
         .boxed()
     }
@@ -288,8 +496,8 @@ impl ConnectionLike for RedisConn {
         (async move {
             let deadline = Instant::now() + self.inner.timeouts.response;
             let mut pinned = self.current(deadline).await?;
-            let mut conn = pinned.conn.clone();
-            pinned.send(deadline, async move { conn.send_packed_commands(cmd, offset, count).await }).await
+            let conn = pinned.conn.clone();
+            pinned.send(deadline, async move { conn.commands(cmd, offset, count).await }).await
         })
         .boxed()
     }
@@ -310,10 +518,24 @@ mod tests {
         assert_eq!(Outcome::of(&RedisError::from((ErrorKind::ExecAbortError, "EXECABORT"))), Outcome::NotWritten);
         let oom = RedisError::from((ErrorKind::ResponseError, "OOM command not allowed when used memory > 'maxmemory'."));
         assert_eq!(Outcome::of(&oom), Outcome::NotWritten);
+        assert_eq!(Outcome::of(&RedisError::from((ErrorKind::TryAgain, "TRYAGAIN"))), Outcome::NotWritten, "a cluster's refusal");
         assert_eq!(Outcome::of(&io(std::io::ErrorKind::TimedOut)), Outcome::Unknown, "sent, no answer");
         assert_eq!(Outcome::of(&io(std::io::ErrorKind::BrokenPipe)), Outcome::Unknown, "the connection broke after sending");
         let inside_exec = RedisError::from((ErrorKind::ResponseError, "WRONGTYPE Operation against a key holding the wrong kind of value"));
         assert_eq!(Outcome::of(&inside_exec), Outcome::Unknown, "the other commands of the EXEC ran");
         assert!(is_not_connected(&not_connected("x")) && !is_not_connected(&io(std::io::ErrorKind::ConnectionRefused)));
+    }
+
+    #[test]
+    fn slots_are_the_clusters() {
+        // As `CLUSTER KEYSLOT` answers.
+        assert_eq!(slot_of("analytics:events"), 11393);
+        assert_eq!(slot_of("analytics:counters:events"), 14991);
+        assert_eq!(slot_of("analytics:counters:categories"), 3062);
+        assert_eq!(slot_of("analytics:sessions"), 2955);
+        assert_eq!(slot_of("{analytics:events}:x"), 11393, "the hash tag decides");
+        assert_eq!(slot_of("a{}b"), slot_of("a{}b"), "an empty tag hashes the whole key");
+        assert_ne!(slot_of("{}analytics:events"), slot_of("analytics:events"));
+        assert!(cluster_enabled("# Cluster\r\ncluster_enabled:1\r\n") && !cluster_enabled("# Cluster\r\ncluster_enabled:0\r\n"));
     }
 }

@@ -46,7 +46,8 @@ pub async fn run(
     // each get their own, because a blocking read or a job's large range read on the shared
     // connection would hold up every request queued behind it.
     crate::telemetry::metrics_handle();
-    let redis = crate::db::redis(&settings).await?;
+    let mut redis = crate::db::redis(&settings).await?;
+    crate::legacy::adopt_untagged_keys(&mut redis, &settings).await;
     let target = crate::db::target_pool_lazy(&settings)?;
     // The legacy tables live in the target database unless a legacy URL says otherwise.
     let legacy = match &settings.database.legacy_url {

@@ -115,6 +115,21 @@ async fn redis(sources: &mut Sources) -> anyhow::Result<()> {
     metrics::gauge!("tsmigrate_redis_memory_used_bytes").set(facts.used_memory.unwrap_or(0) as f64);
     metrics::gauge!("tsmigrate_redis_memory_max_bytes").set(facts.maxmemory.unwrap_or(0) as f64);
     metrics::gauge!("tsmigrate_redis_evicting").set(f64::from(u8::from(facts.evicting)));
+    // A cluster master replaced during dual-write (failover, restart) may have taken
+    // acknowledged writes with it: recorded as a possible gap with its window. (A single
+    // server that restarts without its data is noticed by the relay: its group is gone.)
+    let masters: Vec<String> = facts.masters.iter().map(|m| format!("{} {}", m.address, m.run_id.as_deref().unwrap_or("?"))).collect();
+    if sources.redis.is_cluster() && !masters.is_empty() {
+        if let Some(gap) = gaps::record_master_change(&sources.target, &sources.group, &masters, chrono::Utc::now()).await? {
+            metrics::counter!("tsmigrate_outbox_gaps_total").increment(1);
+            tracing::error!(
+                window_from = ?gap.window_from,
+                window_to = %gap.window_to,
+                repair = %gap.repair_command(),
+                "a Redis master changed while dual-write is on (failover or restart): writes it acknowledged may be lost (possible gap recorded in tsmigrate.outbox_gaps)"
+            );
+        }
+    }
     if let Some(evicted) = facts.evicted_keys {
         metrics::gauge!("tsmigrate_redis_evicted_keys").set(evicted as f64);
         // Evictions during dual-write are a possible loss: recorded with their window.

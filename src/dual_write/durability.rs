@@ -34,6 +34,68 @@ pub struct OutboxDurability {
     /// Redis evicts keys without an expiry when full: an `allkeys-*` policy with a `maxmemory`.
     pub evicting: bool,
     pub warnings: Vec<String>,
+    /// Each master's own figures (one on a single server; on a Redis Cluster every master,
+    /// and the fields above are the weakest of them: AOF only when all have it, the fullest
+    /// master's memory, evictions summed, evicting when any does).
+    #[serde(default)]
+    pub masters: Vec<MasterDurability>,
+}
+
+/// One master's persistence and memory.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct MasterDurability {
+    pub address: String,
+    pub aof: Option<bool>,
+    pub rdb_save: Option<String>,
+    pub used_memory: Option<u64>,
+    pub maxmemory: Option<u64>,
+    pub maxmemory_policy: Option<String>,
+    pub evicted_keys: Option<u64>,
+    /// `INFO server` `run_id`: changes when the process behind the address changes.
+    pub run_id: Option<String>,
+}
+
+impl MasterDurability {
+    fn memory_ratio(&self) -> f64 {
+        match (self.used_memory, self.maxmemory.filter(|m| *m > 0)) {
+            (Some(used), Some(max)) => used as f64 / max as f64,
+            _ => 0.0,
+        }
+    }
+}
+
+/// The figures of several masters as one: the weakest of each. Pure.
+pub fn combine(masters: Vec<MasterDurability>) -> OutboxDurability {
+    let fullest = masters.iter().max_by(|a, b| a.memory_ratio().total_cmp(&b.memory_ratio()).then(a.used_memory.cmp(&b.used_memory)));
+    let aof = masters.iter().map(|m| m.aof).try_fold(true, |all, aof| aof.map(|a| all && a));
+    let rdb_save = masters.iter().map(|m| m.rdb_save.clone()).try_fold(None::<String>, |weakest, rules| {
+        rules.map(|r| match weakest {
+            Some(w) if w.trim().is_empty() => Some(w),
+            _ => Some(r),
+        })
+    });
+    let evicting_one = masters.iter().find(|m| evicts_any_key(m.maxmemory_policy.as_deref(), m.maxmemory));
+    let policy_of = evicting_one.or(fullest);
+    let evicted: Option<u64> = masters.iter().map(|m| m.evicted_keys).sum();
+    let mut facts = OutboxDurability {
+        aof: if masters.is_empty() { None } else { aof },
+        rdb_save: rdb_save.flatten(),
+        used_memory: fullest.and_then(|m| m.used_memory),
+        maxmemory: fullest.and_then(|m| m.maxmemory),
+        maxmemory_policy: policy_of.and_then(|m| m.maxmemory_policy.clone()),
+        evicted_keys: evicted,
+        evicting: evicting_one.is_some(),
+        warnings: vec![],
+        masters: vec![],
+    };
+    facts.warnings = warnings(&facts);
+    if masters.len() > 1 {
+        if let Some(m) = fullest.filter(|m| m.memory_ratio() > MEMORY_WARN_RATIO) {
+            facts.warnings.push(format!("the fullest Redis Cluster master is {}", m.address));
+        }
+    }
+    facts.masters = masters;
+    facts
 }
 
 /// True for a policy that evicts keys without an expiry (the outbox, the sorted set, the
@@ -70,23 +132,27 @@ impl OutboxDurability {
     }
 }
 
-/// Reads the persistence and memory settings (`INFO`, and `CONFIG GET save` when allowed).
+/// Reads the persistence and memory settings of every master (`INFO`, and `CONFIG GET save`
+/// when allowed).
 pub async fn inspect(redis: &mut RedisConn) -> redis::RedisResult<OutboxDurability> {
-    let info: redis::InfoDict = redis::cmd("INFO").query_async(redis).await?;
-    let save: Option<Vec<String>> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(redis).await.ok();
-    let mut facts = OutboxDurability {
-        aof: info.get::<i64>("aof_enabled").map(|v| v == 1),
-        rdb_save: save.and_then(|pair| pair.get(1).cloned()),
-        used_memory: info.get("used_memory"),
-        maxmemory: info.get("maxmemory"),
-        maxmemory_policy: info.get("maxmemory_policy"),
-        evicted_keys: info.get("evicted_keys"),
-        evicting: false,
-        warnings: vec![],
-    };
-    facts.evicting = evicts_any_key(facts.maxmemory_policy.as_deref(), facts.maxmemory);
-    facts.warnings = warnings(&facts);
-    Ok(facts)
+    let infos = redis.per_master(&redis::cmd("INFO")).await?;
+    let saves = redis.per_master(redis::cmd("CONFIG").arg("GET").arg("save")).await.unwrap_or_default();
+    let mut masters = Vec::with_capacity(infos.len());
+    for (address, info) in infos {
+        let info: redis::InfoDict = redis::from_redis_value(&info)?;
+        let save = saves.iter().find(|(a, _)| *a == address).and_then(|(_, v)| redis::from_redis_value::<Vec<String>>(v).ok());
+        masters.push(MasterDurability {
+            aof: info.get::<i64>("aof_enabled").map(|v| v == 1),
+            rdb_save: save.and_then(|pair| pair.get(1).cloned()),
+            used_memory: info.get("used_memory"),
+            maxmemory: info.get("maxmemory"),
+            maxmemory_policy: info.get("maxmemory_policy"),
+            evicted_keys: info.get("evicted_keys"),
+            run_id: info.get("run_id"),
+            address,
+        });
+    }
+    Ok(combine(masters))
 }
 
 /// What is risky about these settings, in words an operator can act on. Pure.
@@ -162,7 +228,39 @@ mod tests {
             evicted_keys: Some(0),
             evicting: evicts_any_key(Some(policy), Some(max)),
             warnings: vec![],
+            masters: vec![],
         }
+    }
+
+    fn master(address: &str, aof: bool, save: &str, used: u64, max: u64, policy: &str) -> MasterDurability {
+        MasterDurability {
+            address: address.into(),
+            aof: Some(aof),
+            rdb_save: Some(save.into()),
+            used_memory: Some(used),
+            maxmemory: Some(max),
+            maxmemory_policy: Some(policy.into()),
+            evicted_keys: Some(2),
+            run_id: None,
+        }
+    }
+
+    #[test]
+    fn a_cluster_is_as_durable_as_its_weakest_master() {
+        let all = combine(vec![
+            master("a:1", true, "3600 1", 10, 100, "noeviction"),
+            master("b:1", false, "", 90, 100, "noeviction"),
+            master("c:1", true, "", 50, 0, "allkeys-lru"),
+        ]);
+        assert_eq!(all.aof, Some(false), "AOF only when every master has it");
+        assert_eq!(all.rdb_save.as_deref(), Some(""), "no snapshots on one master");
+        assert_eq!((all.used_memory, all.maxmemory), (Some(90), Some(100)), "the fullest master's memory");
+        assert_eq!(all.evicted_keys, Some(6), "evictions summed");
+        assert!(!all.evicting, "allkeys without maxmemory does not evict");
+        assert_eq!(all.masters.len(), 3);
+        assert!(all.warnings.iter().any(|w| w.contains("b:1")), "{:?}", all.warnings);
+        let one = combine(vec![master("a:1", true, "", 10, 0, "noeviction")]);
+        assert_eq!((one.aof, one.masters.len()), (Some(true), 1));
     }
 
     #[test]

@@ -14,10 +14,15 @@
 //! batch records or returns it, so a resend within `ingest.resend_window_secs` (24 h by
 //! default) is stamped with the first time and stays one row. Events with neither get
 //! `now`; their identity is their content (see `crate::event`).
+//!
+//! With `redis.wait_replicas` set, the batch is followed by `WAIT n timeout` on the master
+//! that holds the events; fewer acknowledgements in time answer 503 "outcome unknown" (the
+//! batch is on the master but a failover could drop it), counted in
+//! `tsmigrate_ingest_replicas_short_total`.
 
 use std::time::Duration;
 
-use crate::connect::{is_not_connected, is_out_of_memory, Outcome};
+use crate::connect::{is_not_connected, is_out_of_memory, refused_by_the_cluster, Outcome};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -269,12 +274,19 @@ fn unavailable(e: &redis::RedisError, attempt: Attempt) -> ApiError {
 }
 
 /// The batch's writes, and once more on a fresh connection when the connection broke (after
-/// a Redis restart the first command finds the old, dead connection). Never after a
-/// timeout: the server may still be working on it, or hung.
+/// a Redis restart the first command finds the old, dead connection), or when a cluster
+/// refused it with a redirection. Never after a timeout: the server may still be working on
+/// it, or hung.
 async fn write_with_one_more_try(state: &AppState, batch: &mut ParsedBatch, attempt: &mut Attempt) -> redis::RedisResult<bool> {
     match write_once(state, batch, attempt).await {
         Err(e) if e.is_io_error() && !e.is_timeout() && !is_not_connected(&e) => {
             attempt.maybe_written |= attempt.multi_sent;
+            attempt.multi_sent = false;
+            write_once(state, batch, attempt).await
+        }
+        // A cluster moved the slot (a resharding, a failover) and refused the batch before
+        // running it: once more, on the topology the refusal taught the client.
+        Err(e) if refused_by_the_cluster(&e) && !attempt.maybe_written => {
             attempt.multi_sent = false;
             write_once(state, batch, attempt).await
         }
@@ -291,5 +303,25 @@ async fn write_once(state: &AppState, batch: &mut ParsedBatch, attempt: &mut Att
     let dual_write = state.dual_write.get(&mut redis, &state.ctx.keys.dual_write_flag).await?;
     attempt.multi_sent = true;
     writer::write_batch(&mut redis, &state.ctx.keys, state.ctx.settings.redis.event_cap, &batch.events, dual_write).await?;
+    let wanted = state.ctx.settings.redis.wait_replicas;
+    if wanted > 0 {
+        attempt.maybe_written = true;
+        let acknowledged = redis.wait_replicas(&state.ctx.keys.events, wanted, state.ctx.settings.redis.wait_timeout()).await?;
+        if acknowledged < u64::from(wanted) {
+            metrics::counter!("tsmigrate_ingest_replicas_short_total").increment(1);
+            return Err(replicas_short(acknowledged, wanted, state.ctx.settings.redis.wait_timeout_ms));
+        }
+    }
     Ok(dual_write)
+}
+
+/// The batch is on the master, but fewer replicas than `redis.wait_replicas` confirmed it in
+/// time: a failover now could lose it, so its outcome is unknown (not an I/O error: the
+/// batch is never written twice by the one more try).
+fn replicas_short(acknowledged: u64, wanted: u32, timeout_ms: u64) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::ResponseError,
+        "too few replicas",
+        format!("{acknowledged} of the {wanted} replica(s) of redis.wait_replicas acknowledged the batch within {timeout_ms} ms"),
+    ))
 }

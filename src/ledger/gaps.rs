@@ -172,3 +172,54 @@ pub async fn record_evictions(pool: &PgPool, group: &str, evicted_keys: u64, now
     tx.commit().await?;
     Ok(gap)
 }
+
+/// The cause of a gap opened by a change of Redis master (a failover, a master restarted).
+pub const FAILOVER: &str = "failover";
+
+fn masters_checkpoint() -> &'static str {
+    "redis:masters"
+}
+
+/// Compares the Redis masters (`address run_id` each, as `observe` reads them from `INFO`)
+/// with the last look, kept in a checkpoint row like [`record_evictions`]'s. A master of the
+/// last look that is gone, or runs another process now, during dual-write, is a possible gap:
+/// replication is asynchronous, so writes the old master acknowledged may never have reached
+/// the replica that took over. The window runs from the last look at which it still served to
+/// now. A new master (a node added, a replica promoted) is no loss by itself.
+pub async fn record_master_change(pool: &PgPool, group: &str, masters: &[String], now: DateTime<Utc>) -> anyhow::Result<Option<OutboxGap>> {
+    let mut tx = pool.begin().await?;
+    let state = migration::load(&mut tx).await?;
+    let previous: Option<(serde_json::Value, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT position->'masters', (position->>'at')::timestamptz FROM tsmigrate.checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(masters_checkpoint())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let mut gap = None;
+    if let Some((seen, at)) = previous {
+        let seen: Vec<String> = serde_json::from_value(seen).unwrap_or_default();
+        let replaced = seen.iter().any(|m| !masters.contains(m));
+        if replaced && state.phase.dual_write_active() {
+            let recorded: OutboxGap = sqlx::query_as(&format!(
+                "INSERT INTO tsmigrate.outbox_gaps (group_name, window_from, window_to, detected_at, cause) VALUES ($1, $2, $3, $3, $4) RETURNING {COLUMNS}"
+            ))
+            .bind(group)
+            .bind(at.or(state.completion_point))
+            .bind(now)
+            .bind(FAILOVER)
+            .fetch_one(&mut *tx)
+            .await?;
+            gap = Some(recorded);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO tsmigrate.checkpoints (name, position, updated_at) VALUES ($1, jsonb_build_object('masters', $2::jsonb, 'at', $3::timestamptz), now())
+         ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+    )
+    .bind(masters_checkpoint())
+    .bind(serde_json::json!(masters))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(gap)
+}

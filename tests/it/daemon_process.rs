@@ -92,7 +92,7 @@ pub async fn eventually<Fut: std::future::Future<Output = bool>>(service: &Servi
     }
 }
 
-async fn post_batch(http: &reqwest::Client, addr: SocketAddr, body: &str, token: Option<&str>) -> reqwest::Result<(u16, Value)> {
+pub async fn post_batch(http: &reqwest::Client, addr: SocketAddr, body: &str, token: Option<&str>) -> reqwest::Result<(u16, Value)> {
     let mut request = http.post(format!("http://{addr}/api/v1/analytics")).header("content-type", "application/json").body(body.to_string());
     if let Some(token) = token {
         request = request.bearer_auth(token);

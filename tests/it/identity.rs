@@ -27,7 +27,7 @@ async fn prepare_gives_the_migration_one_id_in_both_systems_and_abort_removes_it
     let id = target_id(&env).await.expect("prepare made an id");
     assert_eq!(redis_id(&env).await, Some(id.to_string()), "prepare wrote the same id to Redis");
     // Next to the events key, so one hash tag can keep both in one Redis Cluster slot.
-    assert_eq!(env.keys().migration_id, format!("{}:migration_id", env.keys().events));
+    assert_eq!(env.keys().migration_id, format!("{}{{{}}}:migration_id", env.prefix, env.keys().events));
 
     let status = env.cli(&["status", "--json"]).expect_success().details();
     assert_eq!(field(&status, "identity.state"), "matched");
