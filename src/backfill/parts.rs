@@ -125,7 +125,9 @@ pub async fn copy(
             Checkpoint::BackfillPart { index: sink.index, position: sink.part.clone() }.save(&mut *writer.pool().acquire().await?).await
         }
     });
-    let copied = futures::future::try_join_all(copies).await.map(|_| ());
+    // Every stream ends at a page boundary of its own (an interrupt stops each at its next
+    // one): a stream dropped mid-page could have its commit land after the counts were taken.
+    let copied = futures::future::join_all(copies).await.into_iter().collect::<anyhow::Result<Vec<()>>>().map(|_| ());
     if copied.is_ok() {
         shared.lock().expect("backfill streams").progress.finish();
         position.sum(&parts);

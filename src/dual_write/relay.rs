@@ -22,6 +22,8 @@ use crate::store::writer::{Method, ParsedPage, TargetWriter};
 
 /// The longest pause between attempts while Redis is unreachable.
 const REDIS_RETRY_MAX: Duration = Duration::from_secs(2);
+/// The longest pause between the relay's attempts to write to a target that failed.
+const TARGET_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Events per entry before the first read says: a full ingest batch.
 const FIRST_GUESS_EVENTS_PER_ENTRY: usize = 50;
 
@@ -316,8 +318,11 @@ pub async fn run_until(mut relay: Relay, mut shutdown: tokio::sync::watch::Recei
                 Duration::ZERO
             }
             Ok(RelayOutcome::TargetUnavailable { error }) => {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "target unavailable; outbox entries stay pending");
-                let pause = backoff;
+                // Each retry is one connection attempt, and a pool may hold several silently
+                // dropped connections that each cost a deadline: a short pause between them
+                // brings the relay back within seconds of the target answering again.
+                let pause = backoff.min(TARGET_RETRY_MAX);
+                tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "target unavailable; outbox entries stay pending");
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 pause
             }
