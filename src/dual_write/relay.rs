@@ -20,10 +20,9 @@ use crate::ledger::gaps::{self, OutboxGap};
 use crate::legacy::LegacyKeys;
 use crate::store::writer::{Method, ParsedPage, TargetWriter};
 
-/// The longest pause between attempts while Redis is unreachable.
-const REDIS_RETRY_MAX: Duration = Duration::from_secs(2);
-/// The longest pause between the relay's attempts to write to a target that failed.
-const TARGET_RETRY_MAX: Duration = Duration::from_secs(2);
+/// The longest pause between attempts while Redis or the target fails: each attempt is one
+/// connection attempt, so the relay comes back within seconds of the server answering again.
+const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Events per entry before the first read says: a full ingest batch.
 const FIRST_GUESS_EVENTS_PER_ENTRY: usize = 50;
 
@@ -318,21 +317,18 @@ pub async fn run_until(mut relay: Relay, mut shutdown: tokio::sync::watch::Recei
                 Duration::ZERO
             }
             Ok(RelayOutcome::TargetUnavailable { error }) => {
-                // Each retry is one connection attempt, and a pool may hold several silently
-                // dropped connections that each cost a deadline: a short pause between them
-                // brings the relay back within seconds of the target answering again.
-                let pause = backoff.min(TARGET_RETRY_MAX);
+                let pause = backoff;
                 tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "target unavailable; outbox entries stay pending");
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(RETRY_MAX);
                 pause
             }
             Err(e) => {
                 metrics::counter!("tsmigrate_relay_errors_total", "kind" => "redis").increment(1);
                 // Reconnecting is cheap (a connection that missed its deadline is already
                 // discarded): retry often, so the relay resumes soon after Redis answers again.
-                let pause = backoff.min(REDIS_RETRY_MAX);
+                let pause = backoff;
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "Redis unavailable");
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(RETRY_MAX);
                 pause
             }
         };
