@@ -272,13 +272,17 @@ async fn settle(env: &TestEnv, accepted: &[Uuid]) -> HashMap<Uuid, i64> {
     .await
 }
 
-/// Polls (without blocking the runtime) until `done` holds.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
+/// Polls (without blocking the runtime) until `done` holds; false when it did not within PATIENCE.
+#[must_use]
+async fn until(mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + PATIENCE;
     while !done() {
-        assert!(Instant::now() < deadline, "{what} within {PATIENCE:?}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    true
 }
 
 /// Kill -9 the master that owns the events slot under steady ingest during dual-write, with
@@ -304,7 +308,9 @@ async fn a_killed_events_master_during_dual_write() {
         let load = Load::start(daemon.addr, 4);
         tokio::time::sleep(Duration::from_secs(2)).await;
         cluster.kill(killed);
-        until("a replica takes over the events slot", || cluster.serving(slot).is_ok_and(|m| m != killed)).await;
+        if !until(|| cluster.serving(slot).is_ok_and(|m| m != killed)).await {
+            panic!("no replica took over the events slot within {PATIENCE:?}:\n{}", cluster.diagnosis());
+        }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (tally, accepted, _unknown) = load.finish().await;
         assert_eq!(tally.sent, tally.accepted + tally.refused + tally.unknown);

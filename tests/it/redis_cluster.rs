@@ -13,7 +13,7 @@ const READY_WITHIN: Duration = Duration::from_secs(20);
 fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join("\n")
+    lines[lines.len().saturating_sub(12)..].join("\n")
 }
 
 /// A Redis Cluster of the test's own: `masters` masters with one replica each (started with
@@ -46,7 +46,30 @@ impl RedisCluster {
         args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
         cluster.cli(&args);
         cluster.wait_ok();
+        cluster.wait_replicas_synced();
         cluster
+    }
+
+    /// Waits until every replica has finished its first sync with its master: a replica that
+    /// never synced is not promoted when its master dies, so a failover test must not kill
+    /// a master before then.
+    fn wait_replicas_synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let unsynced: Vec<u16> = self
+                .members()
+                .into_iter()
+                .filter(|p| {
+                    let info = self.on(*p, &["INFO", "replication"]);
+                    info.contains("role:slave") && !info.contains("master_link_status:up")
+                })
+                .collect();
+            if unsynced.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replicas {unsynced:?} did not sync with their masters:\n{}", self.diagnosis());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn spawn(&self, port: u16) -> Child {
@@ -56,6 +79,8 @@ impl RedisCluster {
         let mut child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            // A replica's first sync starts at once instead of after the default 5 s.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&dir)
             .arg("--logfile")
@@ -156,6 +181,20 @@ impl RedisCluster {
             }
         }
         Err(nodes)
+    }
+
+    /// What every running node says of the cluster and the tail of each node's log, for a
+    /// failure message.
+    pub fn diagnosis(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let log = self.dir.path().join(node.port.to_string()).join("redis.log");
+            out += &format!("--- node {} ({})\n{}\n", node.port, if node.child.is_some() { "running" } else { "killed" }, log_tail(&log));
+        }
+        if let Some(asker) = self.members().first() {
+            out += &format!("--- CLUSTER NODES from {asker}\n{}", self.on(*asker, &["CLUSTER", "NODES"]));
+        }
+        out
     }
 
     /// The node id of the node on `port`.
