@@ -77,7 +77,9 @@ pub async fn run(
     let sources =
         observe::Sources { target: ctx.target.clone(), redis: redis.clone(), keys: (*ctx.keys).clone(), group: ctx.settings.redis.outbox_group.clone() };
     workers.push(tokio::spawn(observe::run(sources, observe::EVERY, stop_rx.clone())));
-    let state = AppState::new(ctx, redis);
+    let state = AppState::new(ctx, redis).cold();
+    // Not a worker: shutdown does not wait for it (it ends within its deadline anyway).
+    tokio::spawn(http::warm::warm_up(state.clone()));
     workers.push(tokio::spawn(keep_dual_write_flag(state.clone(), stop_rx.clone())));
     let (mismatch_tx, mut mismatch_rx) = tokio::sync::mpsc::channel(1);
     workers.push(tokio::spawn(identity.keep(identity_every, mismatch_tx, stop_rx.clone())));

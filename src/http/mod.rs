@@ -7,6 +7,7 @@
 pub mod error;
 pub mod ingest;
 pub mod reads;
+pub mod warm;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub shadow: Arc<ShadowStats>,
     /// The target's raw horizon, remembered between reads.
     pub target_horizon: Arc<HorizonCache>,
+    /// Whether the read path is warm (`warm::warm_up`); `/ready` answers 503 until it is.
+    pub warmth: Arc<warm::Warmth>,
 }
 
 impl AppState {
@@ -66,6 +69,7 @@ impl AppState {
             replica: Arc::new(ReplicaWatch::default()),
             shadow: Arc::new(ShadowStats::default()),
             target_horizon: Arc::new(HorizonCache::default()),
+            warmth: Arc::new(warm::Warmth::default()),
         }
     }
 
@@ -73,6 +77,11 @@ impl AppState {
     /// and never used by the endpoints.
     pub fn ingest_only(settings: Settings, redis: RedisConn) -> Result<Self, crate::connect::ConnectError> {
         Ok(Self { serves_target: false, ..Self::new(Context::lazy(settings)?, redis) })
+    }
+
+    /// A server whose `/ready` answers 503 until `warm::warm_up` has warmed its read path.
+    pub fn cold(self) -> Self {
+        Self { warmth: Arc::new(warm::Warmth::cold()), ..self }
     }
 
     /// The target, unless this server serves ingest only.
@@ -284,6 +293,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
         }
     };
     let (redis_reply, target_problem) = tokio::join!(redis_probe, target_probe);
+    let warming = (!state.warmth.is_warm()).then(|| "warming up the read path (every endpoint answered once before traffic comes)".to_string());
     let redis_problem = match redis_reply {
         Ok(Ok(())) => None,
         Ok(Err(e)) if crate::connect::is_out_of_memory(&e) => {
@@ -292,9 +302,9 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
         Ok(Err(e)) => Some(format!("Redis does not answer: {e}")),
         Err(_) => Some(format!("Redis did not answer within {READY_PROBE_TIMEOUT:?}")),
     };
-    let code = if redis_problem.is_none() && target_problem.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let reasons: Vec<&String> = redis_problem.iter().chain(target_problem.iter()).collect();
-    (code, Json(json!({"redis": redis_problem.is_none(), "target": target_problem.is_none(), "reasons": reasons})))
+    let code = if redis_problem.is_none() && target_problem.is_none() && warming.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let reasons: Vec<&String> = redis_problem.iter().chain(target_problem.iter()).chain(warming.iter()).collect();
+    (code, Json(json!({"redis": redis_problem.is_none(), "target": target_problem.is_none(), "warm": warming.is_none(), "reasons": reasons})))
 }
 
 /// A small write, and once more after a broken connection: after a Redis restart the first

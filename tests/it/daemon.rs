@@ -84,17 +84,41 @@ async fn readiness_follows_both_servers() {
         let _ = stop_rx.await;
     }));
     let client = reqwest::Client::new();
+    // Ready once it listens and its read path is warm (a moment after it starts).
     let mut ready = None;
-    for _ in 0..50 {
+    for _ in 0..600 {
         if let Ok(r) = client.get(format!("http://{addr}/ready")).send().await {
             ready = Some(r.status().as_u16());
-            break;
+            if ready == Some(200) {
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(ready, Some(200));
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
+
+    // A fresh process is not ready until every read endpoint has answered once from the
+    // target (its pool's connections opened, their statements prepared), then it is.
+    sqlx::query("UPDATE tsmigrate.migration_state SET read_source = 'target'").execute(&env.pool).await.unwrap();
+    let target = tsmigrate::db::target_pool(&env.settings).await.unwrap();
+    let state = tsmigrate::http::AppState::new(Context::with_target(Arc::new(env.settings.clone()), target.clone()), env.redis().await).cold();
+    let ready_now = |state: tsmigrate::http::AppState| async move {
+        let response =
+            tower::ServiceExt::oneshot(tsmigrate::http::app(state), axum::http::Request::get("/ready").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+    };
+    let (status, why) = ready_now(state.clone()).await;
+    assert_eq!(status, 503, "{why}");
+    assert_eq!(why["warm"], false, "{why}");
+    assert!(why["reasons"].to_string().contains("warming up the read path"), "{why}");
+    tsmigrate::http::warm::warm_up(state.clone()).await;
+    let (status, why) = ready_now(state).await;
+    assert_eq!((status, &why["warm"]), (200, &json!(true)), "{why}");
+    assert!(target.size() > 1, "the warm-up opened the connections one answer uses at once: {}", target.size());
 
     // Not ready when the target cannot be reached.
     let mut broken = env.settings.clone();

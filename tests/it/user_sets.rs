@@ -132,11 +132,22 @@ async fn summaries_match(env: &TestEnv, windows: &[TimeRange], seed: u64) {
     }
 }
 
-/// Popular asset types and comparisons seen from several moments of the three days.
+/// Popular asset types, comparisons and intervals (buckets of whole minutes are counted from
+/// the minute sets, of whole hours from the aggregate, others raw) seen from several
+/// moments of the three days.
 async fn popular_and_comparison_match(env: &TestEnv, seed: u64) {
     for now in ["2025-10-25T13:20:00Z", "2025-10-26T01:40:00Z", "2025-10-27T23:05:00Z", "2025-10-28T02:00:00Z"].map(t) {
         let (by_sets, by_rows) = (context(env, now, Route::Sets).await, context(env, now, Route::RawRows).await);
-        for request in [Request::popular(3, now).unwrap(), Request::popular(1, now).unwrap(), Request::comparison(Duration::hours(20), now).unwrap()] {
+        let now_inside_a_minute = now + Duration::seconds(37);
+        for request in [
+            Request::popular(3, now).unwrap(),
+            Request::popular(1, now).unwrap(),
+            Request::comparison(Duration::hours(20), now).unwrap(),
+            Request::intervals(Duration::minutes(10), Duration::hours(24), now_inside_a_minute).unwrap(),
+            Request::intervals(Duration::minutes(7), Duration::hours(30), now).unwrap(),
+            Request::intervals(Duration::hours(1), Duration::hours(40), now_inside_a_minute).unwrap(),
+            Request::intervals(Duration::seconds(90), Duration::hours(6), now_inside_a_minute).unwrap(),
+        ] {
             assert_eq!(answer(&by_sets, &request).await, answer(&by_rows, &request).await, "seed {seed}: {request:?}");
         }
     }
