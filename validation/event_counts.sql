@@ -1,7 +1,7 @@
 -- --depth counts: how many target events in each hour of the window (no hashing). $1 and $2
 -- are the hours' starts and ends (the window's hours in the configured time zone); each hour
 -- is counted by a range scan of the time index (an index-only scan once the visibility map is
--- set), so no expression is computed per row. An event's time counts as rounded to the
+-- set: backfill vacuums the table after its copy), so no expression is computed per row. An event's time counts as rounded to the
 -- millisecond (as event times are), hence the bounds half a millisecond early. The hour is
 -- returned as the minute (epoch ms / 60000) it starts at, which rolls up into that hour.
 SELECT (extract(epoch FROM h.start) / 60)::bigint AS minute,

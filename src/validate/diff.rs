@@ -166,6 +166,31 @@ pub fn minute_ranges(minutes: &[i64]) -> Vec<(i64, i64)> {
     ranges
 }
 
+/// Sorted, disjoint `[from_ms, to_ms)` ranges.
+pub type Ranges = Vec<(i64, i64)>;
+
+/// The window's hours (`starts`, the last closed by `to_ms`) as contiguous `[from_ms, to_ms)`
+/// ranges: first those for which `hashed` holds (compared by raw digests first), then the
+/// others (parsed at once).
+pub fn split_hours(starts: &[i64], to_ms: i64, hashed: impl Fn(i64) -> bool) -> (Ranges, Ranges) {
+    let (mut yes, mut no) = (Ranges::new(), Ranges::new());
+    for (i, &start) in starts.iter().enumerate() {
+        let stop = starts.get(i + 1).copied().unwrap_or(to_ms);
+        let ranges = if hashed(start) { &mut yes } else { &mut no };
+        match ranges.last_mut() {
+            Some(last) if last.1 == start => last.1 = stop,
+            _ => ranges.push((start, stop)),
+        }
+    }
+    (yes, no)
+}
+
+/// Whether `ms` lies in one of the sorted, disjoint `[from_ms, to_ms)` `ranges`.
+pub fn in_ranges(ranges: &[(i64, i64)], ms: i64) -> bool {
+    let i = ranges.partition_point(|(_, to)| *to <= ms);
+    ranges.get(i).is_some_and(|(from, _)| *from <= ms)
+}
+
 /// What event-level narrowing needs of one event, on either side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventDigest {
@@ -475,6 +500,19 @@ mod tests {
         let same_count = minutes(&[(1, 1, 99)]);
         assert!(diff_hours(&roll_up(&same_count, &starts, 7_200_000), &roll_up(&minutes(&[(1, 1, 1)]), &starts, 7_200_000), &starts, false).is_empty());
         assert_eq!(minute_ranges(&[1, 2, 3, 7]), vec![(60_000, 240_000), (420_000, 480_000)]);
+    }
+
+    #[test]
+    fn hours_split_into_hashed_and_parsed_ranges() {
+        const H: i64 = 3_600_000;
+        let starts = [0, H, 2 * H, 3 * H, 4 * H];
+        let (hashed, parsed) = split_hours(&starts, 5 * H, |start| start != H && start != 2 * H);
+        assert_eq!(hashed, vec![(0, H), (3 * H, 5 * H)]);
+        assert_eq!(parsed, vec![(H, 3 * H)]);
+        assert_eq!(split_hours(&starts, 5 * H, |_| true), (vec![(0, 5 * H)], vec![]));
+        assert_eq!(split_hours(&starts, 5 * H, |_| false), (vec![], vec![(0, 5 * H)]));
+        assert!(in_ranges(&hashed, 0) && in_ranges(&hashed, H - 1) && in_ranges(&hashed, 3 * H) && in_ranges(&hashed, 5 * H - 1));
+        assert!(!in_ranges(&hashed, H) && !in_ranges(&hashed, 3 * H - 1) && !in_ranges(&hashed, 5 * H) && !in_ranges(&hashed, -1));
     }
 
     #[test]

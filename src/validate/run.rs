@@ -191,18 +191,23 @@ struct Sides {
 }
 
 /// Events depth: Redis's side per minute by fingerprints, from the raw digests of every
-/// member and the fingerprints of the members of the minutes those do not settle
-/// (`diff::settle_by_raw_digests`). A settled minute holds exactly the target's rows
-/// (their count and fingerprints) and its recorded dead letters; the others are parsed.
-/// Returns the side and how long parsing took (wall), with how many minutes it parsed.
+/// member of the `hashed` ranges and the fingerprints of the members of the minutes those do
+/// not settle (`diff::settle_by_raw_digests`). A settled minute holds exactly the target's
+/// rows (their count and fingerprints) and its recorded dead letters; the others are parsed.
+/// Minutes outside `hashed` are left alone (they were parsed at once). Returns the side and
+/// how long parsing took (wall), with how many minutes it parsed.
 async fn redis_by_fingerprints(
     raw: redis_side::RedisEvents,
     target: &target_side::TargetMinutes,
     dead: target_side::DeadLetterDigests,
+    hashed: &[(i64, i64)],
     (redis, key): (&RedisConn, &str),
     now_ms: i64,
 ) -> anyhow::Result<(redis_side::RedisEvents, u64, usize)> {
-    let verdict = diff::settle_by_raw_digests(&raw.minutes, &target.rows, &target.raw, &dead.minutes);
+    let mut verdict = diff::settle_by_raw_digests(&raw.minutes, &target.rows, &target.raw, &dead.minutes);
+    let inside = |minute: &i64| diff::in_ranges(hashed, minute * diff::MINUTE_MS);
+    verdict.settled.retain(inside);
+    verdict.to_parse.retain(inside);
     let clock = Instant::now();
     let parsed = redis_side::summarize_ranges(redis, key, &diff::minute_ranges(&verdict.to_parse), now_ms, redis_side::Pass::Fingerprints).await?;
     let parsing = clock.elapsed().as_millis() as u64;
@@ -241,12 +246,35 @@ async fn collect(
         let clock = Instant::now();
         let side = match options.depth {
             Depth::Events => {
+                // Hours whose target rows mostly lack raw digests are parsed at once, not
+                // hashed first (they would be parsed after hashing anyway).
+                let with_raw = target_side::hours_with_raw_digests(pool, &window.hour_starts, window.to).await?;
+                let (hashed, parsed) = diff::split_hours(&starts, to_ms, |start| with_raw.contains(&start));
                 // Seen from any terminal by `tsmigrate status`.
                 let total = redis_side::count(&mut redis.clone(), key, from_ms, to_ms).await?;
                 let reporter = progress::Reporter::start(pool, "validate", "events", (&options.command_line, Rerun::StartsOver), 0, Some(total)).await;
-                let summarized = redis_side::summarize(redis, key, (from_ms, to_ms), now_ms, reporter.counter(), redis_side::Pass::RawDigests).await;
+                let summarized = async {
+                    let mut sides = (redis_side::RedisEvents::default(), redis_side::RedisEvents::default());
+                    for (ranges, pass, side) in [(&hashed, redis_side::Pass::RawDigests, &mut sides.0), (&parsed, redis_side::Pass::Fingerprints, &mut sides.1)]
+                    {
+                        for range in ranges {
+                            side.merge(redis_side::summarize(redis, key, *range, now_ms, reporter.counter(), pass).await?);
+                        }
+                    }
+                    anyhow::Ok(sides)
+                }
+                .await;
                 reporter.finish(pool, "validate").await;
-                RedisSide::Raw(summarized?)
+                let (raw, parsed_events) = summarized?;
+                if !parsed.is_empty() {
+                    let hours = parsed.iter().map(|(from, to)| (to - from) / 3_600_000).sum::<i64>();
+                    tracing::info!(hours, "hours whose target rows mostly lack raw digests were compared by parsing Redis's members at once");
+                }
+                if hashed.is_empty() {
+                    RedisSide::Events(parsed_events)
+                } else {
+                    RedisSide::Raw { raw, hashed, parsed: parsed_events }
+                }
             }
             Depth::Counts => RedisSide::Counts(redis_side::count_hours(&mut redis.clone(), key, &starts, to_ms).await?),
         };
@@ -283,12 +311,18 @@ async fn collect(
     let ((redis_side, t1), (target, dead, t2), ((hourly, assets, refresh), t3)) = tokio::try_join!(redis_collect, target_collect, aggregate_collect)?;
     let mut timings = BTreeMap::from([t1, t2, t3]);
     let (redis_side, dead_minutes) = match (redis_side, dead) {
-        (RedisSide::Raw(raw), Dead::Digested(dead)) => {
+        (RedisSide::Raw { raw, hashed, parsed }, Dead::Digested(dead)) => {
             // Summed over the readers and the hashing/parsing threads.
-            timings.extend([("redis_read", raw.read_micros / 1000), ("redis_hash", raw.parse_micros / 1000)]);
-            let (found, parsing, parsed_minutes) = redis_by_fingerprints(raw, &target, dead, (redis, key), now_ms).await?;
+            timings.extend([("redis_read", (raw.read_micros + parsed.read_micros) / 1000), ("redis_hash", raw.parse_micros / 1000)]);
+            let (mut found, parsing, parsed_minutes) = redis_by_fingerprints(raw, &target, dead, &hashed, (redis, key), now_ms).await?;
             tracing::info!(parsed_minutes, parsing_ms = parsing, "minutes the raw digests did not settle were compared by parsing Redis's members");
+            found.merge(parsed);
             timings.extend([("redis_parse", found.parse_micros / 1000), ("reparse", parsing)]);
+            (RedisSide::Events(found), None)
+        }
+        (RedisSide::Events(found), Dead::Digested(_)) => {
+            // No hour had raw digests enough: every member was parsed in the first pass.
+            timings.extend([("redis_read", found.read_micros / 1000), ("redis_parse", found.parse_micros / 1000)]);
             (RedisSide::Events(found), None)
         }
         (side, Dead::Counted(dead)) => (side, Some(dead.into_iter().collect())),
@@ -326,7 +360,7 @@ async fn compare_events(
             return Ok(None);
         }
         RedisSide::Events(found) => found,
-        RedisSide::Raw(_) => anyhow::bail!("the Redis side was not compared by fingerprints"),
+        RedisSide::Raw { .. } => anyhow::bail!("the Redis side was not compared by fingerprints"),
     };
     let redis_hours = diff::roll_up(&found.minutes, &starts, to_ms);
     events.redis_events = found.events;
@@ -356,8 +390,13 @@ fn counted_hours(zcounts: &[u64], dead_minutes: &[(i64, u64)], starts: &[i64], t
 }
 
 enum RedisSide {
-    /// Every member's raw digest per minute (before `redis_by_fingerprints`).
-    Raw(redis_side::RedisEvents),
+    /// Every member's raw digest per minute in the `hashed` ranges (before
+    /// `redis_by_fingerprints`), and the members of the other hours parsed.
+    Raw {
+        raw: redis_side::RedisEvents,
+        hashed: Vec<(i64, i64)>,
+        parsed: redis_side::RedisEvents,
+    },
     Events(redis_side::RedisEvents),
     Counts(Vec<u64>),
 }

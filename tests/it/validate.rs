@@ -450,8 +450,9 @@ async fn forget_raw_digests(pool: &PgPool, ids: &[String]) {
 /// another raw digest, so its minute is parsed, and it is no difference; an UPDATEd row (even
 /// one that changes nothing), and rows written before the raw digest existed, have none, so
 /// their minutes are parsed too. Every write path stores it; the recorded dead letters
-/// settle with the rows. Then the injected differences, with every raw digest and without
-/// any (every minute parsed, as before raw digests): the same findings.
+/// settle with the rows. Then the injected differences, with every raw digest, with none in
+/// the oldest hours (parsed at once, the others hashed first), and without any (every member
+/// parsed in one pass, none hashed, as before raw digests): the same findings.
 #[tokio::test]
 async fn raw_digests_settle_only_what_the_fingerprints_would_and_leave_the_rest_to_them() {
     let env = TestEnv::new().await;
@@ -506,14 +507,33 @@ async fn raw_digests_settle_only_what_the_fingerprints_would_and_leave_the_rest_
     let injected = inject(&env.pool).await;
     let digests = env.cli(&["validate", "--json", "--no-refresh"]).expect_code(1).details();
     assert_eq!(found(&digests), injected, "with raw digests");
+    // Rows written before raw digests existed: the first 12 hours (where the missing, extra
+    // and altered events are) have none, the rest keep theirs. Those hours are parsed at once,
+    // the others hashed first.
+    let old_hours: Vec<String> = sqlx::query_scalar(
+        "SELECT event_id::text FROM analytics_events_ts
+         WHERE time < date_trunc('hour', (SELECT min(time) FROM analytics_events_ts)) + interval '12 hours'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    forget_raw_digests(&env.pool, &old_hours).await;
+    let partly = env.cli(&["validate", "--json", "--no-refresh"]).expect_code(1).details();
+    assert_eq!(found(&partly), injected, "the oldest hours without raw digests");
+    assert!(partly["timings_ms"]["redis_hash"].is_u64(), "the hours with raw digests were hashed: {partly}");
+    // A target none of whose rows has a raw digest: no member is hashed, every one is parsed
+    // in a single pass, as before raw digests existed.
     forget_raw_digests(&env.pool, &sqlx::query_scalar::<_, String>("SELECT event_id::text FROM analytics_events_ts").fetch_all(&env.pool).await.unwrap()).await;
     let parsed = env.cli(&["validate", "--json", "--no-refresh"]).expect_code(1).details();
     assert_eq!(found(&parsed), injected, "every minute parsed");
-    for part in ["hours_differing", "missing", "extra", "different"] {
-        assert_eq!(field(field(&digests, "events"), part)["total"], field(field(&parsed, "events"), part)["total"], "{part}");
-    }
-    for part in ["redis_events", "target_events", "dead_letters", "dead_letters_by_reason"] {
-        assert_eq!(field(&digests, "events")[part], field(&parsed, "events")[part], "{part}");
+    assert!(parsed["timings_ms"]["redis_hash"].is_null() && parsed["timings_ms"]["redis_parse"].is_u64(), "nothing hashed, all parsed: {parsed}");
+    for other in [&partly, &parsed] {
+        for part in ["hours_differing", "missing", "extra", "different"] {
+            assert_eq!(field(field(&digests, "events"), part)["total"], field(field(other, "events"), part)["total"], "{part}");
+        }
+        for part in ["redis_events", "target_events", "dead_letters", "dead_letters_by_reason"] {
+            assert_eq!(field(&digests, "events")[part], field(other, "events")[part], "{part}");
+        }
     }
     env.cleanup().await;
 }

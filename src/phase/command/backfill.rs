@@ -1,8 +1,9 @@
 //! `tsmigrate backfill`: copies the events Redis held before the completion point T into
 //! the target, oldest first, in pages written with `COPY`. Each page commits together
 //! with its checkpoint, so after a crash a re-run resumes exactly where the last commit
-//! ended: no gap, no duplicate. Then it refreshes the aggregates over the backfilled range
-//! and imports the legacy history older than the Redis horizon.
+//! ended: no gap, no duplicate. Then it refreshes the aggregates over the backfilled range,
+//! vacuums the events table (so the rows just written are counted from the time index) and
+//! imports the legacy history older than the Redis horizon.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -76,7 +77,7 @@ pub struct BackfillDetails {
     pub events_per_second: f64,
     pub refresh: Option<RefreshOutcome>,
     pub history: Option<HistoryReport>,
-    /// Where this run's time went, in milliseconds: `copy`, `refresh` and `history` (wall),
+    /// Where this run's time went, in milliseconds: `copy`, `refresh`, `vacuum` and `history` (wall),
     /// and inside the copy, summed over its streams, `redis_read`, `parse`, `write` (each
     /// page's transaction: COPY, dead letters, marks, checkpoint, commit) and `write_waiting`
     /// (the writers waiting for a page).

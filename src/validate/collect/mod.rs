@@ -12,6 +12,7 @@ pub mod sql {
     pub const EVENT_FINGERPRINTS: &str = include_str!("../../../validation/event_fingerprints.sql");
     pub const EVENT_MINUTES: &str = include_str!("../../../validation/event_minutes.sql");
     pub const EVENT_COUNTS: &str = include_str!("../../../validation/event_counts.sql");
+    pub const RAW_DIGEST_COVERAGE: &str = include_str!("../../../validation/raw_digest_coverage.sql");
     pub const EVENTS_BY_KEY: &str = crate::store::writer::EVENTS_BY_KEY;
     pub const DEAD_LETTER_MINUTES: &str = crate::ledger::dead_letter::PER_MINUTE;
     pub const TARGET_HOURLY: &str = include_str!("../../../validation/target_hourly.sql");
