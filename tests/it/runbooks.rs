@@ -159,6 +159,23 @@ fn the_quoted_line_patterns_match_what_they_say_and_nothing_else() {
 /// Runs every runbook's examples in order on one scenario: a day and a half of seeded legacy
 /// traffic, plain PostgreSQL (the TimescaleDB-only lines of the runbooks are written as `…`),
 /// a soak of 0 hours so the runbooks' commands run as written one after the other.
+/// Waits until the service has warmed its read path, as a deploy waits for the readiness
+/// probe (within the warm-up's own deadline and a margin).
+async fn warmed(http: &reqwest::Client, daemon: &Daemon) {
+    let deadline = std::time::Instant::now() + tsmigrate::http::warm::WARM_UP_DEADLINE + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let warming = match http.get(daemon.url("/ready")).send().await {
+            Ok(reply) => reply.text().await.unwrap_or_default().contains("warming up"),
+            Err(_) => true,
+        };
+        if !warming {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the service did not warm its read path:\n{}", daemon.logs());
+}
+
 /// Stops the service of a service block (SIGTERM) and compares its exit code and log with the
 /// lines quoted after its `tsmigrate run`.
 fn stop_service(service: &mut Option<(usize, Example, Daemon)>, failures: &mut Vec<String>) {
@@ -221,6 +238,7 @@ async fn every_runbook_example_prints_what_the_runbook_quotes() {
                 Kind::Service => {
                     assert!(service.is_none(), "{}: one `tsmigrate run` per service block", example.at);
                     let daemon = Daemon::start_with(&env, Some(&config_path), &args, &[]);
+                    warmed(&http, &daemon).await;
                     service = Some((example.block, example.clone(), daemon));
                 }
                 Kind::Get => {
