@@ -187,13 +187,13 @@ pub async fn raw_buckets(ctx: &ReadContext, range: TimeRange, bucket_ms: i64) ->
                 .map_err(pg)?;
         Ok(rows.into_iter().map(|(hour, n)| (bin_start(hour, bucket_ms), n)).collect())
     };
-    let raw = async {
+    let raw = try_join_all(pieces.raw.iter().map(|piece| async move {
         if from_minutes {
-            try_join_all(pieces.raw.iter().map(|piece| minute_set_buckets(pool, *piece, bucket_ms))).await
+            minute_set_buckets(pool, *piece, bucket_ms).await
         } else {
-            Ok(vec![raw_bucket_counts(pool, &pieces.raw, bucket_ms).await?])
+            raw_bucket_counts(pool, *piece, bucket_ms).await
         }
-    };
+    }));
     let (aggregate, raw) = tokio::try_join!(aggregate, raw)?;
     let mut counts = BTreeMap::new();
     for (start, n) in aggregate.into_iter().chain(raw.into_iter().flatten()) {
@@ -206,44 +206,53 @@ const MINUTE_MS: i64 = 60_000;
 
 /// Counts per bucket of `range` from the minute sets: every minute with a fresh set adds its
 /// count to its bucket (buckets of whole minutes hold whole minutes); the minutes without one
-/// and the sub-minute edges are read raw, in one query. Exact like the raw rows, at a cost
-/// that follows the number of minutes, not of events.
+/// and the sub-minute edges are read raw. Exact like the raw rows, at a cost that follows the
+/// number of minutes, not of events.
 async fn minute_set_buckets(pool: &PgPool, range: TimeRange, bucket_ms: i64) -> Result<Vec<(DateTime<Utc>, i64)>, ReadError> {
     let (first, last) = (minute_ceil(range.from).min(range.to), minute_floor(range.to).max(range.from));
     let fresh = if first < last { user_sets::fresh_minute_counts(pool, first, last).await.map_err(pg)? } else { vec![] };
-    let mut counts: Vec<(DateTime<Utc>, i64)> = Vec::with_capacity(fresh.len());
     let mut unread: Vec<TimeRange> = TimeRange::new(range.from, first).into_iter().collect();
     let mut at = first;
-    for (minute, n) in fresh {
-        unread.extend(TimeRange::new(at, minute));
-        counts.push((bin_start(minute, bucket_ms), n));
-        at = minute + Duration::minutes(1);
+    for (minute, _) in &fresh {
+        unread.extend(TimeRange::new(at, *minute));
+        at = *minute + Duration::minutes(1);
     }
     unread.extend(TimeRange::new(at.max(first), range.to));
-    counts.extend(raw_bucket_counts(pool, &unread, bucket_ms).await?);
+    let unread = fewest_reads(unread);
+    // A minute inside a raw read is counted there, not from its set.
+    let read_raw = |minute: DateTime<Utc>| unread.iter().any(|r| r.contains(minute));
+    let mut counts: Vec<(DateTime<Utc>, i64)> =
+        fresh.into_iter().filter(|(minute, _)| !read_raw(*minute)).map(|(minute, n)| (bin_start(minute, bucket_ms), n)).collect();
+    let raw = try_join_all(unread.iter().map(|r| raw_bucket_counts(pool, *r, bucket_ms))).await?;
+    counts.extend(raw.into_iter().flatten());
     Ok(counts)
 }
 
-/// Raw event counts per bucket over `ranges` (disjoint), in one query: an index range scan
-/// per range, in the partitions or chunks that the ranges' span overlaps only (the constant
-/// bounds exclude the others when the statement is planned).
-async fn raw_bucket_counts(pool: &PgPool, ranges: &[TimeRange], bucket_ms: i64) -> Result<Vec<(DateTime<Utc>, i64)>, ReadError> {
-    let (Some(lo), Some(hi)) = (ranges.iter().map(|r| r.from).min(), ranges.iter().map(|r| r.to).max()) else {
-        return Ok(vec![]);
-    };
+/// Raw reads of a minute-set answer at most: scattered stale minutes are read in a few
+/// ranges (the sets inside them unused) rather than one query each.
+const MAX_RAW_READS: usize = 4;
+
+/// `ranges` (disjoint, in order) joined across their smallest gaps until at most
+/// [`MAX_RAW_READS`] remain.
+fn fewest_reads(mut ranges: Vec<TimeRange>) -> Vec<TimeRange> {
+    while ranges.len() > MAX_RAW_READS {
+        let closest = (1..ranges.len()).min_by_key(|i| ranges[*i].from - ranges[*i - 1].to).expect("more than one range");
+        ranges[closest - 1].to = ranges[closest].to;
+        ranges.remove(closest);
+    }
+    ranges
+}
+
+/// Raw event counts per bucket of `range` (only non-empty buckets).
+async fn raw_bucket_counts(pool: &PgPool, range: TimeRange, bucket_ms: i64) -> Result<Vec<(DateTime<Utc>, i64)>, ReadError> {
     let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT floor((extract(epoch FROM e.time) * 1000 - $3) / $4)::bigint, count(*)
-         FROM unnest($1::timestamptz[], $2::timestamptz[]) AS r(from_time, to_time)
-         JOIN analytics_events_ts e ON e.time >= r.from_time AND e.time < r.to_time
-         WHERE e.time >= $5 AND e.time < $6
-         GROUP BY 1",
+        "SELECT floor((extract(epoch FROM time) * 1000 - $3) / $4)::bigint, count(*)
+         FROM analytics_events_ts WHERE time >= $1 AND time < $2 GROUP BY 1",
     )
-    .bind(ranges.iter().map(|r| r.from).collect::<Vec<_>>())
-    .bind(ranges.iter().map(|r| r.to).collect::<Vec<_>>())
+    .bind(range.from)
+    .bind(range.to)
     .bind(BUCKET_ORIGIN_MS)
     .bind(bucket_ms)
-    .bind(lo)
-    .bind(hi)
     .fetch_all(pool)
     .await
     .map_err(pg)?;
