@@ -34,7 +34,7 @@ fn hour_rows(rows: Vec<HourTuple>) -> Vec<HourRow> {
 /// The oldest event the target holds raw (remembered for a few seconds, see `HorizonCache`).
 pub async fn horizon(ctx: &ReadContext) -> Result<Option<DateTime<Utc>>, ReadError> {
     let pool = ctx.target_pool()?;
-    ctx.target_horizon.get(async { sqlx::query_scalar("SELECT min(time) FROM analytics_events_ts").fetch_one(pool).await.map_err(pg) }).await
+    ctx.target_horizon.get(ctx, async { sqlx::query_scalar("SELECT min(time) FROM analytics_events_ts").fetch_one(pool).await.map_err(pg) }).await
 }
 
 /// History for the hours starting in `hours`: the imported legacy rows, and aggregate rows
@@ -210,6 +210,7 @@ const MINUTE_MS: i64 = 60_000;
 /// number of minutes, not of events.
 async fn minute_set_buckets(pool: &PgPool, range: TimeRange, bucket_ms: i64) -> Result<Vec<(DateTime<Utc>, i64)>, ReadError> {
     let (first, last) = (minute_ceil(range.from).min(range.to), minute_floor(range.to).max(range.from));
+    // Oldest first: the gaps between them are what is read raw.
     let fresh = if first < last { user_sets::fresh_minute_counts(pool, first, last).await.map_err(pg)? } else { vec![] };
     let mut unread: Vec<TimeRange> = TimeRange::new(range.from, first).into_iter().collect();
     let mut at = first;

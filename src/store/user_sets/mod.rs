@@ -233,15 +233,16 @@ fn set_row(row: SetRow) -> sqlx::Result<(Span, DateTime<Utc>, Tally)> {
     Ok((span, bucket, tally))
 }
 
-/// The event count of every minute of `[from, to)` whose set is built and fresh (no mark) —
-/// the sum of its per-group counts, which the summaries read and check against raw rows —
-/// in one statement, so the sets and the marks are read in the same snapshot: a minute not
-/// returned is unbuilt or stale and must be read raw. An index range scan on the key.
+/// The event count of every minute of `[from, to)` whose set is built and fresh (no mark),
+/// oldest first, in one statement, so the sets and the marks are read in the same snapshot:
+/// a minute not returned is unbuilt or stale and must be read raw. An index range scan on
+/// the key (the order is what lets a caller find the gaps in one pass).
 pub async fn fresh_minute_counts(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(DateTime<Utc>, i64)>> {
     sqlx::query_as(
-        "SELECT s.bucket, (SELECT coalesce(sum(c), 0)::bigint FROM unnest(s.group_counts) c) FROM tsmigrate.user_sets s
+        "SELECT s.bucket, s.event_count FROM tsmigrate.user_sets s
          WHERE s.span = 'minute' AND s.bucket >= $1 AND s.bucket < $2
-           AND NOT EXISTS (SELECT 1 FROM tsmigrate.user_set_marks m WHERE m.minute = s.bucket)",
+           AND NOT EXISTS (SELECT 1 FROM tsmigrate.user_set_marks m WHERE m.minute = s.bucket)
+         ORDER BY s.bucket",
     )
     .bind(from)
     .bind(to)
