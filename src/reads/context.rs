@@ -161,17 +161,28 @@ impl ReadContext {
     }
 }
 
-/// The oldest raw event time of the target, remembered for [`HORIZON_REFRESH`].
-pub struct HorizonCache(Remembered<Option<DateTime<Utc>>>);
+/// The oldest raw event time of the target, remembered for [`HORIZON_REFRESH`] per database
+/// read: a replica that has not replayed a backfill yet has another horizon than the
+/// primary, and an answer from one must not be cut at the other's.
+pub struct HorizonCache {
+    primary: Remembered<Option<DateTime<Utc>>>,
+    replica: Remembered<Option<DateTime<Utc>>>,
+}
 
 impl Default for HorizonCache {
     fn default() -> Self {
-        HorizonCache(Remembered::new(HORIZON_REFRESH))
+        HorizonCache { primary: Remembered::new(HORIZON_REFRESH), replica: Remembered::new(HORIZON_REFRESH) }
     }
 }
 
 impl HorizonCache {
-    pub async fn get(&self, load: impl std::future::Future<Output = Result<Option<DateTime<Utc>>, ReadError>>) -> Result<Option<DateTime<Utc>>, ReadError> {
-        self.0.get(|_| load).await
+    /// The horizon of the database `ctx` reads, from `load` when not remembered.
+    pub async fn get(
+        &self,
+        ctx: &ReadContext,
+        load: impl std::future::Future<Output = Result<Option<DateTime<Utc>>, ReadError>>,
+    ) -> Result<Option<DateTime<Utc>>, ReadError> {
+        let remembered = if ctx.on_replica() { &self.replica } else { &self.primary };
+        remembered.get(|_| load).await
     }
 }

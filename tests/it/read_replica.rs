@@ -246,3 +246,35 @@ async fn with_replay_paused_the_replica_answers_as_of_its_replay_point_until_its
     replica_db.close().await;
     drop(primary_server);
 }
+
+/// A standby that hangs (every connection to it, open or new, blackholed): the replica check
+/// gives up within its deadline, reads go to the primary with the primary's answers, and
+/// once the standby answers again reads return to it without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_sends_reads_to_the_primary_and_they_return_when_it_answers() {
+    use crate::proxy::{Fault, FaultProxy};
+    let (_primary, standby, env) = migrated_with_standby().await;
+    let direct = standby.url(&env.db_name);
+    let proxy = FaultProxy::start(crate::fault::pg_addr(&direct));
+    let (state, replica) = server(&env, Some(proxy.url_through(&direct)), 3600).await;
+    let (_, primary) = server(&env, None, 3600).await;
+    until_replica(&state, Why::WithinLimit).await;
+    let served = reads_total("replica", "within_limit");
+    get(&replica, INTERVALS).await;
+    assert!(reads_total("replica", "within_limit") > served, "the replica answered before the fault");
+
+    proxy.set(Fault::Blackhole);
+    let hung = until_replica(&state, Why::Unreachable).await;
+    assert_eq!(hung.reads_go_to, "primary", "{hung:?}");
+    let fallback = reads_total("primary", "unreachable");
+    for (from_replica_setting, from_primary) in both(&replica, &primary, &[INTERVALS, QUESTIONS[0]]).await {
+        assert_eq!(field(&from_replica_setting, "total_events"), field(&from_primary, "total_events"), "{from_replica_setting} {from_primary}");
+    }
+    assert!(reads_total("primary", "unreachable") >= fallback + 2.0, "the primary answered while the replica hung");
+
+    proxy.set(Fault::Pass);
+    until_replica(&state, Why::WithinLimit).await;
+    let served = reads_total("replica", "within_limit");
+    get(&replica, INTERVALS).await;
+    assert!(reads_total("replica", "within_limit") > served, "the replica answers again");
+}
