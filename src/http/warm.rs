@@ -4,8 +4,9 @@
 //! first routing and horizon lookups — tens of milliseconds that a user behind a load
 //! balancer would see after every deploy. The daemon asks each read endpoint's question,
 //! uncached and unrecorded, on a few concurrent tasks (as many connections as one answer
-//! uses at once), twice, and only then lets `/ready` answer 200. A warm-up that fails or runs past its
-//! deadline is logged and ends: it never keeps a service out of rotation (the probes do).
+//! uses at once), twice, and only then lets `/ready` answer 200. A warm-up that fails or
+//! runs past its deadline is logged and ends: it never keeps a service out of rotation (the
+//! probes do).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -104,13 +104,6 @@ async fn readiness_follows_both_servers() {
     sqlx::query("UPDATE tsmigrate.migration_state SET read_source = 'target'").execute(&env.pool).await.unwrap();
     let target = tsmigrate::db::target_pool(&env.settings).await.unwrap();
     let state = tsmigrate::http::AppState::new(Context::with_target(Arc::new(env.settings.clone()), target.clone()), env.redis().await).cold();
-    let ready_now = |state: tsmigrate::http::AppState| async move {
-        let response =
-            tower::ServiceExt::oneshot(tsmigrate::http::app(state), axum::http::Request::get("/ready").body(axum::body::Body::empty()).unwrap()).await.unwrap();
-        let status = response.status().as_u16();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
-    };
     let (status, why) = ready_now(state.clone()).await;
     assert_eq!(status, 503, "{why}");
     assert_eq!(why["warm"], false, "{why}");
@@ -127,6 +120,58 @@ async fn readiness_follows_both_servers() {
     let response =
         tower::ServiceExt::oneshot(tsmigrate::http::app(state), axum::http::Request::get("/ready").body(axum::body::Body::empty()).unwrap()).await.unwrap();
     assert_eq!(response.status().as_u16(), 503);
+}
+
+/// `GET /ready` of a server on `state`: its status and JSON body.
+async fn ready_now(state: tsmigrate::http::AppState) -> (u16, serde_json::Value) {
+    let response =
+        tower::ServiceExt::oneshot(tsmigrate::http::app(state), axum::http::Request::get("/ready").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+}
+
+/// The warm-up meets the target's faults: refused, reset, and hung on the connections it
+/// already holds. Each time it ends by itself (within its deadline), `/ready` then names the
+/// target and not the warm-up, and is 200 again once the target is back, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_up_that_meets_a_target_fault_ends_and_readiness_comes_back_by_itself() {
+    use crate::proxy::{Fault, FaultProxy};
+    let env = TestEnv::new().await;
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    sqlx::query("UPDATE tsmigrate.migration_state SET read_source = 'target'").execute(&env.pool).await.unwrap();
+    let proxy = FaultProxy::start(crate::fault::pg_addr(env.settings.database.url.expose()));
+    let mut settings = env.settings.clone();
+    settings.database.url = tsmigrate::config::SecretUrl::new(proxy.url_through(env.settings.database.url.expose()));
+    settings.database.connect_timeout_secs = 2;
+    let redis = env.redis().await;
+    // Bounds a hang only: the warm-up's own deadline and a wide margin.
+    let ends_within = tsmigrate::http::warm::WARM_UP_DEADLINE + Duration::from_secs(60);
+    for fault in [Fault::Refuse, Fault::Reset, Fault::Blackhole] {
+        // A fresh process each time; for the blackhole, one whose pool already holds
+        // connections (opened by a first warm-up), which the fault then leaves hanging with
+        // every new one.
+        let state = tsmigrate::http::AppState::new(Context::lazy(settings.clone()).unwrap(), redis.clone()).cold();
+        if fault == Fault::Blackhole {
+            tsmigrate::http::warm::warm_up(state.clone()).await;
+        }
+        let state = state.cold();
+        proxy.set(fault);
+        tokio::time::timeout(ends_within, tsmigrate::http::warm::warm_up(state.clone())).await.unwrap_or_else(|_| panic!("{fault:?}: the warm-up never ended"));
+        let (status, why) = ready_now(state.clone()).await;
+        assert_eq!((status, &why["warm"], &why["target"]), (503, &json!(true), &json!(false)), "{fault:?}: {why}");
+        proxy.set(Fault::Pass);
+        let mut back = None;
+        for _ in 0..600 {
+            let (status, why) = ready_now(state.clone()).await;
+            if status == 200 {
+                back = Some(why);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(back.is_some(), "{fault:?}: /ready never said 200 again after the target came back");
+    }
 }
 
 #[tokio::test]
