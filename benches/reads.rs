@@ -271,17 +271,17 @@ async fn measure_size(mode: &str, events: i64, samples: usize, raw_samples: usiz
         stop(daemon);
         notes.push(format!("{events} events: read replica answers equal the primary's (as_of aside): {same}; {on_replica}"));
     }
+    // The same questions as the HTTP rows of the same names.
     let requests = [
-        Request::Summary(window),
-        Request::comparison(chrono::Duration::days(DAYS), now).expect("period"),
-        Request::popular(30, now).expect("days"),
-        Request::Hourly { range: reads::TimeRange { from: now - chrono::Duration::days(7), to: now }, filter: Default::default() },
-        Request::intervals(chrono::Duration::minutes(10), chrono::Duration::hours(24), now).expect("intervals"),
+        ("summary 30d", Request::Summary(window)),
+        ("comparison 30d vs the 30d before", Request::comparison(chrono::Duration::days(DAYS), now).expect("period")),
+        ("popular-asset-types 30d", Request::popular(30, now).expect("days")),
+        ("hourly 7d", Request::Hourly { range: reads::TimeRange { from: now - chrono::Duration::days(7), to: now }, filter: Default::default() }),
+        ("intervals 10m over 24h", Request::intervals(chrono::Duration::minutes(10), chrono::Duration::hours(24), now).expect("intervals")),
     ];
     let (by_sets, by_rows) = (context(&env, &pool, now, Route::Sets).await, context(&env, &pool, now, Route::RawRows).await);
     let mut identical = true;
-    let measured_in_process = ["summary 30d", "comparison 30d vs the 30d before", "popular-asset-types 30d", "hourly 7d", "intervals 10m over 24h"];
-    for (name, request) in measured_in_process.iter().zip(&requests) {
+    for (name, request) in &requests {
         let (latencies, raw_answer) = in_process(&by_rows, request, raw_samples).await;
         identical &= ReadSource::Target.answer(&by_sets, request).await.expect("sets answer") == raw_answer;
         rows.push(vec![
