@@ -39,6 +39,6 @@ for bench in "${benches[@]}"; do
     # Failover, slot migration and an added node under steady ingest: the integration tests
     # on a private cluster print one row per case.
     echo "=== cluster cases (tests/it/cluster.rs): unavailability window, sent/accepted/landed/lost/doubled ==="
-    cargo test --locked --test it -- cluster:: --nocapture --test-threads 1 2>&1 | grep -E '^cluster case|^test result' || true
+    cargo test --locked --test it -- cluster:: --nocapture --test-threads 1 2>&1 | grep -oE 'cluster case \|.*|test result.*' || true
   fi
 done

@@ -4,8 +4,9 @@
 //! (a write touched it since the build), or, for a settled hour or day, when it counts
 //! other events than the aggregate shows. A stale or missing day is answered by its hours;
 //! a marked or missing hour by its minutes; a marked or missing minute, an hour that differs
-//! from its aggregate, and the sub-minute edges of the window by raw rows. Users are unioned
-//! in memory, so the answer is exact, and its cost follows the number of buckets.
+//! from its aggregate, and the sub-minute edges of the window by raw rows. A read of users
+//! per group treats a set built without them as missing. Users are unioned in memory, so
+//! the answer is exact, and its cost follows the number of buckets.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,8 +15,8 @@ use chrono_tz::Tz;
 use futures::future::try_join_all;
 
 use super::context::ReadContext;
-use super::request::{ReadError, TimeRange};
-use crate::calendar::{day_start, hour_floor, local_day, minute_ceil};
+use super::request::{EventFilter, HourRow, ReadError, TimeRange};
+use crate::calendar::{day_start, hour_floor, local_day, minute_ceil, next_hour};
 use crate::store::user_sets::report::compared_until;
 use crate::store::user_sets::{self, Parts, Span, Tally};
 use crate::store::{DAILY_VIEW, HOURLY_VIEW};
@@ -127,7 +128,9 @@ pub async fn tally(ctx: &ReadContext, range: TimeRange, parts: Parts) -> Result<
         for (span, bucket) in wanted {
             let end = span.end(bucket, tz);
             let fresh = !marked.iter().any(|m| bucket <= *m && *m < end);
-            match (rows.remove(&(span, bucket)), counts.get(&(span, bucket))) {
+            // A set built before its groups' users were kept cannot answer per group.
+            let rows_answering = rows.remove(&(span, bucket)).filter(|set| !parts.group_users || set.group_users.is_some());
+            match (rows_answering, counts.get(&(span, bucket))) {
                 (Some(set), Some(n)) if fresh && set.events != *n && span == Span::Hour => raw.push(TimeRange { from: bucket, to: end }),
                 (Some(set), count) if fresh && count.is_none_or(|n| *n == set.events) => out.pieces.push((bucket, set)),
                 _ => todo.extend(below(span, bucket, tz)),
@@ -138,6 +141,37 @@ pub async fn tally(ctx: &ReadContext, range: TimeRange, parts: Parts) -> Result<
     let read = try_join_all(out.raw.iter().map(|r| async move { user_sets::raw(pool, r.from, r.to, parts).await.map(|t| (r.from, t)) })).await.map_err(pg)?;
     out.pieces.extend(read);
     Ok(out)
+}
+
+/// Events and distinct users per hour (cut in the bucket time zone) and group of `range`,
+/// grouped as the raw rows are, from the sets that keep their groups' users: each hour's
+/// piece is tallied on its own (concurrently), so its cost follows the number of minutes.
+pub async fn hours(ctx: &ReadContext, range: TimeRange, filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
+    let tz = ctx.tz();
+    let mut pieces = Vec::new();
+    let mut at = range.from;
+    while at < range.to {
+        let end = next_hour(at, tz).min(range.to);
+        pieces.push(TimeRange { from: at, to: end });
+        at = end;
+    }
+    let parts = Parts { groups: true, group_users: true, ..Parts::default() };
+    let tallied = try_join_all(pieces.iter().map(|piece| tally(ctx, *piece, parts))).await?;
+    let mut rows = Vec::new();
+    for (piece, tallied) in pieces.iter().zip(tallied) {
+        let mut hour = Tally::with_group_users();
+        for (_, part) in &tallied.pieces {
+            hour.merge(part);
+        }
+        let users = hour.group_users.ok_or_else(|| anyhow::anyhow!("a piece of {piece:?} was answered without its groups' users"))?;
+        for ((event_name, category), event_count) in hour.groups {
+            if filter.matches(&event_name, &category) {
+                let unique_users = users.get(&(event_name.clone(), category.clone())).map_or(0, |u| u.len() as i64);
+                rows.push(HourRow { hour: hour_floor(piece.from, tz), event_name, category, event_count, unique_users });
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// The aggregate's event count of every settled hour and day among `wanted` (a bucket the

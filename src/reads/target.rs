@@ -76,9 +76,16 @@ async fn raw_table_hours(ctx: &ReadContext, range: TimeRange, filter: &EventFilt
     Ok(hour_rows(rows))
 }
 
-/// The raw pieces of a range, concurrently.
+/// The pieces of a range the aggregate does not answer, per hour and group, concurrently:
+/// from the user sets on the sets route (raw rows where they do not answer), raw rows otherwise.
 async fn raw_pieces(ctx: &ReadContext, pieces: &[TimeRange], filter: &EventFilter) -> Result<Vec<HourRow>, ReadError> {
-    let parts = try_join_all(pieces.iter().map(|piece| raw_table_hours(ctx, *piece, filter))).await?;
+    let parts = try_join_all(pieces.iter().map(|piece| async move {
+        match ctx.route {
+            Route::Sets => sets::hours(ctx, *piece, filter).await,
+            Route::RawRows => raw_table_hours(ctx, *piece, filter).await,
+        }
+    }))
+    .await?;
     Ok(parts.into_iter().flatten().collect())
 }
 
@@ -115,7 +122,7 @@ async fn raw_table_totals(ctx: &ReadContext, range: TimeRange) -> Result<Vec<Gro
 pub async fn raw_summary(ctx: &ReadContext, range: TimeRange, count: UserCount) -> Result<RawSummary, ReadError> {
     if ctx.route == Route::Sets && count != UserCount::HourlySum {
         let users = count == UserCount::Distinct;
-        let total = sets::tally(ctx, range, Parts { groups: true, users, assets: false }).await?.total();
+        let total = sets::tally(ctx, range, Parts { groups: true, users, ..Parts::default() }).await?.total();
         return Ok(RawSummary { totals: totals(&total), distinct_users: users.then_some(total.users.len() as i64) });
     }
     let pool = ctx.target_pool()?;
@@ -414,7 +421,7 @@ pub async fn summary_beyond_raw(ctx: &ReadContext, range: TimeRange, users: bool
     if history || oldest_set.is_none_or(|oldest| oldest > range.from) {
         return Ok(None);
     }
-    let tallied = sets::tally(ctx, range, Parts { groups: true, users, assets: false }).await?;
+    let tallied = sets::tally(ctx, range, Parts { groups: true, users, ..Parts::default() }).await?;
     if tallied.raw.iter().any(|r| r.from < raw_start) {
         return Ok(None);
     }

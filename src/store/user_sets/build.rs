@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
+use roaring::RoaringBitmap;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
@@ -186,7 +187,7 @@ async fn build_minutes(pool: &PgPool, hour: DateTime<Utc>, until: DateTime<Utc>,
     .bind(ASSET_EVENT)
     .fetch_all(&mut *tx)
     .await?;
-    let mut minutes: BTreeMap<DateTime<Utc>, Tally> = todo.iter().map(|m| (*m, Tally::default())).collect();
+    let mut minutes: BTreeMap<DateTime<Utc>, Tally> = todo.iter().map(|m| (*m, Tally::with_group_users())).collect();
     for (minute, name, category, asset_type, ordinal, events) in rows {
         if let Some(tally) = minutes.get_mut(&minute) {
             add_row(tally, name, category, asset_type, ordinal, events);
@@ -217,7 +218,14 @@ fn add_row(tally: &mut Tally, name: String, category: String, asset_type: Option
             asset.creators.ordinals.insert(o);
         }
     }
-    *tally.groups.entry((name, category)).or_default() += events;
+    let group = (name, category);
+    if let Some(group_users) = tally.group_users.as_mut() {
+        let users = group_users.entry(group.clone()).or_default();
+        if let Some(o) = ordinal {
+            users.ordinals.insert(o);
+        }
+    }
+    *tally.groups.entry(group).or_default() += events;
 }
 
 /// Gives every user of `[from, to)` without an ordinal the next ones, in one statement.
@@ -250,11 +258,12 @@ async fn build_above(pool: &PgPool, span: Span, bucket: DateTime<Utc>, tz: Tz) -
     if marked {
         return Ok(false);
     }
-    let rows = fetch(pool, &parts, Parts { groups: true, users: true, assets: true }).await?;
+    let rows = fetch(pool, &parts, Parts { groups: true, users: true, assets: true, group_users: span == Span::Hour }).await?;
     if rows.len() != parts.len() {
         return Ok(false);
     }
-    let mut tally = Tally::default();
+    // An hour keeps its groups' users when all its minutes have them; a day never needs them.
+    let mut tally = if span == Span::Hour { Tally::with_group_users() } else { Tally::default() };
     for (_, _, part) in &rows {
         tally.merge(part);
     }
@@ -268,14 +277,18 @@ async fn build_above(pool: &PgPool, span: Span, bucket: DateTime<Utc>, tz: Tz) -
 async fn store(conn: &mut PgConnection, span: Span, bucket: DateTime<Utc>, tally: &Tally) -> sqlx::Result<()> {
     let (names, categories): (Vec<&str>, Vec<&str>) = tally.groups.keys().map(|(n, c)| (n.as_str(), c.as_str())).unzip();
     let assets: Vec<_> = tally.assets.iter().collect();
+    // One bitmap per group, in the order of the groups (a group of NULL users only: empty).
+    let group_users: Option<Vec<Vec<u8>>> = tally.group_users.as_ref().filter(|_| span != Span::Day).map(|known| {
+        tally.groups.keys().map(|group| known.get(group).map_or_else(|| encode(&RoaringBitmap::new()), |users| encode(&users.ordinals))).collect()
+    });
     sqlx::query(
         "INSERT INTO tsmigrate.user_sets (span, bucket, event_count, users, event_names, categories, group_counts,
-                                          asset_types, asset_counts, asset_creators, asset_creator_counts)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                          asset_types, asset_counts, asset_creators, asset_creator_counts, group_users)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (span, bucket) DO UPDATE SET event_count = EXCLUDED.event_count, users = EXCLUDED.users,
              event_names = EXCLUDED.event_names, categories = EXCLUDED.categories, group_counts = EXCLUDED.group_counts,
              asset_types = EXCLUDED.asset_types, asset_counts = EXCLUDED.asset_counts, asset_creators = EXCLUDED.asset_creators,
-             asset_creator_counts = EXCLUDED.asset_creator_counts, built_at = now()",
+             asset_creator_counts = EXCLUDED.asset_creator_counts, group_users = EXCLUDED.group_users, built_at = now()",
     )
     .bind(span.as_str())
     .bind(bucket)
@@ -288,6 +301,7 @@ async fn store(conn: &mut PgConnection, span: Span, bucket: DateTime<Utc>, tally
     .bind(assets.iter().map(|(_, a)| a.generations).collect::<Vec<_>>())
     .bind(assets.iter().map(|(_, a)| encode(&a.creators.ordinals)).collect::<Vec<_>>())
     .bind(assets.iter().map(|(_, a)| a.creators.ordinals.len() as i64).collect::<Vec<_>>())
+    .bind(group_users)
     .execute(conn)
     .await?;
     Ok(())

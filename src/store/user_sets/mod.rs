@@ -1,7 +1,8 @@
 //! Exact, mergeable user sets (`tsmigrate.user_sets`, the same tables in both storage modes):
 //! for every closed minute, hour and day (cut in the bucket time zone) the users seen as a
 //! roaring bitmap of their ordinals (`tsmigrate.user_ordinals`), the events per
-//! (event_name, category), and the generations and creators per asset type. Bitmaps
+//! (event_name, category) with (minutes and hours) each group's users, and the generations
+//! and creators per asset type. Bitmaps
 //! union exactly, so unique users over any window cost O(buckets), not O(events).
 //!
 //! Minutes are built from raw rows, an hour from its minutes, a day from its hours
@@ -137,10 +138,19 @@ pub struct Tally {
     pub groups: BTreeMap<(String, String), i64>,
     /// `asset_generated` events per `properties->>'asset_type'` (`None`: no asset type).
     pub assets: BTreeMap<Option<String>, AssetTally>,
+    /// The users of each group of `groups`; `None` when unknown: not asked for, or a set
+    /// built before they were kept (such a set does not answer a per-group read).
+    pub group_users: Option<BTreeMap<(String, String), Users>>,
 }
 
 impl Tally {
+    /// An empty tally that keeps the users of each group.
+    pub fn with_group_users() -> Tally {
+        Tally { group_users: Some(BTreeMap::new()), ..Tally::default() }
+    }
+
     /// Adds `other`'s events and unions its users (pieces of one window never overlap).
+    /// Users per group stay known only while both sides know them.
     pub fn merge(&mut self, other: &Tally) {
         self.events += other.events;
         self.users.union(&other.users);
@@ -152,6 +162,15 @@ impl Tally {
             mine.generations += asset.generations;
             mine.creators.union(&asset.creators);
         }
+        self.group_users = match (self.group_users.take(), &other.group_users) {
+            (Some(mut mine), Some(theirs)) => {
+                for (group, users) in theirs {
+                    mine.entry(group.clone()).or_default().union(users);
+                }
+                Some(mine)
+            }
+            _ => None,
+        };
     }
 }
 
@@ -164,6 +183,8 @@ pub struct Parts {
     pub users: bool,
     /// Generations and creators per asset type.
     pub assets: bool,
+    /// The users of each (event_name, category); sets without them do not answer.
+    pub group_users: bool,
 }
 
 pub(crate) fn encode(bitmap: &RoaringBitmap) -> Vec<u8> {
@@ -188,6 +209,7 @@ type SetRow = (
     Option<Vec<i64>>,
     Option<Vec<Vec<u8>>>,
     Option<Vec<i64>>,
+    Option<Vec<Vec<u8>>>,
 );
 
 /// The set rows of `buckets` that exist (a bucket without a row is not built yet).
@@ -200,7 +222,7 @@ pub async fn fetch(pool: &PgPool, buckets: &[(Span, DateTime<Utc>)], parts: Part
         "SELECT s.span, s.bucket, s.event_count, CASE WHEN $3 THEN s.users END, s.event_names, s.categories, s.group_counts,
                 CASE WHEN $4 THEN s.asset_types END, CASE WHEN $4 THEN s.asset_counts END,
                 CASE WHEN $4 AND s.span <> 'day' THEN s.asset_creators END,
-                CASE WHEN $4 AND s.span = 'day' THEN s.asset_creator_counts END
+                CASE WHEN $4 AND s.span = 'day' THEN s.asset_creator_counts END, CASE WHEN $5 THEN s.group_users END
          FROM unnest($1::text[], $2::timestamptz[]) AS b(span, bucket)
          JOIN tsmigrate.user_sets s ON s.span = b.span AND s.bucket = b.bucket",
     )
@@ -208,19 +230,30 @@ pub async fn fetch(pool: &PgPool, buckets: &[(Span, DateTime<Utc>)], parts: Part
     .bind(buckets.iter().map(|(_, bucket)| *bucket).collect::<Vec<_>>())
     .bind(parts.users)
     .bind(parts.assets)
+    .bind(parts.group_users)
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(set_row).collect()
 }
 
 fn set_row(row: SetRow) -> sqlx::Result<(Span, DateTime<Utc>, Tally)> {
-    let (span, bucket, events, users, names, categories, counts, asset_types, asset_counts, creators, creator_counts) = row;
+    let (span, bucket, events, users, names, categories, counts, asset_types, asset_counts, creators, creator_counts, group_users) = row;
     let span = Span::parse(&span).ok_or_else(|| sqlx::Error::Decode(format!("unknown user-set span {span:?}").into()))?;
     let mut tally = Tally { events, ..Tally::default() };
     if let Some(bytes) = users {
         tally.users.ordinals = decode(&bytes)?;
     }
-    tally.groups = names.into_iter().zip(categories).zip(counts).collect();
+    let groups: Vec<(String, String)> = names.into_iter().zip(categories).collect();
+    if let Some(bitmaps) = group_users {
+        if bitmaps.len() != groups.len() {
+            return Err(sqlx::Error::Decode(
+                format!("the {} set at {bucket} has {} groups but {} group user sets", span.as_str(), groups.len(), bitmaps.len()).into(),
+            ));
+        }
+        let users = bitmaps.iter().map(|bytes| decode(bytes).map(|ordinals| Users { ordinals, unmapped: HashSet::new() }));
+        tally.group_users = Some(groups.iter().cloned().zip(users.collect::<sqlx::Result<Vec<_>>>()?).collect());
+    }
+    tally.groups = groups.into_iter().zip(counts).collect();
     for (i, (asset_type, generations)) in asset_types.unwrap_or_default().into_iter().zip(asset_counts.unwrap_or_default()).enumerate() {
         let mut asset = AssetTally { generations, ..AssetTally::default() };
         match (&creators, &creator_counts) {
@@ -289,8 +322,8 @@ type RawAssetRow = (Option<String>, Option<String>, i64, Option<i64>);
 /// ordinal is looked up per distinct user: a hash of the whole dictionary would cost more
 /// than the rows.
 pub async fn raw(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, parts: Parts) -> sqlx::Result<Tally> {
-    let mut tally = Tally::default();
-    if parts.users {
+    let mut tally = if parts.group_users { Tally::with_group_users() } else { Tally::default() };
+    if parts.users || parts.group_users {
         let rows: Vec<RawUserRow> = sqlx::query_as(
             "SELECT g.event_name, g.category, g.user_id, g.events,
                     (SELECT o.ordinal FROM tsmigrate.user_ordinals o WHERE o.user_id = g.user_id)
@@ -303,7 +336,11 @@ pub async fn raw(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, parts: P
         .await?;
         for (name, category, user_id, events, ordinal) in rows {
             tally.events += events;
-            *tally.groups.entry((name, category)).or_default() += events;
+            let group = (name, category);
+            if let Some(group_users) = tally.group_users.as_mut() {
+                group_users.entry(group.clone()).or_default().add(user_id.clone(), ordinal);
+            }
+            *tally.groups.entry(group).or_default() += events;
             tally.users.add(user_id, ordinal);
         }
     } else if parts.groups {
