@@ -215,12 +215,12 @@ async fn aggregate_event_counts(ctx: &ReadContext, daily: bool, range: TimeRange
             .bind(range.to)
             .fetch_all(ctx.target_pool()?)
             .await
-            .map_err(|e| ReadError::postgres("the target's aggregates", e))?;
+            .map_err(|e| ReadError::postgres("the target database (aggregates)", e))?;
     Ok(rows.into_iter().collect())
 }
 
 fn pg(e: sqlx::Error) -> ReadError {
-    ReadError::postgres("the target's user sets", e)
+    ReadError::postgres("the target database (user sets)", e)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The read API: the same questions get the same answers from the legacy path and from the
 //! target after seed + prepare + dual-write start + backfill (including ranges older than
 //! the Redis horizon, answered from hourly history); cache keys name the source; bad
-//! parameters get 400 with a message; shadow mode counts mismatches.
+//! parameters get 400 with a message; shadow mode counts mismatches; reads from the target
+//! meet every fault of its server.
 
 use std::time::Duration;
 
@@ -330,5 +331,74 @@ async fn reads_use_the_states_context_and_an_ingest_only_server_does_not_read() 
     let (status, body) = get(&app(ingest_only), &format!("/api/v1/analytics/summary?from={}&to={}", wire_time(to - Span::hours(1)), wire_time(to))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body["error"].as_str().unwrap().contains("not configured for reads"), "{body}");
+    env.cleanup().await;
+}
+
+/// The target's read path meets every fault of the target's server: refused, reset, hung on
+/// its open connections, on new ones or on both, slow and starved of bandwidth. Every read
+/// endpoint answers each question with 200 or with a 503 that says what is wrong — never
+/// another status, never a hang past the request deadline — and answers 200 again once the
+/// fault clears, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_read_meets_every_fault_of_the_target() {
+    use crate::proxy::{Fault, FaultProxy};
+    let (env, end) = migrated("postgres").await;
+    set_read_source(&env, "target", false).await;
+    let proxy = FaultProxy::start(crate::fault::pg_addr(env.settings.database.url.expose()));
+    let mut settings = env.settings.clone();
+    settings.database.url = tsmigrate::config::SecretUrl::new(proxy.url_through(env.settings.database.url.expose()));
+    settings.database.connect_timeout_secs = 2;
+    settings.http.cache_ttl_secs = 0;
+    settings.http.request_timeout_secs = 3;
+    let pool = tsmigrate::db::target_pool_lazy(&settings).expect("target pool");
+    let router = app(AppState::new(tsmigrate::context::Context::with_target(std::sync::Arc::new(settings), pool), env.redis().await));
+    serving_from(&router, "target").await;
+    // Bounds a hang only: the request deadline and a wide margin.
+    let hung_after = Duration::from_secs(3 + 30);
+    let faults = [
+        Fault::Refuse,
+        Fault::Reset,
+        Fault::BlackholeExisting,
+        Fault::BlackholeNew,
+        Fault::Blackhole,
+        Fault::Latency(Duration::from_millis(150)),
+        Fault::Bandwidth(20_000),
+    ];
+    for fault in faults {
+        proxy.set(fault);
+        let answers = futures::future::join_all(questions(end).into_iter().map(|q| {
+            let router = router.clone();
+            async move { (tokio::time::timeout(hung_after, get(&router, &q)).await, q) }
+        }))
+        .await;
+        for (answer, q) in answers {
+            let (status, body) = answer.unwrap_or_else(|_| panic!("{}: {q} hung", fault.name()));
+            match status {
+                StatusCode::OK => assert_eq!(body["source"], "target", "{}: {q}", fault.name()),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    let error = body["error"].as_str().unwrap_or_default();
+                    // The server that failed, or the deadline that ran out.
+                    assert!(
+                        error.contains("target database") || error.starts_with("no answer within"),
+                        "{}: {q}: a 503 says what is wrong: {body}",
+                        fault.name()
+                    );
+                }
+                other => panic!("{}: {q} answered {other}: {body}", fault.name()),
+            }
+        }
+        proxy.set(Fault::Pass);
+        for q in questions(end) {
+            let started = std::time::Instant::now();
+            loop {
+                let (status, body) = get(&router, &q).await;
+                if status == StatusCode::OK {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(60), "{}: {q} never answered 200 again: {status} {body}", fault.name());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
     env.cleanup().await;
 }
