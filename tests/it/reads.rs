@@ -334,28 +334,10 @@ async fn reads_use_the_states_context_and_an_ingest_only_server_does_not_read() 
     env.cleanup().await;
 }
 
-/// The target's read path meets every fault of the target's server: refused, reset, hung on
-/// its open connections, on new ones or on both, slow and starved of bandwidth. Every read
-/// endpoint answers each question with 200 or with a 503 that says what is wrong — never
-/// another status, never a hang past the request deadline — and answers 200 again once the
-/// fault clears, without a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_target_read_meets_every_fault_of_the_target() {
-    use crate::proxy::{Fault, FaultProxy};
-    let (env, end) = migrated("postgres").await;
-    set_read_source(&env, "target", false).await;
-    let proxy = FaultProxy::start(crate::fault::pg_addr(env.settings.database.url.expose()));
-    let mut settings = env.settings.clone();
-    settings.database.url = tsmigrate::config::SecretUrl::new(proxy.url_through(env.settings.database.url.expose()));
-    settings.database.connect_timeout_secs = 2;
-    settings.http.cache_ttl_secs = 0;
-    settings.http.request_timeout_secs = 3;
-    let pool = tsmigrate::db::target_pool_lazy(&settings).expect("target pool");
-    let router = app(AppState::new(tsmigrate::context::Context::with_target(std::sync::Arc::new(settings), pool), env.redis().await));
-    serving_from(&router, "target").await;
-    // Bounds a hang only: the request deadline and a wide margin.
-    let hung_after = Duration::from_secs(3 + 30);
-    let faults = [
+/// The faults a fault proxy puts in front of a server, all of them.
+fn every_proxy_fault() -> Vec<crate::proxy::Fault> {
+    use crate::proxy::Fault;
+    vec![
         Fault::Refuse,
         Fault::Reset,
         Fault::BlackholeExisting,
@@ -363,42 +345,101 @@ async fn every_target_read_meets_every_fault_of_the_target() {
         Fault::Blackhole,
         Fault::Latency(Duration::from_millis(150)),
         Fault::Bandwidth(20_000),
-    ];
-    for fault in faults {
-        proxy.set(fault);
-        let answers = futures::future::join_all(questions(end).into_iter().map(|q| {
-            let router = router.clone();
-            async move { (tokio::time::timeout(hung_after, get(&router, &q)).await, q) }
-        }))
+    ]
+}
+
+/// Asks every question at once while `fault` holds; each answer must pass `judge` (given the
+/// status and body) and come before the request deadline (`hung_after` bounds a hang only).
+/// Then, the fault cleared, every question must be answered 200 again, without a restart.
+async fn through_fault(
+    router: &Router,
+    proxy: &crate::proxy::FaultProxy,
+    fault: crate::proxy::Fault,
+    end: DateTime<Utc>,
+    judge: impl Fn(&str, StatusCode, &Value),
+) {
+    let hung_after = Duration::from_secs(30);
+    proxy.set(fault);
+    let answers = futures::future::join_all(questions(end).into_iter().map(|q| {
+        let router = router.clone();
+        async move { (tokio::time::timeout(hung_after, get(&router, &q)).await, q) }
+    }))
+    .await;
+    for (answer, q) in answers {
+        let (status, body) = answer.unwrap_or_else(|_| panic!("{}: {q} hung", fault.name()));
+        judge(&format!("{}: {q}", fault.name()), status, &body);
+    }
+    proxy.set(crate::proxy::Fault::Pass);
+    for q in questions(end) {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, body) = get(router, &q).await;
+            if status == StatusCode::OK {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{}: {q} never answered 200 again: {status} {body}", fault.name());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Reads flipped to the target, each server behind a fault proxy: the target's
+/// (`database.url`) and Redis's (the read cache's; the answers are cached for an hour).
+async fn target_reads_behind_proxies(env: &TestEnv, cache_ttl_secs: u64) -> (Router, crate::proxy::FaultProxy, crate::proxy::FaultProxy) {
+    use crate::proxy::FaultProxy;
+    set_read_source(env, "target", false).await;
+    let pg_proxy = FaultProxy::start(crate::fault::pg_addr(env.settings.database.url.expose()));
+    let redis_proxy =
+        FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], url::Url::parse(env.settings.redis.url.expose()).unwrap().port().unwrap_or(6379))));
+    let mut settings = env.settings.clone();
+    settings.database.url = tsmigrate::config::SecretUrl::new(pg_proxy.url_through(env.settings.database.url.expose()));
+    settings.database.connect_timeout_secs = 2;
+    settings.redis.url = tsmigrate::config::SecretUrl::new(redis_proxy.url_through(env.settings.redis.url.expose()));
+    settings.redis.response_timeout_ms = 1000;
+    settings.http.cache_ttl_secs = cache_ttl_secs;
+    settings.http.request_timeout_secs = 3;
+    let pool = tsmigrate::db::target_pool_lazy(&settings).expect("target pool");
+    let redis = tsmigrate::db::redis(&settings).await.expect("Redis through the proxy");
+    let router = app(AppState::new(tsmigrate::context::Context::with_target(std::sync::Arc::new(settings), pool), redis));
+    serving_from(&router, "target").await;
+    (router, pg_proxy, redis_proxy)
+}
+
+/// The target's read path meets every fault of the target's server: refused, reset, hung on
+/// its open connections, on new ones or on both, slow and starved of bandwidth. Every read
+/// endpoint (cache off) answers each question with 200 or with a 503 that names the target
+/// database or the request deadline — never another status, never a hang — and answers 200
+/// again once the fault clears, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_read_meets_every_fault_of_the_target() {
+    let (env, end) = migrated("postgres").await;
+    let (router, pg_proxy, _redis_proxy) = target_reads_behind_proxies(&env, 0).await;
+    for fault in every_proxy_fault() {
+        through_fault(&router, &pg_proxy, fault, end, |what, status, body| match status {
+            StatusCode::OK => assert_eq!(body["source"], "target", "{what}"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let error = body["error"].as_str().unwrap_or_default();
+                // The server that failed, or the deadline that ran out.
+                assert!(error.contains("target database") || error.starts_with("no answer within"), "{what}: a 503 says what is wrong: {body}");
+            }
+            other => panic!("{what} answered {other}: {body}"),
+        })
         .await;
-        for (answer, q) in answers {
-            let (status, body) = answer.unwrap_or_else(|_| panic!("{}: {q} hung", fault.name()));
-            match status {
-                StatusCode::OK => assert_eq!(body["source"], "target", "{}: {q}", fault.name()),
-                StatusCode::SERVICE_UNAVAILABLE => {
-                    let error = body["error"].as_str().unwrap_or_default();
-                    // The server that failed, or the deadline that ran out.
-                    assert!(
-                        error.contains("target database") || error.starts_with("no answer within"),
-                        "{}: {q}: a 503 says what is wrong: {body}",
-                        fault.name()
-                    );
-                }
-                other => panic!("{}: {q} answered {other}: {body}", fault.name()),
-            }
-        }
-        proxy.set(Fault::Pass);
-        for q in questions(end) {
-            let started = std::time::Instant::now();
-            loop {
-                let (status, body) = get(&router, &q).await;
-                if status == StatusCode::OK {
-                    break;
-                }
-                assert!(started.elapsed() < Duration::from_secs(60), "{}: {q} never answered 200 again: {status} {body}", fault.name());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+    }
+    env.cleanup().await;
+}
+
+/// Reads from the target keep answering, all of them 200, whatever Redis (which holds only
+/// their cache) does: a cache that is refused, reset, hung, slow or starved is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_reads_answer_whatever_the_cache_server_does() {
+    let (env, end) = migrated("postgres").await;
+    let (router, _pg_proxy, redis_proxy) = target_reads_behind_proxies(&env, 3600).await;
+    for fault in every_proxy_fault() {
+        through_fault(&router, &redis_proxy, fault, end, |what, status, body| {
+            assert_eq!((status, &body["source"]), (StatusCode::OK, &Value::from("target")), "{what}: {body}");
+        })
+        .await;
     }
     env.cleanup().await;
 }
