@@ -70,6 +70,7 @@ pub struct RedisConn {
 
 /// Where a [`RedisConn`] connects: one server, or the seed nodes of a cluster (built by
 /// `connect::redis_source`, which applies the TLS settings).
+#[derive(Clone)]
 pub struct RedisSource {
     /// One client per seed URL; the first is the one asked whether it is a cluster node.
     pub seeds: Vec<redis::Client>,
@@ -178,6 +179,13 @@ impl RedisConn {
         let opened = conn.open().await?;
         *conn.live() = Some(opened);
         Ok(conn)
+    }
+
+    /// A connection of its own to the same server or cluster, with the same deadlines and
+    /// role (clones share one connection, whose replies are read one after another: a bulk
+    /// read split across connections is parsed on several cores).
+    pub async fn another(&self) -> RedisResult<RedisConn> {
+        RedisConn::connect(self.inner.source.clone(), self.inner.timeouts, self.inner.role).await
     }
 
     pub fn timeouts(&self) -> RedisTimeouts {

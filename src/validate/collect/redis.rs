@@ -21,7 +21,7 @@ use crate::validate::fingerprint::Fingerprinter;
 pub const PAGE: usize = 16_384;
 /// Pages being parsed while the next is read, per reader.
 const IN_FLIGHT: usize = 2;
-/// Parts of the window read concurrently (each on its own connection's pipeline).
+/// Parts of the window read concurrently, each on a connection of its own.
 const READERS: i64 = 2;
 
 /// What a pass computes of each member.
@@ -96,7 +96,10 @@ pub async fn summarize(
     let mut start = from_ms;
     while start < to_ms {
         let end = if parts.len() as i64 + 1 >= READERS { to_ms } else { (start + step).min(to_ms) };
-        parts.push(summarize_part(redis.clone(), key.to_string(), start, end, now_ms, read.clone(), pass));
+        // Each reader on a connection of its own: one connection's replies are parsed on one
+        // core, which bounds the pass.
+        let conn = if parts.is_empty() { redis.clone() } else { redis.another().await? };
+        parts.push(summarize_part(conn, key.to_string(), start, end, now_ms, read.clone(), pass));
         start = end;
     }
     let mut total = RedisEvents::default();
