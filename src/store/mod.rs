@@ -38,13 +38,17 @@ pub const HOURLY_VIEW: &str = "analytics_hourly";
 pub const DAILY_VIEW: &str = "analytics_daily";
 pub const ASSET_VIEW: &str = "analytics_asset_popularity_ts";
 
-/// `VACUUM (ANALYZE)` of the events table (its partitions or chunks), after a bulk copy:
-/// pages the copy filled are marked all-visible, so counting rows by time (`validate --depth
-/// counts`, the aggregates) is an index-only scan instead of a visit of every row, and the
-/// planner knows how many rows there are. Pages already all-visible are skipped, so only
-/// what changed since the last vacuum is read. The same statement in both storage modes.
+/// `VACUUM` of the events table (its partitions or chunks), after a bulk copy: pages the
+/// copy filled are marked all-visible, so counting rows by time (`validate --depth counts`,
+/// the aggregates) is an index-only scan instead of a visit of every row, and the planner
+/// knows how many rows and pages there are. Pages already all-visible are skipped, so only
+/// what changed since the last vacuum is read. Without `ANALYZE`: sampling every chunk's
+/// columns costs many times the vacuum (`VACUUM (ANALYZE)` took 3.6 s after a copy of
+/// 300 000 events, the vacuum alone of such a table 0.16 s), longer than the refresh it runs
+/// beside; the counts need no column statistics, and autovacuum analyzes later. The same
+/// statement in both storage modes.
 pub async fn vacuum_events(pool: &PgPool) -> sqlx::Result<()> {
-    sqlx::raw_sql(&format!("VACUUM (ANALYZE) {EVENTS_TABLE}")).execute(pool).await?;
+    sqlx::raw_sql(&format!("VACUUM {EVENTS_TABLE}")).execute(pool).await?;
     Ok(())
 }
 
