@@ -403,6 +403,28 @@ mod tests {
     }
 
     #[test]
+    fn users_per_group_union_and_stay_known_only_while_every_part_knows_them() {
+        let group = |name: &str| (name.to_string(), "ui".to_string());
+        let users = |ordinals: &[u32]| Users { ordinals: ordinals.iter().copied().collect(), unmapped: HashSet::new() };
+        let part = |name: &str, ordinals: &[u32]| {
+            let mut tally = Tally::with_group_users();
+            tally.groups.insert(group(name), ordinals.len() as i64);
+            tally.group_users.as_mut().unwrap().insert(group(name), users(ordinals));
+            tally
+        };
+        let mut hour = Tally::with_group_users();
+        hour.merge(&part("click", &[1, 2]));
+        hour.merge(&part("click", &[2, 3]));
+        hour.merge(&part("view", &[9]));
+        let known = hour.group_users.clone().expect("every part knew its users");
+        assert_eq!((known[&group("click")].len(), known[&group("view")].len(), hour.groups[&group("click")]), (3, 1, 4));
+        // A part built without them (an earlier version's set): the sum no longer knows them.
+        hour.merge(&Tally { groups: [(group("click"), 1)].into(), ..Tally::default() });
+        assert_eq!(hour.group_users, None);
+        assert_eq!(hour.groups[&group("click")], 5);
+    }
+
+    #[test]
     fn spans_end_where_the_calendar_says() {
         let berlin = chrono_tz::Europe::Berlin;
         // 2025-03-30 (spring forward in Berlin) is 23 hours long.
