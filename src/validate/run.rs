@@ -201,7 +201,7 @@ async fn redis_by_fingerprints(
     target: &target_side::TargetMinutes,
     dead: target_side::DeadLetterDigests,
     hashed: &[(i64, i64)],
-    (redis, key): (&RedisConn, &str),
+    (readers, key): (&redis_side::Readers, &str),
     now_ms: i64,
 ) -> anyhow::Result<(redis_side::RedisEvents, u64, usize)> {
     let mut verdict = diff::settle_by_raw_digests(&raw.minutes, &target.rows, &target.raw, &dead.minutes);
@@ -209,7 +209,7 @@ async fn redis_by_fingerprints(
     verdict.settled.retain(inside);
     verdict.to_parse.retain(inside);
     let clock = Instant::now();
-    let parsed = redis_side::summarize_ranges(redis, key, &diff::minute_ranges(&verdict.to_parse), now_ms, redis_side::Pass::Fingerprints).await?;
+    let parsed = redis_side::summarize_ranges(readers, key, &diff::minute_ranges(&verdict.to_parse), now_ms, redis_side::Pass::Fingerprints).await?;
     let parsing = clock.elapsed().as_millis() as u64;
     let mut found = redis_side::RedisEvents { read_micros: raw.read_micros, ..Default::default() };
     for minute in &verdict.settled {
@@ -242,10 +242,16 @@ async fn collect(
     let timed = |name: &'static str, clock: Instant| (name, clock.elapsed().as_millis() as u64);
     let key = &ctx.keys.events;
     let pool = &ctx.target;
+    // Events depth reads every member, on connections of its own beside the caller's.
+    let readers = match options.depth {
+        Depth::Events => Some(redis_side::Readers::open(redis).await?),
+        Depth::Counts => None,
+    };
     let redis_collect = async {
         let clock = Instant::now();
         let side = match options.depth {
             Depth::Events => {
+                let readers = readers.as_ref().expect("opened for events depth");
                 // Hours whose target rows mostly lack raw digests are parsed at once, not
                 // hashed first (they would be parsed after hashing anyway).
                 let with_raw = target_side::hours_with_raw_digests(pool, &window.hour_starts, window.to).await?;
@@ -258,7 +264,7 @@ async fn collect(
                     for (ranges, pass, side) in [(&hashed, redis_side::Pass::RawDigests, &mut sides.0), (&parsed, redis_side::Pass::Fingerprints, &mut sides.1)]
                     {
                         for range in ranges {
-                            side.merge(redis_side::summarize(redis, key, *range, now_ms, reporter.counter(), pass).await?);
+                            side.merge(redis_side::summarize(readers, key, *range, now_ms, reporter.counter(), pass).await?);
                         }
                     }
                     anyhow::Ok(sides)
@@ -314,7 +320,8 @@ async fn collect(
         (RedisSide::Raw { raw, hashed, parsed }, Dead::Digested(dead)) => {
             // Summed over the readers and the hashing/parsing threads.
             timings.extend([("redis_read", (raw.read_micros + parsed.read_micros) / 1000), ("redis_hash", raw.parse_micros / 1000)]);
-            let (mut found, parsing, parsed_minutes) = redis_by_fingerprints(raw, &target, dead, &hashed, (redis, key), now_ms).await?;
+            let (mut found, parsing, parsed_minutes) =
+                redis_by_fingerprints(raw, &target, dead, &hashed, (readers.as_ref().expect("opened for events depth"), key), now_ms).await?;
             tracing::info!(parsed_minutes, parsing_ms = parsing, "minutes the raw digests did not settle were compared by parsing Redis's members");
             found.merge(parsed);
             timings.extend([("redis_parse", found.parse_micros / 1000), ("reparse", parsing)]);

@@ -67,6 +67,26 @@ impl RedisEvents {
     }
 }
 
+/// The connections the passes read on: the caller's and [`READERS`]` - 1` more of their own,
+/// opened once per run. One connection's replies are parsed one after another, on one core,
+/// which would bound a pass.
+pub struct Readers(Vec<RedisConn>);
+
+impl Readers {
+    pub async fn open(redis: &RedisConn) -> redis::RedisResult<Readers> {
+        let mut conns = vec![redis.clone()];
+        for _ in 1..READERS {
+            conns.push(redis.another().await?);
+        }
+        Ok(Readers(conns))
+    }
+
+    /// The connection the `i`-th part reads on.
+    fn conn(&self, i: usize) -> RedisConn {
+        self.0[i % self.0.len()].clone()
+    }
+}
+
 /// Members scored in `[from_ms, to_ms)` (what [`summarize`] will read).
 pub async fn count(redis: &mut RedisConn, key: &str, from_ms: i64, to_ms: i64) -> redis::RedisResult<u64> {
     let (low, high) = score_bounds(from_ms, to_ms);
@@ -81,9 +101,9 @@ fn score_bounds(from_ms: i64, to_ms: i64) -> (f64, f64) {
 
 /// Count and hash per minute of every member (`pass`) in `[from_ms, to_ms)`; `read` counts
 /// the members read so far (progress).
-#[tracing::instrument(skip(redis, read), err)]
+#[tracing::instrument(skip(readers, read), err)]
 pub async fn summarize(
-    redis: &RedisConn,
+    readers: &Readers,
     key: &str,
     (from_ms, to_ms): (i64, i64),
     now_ms: i64,
@@ -96,10 +116,7 @@ pub async fn summarize(
     let mut start = from_ms;
     while start < to_ms {
         let end = if parts.len() as i64 + 1 >= READERS { to_ms } else { (start + step).min(to_ms) };
-        // Each reader on a connection of its own: one connection's replies are parsed on one
-        // core, which bounds the pass.
-        let conn = if parts.is_empty() { redis.clone() } else { redis.another().await? };
-        parts.push(summarize_part(conn, key.to_string(), start, end, now_ms, read.clone(), pass));
+        parts.push(summarize_part(readers.conn(parts.len()), key.to_string(), start, end, now_ms, read.clone(), pass));
         start = end;
     }
     let mut total = RedisEvents::default();
@@ -111,11 +128,11 @@ pub async fn summarize(
 
 /// [`summarize`] over several `[from_ms, to_ms)` ranges (the minutes a pass must look at),
 /// [`READERS`] of them at a time.
-pub async fn summarize_ranges(redis: &RedisConn, key: &str, ranges: &[(i64, i64)], now_ms: i64, pass: Pass) -> anyhow::Result<RedisEvents> {
+pub async fn summarize_ranges(readers: &Readers, key: &str, ranges: &[(i64, i64)], now_ms: i64, pass: Pass) -> anyhow::Result<RedisEvents> {
     use futures::{StreamExt, TryStreamExt};
     let read = Arc::new(AtomicU64::new(0));
-    let parts: Vec<RedisEvents> = futures::stream::iter(ranges.iter().copied())
-        .map(|(from, to)| summarize_part(redis.clone(), key.to_string(), from, to, now_ms, read.clone(), pass))
+    let parts: Vec<RedisEvents> = futures::stream::iter(ranges.iter().copied().enumerate())
+        .map(|(i, (from, to))| summarize_part(readers.conn(i), key.to_string(), from, to, now_ms, read.clone(), pass))
         .buffer_unordered(READERS as usize)
         .try_collect()
         .await?;
