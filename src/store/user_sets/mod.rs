@@ -101,13 +101,13 @@ impl Users {
     }
 
     /// One raw user: by ordinal when it has one. A NULL user id is nobody.
-    fn add(&mut self, user_id: Option<String>, ordinal: Option<i64>) {
+    fn add(&mut self, user_id: Option<&str>, ordinal: Option<i64>) {
         match (ordinal.and_then(|o| u32::try_from(o).ok()), user_id) {
             (Some(ordinal), _) => {
                 self.ordinals.insert(ordinal);
             }
             (None, Some(id)) => {
-                self.unmapped.insert(id);
+                self.unmapped.insert(id.to_string());
             }
             (None, None) => {}
         }
@@ -338,10 +338,10 @@ pub async fn raw(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, parts: P
             tally.events += events;
             let group = (name, category);
             if let Some(group_users) = tally.group_users.as_mut() {
-                group_users.entry(group.clone()).or_default().add(user_id.clone(), ordinal);
+                group_users.entry(group.clone()).or_default().add(user_id.as_deref(), ordinal);
             }
             *tally.groups.entry(group).or_default() += events;
-            tally.users.add(user_id, ordinal);
+            tally.users.add(user_id.as_deref(), ordinal);
         }
     } else if parts.groups {
         let rows: Vec<(String, String, i64)> =
@@ -369,7 +369,7 @@ pub async fn raw(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>, parts: P
         for (asset_type, user_id, events, ordinal) in rows {
             let asset = tally.assets.entry(asset_type).or_default();
             asset.generations += events;
-            asset.creators.add(user_id, ordinal);
+            asset.creators.add(user_id.as_deref(), ordinal);
         }
     }
     Ok(tally)
