@@ -7,8 +7,9 @@
 //! periods), 30 days of popular asset types, hourly rows over 7 days and over 24 hours for
 //! one event type, intervals of 10 minutes over 24 hours and of an hour over 7 days. The
 //! raw-row route (the answers before user sets: aggregates and raw rows) is not something
-//! the API offers, so it is measured through the library (`reads::Route::RawRows`) against the same database in the same run, and
-//! its answers are checked to equal the sets' field for field.
+//! the API offers, so it is measured through the library (`reads::Route::RawRows`) against
+//! the same database in the same run, and its answers are checked to equal the sets' field
+//! for field.
 //!
 //! Events are loaded with SQL straight into `analytics_events_ts` (the write path is not
 //! what is measured here), aggregates refreshed, chunks older than 7 days in the

@@ -156,9 +156,6 @@ fn the_quoted_line_patterns_match_what_they_say_and_nothing_else() {
     assert!(result.is_err(), "curl outside a service block has no service to ask");
 }
 
-/// Runs every runbook's examples in order on one scenario: a day and a half of seeded legacy
-/// traffic, plain PostgreSQL (the TimescaleDB-only lines of the runbooks are written as `…`),
-/// a soak of 0 hours so the runbooks' commands run as written one after the other.
 /// Waits until the service has warmed its read path, as a deploy waits for the readiness
 /// probe (within the warm-up's own deadline and a margin).
 async fn warmed(http: &reqwest::Client, daemon: &Daemon) {
@@ -203,6 +200,9 @@ fn differs(example: &Example, code: i32, output: &str) -> Option<String> {
     })
 }
 
+/// Runs every runbook's examples in order on one scenario: a day and a half of seeded legacy
+/// traffic, plain PostgreSQL (the TimescaleDB-only lines of the runbooks are written as `…`),
+/// a soak of 0 hours so the runbooks' commands run as written one after the other.
 #[tokio::test]
 async fn every_runbook_example_prints_what_the_runbook_quotes() {
     let env = TestEnv::new().await;
