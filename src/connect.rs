@@ -51,6 +51,11 @@ pub struct PgLimits {
     pub acquire_timeout: Duration,
     /// PostgreSQL cancels a statement running longer (`statement_timeout`); `None` = no limit.
     pub statement_timeout: Option<Duration>,
+    /// Relations a serving pool plans a query over on each new connection (empty for
+    /// other pools). A serving pool also keeps `max_connections` open, so connections are
+    /// opened, primed and replaced (after their lifetime) in the background, never on a
+    /// request's path.
+    pub prime: &'static [&'static str],
 }
 
 impl PgLimits {
@@ -59,21 +64,56 @@ impl PgLimits {
             max_connections: d.max_connections,
             acquire_timeout: Duration::from_secs(d.connect_timeout_secs),
             statement_timeout: Some(Duration::from_secs(d.statement_timeout_secs)).filter(|t| !t.is_zero()),
+            prime: &[],
         }
     }
 
-    fn pool_options(&self) -> PgPoolOptions {
-        let statement_timeout = self.statement_timeout;
-        PgPoolOptions::new().max_connections(self.max_connections).acquire_timeout(self.acquire_timeout).after_connect(move |conn, _| {
-            Box::pin(async move {
-                // SET rather than a startup option: connection poolers (PgBouncer) reject unknown startup parameters.
-                if let Some(timeout) = statement_timeout {
-                    sqlx::query(&format!("SET statement_timeout = {}", timeout.as_millis())).execute(conn).await?;
-                }
-                Ok(())
-            })
-        })
+    /// These limits for a serving pool that primes its connections on `relations`.
+    pub fn serving(self, relations: &'static [&'static str]) -> PgLimits {
+        PgLimits { prime: relations, ..self }
     }
+
+    fn pool_options(&self) -> PgPoolOptions {
+        let (statement_timeout, prime) = (self.statement_timeout, self.prime);
+        let options = PgPoolOptions::new().max_connections(self.max_connections).acquire_timeout(self.acquire_timeout);
+        let options = if prime.is_empty() { options } else { options.min_connections(self.max_connections) };
+        options.after_connect(move |conn, _| Box::pin(set_up_connection(conn, statement_timeout, prime)))
+    }
+}
+
+/// What every new connection of a pool runs first.
+async fn set_up_connection(conn: &mut PgConnection, statement_timeout: Option<Duration>, prime: &'static [&'static str]) -> sqlx::Result<()> {
+    // SET rather than a startup option: connection poolers (PgBouncer) reject unknown startup parameters.
+    if let Some(timeout) = statement_timeout {
+        sqlx::query(&format!("SET statement_timeout = {}", timeout.as_millis())).execute(&mut *conn).await?;
+    }
+    prime_connection(conn, prime).await;
+    Ok(())
+}
+
+/// Plans a query over each of `relations` that exists, once, on a new connection: the
+/// first statement a fresh backend plans over a hypertable or a partitioned table loads
+/// the descriptors of every chunk and index (and TimescaleDB's caches) and takes tens of
+/// milliseconds; a request should not be the one that pays it. Best effort: a relation
+/// that cannot be planned is left to the first statement that needs it.
+async fn prime_connection(conn: &mut PgConnection, relations: &[&str]) {
+    if relations.is_empty() {
+        return;
+    }
+    let statement = priming_statement(relations);
+    if let Err(e) = sqlx::query(&statement).persistent(false).execute(&mut *conn).await {
+        tracing::debug!(error = %e, "could not prime a new connection");
+    }
+}
+
+/// The one statement that primes a connection on `relations` (the program's own names,
+/// never input): `EXPLAIN` of a query over each that exists, in the server.
+pub fn priming_statement(relations: &[&str]) -> String {
+    let listed = relations.iter().map(|r| format!("'{r}'")).collect::<Vec<_>>().join(", ");
+    format!(
+        "DO $$ DECLARE r text; BEGIN FOREACH r IN ARRAY ARRAY[{listed}] LOOP \
+         IF to_regclass(r) IS NOT NULL THEN EXECUTE 'EXPLAIN SELECT * FROM ' || r; END IF; END LOOP; END $$"
+    )
 }
 
 fn pg_options(url: &SecretUrl) -> Result<PgConnectOptions, ConnectError> {

@@ -54,6 +54,13 @@ impl Context {
         Ok(Context::with_target(Arc::new(settings), target))
     }
 
+    /// The read replica's pool of a serving process (`tsmigrate run`): kept full of
+    /// primed connections (`db::serving_read_pool_lazy`).
+    pub fn serving_reads(self) -> Context {
+        let read = crate::db::serving_read_pool_lazy(&self.settings).map(|pool| pool.map_err(|e| Arc::from(e.to_string())));
+        Context { read, ..self }
+    }
+
     /// With the pools a long-running process already holds.
     pub fn with_target(settings: Arc<Settings>, target: PgPool) -> Context {
         let legacy = OnceCell::new();

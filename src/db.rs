@@ -25,6 +25,18 @@ pub fn target_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {
     connect::pg_pool_lazy(&settings.database.url, PgLimits::from_settings(&settings.database))
 }
 
+/// The target pool of `tsmigrate run`: [`target_pool_lazy`], kept full of connections
+/// primed on the relations reads plan over ([`crate::reads::READ_RELATIONS`]).
+pub fn serving_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {
+    connect::pg_pool_lazy(&settings.database.url, PgLimits::from_settings(&settings.database).serving(crate::reads::READ_RELATIONS))
+}
+
+/// [`read_pool_lazy`] for `tsmigrate run`: kept full of primed connections, like [`serving_pool_lazy`].
+pub fn serving_read_pool_lazy(settings: &Settings) -> Option<Result<PgPool, ConnectError>> {
+    let limits = PgLimits::from_settings(&settings.database).serving(crate::reads::READ_RELATIONS);
+    settings.database.read_url.as_ref().map(|url| connect::pg_pool_lazy(url, limits))
+}
+
 /// The read replica's pool (`database.read_url`), when one is set: connects on first use,
 /// with the target's limits, so a standby that is down costs reads nothing but a fallback.
 pub fn read_pool_lazy(settings: &Settings) -> Option<Result<PgPool, ConnectError>> {

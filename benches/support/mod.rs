@@ -66,6 +66,12 @@ impl BenchEnv {
 
 impl Drop for BenchEnv {
     fn drop(&mut self) {
+        // TSMIGRATE_BENCH_KEEP=1 leaves the database and keys for a look afterwards (the
+        // next run of the same benchmark removes them).
+        if std::env::var("TSMIGRATE_BENCH_KEEP").is_ok_and(|v| v == "1") {
+            println!("kept database {} and Redis keys {}*", self.name, self.settings.redis.key_prefix);
+            return;
+        }
         psql_admin(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
         let client = redis::Client::open(base_redis()).expect("redis url");
         if let Ok(mut conn) = client.get_connection() {
@@ -240,7 +246,11 @@ pub fn start_daemon_with(env: &BenchEnv, port: u16, extra: &[&str], vars: &[(&st
     let bind = format!("127.0.0.1:{port}");
     let mut args = vec!["run", "--bind", &bind];
     args.extend_from_slice(extra);
-    let server = env.command(&args).envs(vars.iter().copied()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start tsmigrate run");
+    // Its log (JSON lines) is kept for a look at what the daemon did beside the measured requests.
+    let log = std::env::temp_dir().join(format!("{}.{port}.daemon.log", env.name));
+    let stderr = std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|_| Stdio::null());
+    let server = env.command(&args).envs(vars.iter().copied()).stdout(Stdio::null()).stderr(stderr).spawn().expect("start tsmigrate run");
+    println!("daemon log: {}", log.display());
     let healthy = wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get_ok(port, "/health"));
     assert!(healthy.is_some(), "tsmigrate run did not become healthy");
     server

@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::Json;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -59,7 +60,39 @@ pub struct IntervalsParams {
     pub since: Option<String>,
 }
 
-type ReadResult = Result<Json<Value>, ApiError>;
+type ReadResult = Result<JsonText, ApiError>;
+
+/// An answer's wire JSON, serialized once: rendered straight from the answer (no
+/// `serde_json::Value` tree of its rows), kept as text in the cache and served as it is.
+pub struct JsonText(String);
+
+impl JsonText {
+    /// The object with `fields` added (their keys are not in it yet).
+    fn with(mut self, fields: &[(&str, Value)]) -> JsonText {
+        debug_assert!(self.0.ends_with('}'), "an answer is a JSON object");
+        self.0.pop();
+        for (key, value) in fields {
+            if !self.0.ends_with('{') {
+                self.0.push(',');
+            }
+            self.0.push_str(&Value::String((*key).to_string()).to_string());
+            self.0.push(':');
+            self.0.push_str(&value.to_string());
+        }
+        self.0.push('}');
+        self
+    }
+
+    fn parsed(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+}
+
+impl IntoResponse for JsonText {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
 
 /// Total events, unique users, events by type and category over `[from, to)`.
 pub async fn summary(State(state): State<AppState>, query: Result<Query<RangeParams>, QueryRejection>) -> ReadResult {
@@ -174,31 +207,27 @@ async fn serve(state: &AppState, request: Request, now: DateTime<Utc>) -> ReadRe
         }
         other => other,
     };
-    let (mut body, cached) = answered.map_err(|e| match e {
+    let (body, cached) = answered.map_err(|e| match e {
         ReadError::Unavailable(message) => ApiError::Unavailable(message),
         ReadError::Unexpected(e) => ApiError::Unexpected(e),
     })?;
     if routing.shadow {
-        spawn_shadow(state.clone(), ctx, routing.source, request, body.clone());
+        spawn_shadow(state.clone(), ctx, routing.source, request, body.parsed());
     }
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("source".into(), Value::String(routing.source.as_str().into()));
-        obj.insert("cached".into(), Value::Bool(cached));
-    }
-    Ok(Json(body))
+    Ok(body.with(&[("source", Value::String(routing.source.as_str().into())), ("cached", Value::Bool(cached))]))
 }
 
 /// One source's answer as wire JSON, cache-aside; says whether it came from the cache.
-async fn fetch(state: &AppState, ctx: &ReadContext, source: ReadSource, request: &Request) -> Result<(Value, bool), ReadError> {
+async fn fetch(state: &AppState, ctx: &ReadContext, source: ReadSource, request: &Request) -> Result<(JsonText, bool), ReadError> {
     let started = Instant::now();
     let ttl = state.ctx.settings.http.cache_ttl_secs;
     let key = cache::key(&state.ctx.keys.cache_prefix, source, request);
     let mut redis = state.redis.clone();
     let cached = if ttl > 0 { cache::get(&mut redis, &key).await } else { None };
     let (body, hit) = match cached {
-        Some(body) => (body, true),
+        Some(body) => (JsonText(body), true),
         None => {
-            let mut body = render(&source.answer(ctx, request).await?);
+            let body = render(&source.answer(ctx, request).await?);
             // as_of: the settle boundary the question was resolved against — on the read
             // replica, its replay point when that is earlier (what it had replayed, never
             // more); fresh_until: until when the cache serves this answer (the same for both
@@ -212,13 +241,10 @@ async fn fetch(state: &AppState, ctx: &ReadContext, source: ReadSource, request:
                 ReadSource::Legacy => ctx.now,
             };
             let fresh_until = ctx.now + chrono::Duration::seconds(ttl as i64);
-            if let Some(obj) = body.as_object_mut() {
-                obj.insert("as_of".into(), Value::String(reads::wire_time(as_of)));
-                obj.insert("fresh_until".into(), Value::String(reads::wire_time(fresh_until)));
-            }
+            let body = body.with(&[("as_of", Value::String(reads::wire_time(as_of))), ("fresh_until", Value::String(reads::wire_time(fresh_until)))]);
             let left = (fresh_until - Utc::now()).num_seconds();
             if left > 0 {
-                cache::put(&mut redis, &key, &body, left as u64).await;
+                cache::put(&mut redis, &key, &body.0, left as u64).await;
             }
             (body, false)
         }
@@ -239,7 +265,7 @@ fn spawn_shadow(state: AppState, ctx: ReadContext, served_by: ReadSource, reques
         let other = served_by.other();
         match fetch(&state, &ctx, other, &request).await {
             Ok((answer, _)) => {
-                let differences = shadow::compare(&served, &answer);
+                let differences = shadow::compare(&served, &answer.parsed());
                 state.shadow.record(endpoint, &differences);
                 if !differences.is_empty() {
                     tracing::warn!(
@@ -284,16 +310,16 @@ struct SummaryBody {
 }
 
 #[derive(Serialize)]
-struct HourlyBody {
+struct HourlyBody<'a> {
     period: Period,
-    rows: Vec<HourBody>,
+    rows: Vec<HourBody<'a>>,
 }
 
 #[derive(Serialize)]
-struct HourBody {
+struct HourBody<'a> {
     hour: String,
-    event_name: String,
-    category: String,
+    event_name: &'a str,
+    category: &'a str,
     event_count: i64,
     unique_users: i64,
 }
@@ -338,10 +364,11 @@ struct BucketBody {
     count: i64,
 }
 
-/// The wire JSON of an answer (without `source` and `cached`, which `serve` adds).
-fn render(answer: &Answer) -> Value {
+/// The wire JSON of an answer (without `as_of`, `fresh_until`, `source` and `cached`,
+/// which `fetch` and `serve` add).
+fn render(answer: &Answer) -> JsonText {
     let body = match answer {
-        Answer::Summary(s) => serde_json::to_value(SummaryBody {
+        Answer::Summary(s) => serde_json::to_string(&SummaryBody {
             period: s.range.into(),
             total_events: s.total_events,
             unique_users: s.unique_users,
@@ -349,20 +376,20 @@ fn render(answer: &Answer) -> Value {
             events_by_type: s.by_type.clone(),
             events_by_category: s.by_category.clone(),
         }),
-        Answer::Hourly { range, rows } => serde_json::to_value(HourlyBody {
+        Answer::Hourly { range, rows } => serde_json::to_string(&HourlyBody {
             period: (*range).into(),
             rows: rows
                 .iter()
                 .map(|r| HourBody {
                     hour: reads::wire_time(r.hour),
-                    event_name: r.event_name.clone(),
-                    category: r.category.clone(),
+                    event_name: &r.event_name,
+                    category: &r.category,
                     event_count: r.event_count,
                     unique_users: r.unique_users,
                 })
                 .collect(),
         }),
-        Answer::PopularAssetTypes { days, as_of, rows } => serde_json::to_value(PopularBody {
+        Answer::PopularAssetTypes { days, as_of, rows } => serde_json::to_string(&PopularBody {
             days: *days,
             as_of: reads::wire_time(*as_of),
             asset_types: rows
@@ -370,7 +397,7 @@ fn render(answer: &Answer) -> Value {
                 .map(|r| AssetBody { asset_type: r.asset_type.clone(), generation_count: r.generation_count, unique_creators: r.unique_creators })
                 .collect(),
         }),
-        Answer::Comparison { period_secs, comparison: c } => serde_json::to_value(ComparisonBody {
+        Answer::Comparison { period_secs, comparison: c } => serde_json::to_string(&ComparisonBody {
             period: reads::format_span(*period_secs),
             current: c.current_events,
             previous: c.previous_events,
@@ -379,7 +406,7 @@ fn render(answer: &Answer) -> Value {
             current_period: c.current.into(),
             previous_period: c.previous.into(),
         }),
-        Answer::Intervals(i) => serde_json::to_value(IntervalsBody {
+        Answer::Intervals(i) => serde_json::to_string(&IntervalsBody {
             bucket: reads::format_span(i.bucket_secs),
             bucket_seconds: i.bucket_secs,
             period: i.range.into(),
@@ -387,5 +414,17 @@ fn render(answer: &Answer) -> Value {
             buckets: i.buckets.iter().map(|(start, count)| BucketBody { start: reads::wire_time(*start), count: *count }).collect(),
         }),
     };
-    body.expect("wire types serialize")
+    JsonText(body.expect("wire types serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_added_to_wire_json_keep_it_one_object() {
+        let added = JsonText(r#"{"rows":[{"a":"}"}]}"#.into()).with(&[("source", Value::String("tar\"get".into())), ("cached", Value::Bool(false))]);
+        assert_eq!(added.parsed(), serde_json::json!({"rows": [{"a": "}"}], "source": "tar\"get", "cached": false}));
+        assert_eq!(JsonText("{}".into()).with(&[("cached", Value::Bool(true))]).0, r#"{"cached":true}"#);
+    }
 }

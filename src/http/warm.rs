@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::future::join_all;
+use futures::future::{join_all, try_join_all};
 
 use super::AppState;
 use crate::reads::{self, ReadSource, Request, TimeRange};
@@ -85,7 +85,19 @@ async fn ask_everything(state: &AppState) -> Result<usize, reads::ReadError> {
     if routing.source != ReadSource::Target && !routing.shadow {
         return Ok(0);
     }
-    let width = (state.ctx.settings.database.max_connections as usize).clamp(1, MAX_WIDTH);
+    let connections = state.ctx.settings.database.max_connections as usize;
+    // Every connection the pools may hold, open and primed (`connect::PgLimits::serving`)
+    // before the questions: a request would otherwise wait for one still opening.
+    if let Some(target) = state.target() {
+        let held = try_join_all((0..connections).map(|_| target.acquire())).await.map_err(|e| reads::ReadError::postgres("the target database", e))?;
+        drop(held);
+    }
+    if let Some(Ok(replica)) = state.ctx.read_replica() {
+        if let Err(e) = try_join_all((0..connections).map(|_| replica.acquire())).await {
+            tracing::warn!(error = %e, "could not open the read replica's connections while warming up; reads go to the primary until it answers");
+        }
+    }
+    let width = connections.clamp(1, MAX_WIDTH);
     let mut asked = 0;
     for _ in 0..ROUNDS {
         let now = reads::minute_floor(Utc::now());

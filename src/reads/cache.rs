@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use crate::connect::RedisConn;
-use serde_json::Value;
 
 use super::request::Request;
 use super::routing::ReadSource;
@@ -20,21 +19,22 @@ pub fn key(cache_prefix: &str, source: ReadSource, request: &Request) -> String 
     format!("{cache_prefix}:{}:{}:{}", source.as_str(), request.endpoint(), request.cache_params())
 }
 
-/// The cached answer, if any. Redis errors count as a miss.
-pub async fn get(redis: &mut RedisConn, key: &str) -> Option<Value> {
+/// The cached answer (its wire JSON), if any. Redis errors count as a miss, and so does
+/// an entry that is not a JSON object.
+pub async fn get(redis: &mut RedisConn, key: &str) -> Option<String> {
     let reply = tokio::time::timeout(TIMEOUT, redis::cmd("GET").arg(key).query_async::<Option<String>>(redis)).await;
     match reply {
-        Ok(Ok(Some(text))) => serde_json::from_str(&text).ok(),
+        Ok(Ok(Some(text))) => is_json_object(&text).then_some(text),
         Ok(Ok(None)) => None,
         Ok(Err(e)) => unavailable(&e.to_string()),
         Err(_) => unavailable("timed out"),
     }
 }
 
-/// Stores an answer for `ttl_secs`; failures are logged, never returned.
-pub async fn put(redis: &mut RedisConn, key: &str, value: &Value, ttl_secs: u64) {
+/// Stores an answer's wire JSON for `ttl_secs`; failures are logged, never returned.
+pub async fn put(redis: &mut RedisConn, key: &str, json: &str, ttl_secs: u64) {
     let mut set = redis::cmd("SET");
-    set.arg(key).arg(value.to_string()).arg("EX").arg(ttl_secs);
+    set.arg(key).arg(json).arg("EX").arg(ttl_secs);
     match tokio::time::timeout(TIMEOUT, set.query_async::<()>(redis)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -46,7 +46,12 @@ pub async fn put(redis: &mut RedisConn, key: &str, value: &Value, ttl_secs: u64)
     }
 }
 
-fn unavailable(reason: &str) -> Option<Value> {
+/// Whether `text` is one JSON object, as this cache stores them (checked without building it).
+fn is_json_object(text: &str) -> bool {
+    text.starts_with('{') && text.ends_with('}') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+fn unavailable(reason: &str) -> Option<String> {
     metrics::counter!("tsmigrate_read_cache_errors_total").increment(1);
     tracing::debug!(reason, "read cache unavailable; serving uncached");
     None

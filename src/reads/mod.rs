@@ -61,6 +61,21 @@ pub use request::{
 pub use routing::{ReadSource, Routing, RoutingCache, ROUTING_REFRESH};
 pub use rules::{merge_max, popular_of, summarize, totals_of, trend};
 
+/// The relations the target's reads plan over: what a serving pool primes each new
+/// connection on (`connect::PgLimits::serving`), so that no request pays a fresh backend's
+/// first look at a hypertable of many chunks.
+pub const READ_RELATIONS: &[&str] = &[
+    "analytics_events_ts",
+    "analytics_hourly",
+    "analytics_daily",
+    "analytics_asset_popularity_ts",
+    "tsmigrate.user_sets",
+    "tsmigrate.user_set_marks",
+    "tsmigrate.user_ordinals",
+    "tsmigrate.history_hourly",
+    "tsmigrate.history_asset_popularity",
+];
+
 #[cfg(test)]
 mod testing {
     use super::{HourRow, TimeRange};

@@ -111,7 +111,7 @@ async fn readiness_follows_both_servers() {
     tsmigrate::http::warm::warm_up(state.clone()).await;
     let (status, why) = ready_now(state).await;
     assert_eq!((status, &why["warm"]), (200, &json!(true)), "{why}");
-    assert!(target.size() > 1, "the warm-up opened the connections one answer uses at once: {}", target.size());
+    assert_eq!(target.size(), env.settings.database.max_connections, "the warm-up opened every connection the pool may hold");
 
     // Not ready when the target cannot be reached.
     let mut broken = env.settings.clone();
@@ -120,6 +120,40 @@ async fn readiness_follows_both_servers() {
     let response =
         tower::ServiceExt::oneshot(tsmigrate::http::app(state), axum::http::Request::get("/ready").body(axum::body::Body::empty()).unwrap()).await.unwrap();
     assert_eq!(response.status().as_u16(), 503);
+}
+
+/// The pool `tsmigrate run` serves from primes each new connection (its first plan over
+/// every read relation made before any request could be the one to pay for it), and the
+/// warm-up opens every connection the pool may hold before `/ready` says 200.
+#[tokio::test]
+async fn a_serving_pool_primes_every_connection_it_opens() {
+    let env = TestEnv::new().await;
+    env.cli(&["prepare", "--mode", "postgres"]).expect_success();
+    let pool = tsmigrate::db::serving_pool_lazy(&env.settings).unwrap();
+    let max = env.settings.database.max_connections as usize;
+    // What the warm-up does first.
+    let held = futures::future::try_join_all((0..max).map(|_| pool.acquire())).await.unwrap();
+    drop(held);
+    let priming = tsmigrate::connect::priming_statement(tsmigrate::reads::READ_RELATIONS);
+    let mut last: Vec<String> = vec![];
+    for _ in 0..100 {
+        last =
+            sqlx::query_scalar("SELECT query FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tsmigrate' AND state = 'idle'")
+                .fetch_all(&env.pool)
+                .await
+                .unwrap();
+        if last.len() == max {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last.len(), max, "{last:?}");
+    assert!(last.iter().all(|q| *q == priming), "every connection ran the priming and nothing else: {last:?}");
+    // The priming planned over the relations: it names every one of them.
+    for relation in tsmigrate::reads::READ_RELATIONS {
+        assert!(priming.contains(&format!("'{relation}'")), "{priming}");
+    }
+    pool.close().await;
 }
 
 /// `GET /ready` of a server on `state`: its status and JSON body.

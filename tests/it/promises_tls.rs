@@ -111,7 +111,7 @@ async fn pgsslmode_pgsslrootcert_and_a_client_certificate_from_sslcert_and_sslke
 
     // In the URL: verified against the CA, logged in by the client certificate.
     let verified = server.url(&format!("{with_cert}&sslmode=verify-full&sslrootcert={root}"));
-    let limits = PgLimits { max_connections: 1, acquire_timeout: std::time::Duration::from_secs(10), statement_timeout: None };
+    let limits = PgLimits { max_connections: 1, acquire_timeout: std::time::Duration::from_secs(10), statement_timeout: None, prime: &[] };
     let pool = connect::pg_pool(&verified, limits).await.unwrap_or_else(|e| panic!("a client certificate from sslcert/sslkey: {e}"));
     let (ssl, client): (bool, Option<String>) =
         sqlx::query_as("SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(&pool).await.unwrap();

@@ -19,7 +19,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A pool of `max` connections that waits [`TIMEOUT`] for one.
 fn pg(max: u32) -> PgLimits {
-    PgLimits { max_connections: max, acquire_timeout: TIMEOUT, statement_timeout: None }
+    PgLimits { max_connections: max, acquire_timeout: TIMEOUT, statement_timeout: None, prime: &[] }
 }
 
 /// Redis deadlines: `connect` for each connection attempt (TLS handshake included).

@@ -308,3 +308,49 @@ async fn retention_drops_raw_rows_and_the_answer_stays_exact_from_the_sets() {
     assert_eq!((rows.total_events, rows.unique_users_exact), (events, false));
     env.cleanup().await;
 }
+
+/// Each run expires what retention no longer keeps, and only that: minute sets older than
+/// the raw rows (or the sets) are kept, hour and day sets older than the sets' retention;
+/// the run reports how many it deleted.
+#[tokio::test]
+async fn a_build_expires_exactly_the_sets_older_than_their_retention() {
+    let env = prepared("postgres").await;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    write(&env, StorageMode::Postgres, &events(&mut rng, 600, 50, "u")).await;
+    build_sets(&env).await;
+    let now = Utc::now();
+    // Retentions in whole days from now, chosen to cut through the data: raw rows (and so
+    // minute sets) kept from START + 2 days, hour and day sets from START + 1 day.
+    let days_back = |to: DateTime<Utc>| (now - to).num_days();
+    let (raw_cut, set_cut) = (t(START) + Duration::days(2), t(START) + Duration::days(1));
+    let options = BuildOptions {
+        raw_retention_days: (days_back(raw_cut) + 1) as u32,
+        set_retention_days: days_back(set_cut) as u32,
+        ..BuildOptions::from_settings(&env.settings.target, true)
+    };
+    let raw_from = now - Duration::days(i64::from(options.raw_retention_days)) + Duration::days(1);
+    let sets_from = now - Duration::days(i64::from(options.set_retention_days));
+    assert!(t(START) < sets_from && sets_from < raw_from && raw_from < t(START) + Duration::days(DAYS), "{sets_from} {raw_from}");
+    let count = |span: &'static str, before: DateTime<Utc>| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tsmigrate.user_sets WHERE span = $1 AND bucket < $2")
+                .bind(span)
+                .bind(before)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let doomed = count("minute", raw_from).await + count("hour", sets_from).await + count("day", sets_from).await;
+    let kept = (count("minute", now).await - count("minute", raw_from).await, count("hour", now).await - count("hour", sets_from).await);
+    assert!(count("minute", raw_from).await > 0 && count("hour", sets_from).await > 0 && kept.0 > 0 && kept.1 > 0, "the cuts go through the sets");
+    let marks_doomed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tsmigrate.user_set_marks WHERE minute < $1").bind(raw_from).fetch_one(&env.pool).await.unwrap();
+
+    let outcome = build::build(&env.pool, options, now).await.expect("build").expect("waited for the lock");
+    assert_eq!(outcome.expired, (doomed + marks_doomed) as u64, "{outcome:?}");
+    assert_eq!((count("minute", raw_from).await, count("hour", sets_from).await, count("day", sets_from).await), (0, 0, 0));
+    assert_eq!((count("minute", now).await, count("hour", now).await), kept, "nothing younger was deleted");
+    env.cleanup().await;
+}
