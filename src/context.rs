@@ -55,9 +55,9 @@ impl Context {
     }
 
     /// The read replica's pool of a serving process (`tsmigrate run`): kept full of
-    /// primed connections (`db::serving_read_pool_lazy`).
-    pub fn serving_reads(self) -> Context {
-        let read = crate::db::serving_read_pool_lazy(&self.settings).map(|pool| pool.map_err(|e| Arc::from(e.to_string())));
+    /// connections primed on `relations` (`db::serving_read_pool_lazy`).
+    pub fn serving_reads(self, relations: &'static [&'static str]) -> Context {
+        let read = crate::db::serving_read_pool_lazy(&self.settings, relations).map(|pool| pool.map_err(|e| Arc::from(e.to_string())));
         Context { read, ..self }
     }
 

@@ -26,14 +26,14 @@ pub fn target_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {
 }
 
 /// The target pool of `tsmigrate run`: [`target_pool_lazy`], kept full of connections
-/// primed on the relations reads plan over ([`crate::reads::READ_RELATIONS`]).
-pub fn serving_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {
-    connect::pg_pool_lazy(&settings.database.url, PgLimits::from_settings(&settings.database).serving(crate::reads::READ_RELATIONS))
+/// primed on `relations` (the read path's, `reads::READ_RELATIONS`; see `PgLimits::serving`).
+pub fn serving_pool_lazy(settings: &Settings, relations: &'static [&'static str]) -> Result<PgPool, ConnectError> {
+    connect::pg_pool_lazy(&settings.database.url, PgLimits::from_settings(&settings.database).serving(relations))
 }
 
 /// [`read_pool_lazy`] for `tsmigrate run`: kept full of primed connections, like [`serving_pool_lazy`].
-pub fn serving_read_pool_lazy(settings: &Settings) -> Option<Result<PgPool, ConnectError>> {
-    let limits = PgLimits::from_settings(&settings.database).serving(crate::reads::READ_RELATIONS);
+pub fn serving_read_pool_lazy(settings: &Settings, relations: &'static [&'static str]) -> Option<Result<PgPool, ConnectError>> {
+    let limits = PgLimits::from_settings(&settings.database).serving(relations);
     settings.database.read_url.as_ref().map(|url| connect::pg_pool_lazy(url, limits))
 }
 

@@ -48,13 +48,13 @@ pub async fn run(
     crate::telemetry::metrics_handle();
     let mut redis = crate::db::redis(&settings).await?;
     crate::legacy::adopt_untagged_keys(&mut redis, &settings).await;
-    let target = crate::db::serving_pool_lazy(&settings)?;
+    let target = crate::db::serving_pool_lazy(&settings, crate::reads::READ_RELATIONS)?;
     // The legacy tables live in the target database unless a legacy URL says otherwise.
     let legacy = match &settings.database.legacy_url {
         Some(_) => crate::db::legacy_pool_lazy(&settings)?,
         None => target.clone(),
     };
-    let ctx = Context::with_target(Arc::new(settings), target).serving_reads().with_legacy(legacy).with_redis(redis.clone());
+    let ctx = Context::with_target(Arc::new(settings), target).serving_reads(crate::reads::READ_RELATIONS).with_legacy(legacy).with_redis(redis.clone());
     // Before serving anything: a target and a Redis of different migrations are not served
     // together. (A target down now is compared by the periodic check once it is back.)
     let identity = Identity::of(&ctx, redis.clone());

@@ -129,7 +129,7 @@ async fn readiness_follows_both_servers() {
 async fn a_serving_pool_primes_every_connection_it_opens() {
     let env = TestEnv::new().await;
     env.cli(&["prepare", "--mode", "postgres"]).expect_success();
-    let pool = tsmigrate::db::serving_pool_lazy(&env.settings).unwrap();
+    let pool = tsmigrate::db::serving_pool_lazy(&env.settings, tsmigrate::reads::READ_RELATIONS).unwrap();
     let max = env.settings.database.max_connections as usize;
     // What the warm-up does first.
     let held = futures::future::try_join_all((0..max).map(|_| pool.acquire())).await.unwrap();
