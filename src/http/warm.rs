@@ -55,7 +55,12 @@ impl Warmth {
 /// The questions a warm-up asks: one per endpoint, with the windows users ask most.
 fn questions(now: chrono::DateTime<Utc>) -> Vec<Request> {
     let days = |n: i64| TimeRange { from: now - chrono::Duration::days(n), to: now };
-    let mut out = vec![Request::Summary(days(30)), Request::Summary(days(1)), Request::Hourly { range: days(1), filter: Default::default() }];
+    let mut out = vec![
+        Request::Summary(days(30)),
+        Request::Summary(days(1)),
+        Request::Hourly { range: days(1), filter: Default::default() },
+        Request::Hourly { range: days(7), filter: Default::default() },
+    ];
     out.extend(Request::comparison(chrono::Duration::days(1), now));
     out.extend(Request::popular(30, now));
     out.extend(Request::intervals(chrono::Duration::minutes(10), chrono::Duration::hours(24), now));
