@@ -33,14 +33,17 @@ pub fn serving_pool_lazy(settings: &Settings, relations: &'static [&'static str]
 
 /// [`read_pool_lazy`] for `tsmigrate run`: kept full of primed connections, like [`serving_pool_lazy`].
 pub fn serving_read_pool_lazy(settings: &Settings, relations: &'static [&'static str]) -> Option<Result<PgPool, ConnectError>> {
-    let limits = PgLimits::from_settings(&settings.database).serving(relations);
-    settings.database.read_url.as_ref().map(|url| connect::pg_pool_lazy(url, limits))
+    read_pool_with(settings, PgLimits::from_settings(&settings.database).serving(relations))
 }
 
 /// The read replica's pool (`database.read_url`), when one is set: connects on first use,
 /// with the target's limits, so a standby that is down costs reads nothing but a fallback.
 pub fn read_pool_lazy(settings: &Settings) -> Option<Result<PgPool, ConnectError>> {
-    settings.database.read_url.as_ref().map(|url| connect::pg_pool_lazy(url, PgLimits::from_settings(&settings.database)))
+    read_pool_with(settings, PgLimits::from_settings(&settings.database))
+}
+
+fn read_pool_with(settings: &Settings, limits: PgLimits) -> Option<Result<PgPool, ConnectError>> {
+    settings.database.read_url.as_ref().map(|url| connect::pg_pool_lazy(url, limits))
 }
 
 pub fn legacy_pool_lazy(settings: &Settings) -> Result<PgPool, ConnectError> {

@@ -75,7 +75,7 @@ impl JsonText {
             if !self.0.ends_with('{') {
                 self.0.push(',');
             }
-            self.0.push_str(&Value::String((*key).to_string()).to_string());
+            self.0.push_str(&Value::from(*key).to_string());
             self.0.push(':');
             self.0.push_str(&value.to_string());
         }

@@ -65,10 +65,10 @@ pub use rules::{merge_max, popular_of, summarize, totals_of, trend};
 /// connection on (`connect::PgLimits::serving`), so that no request pays a fresh backend's
 /// first look at a hypertable of many chunks.
 pub const READ_RELATIONS: &[&str] = &[
-    "analytics_events_ts",
-    "analytics_hourly",
-    "analytics_daily",
-    "analytics_asset_popularity_ts",
+    crate::store::EVENTS_TABLE,
+    crate::store::HOURLY_VIEW,
+    crate::store::DAILY_VIEW,
+    crate::store::ASSET_VIEW,
     "tsmigrate.user_sets",
     "tsmigrate.user_set_marks",
     "tsmigrate.user_ordinals",
