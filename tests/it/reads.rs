@@ -398,7 +398,8 @@ async fn target_reads_behind_proxies(env: &TestEnv, cache_ttl_secs: u64) -> (Rou
     settings.redis.response_timeout_ms = 1000;
     settings.http.cache_ttl_secs = cache_ttl_secs;
     settings.http.request_timeout_secs = 3;
-    let pool = tsmigrate::db::target_pool_lazy(&settings).expect("target pool");
+    // The pool `tsmigrate run` serves from: kept full, each connection primed when it opens.
+    let pool = tsmigrate::db::serving_pool_lazy(&settings, tsmigrate::reads::READ_RELATIONS).expect("target pool");
     let redis = tsmigrate::db::redis(&settings).await.expect("Redis through the proxy");
     let router = app(AppState::new(tsmigrate::context::Context::with_target(std::sync::Arc::new(settings), pool), redis));
     serving_from(&router, "target").await;
