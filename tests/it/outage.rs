@@ -157,7 +157,10 @@ async fn a_redis_restart_under_ingest_costs_seconds_not_minutes() {
     let (landed_accepted, _) = landed(&env, &accepted).await;
     let (landed_all, rows_all) = landed(&env, &all).await;
 
-    let while_down: Vec<&Sent> = sent.iter().filter(|s| s.started >= killed && s.started < restarting).collect();
+    // Wholly inside the outage: started after the kill and answered before the restart began.
+    // A request that straddles the restart may be served by the new server (on a busy machine
+    // the daemon may not even read it before Redis is back), so either answer is right for it.
+    let while_down: Vec<&Sent> = sent.iter().filter(|s| s.started >= killed && s.finished() <= restarting).collect();
     let first_back = sent.iter().filter(|s| s.started >= back && s.status == Some(202)).map(Sent::finished).min().unwrap();
     let last_before = sent.iter().filter(|s| s.status == Some(202) && s.finished() <= killed).map(Sent::finished).max().unwrap();
     let slowest_failure = while_down.iter().map(|s| s.elapsed).max().unwrap_or_default();
@@ -187,7 +190,13 @@ async fn a_redis_restart_under_ingest_costs_seconds_not_minutes() {
 
     assert!(!while_down.is_empty(), "the load ran while Redis was down");
     for s in &while_down {
-        assert_eq!(s.status, Some(503), "a request while Redis is down is refused with 503, not hung: {s:?}");
+        assert_eq!(
+            s.status,
+            Some(503),
+            "a request while Redis is down is refused with 503, not hung: {s:?}, started {:?} after the kill, answered {:?} before the restart began",
+            s.started - killed,
+            restarting - s.finished()
+        );
     }
     // Answered, not hung (a hang shows as `None`: the client gave up after 20 s); how fast is
     // printed above, not asserted.
