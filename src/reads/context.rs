@@ -21,6 +21,11 @@ use crate::remembered::Remembered;
 /// day or a backfill adds older events, and asking costs a planning pass over every chunk.
 pub const HORIZON_REFRESH: StdDuration = StdDuration::from_secs(10);
 
+/// Past [`HORIZON_REFRESH`] the remembered horizon is still served while a background task
+/// asks again (so no request pays for that planning pass); past this age (the refreshes kept
+/// failing) a request asks itself.
+pub const HORIZON_MAX_AGE: StdDuration = StdDuration::from_secs(60);
+
 /// How the target answers what involves unique users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Route {
@@ -165,24 +170,24 @@ impl ReadContext {
 /// read: a replica that has not replayed a backfill yet has another horizon than the
 /// primary, and an answer from one must not be cut at the other's.
 pub struct HorizonCache {
-    primary: Remembered<Option<DateTime<Utc>>>,
-    replica: Remembered<Option<DateTime<Utc>>>,
+    primary: Arc<Remembered<Option<DateTime<Utc>>>>,
+    replica: Arc<Remembered<Option<DateTime<Utc>>>>,
 }
 
 impl Default for HorizonCache {
     fn default() -> Self {
-        HorizonCache { primary: Remembered::new(HORIZON_REFRESH), replica: Remembered::new(HORIZON_REFRESH) }
+        HorizonCache { primary: Arc::new(Remembered::new(HORIZON_REFRESH)), replica: Arc::new(Remembered::new(HORIZON_REFRESH)) }
     }
 }
 
 impl HorizonCache {
-    /// The horizon of the database `ctx` reads, from `load` when not remembered.
-    pub async fn get(
-        &self,
-        ctx: &ReadContext,
-        load: impl std::future::Future<Output = Result<Option<DateTime<Utc>>, ReadError>>,
-    ) -> Result<Option<DateTime<Utc>>, ReadError> {
+    /// The horizon of the database `ctx` reads, from `load` when not remembered (refreshed
+    /// behind the requests once it is older than [`HORIZON_REFRESH`]).
+    pub async fn get<Load>(&self, ctx: &ReadContext, load: impl FnOnce() -> Load) -> Result<Option<DateTime<Utc>>, ReadError>
+    where
+        Load: std::future::Future<Output = Result<Option<DateTime<Utc>>, ReadError>> + Send + 'static,
+    {
         let remembered = if ctx.on_replica() { &self.replica } else { &self.primary };
-        remembered.get(|_| load).await
+        remembered.get_refreshing_behind(HORIZON_MAX_AGE, load).await
     }
 }

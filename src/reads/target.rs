@@ -33,8 +33,8 @@ fn hour_rows(rows: Vec<HourTuple>) -> Vec<HourRow> {
 
 /// The oldest event the target holds raw (remembered for a few seconds, see `HorizonCache`).
 pub async fn horizon(ctx: &ReadContext) -> Result<Option<DateTime<Utc>>, ReadError> {
-    let pool = ctx.target_pool()?;
-    ctx.target_horizon.get(ctx, async { sqlx::query_scalar("SELECT min(time) FROM analytics_events_ts").fetch_one(pool).await.map_err(pg) }).await
+    let pool = ctx.target_pool()?.clone();
+    ctx.target_horizon.get(ctx, || async move { sqlx::query_scalar("SELECT min(time) FROM analytics_events_ts").fetch_one(&pool).await.map_err(pg) }).await
 }
 
 /// History for the hours starting in `hours`: the imported legacy rows, and aggregate rows
