@@ -62,10 +62,13 @@ impl<T: Clone + Send + 'static> Remembered<T> {
                     let this = Arc::clone(self);
                     let refresh = fetch();
                     tokio::spawn(async move {
+                        // Cleared however the refresh ends (a panic included), so a later
+                        // caller can start the next one.
+                        let refreshing = RefreshUnderWay(Arc::clone(&this));
                         if let Ok(value) = refresh.await {
                             *this.cached.lock().await = Some((value, Instant::now()));
                         }
-                        this.refreshing.store(false, Ordering::Release);
+                        drop(refreshing);
                     });
                 }
                 return Ok(value.clone());
@@ -74,6 +77,15 @@ impl<T: Clone + Send + 'static> Remembered<T> {
         let value = fetch().await?;
         *cached = Some((value.clone(), Instant::now()));
         Ok(value)
+    }
+}
+
+/// Marks a background refresh as under way until it is dropped.
+struct RefreshUnderWay<T>(Arc<Remembered<T>>);
+
+impl<T> Drop for RefreshUnderWay<T> {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::Release);
     }
 }
 
@@ -93,6 +105,19 @@ mod tests {
         assert_eq!(stale.get(|last| async move { Ok::<_, ()>(last.unwrap_or(0)) }).await, Ok(2), "a failure keeps the last value to fall back on");
     }
 
+    /// The value served once it is no longer `old` (a background refresh landed; later
+    /// refreshes fetch `next`), asking for up to about ten seconds.
+    async fn served_once_changed(r: &Arc<Remembered<i32>>, old: i32, next: i32) -> i32 {
+        for _ in 0..2000 {
+            let seen = r.get_refreshing_behind(Duration::from_secs(3600), || async move { Ok::<_, ()>(next) }).await.unwrap();
+            if seen != old {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        old
+    }
+
     #[tokio::test]
     async fn a_stale_value_is_served_while_one_refresh_runs_behind() {
         let r = Arc::new(Remembered::new(Duration::from_millis(50)));
@@ -107,15 +132,7 @@ mod tests {
         assert_eq!(r.get_refreshing_behind(far, slow).await, Ok(1), "stale: served at once, refreshed behind");
         assert_eq!(r.get_refreshing_behind(far, || async { Ok::<_, ()>(3) }).await, Ok(1), "one refresh at a time");
         release.send(()).unwrap();
-        let mut seen = 1;
-        for _ in 0..200 {
-            seen = r.get_refreshing_behind(far, || async { Ok::<_, ()>(4) }).await.unwrap();
-            if seen != 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(seen, 2, "the refreshed value replaces the stale one");
+        assert_eq!(served_once_changed(&r, 1, 4).await, 2, "the refreshed value replaces the stale one");
 
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(r.get_refreshing_behind(far, || async { Err::<i32, _>(()) }).await, Ok(2), "a failing refresh keeps serving the value");
@@ -125,5 +142,19 @@ mod tests {
             Err("down"),
             "a value past max_age is fetched inline, and its failure returned"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refresh_that_panics_does_not_stop_the_next_one() {
+        let r = Arc::new(Remembered::new(Duration::ZERO));
+        let far = Duration::from_secs(3600);
+        assert_eq!(r.get_refreshing_behind(far, || async { Ok::<_, ()>(1) }).await, Ok(1));
+        let panicking = || async {
+            panic!("a refresh that panics");
+            #[allow(unreachable_code)]
+            Ok::<_, ()>(0)
+        };
+        assert_eq!(r.get_refreshing_behind(far, panicking).await, Ok(1));
+        assert_eq!(served_once_changed(&r, 1, 2).await, 2, "a refresh ran after the one that panicked");
     }
 }
